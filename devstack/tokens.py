@@ -1,0 +1,50 @@
+"""Development tokens: HS256 with a secret kept under the data directory.
+
+Production verifies RS256/ES256 tokens from the organisation's identity provider; this exists
+so that `make run` can hand a new user a token that works at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+import jwt
+
+DEV_ISSUER = "chat-service-dev"
+DEV_AUDIENCE = "chat-service"
+DEV_SCOPES = ("chat:read", "chat:write", "chat:admin")
+
+
+def dev_secret(data_dir: Path) -> str:
+    """The development signing secret, created once so tokens survive restarts."""
+    path = data_dir / "dev-jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def mint_dev_token(
+    *,
+    secret: str,
+    tenant_id: str,
+    subject: str = "dev-user",
+    scopes: tuple[str, ...] = DEV_SCOPES,
+    lifetime_seconds: int = 24 * 3600,
+) -> str:
+    """An HS256 token with the claims the service reads."""
+    now = int(time.time())
+    claims = {
+        "iss": DEV_ISSUER,
+        "aud": DEV_AUDIENCE,
+        "sub": subject,
+        "tenant_id": tenant_id,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime_seconds,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,68 @@
+"""Publishes event envelopes to Kafka.
+
+Tansu (the embedded broker) and some managed Kafkas refuse idempotent producers, so the
+producer runs with acks=all and without idempotence: delivery is at-least-once, and consumers
+deduplicate on ``EventEnvelope.event_id``.
+
+The broker may be down when the service starts, and the service must start anyway (events
+wait in the outbox), so the producer is started lazily and re-created after a failed start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+
+from chat.v1 import events_pb2
+from server.events.topics import record_key, topic_for
+
+
+class KafkaEventPublisher:
+    """Sends envelopes to their topics, keyed by tenant and conversation."""
+
+    def __init__(self, *, bootstrap_servers: str, client_id: str = "chat-server") -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap_servers,
+                    client_id=self._client_id,
+                    acks="all",
+                    enable_idempotence=False,
+                    linger_ms=5,
+                    request_timeout_ms=10_000,
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def publish(self, envelope: events_pb2.EventEnvelope) -> None:
+        """Send one envelope and wait for the broker's acknowledgement."""
+        producer = await self._started()
+        await producer.send_and_wait(
+            topic_for(envelope), envelope.SerializeToString(), key=record_key(envelope)
+        )
+
+    async def probe(self) -> None:
+        """Raise unless a broker answers a metadata request."""
+        producer = await self._started()
+        await producer.client.fetch_all_metadata()
+
+    async def close(self) -> None:
+        """Flush pending records and close the connections."""
+        async with self._lock:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None

@@ -1,0 +1,84 @@
+"""Dependency health behind the standard ``grpc.health.v1`` service.
+
+Each dependency is reported under its own name (``mongodb``, ``redis``, ``kafka``). The
+overall status (service name ``""``) and each chat.v1 service follow the *required*
+dependencies only: with Kafka down the service still takes messages (events wait in the
+outbox), so Kafka is reported but does not make the service NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from grpc_health.v1 import health_pb2
+
+# grpc-stubs predates the asyncio health servicer, which grpcio-health-checking ships as `aio`.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+log = structlog.get_logger("chat.health")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    """Something the service talks to, and how to tell that it answers."""
+
+    name: str
+    probe: Callable[[], Awaitable[object]]
+    required: bool
+
+
+class HealthMonitor:
+    """Probes dependencies on an interval and publishes the results to the health servicer."""
+
+    def __init__(
+        self,
+        *,
+        servicer: health_aio.HealthServicer,
+        dependencies: Sequence[Dependency],
+        service_names: Sequence[str],
+        interval_seconds: float,
+        probe_timeout_seconds: float = 3.0,
+    ) -> None:
+        self._servicer = servicer
+        self._dependencies = tuple(dependencies)
+        self._service_names = ("", *service_names)
+        self._interval = interval_seconds
+        self._timeout = probe_timeout_seconds
+        self._up: dict[str, bool] = {}
+
+    async def check_once(self) -> dict[str, bool]:
+        """Probe every dependency concurrently, update the servicer, return name -> up."""
+        results = await asyncio.gather(*(self._probe(dep) for dep in self._dependencies))
+        for dep, up in zip(self._dependencies, results, strict=True):
+            if self._up.get(dep.name) != up:
+                (log.info if up else log.warning)(
+                    "dependency " + ("up" if up else "down"), dependency=dep.name
+                )
+            self._up[dep.name] = up
+            await self._servicer.set(dep.name, SERVING if up else NOT_SERVING)
+        overall = all(self._up[dep.name] for dep in self._dependencies if dep.required)
+        for name in self._service_names:
+            await self._servicer.set(name, SERVING if overall else NOT_SERVING)
+        return dict(self._up)
+
+    async def run(self) -> None:
+        """Check forever, every interval (cancel the task to stop)."""
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)
+
+    async def _probe(self, dependency: Dependency) -> bool:
+        try:
+            await asyncio.wait_for(dependency.probe(), self._timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a probe means "down"
+            log.debug("probe failed", dependency=dependency.name, error=repr(exc))
+            return False
+        return True

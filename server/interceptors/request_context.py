@@ -1,0 +1,97 @@
+"""Request id and access log: the first interceptor every call meets.
+
+The request id comes from the caller's ``x-request-id`` metadata when it is well-formed,
+otherwise it is generated; it is bound to every log line of the call and returned to the
+caller in the initial metadata, so a user can quote it in a support request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import grpc
+import structlog
+from grpc_interceptor.server import AsyncServerInterceptor
+
+REQUEST_ID_KEY = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Probes call these every few seconds; their access lines would drown everything else.
+_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+log = structlog.get_logger("chat.access")
+
+
+def request_id_from(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's request id when well-formed, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _VALID_REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class RequestContextInterceptor(AsyncServerInterceptor):
+    """Binds request id and method to the log context and writes one access line per call."""
+
+    async def intercept(
+        self,
+        method: Callable[..., Any],
+        request_or_iterator: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+    ) -> Any:
+        request_id = request_id_from(context)
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=method_name)
+        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        started = time.perf_counter()
+        response = method(request_or_iterator, context)
+        if hasattr(response, "__aiter__"):
+            return self._stream(response, context, method_name, started)
+        try:
+            result = await response
+        except BaseException as exc:
+            self._access(context, method_name, started, exc)
+            raise
+        self._access(context, method_name, started, None)
+        return result
+
+    async def _stream(
+        self,
+        responses: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+        started: float,
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in responses:
+                yield response
+        except BaseException as exc:
+            self._access(context, method_name, started, exc)
+            raise
+        self._access(context, method_name, started, None)
+
+    @staticmethod
+    def _access(
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        # The stubs promise a StatusCode, but it is None until a handler sets one.
+        code = cast("grpc.StatusCode | None", context.code())
+        if isinstance(code, grpc.StatusCode):
+            status = code.name
+        elif error is None:
+            status = "OK"
+        elif isinstance(error, asyncio.CancelledError):
+            status = "CANCELLED"
+        else:
+            status = "UNKNOWN"  # what grpc answers for an exception no boundary translated
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        level = "debug" if method_name.startswith(_QUIET_PREFIXES) else "info"
+        getattr(log, level)("rpc finished", code=status, duration_ms=duration_ms)
+        structlog.contextvars.clear_contextvars()

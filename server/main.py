@@ -1,0 +1,45 @@
+"""``chat-server``: run the gRPC server until SIGTERM or SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from server.bootstrap import ChatServer, create_resources
+from server.log import configure_logging
+from server.repositories.tenants_file import TenantsFileError
+from server.settings import Settings, SettingsError
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until the process is asked to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    resources = await create_resources(settings)
+    server = ChatServer(settings=settings, resources=resources)
+    try:
+        await server.start()
+    except BaseException:
+        await resources.close()
+        raise
+    await stop.wait()
+    await server.stop()
+
+
+def main() -> None:
+    """Entry point of ``chat-server``."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"chat-server: {exc}")
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except (TenantsFileError, RuntimeError) as exc:
+        structlog.get_logger("chat.server").error("cannot start", error=str(exc))
+        sys.exit(1)

@@ -1,0 +1,169 @@
+"""Typed settings read from the environment (prefix ``CHAT_``); the README lists each one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+LogFormat = Literal["auto", "json", "console"]
+_LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_KNOWN_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "HS256")
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """How bearer tokens are verified (used by the authentication interceptor)."""
+
+    algorithms: tuple[str, ...]
+    jwks_url: str | None
+    public_key_file: Path | None
+    secret: str | None
+    issuer: str
+    audience: str
+    leeway_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformEndpoints:
+    """Base URLs of the platforms' APIs, configurable so tests can use a local stand-in."""
+
+    whatsapp_api_base: str
+    messenger_api_base: str
+    graph_api_version: str
+    slack_api_base: str
+    teams_openid_metadata_url: str
+    teams_token_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the chat server and worker read from the environment."""
+
+    grpc_address: str
+    mongodb_uri: str
+    mongodb_database: str
+    redis_url: str
+    kafka_bootstrap: str
+    tenants_file: Path | None
+    log_format: LogFormat
+    log_level: str
+    shutdown_grace_seconds: float
+    health_check_interval_seconds: float
+    jwt: JwtSettings
+    platforms: PlatformEndpoints
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default: the process environment)."""
+        env = _Env(os.environ if environ is None else environ)
+        secret = env.optional("CHAT_JWT_SECRET")
+        key_file = env.optional("CHAT_JWT_PUBLIC_KEY_FILE")
+        jwks_url = env.optional("CHAT_JWT_JWKS_URL")
+        jwt = JwtSettings(
+            algorithms=_jwt_algorithms(env, has_keys=bool(jwks_url or key_file)),
+            jwks_url=jwks_url,
+            public_key_file=Path(key_file) if key_file else None,
+            secret=secret,
+            issuer=env.get("CHAT_JWT_ISSUER", "chat-service"),
+            audience=env.get("CHAT_JWT_AUDIENCE", "chat-service"),
+            leeway_seconds=env.parse("CHAT_JWT_LEEWAY_SECONDS", "30", _non_negative_int),
+        )
+        tenants_file = env.optional("CHAT_TENANTS_FILE")
+        return cls(
+            grpc_address=env.get("CHAT_GRPC_ADDRESS", "0.0.0.0:8001"),
+            mongodb_uri=env.get("CHAT_MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            mongodb_database=env.get("CHAT_MONGODB_DATABASE", "chat"),
+            redis_url=env.get("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            kafka_bootstrap=env.get("CHAT_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            tenants_file=Path(tenants_file) if tenants_file else None,
+            log_format=env.choice("CHAT_LOG_FORMAT", "auto", _LOG_FORMATS),
+            log_level=env.choice("CHAT_LOG_LEVEL", "info", _LOG_LEVELS),
+            shutdown_grace_seconds=env.parse("CHAT_SHUTDOWN_GRACE_SECONDS", "10", _positive_float),
+            health_check_interval_seconds=env.parse(
+                "CHAT_HEALTH_CHECK_INTERVAL_SECONDS", "5", _positive_float
+            ),
+            jwt=jwt,
+            platforms=PlatformEndpoints(
+                whatsapp_api_base=env.get("CHAT_WHATSAPP_API_BASE", "https://graph.facebook.com"),
+                messenger_api_base=env.get("CHAT_MESSENGER_API_BASE", "https://graph.facebook.com"),
+                graph_api_version=env.get("CHAT_GRAPH_API_VERSION", "v23.0"),
+                slack_api_base=env.get("CHAT_SLACK_API_BASE", "https://slack.com"),
+                teams_openid_metadata_url=env.get(
+                    "CHAT_TEAMS_OPENID_METADATA_URL",
+                    "https://login.botframework.com/v1/.well-known/openidconfiguration",
+                ),
+                teams_token_url=env.get(
+                    "CHAT_TEAMS_TOKEN_URL",
+                    "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token",
+                ),
+            ),
+        )
+
+
+class _Env:
+    """Reads one variable at a time and names it in every error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def get(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def parse(self, name: str, default: str, parse: Callable[[str], T]) -> T:
+        raw = self.get(name, default)
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+
+    def choice(self, name: str, default: str, allowed: tuple[T, ...]) -> T:
+        raw = self.get(name, default).lower()
+        for option in allowed:
+            if option == raw:
+                return option
+        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(map(str, allowed))}")
+
+
+def _jwt_algorithms(env: _Env, *, has_keys: bool) -> tuple[str, ...]:
+    # HS256 shares one secret between every token issuer and this server, so it is a
+    # development convenience: it is only on when asked for, or when no key source exists.
+    default = "RS256,ES256" if has_keys or not env.optional("CHAT_JWT_SECRET") else "HS256"
+    raw = env.get("CHAT_JWT_ALGORITHMS", default)
+    algorithms = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+    unknown = [alg for alg in algorithms if alg not in _KNOWN_JWT_ALGORITHMS]
+    if not algorithms or unknown:
+        raise SettingsError(
+            f"CHAT_JWT_ALGORITHMS={raw!r}: expected a comma-separated list of "
+            f"{', '.join(_KNOWN_JWT_ALGORITHMS)}"
+        )
+    if "HS256" in algorithms and not env.optional("CHAT_JWT_SECRET"):
+        raise SettingsError("CHAT_JWT_ALGORITHMS lists HS256 but CHAT_JWT_SECRET is not set")
+    return algorithms
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value

@@ -1,0 +1,1 @@
+"""The webhook bridge: verifies platform webhooks and forwards them to the chat server."""
