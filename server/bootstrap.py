@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import redis.asyncio as redis
@@ -26,15 +26,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import (
     chat_service_pb2,
-    chat_service_pb2_grpc,
     delivery_service_pb2,
-    delivery_service_pb2_grpc,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     session_service_pb2,
-    session_service_pb2_grpc,
     tenant_service_pb2,
-    tenant_service_pb2_grpc,
 )
 from server.domain.tenant import Tenant
 from server.events.publisher import KafkaEventPublisher
@@ -45,7 +40,6 @@ from server.settings import Settings
 
 log = structlog.get_logger("chat.server")
 
-T = TypeVar("T")
 
 #: The services this server serves, by full name. ResponderService is not among them: the
 #: chat service is its client.
@@ -109,15 +103,6 @@ def _dependencies(resources: Resources) -> list[Dependency]:
     ]
 
 
-def _unimplemented(servicer: Callable[[], T]) -> T:
-    """The generated base servicer, which answers UNIMPLEMENTED to every RPC.
-
-    mypy-protobuf marks its methods abstract so that real servicers must implement them all;
-    the base class itself is exactly the placeholder wanted until they exist.
-    """
-    return servicer()
-
-
 class ChatServer:
     """The gRPC server with its health monitor; start, then stop exactly once."""
 
@@ -142,23 +127,9 @@ class ChatServer:
         self._register()
 
     def _register(self) -> None:
-        # The chat.v1 RPC bodies arrive with their issues (pipeline, ingest, delivery,
-        # tenants); until then the generated base servicers answer UNIMPLEMENTED.
-        chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
-            _unimplemented(chat_service_pb2_grpc.ChatServiceServicer), self._server
-        )
-        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            _unimplemented(session_service_pb2_grpc.SessionServiceServicer), self._server
-        )
-        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
-            _unimplemented(ingest_service_pb2_grpc.IngestServiceServicer), self._server
-        )
-        delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
-            _unimplemented(delivery_service_pb2_grpc.DeliveryServiceServicer), self._server
-        )
-        tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-            _unimplemented(tenant_service_pb2_grpc.TenantServiceServicer), self._server
-        )
+        # The chat.v1 servicers are registered as their issues implement them (pipeline,
+        # sessions, ingest, delivery, tenants). Until then grpc itself answers UNIMPLEMENTED,
+        # while reflection already serves the whole contract.
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (

@@ -48,10 +48,10 @@ class RequestContextInterceptor(AsyncServerInterceptor):
         structlog.contextvars.bind_contextvars(request_id=request_id, method=method_name)
         await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
         started = time.perf_counter()
-        response = method(request_or_iterator, context)
-        if hasattr(response, "__aiter__"):
-            return self._stream(response, context, method_name, started)
         try:
+            response = method(request_or_iterator, context)
+            if hasattr(response, "__aiter__"):
+                return self._stream(response, context, method_name, started)
             result = await response
         except BaseException as exc:
             self._access(context, method_name, started, exc)

