@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 
@@ -145,3 +146,19 @@ async def test_with_mongodb_down_the_service_is_not_serving(
             assert await health(channel, "chat.v1.ChatService") == NOT_SERVING
     finally:
         await server.stop()
+
+
+async def test_shutdown_tells_watchers_not_serving_before_closing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    server = ChatServer(settings=settings, resources=await create_resources(settings))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        first = await watch.read()
+        assert first.status == SERVING
+        stopping = asyncio.create_task(server.stop())
+        second = await asyncio.wait_for(watch.read(), 5)
+        assert second.status == NOT_SERVING
+        await asyncio.wait_for(stopping, 10)

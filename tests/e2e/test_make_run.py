@@ -1,0 +1,213 @@
+"""`make run` as a user meets it: chat-dev starts everything, and stops everything.
+
+Each test runs the real `chat-dev` command on free ports under a temporary directory and
+talks to it through real clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import jwt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pymongo import MongoClient
+
+from tests.conftest import EXAMPLE_TENANTS, REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+CHAT_DEV = str(Path(sys.executable).parent / "chat-dev")
+START_TIMEOUT = 120.0
+URL_SETTINGS = ("CHAT_MONGODB_URI", "CHAT_REDIS_URL", "CHAT_KAFKA_BOOTSTRAP")
+
+
+class DevRun:
+    """One `chat-dev` process and what it wrote to run.json."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        run_file = data_dir / "run.json"
+        run_file.unlink(missing_ok=True)
+        # The embedded stack is the point here: URL settings of the test run must not leak in.
+        env = {k: v for k, v in os.environ.items() if k not in URL_SETTINGS}
+        self.process = subprocess.Popen(
+            [
+                CHAT_DEV,
+                "--data-dir",
+                str(data_dir),
+                "--tenants-file",
+                str(EXAMPLE_TENANTS),
+                "--log-dir",
+                str(data_dir / "logs"),
+                *("--grpc-port", "0", "--bridge-port", "0"),
+                *("--mongodb-port", "0", "--redis-port", "0", "--kafka-port", "0"),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not run_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                output, _ = self.process.communicate()
+                pytest.fail(f"chat-dev did not start:\n{output}")
+            time.sleep(0.2)
+        self.info = json.loads(run_file.read_text())
+        self.children = _children(self.process.pid)
+
+    def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
+        """Signal chat-dev and return its exit code and output."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        output, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, output
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Direct children of ``pid``: pid -> command line."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _alive(pids: dict[int, str], timeout: float = 20.0) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {}
+        for pid, cmd in pids.items():
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive[pid] = cmd
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def dev_run(tmp_path: Path) -> Iterator[DevRun]:
+    run = DevRun(tmp_path / "data")
+    yield run
+    run.stop()  # also closes the output pipe when the process already exited
+
+
+def health(target: str, service: str = "") -> int:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    return int(reply.status)
+
+
+def reflected_services(target: str) -> set[str]:
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+    return {service.name for service in reply.list_services_response.service}
+
+
+def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
+    info = dev_run.info
+    for service in ("", "chat.v1.ChatService", "mongodb", "redis", "kafka"):
+        assert health(info["grpc_target"], service) == health_pb2.HealthCheckResponse.SERVING
+    assert reflected_services(info["grpc_target"]) >= {
+        "chat.v1.ChatService",
+        "chat.v1.SessionService",
+        "chat.v1.IngestService",
+        "chat.v1.DeliveryService",
+        "chat.v1.TenantService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    with urllib.request.urlopen(f"{info['bridge_url']}/healthz", timeout=5) as response:
+        assert json.loads(response.read()) == {"status": "ok", "server": "SERVING"}
+
+    secret = (dev_run.data_dir / "dev-jwt-secret").read_text().strip()
+    claims = jwt.decode(
+        info["dev_token"],
+        secret,
+        algorithms=["HS256"],
+        audience="chat-service",
+        issuer="chat-service-dev",
+    )
+    assert claims["tenant_id"] == "acme"
+    assert set(claims["scope"].split()) == {"chat:read", "chat:write", "chat:admin"}
+
+    names = " ".join(dev_run.children.values())
+    for program in ("secantusd-py", "valkey-server", "tansu", "chat-server", "chat-worker"):
+        assert program in names
+    code, output = dev_run.stop(signal.SIGINT)
+    assert code == 0, output
+    assert "chat-dev: stopped" in output
+    assert _alive(dev_run.children) == {}
+    assert "stopped" in (dev_run.data_dir / "logs" / "chat-server.log").read_text()
+
+
+def test_a_crashed_child_stops_everything(dev_run: DevRun) -> None:
+    server_pid = next(pid for pid, cmd in dev_run.children.items() if "chat-server" in cmd)
+    os.kill(server_pid, signal.SIGKILL)
+    dev_run.process.wait(timeout=60)
+    code, output = dev_run.stop()
+    assert code == 1
+    assert "chat-server exited with code -9; stopping everything" in output
+    assert _alive(dev_run.children) == {}
+
+
+def test_a_killed_launcher_leaves_no_orphans(dev_run: DevRun) -> None:
+    dev_run.process.kill()  # SIGKILL: the launcher gets no chance to clean up
+    dev_run.process.wait(timeout=10)
+    assert _alive(dev_run.children) == {}
+
+
+def test_data_survives_a_restart(tmp_path: Path) -> None:
+    first = DevRun(tmp_path / "data")
+    try:
+        with MongoClient(first.info["mongodb_uri"]) as client:
+            client["chat_e2e"]["kept"].insert_one({"_id": "k1", "text": "still here"})
+    finally:
+        assert first.stop()[0] == 0
+    second = DevRun(tmp_path / "data")
+    try:
+        with MongoClient(second.info["mongodb_uri"]) as client:
+            assert client["chat_e2e"]["kept"].find_one({"_id": "k1"}) == {
+                "_id": "k1",
+                "text": "still here",
+            }
+        # The signing secret is kept too, so a token printed by the first run still works.
+        secret_file = tmp_path / "data" / "dev-jwt-secret"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        claims = jwt.decode(
+            first.info["dev_token"],
+            secret_file.read_text().strip(),
+            algorithms=["HS256"],
+            audience="chat-service",
+        )
+        assert claims["tenant_id"] == "acme"
+    finally:
+        assert second.stop()[0] == 0
