@@ -35,6 +35,7 @@ class LaunchConfig:
     dev_tenant: str = "acme"
     grpc_port: int = 8001
     bridge_port: int = 8080
+    metrics_port: int = 9464
     stack_ports: StackPorts = field(default_factory=StackPorts)
     #: None: services log to this terminal; else one file per service in this directory.
     service_log_dir: Path | None = None
@@ -120,6 +121,7 @@ class Launcher:
         env.update(
             {
                 "CHAT_GRPC_ADDRESS": f"{HOST}:{grpc_port}",
+                "CHAT_METRICS_ADDRESS": f"{HOST}:{free_port(self._config.metrics_port)}",
                 "CHAT_BRIDGE_HOST": HOST,
                 "CHAT_BRIDGE_PORT": str(bridge_port),
                 "CHAT_SERVER_TARGET": f"{HOST}:{grpc_port}",

@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--grpc-port", type=int, default=_env_int("CHAT_DEV_GRPC_PORT", 8001))
     parser.add_argument("--bridge-port", type=int, default=_env_int("CHAT_DEV_BRIDGE_PORT", 8080))
+    parser.add_argument("--metrics-port", type=int, default=_env_int("CHAT_DEV_METRICS_PORT", 9464))
     parser.add_argument(
         "--mongodb-port", type=int, default=_env_int("CHAT_DEV_MONGODB_PORT", 27027)
     )
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             dev_tenant=args.tenant,
             grpc_port=args.grpc_port,
             bridge_port=args.bridge_port,
+            metrics_port=args.metrics_port,
             stack_ports=StackPorts(
                 mongodb=args.mongodb_port, redis=args.redis_port, kafka=args.kafka_port
             ),

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import grpc
 import redis.asyncio as redis
 import structlog
+from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # grpc-stubs predates the asyncio health servicer, which grpcio-health-checking ships as `aio`.
@@ -31,10 +33,16 @@ from chat.v1 import (
     session_service_pb2,
     tenant_service_pb2,
 )
+from server.auth.jwks import JwksKeySource
+from server.auth.scopes import REQUIRED_SCOPES
+from server.auth.tokens import TokenVerifier, load_public_key
 from server.domain.tenant import Tenant
 from server.events.publisher import KafkaEventPublisher
 from server.health import Dependency, HealthMonitor
-from server.interceptors.chain import build_interceptors
+from server.interceptors.chain import ChainDependencies, build_interceptors
+from server.interceptors.tenant import StaticTenantDirectory
+from server.metrics import Metrics
+from server.repositories.rate_limits import RedisRateLimiter
 from server.repositories.tenants_file import load_tenants
 from server.settings import Settings
 
@@ -63,6 +71,7 @@ class Resources:
     database: AsyncDatabase[dict[str, Any]]
     redis: redis.Redis
     publisher: KafkaEventPublisher
+    http: aiohttp.ClientSession
     tenants: Mapping[str, Tenant]
 
     async def close(self) -> None:
@@ -70,6 +79,7 @@ class Resources:
         await self.publisher.close()
         await self.redis.aclose()
         await self.mongo.close()
+        await self.http.close()
 
 
 async def create_resources(settings: Settings) -> Resources:
@@ -85,7 +95,21 @@ async def create_resources(settings: Settings) -> Resources:
         database=mongo[settings.mongodb_database],
         redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
         publisher=KafkaEventPublisher(bootstrap_servers=settings.kafka_bootstrap),
+        # One pooled HTTP client per process, for signing keys and (later) platform APIs.
+        http=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)),
         tenants=tenants,
+    )
+
+
+def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier:
+    """The token verifier for the configured key source."""
+    jwt_settings = settings.jwt
+    return TokenVerifier(
+        settings=jwt_settings,
+        jwks=JwksKeySource(url=jwt_settings.jwks_url, http=http) if jwt_settings.jwks_url else None,
+        public_key=load_public_key(jwt_settings.public_key_file)
+        if jwt_settings.public_key_file
+        else None,
     )
 
 
@@ -106,11 +130,29 @@ def _dependencies(resources: Resources) -> list[Dependency]:
 class ChatServer:
     """The gRPC server with its health monitor; start, then stop exactly once."""
 
-    def __init__(self, *, settings: Settings, resources: Resources) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        resources: Resources,
+        required_scopes: Mapping[str, str] = REQUIRED_SCOPES,
+        extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    ) -> None:
         self._settings = settings
         self._resources = resources
+        self.metrics = Metrics()
+        self._metrics_runner: web.AppRunner | None = None
+        self.metrics_port = 0
+        chain = ChainDependencies(
+            verifier=build_verifier(settings, resources.http),
+            tenants=StaticTenantDirectory(resources.tenants),
+            limiter=RedisRateLimiter(client=resources.redis),
+            rate_limits=settings.rate_limits,
+            metrics=self.metrics,
+            required_scopes=required_scopes,
+        )
         self._server = grpc.aio.server(
-            interceptors=build_interceptors(),
+            interceptors=build_interceptors(chain),
             # One process per port unless CHAT_WORKERS asks for more: without this, a second
             # server started by mistake would silently share the port.
             options=[("grpc.so_reuseport", 0)],
@@ -125,6 +167,8 @@ class ChatServer:
         self._monitor_task: asyncio.Task[None] | None = None
         self.port = 0
         self._register()
+        if extra_handlers:
+            self._server.add_generic_rpc_handlers(tuple(extra_handlers))
 
     def _register(self) -> None:
         # The chat.v1 servicers are registered as their issues implement them (pipeline,
@@ -142,11 +186,19 @@ class ChatServer:
 
     async def start(self) -> int:
         """Probe dependencies once, bind, start serving; returns the bound port."""
+        if self._settings.metrics_address:
+            self._metrics_runner = await self.metrics.serve(self._settings.metrics_address)
+            self.metrics_port = _bound_port(self._metrics_runner)
         await self._monitor.check_once()
         self.port = self._server.add_insecure_port(self._settings.grpc_address)
         await self._server.start()
         self._monitor_task = asyncio.create_task(self._monitor.run(), name="health-monitor")
-        log.info("chat server listening", address=self._settings.grpc_address, port=self.port)
+        log.info(
+            "chat server listening",
+            address=self._settings.grpc_address,
+            port=self.port,
+            metrics_port=self.metrics_port or None,
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -158,5 +210,12 @@ class ChatServer:
                 await self._monitor_task
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.shutdown_grace_seconds)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self._resources.close()
         log.info("stopped")
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    address = runner.addresses[0]
+    return int(address[1])

@@ -21,8 +21,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     resources = await create_resources(settings)
-    server = ChatServer(settings=settings, resources=resources)
     try:
+        server = ChatServer(settings=settings, resources=resources)
         await server.start()
     except BaseException:
         await resources.close()
@@ -40,6 +40,6 @@ def main() -> None:
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except (TenantsFileError, RuntimeError) as exc:
+    except (TenantsFileError, SettingsError, OSError) as exc:
         structlog.get_logger("chat.server").error("cannot start", error=str(exc))
         sys.exit(1)

@@ -46,6 +46,26 @@ class PlatformEndpoints:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """A sustained rate with a burst allowance."""
+
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Default limits; a tenant's quotas in the tenants file replace the tenant default."""
+
+    tenant: Rate
+    user: Rate
+    #: Per tenant and method, for methods heavier than the rest (short method name -> rate).
+    methods: dict[str, Rate]
+    fail_open: bool
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the chat server and worker read from the environment."""
 
@@ -59,7 +79,9 @@ class Settings:
     log_level: str
     shutdown_grace_seconds: float
     health_check_interval_seconds: float
+    metrics_address: str | None
     jwt: JwtSettings
+    rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
 
     @classmethod
@@ -92,7 +114,26 @@ class Settings:
             health_check_interval_seconds=env.parse(
                 "CHAT_HEALTH_CHECK_INTERVAL_SECONDS", "5", _positive_float
             ),
+            metrics_address=_optional_address(env.get("CHAT_METRICS_ADDRESS", "0.0.0.0:9464")),
             jwt=jwt,
+            rate_limits=RateLimitSettings(
+                tenant=Rate(
+                    per_second=env.parse("CHAT_RATE_LIMIT_TENANT_RPS", "100", _positive_float),
+                    burst=env.parse("CHAT_RATE_LIMIT_TENANT_BURST", "200", _positive_int),
+                ),
+                user=Rate(
+                    per_second=env.parse("CHAT_RATE_LIMIT_USER_RPS", "20", _positive_float),
+                    burst=env.parse("CHAT_RATE_LIMIT_USER_BURST", "40", _positive_int),
+                ),
+                methods=env.parse(
+                    "CHAT_RATE_LIMIT_METHODS",
+                    "ExportConversation=1:5,SearchMessages=10:20",
+                    _method_rates,
+                ),
+                fail_open=env.parse("CHAT_RATE_LIMIT_FAIL_OPEN", "true", _boolean),
+                timeout_seconds=env.parse("CHAT_RATE_LIMIT_TIMEOUT_MS", "250", _positive_float)
+                / 1000,
+            ),
             platforms=PlatformEndpoints(
                 whatsapp_api_base=env.get("CHAT_WHATSAPP_API_BASE", "https://graph.facebook.com"),
                 messenger_api_base=env.get("CHAT_MESSENGER_API_BASE", "https://graph.facebook.com"),
@@ -167,3 +208,34 @@ def _positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError("must be positive")
     return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional_address(raw: str) -> str | None:
+    return None if raw.lower() in ("off", "none", "") else raw
+
+
+def _method_rates(raw: str) -> dict[str, Rate]:
+    rates: dict[str, Rate] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, spec = item.partition("=")
+        per_second, _, burst = spec.partition(":")
+        if not name.isidentifier() or not per_second or not burst:
+            raise ValueError(f"expected Method=rate:burst items, got {item!r}")
+        rates[name] = Rate(per_second=_positive_float(per_second), burst=_positive_int(burst))
+    return rates

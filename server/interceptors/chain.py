@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from server.auth.tokens import TokenVerifier
+from server.interceptors.auth import AuthInterceptor
+from server.interceptors.error_boundary import ErrorBoundaryInterceptor
+from server.interceptors.rate_limit import RateLimitInterceptor
 from server.interceptors.request_context import RequestContextInterceptor
+from server.interceptors.tenant import TenantDirectory, TenantInterceptor
+from server.metrics import Metrics
+from server.repositories.rate_limits import RateLimiter
+from server.settings import RateLimitSettings
 
 
-def build_interceptors() -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-    """Request id + access log first; authentication, tenant and rate limit follow it."""
+@dataclass(frozen=True, slots=True)
+class ChainDependencies:
+    """What the interceptors need."""
+
+    verifier: TokenVerifier
+    tenants: TenantDirectory
+    limiter: RateLimiter
+    rate_limits: RateLimitSettings
+    metrics: Metrics
+    required_scopes: Mapping[str, str]
+
+
+def build_interceptors(deps: ChainDependencies) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    """Request id + logging, then authentication, tenant and rate limit.
+
+    The error boundary sits right inside the request-id interceptor: around everything else
+    (interceptors and servicers alike), and inside the request id so that an INTERNAL error can
+    quote it and the access line records the final status.
+    """
     return [
         RequestContextInterceptor(),
+        ErrorBoundaryInterceptor(),
+        AuthInterceptor(
+            verifier=deps.verifier, required_scopes=deps.required_scopes, metrics=deps.metrics
+        ),
+        TenantInterceptor(directory=deps.tenants),
+        RateLimitInterceptor(limiter=deps.limiter, settings=deps.rate_limits, metrics=deps.metrics),
     ]

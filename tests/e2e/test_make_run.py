@@ -50,7 +50,7 @@ class DevRun:
                 str(EXAMPLE_TENANTS),
                 "--log-dir",
                 str(data_dir / "logs"),
-                *("--grpc-port", "0", "--bridge-port", "0"),
+                *("--grpc-port", "0", "--bridge-port", "0", "--metrics-port", "0"),
                 *("--mongodb-port", "0", "--redis-port", "0", "--kafka-port", "0"),
             ],
             cwd=REPO_ROOT,

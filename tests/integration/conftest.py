@@ -19,6 +19,7 @@ def make_settings(stack: Endpoints) -> Callable[..., Settings]:
         env = {
             **stack.as_env(),
             "CHAT_GRPC_ADDRESS": "127.0.0.1:0",
+            "CHAT_METRICS_ADDRESS": "127.0.0.1:0",
             "CHAT_TENANTS_FILE": str(EXAMPLE_TENANTS),
             "CHAT_HEALTH_CHECK_INTERVAL_SECONDS": "0.2",
             "CHAT_SHUTDOWN_GRACE_SECONDS": "2",

@@ -1,0 +1,1 @@
+"""Authentication: bearer-token verification, the scope table, the caller's identity."""

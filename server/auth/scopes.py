@@ -1,0 +1,44 @@
+"""The scope each RPC requires: one table, checked by a test against the contract."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+CHAT_READ = "chat:read"
+CHAT_WRITE = "chat:write"
+CHAT_INGEST = "chat:ingest"
+CHAT_ADMIN = "chat:admin"
+
+#: Methods anyone may call without a token: probes and tooling.
+PUBLIC_METHODS: frozenset[str] = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+#: Full method name -> the scope the caller's token must carry. A method missing here is
+#: refused (PERMISSION_DENIED), so a new RPC is closed until someone decides its scope.
+REQUIRED_SCOPES: Mapping[str, str] = {
+    "/chat.v1.ChatService/SendMessage": CHAT_WRITE,
+    "/chat.v1.ChatService/GetConversation": CHAT_READ,
+    "/chat.v1.ChatService/ListConversations": CHAT_READ,
+    "/chat.v1.ChatService/CloseConversation": CHAT_WRITE,
+    "/chat.v1.ChatService/ListMessages": CHAT_READ,
+    "/chat.v1.ChatService/SearchMessages": CHAT_READ,
+    "/chat.v1.ChatService/ExportConversation": CHAT_READ,
+    "/chat.v1.ChatService/StreamConversationEvents": CHAT_READ,
+    "/chat.v1.ChatService/SendTypingIndicator": CHAT_WRITE,
+    "/chat.v1.ChatService/MarkRead": CHAT_WRITE,
+    "/chat.v1.SessionService/GetSession": CHAT_READ,
+    "/chat.v1.SessionService/UpdateSessionContext": CHAT_WRITE,
+    "/chat.v1.SessionService/EndSession": CHAT_WRITE,
+    "/chat.v1.IngestService/IngestEvents": CHAT_INGEST,
+    "/chat.v1.DeliveryService/GetDeliveryStatus": CHAT_READ,
+    "/chat.v1.DeliveryService/ListFailedDeliveries": CHAT_READ,
+    "/chat.v1.DeliveryService/RetryDelivery": CHAT_ADMIN,
+    "/chat.v1.TenantService/GetTenant": CHAT_ADMIN,
+    "/chat.v1.TenantService/UpsertTenant": CHAT_ADMIN,
+}

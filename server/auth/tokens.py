@@ -1,0 +1,136 @@
+"""Bearer-token verification with PyJWT against an allow-list of algorithms.
+
+RS256/ES256 keys come from a JWKS URL or a PEM file; HS256 uses a shared secret and is only on
+when configured. ``iss``, ``aud``, ``exp``, ``sub`` and ``tenant_id`` are required. Every
+rejection is UNAUTHENTICATED with an ErrorInfo reason; the token itself is never echoed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from server.auth.jwks import JwksKeySource
+from server.auth.principal import Principal
+from server.domain.errors import Unauthenticated
+from server.settings import JwtSettings, SettingsError
+
+MAX_TOKEN_BYTES = 8 * 1024
+# base64url and the few punctuation marks IdPs use; no path, quote or template characters.
+_VALID_KID = re.compile(r"^[A-Za-z0-9._~+=-]{1,128}$")
+_REQUIRED = ["exp", "iss", "aud", "sub"]
+
+_REJECTIONS: tuple[tuple[type[Exception], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "TOKEN_EXPIRED", "token expired"),
+    (jwt.ImmatureSignatureError, "TOKEN_NOT_YET_VALID", "token not yet valid"),
+    (jwt.InvalidAudienceError, "TOKEN_AUDIENCE_INVALID", "token audience not accepted"),
+    (jwt.InvalidIssuerError, "TOKEN_ISSUER_INVALID", "token issuer not accepted"),
+    (jwt.MissingRequiredClaimError, "TOKEN_CLAIM_MISSING", "token lacks a required claim"),
+    (jwt.InvalidSignatureError, "TOKEN_SIGNATURE_INVALID", "token signature invalid"),
+    (jwt.InvalidKeyError, "TOKEN_SIGNATURE_INVALID", "token signature invalid"),
+    (jwt.InvalidAlgorithmError, "TOKEN_ALGORITHM_NOT_ALLOWED", "token algorithm not allowed"),
+    (jwt.DecodeError, "TOKEN_MALFORMED", "token malformed"),
+    (jwt.InvalidTokenError, "TOKEN_INVALID", "token invalid"),
+)
+
+
+def load_public_key(path: Path) -> RSAPublicKey | EllipticCurvePublicKey:
+    """Read CHAT_JWT_PUBLIC_KEY_FILE; only RSA and EC keys can verify our algorithms."""
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SettingsError(
+            f"CHAT_JWT_PUBLIC_KEY_FILE={path}: not a PEM public key ({exc})"
+        ) from None
+    if not isinstance(key, RSAPublicKey | EllipticCurvePublicKey):
+        raise SettingsError(f"CHAT_JWT_PUBLIC_KEY_FILE={path}: must be an RSA or EC public key")
+    return key
+
+
+class TokenVerifier:
+    """Turns a bearer token into a Principal, or raises Unauthenticated."""
+
+    def __init__(
+        self,
+        *,
+        settings: JwtSettings,
+        jwks: JwksKeySource | None = None,
+        public_key: RSAPublicKey | EllipticCurvePublicKey | None = None,
+    ) -> None:
+        self._settings = settings
+        self._allowed = frozenset(settings.algorithms)
+        self._jwks = jwks
+        self._public_key = public_key
+
+    async def verify(self, token: str) -> Principal:
+        """Verify signature and claims; return who is calling."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated("token too large", reason="TOKEN_TOO_LARGE")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("token malformed", reason="TOKEN_MALFORMED") from None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self._allowed:
+            raise Unauthenticated(
+                "token algorithm not allowed", reason="TOKEN_ALGORITHM_NOT_ALLOWED"
+            )
+        key = await self._key(algorithm, header.get("kid"))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                leeway=self._settings.leeway_seconds,
+                options={"require": _REQUIRED},
+            )
+        except jwt.InvalidTokenError as exc:
+            for kind, reason, message in _REJECTIONS:
+                if isinstance(exc, kind):
+                    raise Unauthenticated(message, reason=reason) from None
+            raise  # unreachable: InvalidTokenError is the last entry
+        return _principal(claims)
+
+    async def _key(self, algorithm: str, kid: object) -> Any:
+        if algorithm.startswith("HS"):
+            return self._settings.secret  # allowed only when a secret is configured
+        if kid is not None and (not isinstance(kid, str) or not _VALID_KID.match(kid)):
+            raise Unauthenticated("token key id malformed", reason="TOKEN_KID_INVALID")
+        if self._jwks is not None:
+            if kid is None:
+                raise Unauthenticated("token names no key", reason="TOKEN_KEY_UNKNOWN")
+            return (await self._jwks.key(kid)).key
+        if self._public_key is not None:
+            return self._public_key
+        raise Unauthenticated("no key configured for this algorithm", reason="TOKEN_KEY_UNKNOWN")
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    tenant_id = claims.get("tenant_id")
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise Unauthenticated(
+            "token lacks a required claim",
+            reason="TOKEN_CLAIM_MISSING",
+            metadata={"claim": "tenant_id"},
+        )
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthenticated(
+            "token lacks a required claim", reason="TOKEN_CLAIM_MISSING", metadata={"claim": "sub"}
+        )
+    raw_scope = claims.get("scope", "")
+    if isinstance(raw_scope, str):
+        scopes = frozenset(raw_scope.split())
+    elif isinstance(raw_scope, list) and all(isinstance(s, str) for s in raw_scope):
+        scopes = frozenset(raw_scope)
+    else:
+        raise Unauthenticated("token scope claim malformed", reason="TOKEN_MALFORMED")
+    return Principal(subject=subject, tenant_id=tenant_id, scopes=scopes)

@@ -1,0 +1,129 @@
+"""Domain errors. Each declares its gRPC status code and an ErrorInfo reason (UPPER_SNAKE);
+the error boundary turns them into ``google.rpc.Status`` with details.
+
+The message is shown to the caller, so it never holds secrets, tokens or other tenants' data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+ERROR_DOMAIN = "chat-service"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid request field (BadRequest detail)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One exceeded limit (QuotaFailure detail)."""
+
+    subject: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of the errors a caller is meant to see."""
+
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed; field_violations say where."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_violations: Sequence[FieldViolation] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.field_violations = tuple(field_violations)
+
+
+class Unauthenticated(DomainError):
+    """No valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    """Valid credentials that do not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class NotFound(DomainError):
+    """The record does not exist, or belongs to another tenant (the caller cannot tell)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    """The record exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    """The record is not in a state that allows the call."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(DomainError):
+    """A limit is reached; retry_after_seconds says when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float,
+        quota_violations: Sequence[QuotaViolation] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+        self.quota_violations = tuple(quota_violations)
+
+
+class Unavailable(DomainError):
+    """A dependency is down; the call may be retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"

@@ -1,0 +1,80 @@
+"""Authentication and authorization: a valid bearer token with the scope the RPC needs.
+
+Health and reflection are public. Every other method must be in the scope table; one that is
+not is refused, so a new RPC stays closed until its scope is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import structlog
+from grpc_interceptor.server import AsyncServerInterceptor
+
+from server.auth.principal import bind_principal
+from server.auth.scopes import PUBLIC_METHODS
+from server.auth.tokens import MAX_TOKEN_BYTES, TokenVerifier
+from server.domain.errors import DomainError, PermissionDenied, Unauthenticated
+from server.interceptors.proceed import proceed
+from server.metrics import Metrics
+
+_BEARER = "bearer "
+
+
+class AuthInterceptor(AsyncServerInterceptor):
+    """Verifies the token, checks the scope, binds the caller to the call."""
+
+    def __init__(
+        self, *, verifier: TokenVerifier, required_scopes: Mapping[str, str], metrics: Metrics
+    ) -> None:
+        self._verifier = verifier
+        self._scopes = required_scopes
+        self._metrics = metrics
+
+    async def intercept(
+        self,
+        method: Callable[..., Any],
+        request_or_iterator: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+    ) -> Any:
+        if method_name not in PUBLIC_METHODS:
+            try:
+                await self._authorize(context, method_name)
+            except DomainError as exc:
+                self._metrics.auth_rejected.labels(reason=exc.reason).inc()
+                raise
+        return await proceed(method, request_or_iterator, context)
+
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        token = _bearer_token(context)
+        principal = await self._verifier.verify(token)
+        structlog.contextvars.bind_contextvars(subject=principal.subject)
+        required = self._scopes.get(method)
+        if required is None:
+            raise PermissionDenied("method not open to callers", reason="METHOD_NOT_ALLOWED")
+        if required not in principal.scopes:
+            raise PermissionDenied(
+                f"token lacks scope {required}",
+                reason="SCOPE_MISSING",
+                metadata={"required_scope": required},
+            )
+        bind_principal(principal)
+
+
+def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    values = [
+        value for key, value in (context.invocation_metadata() or ()) if key == "authorization"
+    ]
+    if not values:
+        raise Unauthenticated("bearer token required", reason="TOKEN_MISSING")
+    raw = values[0]
+    if not isinstance(raw, str) or len(values) > 1:
+        raise Unauthenticated("token malformed", reason="TOKEN_MALFORMED")
+    if len(raw) > MAX_TOKEN_BYTES + len(_BEARER):
+        raise Unauthenticated("token too large", reason="TOKEN_TOO_LARGE")
+    if not raw[: len(_BEARER)].lower() == _BEARER or not raw[len(_BEARER) :].strip():
+        raise Unauthenticated("expected 'authorization: Bearer <token>'", reason="TOKEN_MALFORMED")
+    return raw[len(_BEARER) :].strip()

@@ -1,0 +1,138 @@
+"""Rate limits per tenant, per user (the token's subject) and per method, in one Redis round
+trip. When Redis cannot be reached the limiter fails open (configurable), counting and logging
+(once per interval) the calls it let through."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc_interceptor.server import AsyncServerInterceptor
+from redis.exceptions import RedisError
+
+from server.auth.principal import current_principal, current_tenant
+from server.auth.scopes import PUBLIC_METHODS
+from server.domain.errors import QuotaViolation, ResourceExhausted, Unavailable
+from server.interceptors.proceed import proceed
+from server.metrics import Metrics
+from server.repositories.rate_limits import Limit, RateLimiter, limit_key
+from server.settings import Rate, RateLimitSettings
+
+log = structlog.get_logger("chat.ratelimit")
+
+#: After a failure, skip the store for this long: failing open must not add a timeout per call.
+RETRY_STORE_AFTER_SECONDS = 1.0
+LOG_INTERVAL_SECONDS = 60.0
+
+
+class RateLimitInterceptor(AsyncServerInterceptor):
+    """Refuses calls over a limit with RESOURCE_EXHAUSTED, QuotaFailure and RetryInfo."""
+
+    def __init__(
+        self,
+        *,
+        limiter: RateLimiter,
+        settings: RateLimitSettings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limiter = limiter
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._store_down_until = 0.0
+        self._last_logged = -LOG_INTERVAL_SECONDS
+        self._let_through_since_log = 0
+
+    async def intercept(
+        self,
+        method: Callable[..., Any],
+        request_or_iterator: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+    ) -> Any:
+        if method_name not in PUBLIC_METHODS:
+            await self._check(method_name)
+        return await proceed(method, request_or_iterator, context)
+
+    def limits(self, method_name: str) -> tuple[Limit, ...]:
+        """The limits a call of ``method_name`` by the current caller counts against."""
+        tenant = current_tenant()
+        principal = current_principal()
+        quotas = tenant.quotas
+        default = self._settings.tenant
+        tenant_rate = Rate(
+            per_second=quotas.requests_per_second or default.per_second,
+            burst=quotas.burst or quotas.requests_per_second or default.burst,
+        )
+        user = self._settings.user
+        limits = [
+            Limit(limit_key(tenant.id, "t"), tenant_rate.per_second, tenant_rate.burst, "tenant"),
+            Limit(
+                limit_key(tenant.id, "u", principal.subject),
+                user.per_second,
+                user.burst,
+                f"user:{principal.subject}",
+            ),
+        ]
+        short_name = method_name.rsplit("/", 1)[-1]
+        method_rate = self._settings.methods.get(short_name)
+        if method_rate is not None:
+            limits.append(
+                Limit(
+                    limit_key(tenant.id, "m", short_name),
+                    method_rate.per_second,
+                    method_rate.burst,
+                    f"method:{short_name}",
+                )
+            )
+        return tuple(limits)
+
+    async def _check(self, method_name: str) -> None:
+        limits = self.limits(method_name)
+        if self._clock() < self._store_down_until:
+            self._unchecked(None)
+            return
+        try:
+            decision = await asyncio.wait_for(
+                self._limiter.check(limits), self._settings.timeout_seconds
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._store_down_until = self._clock() + RETRY_STORE_AFTER_SECONDS
+            self._unchecked(exc)
+            return
+        if decision.allowed:
+            return
+        for limit in decision.refused:
+            self._metrics.rate_limited.labels(limit=limit.subject.split(":", 1)[0]).inc()
+        raise ResourceExhausted(
+            "rate limit exceeded",
+            reason="RATE_LIMITED",
+            retry_after_seconds=decision.retry_after_seconds,
+            quota_violations=[
+                QuotaViolation(
+                    subject=limit.subject,
+                    description=f"at most {limit.per_second:g} requests/s, bursts of {limit.burst}",
+                )
+                for limit in decision.refused
+            ],
+        )
+
+    def _unchecked(self, error: BaseException | None) -> None:
+        if not self._settings.fail_open:
+            raise Unavailable("rate limiter unavailable", reason="RATE_LIMITER_UNAVAILABLE")
+        self._metrics.rate_limit_fail_open.inc()
+        self._let_through_since_log += 1
+        now = self._clock()
+        if now - self._last_logged >= LOG_INTERVAL_SECONDS:
+            log.warning(
+                "rate-limit store unreachable; letting calls through unchecked",
+                calls_let_through=self._let_through_since_log,
+                error=repr(error) if error else "store marked down",
+            )
+            self._last_logged = now
+            self._let_through_since_log = 0

@@ -1,0 +1,62 @@
+"""Tenant isolation: the tenant comes from the token only, and must be known and enabled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from grpc_interceptor.server import AsyncServerInterceptor
+
+from server.auth.principal import bind_tenant, current_principal
+from server.auth.scopes import PUBLIC_METHODS
+from server.domain.errors import PermissionDenied
+from server.domain.tenant import Tenant
+from server.interceptors.proceed import proceed
+
+
+class TenantDirectory(Protocol):
+    """Looks tenants up by id."""
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        """The tenant, or None when unknown."""
+        ...
+
+
+class StaticTenantDirectory:
+    """Tenants from the tenants file, held in memory."""
+
+    def __init__(self, tenants: Mapping[str, Tenant]) -> None:
+        self._tenants = dict(tenants)
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        """The tenant, or None when unknown."""
+        return self._tenants.get(tenant_id)
+
+
+class TenantInterceptor(AsyncServerInterceptor):
+    """Binds the caller's tenant to the call and its log lines."""
+
+    def __init__(self, *, directory: TenantDirectory) -> None:
+        self._directory = directory
+
+    async def intercept(
+        self,
+        method: Callable[..., Any],
+        request_or_iterator: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+    ) -> Any:
+        if method_name not in PUBLIC_METHODS:
+            tenant_id = current_principal().tenant_id
+            tenant = self._directory.get(tenant_id)
+            # The same answer for unknown and disabled would hide which tenants exist, but an
+            # operator debugging a disabled tenant needs to tell them apart; ids are not secret.
+            if tenant is None:
+                raise PermissionDenied("tenant not known", reason="TENANT_UNKNOWN")
+            if not tenant.enabled:
+                raise PermissionDenied("tenant disabled", reason="TENANT_DISABLED")
+            structlog.contextvars.bind_contextvars(tenant_id=tenant.id)
+            bind_tenant(tenant)
+        return await proceed(method, request_or_iterator, context)
