@@ -48,6 +48,8 @@ from server.settings import Settings
 
 log = structlog.get_logger("chat.server")
 
+MAX_METADATA_BYTES = 64 * 1024
+
 
 #: The services this server serves, by full name. ResponderService is not among them: the
 #: chat service is its client.
@@ -155,7 +157,12 @@ class ChatServer:
             interceptors=build_interceptors(chain),
             # One process per port unless CHAT_WORKERS asks for more: without this, a second
             # server started by mistake would silently share the port.
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # Above gRPC's 8 KiB default, so an oversized token reaches the auth interceptor
+                # and gets UNAUTHENTICATED/TOKEN_TOO_LARGE instead of a bare transport error.
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ],
         )
         self._health = health_aio.HealthServicer()
         self._monitor = HealthMonitor(

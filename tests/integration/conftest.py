@@ -1,8 +1,9 @@
-"""An in-process chat server on a free port, against the session's real servers."""
+"""In-process chat servers on free ports, against the session's real servers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from devstack.stack import Endpoints
 from server.bootstrap import ChatServer, create_resources
 from server.settings import Settings
 from tests.conftest import EXAMPLE_TENANTS
+from tests.integration.probe import PROBE_SCOPES, ProbeState, probe_handler
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +32,40 @@ def make_settings(stack: Endpoints) -> Callable[..., Settings]:
     return make
 
 
+class RunningServer:
+    """A started ChatServer with the probe service, and what its handlers saw."""
+
+    def __init__(self, server: ChatServer, state: ProbeState) -> None:
+        self.server = server
+        self.state = state
+        self.target = f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def start_server(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    """Start chat servers (with the probe service) with settings overrides; stopped after."""
+    started: list[ChatServer] = []
+
+    async def start(**overrides: str) -> RunningServer:
+        settings = make_settings(**overrides)
+        state = ProbeState()
+        server = ChatServer(
+            settings=settings,
+            resources=await create_resources(settings),
+            required_scopes=PROBE_SCOPES,
+            extra_handlers=[probe_handler(state)],
+        )
+        await server.start()
+        started.append(server)
+        return RunningServer(server, state)
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
 @pytest.fixture(scope="session")
 async def chat_server(make_settings: Callable[..., Settings]) -> AsyncIterator[str]:
     """The target (host:port) of a running chat server."""
@@ -44,3 +80,10 @@ async def chat_server(make_settings: Callable[..., Settings]) -> AsyncIterator[s
 async def channel(chat_server: str) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(chat_server) as channel:
         yield channel
+
+
+def tenants_file(tmp_path: Path, body: str) -> str:
+    """Write a tenants file and return its path."""
+    path = tmp_path / "tenants.yaml"
+    path.write_text(body)
+    return str(path)
