@@ -32,7 +32,9 @@ from chat.v1 import (
     ingest_service_pb2,
     session_service_pb2,
     tenant_service_pb2,
+    tenant_service_pb2_grpc,
 )
+from server.api.tenants import TenantServicer
 from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import TokenVerifier, load_public_key
@@ -178,9 +180,10 @@ class ChatServer:
             self._server.add_generic_rpc_handlers(tuple(extra_handlers))
 
     def _register(self) -> None:
-        # The chat.v1 servicers are registered as their issues implement them (pipeline,
-        # sessions, ingest, delivery, tenants). Until then grpc itself answers UNIMPLEMENTED,
-        # while reflection already serves the whole contract.
+        # The other chat.v1 servicers are registered as their issues implement them
+        # (pipeline, sessions, ingest, delivery). Until then grpc itself answers
+        # UNIMPLEMENTED, while reflection already serves the whole contract.
+        tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (

@@ -127,3 +127,10 @@ class Unavailable(DomainError):
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+
+class Unimplemented(DomainError):
+    """The RPC exists in the contract but not yet in this server."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pymongo import MongoClient
 
+from chat.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 from tests.conftest import EXAMPLE_TENANTS, REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -158,6 +159,19 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
     )
     assert claims["tenant_id"] == "acme"
     assert set(claims["scope"].split()) == {"chat:read", "chat:write", "chat:admin"}
+
+    # The printed token works against the running server; no token does not.
+    with grpc.insecure_channel(info["grpc_target"]) as channel:
+        stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
+        reply = stub.GetTenant(
+            tenant_service_pb2.GetTenantRequest(),
+            metadata=(("authorization", f"Bearer {info['dev_token']}"),),
+            timeout=5,
+        )
+        assert reply.tenant.id == "acme"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetTenant(tenant_service_pb2.GetTenantRequest(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
 
     names = " ".join(dev_run.children.values())
     for program in ("secantusd-py", "valkey-server", "tansu", "chat-server", "chat-worker"):

@@ -1,0 +1,1 @@
+"""Servicers: proto in -> service call -> proto out, nothing else."""
