@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
-# buf breaking compares the contracts with the first commit of v1 (the root commit) unless
-# told otherwise, e.g. `make breaking BREAKING_AGAINST=main`.
-BREAKING_AGAINST ?= $(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
+# buf breaking compares the contracts with the released v1: the commit named in
+# proto/BREAKING_BASELINE (moved forward only when a release is cut). Override it with e.g.
+# `make breaking BREAKING_AGAINST=main`.
+BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 
 .PHONY: install run test lint typecheck proto check-generated breaking format clean

@@ -95,13 +95,22 @@ def main(argv: list[str] | None = None) -> None:
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
         launcher.stopping.set()
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # While starting, a signal interrupts the start-up itself (which then stops what it
+    # started); once running, it asks the supervision loop to stop.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     print(f"chat-dev: starting the embedded stack under {data_dir}/ ...", flush=True)
     try:
         running = launcher.start()
-    except RuntimeError as exc:
+    except KeyboardInterrupt:
+        sys.exit("chat-dev: interrupted while starting; stopped what had started")
+    except Exception as exc:  # noqa: BLE001 - any start-up failure gets one clear line
         sys.exit(f"chat-dev: could not start: {exc}")
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     print(banner(running, data_dir), flush=True)
     crashed = launcher.supervise()
     for name, code in crashed:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -14,14 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. If the launcher is killed outright (SIGKILL,
-    # a crash), the kernel sends the child SIGTERM, so no server is left orphaned.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Runs as the child's first program: asks the kernel for SIGTERM when the launcher dies, then
+# becomes the real server. An exec wrapper rather than preexec_fn, which is unsafe once the
+# launcher has threads (gRPC's do).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # 1 = PR_SET_PDEATHSIG
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 class ChildProcess:
@@ -55,7 +54,7 @@ class ChildProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            self.argv,
+            [sys.executable, "-c", _DIE_WITH_PARENT, *self.argv],
             env=self.env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
@@ -64,7 +63,6 @@ class ChildProcess:
             # Its own session: a Ctrl-C in the terminal reaches only the launcher, which then
             # stops the children in order (services before the servers they depend on).
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher is single-threaded here
         )
 
     def exit_code(self) -> int | None:

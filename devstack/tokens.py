@@ -6,6 +6,7 @@ so that `make run` can hand a new user a token that works at once.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ def dev_secret(data_dir: Path) -> str:
     path = data_dir / "dev-jwt-secret"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
-        path.chmod(0o600)
+        # Created readable by its owner only, never world-readable even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(48))
     return path.read_text(encoding="utf-8").strip()
 
 

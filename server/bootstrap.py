@@ -25,6 +25,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.exceptions import RedisError
 
 from chat.v1 import (
     chat_service_pb2,
@@ -51,6 +52,7 @@ from server.settings import Settings
 log = structlog.get_logger("chat.server")
 
 MAX_METADATA_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 25 * 1024 * 1024
 
 
 #: The services this server serves, by full name. ResponderService is not among them: the
@@ -79,11 +81,13 @@ class Resources:
     tenants: Mapping[str, Tenant]
 
     async def close(self) -> None:
-        """Flush the Kafka producer first (it may still hold events), then close the rest."""
-        await self.publisher.close()
-        await self.redis.aclose()
-        await self.mongo.close()
-        await self.http.close()
+        """Flush the Kafka producer first (it may still hold events), then close the rest;
+        one failing close does not keep the others open."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.http.close)
+            stack.push_async_callback(self.mongo.close)
+            stack.push_async_callback(self.redis.aclose)
+            stack.push_async_callback(self.publisher.close)
 
 
 async def create_resources(settings: Settings) -> Resources:
@@ -147,10 +151,11 @@ class ChatServer:
         self.metrics = Metrics()
         self._metrics_runner: web.AppRunner | None = None
         self.metrics_port = 0
+        self._limiter = RedisRateLimiter(client=resources.redis)
         chain = ChainDependencies(
             verifier=build_verifier(settings, resources.http),
             tenants=StaticTenantDirectory(resources.tenants),
-            limiter=RedisRateLimiter(client=resources.redis),
+            limiter=self._limiter,
             rate_limits=settings.rate_limits,
             metrics=self.metrics,
             required_scopes=required_scopes,
@@ -164,6 +169,8 @@ class ChatServer:
                 # Above gRPC's 8 KiB default, so an oversized token reaches the auth interceptor
                 # and gets UNAUTHENTICATED/TOKEN_TOO_LARGE instead of a bare transport error.
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                # Inline media uploads (MediaContent.data) of up to 20 MiB, with room for the rest.
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ],
         )
         self._health = health_aio.HealthServicer()
@@ -200,6 +207,10 @@ class ChatServer:
             self._metrics_runner = await self.metrics.serve(self._settings.metrics_address)
             self.metrics_port = _bound_port(self._metrics_runner)
         await self._monitor.check_once()
+        try:
+            await self._limiter.load()
+        except (RedisError, OSError) as exc:
+            log.warning("rate-limit script not preloaded", error=repr(exc))
         self.port = self._server.add_insecure_port(self._settings.grpc_address)
         await self._server.start()
         self._monitor_task = asyncio.create_task(self._monitor.run(), name="health-monitor")

@@ -21,11 +21,13 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     resources = await create_resources(settings)
+    server: ChatServer | None = None
     try:
         server = ChatServer(settings=settings, resources=resources)
         await server.start()
     except BaseException:
-        await resources.close()
+        # stop() also closes the resources; without a server only they need closing.
+        await (server.stop() if server is not None else resources.close())
         raise
     await stop.wait()
     await server.stop()
@@ -40,6 +42,7 @@ def main() -> None:
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except (TenantsFileError, SettingsError, OSError) as exc:
+    # RuntimeError: grpc could not bind the address.
+    except (TenantsFileError, SettingsError, OSError, RuntimeError) as exc:
         structlog.get_logger("chat.server").error("cannot start", error=str(exc))
         sys.exit(1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import jwt
@@ -14,6 +16,18 @@ import structlog
 from server.domain.errors import Unauthenticated, Unavailable
 
 log = structlog.get_logger("chat.auth")
+
+#: After a failed fetch with no keys cached, requests fail at once for this long.
+FAIL_FAST_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A verification key and the algorithm its JWK declares (None when it declares none)."""
+
+    kid: str
+    key: Any
+    algorithm: str | None
 
 
 class JwksKeySource:
@@ -35,12 +49,13 @@ class JwksKeySource:
         self._refetch = unknown_kid_refetch_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, SigningKey] = {}
         self._fetched_at: float | None = None
+        self._failed_at: float | None = None
         self._lock = asyncio.Lock()
         self.fetch_count = 0
 
-    async def key(self, kid: str) -> jwt.PyJWK:
+    async def key(self, kid: str) -> SigningKey:
         """The key named ``kid``; UNAUTHENTICATED when the IdP does not know it."""
         if self._fetched_at is None or self._clock() - self._fetched_at >= self._refresh:
             await self._fetch(min_age=0.0 if self._fetched_at is None else self._refresh)
@@ -57,6 +72,15 @@ class JwksKeySource:
             # Another call may have fetched while this one waited for the lock.
             if self._fetched_at is not None and self._clock() - self._fetched_at < min_age:
                 return
+            if (
+                not self._keys
+                and self._failed_at is not None
+                and self._clock() - self._failed_at < FAIL_FAST_SECONDS
+            ):
+                # The IdP just failed: answer at once rather than queue up for its timeout.
+                raise Unavailable(
+                    "cannot verify tokens right now", reason="SIGNING_KEYS_UNAVAILABLE"
+                )
             try:
                 async with self._http.get(self._url, timeout=self._timeout) as response:
                     response.raise_for_status()
@@ -64,6 +88,7 @@ class JwksKeySource:
                 keys = _usable_keys(document)
             except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
                 log.warning("cannot fetch signing keys", url=self._url, error=repr(exc))
+                self._failed_at = self._clock()
                 if not self._keys:
                     raise Unavailable(
                         "cannot verify tokens right now", reason="SIGNING_KEYS_UNAVAILABLE"
@@ -76,15 +101,20 @@ class JwksKeySource:
             self._fetched_at = self._clock()
 
 
-def _usable_keys(document: object) -> dict[str, jwt.PyJWK]:
+def _usable_keys(document: object) -> dict[str, SigningKey]:
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS document")  # noqa: TRY004 - bad data from the IdP, not a bug
-    keys: dict[str, jwt.PyJWK] = {}
+    keys: dict[str, SigningKey] = {}
     for raw in document["keys"]:
         if not isinstance(raw, dict) or not raw.get("kid") or raw.get("use", "sig") != "sig":
             continue
         try:
-            keys[str(raw["kid"])] = jwt.PyJWK(raw)
+            declared = raw.get("alg")
+            keys[str(raw["kid"])] = SigningKey(
+                kid=str(raw["kid"]),
+                key=jwt.PyJWK(raw).key,
+                algorithm=declared if isinstance(declared, str) else None,
+            )
         except (jwt.PyJWKError, jwt.InvalidKeyError):
             continue  # a key type we cannot use (for example an encryption key)
     return keys

@@ -25,6 +25,7 @@ MAX_TOKEN_BYTES = 8 * 1024
 # base64url and the few punctuation marks IdPs use; no path, quote or template characters.
 _VALID_KID = re.compile(r"^[A-Za-z0-9._~+=-]{1,128}$")
 _REQUIRED = ["exp", "iss", "aud", "sub"]
+_KEY_TYPES: dict[str, type] = {"RS": RSAPublicKey, "ES": EllipticCurvePublicKey}
 
 _REJECTIONS: tuple[tuple[type[Exception], str, str], ...] = (
     (jwt.ExpiredSignatureError, "TOKEN_EXPIRED", "token expired"),
@@ -82,6 +83,9 @@ class TokenVerifier:
                 "token algorithm not allowed", reason="TOKEN_ALGORITHM_NOT_ALLOWED"
             )
         key = await self._key(algorithm, header.get("kid"))
+        if not algorithm.startswith("HS") and not isinstance(key, _KEY_TYPES[algorithm[:2]]):
+            # A kid naming an EC key under an RS* header (or the reverse) is a forgery attempt.
+            raise Unauthenticated("token signature invalid", reason="TOKEN_SIGNATURE_INVALID")
         try:
             claims = jwt.decode(
                 token,
@@ -92,6 +96,11 @@ class TokenVerifier:
                 leeway=self._settings.leeway_seconds,
                 options={"require": _REQUIRED},
             )
+        except (TypeError, ValueError):
+            # PyJWT reports some key/algorithm mismatches this way rather than as token errors.
+            raise Unauthenticated(
+                "token signature invalid", reason="TOKEN_SIGNATURE_INVALID"
+            ) from None
         except jwt.InvalidTokenError as exc:
             for kind, reason, message in _REJECTIONS:
                 if isinstance(exc, kind):
@@ -107,7 +116,10 @@ class TokenVerifier:
         if self._jwks is not None:
             if kid is None:
                 raise Unauthenticated("token names no key", reason="TOKEN_KEY_UNKNOWN")
-            return (await self._jwks.key(kid)).key
+            signing_key = await self._jwks.key(kid)
+            if signing_key.algorithm not in (None, algorithm):
+                raise Unauthenticated("token signature invalid", reason="TOKEN_SIGNATURE_INVALID")
+            return signing_key.key
         if self._public_key is not None:
             return self._public_key
         raise Unauthenticated("no key configured for this algorithm", reason="TOKEN_KEY_UNKNOWN")

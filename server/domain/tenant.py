@@ -56,7 +56,7 @@ class ChannelCredentials:
 class Quotas:
     """Rate limits; 0 means the service default."""
 
-    requests_per_second: int = 0
+    requests_per_second: float = 0.0
     burst: int = 0
 
 

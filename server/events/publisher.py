@@ -11,6 +11,7 @@ wait in the outbox), so the producer is started lazily and re-created after a fa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
@@ -54,6 +55,12 @@ class KafkaEventPublisher:
         await producer.send_and_wait(
             topic_for(envelope), envelope.SerializeToString(), key=record_key(envelope)
         )
+
+    async def publish_records(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Send (topic, key, value) records in order and wait until the broker has them all."""
+        producer = await self._started()
+        pending = [await producer.send(topic, value, key=key) for topic, key, value in records]
+        await asyncio.gather(*pending)
 
     async def probe(self) -> None:
         """Raise unless a broker answers a metadata request."""

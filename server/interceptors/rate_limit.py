@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import structlog
 from grpc_interceptor.server import AsyncServerInterceptor
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from server.auth.principal import current_principal, current_tenant
-from server.auth.scopes import PUBLIC_METHODS
+from server.auth.scopes import CHAT_INGEST, PUBLIC_METHODS
 from server.domain.errors import QuotaViolation, ResourceExhausted, Unavailable
 from server.interceptors.proceed import proceed
 from server.metrics import Metrics
@@ -24,7 +24,9 @@ from server.settings import Rate, RateLimitSettings
 
 log = structlog.get_logger("chat.ratelimit")
 
-#: After a failure, skip the store for this long: failing open must not add a timeout per call.
+#: After this many failures in a row, skip the store for RETRY_STORE_AFTER_SECONDS, so that an
+#: outage does not add a timeout to every call; one slow reply alone does not trip it.
+FAILURES_BEFORE_BYPASS = 3
 RETRY_STORE_AFTER_SECONDS = 1.0
 LOG_INTERVAL_SECONDS = 60.0
 
@@ -45,6 +47,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         self._metrics = metrics
         self._clock = clock
         self._store_down_until = 0.0
+        self._consecutive_failures = 0
         self._last_logged = -LOG_INTERVAL_SECONDS
         self._let_through_since_log = 0
 
@@ -67,18 +70,23 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         default = self._settings.tenant
         tenant_rate = Rate(
             per_second=quotas.requests_per_second or default.per_second,
-            burst=quotas.burst or quotas.requests_per_second or default.burst,
+            burst=quotas.burst or max(1, round(quotas.requests_per_second)) or default.burst,
         )
         user = self._settings.user
         limits = [
-            Limit(limit_key(tenant.id, "t"), tenant_rate.per_second, tenant_rate.burst, "tenant"),
-            Limit(
-                limit_key(tenant.id, "u", principal.subject),
-                user.per_second,
-                user.burst,
-                f"user:{principal.subject}",
-            ),
+            Limit(limit_key(tenant.id, "t"), tenant_rate.per_second, tenant_rate.burst, "tenant")
         ]
+        # The webhook bridge calls as one service identity per tenant, carrying every end
+        # user's messages: a per-user limit on it would throttle the whole tenant's inbound.
+        if CHAT_INGEST not in principal.scopes:
+            limits.append(
+                Limit(
+                    limit_key(tenant.id, "u", principal.subject),
+                    user.per_second,
+                    user.burst,
+                    f"user:{principal.subject}",
+                )
+            )
         short_name = method_name.rsplit("/", 1)[-1]
         method_rate = self._settings.methods.get(short_name)
         if method_rate is not None:
@@ -101,10 +109,18 @@ class RateLimitInterceptor(AsyncServerInterceptor):
             decision = await asyncio.wait_for(
                 self._limiter.check(limits), self._settings.timeout_seconds
             )
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._store_down_until = self._clock() + RETRY_STORE_AFTER_SECONDS
+        except ResponseError as exc:
+            # Redis answered with an error: a bug or misconfiguration, not an outage.
+            log.exception("rate-limit script failed")
             self._unchecked(exc)
             return
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= FAILURES_BEFORE_BYPASS:
+                self._store_down_until = self._clock() + RETRY_STORE_AFTER_SECONDS
+            self._unchecked(exc)
+            return
+        self._consecutive_failures = 0
         if decision.allowed:
             return
         for limit in decision.refused:

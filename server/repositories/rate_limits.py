@@ -57,7 +57,12 @@ class RedisRateLimiter:
     """GCRA over Redis; one EVALSHA per check."""
 
     def __init__(self, *, client: redis.Redis) -> None:
+        self._client = client
         self._script = client.register_script(_SCRIPT)
+
+    async def load(self) -> None:
+        """Load the script ahead of the first call (which would otherwise pay NOSCRIPT)."""
+        await self._client.script_load(_SCRIPT)
 
     async def check(self, limits: tuple[Limit, ...]) -> Decision:
         """Charge every limit if all admit the request (atomically)."""

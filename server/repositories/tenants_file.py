@@ -6,6 +6,7 @@ Unknown keys are errors: a misspelt secret name would otherwise silently disable
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -100,12 +101,13 @@ def _record(cls: type[T], raw: object, where: str, env: Mapping[str, str]) -> T:
 
 def _quotas(raw: object, where: str) -> Quotas:
     data = _mapping(raw, where, {"requests_per_second", "burst"})
-    values: dict[str, int] = {}
-    for key, value in data.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise TenantsFileError(f"{where}.{key}: expected a non-negative integer")
-        values[key] = value
-    return Quotas(**values)
+    rate = data.get("requests_per_second", 0)
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < math.inf:
+        raise TenantsFileError(f"{where}.requests_per_second: expected a non-negative number")
+    burst = data.get("burst", 0)
+    if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
+        raise TenantsFileError(f"{where}.burst: expected a non-negative integer")
+    return Quotas(requests_per_second=float(rate), burst=burst)
 
 
 def _mapping(raw: object, where: str, allowed: set[str]) -> dict[str, Any]:

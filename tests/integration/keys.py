@@ -85,12 +85,15 @@ class JwksServer:
 
     keys: list[KeyPair]
     fetches: int = 0
+    failing: bool = False
     runner: web.AppRunner | None = field(default=None, repr=False)
     url: str = ""
 
     async def start(self) -> None:
         async def handler(_request: web.Request) -> web.Response:
             self.fetches += 1
+            if self.failing:
+                return web.Response(status=503, text="down for maintenance")
             return web.json_response({"keys": [key.jwk() for key in self.keys]})
 
         app = web.Application()

@@ -44,6 +44,7 @@ class ProbeState:
     """What the handlers observed, for assertions."""
 
     def __init__(self) -> None:
+        self.slow_started = asyncio.Event()
         self.slow_cancelled = asyncio.Event()
 
 
@@ -68,6 +69,7 @@ def probe_handler(state: ProbeState) -> grpc.GenericRpcHandler[Any, Any]:
         )
 
     async def slow(_request: wrappers_pb2.StringValue, _context: object) -> Any:
+        state.slow_started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:

@@ -13,7 +13,6 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from chat.v1 import chat_service_pb2_grpc
 from server.auth.scopes import PUBLIC_METHODS, REQUIRED_SCOPES
 from server.bootstrap import SERVED_SERVICES
 from tests.integration.conftest import RunningServer, tenants_file
@@ -144,6 +143,16 @@ def _forged_hs256_with_public_key() -> str:
         pytest.param(lambda: RSA.sign(aud=None), "TOKEN_CLAIM_MISSING", id="no-aud"),
         pytest.param(lambda: RSA.sign(sub=None), "TOKEN_CLAIM_MISSING", id="no-sub"),
         pytest.param(
+            lambda: KeyPair(EC.kid, "RS256", RSA.private).sign(),
+            "TOKEN_SIGNATURE_INVALID",
+            id="rs256-naming-an-ec-key",
+        ),
+        pytest.param(
+            lambda: KeyPair(RSA.kid, "ES256", EC.private).sign(),
+            "TOKEN_SIGNATURE_INVALID",
+            id="es256-naming-an-rsa-key",
+        ),
+        pytest.param(
             lambda: KeyPair("nobody-knows", "RS256", RSA.private).sign(),
             "TOKEN_KEY_UNKNOWN",
             id="unknown-kid",
@@ -217,12 +226,21 @@ async def test_unknown_or_disabled_tenants_are_permission_denied(
 
 async def test_health_and_reflection_need_no_token(rs_server: RunningServer) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: PLC0415
 
     async with grpc.aio.insecure_channel(rs_server.target) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for answer in stub.ServerReflectionInfo(iter([request]), timeout=5):
+            names = {service.name for service in answer.list_services_response.service}
+            assert "chat.v1.ChatService" in names
+            break
+        else:
+            raise AssertionError("no reflection answer")
 
 
 async def test_hs256_needs_its_secret_even_next_to_a_public_key(
@@ -284,4 +302,3 @@ def test_every_rpc_of_every_served_service_has_a_scope() -> None:
     assert not set(REQUIRED_SCOPES) - methods, "scopes for RPCs that do not exist"
     assert not PUBLIC_METHODS & methods
     assert set(REQUIRED_SCOPES.values()) == {"chat:read", "chat:write", "chat:ingest", "chat:admin"}
-    assert chat_service_pb2_grpc is not None

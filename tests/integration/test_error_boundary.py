@@ -125,17 +125,16 @@ async def test_an_error_in_the_middle_of_a_stream_keeps_what_was_sent(
 async def test_work_stops_when_the_deadline_passes(server: RunningServer) -> None:
     async with grpc.aio.insecure_channel(server.target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await unary_call(channel, SLOW)(
-                wrappers_pb2.StringValue(), metadata=auth(), timeout=0.3
-            )
+            await unary_call(channel, SLOW)(wrappers_pb2.StringValue(), metadata=auth(), timeout=2)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert server.state.slow_started.is_set(), "the handler never ran within the deadline"
     await asyncio.wait_for(server.state.slow_cancelled.wait(), 5)
 
 
 async def test_work_stops_when_the_client_cancels(server: RunningServer) -> None:
     async with grpc.aio.insecure_channel(server.target) as channel:
         call = unary_call(channel, SLOW)(wrappers_pb2.StringValue(), metadata=auth(), timeout=30)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(server.state.slow_started.wait(), 10)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call

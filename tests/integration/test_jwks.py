@@ -38,7 +38,7 @@ async def idp() -> AsyncIterator[JwksServer]:
 async def test_keys_are_cached(idp: JwksServer, http: aiohttp.ClientSession) -> None:
     source = JwksKeySource(url=idp.url, http=http, clock=Clock())
     for _ in range(5):
-        assert (await source.key("k1")).key_id == "k1"
+        assert (await source.key("k1")).kid == "k1"
     assert idp.fetches == 1
 
 
@@ -56,7 +56,7 @@ async def test_unknown_kids_refetch_at_most_once_a_minute(
 
     idp.keys.append(KeyPair.rsa("k2"))  # the IdP rotates in a new key
     clock.now += 61
-    assert (await source.key("k2")).key_id == "k2"
+    assert (await source.key("k2")).kid == "k2"
     assert idp.fetches == 2
     with pytest.raises(Unauthenticated):
         await source.key("forged-4")
@@ -83,9 +83,27 @@ async def test_an_unreachable_idp(idp: JwksServer, http: aiohttp.ClientSession) 
     await idp.stop()
     clock.now += 601
     # Known keys keep working while the IdP is down.
-    assert (await source.key("k1")).key_id == "k1"
+    assert (await source.key("k1")).kid == "k1"
 
     cold = JwksKeySource(url=idp.url, http=http, clock=clock)
     with pytest.raises(Unavailable) as caught:
         await cold.key("k1")
     assert caught.value.reason == "SIGNING_KEYS_UNAVAILABLE"
+
+
+async def test_a_failed_cold_fetch_fails_fast_then_retries(
+    idp: JwksServer, http: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    source = JwksKeySource(url=idp.url, http=http, clock=clock)
+    idp.failing = True
+    with pytest.raises(Unavailable):
+        await source.key("k1")
+    assert idp.fetches == 1
+    idp.failing = False
+    with pytest.raises(Unavailable):  # within the fail-fast window: the IdP is not asked
+        await source.key("k1")
+    assert idp.fetches == 1
+    clock.now += 6
+    assert (await source.key("k1")).kid == "k1"
+    assert idp.fetches == 2

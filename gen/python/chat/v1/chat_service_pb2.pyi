@@ -306,7 +306,7 @@ class ListConversationsResponse(_message.Message):
     """Token for the next page; empty at the end."""
     @_builtins.property
     def conversations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Conversation]:
-        """The conversations, newest activity first."""
+        """The conversations, newest first by start time."""
 
     def __init__(
         self,
@@ -583,20 +583,22 @@ class StreamConversationEventsRequest(_message.Message):
     conversation_id: _builtins.str
     """The conversation id. Required."""
     after_sequence: _builtins.int
-    """Optional: the last sequence the subscriber saw. Messages after it are replayed first.
-    0: no replay, live events only.
+    """Optional. Set: the last sequence the subscriber saw; messages after it are replayed
+    first, then live events follow (0 replays the whole conversation). Unset: live events only.
     """
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
-        after_sequence: _builtins.int = ...,
+        after_sequence: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "conversation_id", b"conversation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "conversation_id", b"conversation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
 
 Global___StreamConversationEventsRequest: _TypeAlias = StreamConversationEventsRequest  # noqa: Y015
 

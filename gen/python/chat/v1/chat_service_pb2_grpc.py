@@ -114,7 +114,8 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListConversations(self, request, context):
-        """ListConversations lists conversations, newest activity first, with optional filters.
+        """ListConversations lists conversations, newest first (by start time, so pages stay stable
+        while conversations receive messages), with optional filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,7 +155,8 @@ class ChatServiceServicer:
     def StreamConversationEvents(self, request, context):
         """StreamConversationEvents streams a conversation's events as they happen: new messages,
         typing, delivery and read status, closing. Given after_sequence, it first replays the
-        messages stored after it, then continues live, with no gap and no duplicate. A subscriber
+        messages stored after it, then continues live, with no gap and no duplicate. The stream
+        ends when the caller's token expires (reconnect with a fresh one). A subscriber
         that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
         sequence it saw.
         """

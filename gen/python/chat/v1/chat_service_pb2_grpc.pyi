@@ -46,7 +46,9 @@ class ChatServiceStub:
     GetConversation: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.GetConversationRequest, _chat_service_pb2.GetConversationResponse]
     """GetConversation returns one conversation."""
     ListConversations: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ListConversationsRequest, _chat_service_pb2.ListConversationsResponse]
-    """ListConversations lists conversations, newest activity first, with optional filters."""
+    """ListConversations lists conversations, newest first (by start time, so pages stay stable
+    while conversations receive messages), with optional filters.
+    """
     CloseConversation: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.CloseConversationRequest, _chat_service_pb2.CloseConversationResponse]
     """CloseConversation closes a conversation and ends its session. Closing a closed
     conversation returns it unchanged.
@@ -64,7 +66,8 @@ class ChatServiceStub:
     StreamConversationEvents: _grpc.UnaryStreamMultiCallable[_chat_service_pb2.StreamConversationEventsRequest, _chat_service_pb2.StreamConversationEventsResponse]
     """StreamConversationEvents streams a conversation's events as they happen: new messages,
     typing, delivery and read status, closing. Given after_sequence, it first replays the
-    messages stored after it, then continues live, with no gap and no duplicate. A subscriber
+    messages stored after it, then continues live, with no gap and no duplicate. The stream
+    ends when the caller's token expires (reconnect with a fresh one). A subscriber
     that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
     sequence it saw.
     """
@@ -93,7 +96,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     GetConversation: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.GetConversationRequest, _chat_service_pb2.GetConversationResponse]  # type: ignore[assignment]
     """GetConversation returns one conversation."""
     ListConversations: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ListConversationsRequest, _chat_service_pb2.ListConversationsResponse]  # type: ignore[assignment]
-    """ListConversations lists conversations, newest activity first, with optional filters."""
+    """ListConversations lists conversations, newest first (by start time, so pages stay stable
+    while conversations receive messages), with optional filters.
+    """
     CloseConversation: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.CloseConversationRequest, _chat_service_pb2.CloseConversationResponse]  # type: ignore[assignment]
     """CloseConversation closes a conversation and ends its session. Closing a closed
     conversation returns it unchanged.
@@ -111,7 +116,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     StreamConversationEvents: _aio.UnaryStreamMultiCallable[_chat_service_pb2.StreamConversationEventsRequest, _chat_service_pb2.StreamConversationEventsResponse]  # type: ignore[assignment]
     """StreamConversationEvents streams a conversation's events as they happen: new messages,
     typing, delivery and read status, closing. Given after_sequence, it first replays the
-    messages stored after it, then continues live, with no gap and no duplicate. A subscriber
+    messages stored after it, then continues live, with no gap and no duplicate. The stream
+    ends when the caller's token expires (reconnect with a fresh one). A subscriber
     that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
     sequence it saw.
     """
@@ -155,7 +161,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_service_pb2.ListConversationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_service_pb2.ListConversationsResponse, _abc.Awaitable[_chat_service_pb2.ListConversationsResponse]]:
-        """ListConversations lists conversations, newest activity first, with optional filters."""
+        """ListConversations lists conversations, newest first (by start time, so pages stay stable
+        while conversations receive messages), with optional filters.
+        """
 
     @_abc_1.abstractmethod
     def CloseConversation(
@@ -203,7 +211,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_chat_service_pb2.StreamConversationEventsResponse], _abc.AsyncIterator[_chat_service_pb2.StreamConversationEventsResponse]]:
         """StreamConversationEvents streams a conversation's events as they happen: new messages,
         typing, delivery and read status, closing. Given after_sequence, it first replays the
-        messages stored after it, then continues live, with no gap and no duplicate. A subscriber
+        messages stored after it, then continues live, with no gap and no duplicate. The stream
+        ends when the caller's token expires (reconnect with a fresh one). A subscriber
         that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
         sequence it saw.
         """

@@ -388,7 +388,9 @@ class MediaContent(_message.Message):
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """The bytes themselves, for uploads through this API (bounded by the channel's size limit)."""
+    """The bytes themselves, for uploads through this API: at most 20 MiB (the server accepts
+    requests up to 25 MiB) and the channel's own size limit. Larger media: use url.
+    """
     url: _builtins.str
     """An http(s) URL the server fetches the bytes from."""
     media_id: _builtins.str

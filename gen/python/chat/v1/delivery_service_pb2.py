@@ -26,7 +26,7 @@ from chat.v1 import common_pb2 as chat_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hat/v1/delivery_service.proto\x12\x07\x63hat.v1\x1a\x14\x63hat/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x04\n\x08\x44\x65livery\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12.\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12!\n\x0crecipient_id\x18\x04 \x01(\tR\x0brecipientId\x12/\n\x06status\x18\x05 \x01(\x0e\x32\x17.chat.v1.DeliveryStatusR\x06status\x12#\n\rattempt_count\x18\x06 \x01(\x05R\x0c\x61ttemptCount\x12.\n\x13platform_message_id\x18\x07 \x01(\tR\x11platformMessageId\x12\x35\n\nlast_error\x18\x08 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\tlastError\x12;\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\x46\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\"9\n\x18GetDeliveryStatusRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\"J\n\x19GetDeliveryStatusResponse\x12-\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x11.chat.v1.DeliveryR\x08\x64\x65livery\"\xc9\x01\n\x1bListFailedDeliveriesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12.\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12>\n\x11update_time_range\x18\x04 \x01(\x0b\x32\x12.chat.v1.TimeRangeR\x0fupdateTimeRange\"y\n\x1cListFailedDeliveriesResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x11.chat.v1.DeliveryR\ndeliveries\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"T\n\x14RetryDeliveryRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n\nrequest_id\x18\x02 \x01(\tR\trequestId\"F\n\x15RetryDeliveryResponse\x12-\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x11.chat.v1.DeliveryR\x08\x64\x65livery2\xa2\x02\n\x0f\x44\x65liveryService\x12Z\n\x11GetDeliveryStatus\x12!.chat.v1.GetDeliveryStatusRequest\x1a\".chat.v1.GetDeliveryStatusResponse\x12\x63\n\x14ListFailedDeliveries\x12$.chat.v1.ListFailedDeliveriesRequest\x1a%.chat.v1.ListFailedDeliveriesResponse\x12N\n\rRetryDelivery\x12\x1d.chat.v1.RetryDeliveryRequest\x1a\x1e.chat.v1.RetryDeliveryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hat/v1/delivery_service.proto\x12\x07\x63hat.v1\x1a\x14\x63hat/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x04\n\x08\x44\x65livery\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12.\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12!\n\x0crecipient_id\x18\x04 \x01(\tR\x0brecipientId\x12/\n\x06status\x18\x05 \x01(\x0e\x32\x17.chat.v1.DeliveryStatusR\x06status\x12#\n\rattempt_count\x18\x06 \x01(\x05R\x0c\x61ttemptCount\x12.\n\x13platform_message_id\x18\x07 \x01(\tR\x11platformMessageId\x12\x35\n\nlast_error\x18\x08 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\tlastError\x12;\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\x46\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x12\x34\n\x08\x61ttempts\x18\x0c \x03(\x0b\x32\x18.chat.v1.DeliveryAttemptR\x08\x61ttempts\"\xc8\x01\n\x0f\x44\x65liveryAttempt\x12=\n\x0c\x61ttempt_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x61ttemptTime\x12\x18\n\x07success\x18\x02 \x01(\x08R\x07success\x12.\n\x13platform_message_id\x18\x03 \x01(\tR\x11platformMessageId\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\x05\x65rror\"9\n\x18GetDeliveryStatusRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\"J\n\x19GetDeliveryStatusResponse\x12-\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x11.chat.v1.DeliveryR\x08\x64\x65livery\"\xc9\x01\n\x1bListFailedDeliveriesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12.\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12>\n\x11update_time_range\x18\x04 \x01(\x0b\x32\x12.chat.v1.TimeRangeR\x0fupdateTimeRange\"y\n\x1cListFailedDeliveriesResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x11.chat.v1.DeliveryR\ndeliveries\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"T\n\x14RetryDeliveryRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n\nrequest_id\x18\x02 \x01(\tR\trequestId\"F\n\x15RetryDeliveryResponse\x12-\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x11.chat.v1.DeliveryR\x08\x64\x65livery2\xa2\x02\n\x0f\x44\x65liveryService\x12Z\n\x11GetDeliveryStatus\x12!.chat.v1.GetDeliveryStatusRequest\x1a\".chat.v1.GetDeliveryStatusResponse\x12\x63\n\x14ListFailedDeliveries\x12$.chat.v1.ListFailedDeliveriesRequest\x1a%.chat.v1.ListFailedDeliveriesResponse\x12N\n\rRetryDelivery\x12\x1d.chat.v1.RetryDeliveryRequest\x1a\x1e.chat.v1.RetryDeliveryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chat.v1.delivery_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DELIVERY']._serialized_start=99
-  _globals['_DELIVERY']._serialized_end=647
-  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_start=649
-  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_end=706
-  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_start=708
-  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_end=782
-  _globals['_LISTFAILEDDELIVERIESREQUEST']._serialized_start=785
-  _globals['_LISTFAILEDDELIVERIESREQUEST']._serialized_end=986
-  _globals['_LISTFAILEDDELIVERIESRESPONSE']._serialized_start=988
-  _globals['_LISTFAILEDDELIVERIESRESPONSE']._serialized_end=1109
-  _globals['_RETRYDELIVERYREQUEST']._serialized_start=1111
-  _globals['_RETRYDELIVERYREQUEST']._serialized_end=1195
-  _globals['_RETRYDELIVERYRESPONSE']._serialized_start=1197
-  _globals['_RETRYDELIVERYRESPONSE']._serialized_end=1267
-  _globals['_DELIVERYSERVICE']._serialized_start=1270
-  _globals['_DELIVERYSERVICE']._serialized_end=1560
+  _globals['_DELIVERY']._serialized_end=701
+  _globals['_DELIVERYATTEMPT']._serialized_start=704
+  _globals['_DELIVERYATTEMPT']._serialized_end=904
+  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_start=906
+  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_end=963
+  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_start=965
+  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_end=1039
+  _globals['_LISTFAILEDDELIVERIESREQUEST']._serialized_start=1042
+  _globals['_LISTFAILEDDELIVERIESREQUEST']._serialized_end=1243
+  _globals['_LISTFAILEDDELIVERIESRESPONSE']._serialized_start=1245
+  _globals['_LISTFAILEDDELIVERIESRESPONSE']._serialized_end=1366
+  _globals['_RETRYDELIVERYREQUEST']._serialized_start=1368
+  _globals['_RETRYDELIVERYREQUEST']._serialized_end=1452
+  _globals['_RETRYDELIVERYRESPONSE']._serialized_start=1454
+  _globals['_RETRYDELIVERYRESPONSE']._serialized_end=1524
+  _globals['_DELIVERYSERVICE']._serialized_start=1527
+  _globals['_DELIVERYSERVICE']._serialized_end=1817
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,7 @@ class Delivery(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The outbound message."""
     conversation_id: _builtins.str
@@ -67,6 +68,10 @@ class Delivery(_message.Message):
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt is due (unset unless waiting for a retry)."""
 
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryAttempt]:
+        """Every send attempt, oldest first."""
+
     def __init__(
         self,
         *,
@@ -81,14 +86,53 @@ class Delivery(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _abc.Iterable[Global___DeliveryAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_error", b"last_error", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "channel", b"channel", "conversation_id", b"conversation_id", "create_time", b"create_time", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_time", b"next_attempt_time", "platform_message_id", b"platform_message_id", "recipient_id", b"recipient_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "channel", b"channel", "conversation_id", b"conversation_id", "create_time", b"create_time", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_time", b"next_attempt_time", "platform_message_id", b"platform_message_id", "recipient_id", b"recipient_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class DeliveryAttempt(_message.Message):
+    """DeliveryAttempt is one try at handing a message to its platform."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    PLATFORM_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    """Whether the platform accepted the message."""
+    platform_message_id: _builtins.str
+    """The platform's id for the message, when accepted."""
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt was made."""
+
+    @_builtins.property
+    def error(self) -> _common_pb2.PlatformError:
+        """Why it failed, when it did."""
+
+    def __init__(
+        self,
+        *,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        success: _builtins.bool = ...,
+        platform_message_id: _builtins.str = ...,
+        error: _common_pb2.PlatformError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "error", b"error", "platform_message_id", b"platform_message_id", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryAttempt: _TypeAlias = DeliveryAttempt  # noqa: Y015
 
 @_typing.final
 class GetDeliveryStatusRequest(_message.Message):

@@ -57,6 +57,7 @@ class EventEnvelope(_message.Message):
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_RECEIVED_FIELD_NUMBER: _builtins.int
     MESSAGE_SENT_FIELD_NUMBER: _builtins.int
     MESSAGE_DELIVERED_FIELD_NUMBER: _builtins.int
@@ -75,6 +76,10 @@ class EventEnvelope(_message.Message):
     """The envelope schema version; 1 for chat.v1."""
     conversation_id: _builtins.str
     """The conversation the event concerns (empty for none); part of the record key."""
+    actor_id: _builtins.str
+    """Who caused the event: the calling token's subject, the end user's platform id for
+    ingested events, or "system" for background work (expiry, retries).
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened (not when it was published)."""
@@ -119,6 +124,7 @@ class EventEnvelope(_message.Message):
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         schema_version: _builtins.int = ...,
         conversation_id: _builtins.str = ...,
+        actor_id: _builtins.str = ...,
         message_received: Global___MessageReceived | None = ...,
         message_sent: Global___MessageSent | None = ...,
         message_delivered: Global___MessageDelivered | None = ...,
@@ -130,7 +136,7 @@ class EventEnvelope(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_ended", b"conversation_ended", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_ended", b"conversation_ended", "conversation_id", b"conversation_id", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "event_id", b"event_id", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "schema_version", b"schema_version", "session_ended", b"session_ended", "session_started", b"session_started", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "conversation_ended", b"conversation_ended", "conversation_id", b"conversation_id", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "event_id", b"event_id", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "schema_version", b"schema_version", "session_ended", b"session_ended", "session_started", b"session_started", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_received", "message_sent", "message_delivered", "conversation_started", "conversation_updated", "conversation_ended", "session_started", "session_ended"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

@@ -275,14 +275,16 @@ class Quotas(_message.Message):
 
     REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
     BURST_FIELD_NUMBER: _builtins.int
-    requests_per_second: _builtins.int
-    """Sustained requests per second for the whole tenant (0: the service default)."""
+    requests_per_second: _builtins.float
+    """Sustained requests per second for the whole tenant; fractions allowed (0: the service
+    default).
+    """
     burst: _builtins.int
     """Requests allowed in a burst above the sustained rate (0: the service default)."""
     def __init__(
         self,
         *,
-        requests_per_second: _builtins.int = ...,
+        requests_per_second: _builtins.float = ...,
         burst: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
