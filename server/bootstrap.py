@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,24 +31,39 @@ from redis.exceptions import RedisError
 
 from chat.v1 import (
     chat_service_pb2,
+    chat_service_pb2_grpc,
     delivery_service_pb2,
     ingest_service_pb2,
     session_service_pb2,
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
+from server.api.chat import ChatServicer
 from server.api.tenants import TenantServicer
 from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import TokenVerifier, load_public_key
 from server.domain.tenant import Tenant
 from server.events.publisher import KafkaEventPublisher
+from server.events.relay import OutboxRelay
 from server.health import Dependency, HealthMonitor
 from server.interceptors.chain import ChainDependencies, build_interceptors
 from server.interceptors.tenant import StaticTenantDirectory
 from server.metrics import Metrics
+from server.processors.content import ContentProcessor
+from server.processors.text import TextProcessor
+from server.repositories.conversations import MongoConversationRepository
+from server.repositories.idempotency import MongoIdempotencyStore
+from server.repositories.locks import MongoLease
+from server.repositories.messages import MongoMessageRepository
+from server.repositories.mongo import Transactions, create_indexes
+from server.repositories.outbox import MongoOutbox
 from server.repositories.rate_limits import RedisRateLimiter
+from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants_file import load_tenants
+from server.services.conversations import ConversationService
+from server.services.messages import MessageService
+from server.services.responder import RuleBasedResponder
 from server.settings import Settings
 
 log = structlog.get_logger("chat.server")
@@ -122,8 +139,16 @@ def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> TokenVeri
 
 
 def _dependencies(resources: Resources) -> list[Dependency]:
+    indexed = False
+
     async def ping_mongo() -> None:
+        nonlocal indexed
         await resources.mongo.admin.command("ping")
+        if not indexed:
+            # Unique indexes carry invariants (one active conversation per user and channel,
+            # idempotency): the server reports NOT_SERVING until they exist.
+            await create_indexes(resources.database)
+            indexed = True
 
     async def ping_redis() -> None:
         await resources.redis.ping()
@@ -181,6 +206,17 @@ class ChatServer:
             interval_seconds=settings.health_check_interval_seconds,
         )
         self._monitor_task: asyncio.Task[None] | None = None
+        self._relay = OutboxRelay(
+            outbox=MongoOutbox(database=resources.database),
+            publisher=resources.publisher,
+            lease=MongoLease(
+                database=resources.database,
+                name="outbox-relay",
+                owner=uuid.uuid4().hex,
+                ttl=dt.timedelta(seconds=15),
+            ),
+        )
+        self._relay_task: asyncio.Task[None] | None = None
         self.port = 0
         self._register()
         if extra_handlers:
@@ -188,8 +224,9 @@ class ChatServer:
 
     def _register(self) -> None:
         # The other chat.v1 servicers are registered as their issues implement them
-        # (pipeline, sessions, ingest, delivery). Until then grpc itself answers
-        # UNIMPLEMENTED, while reflection already serves the whole contract.
+        # (sessions, ingest, delivery). Until then grpc itself answers UNIMPLEMENTED, while
+        # reflection already serves the whole contract.
+        chat_service_pb2_grpc.add_ChatServiceServicer_to_server(self._chat_servicer(), self._server)
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -199,6 +236,39 @@ class ChatServer:
                 reflection.SERVICE_NAME,
             ),
             self._server,
+        )
+
+    def _chat_servicer(self) -> ChatServicer:
+        database = self._resources.database
+        conversations = MongoConversationRepository(database=database)
+        messages = MongoMessageRepository(database=database)
+        sessions = RedisSessionStore(
+            client=self._resources.redis, ttl_seconds=self._settings.session_ttl_seconds
+        )
+        outbox = MongoOutbox(database=database)
+        transactions = Transactions(client=self._resources.mongo)
+        return ChatServicer(
+            messages=MessageService(
+                conversations=conversations,
+                messages=messages,
+                sessions=sessions,
+                outbox=outbox,
+                idempotency=MongoIdempotencyStore(database=database),
+                transactions=transactions,
+                content=ContentProcessor(
+                    text=TextProcessor(default_phone_region=self._settings.phone_default_region)
+                ),
+                responder=RuleBasedResponder(),
+                on_events=self._relay.wake,
+            ),
+            conversations=ConversationService(
+                conversations=conversations,
+                messages=messages,
+                sessions=sessions,
+                outbox=outbox,
+                transactions=transactions,
+                on_events=self._relay.wake,
+            ),
         )
 
     async def start(self) -> int:
@@ -214,6 +284,7 @@ class ChatServer:
         self.port = self._server.add_insecure_port(self._settings.grpc_address)
         await self._server.start()
         self._monitor_task = asyncio.create_task(self._monitor.run(), name="health-monitor")
+        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
         log.info(
             "chat server listening",
             address=self._settings.grpc_address,
@@ -231,6 +302,12 @@ class ChatServer:
                 await self._monitor_task
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.shutdown_grace_seconds)
+        if self._relay_task is not None:
+            # After the calls: their events are committed; what is not yet published waits in
+            # the outbox for the next start (or another process's relay).
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         await self._resources.close()

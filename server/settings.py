@@ -80,6 +80,8 @@ class Settings:
     shutdown_grace_seconds: float
     health_check_interval_seconds: float
     metrics_address: str | None
+    session_ttl_seconds: int
+    phone_default_region: str
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -115,6 +117,8 @@ class Settings:
                 "CHAT_HEALTH_CHECK_INTERVAL_SECONDS", "5", _positive_float
             ),
             metrics_address=_optional_address(env.get("CHAT_METRICS_ADDRESS", "0.0.0.0:9464")),
+            session_ttl_seconds=env.parse("CHAT_SESSION_TTL_SECONDS", "1800", _positive_int),
+            phone_default_region=env.get("CHAT_PHONE_DEFAULT_REGION", "").upper(),
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(

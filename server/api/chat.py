@@ -1,0 +1,152 @@
+"""ChatService: proto in, service call, proto out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chat.v1 import chat_service_pb2, chat_service_pb2_grpc
+from server.api.pages import decode_token, encode_token, page_size
+from server.auth.principal import current_principal
+from server.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from server.repositories.conversations import ConversationFilter
+from server.services.conversations import ConversationService
+from server.services.messages import MessageService
+
+MAX_REASON_CHARS = 256
+
+
+class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
+    """The implemented part of ChatService; the rest answers UNIMPLEMENTED."""
+
+    def __init__(self, *, messages: MessageService, conversations: ConversationService) -> None:
+        self._messages = messages
+        self._conversations = conversations
+
+    async def SendMessage(
+        self, request: chat_service_pb2.SendMessageRequest, context: Any
+    ) -> chat_service_pb2.SendMessageResponse:
+        caller = current_principal()
+        return await self._messages.send(caller.tenant_id, caller.subject, request)
+
+    async def GetConversation(
+        self, request: chat_service_pb2.GetConversationRequest, context: Any
+    ) -> chat_service_pb2.GetConversationResponse:
+        _require("conversation_id", request.conversation_id)
+        conversation = await self._conversations.get(
+            current_principal().tenant_id, request.conversation_id
+        )
+        return chat_service_pb2.GetConversationResponse(conversation=conversation)
+
+    async def ListConversations(
+        self, request: chat_service_pb2.ListConversationsRequest, context: Any
+    ) -> chat_service_pb2.ListConversationsResponse:
+        limit = page_size(request.page_size)
+        window = request.last_activity_time_range
+        filters = ConversationFilter(
+            user_id=request.user_id,
+            channel=request.channel,
+            status=request.status,
+            activity_from=window.start_time.ToDatetime(tzinfo=dt.UTC)
+            if window.HasField("start_time")
+            else None,
+            activity_to=window.end_time.ToDatetime(tzinfo=dt.UTC)
+            if window.HasField("end_time")
+            else None,
+        )
+        query = {
+            "rpc": "ListConversations",
+            "user": request.user_id,
+            "channel": request.channel,
+            "status": request.status,
+            "range": window.SerializeToString().hex(),
+        }
+        cursor = decode_token(request.page_token, query)
+        after = (dt.datetime.fromisoformat(cursor["t"]), str(cursor["id"])) if cursor else None
+        page = await self._conversations.list_page(
+            current_principal().tenant_id, filters, after=after, limit=limit + 1
+        )
+        token = ""
+        if len(page) > limit:
+            page = page[:limit]
+            last = page[-1]
+            token = encode_token(
+                query,
+                {"t": last.create_time.ToDatetime(tzinfo=dt.UTC).isoformat(), "id": last.id},
+            )
+        return chat_service_pb2.ListConversationsResponse(conversations=page, next_page_token=token)
+
+    async def CloseConversation(
+        self, request: chat_service_pb2.CloseConversationRequest, context: Any
+    ) -> chat_service_pb2.CloseConversationResponse:
+        _require("conversation_id", request.conversation_id)
+        if len(request.reason) > MAX_REASON_CHARS:
+            raise InvalidArgument(
+                "reason is too long",
+                field_violations=[
+                    FieldViolation("reason", f"at most {MAX_REASON_CHARS} characters")
+                ],
+            )
+        caller = current_principal()
+        conversation = await self._conversations.close(
+            caller.tenant_id, caller.subject, request.conversation_id, reason=request.reason
+        )
+        return chat_service_pb2.CloseConversationResponse(conversation=conversation)
+
+    async def ListMessages(
+        self, request: chat_service_pb2.ListMessagesRequest, context: Any
+    ) -> chat_service_pb2.ListMessagesResponse:
+        _require("conversation_id", request.conversation_id)
+        limit = page_size(request.page_size)
+        newest_first = request.order == chat_service_pb2.MESSAGE_ORDER_NEWEST_FIRST
+        query = {
+            "rpc": "ListMessages",
+            "conversation": request.conversation_id,
+            "newest_first": newest_first,
+        }
+        cursor = decode_token(request.page_token, query)
+        page = await self._conversations.history(
+            current_principal().tenant_id,
+            request.conversation_id,
+            after_sequence=int(cursor["seq"]) if cursor else None,
+            newest_first=newest_first,
+            limit=limit + 1,
+        )
+        token = ""
+        if len(page) > limit:
+            page = page[:limit]
+            token = encode_token(query, {"seq": page[-1].sequence})
+        return chat_service_pb2.ListMessagesResponse(messages=page, next_page_token=token)
+
+    async def SearchMessages(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("SearchMessages is not available yet")
+
+    async def ExportConversation(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[chat_service_pb2.ExportConversationResponse]:
+        nothing: tuple[chat_service_pb2.ExportConversationResponse, ...] = ()
+        for item in nothing:  # an async generator, as grpc expects of a streaming RPC
+            yield item
+        raise Unimplemented("ExportConversation is not available yet")
+
+    async def StreamConversationEvents(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[chat_service_pb2.StreamConversationEventsResponse]:
+        nothing: tuple[chat_service_pb2.StreamConversationEventsResponse, ...] = ()
+        for item in nothing:
+            yield item
+        raise Unimplemented("StreamConversationEvents is not available yet")
+
+    async def SendTypingIndicator(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("SendTypingIndicator is not available yet")
+
+    async def MarkRead(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("MarkRead is not available yet")
+
+
+def _require(field: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(
+            f"{field} is required", field_violations=[FieldViolation(field, "required")]
+        )

@@ -1,0 +1,57 @@
+"""Page sizes and opaque page tokens (cursors, never offsets).
+
+A token is base64url JSON naming what it continues (the query) and where (the cursor). A token
+used for another query, or tampered with, is INVALID_ARGUMENT; it can never reach another
+tenant's data because every query is scoped by the caller's tenant anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from server.domain.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def page_size(requested: int) -> int:
+    """0 -> the default; above the cap -> the cap; negative -> INVALID_ARGUMENT."""
+    if requested < 0:
+        raise InvalidArgument(
+            "page_size is negative",
+            field_violations=[FieldViolation("page_size", "must be 0 or more")],
+        )
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(query: dict[str, Any], cursor: dict[str, Any]) -> str:
+    """A token continuing ``query`` after ``cursor``."""
+    raw = json.dumps({"q": query, "c": cursor}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, query: dict[str, Any]) -> dict[str, Any] | None:
+    """The cursor of ``token`` (None for an empty token); it must have been issued for ``query``."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        data = None
+    # Round-trip the query through JSON so it compares like the decoded one.
+    if (
+        not isinstance(data, dict)
+        or data.get("q") != json.loads(json.dumps(query))
+        or not isinstance(data.get("c"), dict)
+    ):
+        raise InvalidArgument(
+            "page_token is invalid",
+            field_violations=[FieldViolation("page_token", "not a token issued for this request")],
+        )
+    cursor: dict[str, Any] = data["c"]
+    return cursor

@@ -1,0 +1,121 @@
+"""The outbox relay: publishes events written by transactions to Kafka, in order, and marks
+them published. At-least-once: an event whose mark is lost is published again, with the same
+event id. With Kafka down, events wait; when it is back, every one is published.
+
+Only the holder of a lease relays, so one conversation's events are never published by two
+processes at once (which could reorder them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from server.repositories.mongo import Document
+
+log = structlog.get_logger("chat.outbox")
+
+BATCH = 500
+IDLE_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 10.0
+LOG_INTERVAL_SECONDS = 30.0
+
+
+class PendingEvents(Protocol):
+    """The outbox, as the relay reads it."""
+
+    async def pending(self, limit: int) -> list[Document]: ...
+
+    async def mark_published(self, event_ids: Sequence[str], *, now: dt.datetime) -> None: ...
+
+
+class RecordPublisher(Protocol):
+    """Sends records to Kafka."""
+
+    async def publish_records(self, records: Sequence[tuple[str, bytes, bytes]]) -> None: ...
+
+
+class Lease(Protocol):
+    """Mutual exclusion across processes."""
+
+    async def acquire(self, *, now: dt.datetime) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
+class OutboxRelay:
+    """Runs until cancelled; ``wake()`` after a commit shortens the wait."""
+
+    def __init__(
+        self,
+        *,
+        outbox: PendingEvents,
+        publisher: RecordPublisher,
+        lease: Lease,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._outbox = outbox
+        self._publisher = publisher
+        self._lease = lease
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._backoff = 0.0
+        self._last_warning = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self.instance = uuid.uuid4().hex
+
+    def wake(self) -> None:
+        """New events were committed."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay forever."""
+        try:
+            while True:
+                published = 0
+                if await self._lease.acquire(now=self._clock()):
+                    published = await self.publish_pending()
+                if published >= BATCH:
+                    continue  # more are waiting
+                delay = self._backoff or IDLE_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                self._wake.clear()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._lease.release()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many were published (0 when Kafka failed)."""
+        batch = await self._outbox.pending(BATCH)
+        if not batch:
+            return 0
+        try:
+            await self._publisher.publish_records(
+                [(d["topic"], bytes(d["key"]), bytes(d["payload"])) for d in batch]
+            )
+        except Exception as exc:  # noqa: BLE001 - any broker failure: keep the events, retry later
+            self._failed(exc, len(batch))
+            return 0
+        await self._outbox.mark_published([d["_id"] for d in batch], now=self._clock())
+        if self._backoff:
+            log.info("outbox publishing again", published=len(batch))
+        self._backoff = 0.0
+        return len(batch)
+
+    def _failed(self, exc: Any, waiting: int) -> None:
+        self._backoff = min(MAX_BACKOFF_SECONDS, (self._backoff or 0.25) * 2)
+        now = self._clock()
+        if (now - self._last_warning).total_seconds() >= LOG_INTERVAL_SECONDS:
+            log.warning(
+                "cannot publish events; they wait in the outbox",
+                error=repr(exc),
+                waiting_at_least=waiting,
+                retry_in_seconds=self._backoff,
+            )
+            self._last_warning = now

@@ -1,0 +1,157 @@
+"""Normalizes and processes a message's content by kind; invalid content is INVALID_ARGUMENT
+with field violations, raised before anything is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chat.v1 import common_pb2
+from server.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from server.normalizers.text import normalize_text
+from server.processors.location import process_location
+from server.processors.text import TextProcessor
+
+MAX_TEXT_CHARS = 4096
+MAX_SELECTED_ID_CHARS = 256
+
+_TYPES = {
+    "text": common_pb2.MESSAGE_TYPE_TEXT,
+    "location": common_pb2.MESSAGE_TYPE_LOCATION,
+    "interactive": common_pb2.MESSAGE_TYPE_INTERACTIVE,
+    "interactive_reply": common_pb2.MESSAGE_TYPE_INTERACTIVE_REPLY,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedContent:
+    """Content ready to store, with what processing found."""
+
+    content: common_pb2.Content
+    type: common_pb2.MessageType.ValueType
+    language: str
+    entities: tuple[common_pb2.Entity, ...]
+    #: Lower-cased text for search ("" when the content has none).
+    search_text: str
+    metadata: dict[str, str]
+
+
+class ContentProcessor:
+    """Dispatches on the content's kind."""
+
+    def __init__(self, *, text: TextProcessor) -> None:
+        self._text = text
+
+    def process_inbound(self, content: common_pb2.Content, field: str) -> ProcessedContent:
+        """Content written by an end user."""
+        kind = content.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(
+                "content is required",
+                field_violations=[
+                    FieldViolation(
+                        field,
+                        "set exactly one of text, media, location, interactive_reply",
+                    )
+                ],
+            )
+        if kind == "text":
+            return self._process_text(content.text.text, f"{field}.text.text")
+        if kind == "location":
+            location, violations = process_location(content.location, f"{field}.location")
+            if violations:
+                raise InvalidArgument("location is invalid", field_violations=violations)
+            label = " ".join(filter(None, (location.name, location.address)))
+            return ProcessedContent(
+                content=common_pb2.Content(location=location),
+                type=common_pb2.MESSAGE_TYPE_LOCATION,
+                language="",
+                entities=(),
+                search_text=label.casefold(),
+                metadata={},
+            )
+        if kind == "interactive_reply":
+            return self._process_reply(content.interactive_reply, f"{field}.interactive_reply")
+        if kind == "interactive":
+            raise InvalidArgument(
+                "end users answer interactive messages; they do not send them",
+                field_violations=[
+                    FieldViolation(f"{field}.interactive", "use interactive_reply for a choice")
+                ],
+            )
+        raise Unimplemented("media messages are not accepted yet", reason="MEDIA_NOT_SUPPORTED")
+
+    def process_outbound(self, content: common_pb2.Content) -> ProcessedContent:
+        """Content written by the responder (trusted, but normalized the same way)."""
+        kind = content.WhichOneof("kind")
+        if kind == "text":
+            normalized = normalize_text(content.text.text).text[:MAX_TEXT_CHARS]
+            return ProcessedContent(
+                content=common_pb2.Content(text=common_pb2.TextContent(text=normalized)),
+                type=common_pb2.MESSAGE_TYPE_TEXT,
+                language="",
+                entities=(),
+                search_text=normalized.casefold(),
+                metadata={},
+            )
+        search_text = content.interactive.body.casefold() if kind == "interactive" else ""
+        return ProcessedContent(
+            content=content,
+            type=_TYPES.get(kind or "", common_pb2.MESSAGE_TYPE_UNSPECIFIED),
+            language="",
+            entities=(),
+            search_text=search_text,
+            metadata={},
+        )
+
+    def _process_text(self, raw: str, field: str) -> ProcessedContent:
+        normalized = normalize_text(raw)
+        if not normalized.text:
+            raise InvalidArgument(
+                "text is empty",
+                field_violations=[FieldViolation(field, "must contain visible characters")],
+            )
+        if len(normalized.text) > MAX_TEXT_CHARS:
+            raise InvalidArgument(
+                "text is too long",
+                field_violations=[FieldViolation(field, f"at most {MAX_TEXT_CHARS} characters")],
+            )
+        analysis = self._text.analyse(normalized.text)
+        return ProcessedContent(
+            content=common_pb2.Content(text=common_pb2.TextContent(text=normalized.text)),
+            type=common_pb2.MESSAGE_TYPE_TEXT,
+            language=analysis.language,
+            entities=analysis.entities,
+            search_text=normalized.text.casefold(),
+            metadata={
+                "words": str(normalized.words),
+                "removed_characters": str(normalized.removed_characters),
+            },
+        )
+
+    @staticmethod
+    def _process_reply(reply: common_pb2.InteractiveReply, field: str) -> ProcessedContent:
+        violations = []
+        if not reply.selected_id:
+            violations.append(FieldViolation(f"{field}.selected_id", "required"))
+        elif len(reply.selected_id) > MAX_SELECTED_ID_CHARS:
+            violations.append(
+                FieldViolation(
+                    f"{field}.selected_id", f"at most {MAX_SELECTED_ID_CHARS} characters"
+                )
+            )
+        if violations:
+            raise InvalidArgument("interactive reply is invalid", field_violations=violations)
+        title = normalize_text(reply.title).text
+        cleaned = common_pb2.InteractiveReply(
+            selected_id=reply.selected_id,
+            title=title,
+            reply_to_message_id=reply.reply_to_message_id,
+        )
+        return ProcessedContent(
+            content=common_pb2.Content(interactive_reply=cleaned),
+            type=common_pb2.MESSAGE_TYPE_INTERACTIVE_REPLY,
+            language="",
+            entities=(),
+            search_text=title.casefold(),
+            metadata={},
+        )

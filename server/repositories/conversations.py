@@ -1,0 +1,198 @@
+"""Conversations in MongoDB. Every method takes the tenant id and filters on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from chat.v1 import common_pb2
+from server.repositories.mongo import ACTIVE, CLOSED, CONVERSATIONS, Document
+
+_STATUS = {
+    ACTIVE: common_pb2.CONVERSATION_STATUS_ACTIVE,
+    CLOSED: common_pb2.CONVERSATION_STATUS_CLOSED,
+}
+_STATUS_NAME: dict[int, str] = {int(value): name for name, value in _STATUS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFilter:
+    """ListConversations filters; empty values mean "any"."""
+
+    user_id: str = ""
+    channel: int = 0
+    status: int = 0
+    activity_from: dt.datetime | None = None
+    activity_to: dt.datetime | None = None
+
+
+class MongoConversationRepository:
+    """Conversations of every tenant, each query scoped to one."""
+
+    def __init__(self, *, database: AsyncDatabase[Document]) -> None:
+        self._collection = database[CONVERSATIONS]
+
+    async def get(
+        self, tenant_id: str, conversation_id: str, *, session: AsyncClientSession | None = None
+    ) -> common_pb2.Conversation | None:
+        """One conversation of the tenant, or None."""
+        document = await self._collection.find_one(
+            {"_id": conversation_id, "tenant_id": tenant_id}, session=session
+        )
+        return to_proto(document) if document else None
+
+    async def find_active(
+        self, tenant_id: str, user_id: str, channel: int
+    ) -> common_pb2.Conversation | None:
+        """The user's active conversation on the channel, if any."""
+        document = await self._collection.find_one(
+            {"tenant_id": tenant_id, "user_id": user_id, "channel": channel, "status": ACTIVE}
+        )
+        return to_proto(document) if document else None
+
+    async def insert_active(
+        self,
+        tenant_id: str,
+        *,
+        user_id: str,
+        channel: int,
+        channel_conversation_id: str,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> common_pb2.Conversation:
+        """Start a conversation; DuplicateKeyError when the user already has an active one."""
+        document: Document = {
+            "_id": uuid.uuid4().hex,
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+            "channel": channel,
+            "status": ACTIVE,
+            "channel_conversation_id": channel_conversation_id,
+            "message_count": 0,
+            "inbound_message_count": 0,
+            "outbound_message_count": 0,
+            "last_sequence": 0,
+            "create_time": now,
+            "update_time": now,
+            "last_activity_time": now,
+            "metadata": {},
+        }
+        await self._collection.insert_one(document, session=session)
+        return to_proto(document)
+
+    async def record_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        inbound: int,
+        outbound: int,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> common_pb2.Conversation | None:
+        """Reserve sequence numbers for new messages and update the counters; returns the
+        conversation after the update (its last_sequence is the last reserved number), or None
+        when it is not active. Concurrent writers serialize on this document."""
+        document = await self._collection.find_one_and_update(
+            {"_id": conversation_id, "tenant_id": tenant_id, "status": ACTIVE},
+            {
+                "$inc": {
+                    "last_sequence": inbound + outbound,
+                    "message_count": inbound + outbound,
+                    "inbound_message_count": inbound,
+                    "outbound_message_count": outbound,
+                },
+                "$set": {"update_time": now, "last_activity_time": now},
+            },
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        return to_proto(document) if document else None
+
+    async def close(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        reason: str,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> common_pb2.Conversation | None:
+        """Close an active conversation; None when it is not active (or not the tenant's)."""
+        document = await self._collection.find_one_and_update(
+            {"_id": conversation_id, "tenant_id": tenant_id, "status": ACTIVE},
+            {
+                "$set": {
+                    "status": CLOSED,
+                    "close_time": now,
+                    "close_reason": reason,
+                    "update_time": now,
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        return to_proto(document) if document else None
+
+    async def list(
+        self,
+        tenant_id: str,
+        filters: ConversationFilter,
+        *,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[common_pb2.Conversation]:
+        """Newest first; ``after`` is the (create_time, id) of the last one already seen."""
+        query: dict[str, Any] = {"tenant_id": tenant_id}
+        if filters.user_id:
+            query["user_id"] = filters.user_id
+        if filters.channel:
+            query["channel"] = filters.channel
+        if filters.status:
+            query["status"] = _STATUS_NAME[filters.status]
+        activity: dict[str, dt.datetime] = {}
+        if filters.activity_from is not None:
+            activity["$gte"] = filters.activity_from
+        if filters.activity_to is not None:
+            activity["$lt"] = filters.activity_to
+        if activity:
+            query["last_activity_time"] = activity
+        if after is not None:
+            created, last_id = after
+            query["$or"] = [
+                {"create_time": {"$lt": created}},
+                {"create_time": created, "_id": {"$lt": last_id}},
+            ]
+        cursor = self._collection.find(query).sort(
+            [("create_time", DESCENDING), ("_id", DESCENDING)]
+        )
+        return [to_proto(document) async for document in cursor.limit(limit)]
+
+
+def to_proto(document: Document) -> common_pb2.Conversation:
+    """The stored document as the contract's Conversation."""
+    conversation = common_pb2.Conversation(
+        id=document["_id"],
+        user_id=document["user_id"],
+        channel=document["channel"],
+        status=_STATUS[document["status"]],
+        channel_conversation_id=document.get("channel_conversation_id", ""),
+        message_count=document.get("message_count", 0),
+        inbound_message_count=document.get("inbound_message_count", 0),
+        outbound_message_count=document.get("outbound_message_count", 0),
+        last_sequence=document.get("last_sequence", 0),
+        close_reason=document.get("close_reason", ""),
+        metadata=document.get("metadata", {}),
+    )
+    conversation.create_time.FromDatetime(document["create_time"])
+    conversation.update_time.FromDatetime(document["update_time"])
+    conversation.last_activity_time.FromDatetime(document["last_activity_time"])
+    if document.get("close_time") is not None:
+        conversation.close_time.FromDatetime(document["close_time"])
+    return conversation

@@ -1,0 +1,53 @@
+"""Stored responses of idempotent requests, keyed by tenant, operation and request id.
+
+The record is written in the same transaction as the request's effects, under a unique index:
+of two racing retries, exactly one commits; the other's transaction fails on the index and it
+returns the stored response instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.repositories.mongo import IDEMPOTENCY, Document
+
+RETENTION = dt.timedelta(days=1)
+
+
+class MongoIdempotencyStore:
+    """request id -> serialized response."""
+
+    def __init__(self, *, database: AsyncDatabase[Document]) -> None:
+        self._collection = database[IDEMPOTENCY]
+
+    async def get(self, tenant_id: str, operation: str, request_id: str) -> bytes | None:
+        """The stored response, if this request already completed."""
+        document = await self._collection.find_one(
+            {"tenant_id": tenant_id, "operation": operation, "request_id": request_id}
+        )
+        return bytes(document["response"]) if document else None
+
+    async def put(
+        self,
+        tenant_id: str,
+        operation: str,
+        request_id: str,
+        response: bytes,
+        *,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> None:
+        """Record the response; DuplicateKeyError when another call recorded it first."""
+        await self._collection.insert_one(
+            {
+                "tenant_id": tenant_id,
+                "operation": operation,
+                "request_id": request_id,
+                "response": response,
+                "expire_time": now + RETENTION,
+            },
+            session=session,
+        )

@@ -1,0 +1,85 @@
+"""Messages in MongoDB: the serialized contract message plus the fields queries use.
+
+Storing the protobuf bytes means a history page is read without re-encoding each message;
+delivery_status, the one field that changes, is kept beside it and overrides the stored copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from chat.v1 import common_pb2
+from server.repositories.mongo import MESSAGES, Document
+
+
+class MongoMessageRepository:
+    """Messages of every tenant, each query scoped to one."""
+
+    def __init__(self, *, database: AsyncDatabase[Document]) -> None:
+        self._collection = database[MESSAGES]
+
+    async def insert_many(
+        self,
+        tenant_id: str,
+        messages: Sequence[common_pb2.Message],
+        *,
+        search_texts: Sequence[str],
+        session: AsyncClientSession,
+    ) -> None:
+        """Store messages (sequences already assigned) inside the caller's transaction."""
+        await self._collection.insert_many(
+            [
+                {
+                    "_id": message.id,
+                    "tenant_id": tenant_id,
+                    "conversation_id": message.conversation_id,
+                    "sequence": message.sequence,
+                    "direction": message.direction,
+                    "channel": message.channel,
+                    "create_time": message.create_time.ToDatetime(tzinfo=dt.UTC),
+                    "delivery_status": message.delivery_status,
+                    "platform_message_id": message.platform_message_id,
+                    "search_text": search_text,
+                    "pb": message.SerializeToString(),
+                }
+                for message, search_text in zip(messages, search_texts, strict=True)
+            ],
+            session=session,
+        )
+
+    async def history(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        after_sequence: int | None,
+        newest_first: bool,
+        limit: int,
+    ) -> list[common_pb2.Message]:
+        """A page of one conversation in sequence order, past ``after_sequence`` in that order."""
+        query: Document = {"tenant_id": tenant_id, "conversation_id": conversation_id}
+        if after_sequence is not None:
+            query["sequence"] = {"$lt" if newest_first else "$gt": after_sequence}
+        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}).sort(
+            "sequence", DESCENDING if newest_first else ASCENDING
+        )
+        return [to_proto(document) async for document in cursor.limit(limit)]
+
+    async def explain_history(self, tenant_id: str, conversation_id: str) -> Document:
+        """The query plan of a history page (tests assert it uses the index)."""
+        cursor = self._collection.find(
+            {"tenant_id": tenant_id, "conversation_id": conversation_id, "sequence": {"$gt": 0}}
+        ).sort("sequence", ASCENDING)
+        return await cursor.limit(50).explain()
+
+
+def to_proto(document: Document) -> common_pb2.Message:
+    """The stored message, with its current delivery status."""
+    message = common_pb2.Message.FromString(document["pb"])
+    message.delivery_status = document.get("delivery_status", message.delivery_status)
+    return message

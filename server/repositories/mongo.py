@@ -1,0 +1,101 @@
+"""Collections, their indexes (created at start-up), and the transaction helper."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from server.domain.errors import AlreadyExists
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+CONVERSATIONS = "conversations"
+MESSAGES = "messages"
+OUTBOX = "outbox"
+IDEMPOTENCY = "idempotency"
+LOCKS = "locks"
+
+ACTIVE = "ACTIVE"
+CLOSED = "CLOSED"
+
+#: Every query path has an index; each query filters on tenant_id first.
+INDEXES: dict[str, list[IndexModel]] = {
+    CONVERSATIONS: [
+        # One active conversation per user and channel: concurrent first messages cannot
+        # start two.
+        IndexModel(
+            [("tenant_id", ASCENDING), ("user_id", ASCENDING), ("channel", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"status": ACTIVE},
+            name="one_active_per_user_channel",
+        ),
+        # Listing is by start time (immutable), so pages stay stable while conversations move.
+        IndexModel(
+            [("tenant_id", ASCENDING), ("create_time", DESCENDING), ("_id", DESCENDING)],
+            name="tenant_recent",
+        ),
+        IndexModel(
+            [
+                ("tenant_id", ASCENDING),
+                ("user_id", ASCENDING),
+                ("create_time", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="tenant_user_recent",
+        ),
+    ],
+    MESSAGES: [
+        IndexModel(
+            [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sequence", ASCENDING)],
+            unique=True,
+            name="history",
+        ),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("create_time", DESCENDING), ("_id", DESCENDING)],
+            name="tenant_recent",
+        ),
+    ],
+    OUTBOX: [
+        IndexModel([("published", ASCENDING), ("position", ASCENDING)], name="pending"),
+        # Published events are kept a week for inspection, then removed.
+        IndexModel([("publish_time", ASCENDING)], expireAfterSeconds=7 * 86400, name="expiry"),
+    ],
+    IDEMPOTENCY: [
+        IndexModel(
+            [("tenant_id", ASCENDING), ("operation", ASCENDING), ("request_id", ASCENDING)],
+            unique=True,
+            name="request",
+        ),
+        IndexModel([("expire_time", ASCENDING)], expireAfterSeconds=0, name="expiry"),
+    ],
+}
+
+
+async def create_indexes(database: AsyncDatabase[Document]) -> None:
+    """Create every index (a no-op for those that exist)."""
+    for collection, indexes in INDEXES.items():
+        await database[collection].create_indexes(indexes)
+
+
+class Transactions:
+    """Runs a function in a MongoDB transaction, retried on transient errors (write conflicts)."""
+
+    def __init__(self, *, client: AsyncMongoClient[Document]) -> None:
+        self._client = client
+
+    async def run(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """``work`` may run more than once; everything it writes commits together or not at all.
+
+        A unique-index violation aborts the transaction and becomes AlreadyExists.
+        """
+        try:
+            async with self._client.start_session() as session:
+                return await session.with_transaction(work)
+        except DuplicateKeyError:
+            raise AlreadyExists("a record with this key exists", reason="DUPLICATE_KEY") from None

@@ -1,0 +1,104 @@
+"""Sessions in Redis, with a time to live that activity extends.
+
+Two keys per session, both with the session's TTL: the session itself (protobuf bytes) and the
+conversation's pointer to its current session. Keys carry the tenant in braces, so a tenant's
+keys share one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import redis.asyncio as redis
+
+from chat.v1 import common_pb2
+
+
+def _session_key(tenant_id: str, session_id: str) -> str:
+    return f"chat:{{{tenant_id}}}:session:{session_id}"
+
+
+def _pointer_key(tenant_id: str, conversation_id: str) -> str:
+    return f"chat:{{{tenant_id}}}:conversation-session:{conversation_id}"
+
+
+class RedisSessionStore:
+    """Create, read, extend and end sessions."""
+
+    def __init__(self, *, client: redis.Redis, ttl_seconds: int) -> None:
+        self._redis = client
+        self._ttl = ttl_seconds
+
+    async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
+        """The session, or None when unknown or expired."""
+        raw = await self._redis.get(_session_key(tenant_id, session_id))
+        # The client runs without decode_responses: values come back as bytes.
+        return common_pb2.Session.FromString(raw) if isinstance(raw, bytes) and raw else None
+
+    async def current(self, tenant_id: str, conversation_id: str) -> common_pb2.Session | None:
+        """The conversation's live session, if it has one."""
+        session_id = await self._redis.get(_pointer_key(tenant_id, conversation_id))
+        if not session_id:
+            return None
+        return await self.get(
+            tenant_id, session_id.decode() if isinstance(session_id, bytes) else session_id
+        )
+
+    async def get_or_create(
+        self,
+        tenant_id: str,
+        conversation: common_pb2.Conversation,
+        *,
+        now: dt.datetime,
+    ) -> tuple[common_pb2.Session, bool]:
+        """The conversation's live session, or a new one; True when it was created here."""
+        pointer = _pointer_key(tenant_id, conversation.id)
+        for _ in range(3):
+            current = await self.current(tenant_id, conversation.id)
+            if current is not None:
+                return current, False
+            session = common_pb2.Session(
+                id=uuid.uuid4().hex,
+                conversation_id=conversation.id,
+                user_id=conversation.user_id,
+                channel=conversation.channel,
+                status=common_pb2.SESSION_STATUS_ACTIVE,
+            )
+            session.create_time.FromDatetime(now)
+            self._stamp(session, now)
+            # NX: of two concurrent first messages, one creates the session, the other reads it.
+            if await self._redis.set(pointer, session.id, nx=True, ex=self._ttl):
+                await self._redis.set(
+                    _session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl
+                )
+                return session, True
+            # Lost the race to a concurrent creator (read it on the next pass), or the pointer
+            # outlived its session by a moment: then clear it.
+            if await self.current(tenant_id, conversation.id) is None:
+                await self._redis.delete(pointer)
+        raise RuntimeError("could not create or read the session")  # three lost races in a row
+
+    async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:
+        """Store the session after activity, extending its expiry (one round trip)."""
+        self._stamp(session, now)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl)
+            pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._ttl)
+            await pipe.execute()
+
+    async def end(
+        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+    ) -> common_pb2.Session:
+        """Mark the session ended; it stays readable until its TTL runs out."""
+        session.status = common_pb2.SESSION_STATUS_ENDED
+        session.end_time.FromDatetime(now)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl)
+            pipe.delete(_pointer_key(tenant_id, session.conversation_id))
+            await pipe.execute()
+        return session
+
+    def _stamp(self, session: common_pb2.Session, now: dt.datetime) -> None:
+        session.last_activity_time.FromDatetime(now)
+        session.expire_time.FromDatetime(now + dt.timedelta(seconds=self._ttl))

@@ -1,0 +1,150 @@
+"""Conversations: read, list, close, and page through history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from google.protobuf import duration_pb2
+
+from chat.v1 import common_pb2, events_pb2
+from server.domain.errors import NotFound
+from server.events.envelopes import envelope
+from server.repositories.conversations import ConversationFilter
+from server.services.messages import utc_now
+from server.services.ports import (
+    ConversationRepository,
+    MessageRepository,
+    Outbox,
+    SessionStore,
+    TransactionRunner,
+    Tx,
+)
+
+
+class ConversationService:
+    """Everything about conversations except sending messages."""
+
+    def __init__(
+        self,
+        *,
+        conversations: ConversationRepository,
+        messages: MessageRepository,
+        sessions: SessionStore,
+        outbox: Outbox,
+        transactions: TransactionRunner,
+        on_events: Callable[[], None] = lambda: None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._conversations = conversations
+        self._messages = messages
+        self._sessions = sessions
+        self._outbox = outbox
+        self._transactions = transactions
+        self._on_events = on_events
+        self._clock = clock
+
+    async def get(self, tenant_id: str, conversation_id: str) -> common_pb2.Conversation:
+        """One conversation; NOT_FOUND for a missing one or another tenant's."""
+        conversation = await self._conversations.get(tenant_id, conversation_id)
+        if conversation is None:
+            raise NotFound("conversation not found", reason="CONVERSATION_NOT_FOUND")
+        return conversation
+
+    async def list_page(
+        self,
+        tenant_id: str,
+        filters: ConversationFilter,
+        *,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[common_pb2.Conversation]:
+        """A page of conversations, newest first."""
+        return await self._conversations.list(tenant_id, filters, after=after, limit=limit)
+
+    async def close(
+        self, tenant_id: str, actor_id: str, conversation_id: str, *, reason: str
+    ) -> common_pb2.Conversation:
+        """Close it (ConversationEnded, once) and end its session; closed ones come back as
+        they are."""
+        now = self._clock()
+
+        async def close(tx: Tx) -> common_pb2.Conversation | None:
+            closed = await self._conversations.close(
+                tenant_id, conversation_id, reason=reason, now=now, session=tx
+            )
+            if closed is None:
+                return None
+            duration = duration_pb2.Duration()
+            duration.FromTimedelta(now - closed.create_time.ToDatetime(tzinfo=dt.UTC))
+            ended = events_pb2.ConversationEnded(
+                conversation=closed,
+                duration=duration,
+                message_count=closed.message_count,
+                reason=reason,
+            )
+            await self._outbox.add(
+                [
+                    envelope(
+                        tenant_id=tenant_id,
+                        actor_id=actor_id,
+                        conversation_id=closed.id,
+                        now=now,
+                        conversation_ended=ended,
+                    )
+                ],
+                now=now,
+                session=tx,
+            )
+            return closed
+
+        closed = await self._transactions.run(close)
+        if closed is None:
+            return await self.get(tenant_id, conversation_id)  # closed before, or not found
+        self._on_events()
+        await self._end_session(tenant_id, actor_id, closed, now)
+        return closed
+
+    async def _end_session(
+        self, tenant_id: str, actor_id: str, conversation: common_pb2.Conversation, now: dt.datetime
+    ) -> None:
+        session = await self._sessions.current(tenant_id, conversation.id)
+        if session is None:
+            return  # no live session
+        ended = await self._sessions.end(tenant_id, session, now=now)
+        event = events_pb2.SessionEnded(session=ended, reason=events_pb2.SESSION_END_REASON_ENDED)
+        await self._transactions.run(
+            lambda tx: self._outbox.add(
+                [
+                    envelope(
+                        tenant_id=tenant_id,
+                        actor_id=actor_id,
+                        conversation_id=conversation.id,
+                        now=now,
+                        session_ended=event,
+                    )
+                ],
+                now=now,
+                session=tx,
+            )
+        )
+        self._on_events()
+
+    async def history(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        after_sequence: int | None,
+        newest_first: bool,
+        limit: int,
+    ) -> list[common_pb2.Message]:
+        """A page of the conversation's messages in sequence order."""
+        await self.get(tenant_id, conversation_id)  # NOT_FOUND before an empty page
+        return await self._messages.history(
+            tenant_id,
+            conversation_id,
+            after_sequence=after_sequence,
+            newest_first=newest_first,
+            limit=limit,
+        )

@@ -1,0 +1,357 @@
+"""SendMessage: the message pipeline.
+
+Validate and process the content, find or start the conversation, load or start the session,
+generate the reply, then store both messages, the counters, the events and the idempotency
+record in one transaction. Nothing is stored when any step before the commit fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from google.protobuf import json_format
+
+from chat.v1 import chat_service_pb2, common_pb2, events_pb2
+from server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from server.events.envelopes import envelope
+from server.processors.content import ContentProcessor, ProcessedContent
+from server.services.ports import (
+    ConversationRepository,
+    IdempotencyStore,
+    MessageRepository,
+    Outbox,
+    SessionStore,
+    TransactionRunner,
+    Tx,
+)
+from server.services.responder import RESPONDER_ID, Responder
+
+log = structlog.get_logger("chat.messages")
+
+SEND_MESSAGE = "SendMessage"
+MAX_ID_CHARS = 128
+MAX_METADATA_ENTRIES = 32
+MAX_REPLIES = 5
+WEB = common_pb2.CHANNEL_TYPE_WEB
+
+
+def utc_now() -> dt.datetime:
+    """The current time, truncated to milliseconds (what MongoDB stores)."""
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class MessageService:
+    """Takes an end user's message and answers it."""
+
+    def __init__(
+        self,
+        *,
+        conversations: ConversationRepository,
+        messages: MessageRepository,
+        sessions: SessionStore,
+        outbox: Outbox,
+        idempotency: IdempotencyStore,
+        transactions: TransactionRunner,
+        content: ContentProcessor,
+        responder: Responder,
+        on_events: Callable[[], None] = lambda: None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._conversations = conversations
+        self._messages = messages
+        self._sessions = sessions
+        self._outbox = outbox
+        self._idempotency = idempotency
+        self._transactions = transactions
+        self._content = content
+        self._responder = responder
+        self._on_events = on_events
+        self._clock = clock
+
+    async def send(
+        self, tenant_id: str, actor_id: str, request: chat_service_pb2.SendMessageRequest
+    ) -> chat_service_pb2.SendMessageResponse:
+        """Store the message, answer it, and return both; ``actor_id`` is the caller."""
+        _validate(request)
+        if request.request_id:
+            stored = await self._idempotency.get(tenant_id, SEND_MESSAGE, request.request_id)
+            if stored is not None:
+                return chat_service_pb2.SendMessageResponse.FromString(stored)
+        processed = self._content.process_inbound(request.content, "content")
+        now = self._clock()
+        conversation, started = await self._conversation(tenant_id, actor_id, request, now)
+        session, session_created = await self._sessions.get_or_create(
+            tenant_id, conversation, now=now
+        )
+        if session_created:
+            started_event = events_pb2.SessionStarted(session=session)
+            await self._transactions.run(
+                lambda tx: self._outbox.add(
+                    [
+                        envelope(
+                            tenant_id=tenant_id,
+                            actor_id=actor_id,
+                            conversation_id=conversation.id,
+                            now=now,
+                            session_started=started_event,
+                        )
+                    ],
+                    now=now,
+                    session=tx,
+                )
+            )
+        inbound = _message(
+            conversation,
+            processed,
+            direction=common_pb2.MESSAGE_DIRECTION_INBOUND,
+            sender_id=request.user_id,
+            now=now,
+            reply_to=request.reply_to_message_id,
+            metadata=dict(request.metadata),
+        )
+        context = json_format.MessageToDict(session.context)
+        reply = await self._responder.reply(
+            tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
+        )
+        outbound = [
+            _message(
+                conversation,
+                self._content.process_outbound(content),
+                direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+                sender_id=RESPONDER_ID,
+                now=now,
+                reply_to=inbound.id,
+                metadata={},
+            )
+            for content in reply.contents[:MAX_REPLIES]
+        ]
+        texts = [processed.search_text] + [
+            self._content.process_outbound(m.content).search_text for m in outbound
+        ]
+        try:
+            response = await self._transactions.run(
+                lambda tx: self._store(
+                    tx,
+                    tenant_id=tenant_id,
+                    actor_id=actor_id,
+                    request=request,
+                    conversation=conversation,
+                    session=session,
+                    messages=[inbound, *outbound],
+                    search_texts=texts,
+                    now=now,
+                )
+            )
+        except AlreadyExists:
+            # A concurrent retry with the same request id committed first: answer as it did.
+            stored = await self._idempotency.get(tenant_id, SEND_MESSAGE, request.request_id)
+            if stored is None:
+                raise
+            return chat_service_pb2.SendMessageResponse.FromString(stored)
+        self._on_events()
+        context.update(reply.context_updates)
+        session.context.Clear()
+        session.context.update(context)
+        try:
+            await self._sessions.save(tenant_id, session, now=now)
+        except Exception as exc:  # noqa: BLE001 - the exchange is committed; the session can lag
+            log.warning("session not saved", session_id=session.id, error=repr(exc))
+        if started:
+            log.info("conversation started", conversation_id=conversation.id)
+        return response
+
+    async def _conversation(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        request: chat_service_pb2.SendMessageRequest,
+        now: dt.datetime,
+    ) -> tuple[common_pb2.Conversation, bool]:
+        if request.conversation_id:
+            found = await self._conversations.get(tenant_id, request.conversation_id)
+            if found is None:
+                raise NotFound("conversation not found", reason="CONVERSATION_NOT_FOUND")
+            if found.user_id != request.user_id or found.channel != request.channel:
+                raise InvalidArgument(
+                    "the conversation belongs to another user or channel",
+                    field_violations=[
+                        FieldViolation("conversation_id", "does not match user_id and channel")
+                    ],
+                )
+            if found.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
+                raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
+            return found, False
+        active = await self._conversations.find_active(tenant_id, request.user_id, request.channel)
+        if active is not None:
+            return active, False
+        if request.channel != WEB and not request.channel_conversation_id:
+            raise InvalidArgument(
+                "a new conversation on a platform channel needs its address",
+                field_violations=[
+                    FieldViolation("channel_conversation_id", "required for a new conversation")
+                ],
+            )
+
+        async def start(tx: Tx) -> common_pb2.Conversation:
+            conversation = await self._conversations.insert_active(
+                tenant_id,
+                user_id=request.user_id,
+                channel=request.channel,
+                channel_conversation_id=request.channel_conversation_id,
+                now=now,
+                session=tx,
+            )
+            started = events_pb2.ConversationStarted(conversation=conversation)
+            await self._outbox.add(
+                [
+                    envelope(
+                        tenant_id=tenant_id,
+                        actor_id=actor_id,
+                        conversation_id=conversation.id,
+                        now=now,
+                        conversation_started=started,
+                    )
+                ],
+                now=now,
+                session=tx,
+            )
+            return conversation
+
+        try:
+            conversation = await self._transactions.run(start)
+        except AlreadyExists:
+            # Another first message of this user started it a moment ago.
+            active = await self._conversations.find_active(
+                tenant_id, request.user_id, request.channel
+            )
+            if active is None:
+                raise
+            return active, False
+        self._on_events()
+        return conversation, True
+
+    async def _store(
+        self,
+        tx: Tx,
+        *,
+        tenant_id: str,
+        actor_id: str,
+        request: chat_service_pb2.SendMessageRequest,
+        conversation: common_pb2.Conversation,
+        session: common_pb2.Session,
+        messages: list[common_pb2.Message],
+        search_texts: list[str],
+        now: dt.datetime,
+    ) -> chat_service_pb2.SendMessageResponse:
+        updated = await self._conversations.record_messages(
+            tenant_id,
+            conversation.id,
+            inbound=1,
+            outbound=len(messages) - 1,
+            now=now,
+            session=tx,
+        )
+        if updated is None:
+            raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
+        first = updated.last_sequence - len(messages) + 1
+        stored = [common_pb2.Message() for _ in messages]
+        for offset, (copy, message) in enumerate(zip(stored, messages, strict=True)):
+            copy.CopyFrom(message)
+            copy.sequence = first + offset
+        await self._messages.insert_many(tenant_id, stored, search_texts=search_texts, session=tx)
+        inbound, replies = stored[0], stored[1:]
+        events: list[dict[str, Any]] = [
+            {"message_received": events_pb2.MessageReceived(message=inbound)}
+        ]
+        if updated.channel == WEB:  # handed to the channel: returned and pushed to subscribers
+            events += [{"message_sent": events_pb2.MessageSent(message=m)} for m in replies]
+        events.append(
+            {"conversation_updated": events_pb2.ConversationUpdated(conversation=updated)}
+        )
+        await self._outbox.add(
+            [
+                envelope(
+                    tenant_id=tenant_id, actor_id=actor_id, conversation_id=updated.id, now=now, **e
+                )
+                for e in events
+            ],
+            now=now,
+            session=tx,
+        )
+        response = chat_service_pb2.SendMessageResponse(
+            message=inbound, replies=replies, conversation=updated, session=session
+        )
+        if request.request_id:
+            await self._idempotency.put(
+                tenant_id,
+                SEND_MESSAGE,
+                request.request_id,
+                response.SerializeToString(),
+                now=now,
+                session=tx,
+            )
+        return response
+
+
+def _message(
+    conversation: common_pb2.Conversation,
+    processed: ProcessedContent,
+    *,
+    direction: common_pb2.MessageDirection.ValueType,
+    sender_id: str,
+    now: dt.datetime,
+    reply_to: str,
+    metadata: dict[str, str],
+) -> common_pb2.Message:
+    message = common_pb2.Message(
+        id=uuid.uuid4().hex,
+        conversation_id=conversation.id,
+        direction=direction,
+        type=processed.type,
+        channel=conversation.channel,
+        sender_id=sender_id,
+        content=processed.content,
+        language=processed.language,
+        entities=processed.entities,
+        reply_to_message_id=reply_to,
+        metadata={**processed.metadata, **metadata},
+    )
+    if direction == common_pb2.MESSAGE_DIRECTION_OUTBOUND:
+        message.delivery_status = (
+            common_pb2.DELIVERY_STATUS_SENT
+            if conversation.channel == WEB
+            else common_pb2.DELIVERY_STATUS_QUEUED
+        )
+    message.create_time.FromDatetime(now)
+    return message
+
+
+def _validate(request: chat_service_pb2.SendMessageRequest) -> None:
+    violations: list[FieldViolation] = []
+    if not request.user_id:
+        violations.append(FieldViolation("user_id", "required"))
+    for name in ("user_id", "request_id", "conversation_id", "channel_conversation_id"):
+        if len(getattr(request, name)) > MAX_ID_CHARS:
+            violations.append(FieldViolation(name, f"at most {MAX_ID_CHARS} characters"))
+    if request.channel not in common_pb2.ChannelType.values() or not request.channel:
+        violations.append(FieldViolation("channel", "required: one of the ChannelType values"))
+    if len(request.metadata) > MAX_METADATA_ENTRIES:
+        violations.append(FieldViolation("metadata", f"at most {MAX_METADATA_ENTRIES} entries"))
+    for key, value in request.metadata.items():
+        if not key or len(key) > 64 or len(value) > 1024:
+            violations.append(
+                FieldViolation(f"metadata[{key[:64]}]", "keys 1-64 characters, values at most 1024")
+            )
+    if violations:
+        raise InvalidArgument("the request is invalid", field_violations=violations)

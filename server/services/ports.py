@@ -1,0 +1,140 @@
+"""What the services need from storage, as Protocols (the repositories implement them).
+
+``tx`` is the transaction handle a TransactionRunner passes to its work function; services
+hand it on to the repositories without looking inside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from chat.v1 import common_pb2, events_pb2
+from server.repositories.conversations import ConversationFilter
+
+T = TypeVar("T")
+Tx = Any
+
+
+class TransactionRunner(Protocol):
+    """Runs work atomically, retrying it on transient conflicts."""
+
+    async def run(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction."""
+        ...
+
+
+class ConversationRepository(Protocol):
+    """Conversations, scoped by tenant."""
+
+    async def get(
+        self, tenant_id: str, conversation_id: str, *, session: Tx = None
+    ) -> common_pb2.Conversation | None: ...
+
+    async def find_active(
+        self, tenant_id: str, user_id: str, channel: int
+    ) -> common_pb2.Conversation | None: ...
+
+    async def insert_active(
+        self,
+        tenant_id: str,
+        *,
+        user_id: str,
+        channel: int,
+        channel_conversation_id: str,
+        now: dt.datetime,
+        session: Tx,
+    ) -> common_pb2.Conversation: ...
+
+    async def record_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        inbound: int,
+        outbound: int,
+        now: dt.datetime,
+        session: Tx,
+    ) -> common_pb2.Conversation | None: ...
+
+    async def close(
+        self, tenant_id: str, conversation_id: str, *, reason: str, now: dt.datetime, session: Tx
+    ) -> common_pb2.Conversation | None: ...
+
+    async def list(
+        self,
+        tenant_id: str,
+        filters: ConversationFilter,
+        *,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[common_pb2.Conversation]: ...
+
+
+class MessageRepository(Protocol):
+    """Messages, scoped by tenant."""
+
+    async def insert_many(
+        self,
+        tenant_id: str,
+        messages: Sequence[common_pb2.Message],
+        *,
+        search_texts: Sequence[str],
+        session: Tx,
+    ) -> None: ...
+
+    async def history(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        after_sequence: int | None,
+        newest_first: bool,
+        limit: int,
+    ) -> list[common_pb2.Message]: ...
+
+
+class Outbox(Protocol):
+    """Events written with the data they describe."""
+
+    async def add(
+        self, envelopes: Sequence[events_pb2.EventEnvelope], *, now: dt.datetime, session: Tx
+    ) -> None: ...
+
+
+class IdempotencyStore(Protocol):
+    """Responses of completed idempotent requests."""
+
+    async def get(self, tenant_id: str, operation: str, request_id: str) -> bytes | None: ...
+
+    async def put(
+        self,
+        tenant_id: str,
+        operation: str,
+        request_id: str,
+        response: bytes,
+        *,
+        now: dt.datetime,
+        session: Tx,
+    ) -> None: ...
+
+
+class SessionStore(Protocol):
+    """Sessions with a time to live."""
+
+    async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None: ...
+
+    async def current(self, tenant_id: str, conversation_id: str) -> common_pb2.Session | None: ...
+
+    async def get_or_create(
+        self, tenant_id: str, conversation: common_pb2.Conversation, *, now: dt.datetime
+    ) -> tuple[common_pb2.Session, bool]: ...
+
+    async def save(
+        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+    ) -> None: ...
+
+    async def end(
+        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+    ) -> common_pb2.Session: ...
