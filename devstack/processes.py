@@ -98,6 +98,8 @@ def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
     """``preferred`` when it can be bound on ``host``, otherwise a free ephemeral port."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As servers bind: a port whose last connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, candidate))
             except OSError:

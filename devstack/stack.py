@@ -47,6 +47,8 @@ class StackPorts:
     mongodb: int = 0
     redis: int = 0
     kafka: int = 0
+    #: Where clients are told to reach the broker, when not where it listens (a proxy).
+    kafka_advertised: int = 0
 
 
 class EmbeddedStack:
@@ -156,6 +158,7 @@ class EmbeddedStack:
 
         port = free_port(self._ports.kafka)
         address = f"tcp://{HOST}:{port}"
+        advertised = f"tcp://{HOST}:{self._ports.kafka_advertised or port}"
         child = self._spawn(
             "kafka",
             [
@@ -164,7 +167,7 @@ class EmbeddedStack:
                 "--listener-url",
                 address,
                 "--advertised-listener-url",
-                address,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

@@ -11,6 +11,7 @@ wait in the outbox), so the producer is started lazily and re-created after a fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -56,11 +57,32 @@ class KafkaEventPublisher:
             topic_for(envelope), envelope.SerializeToString(), key=record_key(envelope)
         )
 
-    async def publish_records(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
-        """Send (topic, key, value) records in order and wait until the broker has them all."""
+    async def publish_records(
+        self, records: Sequence[tuple[str, bytes, bytes]], *, within: float = 15.0
+    ) -> None:
+        """Send (topic, key, value) records in order and wait until the broker has them all.
+
+        aiokafka retries a batch for as long as the broker is away; ``within`` bounds that,
+        and a failed producer is replaced, so the next attempt starts with fresh metadata (a
+        restarted broker). Records it may still deliver are duplicates the consumers drop.
+        """
         producer = await self._started()
-        pending = [await producer.send(topic, value, key=key) for topic, key, value in records]
-        await asyncio.gather(*pending)
+        try:
+            async with asyncio.timeout(within):
+                pending = [
+                    await producer.send(topic, value, key=key) for topic, key, value in records
+                ]
+                await asyncio.gather(*pending)
+        except Exception:
+            await self._discard(producer)
+            raise
+
+    async def _discard(self, producer: AIOKafkaProducer) -> None:
+        async with self._lock:
+            if self._producer is producer:
+                self._producer = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 5)
 
     async def probe(self) -> None:
         """Raise unless a broker answers a metadata request."""

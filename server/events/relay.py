@@ -78,8 +78,12 @@ class OutboxRelay:
         try:
             while True:
                 published = 0
-                if await self._lease.acquire(now=self._clock()):
-                    published = await self.publish_pending()
+                try:
+                    if await self._lease.acquire(now=self._clock()):
+                        published = await self.publish_pending()
+                except Exception:
+                    log.exception("outbox relay iteration failed")
+                    self._backoff = min(MAX_BACKOFF_SECONDS, (self._backoff or 0.25) * 2)
                 if published >= BATCH:
                     continue  # more are waiting
                 delay = self._backoff or IDLE_SECONDS

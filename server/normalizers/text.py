@@ -9,6 +9,7 @@ from dataclasses import dataclass
 # Zero-width joiner and non-joiner are format characters that carry meaning (emoji sequences,
 # Persian and Indic scripts); every other control or format character goes.
 _KEEP_FORMAT = {"\u200c", "\u200d"}
+_WHITESPACE_CONTROLS = str.maketrans({"\t": " ", "\v": " ", "\f": " "})
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -25,7 +26,9 @@ class NormalizedText:
 def normalize_text(raw: str) -> NormalizedText:
     """NFC, drop control/format characters (keeping newlines and ZWJ/ZWNJ), collapse runs of
     spaces within lines and of blank lines, trim."""
-    composed = unicodedata.normalize("NFC", raw.replace("\r\n", "\n").replace("\r", "\n"))
+    # Tabs and other whitespace controls are spacing, not junk: they collapse like spaces.
+    spaced = raw.replace("\r\n", "\n").replace("\r", "\n").translate(_WHITESPACE_CONTROLS)
+    composed = unicodedata.normalize("NFC", spaced)
     kept = [
         ch
         for ch in composed

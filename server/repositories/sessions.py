@@ -66,7 +66,7 @@ class RedisSessionStore:
                 status=common_pb2.SESSION_STATUS_ACTIVE,
             )
             session.create_time.FromDatetime(now)
-            self._stamp(session, now)
+            self.touch(session, now=now)
             # NX: of two concurrent first messages, one creates the session, the other reads it.
             if await self._redis.set(pointer, session.id, nx=True, ex=self._ttl):
                 await self._redis.set(
@@ -81,7 +81,7 @@ class RedisSessionStore:
 
     async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:
         """Store the session after activity, extending its expiry (one round trip)."""
-        self._stamp(session, now)
+        self.touch(session, now=now)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl)
             pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._ttl)
@@ -99,6 +99,7 @@ class RedisSessionStore:
             await pipe.execute()
         return session
 
-    def _stamp(self, session: common_pb2.Session, now: dt.datetime) -> None:
+    def touch(self, session: common_pb2.Session, *, now: dt.datetime) -> None:
+        """Record activity at ``now`` on the session (in memory; save() stores it)."""
         session.last_activity_time.FromDatetime(now)
         session.expire_time.FromDatetime(now + dt.timedelta(seconds=self._ttl))

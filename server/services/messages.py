@@ -136,6 +136,11 @@ class MessageService:
             )
             for content in reply.contents[:MAX_REPLIES]
         ]
+        # The session as it stands after this exchange is part of the response.
+        context.update(reply.context_updates)
+        session.context.Clear()
+        session.context.update(context)
+        self._sessions.touch(session, now=now)
         texts = [processed.search_text] + [
             self._content.process_outbound(m.content).search_text for m in outbound
         ]
@@ -160,9 +165,6 @@ class MessageService:
                 raise
             return chat_service_pb2.SendMessageResponse.FromString(stored)
         self._on_events()
-        context.update(reply.context_updates)
-        session.context.Clear()
-        session.context.update(context)
         try:
             await self._sessions.save(tenant_id, session, now=now)
         except Exception as exc:  # noqa: BLE001 - the exchange is committed; the session can lag

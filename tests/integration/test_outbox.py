@@ -1,0 +1,145 @@
+"""Events reach Kafka through the outbox; with Kafka down the service keeps working, and every
+event is published once Kafka is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaConsumer
+from pymongo import AsyncMongoClient
+
+from chat.v1 import events_pb2
+from devstack.processes import free_port
+from devstack.stack import EmbeddedStack, Endpoints, StackPorts
+from server.events.topics import ALL_TOPICS
+from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.tcp_proxy import TcpProxy
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+async def consume(
+    bootstrap: str, conversation_ids: set[str], expected: int, within: float
+) -> list[events_pb2.EventEnvelope]:
+    """Read every topic from the start until ``expected`` events of these conversations came;
+    returned in broker order within each topic (the only order Kafka defines)."""
+    consumer = AIOKafkaConsumer(
+        *[t for t in ALL_TOPICS if t != "chat.dlq.v1"],
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    found: dict[str, tuple[str, int, events_pb2.EventEnvelope]] = {}
+    deadline = time.monotonic() + within
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    event = events_pb2.EventEnvelope.FromString(record.value)
+                    if event.conversation_id in conversation_ids:
+                        assert record.key == f"{event.tenant_id}:{event.conversation_id}".encode()
+                        found[event.event_id] = (record.topic, record.offset, event)
+    finally:
+        await consumer.stop()
+    return [event for _, _, event in sorted(found.values(), key=lambda f: (f[0], f[1]))]
+
+
+@pytest.fixture
+async def acme_on(
+    start_server: StartServer, tmp_path: Path
+) -> Callable[..., Awaitable[tuple[RunningServer, ChatClient, grpc.aio.Channel]]]:
+    channels: list[grpc.aio.Channel] = []
+
+    async def start(**overrides: str) -> tuple[RunningServer, ChatClient, grpc.aio.Channel]:
+        server = await start_server(
+            CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS, **overrides
+        )
+        channel = grpc.aio.insecure_channel(server.target)
+        channels.append(channel)
+        return server, ChatClient(channel, "acme"), channel
+
+    yield start  # type: ignore[misc]
+    for channel in channels:
+        await channel.close()
+
+
+async def test_a_conversations_events_reach_kafka_in_order(
+    stack: Endpoints, acme_on: Callable[..., Awaitable[tuple[RunningServer, ChatClient, object]]]
+) -> None:
+    _, acme, _ = await acme_on()
+    first = await acme.send("hello")
+    await acme.send("help", user_id=first.conversation.user_id)
+    events = await consume(stack.kafka_bootstrap, {first.conversation.id}, expected=8, within=30)
+    kinds = sorted(event.WhichOneof("payload") or "" for event in events)
+    assert kinds == sorted(
+        ["conversation_started", "session_started"]
+        + ["message_received", "message_sent", "conversation_updated"] * 2
+    )
+    # Within a topic, one conversation's events keep their order.
+    received = [
+        e.message_received.message.sequence for e in events if e.HasField("message_received")
+    ]
+    assert received == [1, 3]
+    updates = [
+        e.conversation_updated.conversation.message_count
+        for e in events
+        if e.HasField("conversation_updated")
+    ]
+    assert updates == [2, 4]
+    assert {event.actor_id for event in events} == {"acme-app"}
+    assert {event.tenant_id for event in events} == {"acme"}
+    assert len({event.event_id for event in events}) == 8
+    assert next(e for e in events if e.HasField("message_received")).message_received.message == (
+        first.message
+    )
+
+
+async def test_kafka_unreachable_then_back_loses_no_event(
+    stack: Endpoints,
+    tmp_path: Path,
+    acme_on: Callable[..., Awaitable[tuple[RunningServer, ChatClient, object]]],
+) -> None:
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = TcpProxy(listen_port=proxy_port, target_port=broker_port)
+    await proxy.start()
+    kafka = EmbeddedStack(
+        data_dir=tmp_path / "kafka",
+        ports=StackPorts(kafka=broker_port, kafka_advertised=proxy_port),
+        environ={"CHAT_MONGODB_URI": stack.mongodb_uri, "CHAT_REDIS_URL": stack.redis_url},
+    )
+    await asyncio.to_thread(kafka.start)
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    try:
+        _, acme, _ = await acme_on(CHAT_KAFKA_BOOTSTRAP=bootstrap)
+        warmup = await acme.send("before the outage")
+        assert len(await consume(bootstrap, {warmup.conversation.id}, expected=5, within=30)) == 5
+
+        await proxy.stop()  # Kafka unreachable: messages are still taken; events wait
+        sent = [await acme.send(f"during the outage {i}") for i in range(3)]
+        conversation_ids = {response.conversation.id for response in sent}
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+        try:
+            keys = [f"acme:{cid}".encode() for cid in conversation_ids]
+            waiting = await client["chat"]["outbox"].count_documents(
+                {"published": False, "key": {"$in": keys}}
+            )
+        finally:
+            await client.close()
+        assert waiting == 15  # 3 conversations x (started, session, received, sent, updated)
+
+        await proxy.start()  # Kafka is back: every waiting event gets published
+        events = await consume(bootstrap, conversation_ids, expected=15, within=60)
+        assert len(events) == 15
+        assert {event.conversation_id for event in events} == conversation_ids
+    finally:
+        await proxy.stop()
+        await asyncio.to_thread(kafka.stop)

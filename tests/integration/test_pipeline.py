@@ -1,0 +1,315 @@
+"""SendMessage and the conversation RPCs, end to end on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from pymongo import AsyncMongoClient
+
+from chat.v1 import chat_service_pb2 as chat
+from chat.v1 import common_pb2 as c
+from devstack.stack import Endpoints
+from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.integration.conftest import RunningServer, tenants_file
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def server(start_server: StartServer, tmp_path: Path) -> RunningServer:
+    return await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+
+
+@pytest.fixture
+async def acme(server: RunningServer) -> AsyncIterator[ChatClient]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield ChatClient(channel, "acme")
+
+
+@pytest.fixture
+async def globex(server: RunningServer) -> AsyncIterator[ChatClient]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield ChatClient(channel, "globex")
+
+
+def violations(exc: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(exc)
+    assert status is not None
+    fields: list[str] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+async def test_a_text_message_is_stored_processed_and_answered(acme: ChatClient) -> None:
+    reply = await acme.send("  Hello!\x00  Mail me at Ana@Example.com ", user_id="u1")
+    message = reply.message
+    assert message.content.text.text == "Hello! Mail me at Ana@Example.com"
+    assert message.type == c.MESSAGE_TYPE_TEXT
+    assert message.direction == c.MESSAGE_DIRECTION_INBOUND
+    assert message.sequence == 1
+    assert [e.normalized for e in message.entities] == ["ana@example.com"]
+    [answer] = reply.replies
+    assert answer.sequence == 2
+    assert answer.direction == c.MESSAGE_DIRECTION_OUTBOUND
+    assert answer.delivery_status == c.DELIVERY_STATUS_SENT
+    assert answer.reply_to_message_id == message.id
+    assert answer.content.text.text == "Hello! How can I help you today?"
+    conversation = reply.conversation
+    assert (conversation.message_count, conversation.last_sequence) == (2, 2)
+    assert conversation.status == c.CONVERSATION_STATUS_ACTIVE
+    assert reply.session.conversation_id == conversation.id
+    assert reply.session.context["greeted"] is True
+
+    again = await acme.send("hi", user_id="u1")
+    assert again.conversation.id == conversation.id
+    assert (again.message.sequence, again.replies[0].sequence) == (3, 4)
+    assert again.replies[0].content.text.text == "Hello again!"  # the session remembered
+    assert again.session.id == reply.session.id
+
+    fetched = await acme.call(
+        "GetConversation", chat.GetConversationRequest(conversation_id=conversation.id)
+    )
+    assert fetched.conversation.message_count == 4
+    history = await acme.call(
+        "ListMessages", chat.ListMessagesRequest(conversation_id=conversation.id)
+    )
+    assert [m.sequence for m in history.messages] == [1, 2, 3, 4]
+    assert history.messages[0] == message
+    assert history.next_page_token == ""
+
+
+async def test_location_and_interactive_replies(acme: ChatClient) -> None:
+    location = await acme.send(
+        content=c.Content(location=c.LocationContent(latitude=52.37, longitude=4.89, name="Dam"))
+    )
+    assert location.message.type == c.MESSAGE_TYPE_LOCATION
+    assert location.replies[0].content.text.text == "Thanks, I have Dam."
+    choice = await acme.send(
+        content=c.Content(
+            interactive_reply=c.InteractiveReply(selected_id="billing", title="Billing")
+        )
+    )
+    assert choice.message.type == c.MESSAGE_TYPE_INTERACTIVE_REPLY
+    menu = await acme.send("help")
+    assert menu.replies[0].type == c.MESSAGE_TYPE_INTERACTIVE
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"content": c.Content(text=c.TextContent(text=" \u200b "))}, "content.text.text"),
+        (
+            {"content": c.Content(location=c.LocationContent(latitude=123))},
+            "content.location.latitude",
+        ),
+        ({"content": c.Content()}, "content"),
+        ({"user_id": ""}, "user_id"),
+        ({"channel": c.CHANNEL_TYPE_UNSPECIFIED}, "channel"),
+        ({"channel": c.CHANNEL_TYPE_WHATSAPP}, "channel_conversation_id"),
+        ({"request_id": "r" * 129}, "request_id"),
+        ({"metadata": {"k" * 65: "v"}}, f"metadata[{'k' * 64}]"),
+    ],
+)
+async def test_bad_input_is_invalid_argument_and_stores_nothing(
+    acme: ChatClient, fields: dict[str, object], field: str
+) -> None:
+    user = "bad-" + uuid.uuid4().hex[:8]
+    fields.setdefault("user_id", user)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await acme.send(**fields)  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(caught.value)
+    listed = await acme.call("ListConversations", chat.ListConversationsRequest(user_id=user))
+    assert list(listed.conversations) == []
+
+
+async def test_media_is_refused_plainly_for_now(acme: ChatClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await acme.send(content=c.Content(media=c.MediaContent(url="https://x.test/a.png")))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_retry_with_the_same_request_id_stores_nothing_twice(acme: ChatClient) -> None:
+    user = "idem-" + uuid.uuid4().hex[:8]
+    first = await acme.send("hello", user_id=user, request_id="req-1")
+    second = await acme.send("hello", user_id=user, request_id="req-1")
+    assert second == first
+    state = await acme.call(
+        "GetConversation", chat.GetConversationRequest(conversation_id=first.conversation.id)
+    )
+    assert state.conversation.message_count == 2
+
+
+async def test_racing_retries_store_once(acme: ChatClient) -> None:
+    user = "race-" + uuid.uuid4().hex[:8]
+    await acme.send("first", user_id=user)  # the conversation exists; the race is on the message
+    results = await asyncio.gather(
+        *(acme.send("hello", user_id=user, request_id="same") for _ in range(6))
+    )
+    assert all(result == results[0] for result in results)
+    state = await acme.call(
+        "GetConversation", chat.GetConversationRequest(conversation_id=results[0].conversation.id)
+    )
+    assert state.conversation.message_count == 4
+
+
+async def test_concurrent_first_messages_share_one_conversation(acme: ChatClient) -> None:
+    user = "first-" + uuid.uuid4().hex[:8]
+    results = await asyncio.gather(*(acme.send(f"m{i}", user_id=user) for i in range(5)))
+    assert len({r.conversation.id for r in results}) == 1
+    assert len({r.session.id for r in results}) == 1
+
+
+async def test_sequences_are_strictly_increasing_under_concurrency(acme: ChatClient) -> None:
+    user = "seq-" + uuid.uuid4().hex[:8]
+    first = await acme.send("start", user_id=user)
+    await asyncio.gather(*(acme.send(f"m{i}", user_id=user) for i in range(15)))
+    history = await acme.call(
+        "ListMessages",
+        chat.ListMessagesRequest(conversation_id=first.conversation.id, page_size=500),
+    )
+    assert [m.sequence for m in history.messages] == list(range(1, 33))
+
+
+async def test_pages_neither_skip_nor_repeat_under_concurrent_inserts(acme: ChatClient) -> None:
+    user = "page-" + uuid.uuid4().hex[:8]
+    first = await acme.send("start", user_id=user)
+    for i in range(9):
+        await acme.send(f"m{i}", user_id=user)
+    conversation_id = first.conversation.id
+    seen: list[int] = []
+    token = ""
+    writers = asyncio.gather(*(acme.send(f"late{i}", user_id=user) for i in range(8)))
+    while True:
+        page = await acme.call(
+            "ListMessages",
+            chat.ListMessagesRequest(
+                conversation_id=conversation_id, page_size=3, page_token=token
+            ),
+        )
+        seen += [m.sequence for m in page.messages]
+        token = page.next_page_token
+        if not token:
+            break
+    await writers
+    assert seen == list(range(1, len(seen) + 1))
+    assert len(seen) >= 20
+
+    newest = await acme.call(
+        "ListMessages",
+        chat.ListMessagesRequest(
+            conversation_id=conversation_id, page_size=5, order=chat.MESSAGE_ORDER_NEWEST_FIRST
+        ),
+    )
+    assert [m.sequence for m in newest.messages] == [36, 35, 34, 33, 32]
+
+
+async def test_close_then_a_new_conversation(acme: ChatClient) -> None:
+    user = "close-" + uuid.uuid4().hex[:8]
+    first = await acme.send("hello", user_id=user)
+    closed = await acme.call(
+        "CloseConversation",
+        chat.CloseConversationRequest(conversation_id=first.conversation.id, reason="resolved"),
+    )
+    assert closed.conversation.status == c.CONVERSATION_STATUS_CLOSED
+    assert closed.conversation.close_reason == "resolved"
+    assert closed.conversation.HasField("close_time")
+    again = await acme.call(
+        "CloseConversation", chat.CloseConversationRequest(conversation_id=first.conversation.id)
+    )
+    assert again.conversation == closed.conversation  # closing twice changes nothing
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await acme.send("more", user_id=user, conversation_id=first.conversation.id)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    fresh = await acme.send("more", user_id=user)
+    assert fresh.conversation.id != first.conversation.id
+    assert fresh.message.sequence == 1
+    assert fresh.session.id != first.session.id
+
+
+async def test_list_conversations_filters_and_pages(acme: ChatClient) -> None:
+    user = "list-" + uuid.uuid4().hex[:8]
+    ids = []
+    for channel in (c.CHANNEL_TYPE_WEB, c.CHANNEL_TYPE_WHATSAPP, c.CHANNEL_TYPE_SLACK):
+        sent = await acme.send("hi", user_id=user, channel=channel, channel_conversation_id="x")
+        ids.append(sent.conversation.id)
+    await acme.call("CloseConversation", chat.CloseConversationRequest(conversation_id=ids[0]))
+    collected: list[str] = []
+    token = ""
+    while True:
+        page = await acme.call(
+            "ListConversations",
+            chat.ListConversationsRequest(user_id=user, page_size=2, page_token=token),
+        )
+        collected += [conversation.id for conversation in page.conversations]
+        token = page.next_page_token
+        if not token:
+            break
+    assert collected == list(reversed(ids))  # newest first
+    active = await acme.call(
+        "ListConversations",
+        chat.ListConversationsRequest(user_id=user, status=c.CONVERSATION_STATUS_ACTIVE),
+    )
+    assert {conversation.id for conversation in active.conversations} == set(ids[1:])
+    slack = await acme.call(
+        "ListConversations",
+        chat.ListConversationsRequest(user_id=user, channel=c.CHANNEL_TYPE_SLACK),
+    )
+    assert [conversation.id for conversation in slack.conversations] == [ids[2]]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await acme.call(
+            "ListConversations",
+            chat.ListConversationsRequest(user_id="other", page_token=token or "e30"),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_another_tenants_conversation_is_not_found(
+    acme: ChatClient, globex: ChatClient
+) -> None:
+    mine = await acme.send("secret plans", user_id="shared-user")
+    conversation_id = mine.conversation.id
+    requests = [
+        ("GetConversation", chat.GetConversationRequest(conversation_id=conversation_id)),
+        ("ListMessages", chat.ListMessagesRequest(conversation_id=conversation_id)),
+        ("CloseConversation", chat.CloseConversationRequest(conversation_id=conversation_id)),
+    ]
+    for method, request in requests:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await globex.call(method, request)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, method
+        assert conversation_id not in (caught.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await globex.send("hi", user_id="shared-user", conversation_id=conversation_id)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    theirs = await globex.call("ListConversations", chat.ListConversationsRequest())
+    assert conversation_id not in {conversation.id for conversation in theirs.conversations}
+    still = await acme.call(
+        "GetConversation", chat.GetConversationRequest(conversation_id=conversation_id)
+    )
+    assert still.conversation.status == c.CONVERSATION_STATUS_ACTIVE
+
+
+async def test_the_history_query_uses_its_index(stack: Endpoints, acme: ChatClient) -> None:
+    from server.repositories.messages import MongoMessageRepository  # noqa: PLC0415
+
+    sent = await acme.send("index me")
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+    try:
+        repository = MongoMessageRepository(database=client["chat"])
+        plan = str(await repository.explain_history("acme", sent.conversation.id))
+    finally:
+        await client.close()
+    assert "IXSCAN" in plan
+    assert "'indexName': 'history'" in plan
