@@ -6,15 +6,23 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chat.v1 import chat_service_pb2, chat_service_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
 from server.api.pages import decode_token, encode_token, page_size
 from server.auth.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from server.normalizers.text import normalize_text
 from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
 from server.services.messages import MessageService
 
 MAX_REASON_CHARS = 256
+MAX_QUERY_CHARS = 256
+_CONTENT_TYPES = {
+    chat_service_pb2.EXPORT_FORMAT_JSONL: "application/x-ndjson",
+    chat_service_pb2.EXPORT_FORMAT_CSV: "text/csv",
+}
 
 
 class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
@@ -48,12 +56,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             user_id=request.user_id,
             channel=request.channel,
             status=request.status,
-            activity_from=window.start_time.ToDatetime(tzinfo=dt.UTC)
-            if window.HasField("start_time")
-            else None,
-            activity_to=window.end_time.ToDatetime(tzinfo=dt.UTC)
-            if window.HasField("end_time")
-            else None,
+            activity_from=_start(window),
+            activity_to=_end(window),
         )
         query = {
             "rpc": "ListConversations",
@@ -63,18 +67,16 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             "range": window.SerializeToString().hex(),
         }
         cursor = decode_token(request.page_token, query)
-        after = (dt.datetime.fromisoformat(cursor["t"]), str(cursor["id"])) if cursor else None
         page = await self._conversations.list_page(
-            current_principal().tenant_id, filters, after=after, limit=limit + 1
+            current_principal().tenant_id,
+            filters,
+            after=_cursor_position(cursor),
+            limit=limit + 1,
         )
         token = ""
         if len(page) > limit:
             page = page[:limit]
-            last = page[-1]
-            token = encode_token(
-                query,
-                {"t": last.create_time.ToDatetime(tzinfo=dt.UTC).isoformat(), "id": last.id},
-            )
+            token = encode_token(query, _position_of(page[-1].create_time, page[-1].id))
         return chat_service_pb2.ListConversationsResponse(conversations=page, next_page_token=token)
 
     async def CloseConversation(
@@ -119,16 +121,62 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             token = encode_token(query, {"seq": page[-1].sequence})
         return chat_service_pb2.ListMessagesResponse(messages=page, next_page_token=token)
 
-    async def SearchMessages(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("SearchMessages is not available yet")
+    async def SearchMessages(
+        self, request: chat_service_pb2.SearchMessagesRequest, context: Any
+    ) -> chat_service_pb2.SearchMessagesResponse:
+        needle = normalize_text(request.query).text
+        if not 1 <= len(needle) <= MAX_QUERY_CHARS:
+            raise InvalidArgument(
+                "query is invalid",
+                field_violations=[
+                    FieldViolation("query", f"1 to {MAX_QUERY_CHARS} visible characters")
+                ],
+            )
+        limit = page_size(request.page_size)
+        window = request.create_time_range
+        query = {
+            "rpc": "SearchMessages",
+            "q": needle,
+            "conversation": request.conversation_id,
+            "channel": request.channel,
+            "range": window.SerializeToString().hex(),
+        }
+        cursor = decode_token(request.page_token, query)
+        page = await self._conversations.search(
+            current_principal().tenant_id,
+            needle,
+            conversation_id=request.conversation_id,
+            channel=request.channel,
+            created_from=_start(window),
+            created_to=_end(window),
+            after=_cursor_position(cursor),
+            limit=limit + 1,
+        )
+        token = ""
+        if len(page) > limit:
+            page = page[:limit]
+            token = encode_token(query, _position_of(page[-1].create_time, page[-1].id))
+        return chat_service_pb2.SearchMessagesResponse(messages=page, next_page_token=token)
 
     async def ExportConversation(
-        self, request: Any, context: Any
+        self, request: chat_service_pb2.ExportConversationRequest, context: Any
     ) -> AsyncIterator[chat_service_pb2.ExportConversationResponse]:
-        nothing: tuple[chat_service_pb2.ExportConversationResponse, ...] = ()
-        for item in nothing:  # an async generator, as grpc expects of a streaming RPC
-            yield item
-        raise Unimplemented("ExportConversation is not available yet")
+        _require("conversation_id", request.conversation_id)
+        if request.format not in _CONTENT_TYPES:
+            raise InvalidArgument(
+                "format is required",
+                field_violations=[FieldViolation("format", "EXPORT_FORMAT_JSONL or _CSV")],
+            )
+        content_type = _CONTENT_TYPES[request.format]
+        async for chunk in self._conversations.export(
+            current_principal().tenant_id,
+            request.conversation_id,
+            csv_format=request.format == chat_service_pb2.EXPORT_FORMAT_CSV,
+        ):
+            yield chat_service_pb2.ExportConversationResponse(
+                data=chunk.data, content_type=content_type, message_count=chunk.message_count
+            )
+            content_type = ""  # on the first chunk only
 
     async def StreamConversationEvents(
         self, request: Any, context: Any
@@ -143,6 +191,30 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
 
     async def MarkRead(self, request: Any, context: Any) -> Any:
         raise Unimplemented("MarkRead is not available yet")
+
+
+def _start(window: common_pb2.TimeRange) -> dt.datetime | None:
+    return window.start_time.ToDatetime(tzinfo=dt.UTC) if window.HasField("start_time") else None
+
+
+def _end(window: common_pb2.TimeRange) -> dt.datetime | None:
+    return window.end_time.ToDatetime(tzinfo=dt.UTC) if window.HasField("end_time") else None
+
+
+def _position_of(created: timestamp_pb2.Timestamp, record_id: str) -> dict[str, Any]:
+    return {"t": created.ToDatetime(tzinfo=dt.UTC).isoformat(), "id": record_id}
+
+
+def _cursor_position(cursor: dict[str, Any] | None) -> tuple[dt.datetime, str] | None:
+    if cursor is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(cursor["t"])), str(cursor["id"])
+    except (KeyError, ValueError):
+        raise InvalidArgument(
+            "page_token is invalid",
+            field_violations=[FieldViolation("page_token", "not a token issued for this request")],
+        ) from None
 
 
 def _require(field: str, value: str) -> None:

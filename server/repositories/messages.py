@@ -7,7 +7,8 @@ delivery_status, the one field that changes, is kept beside it and overrides the
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import re
+from collections.abc import AsyncIterator, Sequence
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -67,6 +68,60 @@ class MongoMessageRepository:
             query["sequence"] = {"$lt" if newest_first else "$gt": after_sequence}
         cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}).sort(
             "sequence", DESCENDING if newest_first else ASCENDING
+        )
+        return [to_proto(document) async for document in cursor.limit(limit)]
+
+    async def all_in_order(
+        self, tenant_id: str, conversation_id: str, *, batch_size: int = 500
+    ) -> AsyncIterator[common_pb2.Message]:
+        """Every message of the conversation by sequence, read in batches (constant memory)."""
+        cursor = self._collection.find(
+            {"tenant_id": tenant_id, "conversation_id": conversation_id},
+            {"pb": 1, "delivery_status": 1},
+            batch_size=batch_size,
+        ).sort("sequence", ASCENDING)
+        async for document in cursor:
+            yield to_proto(document)
+
+    async def search(
+        self,
+        tenant_id: str,
+        needle: str,
+        *,
+        conversation_id: str = "",
+        channel: int = 0,
+        created_from: dt.datetime | None = None,
+        created_to: dt.datetime | None = None,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[common_pb2.Message]:
+        """Messages whose text contains ``needle`` (case-folded, matched literally), newest
+        first; ``after`` is the (create_time, id) of the last one already seen. Without text
+        indexes on the embedded server this scans the tenant's messages in index order."""
+        query: Document = {
+            "tenant_id": tenant_id,
+            # re.escape: the user's query is literal text, never a pattern.
+            "search_text": {"$regex": re.escape(needle.casefold())},
+        }
+        if conversation_id:
+            query["conversation_id"] = conversation_id
+        if channel:
+            query["channel"] = channel
+        window: Document = {}
+        if created_from is not None:
+            window["$gte"] = created_from
+        if created_to is not None:
+            window["$lt"] = created_to
+        if window:
+            query["create_time"] = window
+        if after is not None:
+            created, last_id = after
+            query["$or"] = [
+                {"create_time": {"$lt": created}},
+                {"create_time": created, "_id": {"$lt": last_id}},
+            ]
+        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}).sort(
+            [("create_time", DESCENDING), ("_id", DESCENDING)]
         )
         return [to_proto(document) async for document in cursor.limit(limit)]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from google.protobuf import duration_pb2
 
@@ -11,6 +11,7 @@ from chat.v1 import common_pb2, events_pb2
 from server.domain.errors import NotFound
 from server.events.envelopes import envelope
 from server.repositories.conversations import ConversationFilter
+from server.services.export import Chunk, chunks
 from server.services.messages import utc_now
 from server.services.ports import (
     ConversationRepository,
@@ -129,6 +130,42 @@ class ConversationService:
             )
         )
         self._on_events()
+
+    async def search(
+        self,
+        tenant_id: str,
+        needle: str,
+        *,
+        conversation_id: str,
+        channel: int,
+        created_from: dt.datetime | None,
+        created_to: dt.datetime | None,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[common_pb2.Message]:
+        """Messages of the tenant containing ``needle``, newest first."""
+        if conversation_id:
+            await self.get(tenant_id, conversation_id)  # NOT_FOUND rather than an empty page
+        return await self._messages.search(
+            tenant_id,
+            needle,
+            conversation_id=conversation_id,
+            channel=channel,
+            created_from=created_from,
+            created_to=created_to,
+            after=after,
+            limit=limit,
+        )
+
+    async def export(
+        self, tenant_id: str, conversation_id: str, *, csv_format: bool
+    ) -> AsyncIterator[Chunk]:
+        """The conversation as a file, in chunks (NOT_FOUND before the first chunk)."""
+        await self.get(tenant_id, conversation_id)
+        async for chunk in chunks(
+            self._messages.all_in_order(tenant_id, conversation_id), csv_format=csv_format
+        ):
+            yield chunk
 
     async def history(
         self,

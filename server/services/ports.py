@@ -7,7 +7,7 @@ hand it on to the repositories without looking inside.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from chat.v1 import common_pb2, events_pb2
@@ -91,6 +91,23 @@ class MessageRepository(Protocol):
         *,
         after_sequence: int | None,
         newest_first: bool,
+        limit: int,
+    ) -> list[common_pb2.Message]: ...
+
+    def all_in_order(
+        self, tenant_id: str, conversation_id: str, *, batch_size: int = 500
+    ) -> AsyncIterator[common_pb2.Message]: ...
+
+    async def search(
+        self,
+        tenant_id: str,
+        needle: str,
+        *,
+        conversation_id: str = "",
+        channel: int = 0,
+        created_from: dt.datetime | None = None,
+        created_to: dt.datetime | None = None,
+        after: tuple[dt.datetime, str] | None,
         limit: int,
     ) -> list[common_pb2.Message]: ...
 

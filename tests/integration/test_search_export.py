@@ -1,0 +1,184 @@
+"""SearchMessages and ExportConversation on the real servers."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from pymongo import AsyncMongoClient
+
+from chat.v1 import chat_service_pb2 as chat
+from chat.v1 import common_pb2 as c
+from devstack.stack import Endpoints
+from server.repositories.conversations import MongoConversationRepository
+from server.repositories.messages import MongoMessageRepository
+from server.repositories.mongo import Transactions
+from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.integration.conftest import RunningServer, tenants_file
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def clients(
+    start_server: StartServer, tmp_path: Path
+) -> AsyncIterator[tuple[ChatClient, ChatClient]]:
+    server = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield ChatClient(channel, "acme"), ChatClient(channel, "globex")
+
+
+async def search(client: ChatClient, query: str, **fields: object) -> list[str]:
+    found: list[str] = []
+    token = ""
+    while True:
+        page = await client.call(
+            "SearchMessages",
+            chat.SearchMessagesRequest(query=query, page_size=2, page_token=token, **fields),  # type: ignore[arg-type]
+        )
+        found += [m.content.text.text for m in page.messages]
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def test_search_is_literal_case_insensitive_and_tenant_scoped(
+    clients: tuple[ChatClient, ChatClient],
+) -> None:
+    acme, globex = clients
+    marker = uuid.uuid4().hex[:10]
+    user = "search-" + marker
+    first = await acme.send(f"Order {marker} (A+B) shipped?", user_id=user)
+    await acme.send(f"order {marker.upper()} delayed", user_id=user)
+    await acme.send(f"order {marker} [xy]* arrived", user_id=user)
+    await globex.send(f"order {marker} belongs to globex")
+
+    assert await search(acme, f"ORDER {marker}") == [
+        f"order {marker} [xy]* arrived",
+        f"order {marker.upper()} delayed",
+        f"Order {marker} (A+B) shipped?",
+    ]
+    assert await search(acme, f"{marker} (a+b)") == [f"Order {marker} (A+B) shipped?"]
+    assert await search(acme, "[xy]*") != []  # a pattern's characters match literally
+    assert await search(acme, f"{marker} .*") == []
+    assert await search(globex, marker) == [f"order {marker} belongs to globex"]
+    scoped = await search(acme, marker, conversation_id=first.conversation.id)
+    assert len(scoped) == 3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await search(globex, marker, conversation_id=first.conversation.id)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await search(acme, " \u200b ")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def seed_conversation(stack: Endpoints, tenant: str, count: int) -> str:
+    """A conversation of ``count`` messages, written straight through the repositories."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+    try:
+        database = client["chat"]
+        conversations = MongoConversationRepository(database=database)
+        messages = MongoMessageRepository(database=database)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        transactions = Transactions(client=client)
+
+        async def seed(tx: object) -> str:
+            conversation = await conversations.insert_active(
+                tenant,
+                user_id="export-" + uuid.uuid4().hex[:8],
+                channel=c.CHANNEL_TYPE_WEB,
+                channel_conversation_id="",
+                now=now,
+                session=tx,
+            )
+            await conversations.record_messages(
+                tenant, conversation.id, inbound=count, outbound=0, now=now, session=tx
+            )
+            return conversation.id
+
+        conversation_id = await transactions.run(seed)
+        for start in range(0, count, 1000):
+            batch = []
+            for sequence in range(start + 1, min(count, start + 1000) + 1):
+                message = c.Message(
+                    id=f"{conversation_id}-{sequence}",
+                    conversation_id=conversation_id,
+                    sequence=sequence,
+                    direction=c.MESSAGE_DIRECTION_INBOUND,
+                    type=c.MESSAGE_TYPE_TEXT,
+                    channel=c.CHANNEL_TYPE_WEB,
+                    sender_id="u",
+                    content=c.Content(text=c.TextContent(text=f'line {sequence}, "quoted"\nnext')),
+                )
+                message.create_time.FromDatetime(now)
+                batch.append(message)
+            await transactions.run(
+                lambda tx, batch=batch: messages.insert_many(  # type: ignore[misc]
+                    tenant, batch, search_texts=["" for _ in batch], session=tx
+                )
+            )
+        return conversation_id
+    finally:
+        await client.close()
+
+
+async def export(
+    client: ChatClient, conversation_id: str, fmt: int
+) -> list[chat.ExportConversationResponse]:
+    call = client.stub.ExportConversation(
+        chat.ExportConversationRequest(conversation_id=conversation_id, format=fmt),  # type: ignore[arg-type]
+        metadata=client.metadata,
+        timeout=120,
+    )
+    return [chunk async for chunk in call]
+
+
+async def test_export_of_ten_thousand_messages(
+    stack: Endpoints, clients: tuple[ChatClient, ChatClient]
+) -> None:
+    acme, globex = clients
+    conversation_id = await seed_conversation(stack, "acme", 10_000)
+
+    jsonl = await export(acme, conversation_id, chat.EXPORT_FORMAT_JSONL)
+    assert jsonl[0].content_type == "application/x-ndjson"
+    assert all(chunk.content_type == "" for chunk in jsonl[1:])
+    assert len(jsonl) > 10  # streamed, not one blob
+    assert all(len(chunk.data) <= 64 * 1024 for chunk in jsonl)
+    assert all(chunk.data.endswith(b"\n") for chunk in jsonl)  # whole lines only
+    assert jsonl[-1].message_count == 10_000
+    lines = b"".join(chunk.data for chunk in jsonl).decode().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [int(r["sequence"]) for r in records] == list(range(1, 10_001))
+    assert records[41]["content"]["text"]["text"] == 'line 42, "quoted"\nnext'
+
+    exported = await export(acme, conversation_id, chat.EXPORT_FORMAT_CSV)
+    assert exported[0].content_type == "text/csv"
+    rows = list(csv.reader(io.StringIO(b"".join(chunk.data for chunk in exported).decode())))
+    assert rows[0] == [
+        "id",
+        "sequence",
+        "create_time",
+        "direction",
+        "type",
+        "sender_id",
+        "text",
+        "delivery_status",
+    ]
+    assert len(rows) == 10_001
+    assert rows[42][1] == "42"
+    assert rows[42][6] == 'line 42, "quoted"\nnext'
+    assert rows[42][3] == "MESSAGE_DIRECTION_INBOUND"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await export(globex, conversation_id, chat.EXPORT_FORMAT_CSV)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await export(acme, conversation_id, chat.EXPORT_FORMAT_UNSPECIFIED)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
