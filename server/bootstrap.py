@@ -35,10 +35,12 @@ from chat.v1 import (
     delivery_service_pb2,
     ingest_service_pb2,
     session_service_pb2,
+    session_service_pb2_grpc,
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
 from server.api.chat import ChatServicer
+from server.api.sessions import SessionServicer
 from server.api.tenants import TenantServicer
 from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
@@ -64,6 +66,7 @@ from server.repositories.tenants_file import load_tenants
 from server.services.conversations import ConversationService
 from server.services.messages import MessageService
 from server.services.responder import RuleBasedResponder
+from server.services.sessions import SessionService
 from server.settings import Settings
 
 log = structlog.get_logger("chat.server")
@@ -224,9 +227,20 @@ class ChatServer:
 
     def _register(self) -> None:
         # The other chat.v1 servicers are registered as their issues implement them
-        # (sessions, ingest, delivery). Until then grpc itself answers UNIMPLEMENTED, while
+        # (ingest, delivery). Until then grpc itself answers UNIMPLEMENTED, while
         # reflection already serves the whole contract.
         chat_service_pb2_grpc.add_ChatServiceServicer_to_server(self._chat_servicer(), self._server)
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(
+                sessions=SessionService(
+                    sessions=self._session_store(),
+                    outbox=MongoOutbox(database=self._resources.database),
+                    transactions=Transactions(client=self._resources.mongo),
+                    on_events=self._relay.wake,
+                )
+            ),
+            self._server,
+        )
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -238,13 +252,16 @@ class ChatServer:
             self._server,
         )
 
+    def _session_store(self) -> RedisSessionStore:
+        return RedisSessionStore(
+            client=self._resources.redis, ttl_seconds=self._settings.session_ttl_seconds
+        )
+
     def _chat_servicer(self) -> ChatServicer:
         database = self._resources.database
         conversations = MongoConversationRepository(database=database)
         messages = MongoMessageRepository(database=database)
-        sessions = RedisSessionStore(
-            client=self._resources.redis, ttl_seconds=self._settings.session_ttl_seconds
-        )
+        sessions = self._session_store()
         outbox = MongoOutbox(database=database)
         transactions = Transactions(client=self._resources.mongo)
         return ChatServicer(

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from structlog.testing import capture_logs
 
-from chat.v1 import session_service_pb2, session_service_pb2_grpc
+from chat.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from server.bootstrap import SERVED_SERVICES, ChatServer, create_resources
 from server.settings import Settings
 
@@ -72,10 +72,12 @@ async def test_reflection_serves_the_contract(channel: grpc.aio.Channel) -> None
 
 
 async def test_an_rpc_not_implemented_yet_is_unimplemented(channel: grpc.aio.Channel) -> None:
-    # SessionService lands with a later issue; until then the server says so plainly.
-    stub = session_service_pb2_grpc.SessionServiceStub(channel)
+    # DeliveryService lands with a later issue; until then the server says so plainly.
+    stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetSession(session_service_pb2.GetSessionRequest(session_id="s1"), timeout=5)
+        await stub.GetDeliveryStatus(
+            delivery_service_pb2.GetDeliveryStatusRequest(message_id="m1"), timeout=5
+        )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

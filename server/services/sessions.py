@@ -1,0 +1,100 @@
+"""Sessions: read, change the responder's context, end."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from google.protobuf import json_format, struct_pb2
+
+from chat.v1 import common_pb2, events_pb2
+from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.events.envelopes import envelope
+from server.services.messages import utc_now
+from server.services.ports import Outbox, SessionStore, TransactionRunner
+
+MAX_CONTEXT_BYTES = 64 * 1024
+
+
+class SessionService:
+    """Sessions by id, within the caller's tenant."""
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionStore,
+        outbox: Outbox,
+        transactions: TransactionRunner,
+        on_events: Callable[[], None] = lambda: None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+        self._transactions = transactions
+        self._on_events = on_events
+        self._clock = clock
+
+    async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session:
+        """The session; NOT_FOUND once it has expired, or for another tenant's."""
+        session = await self._sessions.get(tenant_id, session_id)
+        if session is None:
+            raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+        return session
+
+    async def update_context(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        updates: struct_pb2.Struct,
+        remove_keys: list[str],
+    ) -> common_pb2.Session:
+        """Set and remove top-level context keys; extends the session."""
+        both = sorted(set(updates.keys()) & set(remove_keys))
+        if both:
+            raise InvalidArgument(
+                "a key is both set and removed",
+                field_violations=[FieldViolation("remove_keys", f"also set: {', '.join(both)}")],
+            )
+        session = await self.get(tenant_id, session_id)
+        if session.status != common_pb2.SESSION_STATUS_ACTIVE:
+            raise FailedPrecondition("session has ended", reason="SESSION_ENDED")
+        context = json_format.MessageToDict(session.context)
+        context.update(json_format.MessageToDict(updates))
+        for key in remove_keys:
+            context.pop(key, None)
+        session.context.Clear()
+        session.context.update(context)
+        if session.context.ByteSize() > MAX_CONTEXT_BYTES:
+            raise InvalidArgument(
+                "context too large",
+                field_violations=[FieldViolation("context", f"at most {MAX_CONTEXT_BYTES} bytes")],
+            )
+        await self._sessions.save(tenant_id, session, now=self._clock())
+        return session
+
+    async def end(self, tenant_id: str, actor_id: str, session_id: str) -> common_pb2.Session:
+        """End it (SessionEnded, once); an ended session comes back as it is."""
+        session = await self.get(tenant_id, session_id)
+        if session.status != common_pb2.SESSION_STATUS_ACTIVE:
+            return session
+        now = self._clock()
+        ended = await self._sessions.end(tenant_id, session, now=now)
+        event = events_pb2.SessionEnded(session=ended, reason=events_pb2.SESSION_END_REASON_ENDED)
+        await self._transactions.run(
+            lambda tx: self._outbox.add(
+                [
+                    envelope(
+                        tenant_id=tenant_id,
+                        actor_id=actor_id,
+                        conversation_id=ended.conversation_id,
+                        now=now,
+                        session_ended=event,
+                    )
+                ],
+                now=now,
+                session=tx,
+            )
+        )
+        self._on_events()
+        return ended

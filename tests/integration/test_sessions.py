@@ -1,0 +1,123 @@
+"""SessionService on the real servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from pymongo import AsyncMongoClient
+
+from chat.v1 import chat_service_pb2 as chat
+from chat.v1 import common_pb2 as c
+from chat.v1 import session_service_pb2 as pb
+from chat.v1 import session_service_pb2_grpc
+from devstack.stack import Endpoints
+from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.integration.conftest import RunningServer, tenants_file
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+class Sessions:
+    def __init__(self, channel: grpc.aio.Channel, client: ChatClient) -> None:
+        self.stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        self.metadata = client.metadata
+
+    async def call(self, method: str, request: object) -> object:
+        return await getattr(self.stub, method)(request, metadata=self.metadata, timeout=10)
+
+
+@pytest.fixture
+async def setup(
+    start_server: StartServer, tmp_path: Path
+) -> AsyncIterator[tuple[ChatClient, Sessions, Sessions]]:
+    server = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        acme, globex = ChatClient(channel, "acme"), ChatClient(channel, "globex")
+        yield acme, Sessions(channel, acme), Sessions(channel, globex)
+
+
+async def test_read_change_and_end_a_session(
+    stack: Endpoints, setup: tuple[ChatClient, Sessions, Sessions]
+) -> None:
+    acme, sessions, other_tenant = setup
+    sent = await acme.send("hello")
+    session_id = sent.session.id
+    got = await sessions.call("GetSession", pb.GetSessionRequest(session_id=session_id))
+    assert got.session.status == c.SESSION_STATUS_ACTIVE  # type: ignore[attr-defined]
+    assert got.session.context["greeted"] is True  # type: ignore[attr-defined]
+
+    updates = struct_pb2.Struct()
+    updates.update({"plan": "gold", "cart": {"items": 2}})
+    changed = await sessions.call(
+        "UpdateSessionContext",
+        pb.UpdateSessionContextRequest(
+            session_id=session_id, context=updates, remove_keys=["greeted"]
+        ),
+    )
+    context = dict(changed.session.context)  # type: ignore[attr-defined]
+    assert context["plan"] == "gold"
+    assert "greeted" not in context
+    # The responder sees the new context on the next message.
+    again = await acme.send("hi", user_id=sent.conversation.user_id)
+    assert again.replies[0].content.text.text == "Hello! How can I help you today?"
+
+    for method, request in (
+        ("GetSession", pb.GetSessionRequest(session_id=session_id)),
+        ("EndSession", pb.EndSessionRequest(session_id=session_id)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await other_tenant.call(method, request)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    ended = await sessions.call("EndSession", pb.EndSessionRequest(session_id=session_id))
+    assert ended.session.status == c.SESSION_STATUS_ENDED  # type: ignore[attr-defined]
+    assert ended.session.HasField("end_time")  # type: ignore[attr-defined]
+    twice = await sessions.call("EndSession", pb.EndSessionRequest(session_id=session_id))
+    assert twice.session == ended.session  # type: ignore[attr-defined]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sessions.call(
+            "UpdateSessionContext",
+            pb.UpdateSessionContextRequest(session_id=session_id, context=updates),
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # The next message starts a new session in the same conversation.
+    after = await acme.send("back", user_id=sent.conversation.user_id)
+    assert after.conversation.id == sent.conversation.id
+    assert after.session.id != session_id
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+    try:
+        ended_events = await client["chat"]["outbox"].count_documents(
+            {"topic": "chat.session.ended.v1", "key": f"acme:{sent.conversation.id}".encode()}
+        )
+    finally:
+        await client.close()
+    assert ended_events == 1  # exactly once, although EndSession was called twice
+
+
+async def test_bad_session_requests(setup: tuple[ChatClient, Sessions, Sessions]) -> None:
+    acme, sessions, _ = setup
+    sent = await acme.send("hello")
+    updates = struct_pb2.Struct()
+    updates.update({"k": "v"})
+    for request in (
+        pb.UpdateSessionContextRequest(
+            session_id=sent.session.id, context=updates, remove_keys=["k"]
+        ),
+        pb.UpdateSessionContextRequest(session_id=""),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sessions.call("UpdateSessionContext", request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sessions.call("GetSession", pb.GetSessionRequest(session_id="no-such-session"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    await acme.call(
+        "CloseConversation", chat.CloseConversationRequest(conversation_id=sent.conversation.id)
+    )
+    closed = await sessions.call("GetSession", pb.GetSessionRequest(session_id=sent.session.id))
+    assert closed.session.status == c.SESSION_STATUS_ENDED  # type: ignore[attr-defined]
