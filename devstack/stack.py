@@ -114,12 +114,18 @@ class EmbeddedStack:
             ],
         )
         uri = f"mongodb://{HOST}:{port}/?directConnection=true"
-        wait_until(
-            lambda: port_open(HOST, port) and _mongo_answers(uri),
-            child=child,
-            timeout=START_TIMEOUT_SECONDS,
-            what="answering ping",
-        )
+        # One client for all the polling: a client created and closed per attempt can leave
+        # its monitor's half-open socket behind.
+        client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=1000)
+        try:
+            wait_until(
+                lambda: port_open(HOST, port) and _mongo_answers(client),
+                child=child,
+                timeout=START_TIMEOUT_SECONDS,
+                what="answering ping",
+            )
+        finally:
+            client.close()
         return uri
 
     def _start_redis(self) -> str:
@@ -183,14 +189,11 @@ class EmbeddedStack:
         return bootstrap
 
 
-def _mongo_answers(uri: str) -> bool:
-    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=1000)
+def _mongo_answers(client: MongoClient[dict[str, object]]) -> bool:
     try:
         client.admin.command("ping")
     except PyMongoError:
         return False
-    finally:
-        client.close()
     return True
 
 

@@ -220,6 +220,7 @@ class ChatServer:
             ),
         )
         self._relay_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.port = 0
         self._register()
         if extra_handlers:
@@ -300,8 +301,10 @@ class ChatServer:
             log.warning("rate-limit script not preloaded", error=repr(exc))
         self.port = self._server.add_insecure_port(self._settings.grpc_address)
         await self._server.start()
-        self._monitor_task = asyncio.create_task(self._monitor.run(), name="health-monitor")
-        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
+        self._monitor_task = asyncio.create_task(
+            self._monitor.run(self._stopping), name="health-monitor"
+        )
+        self._relay_task = asyncio.create_task(self._relay.run(self._stopping), name="outbox-relay")
         log.info(
             "chat server listening",
             address=self._settings.grpc_address,
@@ -313,22 +316,30 @@ class ChatServer:
     async def stop(self) -> None:
         """Report NOT_SERVING, drain in-flight calls within the grace period, close clients."""
         log.info("shutting down", grace_seconds=self._settings.shutdown_grace_seconds)
+        self._stopping.set()
         if self._monitor_task is not None:
-            self._monitor_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor_task
+            await _finish(self._monitor_task)
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.shutdown_grace_seconds)
         if self._relay_task is not None:
             # After the calls: their events are committed; what is not yet published waits in
             # the outbox for the next start (or another process's relay).
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
+            self._relay.wake()
+            await _finish(self._relay_task)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         await self._resources.close()
         log.info("stopped")
+
+
+async def _finish(task: asyncio.Task[None], seconds: float = 20.0) -> None:
+    """Let a background loop end at its next safe point; cancel it only if it hangs."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), seconds)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -9,6 +9,7 @@ outbox), so Kafka is reported but does not make the service NOT_SERVING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,11 +68,14 @@ class HealthMonitor:
             await self._servicer.set(name, SERVING if overall else NOT_SERVING)
         return dict(self._up)
 
-    async def run(self) -> None:
-        """Check forever, every interval (cancel the task to stop)."""
-        while True:
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Check every interval until ``stopping`` is set. The loop ends between checks rather
+        than being cancelled inside one: a driver call cancelled mid-connect can leak its
+        socket."""
+        while not stopping.is_set():
             await self.check_once()
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._interval)
 
     async def _probe(self, dependency: Dependency) -> bool:
         try:

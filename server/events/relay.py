@@ -70,13 +70,13 @@ class OutboxRelay:
         self.instance = uuid.uuid4().hex
 
     def wake(self) -> None:
-        """New events were committed."""
+        """New events were committed (or the relay is asked to stop)."""
         self._wake.set()
 
-    async def run(self) -> None:
-        """Relay forever."""
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until ``stopping`` is set (then finish the current batch and return)."""
         try:
-            while True:
+            while not stopping.is_set():
                 published = 0
                 try:
                     if await self._lease.acquire(now=self._clock()):
