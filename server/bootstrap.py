@@ -64,6 +64,7 @@ from server.repositories.rate_limits import RedisRateLimiter
 from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants_file import load_tenants
 from server.services.conversations import ConversationService
+from server.services.event_writer import EventWriter
 from server.services.messages import MessageService
 from server.services.responder import RuleBasedResponder
 from server.services.sessions import SessionService
@@ -221,6 +222,15 @@ class ChatServer:
         )
         self._relay_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._events = EventWriter(
+            outbox=MongoOutbox(database=resources.database),
+            transactions=Transactions(client=resources.mongo),
+            on_events=self._relay.wake,
+        )
+        self._session_store = RedisSessionStore(
+            client=resources.redis, ttl_seconds=settings.session_ttl_seconds
+        )
+        self._session_service = SessionService(sessions=self._session_store, events=self._events)
         self.port = 0
         self._register()
         if extra_handlers:
@@ -232,15 +242,7 @@ class ChatServer:
         # reflection already serves the whole contract.
         chat_service_pb2_grpc.add_ChatServiceServicer_to_server(self._chat_servicer(), self._server)
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(
-                sessions=SessionService(
-                    sessions=self._session_store(),
-                    outbox=MongoOutbox(database=self._resources.database),
-                    transactions=Transactions(client=self._resources.mongo),
-                    on_events=self._relay.wake,
-                )
-            ),
-            self._server,
+            SessionServicer(sessions=self._session_service), self._server
         )
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -253,23 +255,17 @@ class ChatServer:
             self._server,
         )
 
-    def _session_store(self) -> RedisSessionStore:
-        return RedisSessionStore(
-            client=self._resources.redis, ttl_seconds=self._settings.session_ttl_seconds
-        )
-
     def _chat_servicer(self) -> ChatServicer:
         database = self._resources.database
         conversations = MongoConversationRepository(database=database)
         messages = MongoMessageRepository(database=database)
-        sessions = self._session_store()
         outbox = MongoOutbox(database=database)
         transactions = Transactions(client=self._resources.mongo)
         return ChatServicer(
             messages=MessageService(
                 conversations=conversations,
                 messages=messages,
-                sessions=sessions,
+                sessions=self._session_store,
                 outbox=outbox,
                 idempotency=MongoIdempotencyStore(database=database),
                 transactions=transactions,
@@ -277,12 +273,13 @@ class ChatServer:
                     text=TextProcessor(default_phone_region=self._settings.phone_default_region)
                 ),
                 responder=RuleBasedResponder(),
+                events=self._events,
                 on_events=self._relay.wake,
             ),
             conversations=ConversationService(
                 conversations=conversations,
                 messages=messages,
-                sessions=sessions,
+                sessions=self._session_service,
                 outbox=outbox,
                 transactions=transactions,
                 on_events=self._relay.wake,

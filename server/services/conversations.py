@@ -17,10 +17,10 @@ from server.services.ports import (
     ConversationRepository,
     MessageRepository,
     Outbox,
-    SessionStore,
     TransactionRunner,
     Tx,
 )
+from server.services.sessions import SessionService
 
 
 class ConversationService:
@@ -31,7 +31,7 @@ class ConversationService:
         *,
         conversations: ConversationRepository,
         messages: MessageRepository,
-        sessions: SessionStore,
+        sessions: SessionService,
         outbox: Outbox,
         transactions: TransactionRunner,
         on_events: Callable[[], None] = lambda: None,
@@ -103,33 +103,8 @@ class ConversationService:
         if closed is None:
             return await self.get(tenant_id, conversation_id)  # closed before, or not found
         self._on_events()
-        await self._end_session(tenant_id, actor_id, closed, now)
+        await self._sessions.end_current(tenant_id, actor_id, closed.id)
         return closed
-
-    async def _end_session(
-        self, tenant_id: str, actor_id: str, conversation: common_pb2.Conversation, now: dt.datetime
-    ) -> None:
-        session = await self._sessions.current(tenant_id, conversation.id)
-        if session is None:
-            return  # no live session
-        ended = await self._sessions.end(tenant_id, session, now=now)
-        event = events_pb2.SessionEnded(session=ended, reason=events_pb2.SESSION_END_REASON_ENDED)
-        await self._transactions.run(
-            lambda tx: self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=actor_id,
-                        conversation_id=conversation.id,
-                        now=now,
-                        session_ended=event,
-                    )
-                ],
-                now=now,
-                session=tx,
-            )
-        )
-        self._on_events()
 
     async def search(
         self,

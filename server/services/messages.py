@@ -25,6 +25,7 @@ from server.domain.errors import (
 )
 from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor, ProcessedContent
+from server.services.event_writer import EventWriter
 from server.services.ports import (
     ConversationRepository,
     IdempotencyStore,
@@ -65,6 +66,7 @@ class MessageService:
         transactions: TransactionRunner,
         content: ContentProcessor,
         responder: Responder,
+        events: EventWriter,
         on_events: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
@@ -76,6 +78,7 @@ class MessageService:
         self._transactions = transactions
         self._content = content
         self._responder = responder
+        self._events = events
         self._on_events = on_events
         self._clock = clock
 
@@ -95,21 +98,12 @@ class MessageService:
             tenant_id, conversation, now=now
         )
         if session_created:
-            started_event = events_pb2.SessionStarted(session=session)
-            await self._transactions.run(
-                lambda tx: self._outbox.add(
-                    [
-                        envelope(
-                            tenant_id=tenant_id,
-                            actor_id=actor_id,
-                            conversation_id=conversation.id,
-                            now=now,
-                            session_started=started_event,
-                        )
-                    ],
-                    now=now,
-                    session=tx,
-                )
+            await self._events.write(
+                tenant_id=tenant_id,
+                actor_id=actor_id,
+                conversation_id=conversation.id,
+                now=now,
+                session_started=events_pb2.SessionStarted(session=session),
             )
         inbound = _message(
             conversation,

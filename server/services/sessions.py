@@ -9,9 +9,9 @@ from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, events_pb2
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from server.events.envelopes import envelope
+from server.services.event_writer import EventWriter
 from server.services.messages import utc_now
-from server.services.ports import Outbox, SessionStore, TransactionRunner
+from server.services.ports import SessionStore
 
 MAX_CONTEXT_BYTES = 64 * 1024
 
@@ -23,15 +23,11 @@ class SessionService:
         self,
         *,
         sessions: SessionStore,
-        outbox: Outbox,
-        transactions: TransactionRunner,
-        on_events: Callable[[], None] = lambda: None,
+        events: EventWriter,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._sessions = sessions
-        self._outbox = outbox
-        self._transactions = transactions
-        self._on_events = on_events
+        self._events = events
         self._clock = clock
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session:
@@ -78,23 +74,26 @@ class SessionService:
         session = await self.get(tenant_id, session_id)
         if session.status != common_pb2.SESSION_STATUS_ACTIVE:
             return session
+        return await self._end(tenant_id, actor_id, session)
+
+    async def end_current(self, tenant_id: str, actor_id: str, conversation_id: str) -> None:
+        """End the conversation's live session, if it has one."""
+        session = await self._sessions.current(tenant_id, conversation_id)
+        if session is not None and session.status == common_pb2.SESSION_STATUS_ACTIVE:
+            await self._end(tenant_id, actor_id, session)
+
+    async def _end(
+        self, tenant_id: str, actor_id: str, session: common_pb2.Session
+    ) -> common_pb2.Session:
         now = self._clock()
         ended = await self._sessions.end(tenant_id, session, now=now)
-        event = events_pb2.SessionEnded(session=ended, reason=events_pb2.SESSION_END_REASON_ENDED)
-        await self._transactions.run(
-            lambda tx: self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=actor_id,
-                        conversation_id=ended.conversation_id,
-                        now=now,
-                        session_ended=event,
-                    )
-                ],
-                now=now,
-                session=tx,
-            )
+        await self._events.write(
+            tenant_id=tenant_id,
+            actor_id=actor_id,
+            conversation_id=ended.conversation_id,
+            now=now,
+            session_ended=events_pb2.SessionEnded(
+                session=ended, reason=events_pb2.SESSION_END_REASON_ENDED
+            ),
         )
-        self._on_events()
         return ended
