@@ -217,7 +217,8 @@ class ChatServer:
                 database=resources.database,
                 name="outbox-relay",
                 owner=uuid.uuid4().hex,
-                ttl=dt.timedelta(seconds=15),
+                # Well beyond the slowest relay iteration (a publish is bounded at 15 s).
+                ttl=dt.timedelta(seconds=60),
             ),
         )
         self._relay_task: asyncio.Task[None] | None = None

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
-from server.api.pages import decode_token, encode_token, page_size
+from server.api.pages import cursor_int, decode_token, encode_token, page_size
 from server.auth.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument, Unimplemented
 from server.normalizers.text import normalize_text
@@ -19,6 +19,7 @@ from server.services.messages import MessageService
 
 MAX_REASON_CHARS = 256
 MAX_QUERY_CHARS = 256
+MAX_ID_CHARS = 128
 _CONTENT_TYPES = {
     chat_service_pb2.EXPORT_FORMAT_JSONL: "application/x-ndjson",
     chat_service_pb2.EXPORT_FORMAT_CSV: "text/csv",
@@ -50,6 +51,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def ListConversations(
         self, request: chat_service_pb2.ListConversationsRequest, context: Any
     ) -> chat_service_pb2.ListConversationsResponse:
+        _check_filters(request.user_id, request.channel, request.status)
         limit = page_size(request.page_size)
         window = request.last_activity_time_range
         filters = ConversationFilter(
@@ -111,7 +113,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         page = await self._conversations.history(
             current_principal().tenant_id,
             request.conversation_id,
-            after_sequence=int(cursor["seq"]) if cursor else None,
+            after_sequence=cursor_int(cursor, "seq") if cursor is not None else None,
             newest_first=newest_first,
             limit=limit + 1,
         )
@@ -124,7 +126,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def SearchMessages(
         self, request: chat_service_pb2.SearchMessagesRequest, context: Any
     ) -> chat_service_pb2.SearchMessagesResponse:
-        needle = normalize_text(request.query).text
+        needle = normalize_text(request.query[: 4 * MAX_QUERY_CHARS + 1]).text
+        if request.conversation_id:
+            _require("conversation_id", request.conversation_id)
+        _check_filters("", request.channel, 0)
         if not 1 <= len(needle) <= MAX_QUERY_CHARS:
             raise InvalidArgument(
                 "query is invalid",
@@ -218,7 +223,22 @@ def _cursor_position(cursor: dict[str, Any] | None) -> tuple[dt.datetime, str] |
 
 
 def _require(field: str, value: str) -> None:
-    if not value:
+    if not value or len(value) > MAX_ID_CHARS:
         raise InvalidArgument(
-            f"{field} is required", field_violations=[FieldViolation(field, "required")]
+            f"{field} is invalid",
+            field_violations=[
+                FieldViolation(field, f"required, at most {MAX_ID_CHARS} characters")
+            ],
         )
+
+
+def _check_filters(user_id: str, channel: int, status: int) -> None:
+    violations = []
+    if len(user_id) > MAX_ID_CHARS:
+        violations.append(FieldViolation("user_id", f"at most {MAX_ID_CHARS} characters"))
+    if channel not in common_pb2.ChannelType.values():
+        violations.append(FieldViolation("channel", "not a ChannelType value"))
+    if status not in common_pb2.ConversationStatus.values():
+        violations.append(FieldViolation("status", "not a ConversationStatus value"))
+    if violations:
+        raise InvalidArgument("filters are invalid", field_violations=violations)

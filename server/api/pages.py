@@ -16,6 +16,7 @@ from server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_TOKEN_CHARS = 2048
 
 
 def page_size(requested: int) -> int:
@@ -38,10 +39,12 @@ def decode_token(token: str, query: dict[str, Any]) -> dict[str, Any] | None:
     """The cursor of ``token`` (None for an empty token); it must have been issued for ``query``."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _invalid_token()
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         data = None
     # Round-trip the query through JSON so it compares like the decoded one.
     if (
@@ -49,9 +52,21 @@ def decode_token(token: str, query: dict[str, Any]) -> dict[str, Any] | None:
         or data.get("q") != json.loads(json.dumps(query))
         or not isinstance(data.get("c"), dict)
     ):
-        raise InvalidArgument(
-            "page_token is invalid",
-            field_violations=[FieldViolation("page_token", "not a token issued for this request")],
-        )
+        raise _invalid_token()
     cursor: dict[str, Any] = data["c"]
     return cursor
+
+
+def cursor_int(cursor: dict[str, Any], key: str) -> int:
+    """An integer field of a cursor (tokens are client-held: check their contents)."""
+    value = cursor.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**62:
+        raise _invalid_token()
+    return value
+
+
+def _invalid_token() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token is invalid",
+        field_violations=[FieldViolation("page_token", "not a token issued for this request")],
+    )

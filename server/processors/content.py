@@ -13,6 +13,9 @@ from server.processors.text import TextProcessor
 
 MAX_TEXT_CHARS = 4096
 MAX_SELECTED_ID_CHARS = 256
+MAX_TITLE_CHARS = 1024
+# Before normalization: room for whitespace and control characters that normalization removes.
+MAX_RAW_TEXT_CHARS = 4 * MAX_TEXT_CHARS
 
 _TYPES = {
     "text": common_pb2.MESSAGE_TYPE_TEXT,
@@ -104,6 +107,13 @@ class ContentProcessor:
         )
 
     def _process_text(self, raw: str, field: str) -> ProcessedContent:
+        # Refuse what cannot fit before normalizing it: normalization is linear but not free,
+        # and a 25 MiB request would hold the event loop for seconds.
+        if len(raw) > MAX_RAW_TEXT_CHARS:
+            raise InvalidArgument(
+                "text is too long",
+                field_violations=[FieldViolation(field, f"at most {MAX_TEXT_CHARS} characters")],
+            )
         normalized = normalize_text(raw)
         if not normalized.text:
             raise InvalidArgument(
@@ -131,6 +141,16 @@ class ContentProcessor:
     @staticmethod
     def _process_reply(reply: common_pb2.InteractiveReply, field: str) -> ProcessedContent:
         violations = []
+        if len(reply.title) > MAX_TITLE_CHARS:
+            violations.append(
+                FieldViolation(f"{field}.title", f"at most {MAX_TITLE_CHARS} characters")
+            )
+        if len(reply.reply_to_message_id) > MAX_SELECTED_ID_CHARS:
+            violations.append(
+                FieldViolation(
+                    f"{field}.reply_to_message_id", f"at most {MAX_SELECTED_ID_CHARS} characters"
+                )
+            )
         if not reply.selected_id:
             violations.append(FieldViolation(f"{field}.selected_id", "required"))
         elif len(reply.selected_id) > MAX_SELECTED_ID_CHARS:

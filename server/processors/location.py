@@ -20,8 +20,9 @@ def process_location(
         violations.append(FieldViolation(f"{field}.latitude", "must be between -90 and 90"))
     if not math.isfinite(location.longitude) or not -180 <= location.longitude <= 180:
         violations.append(FieldViolation(f"{field}.longitude", "must be between -180 and 180"))
-    name = normalize_text(location.name).text
-    address = normalize_text(location.address).text
+    # Cut before normalizing (see content.py): whatever is longer fails the check below anyway.
+    name = normalize_text(location.name[: 4 * MAX_LABEL_CHARS + 1]).text
+    address = normalize_text(location.address[: 4 * MAX_LABEL_CHARS + 1]).text
     for label, value in (("name", name), ("address", address)):
         if len(value) > MAX_LABEL_CHARS:
             violations.append(

@@ -108,7 +108,9 @@ class MongoConversationRepository:
                     "inbound_message_count": inbound,
                     "outbound_message_count": outbound,
                 },
-                "$set": {"update_time": now, "last_activity_time": now},
+                "$set": {"update_time": now},
+                # $max: a slower request committing later must not move activity backwards.
+                "$max": {"last_activity_time": now},
             },
             return_document=ReturnDocument.AFTER,
             session=session,

@@ -337,7 +337,13 @@ def _validate(request: chat_service_pb2.SendMessageRequest) -> None:
     violations: list[FieldViolation] = []
     if not request.user_id:
         violations.append(FieldViolation("user_id", "required"))
-    for name in ("user_id", "request_id", "conversation_id", "channel_conversation_id"):
+    for name in (
+        "user_id",
+        "request_id",
+        "conversation_id",
+        "channel_conversation_id",
+        "reply_to_message_id",
+    ):
         if len(getattr(request, name)) > MAX_ID_CHARS:
             violations.append(FieldViolation(name, f"at most {MAX_ID_CHARS} characters"))
     if request.channel not in common_pb2.ChannelType.values() or not request.channel:

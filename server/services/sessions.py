@@ -56,7 +56,13 @@ class SessionService:
         if session.status != common_pb2.SESSION_STATUS_ACTIVE:
             raise FailedPrecondition("session has ended", reason="SESSION_ENDED")
         context = json_format.MessageToDict(session.context)
-        context.update(json_format.MessageToDict(updates))
+        try:
+            context.update(json_format.MessageToDict(updates))
+        except ValueError:  # NaN and infinities have no JSON form
+            raise InvalidArgument(
+                "context is invalid",
+                field_violations=[FieldViolation("context", "numbers must be finite")],
+            ) from None
         for key in remove_keys:
             context.pop(key, None)
         session.context.Clear()

@@ -119,6 +119,16 @@ async def test_location_and_interactive_replies(acme: ChatClient) -> None:
         ({"channel": c.CHANNEL_TYPE_WHATSAPP}, "channel_conversation_id"),
         ({"request_id": "r" * 129}, "request_id"),
         ({"metadata": {"k" * 65: "v"}}, f"metadata[{'k' * 64}]"),
+        ({"reply_to_message_id": "m" * 129}, "reply_to_message_id"),
+        ({"content": c.Content(text=c.TextContent(text="x" * 5_000_000))}, "content.text.text"),
+        (
+            {
+                "content": c.Content(
+                    interactive_reply=c.InteractiveReply(selected_id="a", title="t" * 1025)
+                )
+            },
+            "content.interactive_reply.title",
+        ),
     ],
 )
 async def test_bad_input_is_invalid_argument_and_stores_nothing(
@@ -313,3 +323,39 @@ async def test_the_history_query_uses_its_index(stack: Endpoints, acme: ChatClie
         await client.close()
     assert "IXSCAN" in plan
     assert "'indexName': 'history'" in plan
+
+
+async def test_crafted_tokens_and_unknown_enums_are_invalid_argument(acme: ChatClient) -> None:
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    sent = await acme.send("hello")
+    query = {"rpc": "ListMessages", "conversation": sent.conversation.id, "newest_first": False}
+    for cursor in ({"seq": "x"}, {}, {"seq": 10**30}, {"seq": -1}):
+        raw = json.dumps({"q": query, "c": cursor}).encode()
+        token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await acme.call(
+                "ListMessages",
+                chat.ListMessagesRequest(conversation_id=sent.conversation.id, page_token=token),
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, cursor
+    nested = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode()
+    for request in (
+        chat.ListMessagesRequest(conversation_id=sent.conversation.id, page_token=nested),
+        chat.ListMessagesRequest(conversation_id=sent.conversation.id, page_token="t" * 5000),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await acme.call("ListMessages", request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for listing in (
+        chat.ListConversationsRequest(status=7),  # type: ignore[arg-type]
+        chat.ListConversationsRequest(channel=42),  # type: ignore[arg-type]
+        chat.ListConversationsRequest(user_id="u" * 129),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await acme.call("ListConversations", listing)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await acme.call("GetConversation", chat.GetConversationRequest(conversation_id="x" * 129))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

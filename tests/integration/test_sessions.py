@@ -104,11 +104,14 @@ async def test_bad_session_requests(setup: tuple[ChatClient, Sessions, Sessions]
     sent = await acme.send("hello")
     updates = struct_pb2.Struct()
     updates.update({"k": "v"})
+    not_a_number = struct_pb2.Struct()
+    not_a_number.update({"score": float("nan")})
     for request in (
         pb.UpdateSessionContextRequest(
             session_id=sent.session.id, context=updates, remove_keys=["k"]
         ),
         pb.UpdateSessionContextRequest(session_id=""),
+        pb.UpdateSessionContextRequest(session_id=sent.session.id, context=not_a_number),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await sessions.call("UpdateSessionContext", request)
