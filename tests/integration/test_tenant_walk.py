@@ -1,0 +1,238 @@
+"""The tenant walk: every RPC of every served service, called with tenant A's token against
+tenant B's data, answers NOT_FOUND and shows nothing of B.
+
+The RPC list comes from the contract. An RPC is either walked here or listed as pending (and
+then must still answer UNIMPLEMENTED): implementing one without adding its walk fails this test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from chat.v1 import chat_service_pb2 as chat
+from chat.v1 import (
+    chat_service_pb2_grpc,
+    delivery_service_pb2,
+    delivery_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
+    tenant_service_pb2,
+    tenant_service_pb2_grpc,
+)
+from devstack.tokens import mint_dev_token
+from server.bootstrap import SERVED_SERVICES
+from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
+from tests.integration.conftest import RunningServer, tenants_file
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+ALL_SCOPES = ("chat:read", "chat:write", "chat:ingest", "chat:admin")
+
+#: RPCs whose implementations arrive with later issues. Each must answer UNIMPLEMENTED;
+#: when one is implemented, move it to WALKS with its cross-tenant case.
+PENDING = {
+    "/chat.v1.ChatService/StreamConversationEvents",
+    "/chat.v1.ChatService/SendTypingIndicator",
+    "/chat.v1.ChatService/MarkRead",
+    "/chat.v1.IngestService/IngestEvents",
+    "/chat.v1.DeliveryService/GetDeliveryStatus",
+    "/chat.v1.DeliveryService/ListFailedDeliveries",
+    "/chat.v1.DeliveryService/RetryDelivery",
+    "/chat.v1.TenantService/UpsertTenant",
+}
+
+
+def contract_methods() -> set[str]:
+    from chat.v1 import (  # noqa: PLC0415
+        chat_service_pb2,
+    )
+
+    methods: set[str] = set()
+    for module in (
+        chat_service_pb2,
+        session_service_pb2,
+        ingest_service_pb2,
+        delivery_service_pb2,
+        tenant_service_pb2,
+    ):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            if service.full_name in SERVED_SERVICES:
+                methods |= {f"/{service.full_name}/{m.name}" for m in service.methods}
+    return methods
+
+
+class Victim:
+    """Tenant B's data: what the walk tries to reach."""
+
+    def __init__(self, sent: chat.SendMessageResponse) -> None:
+        self.conversation_id = sent.conversation.id
+        self.session_id = sent.session.id
+        self.message_id = sent.message.id
+        self.secret_text = sent.message.content.text.text
+
+
+def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
+    """method -> (stub name, RPC name, request aimed at the victim's data)."""
+    context = struct_pb2.Struct()
+    context.update({"stolen": True})
+    cid, sid = victim.conversation_id, victim.session_id
+    return {
+        "/chat.v1.ChatService/SendMessage": (
+            "chat",
+            "SendMessage",
+            chat.SendMessageRequest(
+                user_id="attacker",
+                channel=1,
+                conversation_id=cid,
+                content={"text": {"text": "hi"}},  # type: ignore[arg-type]
+            ),
+        ),
+        "/chat.v1.ChatService/GetConversation": (
+            "chat",
+            "GetConversation",
+            chat.GetConversationRequest(conversation_id=cid),
+        ),
+        "/chat.v1.ChatService/ListConversations": (
+            "chat",
+            "ListConversations",
+            chat.ListConversationsRequest(),
+        ),
+        "/chat.v1.ChatService/CloseConversation": (
+            "chat",
+            "CloseConversation",
+            chat.CloseConversationRequest(conversation_id=cid),
+        ),
+        "/chat.v1.ChatService/ListMessages": (
+            "chat",
+            "ListMessages",
+            chat.ListMessagesRequest(conversation_id=cid),
+        ),
+        "/chat.v1.ChatService/SearchMessages": (
+            "chat",
+            "SearchMessages",
+            chat.SearchMessagesRequest(query=victim.secret_text, conversation_id=cid),
+        ),
+        "/chat.v1.ChatService/ExportConversation": (
+            "chat",
+            "ExportConversation",
+            chat.ExportConversationRequest(conversation_id=cid, format=chat.EXPORT_FORMAT_JSONL),
+        ),
+        "/chat.v1.SessionService/GetSession": (
+            "session",
+            "GetSession",
+            session_service_pb2.GetSessionRequest(session_id=sid),
+        ),
+        "/chat.v1.SessionService/UpdateSessionContext": (
+            "session",
+            "UpdateSessionContext",
+            session_service_pb2.UpdateSessionContextRequest(session_id=sid, context=context),
+        ),
+        "/chat.v1.SessionService/EndSession": (
+            "session",
+            "EndSession",
+            session_service_pb2.EndSessionRequest(session_id=sid),
+        ),
+        "/chat.v1.TenantService/GetTenant": (
+            "tenant",
+            "GetTenant",
+            tenant_service_pb2.GetTenantRequest(),
+        ),
+    }
+
+
+@pytest.fixture
+async def channel(start_server: StartServer, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    server = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield channel
+
+
+async def test_every_rpc_is_walked_or_pending() -> None:
+    walked = set(walks(Victim(chat.SendMessageResponse())))
+    assert walked | PENDING == contract_methods()
+    assert not walked & PENDING
+
+
+async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None:
+    victim = Victim(await ChatClient(channel, "globex").send("globex secret: merger on friday"))
+    token = mint_dev_token(secret=SECRET, tenant_id="acme", subject="attacker", scopes=ALL_SCOPES)
+    metadata = (("authorization", f"Bearer {token}"),)
+    stubs = {
+        "chat": chat_service_pb2_grpc.ChatServiceStub(channel),
+        "session": session_service_pb2_grpc.SessionServiceStub(channel),
+        "tenant": tenant_service_pb2_grpc.TenantServiceStub(channel),
+        "ingest": ingest_service_pb2_grpc.IngestServiceStub(channel),
+        "delivery": delivery_service_pb2_grpc.DeliveryServiceStub(channel),
+    }
+    secrets = (victim.conversation_id, victim.session_id, victim.message_id, "merger", "globex")
+
+    def leaks(payload: bytes | str) -> list[str]:
+        text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+        return [secret for secret in secrets if secret in text]
+
+    for method, (stub_name, rpc, request) in walks(victim).items():
+        code, details, replies = await outcome(getattr(stubs[stub_name], rpc), request, metadata)
+        assert not leaks(details), method
+        for reply in replies:
+            assert not leaks(reply.SerializeToString()), method
+        if code != grpc.StatusCode.OK:
+            assert code == grpc.StatusCode.NOT_FOUND, (method, code)
+        else:
+            # Only calls that act on the caller's own tenant may succeed.
+            assert method in (
+                "/chat.v1.ChatService/ListConversations",
+                "/chat.v1.TenantService/GetTenant",
+            ), f"{method} reached another tenant's data"
+
+    for method in sorted(PENDING):
+        service, rpc = method.strip("/").split("/")
+        stub = stubs[service.split(".")[-1].removesuffix("Service").lower()]
+        code, _, _ = await outcome(getattr(stub, rpc), _empty_request(method), metadata)
+        assert code == grpc.StatusCode.UNIMPLEMENTED, method
+
+    # And B's data is intact.
+    still = await ChatClient(channel, "globex").call(
+        "GetConversation", chat.GetConversationRequest(conversation_id=victim.conversation_id)
+    )
+    assert still.conversation.message_count == 2
+
+
+async def outcome(
+    callable_: Any, request: Any, metadata: tuple[tuple[str, str], ...]
+) -> tuple[grpc.StatusCode, str, list[Any]]:
+    """Call a unary or streaming RPC; its status, error details and replies."""
+    call = callable_(request, metadata=metadata, timeout=10)
+    replies: list[Any] = []
+    try:
+        # Appended one by one: replies streamed before an error are checked for leaks too.
+        if hasattr(call, "__aiter__"):
+            async for reply in call:
+                replies.append(reply)
+        else:
+            replies.append(await call)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or "", replies
+    return grpc.StatusCode.OK, "", replies
+
+
+def _empty_request(method: str) -> Any:
+    from chat.v1 import chat_service_pb2  # noqa: PLC0415
+
+    service, rpc = method.strip("/").split("/")
+    modules = {
+        "chat.v1.ChatService": chat_service_pb2,
+        "chat.v1.IngestService": ingest_service_pb2,
+        "chat.v1.DeliveryService": delivery_service_pb2,
+        "chat.v1.TenantService": tenant_service_pb2,
+        "chat.v1.SessionService": session_service_pb2,
+    }
+    module = modules[service]
+    descriptor = module.DESCRIPTOR.services_by_name[service.split(".")[-1]].methods_by_name[rpc]
+    return getattr(module, descriptor.input_type.name)()
