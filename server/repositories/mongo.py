@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.domain.errors import AlreadyExists
 
@@ -20,6 +20,8 @@ MESSAGES = "messages"
 OUTBOX = "outbox"
 IDEMPOTENCY = "idempotency"
 LOCKS = "locks"
+
+DUPLICATE_KEY_CODE = 11000
 
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
@@ -99,3 +101,11 @@ class Transactions:
                 return await session.with_transaction(work)
         except DuplicateKeyError:
             raise AlreadyExists("a record with this key exists", reason="DUPLICATE_KEY") from None
+        except BulkWriteError as exc:
+            # insert_many reports a duplicate key this way rather than as DuplicateKeyError.
+            errors = exc.details.get("writeErrors", [])
+            if errors and all(error.get("code") == DUPLICATE_KEY_CODE for error in errors):
+                raise AlreadyExists(
+                    "a record with this key exists", reason="DUPLICATE_KEY"
+                ) from None
+            raise

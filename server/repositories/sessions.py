@@ -14,6 +14,18 @@ import redis.asyncio as redis
 
 from chat.v1 import common_pb2
 
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: bytes | str) -> str:
+    # The client runs without decode_responses: values come back as bytes.
+    return value.decode() if isinstance(value, bytes) else value
+
 
 def _session_key(tenant_id: str, session_id: str) -> str:
     return f"chat:{{{tenant_id}}}:session:{session_id}"
@@ -29,6 +41,7 @@ class RedisSessionStore:
     def __init__(self, *, client: redis.Redis, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
         """The session, or None when unknown or expired."""
@@ -41,9 +54,7 @@ class RedisSessionStore:
         session_id = await self._redis.get(_pointer_key(tenant_id, conversation_id))
         if not session_id:
             return None
-        return await self.get(
-            tenant_id, session_id.decode() if isinstance(session_id, bytes) else session_id
-        )
+        return await self.get(tenant_id, _text(session_id))
 
     async def get_or_create(
         self,
@@ -67,16 +78,18 @@ class RedisSessionStore:
             )
             session.create_time.FromDatetime(now)
             self.touch(session, now=now)
-            # NX: of two concurrent first messages, one creates the session, the other reads it.
+            # The session is written before the pointer, so a pointer never names a session
+            # that does not exist yet. NX: of two concurrent first messages, one pointer wins;
+            # the loser drops its session and reads the winner's on the next pass.
+            session_key = _session_key(tenant_id, session.id)
+            await self._redis.set(session_key, session.SerializeToString(), ex=self._ttl)
             if await self._redis.set(pointer, session.id, nx=True, ex=self._ttl):
-                await self._redis.set(
-                    _session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl
-                )
                 return session, True
-            # Lost the race to a concurrent creator (read it on the next pass), or the pointer
-            # outlived its session by a moment: then clear it.
-            if await self.current(tenant_id, conversation.id) is None:
-                await self._redis.delete(pointer)
+            await self._redis.delete(session_key)
+            stale = await self._redis.get(pointer)
+            if stale and await self.get(tenant_id, _text(stale)) is None:
+                # The pointer outlived its session: clear it, unless it changed meanwhile.
+                await self._delete_if_equal(keys=[pointer], args=[stale])
         raise RuntimeError("could not create or read the session")  # three lost races in a row
 
     async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from server.domain.errors import AlreadyExists
 from server.events.envelopes import envelope
 from server.services.ports import Outbox, TransactionRunner
 
@@ -31,15 +32,21 @@ class EventWriter:
         actor_id: str,
         conversation_id: str,
         now: dt.datetime,
+        event_id: str = "",
         **payload: Any,
     ) -> None:
-        """Store the event for the relay, e.g. ``session_ended=SessionEnded(...)``."""
+        """Store the event for the relay, e.g. ``session_ended=SessionEnded(...)``. With a
+        stable ``event_id``, writing it again is a no-op."""
         event = envelope(
             tenant_id=tenant_id,
             actor_id=actor_id,
             conversation_id=conversation_id,
             now=now,
+            event_id=event_id,
             **payload,
         )
-        await self._transactions.run(lambda tx: self._outbox.add([event], now=now, session=tx))
+        try:
+            await self._transactions.run(lambda tx: self._outbox.add([event], now=now, session=tx))
+        except AlreadyExists:
+            return  # written before: one event, whatever the number of writers
         self._on_events()

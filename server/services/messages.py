@@ -23,7 +23,7 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
 )
-from server.events.envelopes import envelope
+from server.events.envelopes import envelope, stable_event_id
 from server.processors.content import ContentProcessor, ProcessedContent
 from server.services.event_writer import EventWriter
 from server.services.ports import (
@@ -103,6 +103,7 @@ class MessageService:
                 actor_id=actor_id,
                 conversation_id=conversation.id,
                 now=now,
+                event_id=stable_event_id(tenant_id, session.id, "started"),
                 session_started=events_pb2.SessionStarted(session=session),
             )
         inbound = _message(

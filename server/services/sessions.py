@@ -9,6 +9,7 @@ from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, events_pb2
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.events.envelopes import stable_event_id
 from server.services.event_writer import EventWriter
 from server.services.messages import utc_now
 from server.services.ports import SessionStore
@@ -98,6 +99,7 @@ class SessionService:
             actor_id=actor_id,
             conversation_id=ended.conversation_id,
             now=now,
+            event_id=stable_event_id(tenant_id, ended.id, "ended"),
             session_ended=events_pb2.SessionEnded(
                 session=ended, reason=events_pb2.SESSION_END_REASON_ENDED
             ),

@@ -124,3 +124,40 @@ async def test_bad_session_requests(setup: tuple[ChatClient, Sessions, Sessions]
     )
     closed = await sessions.call("GetSession", pb.GetSessionRequest(session_id=sent.session.id))
     assert closed.session.status == c.SESSION_STATUS_ENDED  # type: ignore[attr-defined]
+
+
+async def test_a_stable_event_written_twice_is_one_event(stack: Endpoints) -> None:
+    import datetime as dt  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    from chat.v1 import events_pb2  # noqa: PLC0415
+    from server.events.envelopes import stable_event_id  # noqa: PLC0415
+    from server.repositories.mongo import Transactions  # noqa: PLC0415
+    from server.repositories.outbox import MongoOutbox  # noqa: PLC0415
+    from server.services.event_writer import EventWriter  # noqa: PLC0415
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+    try:
+        wakes: list[None] = []
+        writer = EventWriter(
+            outbox=MongoOutbox(database=client["chat"]),
+            transactions=Transactions(client=client),
+            on_events=lambda: wakes.append(None),
+        )
+        session = c.Session(id=uuid.uuid4().hex, conversation_id="conv-x")
+        event_id = stable_event_id("acme", session.id, "ended")
+        for _ in range(2):  # a retry, or two racing EndSession calls
+            await writer.write(
+                tenant_id="acme",
+                actor_id="tester",
+                conversation_id="conv-x",
+                now=dt.datetime.now(dt.UTC),
+                event_id=event_id,
+                session_ended=events_pb2.SessionEnded(session=session),
+            )
+        assert await client["chat"]["outbox"].count_documents({"_id": event_id}) == 1
+        assert len(wakes) == 1
+        other = stable_event_id("acme", session.id, "started")
+        assert other != event_id
+    finally:
+        await client.close()
