@@ -65,8 +65,9 @@ from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants_file import load_tenants
 from server.services.conversations import ConversationService
 from server.services.event_writer import EventWriter
+from server.services.external_responder import GrpcResponder
 from server.services.messages import MessageService
-from server.services.responder import RuleBasedResponder
+from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
 from server.settings import Settings
 
@@ -222,6 +223,7 @@ class ChatServer:
             ),
         )
         self._relay_task: asyncio.Task[None] | None = None
+        self._responder_channel: grpc.aio.Channel | None = None
         self._stopping = asyncio.Event()
         self._events = EventWriter(
             outbox=MongoOutbox(database=resources.database),
@@ -256,6 +258,17 @@ class ChatServer:
             self._server,
         )
 
+    def _responder(self, messages: MongoMessageRepository) -> Responder:
+        """The external ResponderService when CHAT_RESPONDER_TARGET is set, else the rules."""
+        if not self._settings.responder_target:
+            return RuleBasedResponder()
+        self._responder_channel = grpc.aio.insecure_channel(self._settings.responder_target)
+        return GrpcResponder(
+            channel=self._responder_channel,
+            messages=messages,
+            timeout_seconds=self._settings.responder_timeout_seconds,
+        )
+
     def _chat_servicer(self) -> ChatServicer:
         database = self._resources.database
         conversations = MongoConversationRepository(database=database)
@@ -273,7 +286,7 @@ class ChatServer:
                 content=ContentProcessor(
                     text=TextProcessor(default_phone_region=self._settings.phone_default_region)
                 ),
-                responder=RuleBasedResponder(),
+                responder=self._responder(messages),
                 events=self._events,
                 on_events=self._relay.wake,
             ),
@@ -326,6 +339,8 @@ class ChatServer:
             await _finish(self._relay_task)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self._responder_channel is not None:
+            await self._responder_channel.close(None)
         await self._resources.close()
         log.info("stopped")
 

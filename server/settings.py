@@ -82,6 +82,8 @@ class Settings:
     metrics_address: str | None
     session_ttl_seconds: int
     phone_default_region: str
+    responder_target: str | None
+    responder_timeout_seconds: float
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -119,6 +121,11 @@ class Settings:
             metrics_address=_optional_address(env.get("CHAT_METRICS_ADDRESS", "0.0.0.0:9464")),
             session_ttl_seconds=env.parse("CHAT_SESSION_TTL_SECONDS", "1800", _positive_int),
             phone_default_region=env.get("CHAT_PHONE_DEFAULT_REGION", "").upper(),
+            responder_target=env.optional("CHAT_RESPONDER_TARGET"),
+            responder_timeout_seconds=env.parse(
+                "CHAT_RESPONDER_TIMEOUT_MS", "2000", _positive_float
+            )
+            / 1000,
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(
