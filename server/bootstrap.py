@@ -224,6 +224,7 @@ class ChatServer:
         )
         self._relay_task: asyncio.Task[None] | None = None
         self._responder_channel: grpc.aio.Channel | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._events = EventWriter(
             outbox=MongoOutbox(database=resources.database),
@@ -300,6 +301,16 @@ class ChatServer:
             ),
         )
 
+    async def _sweep_sessions(self) -> None:
+        """Report expired sessions (SessionEnded, once across every server process)."""
+        while not self._stopping.is_set():
+            try:
+                await self._session_service.expire_due()
+            except Exception:
+                log.exception("session sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._settings.session_sweep_seconds)
+
     async def start(self) -> int:
         """Probe dependencies once, bind, start serving; returns the bound port."""
         if self._settings.metrics_address:
@@ -316,6 +327,7 @@ class ChatServer:
             self._monitor.run(self._stopping), name="health-monitor"
         )
         self._relay_task = asyncio.create_task(self._relay.run(self._stopping), name="outbox-relay")
+        self._sweep_task = asyncio.create_task(self._sweep_sessions(), name="session-sweep")
         log.info(
             "chat server listening",
             address=self._settings.grpc_address,
@@ -332,6 +344,8 @@ class ChatServer:
             await _finish(self._monitor_task)
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.shutdown_grace_seconds)
+        if self._sweep_task is not None:
+            await _finish(self._sweep_task)
         if self._relay_task is not None:
             # After the calls: their events are committed; what is not yet published waits in
             # the outbox for the next start (or another process's relay).

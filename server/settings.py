@@ -81,6 +81,7 @@ class Settings:
     health_check_interval_seconds: float
     metrics_address: str | None
     session_ttl_seconds: int
+    session_sweep_seconds: float
     phone_default_region: str
     responder_target: str | None
     responder_timeout_seconds: float
@@ -120,6 +121,7 @@ class Settings:
             ),
             metrics_address=_optional_address(env.get("CHAT_METRICS_ADDRESS", "0.0.0.0:9464")),
             session_ttl_seconds=env.parse("CHAT_SESSION_TTL_SECONDS", "1800", _positive_int),
+            session_sweep_seconds=env.parse("CHAT_SESSION_SWEEP_SECONDS", "5", _positive_float),
             phone_default_region=env.get("CHAT_PHONE_DEFAULT_REGION", "").upper(),
             responder_target=env.optional("CHAT_RESPONDER_TARGET"),
             responder_timeout_seconds=env.parse(

@@ -1,8 +1,10 @@
-"""Sessions in Redis, with a time to live that activity extends.
+"""Sessions in Redis.
 
-Two keys per session, both with the session's TTL: the session itself (protobuf bytes) and the
-conversation's pointer to its current session. Keys carry the tenant in braces, so a tenant's
-keys share one Redis Cluster slot.
+A session is live until its ``expire_time``, which activity extends. Its keys outlive that by
+KEEP_AFTER_EXPIRY_SECONDS so the expiry sweep can still read it to report SessionEnded. Keys:
+the session itself (protobuf bytes) and the conversation's pointer to its current session,
+both carrying the tenant in braces (one Redis Cluster slot per tenant); plus one index of
+expiry times across tenants, from which each expiry is claimed exactly once (ZREM is atomic).
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import uuid
 import redis.asyncio as redis
 
 from chat.v1 import common_pb2
+from server.domain.session import is_live
+
+KEEP_AFTER_EXPIRY_SECONDS = 3600
+EXPIRY_INDEX = "chat:session-expiry"
+_SEPARATOR = "\x1f"
 
 _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -35,26 +42,33 @@ def _pointer_key(tenant_id: str, conversation_id: str) -> str:
     return f"chat:{{{tenant_id}}}:conversation-session:{conversation_id}"
 
 
+def _member(tenant_id: str, session_id: str) -> str:
+    return f"{tenant_id}{_SEPARATOR}{session_id}"
+
+
 class RedisSessionStore:
-    """Create, read, extend and end sessions."""
+    """Create, read, extend, end and expire sessions."""
 
     def __init__(self, *, client: redis.Redis, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._key_ttl = ttl_seconds + KEEP_AFTER_EXPIRY_SECONDS
         self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
-        """The session, or None when unknown or expired."""
+        """The session as stored (live, ended or expired), or None once its keys are gone."""
         raw = await self._redis.get(_session_key(tenant_id, session_id))
-        # The client runs without decode_responses: values come back as bytes.
         return common_pb2.Session.FromString(raw) if isinstance(raw, bytes) and raw else None
 
-    async def current(self, tenant_id: str, conversation_id: str) -> common_pb2.Session | None:
+    async def current(
+        self, tenant_id: str, conversation_id: str, *, now: dt.datetime
+    ) -> common_pb2.Session | None:
         """The conversation's live session, if it has one."""
         session_id = await self._redis.get(_pointer_key(tenant_id, conversation_id))
         if not session_id:
             return None
-        return await self.get(tenant_id, _text(session_id))
+        session = await self.get(tenant_id, _text(session_id))
+        return session if session is not None and is_live(session, now) else None
 
     async def get_or_create(
         self,
@@ -66,7 +80,7 @@ class RedisSessionStore:
         """The conversation's live session, or a new one; True when it was created here."""
         pointer = _pointer_key(tenant_id, conversation.id)
         for _ in range(3):
-            current = await self.current(tenant_id, conversation.id)
+            current = await self.current(tenant_id, conversation.id, now=now)
             if current is not None:
                 return current, False
             session = common_pb2.Session(
@@ -82,37 +96,80 @@ class RedisSessionStore:
             # that does not exist yet. NX: of two concurrent first messages, one pointer wins;
             # the loser drops its session and reads the winner's on the next pass.
             session_key = _session_key(tenant_id, session.id)
-            await self._redis.set(session_key, session.SerializeToString(), ex=self._ttl)
-            if await self._redis.set(pointer, session.id, nx=True, ex=self._ttl):
+            await self._redis.set(session_key, session.SerializeToString(), ex=self._key_ttl)
+            if await self._redis.set(pointer, session.id, nx=True, ex=self._key_ttl):
+                await self._index(tenant_id, session)
                 return session, True
             await self._redis.delete(session_key)
             stale = await self._redis.get(pointer)
-            if stale and await self.get(tenant_id, _text(stale)) is None:
-                # The pointer outlived its session: clear it, unless it changed meanwhile.
-                await self._delete_if_equal(keys=[pointer], args=[stale])
+            if stale:
+                previous = await self.get(tenant_id, _text(stale))
+                if previous is None or not is_live(previous, now):
+                    # The pointer names a session that is over: clear it, unless it changed
+                    # meanwhile. The sweep still reports the old session's end.
+                    await self._delete_if_equal(keys=[pointer], args=[stale])
         raise RuntimeError("could not create or read the session")  # three lost races in a row
 
     async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:
         """Store the session after activity, extending its expiry (one round trip)."""
         self.touch(session, now=now)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl)
-            pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._ttl)
+            pipe.set(
+                _session_key(tenant_id, session.id), session.SerializeToString(), ex=self._key_ttl
+            )
+            pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._key_ttl)
+            pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
             await pipe.execute()
 
     async def end(
-        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+        self,
+        tenant_id: str,
+        session: common_pb2.Session,
+        *,
+        now: dt.datetime,
+        status: common_pb2.SessionStatus.ValueType = common_pb2.SESSION_STATUS_ENDED,
     ) -> common_pb2.Session:
-        """Mark the session ended; it stays readable until its TTL runs out."""
-        session.status = common_pb2.SESSION_STATUS_ENDED
+        """Mark the session ended (or expired); it stays readable until its keys run out."""
+        session.status = status
         session.end_time.FromDatetime(now)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._ttl)
-            pipe.delete(_pointer_key(tenant_id, session.conversation_id))
+            pipe.set(
+                _session_key(tenant_id, session.id), session.SerializeToString(), ex=self._key_ttl
+            )
+            pipe.zrem(EXPIRY_INDEX, _member(tenant_id, session.id))
             await pipe.execute()
+        await self._delete_if_equal(
+            keys=[_pointer_key(tenant_id, session.conversation_id)], args=[session.id]
+        )
         return session
+
+    async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]:
+        """(tenant, session id) of sessions past their expiry, each claimed by exactly one
+        caller across every process."""
+        due = await self._redis.zrangebyscore(
+            EXPIRY_INDEX, "-inf", now.timestamp(), start=0, num=limit
+        )
+        claimed: list[tuple[str, str]] = []
+        for raw in due:
+            if not isinstance(raw, bytes | str):
+                continue  # zrangebyscore without scores yields members only
+            if await self._redis.zrem(EXPIRY_INDEX, raw) == 1:
+                tenant_id, _, session_id = _text(raw).partition(_SEPARATOR)
+                claimed.append((tenant_id, session_id))
+        return claimed
+
+    async def reindex(self, tenant_id: str, session: common_pb2.Session) -> None:
+        """Put a claimed session back in the index (it was extended after all)."""
+        await self._index(tenant_id, session)
 
     def touch(self, session: common_pb2.Session, *, now: dt.datetime) -> None:
         """Record activity at ``now`` on the session (in memory; save() stores it)."""
         session.last_activity_time.FromDatetime(now)
         session.expire_time.FromDatetime(now + dt.timedelta(seconds=self._ttl))
+
+    async def _index(self, tenant_id: str, session: common_pb2.Session) -> None:
+        await self._redis.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
+
+
+def _score(session: common_pb2.Session) -> float:
+    return session.expire_time.ToDatetime(tzinfo=dt.UTC).timestamp()

@@ -142,7 +142,9 @@ class SessionStore(Protocol):
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None: ...
 
-    async def current(self, tenant_id: str, conversation_id: str) -> common_pb2.Session | None: ...
+    async def current(
+        self, tenant_id: str, conversation_id: str, *, now: dt.datetime
+    ) -> common_pb2.Session | None: ...
 
     async def get_or_create(
         self, tenant_id: str, conversation: common_pb2.Conversation, *, now: dt.datetime
@@ -155,5 +157,14 @@ class SessionStore(Protocol):
     ) -> None: ...
 
     async def end(
-        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+        self,
+        tenant_id: str,
+        session: common_pb2.Session,
+        *,
+        now: dt.datetime,
+        status: common_pb2.SessionStatus.ValueType = ...,
     ) -> common_pb2.Session: ...
+
+    async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]: ...
+
+    async def reindex(self, tenant_id: str, session: common_pb2.Session) -> None: ...

@@ -9,12 +9,14 @@ from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, events_pb2
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.domain.session import is_live
 from server.events.envelopes import stable_event_id
 from server.services.event_writer import EventWriter
 from server.services.messages import utc_now
 from server.services.ports import SessionStore
 
 MAX_CONTEXT_BYTES = 64 * 1024
+SYSTEM_ACTOR = "system"
 
 
 class SessionService:
@@ -32,10 +34,15 @@ class SessionService:
         self._clock = clock
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session:
-        """The session; NOT_FOUND once it has expired, or for another tenant's."""
+        """The session (an active one past its expiry reads as EXPIRED, even before the sweep
+        records it); NOT_FOUND once it is long gone, or for another tenant's."""
         session = await self._sessions.get(tenant_id, session_id)
         if session is None:
             raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+        if session.status == common_pb2.SESSION_STATUS_ACTIVE and not is_live(
+            session, self._clock()
+        ):
+            session.status = common_pb2.SESSION_STATUS_EXPIRED
         return session
 
     async def update_context(
@@ -85,15 +92,43 @@ class SessionService:
 
     async def end_current(self, tenant_id: str, actor_id: str, conversation_id: str) -> None:
         """End the conversation's live session, if it has one."""
-        session = await self._sessions.current(tenant_id, conversation_id)
+        session = await self._sessions.current(tenant_id, conversation_id, now=self._clock())
         if session is not None and session.status == common_pb2.SESSION_STATUS_ACTIVE:
             await self._end(tenant_id, actor_id, session)
 
-    async def _end(
-        self, tenant_id: str, actor_id: str, session: common_pb2.Session
-    ) -> common_pb2.Session:
+    async def expire_due(self, *, limit: int = 100) -> int:
+        """End the sessions past their expiry (SessionEnded EXPIRED, once across processes);
+        returns how many."""
         now = self._clock()
-        ended = await self._sessions.end(tenant_id, session, now=now)
+        expired = 0
+        for tenant_id, session_id in await self._sessions.claim_expired(now=now, limit=limit):
+            session = await self._sessions.get(tenant_id, session_id)
+            if session is None or session.status != common_pb2.SESSION_STATUS_ACTIVE:
+                continue  # ended explicitly meanwhile, or long gone
+            if is_live(session, now):
+                await self._sessions.reindex(tenant_id, session)  # extended after all
+                continue
+            await self._end(
+                tenant_id,
+                SYSTEM_ACTOR,
+                session,
+                end_time=session.expire_time.ToDatetime(tzinfo=dt.UTC),
+                status=common_pb2.SESSION_STATUS_EXPIRED,
+            )
+            expired += 1
+        return expired
+
+    async def _end(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        session: common_pb2.Session,
+        *,
+        end_time: dt.datetime | None = None,
+        status: common_pb2.SessionStatus.ValueType = common_pb2.SESSION_STATUS_ENDED,
+    ) -> common_pb2.Session:
+        now = end_time or self._clock()
+        ended = await self._sessions.end(tenant_id, session, now=now, status=status)
         await self._events.write(
             tenant_id=tenant_id,
             actor_id=actor_id,
@@ -101,7 +136,10 @@ class SessionService:
             now=now,
             event_id=stable_event_id(tenant_id, ended.id, "ended"),
             session_ended=events_pb2.SessionEnded(
-                session=ended, reason=events_pb2.SESSION_END_REASON_ENDED
+                session=ended,
+                reason=events_pb2.SESSION_END_REASON_EXPIRED
+                if status == common_pb2.SESSION_STATUS_EXPIRED
+                else events_pb2.SESSION_END_REASON_ENDED,
             ),
         )
         return ended

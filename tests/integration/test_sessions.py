@@ -161,3 +161,82 @@ async def test_a_stable_event_written_twice_is_one_event(stack: Endpoints) -> No
         assert other != event_id
     finally:
         await client.close()
+
+
+async def test_expired_sessions_end_exactly_once_across_servers(
+    stack: Endpoints, start_server: StartServer, tmp_path: Path
+) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from chat.v1 import events_pb2  # noqa: PLC0415
+
+    settings = {
+        "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
+        "CHAT_SESSION_TTL_SECONDS": "1",
+        "CHAT_SESSION_SWEEP_SECONDS": "0.1",
+        **JWT_SETTINGS,
+    }
+    first, second = await start_server(**settings), await start_server(**settings)  # both sweep
+    async with grpc.aio.insecure_channel(first.target) as channel:
+        acme = ChatClient(channel, "acme")
+        sessions = Sessions(channel, acme)
+        sent = [await acme.send(f"hello {i}") for i in range(4)]
+        keys = [f"acme:{s.conversation.id}".encode() for s in sent]
+        assert second.target != first.target
+
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+        try:
+            query = {"topic": "chat.session.ended.v1", "key": {"$in": keys}}
+            for _ in range(100):
+                if await client["chat"]["outbox"].count_documents(query) >= 4:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # more sweeps by both servers: still one event each
+            documents = await client["chat"]["outbox"].find(query).to_list()
+        finally:
+            await client.close()
+        events = [events_pb2.EventEnvelope.FromString(bytes(d["payload"])) for d in documents]  # type: ignore[arg-type]
+        assert sorted(e.conversation_id for e in events) == sorted(s.conversation.id for s in sent)
+        assert {e.session_ended.reason for e in events} == {events_pb2.SESSION_END_REASON_EXPIRED}
+        assert {e.actor_id for e in events} == {"system"}
+        assert {e.session_ended.session.status for e in events} == {c.SESSION_STATUS_EXPIRED}
+
+        expired = await sessions.call(
+            "GetSession", pb.GetSessionRequest(session_id=sent[0].session.id)
+        )
+        assert expired.session.status == c.SESSION_STATUS_EXPIRED  # type: ignore[attr-defined]
+        again = await acme.send("back again", user_id=sent[0].conversation.user_id)
+        assert again.conversation.id == sent[0].conversation.id
+        assert again.session.id != sent[0].session.id
+
+
+async def test_each_expired_session_is_claimed_by_exactly_one_sweeper(stack: Endpoints) -> None:
+    import asyncio  # noqa: PLC0415
+    import datetime as dt  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    import redis.asyncio as redis  # noqa: PLC0415
+
+    from server.repositories.sessions import RedisSessionStore  # noqa: PLC0415
+
+    connection = redis.Redis.from_url(stack.redis_url)
+    try:
+        stores = [RedisSessionStore(client=connection, ttl_seconds=1) for _ in range(2)]
+        tenant = "claim-" + uuid.uuid4().hex[:8]
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+        created = set()
+        for i in range(20):
+            conversation = c.Conversation(id=f"conv-{i}", user_id=f"u{i}", channel=1)
+            session, _ = await stores[0].get_or_create(tenant, conversation, now=past)
+            created.add(session.id)
+        now = dt.datetime.now(dt.UTC)
+        # Both sweepers read the due list at the same moment; each session goes to one.
+        first, second = await asyncio.gather(
+            *(store.claim_expired(now=now, limit=1000) for store in stores)
+        )
+        mine = [sid for t, sid in first if t == tenant]
+        theirs = [sid for t, sid in second if t == tenant]
+        assert not set(mine) & set(theirs)
+        assert sorted(mine + theirs) == sorted(created)
+    finally:
+        await connection.aclose()
