@@ -63,6 +63,7 @@ from server.repositories.outbox import MongoOutbox
 from server.repositories.rate_limits import RedisRateLimiter
 from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants_file import load_tenants
+from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
@@ -280,6 +281,7 @@ class ChatServer:
             messages=MessageService(
                 conversations=conversations,
                 messages=messages,
+                users=MongoUserRepository(database=database),
                 sessions=self._session_store,
                 outbox=outbox,
                 idempotency=MongoIdempotencyStore(database=database),

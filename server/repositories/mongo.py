@@ -20,6 +20,7 @@ MESSAGES = "messages"
 OUTBOX = "outbox"
 IDEMPOTENCY = "idempotency"
 LOCKS = "locks"
+USERS = "users"
 
 DUPLICATE_KEY_CODE = 11000
 
@@ -67,6 +68,13 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("published", ASCENDING), ("position", ASCENDING)], name="pending"),
         # Published events are kept a week for inspection, then removed.
         IndexModel([("publish_time", ASCENDING)], expireAfterSeconds=7 * 86400, name="expiry"),
+    ],
+    USERS: [
+        IndexModel(
+            [("tenant_id", ASCENDING), ("channel", ASCENDING), ("user_id", ASCENDING)],
+            unique=True,
+            name="identity",
+        ),
     ],
     IDEMPOTENCY: [
         IndexModel(

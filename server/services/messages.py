@@ -34,6 +34,7 @@ from server.services.ports import (
     SessionStore,
     TransactionRunner,
     Tx,
+    UserRepository,
 )
 from server.services.responder import RESPONDER_ID, Responder
 
@@ -60,6 +61,7 @@ class MessageService:
         *,
         conversations: ConversationRepository,
         messages: MessageRepository,
+        users: UserRepository,
         sessions: SessionStore,
         outbox: Outbox,
         idempotency: IdempotencyStore,
@@ -72,6 +74,7 @@ class MessageService:
     ) -> None:
         self._conversations = conversations
         self._messages = messages
+        self._users = users
         self._sessions = sessions
         self._outbox = outbox
         self._idempotency = idempotency
@@ -267,6 +270,9 @@ class MessageService:
             copy.CopyFrom(message)
             copy.sequence = first + offset
         await self._messages.insert_many(tenant_id, stored, search_texts=search_texts, session=tx)
+        await self._users.record_activity(
+            tenant_id, channel=updated.channel, user_id=updated.user_id, now=now, session=tx
+        )
         inbound, replies = stored[0], stored[1:]
         events: list[dict[str, Any]] = [
             {"message_received": events_pb2.MessageReceived(message=inbound)}

@@ -112,6 +112,14 @@ class MessageRepository(Protocol):
     ) -> list[common_pb2.Message]: ...
 
 
+class UserRepository(Protocol):
+    """End users per tenant and platform identity."""
+
+    async def record_activity(
+        self, tenant_id: str, *, channel: int, user_id: str, now: dt.datetime, session: Tx
+    ) -> None: ...
+
+
 class Outbox(Protocol):
     """Events written with the data they describe."""
 
