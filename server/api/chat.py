@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -16,6 +16,8 @@ from server.normalizers.text import normalize_text
 from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
 from server.services.messages import MessageService
+
+T = TypeVar("T", common_pb2.Conversation, common_pb2.Message)
 
 MAX_REASON_CHARS = 256
 MAX_QUERY_CHARS = 256
@@ -75,10 +77,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             after=_cursor_position(cursor),
             limit=limit + 1,
         )
-        token = ""
-        if len(page) > limit:
-            page = page[:limit]
-            token = encode_token(query, _position_of(page[-1].create_time, page[-1].id))
+        page, token = _newest_first_page(page, limit, query)
         return chat_service_pb2.ListConversationsResponse(conversations=page, next_page_token=token)
 
     async def CloseConversation(
@@ -157,10 +156,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             after=_cursor_position(cursor),
             limit=limit + 1,
         )
-        token = ""
-        if len(page) > limit:
-            page = page[:limit]
-            token = encode_token(query, _position_of(page[-1].create_time, page[-1].id))
+        page, token = _newest_first_page(page, limit, query)
         return chat_service_pb2.SearchMessagesResponse(messages=page, next_page_token=token)
 
     async def ExportConversation(
@@ -206,8 +202,18 @@ def _end(window: common_pb2.TimeRange) -> dt.datetime | None:
     return window.end_time.ToDatetime(tzinfo=dt.UTC) if window.HasField("end_time") else None
 
 
-def _position_of(created: timestamp_pb2.Timestamp, record_id: str) -> dict[str, Any]:
-    return {"t": created.ToDatetime(tzinfo=dt.UTC).isoformat(), "id": record_id}
+def _newest_first_page(page: list[T], limit: int, query: dict[str, Any]) -> tuple[list[T], str]:
+    """Cut a page fetched with one extra row; the token continues after its last record,
+    by (create_time, id), the order of pages sorted newest first."""
+    if len(page) <= limit:
+        return page, ""
+    page = page[:limit]
+    last = page[-1]
+    created: timestamp_pb2.Timestamp = last.create_time
+    return page, encode_token(
+        query,
+        {"t": created.ToDatetime(tzinfo=dt.UTC).isoformat(), "id": last.id},
+    )
 
 
 def _cursor_position(cursor: dict[str, Any] | None) -> tuple[dt.datetime, str] | None:

@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from server.auth.scopes import PUBLIC_METHODS, REQUIRED_SCOPES
-from server.bootstrap import SERVED_SERVICES
+from tests.contract import served_methods
 from tests.integration.conftest import RunningServer, tenants_file
 from tests.integration.keys import AUDIENCE, ISSUER, JwksServer, KeyPair, standard_claims
 from tests.integration.probe import ECHO, UNLISTED, WRITE, unary_call
@@ -277,25 +277,7 @@ async def test_the_dev_setup_accepts_its_own_tokens(start_server: StartServer) -
 
 
 def test_every_rpc_of_every_served_service_has_a_scope() -> None:
-    from chat.v1 import (  # noqa: PLC0415
-        chat_service_pb2,
-        delivery_service_pb2,
-        ingest_service_pb2,
-        session_service_pb2,
-        tenant_service_pb2,
-    )
-
-    methods = set()
-    for module in (
-        chat_service_pb2,
-        session_service_pb2,
-        ingest_service_pb2,
-        delivery_service_pb2,
-        tenant_service_pb2,
-    ):
-        for service in module.DESCRIPTOR.services_by_name.values():
-            if service.full_name in SERVED_SERVICES:
-                methods |= {f"/{service.full_name}/{m.name}" for m in service.methods}
+    methods = served_methods()
     assert methods, "no methods found"
     missing = methods - set(REQUIRED_SCOPES)
     assert not missing, f"RPCs without a scope: {sorted(missing)}"

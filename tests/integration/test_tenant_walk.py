@@ -28,7 +28,7 @@ from chat.v1 import (
     tenant_service_pb2_grpc,
 )
 from devstack.tokens import mint_dev_token
-from server.bootstrap import SERVED_SERVICES
+from tests.contract import served_methods
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
 
@@ -47,25 +47,6 @@ PENDING = {
     "/chat.v1.DeliveryService/RetryDelivery",
     "/chat.v1.TenantService/UpsertTenant",
 }
-
-
-def contract_methods() -> set[str]:
-    from chat.v1 import (  # noqa: PLC0415
-        chat_service_pb2,
-    )
-
-    methods: set[str] = set()
-    for module in (
-        chat_service_pb2,
-        session_service_pb2,
-        ingest_service_pb2,
-        delivery_service_pb2,
-        tenant_service_pb2,
-    ):
-        for service in module.DESCRIPTOR.services_by_name.values():
-            if service.full_name in SERVED_SERVICES:
-                methods |= {f"/{service.full_name}/{m.name}" for m in service.methods}
-    return methods
 
 
 class Victim:
@@ -156,7 +137,7 @@ async def channel(start_server: StartServer, tmp_path: Path) -> AsyncIterator[gr
 
 async def test_every_rpc_is_walked_or_pending() -> None:
     walked = set(walks(Victim(chat.SendMessageResponse())))
-    assert walked | PENDING == contract_methods()
+    assert walked | PENDING == served_methods()
     assert not walked & PENDING
 
 
