@@ -23,6 +23,11 @@ _DIE_WITH_PARENT = (
 )
 
 
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so that the kernel sends it SIGTERM when the caller dies."""
+    return [sys.executable, "-c", _DIE_WITH_PARENT, *argv]
+
+
 class ChildProcess:
     """One server process: started in its own session, stopped with SIGTERM then SIGKILL."""
 
@@ -54,7 +59,7 @@ class ChildProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _DIE_WITH_PARENT, *self.argv],
+            dying_with_parent(self.argv),
             env=self.env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pymongo import MongoClient
 
 from chat.v1 import tenant_service_pb2, tenant_service_pb2_grpc
+from devstack.processes import dying_with_parent
 from tests.conftest import EXAMPLE_TENANTS, REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -42,33 +43,43 @@ class DevRun:
         run_file.unlink(missing_ok=True)
         # The embedded stack is the point here: URL settings of the test run must not leak in.
         env = {k: v for k, v in os.environ.items() if k not in URL_SETTINGS}
+        # dying_with_parent: if this test process dies (a timeout, a kill), chat-dev is
+        # told to stop too, and stops its servers; nothing outlives the test run.
         self.process = subprocess.Popen(
-            [
-                CHAT_DEV,
-                "--data-dir",
-                str(data_dir),
-                "--tenants-file",
-                str(EXAMPLE_TENANTS),
-                "--log-dir",
-                str(data_dir / "logs"),
-                *("--grpc-port", "0", "--bridge-port", "0", "--metrics-port", "0"),
-                *("--mongodb-port", "0", "--redis-port", "0", "--kafka-port", "0"),
-            ],
+            dying_with_parent(
+                [
+                    CHAT_DEV,
+                    "--data-dir",
+                    str(data_dir),
+                    "--tenants-file",
+                    str(EXAMPLE_TENANTS),
+                    "--log-dir",
+                    str(data_dir / "logs"),
+                    *("--grpc-port", "0", "--bridge-port", "0", "--metrics-port", "0"),
+                    *("--mongodb-port", "0", "--redis-port", "0", "--kafka-port", "0"),
+                ]
+            ),
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        try:
+            self._wait_for(run_file)
+        except BaseException:
+            # Interrupted or failed while starting (a test timeout included): stop it all.
+            self.stop(signal.SIGTERM)
+            raise
+        self.info = json.loads(run_file.read_text())
+        self.children = _children(self.process.pid)
+
+    def _wait_for(self, run_file: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while not run_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                output, _ = self.process.communicate()
-                pytest.fail(f"chat-dev did not start:\n{output}")
+                pytest.fail("chat-dev did not start")
             time.sleep(0.2)
-        self.info = json.loads(run_file.read_text())
-        self.children = _children(self.process.pid)
 
     def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
         """Signal chat-dev and return its exit code and output."""
