@@ -212,8 +212,11 @@ class ChatServer:
             interval_seconds=settings.health_check_interval_seconds,
         )
         self._monitor_task: asyncio.Task[None] | None = None
+        # One outbox and one transaction runner, shared by the relay and every service.
+        self._outbox = MongoOutbox(database=resources.database)
+        self._transactions = Transactions(client=resources.mongo)
         self._relay = OutboxRelay(
-            outbox=MongoOutbox(database=resources.database),
+            outbox=self._outbox,
             publisher=resources.publisher,
             lease=MongoLease(
                 database=resources.database,
@@ -228,8 +231,8 @@ class ChatServer:
         self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._events = EventWriter(
-            outbox=MongoOutbox(database=resources.database),
-            transactions=Transactions(client=resources.mongo),
+            outbox=self._outbox,
+            transactions=self._transactions,
             on_events=self._relay.wake,
         )
         self._session_store = RedisSessionStore(
@@ -275,8 +278,7 @@ class ChatServer:
         database = self._resources.database
         conversations = MongoConversationRepository(database=database)
         messages = MongoMessageRepository(database=database)
-        outbox = MongoOutbox(database=database)
-        transactions = Transactions(client=self._resources.mongo)
+        outbox, transactions = self._outbox, self._transactions
         return ChatServicer(
             messages=MessageService(
                 conversations=conversations,

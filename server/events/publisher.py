@@ -52,9 +52,8 @@ class KafkaEventPublisher:
 
     async def publish(self, envelope: events_pb2.EventEnvelope) -> None:
         """Send one envelope and wait for the broker's acknowledgement."""
-        producer = await self._started()
-        await producer.send_and_wait(
-            topic_for(envelope), envelope.SerializeToString(), key=record_key(envelope)
+        await self.publish_records(
+            [(topic_for(envelope), record_key(envelope), envelope.SerializeToString())]
         )
 
     async def publish_records(

@@ -122,26 +122,25 @@ class MessageService:
         reply = await self._responder.reply(
             tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
         )
+        replies = [self._content.process_outbound(c) for c in reply.contents[:MAX_REPLIES]]
         outbound = [
             _message(
                 conversation,
-                self._content.process_outbound(content),
+                processed_reply,
                 direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
                 sender_id=RESPONDER_ID,
                 now=now,
                 reply_to=inbound.id,
                 metadata={},
             )
-            for content in reply.contents[:MAX_REPLIES]
+            for processed_reply in replies
         ]
         # The session as it stands after this exchange is part of the response.
         context.update(reply.context_updates)
         session.context.Clear()
         session.context.update(context)
         self._sessions.touch(session, now=now)
-        texts = [processed.search_text] + [
-            self._content.process_outbound(m.content).search_text for m in outbound
-        ]
+        texts = [processed.search_text] + [r.search_text for r in replies]
         try:
             response = await self._transactions.run(
                 lambda tx: self._store(
