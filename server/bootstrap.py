@@ -53,10 +53,13 @@ from server.interceptors.chain import ChainDependencies, build_interceptors
 from server.interceptors.tenant import StaticTenantDirectory
 from server.metrics import Metrics
 from server.processors.content import ContentProcessor
+from server.processors.fetch import HttpMediaFetcher
+from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.idempotency import MongoIdempotencyStore
 from server.repositories.locks import MongoLease
+from server.repositories.media import GridFsMediaStore
 from server.repositories.messages import MongoMessageRepository
 from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.outbox import MongoOutbox
@@ -228,6 +231,10 @@ class ChatServer:
         )
         self._relay_task: asyncio.Task[None] | None = None
         self._responder_channel: grpc.aio.Channel | None = None
+        self._media_fetcher = HttpMediaFetcher(
+            timeout_seconds=settings.media_fetch_timeout_seconds,
+            allow_private=settings.media_fetch_allow_private,
+        )
         self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._events = EventWriter(
@@ -289,7 +296,10 @@ class ChatServer:
                 idempotency=MongoIdempotencyStore(database=database),
                 transactions=transactions,
                 content=ContentProcessor(
-                    text=TextProcessor(default_phone_region=self._settings.phone_default_region)
+                    text=TextProcessor(default_phone_region=self._settings.phone_default_region),
+                    media=MediaProcessor(
+                        store=GridFsMediaStore(database=database), fetcher=self._media_fetcher
+                    ),
                 ),
                 responder=self._responder(messages),
                 events=self._events,
@@ -359,6 +369,7 @@ class ChatServer:
             await self._metrics_runner.cleanup()
         if self._responder_channel is not None:
             await self._responder_channel.close(None)
+        await self._media_fetcher.close()
         await self._resources.close()
         log.info("stopped")
 

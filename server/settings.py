@@ -85,6 +85,8 @@ class Settings:
     phone_default_region: str
     responder_target: str | None
     responder_timeout_seconds: float
+    media_fetch_timeout_seconds: float
+    media_fetch_allow_private: bool
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -128,6 +130,13 @@ class Settings:
                 "CHAT_RESPONDER_TIMEOUT_MS", "2000", _positive_float
             )
             / 1000,
+            media_fetch_timeout_seconds=env.parse(
+                "CHAT_MEDIA_FETCH_TIMEOUT_MS", "10000", _positive_float
+            )
+            / 1000,
+            media_fetch_allow_private=env.parse(
+                "CHAT_MEDIA_FETCH_ALLOW_PRIVATE", "false", _boolean
+            ),
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(

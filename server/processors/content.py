@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chat.v1 import common_pb2
-from server.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from server.domain.errors import FieldViolation, InvalidArgument
 from server.normalizers.text import normalize_text
 from server.processors.location import process_location
+from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 
 MAX_TEXT_CHARS = 4096
@@ -41,11 +42,14 @@ class ProcessedContent:
 class ContentProcessor:
     """Dispatches on the content's kind."""
 
-    def __init__(self, *, text: TextProcessor) -> None:
+    def __init__(self, *, text: TextProcessor, media: MediaProcessor) -> None:
         self._text = text
+        self._media = media
 
-    def process_inbound(self, content: common_pb2.Content, field: str) -> ProcessedContent:
-        """Content written by an end user."""
+    async def process_inbound(
+        self, tenant_id: str, content: common_pb2.Content, *, channel: int, field: str
+    ) -> ProcessedContent:
+        """Content written by an end user on ``channel``."""
         kind = content.WhichOneof("kind")
         if kind is None:
             raise InvalidArgument(
@@ -81,11 +85,16 @@ class ContentProcessor:
                     FieldViolation(f"{field}.interactive", "use interactive_reply for a choice")
                 ],
             )
-        raise Unimplemented("media messages are not accepted yet", reason="MEDIA_NOT_SUPPORTED")
+        return await self._process_media(tenant_id, content.media, channel, f"{field}.media")
 
-    def process_outbound(self, content: common_pb2.Content) -> ProcessedContent:
-        """Content written by the responder (trusted, but normalized the same way)."""
+    async def process_outbound(
+        self, tenant_id: str, content: common_pb2.Content, *, channel: int, field: str
+    ) -> ProcessedContent:
+        """Content written by the responder (trusted, but normalized and checked for the
+        channel the same way)."""
         kind = content.WhichOneof("kind")
+        if kind == "media":
+            return await self._process_media(tenant_id, content.media, channel, f"{field}.media")
         if kind == "text":
             normalized = normalize_text(content.text.text).text[:MAX_TEXT_CHARS]
             return ProcessedContent(
@@ -104,6 +113,21 @@ class ContentProcessor:
             entities=(),
             search_text=search_text,
             metadata={},
+        )
+
+    async def _process_media(
+        self, tenant_id: str, media: common_pb2.MediaContent, channel: int, field: str
+    ) -> ProcessedContent:
+        processed = await self._media.process(tenant_id, media, channel=channel, field=field)
+        caption = normalize_text(processed.content.caption).text
+        processed.content.caption = caption
+        return ProcessedContent(
+            content=common_pb2.Content(media=processed.content),
+            type=processed.type,
+            language="",
+            entities=(),
+            search_text=" ".join(filter(None, (caption, processed.content.file_name))).casefold(),
+            metadata=processed.metadata,
         )
 
     def _process_text(self, raw: str, field: str) -> ProcessedContent:

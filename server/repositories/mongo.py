@@ -21,6 +21,9 @@ OUTBOX = "outbox"
 IDEMPOTENCY = "idempotency"
 LOCKS = "locks"
 USERS = "users"
+#: GridFS bucket for media bytes (collections media.files and media.chunks).
+MEDIA_BUCKET = "media"
+MEDIA_FILES = f"{MEDIA_BUCKET}.files"
 
 DUPLICATE_KEY_CODE = 11000
 
@@ -68,6 +71,13 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("published", ASCENDING), ("position", ASCENDING)], name="pending"),
         # Published events are kept a week for inspection, then removed.
         IndexModel([("publish_time", ASCENDING)], expireAfterSeconds=7 * 86400, name="expiry"),
+    ],
+    MEDIA_FILES: [
+        # Content addressing: the same bytes of one tenant are stored once.
+        IndexModel(
+            [("metadata.tenant_id", ASCENDING), ("metadata.sha256", ASCENDING)],
+            name="tenant_sha256",
+        ),
     ],
     USERS: [
         IndexModel(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -94,7 +94,9 @@ class MessageService:
             stored = await self._idempotency.get(tenant_id, SEND_MESSAGE, request.request_id)
             if stored is not None:
                 return chat_service_pb2.SendMessageResponse.FromString(stored)
-        processed = self._content.process_inbound(request.content, "content")
+        processed = await self._content.process_inbound(
+            tenant_id, request.content, channel=request.channel, field="content"
+        )
         now = self._clock()
         conversation, started = await self._conversation(tenant_id, actor_id, request, now)
         session, session_created = await self._sessions.get_or_create(
@@ -122,7 +124,7 @@ class MessageService:
         reply = await self._responder.reply(
             tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
         )
-        replies = [self._content.process_outbound(c) for c in reply.contents[:MAX_REPLIES]]
+        replies = await self._replies(tenant_id, conversation.channel, reply.contents)
         outbound = [
             _message(
                 conversation,
@@ -169,6 +171,23 @@ class MessageService:
         if started:
             log.info("conversation started", conversation_id=conversation.id)
         return response
+
+    async def _replies(
+        self, tenant_id: str, channel: int, contents: Sequence[common_pb2.Content]
+    ) -> list[ProcessedContent]:
+        """The responder's contents, processed for the channel; a content the channel cannot
+        take is left out (and logged) rather than failing the user's message."""
+        replies = []
+        for index, content in enumerate(contents[:MAX_REPLIES]):
+            try:
+                replies.append(
+                    await self._content.process_outbound(
+                        tenant_id, content, channel=channel, field=f"replies[{index}]"
+                    )
+                )
+            except (InvalidArgument, NotFound) as exc:
+                log.warning("reply left out", index=index, error=str(exc), reason=exc.reason)
+        return replies
 
     async def _conversation(
         self,

@@ -144,12 +144,6 @@ async def test_bad_input_is_invalid_argument_and_stores_nothing(
     assert list(listed.conversations) == []
 
 
-async def test_media_is_refused_plainly_for_now(acme: ChatClient) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await acme.send(content=c.Content(media=c.MediaContent(url="https://x.test/a.png")))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_a_retry_with_the_same_request_id_stores_nothing_twice(acme: ChatClient) -> None:
     user = "idem-" + uuid.uuid4().hex[:8]
     first = await acme.send("hello", user_id=user, request_id="req-1")

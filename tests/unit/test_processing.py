@@ -5,11 +5,13 @@ import math
 import pytest
 
 from chat.v1 import common_pb2
-from server.domain.errors import InvalidArgument, Unimplemented
+from server.domain.errors import InvalidArgument
 from server.normalizers.text import normalize_text
 from server.processors.content import ContentProcessor
 from server.processors.location import process_location
+from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
+from tests.unit.fakes import MemoryMediaStore, StaticFetcher
 
 E = common_pb2
 
@@ -21,7 +23,9 @@ def text() -> TextProcessor:
 
 @pytest.fixture(scope="module")
 def content(text: TextProcessor) -> ContentProcessor:
-    return ContentProcessor(text=text)
+    return ContentProcessor(
+        text=text, media=MediaProcessor(store=MemoryMediaStore(), fetcher=StaticFetcher())
+    )
 
 
 def test_normalization() -> None:
@@ -108,22 +112,20 @@ def test_location_ranges() -> None:
         ),
     ],
 )
-def test_invalid_content_names_the_field(
+async def test_invalid_content_names_the_field(
     content: ContentProcessor, message: common_pb2.Content, field: str
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        content.process_inbound(message, "content")
+        await content.process_inbound("t1", message, channel=E.CHANNEL_TYPE_WEB, field="content")
     assert [v.field for v in caught.value.field_violations] == [field]
 
 
-def test_media_is_not_accepted_yet(content: ContentProcessor) -> None:
-    with pytest.raises(Unimplemented):
-        content.process_inbound(E.Content(media=E.MediaContent(url="https://x/y.png")), "content")
-
-
-def test_processed_text(content: ContentProcessor) -> None:
-    processed = content.process_inbound(
-        E.Content(text=E.TextContent(text="Mail  ME at A@B.io")), "content"
+async def test_processed_text(content: ContentProcessor) -> None:
+    processed = await content.process_inbound(
+        "t1",
+        E.Content(text=E.TextContent(text="Mail  ME at A@B.io")),
+        channel=E.CHANNEL_TYPE_WEB,
+        field="content",
     )
     assert processed.content.text.text == "Mail ME at A@B.io"
     assert processed.type == E.MESSAGE_TYPE_TEXT
