@@ -58,6 +58,7 @@ from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.idempotency import MongoIdempotencyStore
+from server.repositories.live import LiveHub, RedisLiveEvents
 from server.repositories.locks import MongoLease
 from server.repositories.media import GridFsMediaStore
 from server.repositories.messages import MongoMessageRepository
@@ -70,9 +71,10 @@ from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
-from server.services.messages import MessageService
+from server.services.messages import MessageService, utc_now
 from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
+from server.services.streams import QuietLiveEvents, StreamService
 from server.settings import Settings
 
 log = structlog.get_logger("chat.server")
@@ -246,6 +248,8 @@ class ChatServer:
             client=resources.redis, ttl_seconds=settings.session_ttl_seconds
         )
         self._session_service = SessionService(sessions=self._session_store, events=self._events)
+        self._hub = LiveHub(client=resources.redis, queue_limit=settings.stream_queue_limit)
+        self._live = QuietLiveEvents(RedisLiveEvents(client=resources.redis))
         self.port = 0
         self._register()
         if extra_handlers:
@@ -303,6 +307,7 @@ class ChatServer:
                 ),
                 responder=self._responder(messages),
                 events=self._events,
+                live=self._live,
                 on_events=self._relay.wake,
             ),
             conversations=ConversationService(
@@ -311,6 +316,18 @@ class ChatServer:
                 sessions=self._session_service,
                 outbox=outbox,
                 transactions=transactions,
+                live=self._live,
+                on_events=self._relay.wake,
+            ),
+            streams=StreamService(
+                conversations=conversations,
+                messages=messages,
+                subscriptions=self._hub,
+                live=self._live,
+                outbox=outbox,
+                idempotency=MongoIdempotencyStore(database=database),
+                transactions=transactions,
+                clock=utc_now,
                 on_events=self._relay.wake,
             ),
         )
@@ -350,13 +367,22 @@ class ChatServer:
         )
         return self.port
 
+    @property
+    def stream_subscribers(self) -> int:
+        """Open StreamConversationEvents calls on this server."""
+        return self._hub.subscriber_count
+
     async def stop(self) -> None:
-        """Report NOT_SERVING, drain in-flight calls within the grace period, close clients."""
+        """Report NOT_SERVING, drain in-flight calls within the grace period, close clients.
+        Calling it again does nothing."""
+        if self._stopping.is_set():
+            return
         log.info("shutting down", grace_seconds=self._settings.shutdown_grace_seconds)
         self._stopping.set()
         if self._monitor_task is not None:
             await _finish(self._monitor_task)
         await self._health.enter_graceful_shutdown()
+        self._hub.end_streams()
         await self._server.stop(self._settings.shutdown_grace_seconds)
         if self._sweep_task is not None:
             await _finish(self._sweep_task)
@@ -370,6 +396,7 @@ class ChatServer:
         if self._responder_channel is not None:
             await self._responder_channel.close(None)
         await self._media_fetcher.close()
+        await self._hub.close()
         await self._resources.close()
         log.info("stopped")
 

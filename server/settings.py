@@ -87,6 +87,7 @@ class Settings:
     responder_timeout_seconds: float
     media_fetch_timeout_seconds: float
     media_fetch_allow_private: bool
+    stream_queue_limit: int
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -137,6 +138,7 @@ class Settings:
             media_fetch_allow_private=env.parse(
                 "CHAT_MEDIA_FETCH_ALLOW_PRIVATE", "false", _boolean
             ),
+            stream_queue_limit=env.parse("CHAT_STREAM_QUEUE_LIMIT", "256", _positive_int),
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(

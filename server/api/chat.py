@@ -11,11 +11,12 @@ from google.protobuf import timestamp_pb2
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
 from server.api.pages import cursor_int, decode_token, encode_token, page_size
 from server.auth.principal import current_principal
-from server.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from server.domain.errors import FieldViolation, InvalidArgument
 from server.normalizers.text import normalize_text
 from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
 from server.services.messages import MessageService
+from server.services.streams import StreamService
 
 T = TypeVar("T", common_pb2.Conversation, common_pb2.Message)
 
@@ -29,11 +30,18 @@ _CONTENT_TYPES = {
 
 
 class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
-    """The implemented part of ChatService; the rest answers UNIMPLEMENTED."""
+    """ChatService."""
 
-    def __init__(self, *, messages: MessageService, conversations: ConversationService) -> None:
+    def __init__(
+        self,
+        *,
+        messages: MessageService,
+        conversations: ConversationService,
+        streams: StreamService,
+    ) -> None:
         self._messages = messages
         self._conversations = conversations
+        self._streams = streams
 
     async def SendMessage(
         self, request: chat_service_pb2.SendMessageRequest, context: Any
@@ -180,18 +188,67 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             content_type = ""  # on the first chunk only
 
     async def StreamConversationEvents(
-        self, request: Any, context: Any
+        self, request: chat_service_pb2.StreamConversationEventsRequest, context: Any
     ) -> AsyncIterator[chat_service_pb2.StreamConversationEventsResponse]:
-        nothing: tuple[chat_service_pb2.StreamConversationEventsResponse, ...] = ()
-        for item in nothing:
-            yield item
-        raise Unimplemented("StreamConversationEvents is not available yet")
+        _require("conversation_id", request.conversation_id)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        if after is not None and after < 0:
+            raise InvalidArgument(
+                "after_sequence is invalid",
+                field_violations=[FieldViolation("after_sequence", "0 or more")],
+            )
+        caller = current_principal()
+        async for event in self._streams.stream(
+            caller.tenant_id,
+            request.conversation_id,
+            after_sequence=after,
+            expires_at=caller.expires_at,
+        ):
+            yield event
 
-    async def SendTypingIndicator(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("SendTypingIndicator is not available yet")
+    async def SendTypingIndicator(
+        self, request: chat_service_pb2.SendTypingIndicatorRequest, context: Any
+    ) -> chat_service_pb2.SendTypingIndicatorResponse:
+        _require("conversation_id", request.conversation_id)
+        _require("participant_id", request.participant_id)
+        if request.direction not in (
+            common_pb2.MESSAGE_DIRECTION_UNSPECIFIED,
+            common_pb2.MESSAGE_DIRECTION_INBOUND,
+            common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+        ):
+            raise InvalidArgument(
+                "direction is invalid",
+                field_violations=[FieldViolation("direction", "INBOUND or OUTBOUND")],
+            )
+        await self._streams.typing(
+            current_principal().tenant_id,
+            request.conversation_id,
+            participant_id=request.participant_id,
+            typing=request.typing,
+            # Unset means the end user, the usual caller of a web widget.
+            direction=request.direction or common_pb2.MESSAGE_DIRECTION_INBOUND,
+        )
+        return chat_service_pb2.SendTypingIndicatorResponse()
 
-    async def MarkRead(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("MarkRead is not available yet")
+    async def MarkRead(
+        self, request: chat_service_pb2.MarkReadRequest, context: Any
+    ) -> chat_service_pb2.MarkReadResponse:
+        _require("conversation_id", request.conversation_id)
+        violations = []
+        if request.up_to_sequence <= 0:
+            violations.append(FieldViolation("up_to_sequence", "required, positive"))
+        if len(request.request_id) > MAX_ID_CHARS:
+            violations.append(FieldViolation("request_id", f"at most {MAX_ID_CHARS} characters"))
+        if violations:
+            raise InvalidArgument("the request is invalid", field_violations=violations)
+        caller = current_principal()
+        return await self._streams.mark_read(
+            caller.tenant_id,
+            caller.subject,
+            request.conversation_id,
+            up_to_sequence=request.up_to_sequence,
+            request_id=request.request_id,
+        )
 
 
 def _start(window: common_pb2.TimeRange) -> dt.datetime | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ class Principal:
     subject: str
     tenant_id: str
     scopes: frozenset[str]
+    #: The token's ``exp`` (seconds since the epoch): long streams end when it passes.
+    expires_at: float = math.inf
 
 
 _principal: ContextVar[Principal | None] = ContextVar("principal", default=None)

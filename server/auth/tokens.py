@@ -145,4 +145,6 @@ def _principal(claims: dict[str, Any]) -> Principal:
         scopes = frozenset(raw_scope)
     else:
         raise Unauthenticated("token scope claim malformed", reason="TOKEN_MALFORMED")
-    return Principal(subject=subject, tenant_id=tenant_id, scopes=scopes)
+    return Principal(
+        subject=subject, tenant_id=tenant_id, scopes=scopes, expires_at=float(claims["exp"])
+    )

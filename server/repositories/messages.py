@@ -125,12 +125,49 @@ class MongoMessageRepository:
         )
         return [to_proto(document) async for document in cursor.limit(limit)]
 
+    async def mark_read(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        up_to_sequence: int,
+        session: AsyncClientSession,
+    ) -> list[common_pb2.Message]:
+        """Move outbound messages up to the sequence to READ, never backwards (FAILED and READ
+        ones stay); returns the messages that changed, as they are now."""
+        query: Document = {
+            "tenant_id": tenant_id,
+            "conversation_id": conversation_id,
+            "direction": common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+            "sequence": {"$lte": up_to_sequence},
+            "delivery_status": {"$in": _READABLE},
+        }
+        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}, session=session)
+        changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
+        if changed:
+            await self._collection.update_many(
+                {**query, "_id": {"$in": [m.id for m in changed]}},
+                {"$set": {"delivery_status": common_pb2.DELIVERY_STATUS_READ}},
+                session=session,
+            )
+        for message in changed:
+            message.delivery_status = common_pb2.DELIVERY_STATUS_READ
+        return changed
+
     async def explain_history(self, tenant_id: str, conversation_id: str) -> Document:
         """The query plan of a history page (tests assert it uses the index)."""
         cursor = self._collection.find(
             {"tenant_id": tenant_id, "conversation_id": conversation_id, "sequence": {"$gt": 0}}
         ).sort("sequence", ASCENDING)
         return await cursor.limit(50).explain()
+
+
+#: The statuses READ moves forward from.
+_READABLE = [
+    common_pb2.DELIVERY_STATUS_QUEUED,
+    common_pb2.DELIVERY_STATUS_SENT,
+    common_pb2.DELIVERY_STATUS_DELIVERED,
+]
 
 
 def to_proto(document: Document) -> common_pb2.Message:

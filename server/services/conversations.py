@@ -21,6 +21,7 @@ from server.services.ports import (
     Tx,
 )
 from server.services.sessions import SessionService
+from server.services.streams import QuietLiveEvents, closed_event
 
 
 class ConversationService:
@@ -34,9 +35,11 @@ class ConversationService:
         sessions: SessionService,
         outbox: Outbox,
         transactions: TransactionRunner,
+        live: QuietLiveEvents,
         on_events: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
+        self._live = live
         self._conversations = conversations
         self._messages = messages
         self._sessions = sessions
@@ -103,6 +106,7 @@ class ConversationService:
         if closed is None:
             return await self.get(tenant_id, conversation_id)  # closed before, or not found
         self._on_events()
+        await self._live.publish(tenant_id, closed.id, [closed_event(closed)])
         await self._sessions.end_current(tenant_id, actor_id, closed.id)
         return closed
 

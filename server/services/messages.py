@@ -37,6 +37,7 @@ from server.services.ports import (
     UserRepository,
 )
 from server.services.responder import RESPONDER_ID, Responder
+from server.services.streams import QuietLiveEvents, message_event
 
 log = structlog.get_logger("chat.messages")
 
@@ -69,9 +70,11 @@ class MessageService:
         content: ContentProcessor,
         responder: Responder,
         events: EventWriter,
+        live: QuietLiveEvents,
         on_events: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
+        self._live = live
         self._conversations = conversations
         self._messages = messages
         self._users = users
@@ -164,6 +167,11 @@ class MessageService:
                 raise
             return chat_service_pb2.SendMessageResponse.FromString(stored)
         self._on_events()
+        await self._live.publish(
+            tenant_id,
+            response.conversation.id,
+            [message_event(m) for m in (response.message, *response.replies)],
+        )
         try:
             await self._sessions.save(tenant_id, session, now=now)
         except Exception as exc:  # noqa: BLE001 - the exchange is committed; the session can lag

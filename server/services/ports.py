@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from chat.v1 import common_pb2, events_pb2
+from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.repositories.conversations import ConversationFilter
 
 T = TypeVar("T")
@@ -98,6 +98,10 @@ class MessageRepository(Protocol):
         self, tenant_id: str, conversation_id: str, *, batch_size: int = 500
     ) -> AsyncIterator[common_pb2.Message]: ...
 
+    async def mark_read(
+        self, tenant_id: str, conversation_id: str, *, up_to_sequence: int, session: Tx
+    ) -> list[common_pb2.Message]: ...
+
     async def search(
         self,
         tenant_id: str,
@@ -176,3 +180,30 @@ class SessionStore(Protocol):
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]: ...
 
     async def reindex(self, tenant_id: str, session: common_pb2.Session) -> None: ...
+
+
+class LiveEvents(Protocol):
+    """Publishes a conversation's live events to every server process's streams."""
+
+    async def publish(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        events: Sequence[chat_service_pb2.StreamConversationEventsResponse],
+    ) -> None: ...
+
+
+class LiveSubscription(Protocol):
+    """One stream's queue of live events; None means "catch up from storage"."""
+
+    async def next(self) -> chat_service_pb2.StreamConversationEventsResponse | None: ...
+
+
+class LiveSubscriptions(Protocol):
+    """Subscribes streams to a conversation's live events."""
+
+    async def subscribe(self, tenant_id: str, conversation_id: str) -> LiveSubscription:
+        """Returns once every later publish is sure to arrive."""
+        ...
+
+    async def unsubscribe(self, subscription: Any) -> None: ...

@@ -27,6 +27,7 @@ from chat.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
+from chat.v1 import common_pb2 as c
 from devstack.tokens import mint_dev_token
 from tests.contract import served_methods
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
@@ -38,9 +39,6 @@ ALL_SCOPES = ("chat:read", "chat:write", "chat:ingest", "chat:admin")
 #: RPCs whose implementations arrive with later issues. Each must answer UNIMPLEMENTED;
 #: when one is implemented, move it to WALKS with its cross-tenant case.
 PENDING = {
-    "/chat.v1.ChatService/StreamConversationEvents",
-    "/chat.v1.ChatService/SendTypingIndicator",
-    "/chat.v1.ChatService/MarkRead",
     "/chat.v1.IngestService/IngestEvents",
     "/chat.v1.DeliveryService/GetDeliveryStatus",
     "/chat.v1.DeliveryService/ListFailedDeliveries",
@@ -104,6 +102,21 @@ def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
             "chat",
             "ExportConversation",
             chat.ExportConversationRequest(conversation_id=cid, format=chat.EXPORT_FORMAT_JSONL),
+        ),
+        "/chat.v1.ChatService/StreamConversationEvents": (
+            "chat",
+            "StreamConversationEvents",
+            chat.StreamConversationEventsRequest(conversation_id=cid, after_sequence=0),
+        ),
+        "/chat.v1.ChatService/SendTypingIndicator": (
+            "chat",
+            "SendTypingIndicator",
+            chat.SendTypingIndicatorRequest(conversation_id=cid, participant_id="attacker"),
+        ),
+        "/chat.v1.ChatService/MarkRead": (
+            "chat",
+            "MarkRead",
+            chat.MarkReadRequest(conversation_id=cid, up_to_sequence=2),
         ),
         "/chat.v1.SessionService/GetSession": (
             "session",
@@ -183,6 +196,13 @@ async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None
         "GetConversation", chat.GetConversationRequest(conversation_id=victim.conversation_id)
     )
     assert still.conversation.message_count == 2
+    history = await ChatClient(channel, "globex").call(
+        "ListMessages", chat.ListMessagesRequest(conversation_id=victim.conversation_id)
+    )
+    assert [m.delivery_status for m in history.messages] == [
+        c.DELIVERY_STATUS_UNSPECIFIED,
+        c.DELIVERY_STATUS_SENT,  # MarkRead by the attacker changed nothing
+    ]
 
 
 async def outcome(

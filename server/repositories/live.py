@@ -1,0 +1,248 @@
+"""Live conversation events through Redis pub/sub, so a stream on one server process sees what
+happened on any other.
+
+Publishing is one pipelined round trip per batch. Subscribing goes through one hub per
+process: a single pub/sub connection, subscribed to each conversation that has a local
+stream, fanning every event out to the local streams' bounded queues. Pub/sub keeps
+nothing: the streams recover what they missed from MongoDB (by sequence), and the hub tells
+them to when its connection was lost and came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+import redis.asyncio as redis
+import structlog
+from redis.exceptions import RedisError
+
+from chat.v1 import chat_service_pb2
+
+log = structlog.get_logger("chat.live")
+
+Event = chat_service_pb2.StreamConversationEventsResponse
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+_RECONNECT_DELAY_SECONDS = 0.5
+
+
+def live_channel(tenant_id: str, conversation_id: str) -> str:
+    """The pub/sub channel of one conversation (tenant first, like every key)."""
+    return f"chat:{tenant_id}:live:{conversation_id}"
+
+
+class RedisLiveEvents:
+    """Publishes a conversation's live events."""
+
+    def __init__(self, *, client: redis.Redis) -> None:
+        self._client = client
+
+    async def publish(self, tenant_id: str, conversation_id: str, events: Sequence[Event]) -> None:
+        """Publish in order, in one round trip. Raises RedisError when Redis is unreachable."""
+        if not events:
+            return
+        channel = live_channel(tenant_id, conversation_id)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.publish(channel, event.SerializeToString())
+            await pipe.execute()
+
+
+# Markers, compared by identity, never sent.
+_OVERFLOW = Event()
+_CLOSING = Event()
+
+
+class Subscription:
+    """One stream's view of a conversation: a bounded queue of events.
+
+    ``None`` in the queue means "you may have missed events: catch up from storage".
+    """
+
+    def __init__(self, channel: str, limit: int) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=limit)
+        self._overflowed = False
+
+    def offer(self, event: Event | None) -> None:
+        """Queue an event; a full queue drops the subscriber (and what it had queued)."""
+        if self._overflowed:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._end(_OVERFLOW)
+
+    def close(self) -> None:
+        """End the subscription: the server is shutting down."""
+        if not self._overflowed:
+            self._end(_CLOSING)
+
+    async def next(self) -> Event | None:
+        """The next event; raises SubscriberTooSlowError once the queue has overflowed,
+        HubClosingError once the server is shutting down."""
+        event = await self._queue.get()
+        if event is _OVERFLOW:
+            raise SubscriberTooSlowError
+        if event is _CLOSING:
+            raise HubClosingError
+        return event
+
+    def _end(self, marker: Event) -> None:
+        self._overflowed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(marker)
+
+
+class SubscriberTooSlowError(Exception):
+    """The subscriber's queue overflowed."""
+
+
+class HubClosingError(Exception):
+    """The server is shutting down; the subscriber should reconnect (to another process)."""
+
+
+class LiveHub:
+    """This process's subscriptions, over one pub/sub connection."""
+
+    def __init__(self, *, client: redis.Redis, queue_limit: int) -> None:
+        self._client = client
+        self._queue_limit = queue_limit
+        self._pubsub = client.pubsub()
+        self._local: dict[str, set[Subscription]] = {}
+        # SUBSCRIBE commands sent and confirmed per channel with local subscribers: a
+        # subscriber waits until its own SUBSCRIBE is confirmed, so nothing published after
+        # that is missed.
+        self._sent: dict[str, int] = {}
+        self._confirmed: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._control = f"chat:live-hub:{uuid.uuid4().hex}"
+        self._closing = False
+
+    @property
+    def subscriber_count(self) -> int:
+        """Local subscriptions (for metrics and tests)."""
+        return sum(len(subs) for subs in self._local.values())
+
+    async def subscribe(self, tenant_id: str, conversation_id: str) -> Subscription:
+        """Subscribe; returns once Redis confirmed, so every later publish arrives."""
+        channel = live_channel(tenant_id, conversation_id)
+        subscription = Subscription(channel, self._queue_limit)
+        if self._closing:
+            subscription.close()
+        async with self._lock:
+            await self._start()
+            subscribers = self._local.setdefault(channel, set())
+            subscribers.add(subscription)
+            if len(subscribers) > 1:
+                target = self._sent[channel]
+            else:
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:
+                    self._remove(subscription)
+                    raise
+                self._sent[channel] = self._sent.get(channel, 0) + 1
+                target = self._sent[channel]
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS), self._changed:
+                await self._changed.wait_for(lambda: self._confirmed.get(channel, 0) >= target)
+        except BaseException:
+            await self.unsubscribe(subscription)
+            raise
+        return subscription
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Remove one subscription; the channel is left when its last one goes."""
+        async with self._lock:
+            if self._remove(subscription):
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(subscription.channel)
+
+    def end_streams(self) -> None:
+        """Tell every local stream to end (at shutdown, before the server drains calls)."""
+        self._closing = True
+        for subscribers in self._local.values():
+            for subscription in subscribers:
+                subscription.close()
+
+    async def close(self) -> None:
+        """Stop reading and close the connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _remove(self, subscription: Subscription) -> bool:
+        """Forget the subscription; True when it was the channel's last."""
+        subscribers = self._local.get(subscription.channel)
+        if subscribers is None:
+            return False
+        subscribers.discard(subscription)
+        if subscribers:
+            return False
+        del self._local[subscription.channel]
+        self._sent.pop(subscription.channel, None)
+        self._confirmed.pop(subscription.channel, None)
+        return True
+
+    async def _start(self) -> None:
+        if self._reader is None:
+            # A channel of its own gives the connection a subscription before the first
+            # stream's, so the reader always has a connection to read.
+            await self._pubsub.subscribe(self._control)
+            self._reader = asyncio.create_task(self._read(), name="live-hub-reader")
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                log.warning("live events connection lost", error=repr(exc))
+                await asyncio.sleep(_RECONNECT_DELAY_SECONDS)
+                continue
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = _text(message["channel"])
+            if kind == "message":
+                self._dispatch(channel, message["data"])
+            elif kind == "subscribe":
+                await self._on_subscribed(channel)
+
+    async def _on_subscribed(self, channel: str) -> None:
+        async with self._changed:
+            sent = self._sent.get(channel, 0)
+            confirmed = self._confirmed.get(channel, 0) + 1
+            if confirmed > sent:
+                # The connection came back and redis-py subscribed again: whatever was
+                # published meanwhile is lost here, so the streams catch up from storage.
+                confirmed = sent
+                for subscription in self._local.get(channel, ()):
+                    subscription.offer(None)
+            if channel in self._local:
+                self._confirmed[channel] = confirmed
+            self._changed.notify_all()
+
+    def _dispatch(self, channel: str, data: bytes) -> None:
+        subscribers = self._local.get(channel)
+        if not subscribers:
+            return
+        try:
+            event = Event.FromString(data)
+        except Exception:  # noqa: BLE001 - a foreign publisher on our channel
+            log.warning("undecodable live event dropped", channel=channel)
+            return
+        for subscription in subscribers:
+            subscription.offer(event)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
