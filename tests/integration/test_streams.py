@@ -29,6 +29,9 @@ from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatCli
 from tests.integration.conftest import RunningServer, tenants_file
 from tests.integration.tcp_proxy import TcpProxy
 
+# Pub/sub fan-out is Redis-facing: CI runs these against the machine's Redis as well.
+pytestmark = pytest.mark.redis
+
 StartServer = Callable[..., Awaitable[RunningServer]]
 Event = chat.StreamConversationEventsResponse
 WAIT = 10.0
