@@ -118,10 +118,14 @@ class Launcher:
     ) -> dict[str, str]:
         env = dict(self._environ)
         env.update(endpoints.as_env())
+        metrics = self._config.metrics_port
+        worker_metrics = metrics + 1 if metrics else 0
         env.update(
             {
                 "CHAT_GRPC_ADDRESS": f"{HOST}:{grpc_port}",
                 "CHAT_METRICS_ADDRESS": f"{HOST}:{free_port(self._config.metrics_port)}",
+                # The worker's own /metrics, on the next port (any free one with port 0).
+                "CHAT_WORKER_METRICS_ADDRESS": f"{HOST}:{free_port(worker_metrics)}",
                 "CHAT_BRIDGE_HOST": HOST,
                 "CHAT_BRIDGE_PORT": str(bridge_port),
                 "CHAT_SERVER_TARGET": f"{HOST}:{grpc_port}",

@@ -30,6 +30,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.exceptions import RedisError
 
 from chat.v1 import (
+    analytics_service_pb2,
+    analytics_service_pb2_grpc,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     chat_service_pb2,
     chat_service_pb2_grpc,
     delivery_service_pb2,
@@ -39,6 +43,8 @@ from chat.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
+from server.api.analytics import AnalyticsServicer
+from server.api.audit import AuditServicer
 from server.api.chat import ChatServicer
 from server.api.sessions import SessionServicer
 from server.api.tenants import TenantServicer
@@ -56,6 +62,9 @@ from server.processors.content import ContentProcessor
 from server.processors.fetch import HttpMediaFetcher
 from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
+from server.repositories.analytics import MongoAnalytics
+from server.repositories.audit import MongoAuditLog
+from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.idempotency import MongoIdempotencyStore
 from server.repositories.live import LiveHub, RedisLiveEvents
@@ -93,6 +102,8 @@ SERVED_SERVICES: tuple[str, ...] = tuple(
         (ingest_service_pb2, "IngestService"),
         (delivery_service_pb2, "DeliveryService"),
         (tenant_service_pb2, "TenantService"),
+        (analytics_service_pb2, "AnalyticsService"),
+        (audit_service_pb2, "AuditService"),
     )
 )
 
@@ -118,10 +129,10 @@ class Resources:
             stack.push_async_callback(self.publisher.close)
 
 
-async def create_resources(settings: Settings) -> Resources:
+async def create_resources(settings: Settings, *, needs_tenants: bool = True) -> Resources:
     """Open the clients. None of them needs its server to be up yet."""
     tenants = load_tenants(settings.tenants_file) if settings.tenants_file else {}
-    if not tenants:
+    if not tenants and needs_tenants:
         log.warning("no tenants configured; set CHAT_TENANTS_FILE")
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongodb_uri, tz_aware=True, appname="chat-server", serverSelectionTimeoutMS=5000
@@ -264,6 +275,13 @@ class ChatServer:
             SessionServicer(sessions=self._session_service), self._server
         )
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
+        database = self._resources.database
+        analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
+            AnalyticsServicer(analytics=MongoAnalytics(database=database)), self._server
+        )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(audit=MongoAuditLog(database=database)), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
@@ -317,6 +335,8 @@ class ChatServer:
                 outbox=outbox,
                 transactions=transactions,
                 live=self._live,
+                cache=RedisConversationCache(client=self._resources.redis),
+                events=self._events,
                 on_events=self._relay.wake,
             ),
             streams=StreamService(

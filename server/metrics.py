@@ -32,16 +32,21 @@ class Metrics:
 
     async def serve(self, address: str) -> web.AppRunner:
         """Start the /metrics HTTP endpoint; the caller cleans the runner up."""
-        host, _, port = address.rpartition(":")
-        app = web.Application()
+        return await serve_registry(self.registry, address)
 
-        async def metrics(_request: web.Request) -> web.Response:
-            return web.Response(
-                body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
 
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()  # noqa: S104
-        return runner
+async def serve_registry(registry: CollectorRegistry, address: str) -> web.AppRunner:
+    """Serve ``registry`` at /metrics on ``address``; the caller cleans the runner up."""
+    host, _, port = address.rpartition(":")
+    app = web.Application()
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()  # noqa: S104
+    return runner

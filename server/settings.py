@@ -66,6 +66,35 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """Thresholds, the window they are measured over, and where alerts go."""
+
+    webhook_url: str | None = None
+    interval_seconds: float = 900
+    window_minutes: int = 5
+    #: Failed / (failed + succeeded) deliveries of a tenant within the window.
+    delivery_failure_rate: float = 0.2
+    #: Fewer outcomes than this in the window are too few to judge a rate by.
+    delivery_min_outcomes: int = 20
+    #: Dead letters of a tenant within the window.
+    dead_letters: int = 10
+    #: Events not yet handled, summed over every partition.
+    consumer_lag: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The event worker (chat-worker): its consumer group, retries, metrics and alerts."""
+
+    group_id: str
+    session_timeout_seconds: float
+    metrics_address: str | None
+    retry_attempts: int
+    retry_base_delay_seconds: float
+    alerts: AlertSettings
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the chat server and worker read from the environment."""
 
@@ -91,6 +120,7 @@ class Settings:
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
+    worker: WorkerSettings
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -172,6 +202,36 @@ class Settings:
                     "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token",
                 ),
             ),
+            worker=WorkerSettings(
+                group_id=env.get("CHAT_WORKER_GROUP", "chat-worker"),
+                session_timeout_seconds=env.parse(
+                    "CHAT_WORKER_SESSION_TIMEOUT_MS", "10000", _positive_float
+                )
+                / 1000,
+                metrics_address=_optional_address(
+                    env.get("CHAT_WORKER_METRICS_ADDRESS", "0.0.0.0:9465")
+                ),
+                retry_attempts=env.parse("CHAT_WORKER_RETRY_ATTEMPTS", "5", _positive_int),
+                retry_base_delay_seconds=env.parse(
+                    "CHAT_WORKER_RETRY_BASE_DELAY_MS", "200", _positive_float
+                )
+                / 1000,
+                alerts=AlertSettings(
+                    webhook_url=env.optional("CHAT_ALERT_WEBHOOK_URL"),
+                    interval_seconds=env.parse(
+                        "CHAT_ALERT_INTERVAL_SECONDS", "900", _positive_float
+                    ),
+                    window_minutes=env.parse("CHAT_ALERT_WINDOW_MINUTES", "5", _positive_int),
+                    delivery_failure_rate=env.parse(
+                        "CHAT_ALERT_DELIVERY_FAILURE_RATE", "0.2", _fraction
+                    ),
+                    delivery_min_outcomes=env.parse(
+                        "CHAT_ALERT_DELIVERY_MIN_OUTCOMES", "20", _positive_int
+                    ),
+                    dead_letters=env.parse("CHAT_ALERT_DEAD_LETTERS", "10", _positive_int),
+                    consumer_lag=env.parse("CHAT_ALERT_CONSUMER_LAG", "10000", _positive_int),
+                ),
+            ),
         )
 
 
@@ -238,6 +298,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be at least 1")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError("expected a number in (0, 1]")
     return value
 
 

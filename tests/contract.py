@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from chat.v1 import (
+    analytics_service_pb2,
+    audit_service_pb2,
     chat_service_pb2,
     delivery_service_pb2,
     ingest_service_pb2,
@@ -17,6 +19,8 @@ SERVICE_MODULES = (
     ingest_service_pb2,
     delivery_service_pb2,
     tenant_service_pb2,
+    analytics_service_pb2,
+    audit_service_pb2,
 )
 
 

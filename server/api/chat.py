@@ -53,7 +53,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self, request: chat_service_pb2.GetConversationRequest, context: Any
     ) -> chat_service_pb2.GetConversationResponse:
         _require("conversation_id", request.conversation_id)
-        conversation = await self._conversations.get(
+        conversation = await self._conversations.get_cached(
             current_principal().tenant_id, request.conversation_id
         )
         return chat_service_pb2.GetConversationResponse(conversation=conversation)
@@ -154,9 +154,12 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             "range": window.SerializeToString().hex(),
         }
         cursor = decode_token(request.page_token, query)
+        caller = current_principal()
         page = await self._conversations.search(
-            current_principal().tenant_id,
+            caller.tenant_id,
             needle,
+            actor_id=caller.subject,
+            first_page=not request.page_token,
             conversation_id=request.conversation_id,
             channel=request.channel,
             created_from=_start(window),
@@ -177,8 +180,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
                 field_violations=[FieldViolation("format", "EXPORT_FORMAT_JSONL or _CSV")],
             )
         content_type = _CONTENT_TYPES[request.format]
+        caller = current_principal()
         async for chunk in self._conversations.export(
-            current_principal().tenant_id,
+            caller.tenant_id,
+            caller.subject,
             request.conversation_id,
             csv_format=request.format == chat_service_pb2.EXPORT_FORMAT_CSV,
         ):

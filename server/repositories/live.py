@@ -20,6 +20,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2
+from server.repositories.conversation_cache import cache_key
 
 log = structlog.get_logger("chat.live")
 
@@ -39,12 +40,22 @@ class RedisLiveEvents:
     def __init__(self, *, client: redis.Redis) -> None:
         self._client = client
 
-    async def publish(self, tenant_id: str, conversation_id: str, events: Sequence[Event]) -> None:
-        """Publish in order, in one round trip. Raises RedisError when Redis is unreachable."""
-        if not events:
+    async def publish(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        events: Sequence[Event],
+        *,
+        conversation_changed: bool = False,
+    ) -> None:
+        """Publish in order, in one round trip, with the invalidation of the conversation's
+        cached state when it changed. Raises RedisError when Redis is unreachable."""
+        if not events and not conversation_changed:
             return
         channel = live_channel(tenant_id, conversation_id)
         async with self._client.pipeline(transaction=False) as pipe:
+            if conversation_changed:
+                pipe.delete(cache_key(tenant_id, conversation_id))
             for event in events:
                 pipe.publish(channel, event.SerializeToString())
             await pipe.execute()

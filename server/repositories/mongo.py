@@ -21,6 +21,13 @@ OUTBOX = "outbox"
 IDEMPOTENCY = "idempotency"
 LOCKS = "locks"
 USERS = "users"
+#: The event worker's collections.
+HANDLED_EVENTS = "handled_events"
+ANALYTICS_MINUTES = "analytics_minutes"
+AUDIT_LOG = "audit_log"
+AUDIT_HEADS = "audit_heads"
+DEAD_LETTERS = "dead_letters"
+ALERTS = "alerts"
 #: GridFS bucket for media bytes (collections media.files and media.chunks).
 MEDIA_BUCKET = "media"
 MEDIA_FILES = f"{MEDIA_BUCKET}.files"
@@ -78,6 +85,31 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("metadata.tenant_id", ASCENDING), ("metadata.sha256", ASCENDING)],
             name="tenant_sha256",
         ),
+    ],
+    HANDLED_EVENTS: [
+        # Applied-event records outlive any redelivery Kafka could make, then go.
+        IndexModel([("handle_time", ASCENDING)], expireAfterSeconds=30 * 86400, name="expiry"),
+    ],
+    ANALYTICS_MINUTES: [
+        IndexModel(
+            [("tenant_id", ASCENDING), ("minute", ASCENDING), ("channel", ASCENDING)],
+            name="tenant_minute",
+        ),
+    ],
+    AUDIT_LOG: [
+        IndexModel([("tenant_id", ASCENDING), ("sequence", ASCENDING)], unique=True, name="chain"),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("actor_id", ASCENDING), ("sequence", DESCENDING)],
+            name="actor",
+        ),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("resource_id", ASCENDING), ("sequence", DESCENDING)],
+            name="resource",
+        ),
+    ],
+    DEAD_LETTERS: [
+        IndexModel([("tenant_id", ASCENDING), ("dead_time", ASCENDING)], name="tenant_recent"),
+        IndexModel([("dead_time", ASCENDING)], expireAfterSeconds=30 * 86400, name="expiry"),
     ],
     USERS: [
         IndexModel(

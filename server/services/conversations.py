@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator, Callable
 
+import structlog
 from google.protobuf import duration_pb2
+from redis.exceptions import RedisError
 
 from chat.v1 import common_pb2, events_pb2
 from server.domain.errors import NotFound
 from server.events.envelopes import envelope
 from server.repositories.conversations import ConversationFilter
+from server.services.event_writer import EventWriter
 from server.services.export import Chunk, chunks
 from server.services.messages import utc_now
 from server.services.ports import (
+    ConversationCache,
     ConversationRepository,
     MessageRepository,
     Outbox,
@@ -22,6 +27,13 @@ from server.services.ports import (
 )
 from server.services.sessions import SessionService
 from server.services.streams import QuietLiveEvents, closed_event
+
+log = structlog.get_logger("chat.conversations")
+
+
+def query_digest(query: str) -> str:
+    """How a search is named in the audit log: never the text, which may be personal."""
+    return "sha256:" + hashlib.sha256(query.encode()).hexdigest()
 
 
 class ConversationService:
@@ -36,10 +48,14 @@ class ConversationService:
         outbox: Outbox,
         transactions: TransactionRunner,
         live: QuietLiveEvents,
+        cache: ConversationCache,
+        events: EventWriter,
         on_events: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._live = live
+        self._cache = cache
+        self._events = events
         self._conversations = conversations
         self._messages = messages
         self._sessions = sessions
@@ -53,6 +69,23 @@ class ConversationService:
         conversation = await self._conversations.get(tenant_id, conversation_id)
         if conversation is None:
             raise NotFound("conversation not found", reason="CONVERSATION_NOT_FOUND")
+        return conversation
+
+    async def get_cached(self, tenant_id: str, conversation_id: str) -> common_pb2.Conversation:
+        """Like get, served from the Redis cache when it holds the conversation (writes drop
+        the entry, so a caller reads its own writes); Redis trouble falls back to MongoDB."""
+        try:
+            cached = await self._cache.get(tenant_id, conversation_id)
+        except (RedisError, OSError) as exc:
+            log.warning("conversation cache unavailable", error=repr(exc))
+            return await self.get(tenant_id, conversation_id)
+        if cached is not None:
+            return cached
+        conversation = await self.get(tenant_id, conversation_id)
+        try:
+            await self._cache.fill(tenant_id, conversation)
+        except (RedisError, OSError) as exc:
+            log.warning("conversation cache unavailable", error=repr(exc))
         return conversation
 
     async def list_page(
@@ -106,7 +139,9 @@ class ConversationService:
         if closed is None:
             return await self.get(tenant_id, conversation_id)  # closed before, or not found
         self._on_events()
-        await self._live.publish(tenant_id, closed.id, [closed_event(closed)])
+        await self._live.publish(
+            tenant_id, closed.id, [closed_event(closed)], conversation_changed=True
+        )
         await self._sessions.end_current(tenant_id, actor_id, closed.id)
         return closed
 
@@ -115,6 +150,8 @@ class ConversationService:
         tenant_id: str,
         needle: str,
         *,
+        actor_id: str,
+        first_page: bool,
         conversation_id: str,
         channel: int,
         created_from: dt.datetime | None,
@@ -125,6 +162,18 @@ class ConversationService:
         """Messages of the tenant containing ``needle``, newest first."""
         if conversation_id:
             await self.get(tenant_id, conversation_id)  # NOT_FOUND rather than an empty page
+        if first_page:  # one search, however many pages it is read in
+            await self._record_access(
+                tenant_id,
+                actor_id,
+                conversation_id,
+                events_pb2.DataAccessed(
+                    action=events_pb2.DATA_ACCESS_ACTION_SEARCH,
+                    resource_type="messages",
+                    resource_id=conversation_id,
+                    detail=query_digest(needle),
+                ),
+            )
         return await self._messages.search(
             tenant_id,
             needle,
@@ -137,14 +186,42 @@ class ConversationService:
         )
 
     async def export(
-        self, tenant_id: str, conversation_id: str, *, csv_format: bool
+        self, tenant_id: str, actor_id: str, conversation_id: str, *, csv_format: bool
     ) -> AsyncIterator[Chunk]:
         """The conversation as a file, in chunks (NOT_FOUND before the first chunk)."""
         await self.get(tenant_id, conversation_id)
+        await self._record_access(
+            tenant_id,
+            actor_id,
+            conversation_id,
+            events_pb2.DataAccessed(
+                action=events_pb2.DATA_ACCESS_ACTION_EXPORT,
+                resource_type="conversation",
+                resource_id=conversation_id,
+                detail="csv" if csv_format else "jsonl",
+            ),
+        )
         async for chunk in chunks(
             self._messages.all_in_order(tenant_id, conversation_id), csv_format=csv_format
         ):
             yield chunk
+
+    async def _record_access(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        conversation_id: str,
+        accessed: events_pb2.DataAccessed,
+    ) -> None:
+        """Write the access to the outbox (for the audit log) before any data is returned:
+        no access goes unrecorded."""
+        await self._events.write(
+            tenant_id=tenant_id,
+            actor_id=actor_id,
+            conversation_id=conversation_id,
+            now=self._clock(),
+            data_accessed=accessed,
+        )
 
     async def history(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.errors import (
@@ -128,13 +128,15 @@ class MessageService:
             tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
         )
         replies = await self._replies(tenant_id, conversation.channel, reply.contents)
+        # Replies are stamped when they exist: the difference is the bot's response time.
+        replied = max(self._clock(), now)
         outbound = [
             _message(
                 conversation,
                 processed_reply,
                 direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
                 sender_id=RESPONDER_ID,
-                now=now,
+                now=replied,
                 reply_to=inbound.id,
                 metadata={},
             )
@@ -171,6 +173,7 @@ class MessageService:
             tenant_id,
             response.conversation.id,
             [message_event(m) for m in (response.message, *response.replies)],
+            conversation_changed=True,
         )
         try:
             await self._sessions.save(tenant_id, session, now=now)
@@ -304,7 +307,10 @@ class MessageService:
             {"message_received": events_pb2.MessageReceived(message=inbound)}
         ]
         if updated.channel == WEB:  # handed to the channel: returned and pushed to subscribers
-            events += [{"message_sent": events_pb2.MessageSent(message=m)} for m in replies]
+            events += [
+                {"message_sent": events_pb2.MessageSent(message=m, response_time=_took(inbound, m))}
+                for m in replies
+            ]
         events.append(
             {"conversation_updated": events_pb2.ConversationUpdated(conversation=updated)}
         )
@@ -364,6 +370,12 @@ def _message(
         )
     message.create_time.FromDatetime(now)
     return message
+
+
+def _took(inbound: common_pb2.Message, reply: common_pb2.Message) -> duration_pb2.Duration:
+    took = duration_pb2.Duration()
+    took.FromTimedelta(reply.create_time.ToDatetime() - inbound.create_time.ToDatetime())
+    return took
 
 
 def _validate(request: chat_service_pb2.SendMessageRequest) -> None:

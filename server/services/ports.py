@@ -190,6 +190,8 @@ class LiveEvents(Protocol):
         tenant_id: str,
         conversation_id: str,
         events: Sequence[chat_service_pb2.StreamConversationEventsResponse],
+        *,
+        conversation_changed: bool = False,
     ) -> None: ...
 
 
@@ -207,3 +209,11 @@ class LiveSubscriptions(Protocol):
         ...
 
     async def unsubscribe(self, subscription: Any) -> None: ...
+
+
+class ConversationCache(Protocol):
+    """Conversation state cached for reads."""
+
+    async def get(self, tenant_id: str, conversation_id: str) -> common_pb2.Conversation | None: ...
+
+    async def fill(self, tenant_id: str, conversation: common_pb2.Conversation) -> bool: ...

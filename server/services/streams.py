@@ -70,14 +70,25 @@ def _stamp(now: dt.datetime) -> timestamp_pb2.Timestamp:
 
 class QuietLiveEvents:
     """Publishes live events after the data is committed; a failure is logged, not raised:
-    the data is safe, and streams catch up from storage."""
+    the data is safe, streams catch up from storage, and a cached conversation the failed
+    call did not drop is replaced by the worker's cache handler or expires."""
 
     def __init__(self, live: LiveEvents) -> None:
         self._live = live
 
-    async def publish(self, tenant_id: str, conversation_id: str, events: Sequence[Event]) -> None:
+    async def publish(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        events: Sequence[Event],
+        *,
+        conversation_changed: bool = False,
+    ) -> None:
+        """Publish; ``conversation_changed`` also drops the conversation's cached state."""
         try:
-            await self._live.publish(tenant_id, conversation_id, events)
+            await self._live.publish(
+                tenant_id, conversation_id, events, conversation_changed=conversation_changed
+            )
         except (RedisError, OSError) as exc:
             log.warning(
                 "live events not published",

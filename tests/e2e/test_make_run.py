@@ -152,6 +152,8 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
         "chat.v1.ChatService",
         "chat.v1.SessionService",
         "chat.v1.IngestService",
+        "chat.v1.AnalyticsService",
+        "chat.v1.AuditService",
         "chat.v1.DeliveryService",
         "chat.v1.TenantService",
         "grpc.health.v1.Health",

@@ -55,6 +55,8 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
         "chat.v1.IngestService",
         "chat.v1.DeliveryService",
         "chat.v1.TenantService",
+        "chat.v1.AnalyticsService",
+        "chat.v1.AuditService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

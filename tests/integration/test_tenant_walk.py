@@ -7,6 +7,7 @@ then must still answer UNIMPLEMENTED): implementing one without adding its walk 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import (
+    analytics_service_pb2,
+    analytics_service_pb2_grpc,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     chat_service_pb2_grpc,
     delivery_service_pb2,
     delivery_service_pb2_grpc,
@@ -27,6 +31,7 @@ from chat.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
+from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
 from devstack.tokens import mint_dev_token
 from tests.contract import served_methods
@@ -138,6 +143,26 @@ def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
             "GetTenant",
             tenant_service_pb2.GetTenantRequest(),
         ),
+        "/chat.v1.AnalyticsService/GetTenantAnalytics": (
+            "analytics",
+            "GetTenantAnalytics",
+            analytics_service_pb2.GetTenantAnalyticsRequest(
+                time_range={  # type: ignore[arg-type]
+                    "start_time": {"seconds": int(time.time()) - 3600},
+                    "end_time": {"seconds": int(time.time()) + 60},
+                }
+            ),
+        ),
+        "/chat.v1.AuditService/ListAuditEntries": (
+            "audit",
+            "ListAuditEntries",
+            audit_service_pb2.ListAuditEntriesRequest(resource_id=cid),
+        ),
+        "/chat.v1.AuditService/VerifyAuditChain": (
+            "audit",
+            "VerifyAuditChain",
+            audit_service_pb2.VerifyAuditChainRequest(),
+        ),
     }
 
 
@@ -164,6 +189,8 @@ async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None
         "tenant": tenant_service_pb2_grpc.TenantServiceStub(channel),
         "ingest": ingest_service_pb2_grpc.IngestServiceStub(channel),
         "delivery": delivery_service_pb2_grpc.DeliveryServiceStub(channel),
+        "analytics": analytics_service_pb2_grpc.AnalyticsServiceStub(channel),
+        "audit": audit_service_pb2_grpc.AuditServiceStub(channel),
     }
     secrets = (victim.conversation_id, victim.session_id, victim.message_id, "merger", "globex")
 
@@ -183,6 +210,9 @@ async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None
             assert method in (
                 "/chat.v1.ChatService/ListConversations",
                 "/chat.v1.TenantService/GetTenant",
+                "/chat.v1.AnalyticsService/GetTenantAnalytics",
+                "/chat.v1.AuditService/ListAuditEntries",
+                "/chat.v1.AuditService/VerifyAuditChain",
             ), f"{method} reached another tenant's data"
 
     for method in sorted(PENDING):

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63hat/v1/events.proto\x12\x07\x63hat.v1\x1a\x14\x63hat/v1/common.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x06\n\rEventEnvelope\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x39\n\noccur_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\toccurTime\x12%\n\x0eschema_version\x18\x04 \x01(\x05R\rschemaVersion\x12\'\n\x0f\x63onversation_id\x18\x05 \x01(\tR\x0e\x63onversationId\x12\x19\n\x08\x61\x63tor_id\x18\x06 \x01(\tR\x07\x61\x63torId\x12\x45\n\x10message_received\x18\n \x01(\x0b\x32\x18.chat.v1.MessageReceivedH\x00R\x0fmessageReceived\x12\x39\n\x0cmessage_sent\x18\x0b \x01(\x0b\x32\x14.chat.v1.MessageSentH\x00R\x0bmessageSent\x12H\n\x11message_delivered\x18\x0c \x01(\x0b\x32\x19.chat.v1.MessageDeliveredH\x00R\x10messageDelivered\x12Q\n\x14\x63onversation_started\x18\r \x01(\x0b\x32\x1c.chat.v1.ConversationStartedH\x00R\x13\x63onversationStarted\x12Q\n\x14\x63onversation_updated\x18\x0e \x01(\x0b\x32\x1c.chat.v1.ConversationUpdatedH\x00R\x13\x63onversationUpdated\x12K\n\x12\x63onversation_ended\x18\x0f \x01(\x0b\x32\x1a.chat.v1.ConversationEndedH\x00R\x11\x63onversationEnded\x12\x42\n\x0fsession_started\x18\x10 \x01(\x0b\x32\x17.chat.v1.SessionStartedH\x00R\x0esessionStarted\x12<\n\rsession_ended\x18\x11 \x01(\x0b\x32\x15.chat.v1.SessionEndedH\x00R\x0csessionEndedB\t\n\x07payload\"[\n\x0fMessageReceived\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.MessageR\x07message:\x1c\x8a\xb5\x18\x18\x63hat.message.received.v1\"S\n\x0bMessageSent\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.MessageR\x07message:\x18\x8a\xb5\x18\x14\x63hat.message.sent.v1\"\xf5\x02\n\x10MessageDelivered\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12.\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x17.chat.v1.DeliveryStatusR\x06status\x12.\n\x13platform_message_id\x18\x05 \x01(\tR\x11platformMessageId\x12;\n\x0bstatus_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nstatusTime\x12,\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\x05\x65rror:\x1d\x8a\xb5\x18\x19\x63hat.message.delivered.v1\"r\n\x13\x43onversationStarted\x12\x39\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.ConversationR\x0c\x63onversation: \x8a\xb5\x18\x1c\x63hat.conversation.started.v1\"r\n\x13\x43onversationUpdated\x12\x39\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.ConversationR\x0c\x63onversation: \x8a\xb5\x18\x1c\x63hat.conversation.updated.v1\"\xe2\x01\n\x11\x43onversationEnded\x12\x39\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.ConversationR\x0c\x63onversation\x12\x35\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\x12#\n\rmessage_count\x18\x03 \x01(\x03R\x0cmessageCount\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason:\x1e\x8a\xb5\x18\x1a\x63hat.conversation.ended.v1\"Y\n\x0eSessionStarted\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x10.chat.v1.SessionR\x07session:\x1b\x8a\xb5\x18\x17\x63hat.session.started.v1\"\x88\x01\n\x0cSessionEnded\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x10.chat.v1.SessionR\x07session\x12\x31\n\x06reason\x18\x02 \x01(\x0e\x32\x19.chat.v1.SessionEndReasonR\x06reason:\x19\x8a\xb5\x18\x15\x63hat.session.ended.v1*t\n\x10SessionEndReason\x12\"\n\x1eSESSION_END_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18SESSION_END_REASON_ENDED\x10\x01\x12\x1e\n\x1aSESSION_END_REASON_EXPIRED\x10\x02:B\n\x0b\x65vent_topic\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\tR\neventTopicb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63hat/v1/events.proto\x12\x07\x63hat.v1\x1a\x14\x63hat/v1/common.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x06\n\rEventEnvelope\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x39\n\noccur_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\toccurTime\x12%\n\x0eschema_version\x18\x04 \x01(\x05R\rschemaVersion\x12\'\n\x0f\x63onversation_id\x18\x05 \x01(\tR\x0e\x63onversationId\x12\x19\n\x08\x61\x63tor_id\x18\x06 \x01(\tR\x07\x61\x63torId\x12\x45\n\x10message_received\x18\n \x01(\x0b\x32\x18.chat.v1.MessageReceivedH\x00R\x0fmessageReceived\x12\x39\n\x0cmessage_sent\x18\x0b \x01(\x0b\x32\x14.chat.v1.MessageSentH\x00R\x0bmessageSent\x12H\n\x11message_delivered\x18\x0c \x01(\x0b\x32\x19.chat.v1.MessageDeliveredH\x00R\x10messageDelivered\x12Q\n\x14\x63onversation_started\x18\r \x01(\x0b\x32\x1c.chat.v1.ConversationStartedH\x00R\x13\x63onversationStarted\x12Q\n\x14\x63onversation_updated\x18\x0e \x01(\x0b\x32\x1c.chat.v1.ConversationUpdatedH\x00R\x13\x63onversationUpdated\x12K\n\x12\x63onversation_ended\x18\x0f \x01(\x0b\x32\x1a.chat.v1.ConversationEndedH\x00R\x11\x63onversationEnded\x12\x42\n\x0fsession_started\x18\x10 \x01(\x0b\x32\x17.chat.v1.SessionStartedH\x00R\x0esessionStarted\x12<\n\rsession_ended\x18\x11 \x01(\x0b\x32\x15.chat.v1.SessionEndedH\x00R\x0csessionEnded\x12<\n\rdata_accessed\x18\x12 \x01(\x0b\x32\x15.chat.v1.DataAccessedH\x00R\x0c\x64\x61taAccessedB\t\n\x07payload\"[\n\x0fMessageReceived\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.MessageR\x07message:\x1c\x8a\xb5\x18\x18\x63hat.message.received.v1\"\x93\x01\n\x0bMessageSent\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.MessageR\x07message\x12>\n\rresponse_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0cresponseTime:\x18\x8a\xb5\x18\x14\x63hat.message.sent.v1\"\xf5\x02\n\x10MessageDelivered\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12.\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x17.chat.v1.DeliveryStatusR\x06status\x12.\n\x13platform_message_id\x18\x05 \x01(\tR\x11platformMessageId\x12;\n\x0bstatus_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nstatusTime\x12,\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\x05\x65rror:\x1d\x8a\xb5\x18\x19\x63hat.message.delivered.v1\"r\n\x13\x43onversationStarted\x12\x39\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.ConversationR\x0c\x63onversation: \x8a\xb5\x18\x1c\x63hat.conversation.started.v1\"r\n\x13\x43onversationUpdated\x12\x39\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.ConversationR\x0c\x63onversation: \x8a\xb5\x18\x1c\x63hat.conversation.updated.v1\"\xe2\x01\n\x11\x43onversationEnded\x12\x39\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.ConversationR\x0c\x63onversation\x12\x35\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\x12#\n\rmessage_count\x18\x03 \x01(\x03R\x0cmessageCount\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason:\x1e\x8a\xb5\x18\x1a\x63hat.conversation.ended.v1\"Y\n\x0eSessionStarted\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x10.chat.v1.SessionR\x07session:\x1b\x8a\xb5\x18\x17\x63hat.session.started.v1\"\x88\x01\n\x0cSessionEnded\x12*\n\x07session\x18\x01 \x01(\x0b\x32\x10.chat.v1.SessionR\x07session\x12\x31\n\x06reason\x18\x02 \x01(\x0e\x32\x19.chat.v1.SessionEndReasonR\x06reason:\x19\x8a\xb5\x18\x15\x63hat.session.ended.v1\"\xb9\x01\n\x0c\x44\x61taAccessed\x12\x31\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x19.chat.v1.DataAccessActionR\x06\x61\x63tion\x12#\n\rresource_type\x18\x02 \x01(\tR\x0cresourceType\x12\x1f\n\x0bresource_id\x18\x03 \x01(\tR\nresourceId\x12\x16\n\x06\x64\x65tail\x18\x04 \x01(\tR\x06\x64\x65tail:\x18\x8a\xb5\x18\x14\x63hat.audit.access.v1\"\xfe\x02\n\nDeadLetter\x12%\n\x0eoriginal_value\x18\x01 \x01(\x0cR\roriginalValue\x12!\n\x0coriginal_key\x18\x02 \x01(\x0cR\x0boriginalKey\x12\x14\n\x05topic\x18\x03 \x01(\tR\x05topic\x12\x1c\n\tpartition\x18\x04 \x01(\x05R\tpartition\x12\x16\n\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x18\n\x07handler\x18\x06 \x01(\tR\x07handler\x12\x14\n\x05\x65rror\x18\x07 \x01(\tR\x05\x65rror\x12\x1a\n\x08\x61ttempts\x18\x08 \x01(\x05R\x08\x61ttempts\x12\x37\n\tdead_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x64\x65\x61\x64Time\x12\x19\n\x08\x65vent_id\x18\n \x01(\tR\x07\x65ventId\x12\x1b\n\ttenant_id\x18\x0b \x01(\tR\x08tenantId\x12\x1d\n\nevent_type\x18\x0c \x01(\tR\teventType*t\n\x10SessionEndReason\x12\"\n\x1eSESSION_END_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18SESSION_END_REASON_ENDED\x10\x01\x12\x1e\n\x1aSESSION_END_REASON_EXPIRED\x10\x02*t\n\x10\x44\x61taAccessAction\x12\"\n\x1e\x44\x41TA_ACCESS_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x41TA_ACCESS_ACTION_SEARCH\x10\x01\x12\x1d\n\x19\x44\x41TA_ACCESS_ACTION_EXPORT\x10\x02:B\n\x0b\x65vent_topic\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\tR\neventTopicb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,24 +51,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONSTARTED']._serialized_options = b'\212\265\030\027chat.session.started.v1'
   _globals['_SESSIONENDED']._loaded_options = None
   _globals['_SESSIONENDED']._serialized_options = b'\212\265\030\025chat.session.ended.v1'
-  _globals['_SESSIONENDREASON']._serialized_start=2227
-  _globals['_SESSIONENDREASON']._serialized_end=2343
+  _globals['_DATAACCESSED']._loaded_options = None
+  _globals['_DATAACCESSED']._serialized_options = b'\212\265\030\024chat.audit.access.v1'
+  _globals['_SESSIONENDREASON']._serialized_start=2927
+  _globals['_SESSIONENDREASON']._serialized_end=3043
+  _globals['_DATAACCESSACTION']._serialized_start=3045
+  _globals['_DATAACCESSACTION']._serialized_end=3161
   _globals['_EVENTENVELOPE']._serialized_start=155
-  _globals['_EVENTENVELOPE']._serialized_end=980
-  _globals['_MESSAGERECEIVED']._serialized_start=982
-  _globals['_MESSAGERECEIVED']._serialized_end=1073
-  _globals['_MESSAGESENT']._serialized_start=1075
-  _globals['_MESSAGESENT']._serialized_end=1158
-  _globals['_MESSAGEDELIVERED']._serialized_start=1161
-  _globals['_MESSAGEDELIVERED']._serialized_end=1534
-  _globals['_CONVERSATIONSTARTED']._serialized_start=1536
-  _globals['_CONVERSATIONSTARTED']._serialized_end=1650
-  _globals['_CONVERSATIONUPDATED']._serialized_start=1652
-  _globals['_CONVERSATIONUPDATED']._serialized_end=1766
-  _globals['_CONVERSATIONENDED']._serialized_start=1769
-  _globals['_CONVERSATIONENDED']._serialized_end=1995
-  _globals['_SESSIONSTARTED']._serialized_start=1997
-  _globals['_SESSIONSTARTED']._serialized_end=2086
-  _globals['_SESSIONENDED']._serialized_start=2089
-  _globals['_SESSIONENDED']._serialized_end=2225
+  _globals['_EVENTENVELOPE']._serialized_end=1042
+  _globals['_MESSAGERECEIVED']._serialized_start=1044
+  _globals['_MESSAGERECEIVED']._serialized_end=1135
+  _globals['_MESSAGESENT']._serialized_start=1138
+  _globals['_MESSAGESENT']._serialized_end=1285
+  _globals['_MESSAGEDELIVERED']._serialized_start=1288
+  _globals['_MESSAGEDELIVERED']._serialized_end=1661
+  _globals['_CONVERSATIONSTARTED']._serialized_start=1663
+  _globals['_CONVERSATIONSTARTED']._serialized_end=1777
+  _globals['_CONVERSATIONUPDATED']._serialized_start=1779
+  _globals['_CONVERSATIONUPDATED']._serialized_end=1893
+  _globals['_CONVERSATIONENDED']._serialized_start=1896
+  _globals['_CONVERSATIONENDED']._serialized_end=2122
+  _globals['_SESSIONSTARTED']._serialized_start=2124
+  _globals['_SESSIONSTARTED']._serialized_end=2213
+  _globals['_SESSIONENDED']._serialized_start=2216
+  _globals['_SESSIONENDED']._serialized_end=2352
+  _globals['_DATAACCESSED']._serialized_start=2355
+  _globals['_DATAACCESSED']._serialized_end=2540
+  _globals['_DEADLETTER']._serialized_start=2543
+  _globals['_DEADLETTER']._serialized_end=2925
 # @@protoc_insertion_point(module_scope)

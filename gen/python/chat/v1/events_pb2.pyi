@@ -46,6 +46,30 @@ SESSION_END_REASON_EXPIRED: SessionEndReason.ValueType  # 2
 """It expired without activity."""
 Global___SessionEndReason: _TypeAlias = SessionEndReason  # noqa: Y015
 
+class _DataAccessAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataAccessActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataAccessAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_ACCESS_ACTION_UNSPECIFIED: _DataAccessAction.ValueType  # 0
+    """Not set."""
+    DATA_ACCESS_ACTION_SEARCH: _DataAccessAction.ValueType  # 1
+    """Searched messages (SearchMessages)."""
+    DATA_ACCESS_ACTION_EXPORT: _DataAccessAction.ValueType  # 2
+    """Exported a conversation (ExportConversation)."""
+
+class DataAccessAction(_DataAccessAction, metaclass=_DataAccessActionEnumTypeWrapper):
+    """DataAccessAction is what a caller did with conversation data."""
+
+DATA_ACCESS_ACTION_UNSPECIFIED: DataAccessAction.ValueType  # 0
+"""Not set."""
+DATA_ACCESS_ACTION_SEARCH: DataAccessAction.ValueType  # 1
+"""Searched messages (SearchMessages)."""
+DATA_ACCESS_ACTION_EXPORT: DataAccessAction.ValueType  # 2
+"""Exported a conversation (ExportConversation)."""
+Global___DataAccessAction: _TypeAlias = DataAccessAction  # noqa: Y015
+
 @_typing.final
 class EventEnvelope(_message.Message):
     """EventEnvelope wraps every event with what consumers need to route and deduplicate it."""
@@ -66,6 +90,7 @@ class EventEnvelope(_message.Message):
     CONVERSATION_ENDED_FIELD_NUMBER: _builtins.int
     SESSION_STARTED_FIELD_NUMBER: _builtins.int
     SESSION_ENDED_FIELD_NUMBER: _builtins.int
+    DATA_ACCESSED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique and stable across re-publications of the same event (a UUID). Consumers
     deduplicate on it.
@@ -116,6 +141,10 @@ class EventEnvelope(_message.Message):
     def session_ended(self) -> Global___SessionEnded:
         """topic chat.session.ended.v1"""
 
+    @_builtins.property
+    def data_accessed(self) -> Global___DataAccessed:
+        """topic chat.audit.access.v1"""
+
     def __init__(
         self,
         *,
@@ -133,12 +162,13 @@ class EventEnvelope(_message.Message):
         conversation_ended: Global___ConversationEnded | None = ...,
         session_started: Global___SessionStarted | None = ...,
         session_ended: Global___SessionEnded | None = ...,
+        data_accessed: Global___DataAccessed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_ended", b"conversation_ended", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_ended", b"conversation_ended", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "data_accessed", b"data_accessed", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "session_ended", b"session_ended", "session_started", b"session_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "conversation_ended", b"conversation_ended", "conversation_id", b"conversation_id", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "event_id", b"event_id", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "schema_version", b"schema_version", "session_ended", b"session_ended", "session_started", b"session_started", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "conversation_ended", b"conversation_ended", "conversation_id", b"conversation_id", "conversation_started", b"conversation_started", "conversation_updated", b"conversation_updated", "data_accessed", b"data_accessed", "event_id", b"event_id", "message_delivered", b"message_delivered", "message_received", b"message_received", "message_sent", b"message_sent", "occur_time", b"occur_time", "payload", b"payload", "schema_version", b"schema_version", "session_ended", b"session_ended", "session_started", b"session_started", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_received", "message_sent", "message_delivered", "conversation_started", "conversation_updated", "conversation_ended", "session_started", "session_ended"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_received", "message_sent", "message_delivered", "conversation_started", "conversation_updated", "conversation_ended", "session_started", "session_ended", "data_accessed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -175,18 +205,26 @@ class MessageSent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RESPONSE_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> _common_pb2.Message:
         """The message, with its platform_message_id once the platform accepted it."""
+
+    @_builtins.property
+    def response_time(self) -> _duration_pb2.Duration:
+        """How long the responder took to answer the inbound message this one replies to (unset
+        for messages that answer none).
+        """
 
     def __init__(
         self,
         *,
         message: _common_pb2.Message | None = ...,
+        response_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "response_time", b"response_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "response_time", b"response_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,6 +417,114 @@ class SessionEnded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionEnded: _TypeAlias = SessionEnded  # noqa: Y015
+
+@_typing.final
+class DataAccessed(_message.Message):
+    """DataAccessed: a caller searched or exported conversation data. The audit log records it;
+    the caller is the envelope's actor_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    action: Global___DataAccessAction.ValueType
+    """What the caller did."""
+    resource_type: _builtins.str
+    """The kind of resource: "conversation" for an export, "messages" for a search."""
+    resource_id: _builtins.str
+    """The conversation id, or empty for a search across the tenant."""
+    detail: _builtins.str
+    """What else identifies the access: the export format, or the SHA-256 of the search query
+    (never the query itself, which may hold personal data).
+    """
+    def __init__(
+        self,
+        *,
+        action: Global___DataAccessAction.ValueType = ...,
+        resource_type: _builtins.str = ...,
+        resource_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "detail", b"detail", "resource_id", b"resource_id", "resource_type", b"resource_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataAccessed: _TypeAlias = DataAccessed  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """DeadLetter is a record of the dead-letter topic chat.dlq.v1: an event a consumer could not
+    handle, with what is needed to replay it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_VALUE_FIELD_NUMBER: _builtins.int
+    ORIGINAL_KEY_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    HANDLER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DEAD_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    original_value: _builtins.bytes
+    """The original record's value, byte for byte."""
+    original_key: _builtins.bytes
+    """The original record's key."""
+    topic: _builtins.str
+    """The topic, partition and offset it was read from."""
+    partition: _builtins.int
+    """The partition it was read from."""
+    offset: _builtins.int
+    """The offset it was read from."""
+    handler: _builtins.str
+    """The handler that failed, or empty when the record could not be decoded at all."""
+    error: _builtins.str
+    """The last error, as text."""
+    attempts: _builtins.int
+    """How many times the handler was tried."""
+    event_id: _builtins.str
+    """The envelope's event id, tenant and payload type, when it could be decoded."""
+    tenant_id: _builtins.str
+    """The envelope's tenant."""
+    event_type: _builtins.str
+    """The envelope's payload field name (for example "message_received")."""
+    @_builtins.property
+    def dead_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was dead-lettered."""
+
+    def __init__(
+        self,
+        *,
+        original_value: _builtins.bytes = ...,
+        original_key: _builtins.bytes = ...,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        handler: _builtins.str = ...,
+        error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        dead_time: _timestamp_pb2.Timestamp | None = ...,
+        event_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_time", b"dead_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_time", b"dead_time", "error", b"error", "event_id", b"event_id", "event_type", b"event_type", "handler", b"handler", "offset", b"offset", "original_key", b"original_key", "original_value", b"original_value", "partition", b"partition", "tenant_id", b"tenant_id", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
 
 EVENT_TOPIC_FIELD_NUMBER: _builtins.int
 event_topic: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.str]

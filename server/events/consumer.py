@@ -1,0 +1,221 @@
+"""The consuming loop: read the chat topics in a consumer group, hand each event to the router,
+dead-letter what cannot be handled, and commit offsets only after that.
+
+Partitions are handled concurrently, each in order (one conversation's events share one), and
+an offset is committed only once every record before it was handled or dead-lettered. A worker
+that dies mid-batch loses nothing: its partitions move to another worker, which starts from
+the last commit and redoes the rest; the handlers' applied-event records make that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from google.protobuf.message import DecodeError
+
+from chat.v1 import events_pb2
+from server.events.router import EventRouter, Failure
+from server.events.topics import DEAD_LETTER_TOPIC
+
+log = structlog.get_logger("chat.worker.consumer")
+
+_DLQ_RETRY_SECONDS = 1.0
+
+
+class ConsumerObserver(Protocol):
+    """What the consumer reports (the worker's metrics and alerts)."""
+
+    def dead_lettered(self, handler: str, event_type: str) -> None: ...
+
+    def lag(self, topic: str, partition: int, lag: int) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters are also counted (for alerts)."""
+
+    async def record_dead_letter(
+        self, tenant_id: str, *, handler: str, event_type: str, now: dt.datetime
+    ) -> None: ...
+
+
+class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs each assignment: which worker holds which partitions."""
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        log.info(
+            "partitions revoked", partitions=sorted(f"{p.topic}/{p.partition}" for p in revoked)
+        )
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info(
+            "partitions assigned", partitions=sorted(f"{p.topic}/{p.partition}" for p in assigned)
+        )
+
+
+class EventConsumer:
+    """One worker's share of the chat topics."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        router: EventRouter,
+        observer: ConsumerObserver,
+        sink: DeadLetterSink,
+        session_timeout_seconds: float = 10.0,
+        max_records: int = 200,
+    ) -> None:
+        self._session_timeout_ms = int(session_timeout_seconds * 1000)
+        self._bootstrap = bootstrap_servers
+        self._group_id = group_id
+        self._topics = list(topics)
+        self._router = router
+        self._observer = observer
+        self._sink = sink
+        self._max_records = max_records
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        #: Lag per assigned partition ("topic/partition" -> events), as last measured.
+        self.lag: dict[str, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then commit what was handled and leave the group."""
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
+            client_id="chat-worker",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # A dead worker's partitions move to the others after this long.
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self._session_timeout_ms // 3),
+            max_poll_interval_ms=300_000,
+        )
+        self._consumer.subscribe(self._topics, listener=_LogRebalance())
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id="chat-worker-dlq",
+            acks="all",
+            enable_idempotence=False,
+        )
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            log.info("consuming", group=self._group_id, topics=self._topics)
+            while not stop.is_set():
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
+                if batch:
+                    await asyncio.gather(
+                        *(self._partition(tp, records) for tp, records in batch.items())
+                    )
+                await self._measure_lag()
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    async def _partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            await self._record(record)
+        assert self._consumer is not None  # noqa: S101 - set by run
+        try:
+            await self._consumer.commit({tp: records[-1].offset + 1})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another worker meanwhile; it redoes these (idempotently).
+            log.info("commit skipped: partition reassigned", partition=str(tp), error=repr(exc))
+
+    async def _record(self, record: ConsumerRecord) -> None:
+        value: bytes = record.value or b""
+        try:
+            envelope = events_pb2.EventEnvelope.FromString(value)
+        except DecodeError as exc:
+            await self._dead_letter(record, None, Failure("", f"undecodable: {exc}", 0))
+            return
+        if envelope.WhichOneof("payload") is None or not envelope.event_id:
+            await self._dead_letter(
+                record, envelope, Failure("", "undecodable: no payload or event id", 0)
+            )
+            return
+        for failure in await self._router.dispatch(envelope):
+            await self._dead_letter(record, envelope, failure)
+
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord,
+        envelope: events_pb2.EventEnvelope | None,
+        failure: Failure,
+    ) -> None:
+        event_type = (envelope.WhichOneof("payload") if envelope else None) or ""
+        letter = events_pb2.DeadLetter(
+            original_value=record.value or b"",
+            original_key=record.key or b"",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            handler=failure.handler,
+            error=failure.error,
+            attempts=failure.attempts,
+            event_id=envelope.event_id if envelope else "",
+            tenant_id=envelope.tenant_id if envelope else "",
+            event_type=event_type,
+        )
+        now = dt.datetime.now(dt.UTC)
+        letter.dead_time.FromDatetime(now)
+        assert self._producer is not None  # noqa: S101 - set by run
+        # The offset is committed only after this succeeds: keep trying rather than lose it.
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    DEAD_LETTER_TOPIC, letter.SerializeToString(), key=record.key
+                )
+                break
+            except KafkaError as exc:
+                log.warning("dead letter not written yet; retrying", error=repr(exc))
+                await asyncio.sleep(_DLQ_RETRY_SECONDS)
+        log.error(
+            "event dead-lettered",
+            handler=failure.handler,
+            event_type=event_type,
+            event_id=letter.event_id,
+            topic=record.topic,
+            offset=record.offset,
+            error=failure.error,
+        )
+        self._observer.dead_lettered(failure.handler, event_type)
+        try:
+            await self._sink.record_dead_letter(
+                letter.tenant_id, handler=failure.handler, event_type=event_type, now=now
+            )
+        except Exception:
+            log.exception("dead letter not counted for alerts")
+
+    async def _measure_lag(self) -> None:
+        """Lag per assigned partition: the high watermark of the last fetch minus the next
+        offset to consume (both known locally: no extra round trip)."""
+        assert self._consumer is not None  # noqa: S101 - set by run
+        lag: dict[str, int] = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await self._consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile
+            behind = max(0, highwater - position)
+            lag[f"{tp.topic}/{tp.partition}"] = behind
+            self._observer.lag(tp.topic, tp.partition, behind)
+        self.lag = lag

@@ -1,0 +1,69 @@
+"""Conversation state cached in Redis for GetConversation.
+
+Every change to a conversation deletes its entry after the commit (with the live events, in
+one round trip); a read fills a missing entry from MongoDB; the worker's cache handler
+replaces an existing entry with a newer state from the events. Writes carry the state's
+version (its update time, then its last sequence and status), and a Lua script stores only
+a newer version, so neither a slow read nor a late event can put an older state back.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import redis.asyncio as redis
+
+from chat.v1 import common_pb2
+
+_SCRIPT = resources.files("server.repositories").joinpath("conversation_cache.lua").read_text()
+TTL_SECONDS = 300
+
+
+def cache_key(tenant_id: str, conversation_id: str) -> str:
+    """The entry of one conversation (tenant first, like every key)."""
+    return f"chat:{tenant_id}:conversation:{conversation_id}"
+
+
+def _version(conversation: common_pb2.Conversation) -> tuple[int, int]:
+    """(update time in ms, order within the millisecond): later states compare greater."""
+    stamp = conversation.update_time
+    closed = conversation.status != common_pb2.CONVERSATION_STATUS_ACTIVE
+    return stamp.seconds * 1000 + stamp.nanos // 1_000_000, conversation.last_sequence * 2 + closed
+
+
+class RedisConversationCache:
+    """Cached conversations of every tenant; each call names one."""
+
+    def __init__(self, *, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+        self._client = client
+        self._store = client.register_script(_SCRIPT)
+        self._ttl = ttl_seconds
+
+    async def get(self, tenant_id: str, conversation_id: str) -> common_pb2.Conversation | None:
+        """The cached state, or None."""
+        data = await self._client.hget(cache_key(tenant_id, conversation_id), "pb")
+        if data is None:
+            return None
+        return common_pb2.Conversation.FromString(data.encode() if isinstance(data, str) else data)
+
+    async def fill(self, tenant_id: str, conversation: common_pb2.Conversation) -> bool:
+        """Store a state just read from MongoDB, unless a newer one is cached."""
+        return await self._put(tenant_id, conversation, create=True)
+
+    async def refresh(self, tenant_id: str, conversation: common_pb2.Conversation) -> bool:
+        """Replace a cached state with a newer one; a missing entry stays missing."""
+        return await self._put(tenant_id, conversation, create=False)
+
+    async def _put(
+        self, tenant_id: str, conversation: common_pb2.Conversation, *, create: bool
+    ) -> bool:
+        stored = await self._store(
+            keys=[cache_key(tenant_id, conversation.id)],
+            args=[
+                *_version(conversation),
+                conversation.SerializeToString(),
+                self._ttl,
+                "1" if create else "0",
+            ],
+        )
+        return bool(stored)
