@@ -260,7 +260,10 @@ class ChatServer:
         )
         self._session_service = SessionService(sessions=self._session_store, events=self._events)
         self._hub = LiveHub(client=resources.redis, queue_limit=settings.stream_queue_limit)
-        self._live = QuietLiveEvents(RedisLiveEvents(client=resources.redis))
+        self._conversation_cache = RedisConversationCache(client=resources.redis)
+        self._live = QuietLiveEvents(
+            RedisLiveEvents(client=resources.redis, cache=self._conversation_cache)
+        )
         self.port = 0
         self._register()
         if extra_handlers:
@@ -335,7 +338,7 @@ class ChatServer:
                 outbox=outbox,
                 transactions=transactions,
                 live=self._live,
-                cache=RedisConversationCache(client=self._resources.redis),
+                cache=self._conversation_cache,
                 events=self._events,
                 on_events=self._relay.wake,
             ),

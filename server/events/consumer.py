@@ -10,6 +10,7 @@ the last commit and redoes the rest; the handlers' applied-event records make th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from server.events.topics import DEAD_LETTER_TOPIC
 log = structlog.get_logger("chat.worker.consumer")
 
 _DLQ_RETRY_SECONDS = 1.0
+_OUTAGE_PAUSE_SECONDS = 5.0
 
 
 class ConsumerObserver(Protocol):
@@ -89,11 +91,13 @@ class EventConsumer:
         self._max_records = max_records
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
         #: Lag per assigned partition ("topic/partition" -> events), as last measured.
         self.lag: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then commit what was handled and leave the group."""
+        self._stop = stop
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
@@ -129,28 +133,49 @@ class EventConsumer:
 
     async def _partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:
-            await self._record(record)
+            if not await self._record(record):
+                # A store is down: commit what came before, come back to this record later.
+                await self._commit(tp, record.offset)
+                assert self._consumer is not None  # noqa: S101 - set by run
+                self._consumer.seek(tp, record.offset)
+                log.warning(
+                    "a store is unreachable; pausing the partition",
+                    partition=f"{tp.topic}/{tp.partition}",
+                    offset=record.offset,
+                    pause_seconds=_OUTAGE_PAUSE_SECONDS,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), _OUTAGE_PAUSE_SECONDS)
+                return
+        await self._commit(tp, records[-1].offset + 1)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
         assert self._consumer is not None  # noqa: S101 - set by run
         try:
-            await self._consumer.commit({tp: records[-1].offset + 1})
+            await self._consumer.commit({tp: offset})
         except (CommitFailedError, IllegalStateError) as exc:
             # The partition moved to another worker meanwhile; it redoes these (idempotently).
             log.info("commit skipped: partition reassigned", partition=str(tp), error=repr(exc))
 
-    async def _record(self, record: ConsumerRecord) -> None:
+    async def _record(self, record: ConsumerRecord) -> bool:
+        """Handle one record; False when a store outage stopped it (nothing dead-lettered
+        for that: the record is to be handled again)."""
         value: bytes = record.value or b""
         try:
             envelope = events_pb2.EventEnvelope.FromString(value)
         except DecodeError as exc:
             await self._dead_letter(record, None, Failure("", f"undecodable: {exc}", 0))
-            return
+            return True
         if envelope.WhichOneof("payload") is None or not envelope.event_id:
             await self._dead_letter(
                 record, envelope, Failure("", "undecodable: no payload or event id", 0)
             )
-            return
-        for failure in await self._router.dispatch(envelope):
-            await self._dead_letter(record, envelope, failure)
+            return True
+        failures = await self._router.dispatch(envelope)
+        for failure in failures:
+            if not failure.outage:
+                await self._dead_letter(record, envelope, failure)
+        return not any(failure.outage for failure in failures)
 
     async def _dead_letter(
         self,
@@ -183,6 +208,14 @@ class EventConsumer:
                 )
                 break
             except KafkaError as exc:
+                if not exc.retriable and letter.original_value:
+                    # Too large for the broker with its wrapping: keep where it was instead
+                    # (topic, partition, offset), which is enough to find it again.
+                    letter.original_value = b""
+                    letter.error += f" (original value dropped from the dead letter: {exc!r})"
+                    continue
+                if self._stop.is_set():
+                    raise  # not committed: the next owner of the partition redoes it
                 log.warning("dead letter not written yet; retrying", error=repr(exc))
                 await asyncio.sleep(_DLQ_RETRY_SECONDS)
         log.error(

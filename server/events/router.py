@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
+from pymongo.errors import ConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.v1 import events_pb2
 
@@ -46,7 +49,8 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Attempts per handler and event, with exponential backoff and full jitter."""
+    """Attempts per handler and event, with exponential backoff and equal jitter (a delay
+    drawn between half the ceiling and the ceiling, so retries of many events spread out)."""
 
     attempts: int = 5
     base_delay_seconds: float = 0.2
@@ -65,6 +69,16 @@ class Failure:
     handler: str
     error: str
     attempts: int
+    #: The last failure was a store being unreachable (MongoDB, Redis): the event is fine,
+    #: so it waits for the store instead of going to the dead-letter topic.
+    outage: bool = False
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says a store is unreachable rather than the event being wrong."""
+    return isinstance(
+        exc, ConnectionFailure | RedisConnectionError | RedisTimeoutError | ConnectionError
+    )
 
 
 class Observer(Protocol):
@@ -122,7 +136,7 @@ class EventRouter:
             except Exception as exc:  # noqa: BLE001 - any other failure may be transient
                 self._observer.failed(handler.name, event_type)
                 if attempt == self._retry.attempts:
-                    return Failure(handler.name, _describe(exc), attempt)
+                    return Failure(handler.name, _describe(exc), attempt, outage=is_outage(exc))
                 delay = self._retry.delay(attempt)
                 log.warning(
                     "handler failed; retrying",

@@ -15,11 +15,12 @@ import contextlib
 import datetime as dt
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chat.v1 import events_pb2
@@ -49,6 +50,9 @@ log = structlog.get_logger("chat.worker")
 #: The topics the worker consumes: every chat topic but the dead letters.
 CONSUMED_TOPICS = tuple(topic for topic in ALL_TOPICS if topic != DEAD_LETTER_TOPIC)
 _LAG_CHECK_SECONDS = 30.0
+#: Dead letters older than this are not replayed: the handlers' applied-event records
+#: (kept 30 days) may be gone, and a replay could apply an event twice.
+REPLAY_HORIZON = dt.timedelta(days=29)
 
 
 class WorkerMetrics:
@@ -206,35 +210,62 @@ async def replay_dead_letters(
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+        oldest = dt.datetime.now(dt.UTC) - REPLAY_HORIZON
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=1000)
             for tp, records in batch.items():
                 for record in records:
                     if record.offset >= ends[tp]:
-                        remaining.discard(tp)
-                        break
-                    letter = events_pb2.DeadLetter.FromString(record.value or b"")
-                    if _matches(letter, tenant_id, handler, event_type, since):
-                        replayed += 1
-                        if not dry_run:
-                            await producer.send_and_wait(
-                                letter.topic,
-                                letter.original_value,
-                                key=letter.original_key or None,
-                            )
-                        log.info(
-                            "dead letter replayed" if not dry_run else "dead letter matches",
-                            topic=letter.topic,
-                            event_id=letter.event_id,
-                            handler=letter.handler,
-                        )
-                    if record.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
+                        break  # arrived after the replay began
+                    replayed += await _replay_one(
+                        producer,
+                        record.value or b"",
+                        oldest=oldest,
+                        matches=lambda letter: _matches(
+                            letter, tenant_id, handler, event_type, since
+                        ),
+                        dry_run=dry_run,
+                    )
     finally:
         await producer.stop()
         await consumer.stop()
     return replayed
+
+
+async def _replay_one(
+    producer: AIOKafkaProducer,
+    value: bytes,
+    *,
+    oldest: dt.datetime,
+    matches: Callable[[events_pb2.DeadLetter], bool],
+    dry_run: bool,
+) -> int:
+    """Send one dead letter back if it matches; returns 1 when it did (or would)."""
+    try:
+        letter = events_pb2.DeadLetter.FromString(value)
+    except DecodeError:
+        log.warning("undecodable dead letter skipped")
+        return 0
+    if not matches(letter):
+        return 0
+    if letter.dead_time.ToDatetime(tzinfo=dt.UTC) < oldest:
+        # Its handlers may have forgotten they applied it: replaying could count it twice.
+        log.warning("dead letter too old to replay safely", event_id=letter.event_id)
+        return 0
+    if not letter.original_value:
+        log.warning("dead letter without its original value", event_id=letter.event_id)
+        return 0
+    if not dry_run:
+        await producer.send_and_wait(
+            letter.topic, letter.original_value, key=letter.original_key or None
+        )
+    log.info(
+        "dead letter replayed" if not dry_run else "dead letter matches",
+        topic=letter.topic,
+        event_id=letter.event_id,
+        handler=letter.handler,
+    )
+    return 1
 
 
 def _matches(

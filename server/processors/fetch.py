@@ -35,6 +35,10 @@ def _allowed(address: str, *, allow_private: bool) -> bool:
     return allow_private or ip.is_global
 
 
+class _NotPublicError(OSError):
+    """A name resolved only to addresses that are not public."""
+
+
 class _PublicOnlyResolver(AbstractResolver):
     def __init__(self, *, allow_private: bool) -> None:
         self._inner = DefaultResolver()
@@ -46,7 +50,7 @@ class _PublicOnlyResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         allowed = [r for r in results if _allowed(r["host"], allow_private=self._allow_private)]
         if not allowed:
-            raise OSError(f"{host} resolves to no public address")
+            raise _NotPublicError(f"{host} resolves to no public address")
         return allowed
 
     async def close(self) -> None:
@@ -75,6 +79,9 @@ class HttpMediaFetcher:
                         raise _refused(f"the server answered HTTP {response.status}")
                     return await _read_limited(response, max_bytes)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                cause = getattr(exc, "os_error", exc)
+                if isinstance(cause, _NotPublicError) or isinstance(exc, _NotPublicError):
+                    raise _refused("the address is not public") from None
                 raise _refused(f"could not be fetched ({type(exc).__name__})") from None
         raise _refused(f"more than {MAX_REDIRECTS} redirects")
 

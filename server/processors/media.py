@@ -1,6 +1,7 @@
 """Media: sniff the real type from the bytes, enforce the channel's types and sizes, convert
 images a channel cannot take, make thumbnails, and store the bytes (content-addressed per
-tenant, so a retried upload is stored once).
+tenant, so a retried upload reuses what is stored; two identical uploads at the very same
+moment may both be stored, which costs space and nothing else).
 
 Image work runs in a thread: decoding a 20 MiB picture would otherwise hold the event loop.
 """
@@ -180,9 +181,11 @@ class _RefusedError(ValueError):
 class MediaProcessor:
     """Turns MediaContent from a request into stored, channel-ready media."""
 
-    def __init__(self, *, store: MediaStore, fetcher: MediaFetcher) -> None:
+    def __init__(self, *, store: MediaStore, fetcher: MediaFetcher, image_workers: int = 2) -> None:
         self._store = store
         self._fetcher = fetcher
+        # Decoding a 40-megapixel image takes a few hundred MB: a few at a time, not 32.
+        self._image_slots = asyncio.Semaphore(image_workers)
 
     async def process(
         self,
@@ -253,7 +256,8 @@ class MediaProcessor:
         image: _Image | None = None
         if mime.startswith("image/"):
             try:
-                image = await asyncio.to_thread(_prepare_image, data, mime, accepted)
+                async with self._image_slots:
+                    image = await asyncio.to_thread(_prepare_image, data, mime, accepted)
             except _RefusedError as exc:
                 raise refuse(str(exc)) from None
             data, mime = image.data, image.mime_type
@@ -381,12 +385,12 @@ def _prepare_image(data: bytes, mime: str, accepted: Mapping[str, int]) -> _Imag
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as opened:
-                width, height = opened.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise _RefusedError(f"at most {MAX_IMAGE_PIXELS} pixels")
-                opened.load()
-                picture = opened.copy()
+            # Not closed early: closing frees the pixels (the bytes are in memory anyway).
+            picture: Image.Image = Image.open(io.BytesIO(data))
+            width, height = picture.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise _RefusedError(f"at most {MAX_IMAGE_PIXELS} pixels")
+            picture.load()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             if isinstance(exc, _RefusedError):
                 raise

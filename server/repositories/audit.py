@@ -128,11 +128,11 @@ class MongoAuditLog:
         cursor = self._entries.find(query).sort("sequence", DESCENDING).limit(limit)
         return [to_proto(document) async for document in cursor]
 
-    async def in_order(self, tenant_id: str) -> AsyncIterator[Document]:
-        """Every entry of the tenant by sequence (batched)."""
-        cursor = self._entries.find({"tenant_id": tenant_id}, batch_size=1000).sort(
-            "sequence", ASCENDING
-        )
+    async def in_order(self, tenant_id: str, *, up_to: int) -> AsyncIterator[Document]:
+        """The tenant's entries with sequence <= ``up_to``, by sequence (batched)."""
+        cursor = self._entries.find(
+            {"tenant_id": tenant_id, "sequence": {"$lte": up_to}}, batch_size=1000
+        ).sort("sequence", ASCENDING)
         async for document in cursor:
             yield document
 

@@ -1,17 +1,21 @@
 """Conversation state cached in Redis for GetConversation.
 
-Every change to a conversation deletes its entry after the commit (with the live events, in
-one round trip); a read fills a missing entry from MongoDB; the worker's cache handler
-replaces an existing entry with a newer state from the events. Writes carry the state's
-version (its update time, then its last sequence and status), and a Lua script stores only
-a newer version, so neither a slow read nor a late event can put an older state back.
+Every change to a conversation writes its new state to the cache after the commit (with the
+live events, in one round trip); a read fills a missing entry from MongoDB; the worker's cache
+handler replaces an existing entry with a newer state from the events (covering a write whose
+cache update was lost). Each write carries the state's version: its last sequence, then open
+before closed, then its update time; a Lua script stores only a newer version, so neither a
+slow read nor a late event can put an older state back. The version leans on sequences, not
+clocks, so servers with skewed clocks cannot hide a newer state.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 
 from chat.v1 import common_pb2
 
@@ -25,10 +29,10 @@ def cache_key(tenant_id: str, conversation_id: str) -> str:
 
 
 def _version(conversation: common_pb2.Conversation) -> tuple[int, int]:
-    """(update time in ms, order within the millisecond): later states compare greater."""
+    """(order, update time in ms): later states compare greater."""
     stamp = conversation.update_time
     closed = conversation.status != common_pb2.CONVERSATION_STATUS_ACTIVE
-    return stamp.seconds * 1000 + stamp.nanos // 1_000_000, conversation.last_sequence * 2 + closed
+    return conversation.last_sequence * 2 + closed, stamp.seconds * 1000 + stamp.nanos // 1_000_000
 
 
 class RedisConversationCache:
@@ -54,16 +58,30 @@ class RedisConversationCache:
         """Replace a cached state with a newer one; a missing entry stays missing."""
         return await self._put(tenant_id, conversation, create=False)
 
+    async def queue_store(
+        self, pipe: Pipeline, tenant_id: str, conversation: common_pb2.Conversation
+    ) -> None:
+        """Queue the store of a just-committed state on ``pipe`` (one round trip with the rest;
+        awaiting only queues it)."""
+        await self._store(
+            keys=[cache_key(tenant_id, conversation.id)],
+            args=self._arguments(conversation, create=True),
+            client=pipe,
+        )
+
     async def _put(
         self, tenant_id: str, conversation: common_pb2.Conversation, *, create: bool
     ) -> bool:
         stored = await self._store(
             keys=[cache_key(tenant_id, conversation.id)],
-            args=[
-                *_version(conversation),
-                conversation.SerializeToString(),
-                self._ttl,
-                "1" if create else "0",
-            ],
+            args=self._arguments(conversation, create=create),
         )
         return bool(stored)
+
+    def _arguments(self, conversation: common_pb2.Conversation, *, create: bool) -> list[Any]:
+        return [
+            *_version(conversation),
+            conversation.SerializeToString(),
+            self._ttl,
+            "1" if create else "0",
+        ]

@@ -19,8 +19,8 @@ import redis.asyncio as redis
 import structlog
 from redis.exceptions import RedisError
 
-from chat.v1 import chat_service_pb2
-from server.repositories.conversation_cache import cache_key
+from chat.v1 import chat_service_pb2, common_pb2
+from server.repositories.conversation_cache import RedisConversationCache
 
 log = structlog.get_logger("chat.live")
 
@@ -37,8 +37,9 @@ def live_channel(tenant_id: str, conversation_id: str) -> str:
 class RedisLiveEvents:
     """Publishes a conversation's live events."""
 
-    def __init__(self, *, client: redis.Redis) -> None:
+    def __init__(self, *, client: redis.Redis, cache: RedisConversationCache) -> None:
         self._client = client
+        self._cache = cache
 
     async def publish(
         self,
@@ -46,16 +47,16 @@ class RedisLiveEvents:
         conversation_id: str,
         events: Sequence[Event],
         *,
-        conversation_changed: bool = False,
+        conversation: common_pb2.Conversation | None = None,
     ) -> None:
-        """Publish in order, in one round trip, with the invalidation of the conversation's
-        cached state when it changed. Raises RedisError when Redis is unreachable."""
-        if not events and not conversation_changed:
+        """Publish in order, in one round trip with the conversation's new state for the
+        cache when it changed. Raises RedisError when Redis is unreachable."""
+        if not events and conversation is None:
             return
         channel = live_channel(tenant_id, conversation_id)
         async with self._client.pipeline(transaction=False) as pipe:
-            if conversation_changed:
-                pipe.delete(cache_key(tenant_id, conversation_id))
+            if conversation is not None:
+                await self._cache.queue_store(pipe, tenant_id, conversation)
             for event in events:
                 pipe.publish(channel, event.SerializeToString())
             await pipe.execute()
@@ -215,18 +216,22 @@ class LiveHub:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                kind = message["type"]
+                channel = _text(message["channel"])
+                if kind == "message":
+                    self._dispatch(channel, message["data"])
+                elif kind == "subscribe":
+                    await self._on_subscribed(channel)
             except (RedisError, OSError) as exc:
                 log.warning("live events connection lost", error=repr(exc))
                 await asyncio.sleep(_RECONNECT_DELAY_SECONDS)
-                continue
-            if message is None:
-                continue
-            kind = message["type"]
-            channel = _text(message["channel"])
-            if kind == "message":
-                self._dispatch(channel, message["data"])
-            elif kind == "subscribe":
-                await self._on_subscribed(channel)
+            except Exception:
+                # The reader must outlive anything one message does, or every stream of
+                # the process would wait forever.
+                log.exception("live events reader error")
+                await asyncio.sleep(_RECONNECT_DELAY_SECONDS)
 
     async def _on_subscribed(self, channel: str) -> None:
         async with self._changed:
@@ -240,6 +245,11 @@ class LiveHub:
                     subscription.offer(None)
             if channel in self._local:
                 self._confirmed[channel] = confirmed
+            elif channel != self._control and sent == 0:
+                # redis-py subscribed again, after a reconnection, to a channel whose streams
+                # ended while the connection was down: leave it now.
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
             self._changed.notify_all()
 
     def _dispatch(self, channel: str, data: bytes) -> None:

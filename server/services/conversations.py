@@ -139,9 +139,7 @@ class ConversationService:
         if closed is None:
             return await self.get(tenant_id, conversation_id)  # closed before, or not found
         self._on_events()
-        await self._live.publish(
-            tenant_id, closed.id, [closed_event(closed)], conversation_changed=True
-        )
+        await self._live.publish(tenant_id, closed.id, [closed_event(closed)], conversation=closed)
         await self._sessions.end_current(tenant_id, actor_id, closed.id)
         return closed
 

@@ -173,7 +173,7 @@ class MessageService:
             tenant_id,
             response.conversation.id,
             [message_event(m) for m in (response.message, *response.replies)],
-            conversation_changed=True,
+            conversation=response.conversation,
         )
         try:
             await self._sessions.save(tenant_id, session, now=now)

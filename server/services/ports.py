@@ -191,7 +191,7 @@ class LiveEvents(Protocol):
         conversation_id: str,
         events: Sequence[chat_service_pb2.StreamConversationEventsResponse],
         *,
-        conversation_changed: bool = False,
+        conversation: common_pb2.Conversation | None = None,
     ) -> None: ...
 
 

@@ -46,6 +46,9 @@ log = structlog.get_logger("chat.streams")
 Event = chat_service_pb2.StreamConversationEventsResponse
 MARK_READ = "MarkRead"
 CATCH_UP_PAGE = 200
+#: A quiet stream checks storage this often: a publish lost after its commit (Redis briefly
+#: down) is found within this time, including the conversation being closed.
+IDLE_CHECK_SECONDS = 30.0
 ACTIVE = common_pb2.CONVERSATION_STATUS_ACTIVE
 
 
@@ -71,7 +74,7 @@ def _stamp(now: dt.datetime) -> timestamp_pb2.Timestamp:
 class QuietLiveEvents:
     """Publishes live events after the data is committed; a failure is logged, not raised:
     the data is safe, streams catch up from storage, and a cached conversation the failed
-    call did not drop is replaced by the worker's cache handler or expires."""
+    call did not update is replaced by the worker's cache handler or expires."""
 
     def __init__(self, live: LiveEvents) -> None:
         self._live = live
@@ -82,13 +85,11 @@ class QuietLiveEvents:
         conversation_id: str,
         events: Sequence[Event],
         *,
-        conversation_changed: bool = False,
+        conversation: common_pb2.Conversation | None = None,
     ) -> None:
-        """Publish; ``conversation_changed`` also drops the conversation's cached state."""
+        """Publish; with ``conversation``, also cache its new state."""
         try:
-            await self._live.publish(
-                tenant_id, conversation_id, events, conversation_changed=conversation_changed
-            )
+            await self._live.publish(tenant_id, conversation_id, events, conversation=conversation)
         except (RedisError, OSError) as exc:
             log.warning(
                 "live events not published",
@@ -153,7 +154,7 @@ class StreamService:
                 return
             while True:
                 event = await _next(subscription, expires_at)
-                if event is None:  # the hub lost events: catch up from storage
+                if event is None:  # events may have been lost, or it is quiet: check storage
                     async for message in self._stored(tenant_id, conversation_id, last, None):
                         last = message.sequence
                         yield message_event(message)
@@ -208,8 +209,10 @@ class StreamService:
         request_id: str,
     ) -> chat_service_pb2.MarkReadResponse:
         """Outbound messages up to the sequence become READ (MessageDelivered each), once."""
+        # The key names the conversation: the same request id elsewhere is another request.
+        operation = f"{MARK_READ}:{conversation_id}"
         if request_id:
-            stored = await self._idempotency.get(tenant_id, MARK_READ, request_id)
+            stored = await self._idempotency.get(tenant_id, operation, request_id)
             if stored is not None:
                 return chat_service_pb2.MarkReadResponse.FromString(stored)
         conversation = await self._conversation(tenant_id, conversation_id)
@@ -245,7 +248,7 @@ class StreamService:
             if request_id:
                 await self._idempotency.put(
                     tenant_id,
-                    MARK_READ,
+                    operation,
                     request_id,
                     response.SerializeToString(),
                     now=now,
@@ -267,7 +270,7 @@ class StreamService:
         try:
             response, events = await self._transactions.run(mark)
         except AlreadyExists:
-            stored = await self._idempotency.get(tenant_id, MARK_READ, request_id)
+            stored = await self._idempotency.get(tenant_id, operation, request_id)
             if stored is None:
                 raise
             return chat_service_pb2.MarkReadResponse.FromString(stored)
@@ -304,11 +307,13 @@ class StreamService:
 
 
 async def _next(subscription: LiveSubscription, expires_at: float) -> Event | None:
+    """The next live event; None after IDLE_CHECK_SECONDS without one, so the stream looks
+    at storage (a publish that failed after its commit is found that way)."""
     remaining = expires_at - time.time()
     if remaining <= 0:
         raise Unauthenticated("token expired; reconnect with a new one", reason="TOKEN_EXPIRED")
     try:
-        async with asyncio.timeout(remaining if remaining != float("inf") else None):
+        async with asyncio.timeout(min(remaining, IDLE_CHECK_SECONDS)):
             return await subscription.next()
     except SubscriberTooSlowError:
         raise ResourceExhausted(
@@ -321,6 +326,8 @@ async def _next(subscription: LiveSubscription, expires_at: float) -> Event | No
             "the server is shutting down; reconnect with after_sequence", reason="SHUTTING_DOWN"
         ) from None
     except TimeoutError:
-        raise Unauthenticated(
-            "token expired; reconnect with a new one", reason="TOKEN_EXPIRED"
-        ) from None
+        if expires_at - time.time() <= 0:
+            raise Unauthenticated(
+                "token expired; reconnect with a new one", reason="TOKEN_EXPIRED"
+            ) from None
+        return None

@@ -184,11 +184,12 @@ async def test_private_addresses_are_refused_by_default(media_site: str) -> None
     try:
         for url in (
             f"{media_site}/a.gif",
-            media_site.replace("127.0.0.1", "localhost") + "/a.gif",
+            media_site.replace("127.0.0.1", "localhost") + "/a.gif",  # a name, resolved
             "http://169.254.169.254/latest/meta-data/",
             "http://[::1]/x",
+            "http://10.1.2.3/x",
         ):
-            with pytest.raises(MediaFetchError):
+            with pytest.raises(MediaFetchError, match="the address is not public"):
                 await fetcher.fetch(url, max_bytes=1024 * 1024)
     finally:
         await fetcher.close()

@@ -24,6 +24,7 @@ from chat.v1 import common_pb2 as c
 from devstack.processes import free_port
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
+from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.live import LiveHub, RedisLiveEvents, SubscriberTooSlowError
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
@@ -293,7 +294,7 @@ async def test_a_slow_subscriber_is_dropped_without_slowing_the_others(stack: En
     # BDP probing) would have to fill first, which a test cannot do quickly or reliably.
     client = redis_asyncio.Redis.from_url(stack.redis_url)
     hub = LiveHub(client=client, queue_limit=20)
-    publisher = RedisLiveEvents(client=client)
+    publisher = RedisLiveEvents(client=client, cache=RedisConversationCache(client=client))
     try:
         slow = await hub.subscribe("acme", "slow-conversation")
         fast = await hub.subscribe("acme", "slow-conversation")

@@ -22,6 +22,7 @@ import redis.asyncio as redis_asyncio
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from chat.v1 import (
     analytics_service_pb2,
@@ -687,11 +688,13 @@ async def test_a_late_event_never_brings_back_an_older_cached_state(stack: Endpo
     try:
         assert not await cache.refresh(tenant, state(100, 2))  # not cached: stays missing
         assert await cache.get(tenant, "c1") is None
-        assert await cache.fill(tenant, state(100, 2))
-        assert not await cache.fill(tenant, state(99, 9))  # a slow read with an older state
-        assert await cache.refresh(tenant, state(100, 4))  # same millisecond, later sequence
-        assert not await cache.refresh(tenant, state(100, 4))
-        assert await cache.refresh(tenant, state(100, 4, c.CONVERSATION_STATUS_CLOSED))
+        assert await cache.fill(tenant, state(100, 4))
+        # A slow read with an older state, from a server whose clock runs ahead: refused.
+        assert not await cache.fill(tenant, state(500, 2))
+        assert not await cache.refresh(tenant, state(100, 4))  # the same state
+        assert await cache.refresh(tenant, state(90, 6))  # later sequence, earlier clock
+        assert await cache.refresh(tenant, state(90, 6, c.CONVERSATION_STATUS_CLOSED))
+        assert not await cache.refresh(tenant, state(95, 6))  # closed beats open
         cached = await cache.get(tenant, "c1")
         assert cached is not None
         assert cached.status == c.CONVERSATION_STATUS_CLOSED
@@ -726,3 +729,51 @@ async def test_lag_alerts_once_per_interval_across_workers(
     finally:
         for notifier in notifiers:
             await notifier.close()
+
+
+class Outage:
+    """A handler whose store is down for its first ``failures`` attempts."""
+
+    name = "outage"
+
+    def __init__(self, tenant: str, failures: int) -> None:
+        self.tenant = tenant
+        self.failures = failures
+        self.calls = 0
+        self.applied: list[str] = []
+
+    async def handle(self, envelope: events_pb2.EventEnvelope) -> None:
+        if envelope.tenant_id != self.tenant:
+            return
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise AutoReconnect("connection refused")
+        self.applied.append(envelope.event_id)
+
+
+async def test_a_store_outage_waits_instead_of_dead_lettering(
+    start_worker: Callable[..., Worker],
+    publisher: KafkaEventPublisher,
+    stack: Endpoints,
+    tenant: str,
+) -> None:
+    outage = Outage(tenant, failures=3)  # more than one round of attempts
+    start_worker(
+        [Registration(outage, frozenset({"message_received"}))], CHAT_WORKER_RETRY_ATTEMPTS="2"
+    )
+    first = event(
+        tenant, message_received=events_pb2.MessageReceived(message=message(tenant, "c1"))
+    )
+    second = event(
+        tenant, message_received=events_pb2.MessageReceived(message=message(tenant, "c1"))
+    )
+    await publisher.publish(first)
+    await publisher.publish(second)
+
+    async def applied() -> bool:
+        return len(outage.applied) == 2
+
+    await eventually(applied, "the events after the outage")
+    assert outage.applied == [first.event_id, second.event_id]  # in order, none skipped
+    assert outage.calls == 5
+    assert await dead_letters(stack.kafka_bootstrap, first.event_id) == []

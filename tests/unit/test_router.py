@@ -69,7 +69,7 @@ async def test_routing_by_type_and_retries_with_growing_delays() -> None:
     assert await router.dispatch(received()) == []
     assert (flaky.calls, other.calls, unrelated.calls) == (3, 1, 0)
     assert len(delays) == 2
-    assert 0.05 <= delays[0] <= 0.1  # full jitter in [ceiling / 2, ceiling]
+    assert 0.05 <= delays[0] <= 0.1  # equal jitter: in [ceiling / 2, ceiling]
     assert 0.1 <= delays[1] <= 0.2
     assert observer.failures == [("flaky", "message_received")] * 2
     assert sorted(observer.successes) == [
