@@ -38,6 +38,7 @@ from chat.v1 import (
     chat_service_pb2_grpc,
     delivery_service_pb2,
     ingest_service_pb2,
+    ingest_service_pb2_grpc,
     session_service_pb2,
     session_service_pb2_grpc,
     tenant_service_pb2,
@@ -46,6 +47,7 @@ from chat.v1 import (
 from server.api.analytics import AnalyticsServicer
 from server.api.audit import AuditServicer
 from server.api.chat import ChatServicer
+from server.api.ingest import IngestServicer
 from server.api.sessions import SessionServicer
 from server.api.tenants import TenantServicer
 from server.auth.jwks import JwksKeySource
@@ -67,6 +69,7 @@ from server.repositories.audit import MongoAuditLog
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.idempotency import MongoIdempotencyStore
+from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
 from server.repositories.live import LiveHub, RedisLiveEvents
 from server.repositories.locks import MongoLease
 from server.repositories.media import GridFsMediaStore
@@ -80,7 +83,9 @@ from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
+from server.services.ingest import IngestService
 from server.services.messages import MessageService, utc_now
+from server.services.replies import ReplyProcessor
 from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
 from server.services.streams import QuietLiveEvents, StreamService
@@ -249,6 +254,7 @@ class ChatServer:
             allow_private=settings.media_fetch_allow_private,
         )
         self._sweep_task: asyncio.Task[None] | None = None
+        self._replies_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._events = EventWriter(
             outbox=self._outbox,
@@ -270,14 +276,16 @@ class ChatServer:
             self._server.add_generic_rpc_handlers(tuple(extra_handlers))
 
     def _register(self) -> None:
-        # The other chat.v1 servicers are registered as their issues implement them
-        # (ingest, delivery). Until then grpc itself answers UNIMPLEMENTED, while
-        # reflection already serves the whole contract.
+        # DeliveryService is registered when its issue implements it. Until then grpc
+        # itself answers UNIMPLEMENTED, while reflection already serves the whole contract.
         chat_service_pb2_grpc.add_ChatServiceServicer_to_server(self._chat_servicer(), self._server)
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(sessions=self._session_service), self._server
         )
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(ingest=self._ingest), self._server
+        )
         database = self._resources.database
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(analytics=MongoAnalytics(database=database)), self._server
@@ -310,27 +318,59 @@ class ChatServer:
         database = self._resources.database
         conversations = MongoConversationRepository(database=database)
         messages = MongoMessageRepository(database=database)
+        users = MongoUserRepository(database=database)
         outbox, transactions = self._outbox, self._transactions
-        return ChatServicer(
-            messages=MessageService(
-                conversations=conversations,
-                messages=messages,
-                users=MongoUserRepository(database=database),
-                sessions=self._session_store,
-                outbox=outbox,
-                idempotency=MongoIdempotencyStore(database=database),
-                transactions=transactions,
-                content=ContentProcessor(
-                    text=TextProcessor(default_phone_region=self._settings.phone_default_region),
-                    media=MediaProcessor(
-                        store=GridFsMediaStore(database=database), fetcher=self._media_fetcher
-                    ),
-                ),
-                responder=self._responder(messages),
-                events=self._events,
-                live=self._live,
-                on_events=self._relay.wake,
+        content = ContentProcessor(
+            text=TextProcessor(default_phone_region=self._settings.phone_default_region),
+            media=MediaProcessor(
+                store=GridFsMediaStore(database=database), fetcher=self._media_fetcher
             ),
+        )
+        pipeline = MessageService(
+            conversations=conversations,
+            messages=messages,
+            users=users,
+            sessions=self._session_store,
+            outbox=outbox,
+            idempotency=MongoIdempotencyStore(database=database),
+            transactions=transactions,
+            content=content,
+            responder=self._responder(messages),
+            events=self._events,
+            live=self._live,
+            on_events=self._relay.wake,
+        )
+        jobs = MongoReplyJobs(database=database)
+        self._replies = ReplyProcessor(
+            jobs=jobs,
+            pipeline=pipeline,
+            conversations=conversations,
+            messages=messages,
+            sessions=self._session_store,
+            outbox=outbox,
+            transactions=transactions,
+            live=self._live,
+            clock=utc_now,
+            on_events=self._relay.wake,
+        )
+        self._ingest = IngestService(
+            messages_service=pipeline,
+            conversations=conversations,
+            messages=messages,
+            users=users,
+            sessions=self._session_store,
+            outbox=outbox,
+            transactions=transactions,
+            content=content,
+            ingest_log=MongoIngestLog(database=database),
+            reply_jobs=jobs,
+            live=self._live,
+            clock=utc_now,
+            on_events=self._relay.wake,
+            on_reply_job=self._replies.wake,
+        )
+        return ChatServicer(
+            messages=pipeline,
             conversations=ConversationService(
                 conversations=conversations,
                 messages=messages,
@@ -382,6 +422,9 @@ class ChatServer:
         )
         self._relay_task = asyncio.create_task(self._relay.run(self._stopping), name="outbox-relay")
         self._sweep_task = asyncio.create_task(self._sweep_sessions(), name="session-sweep")
+        self._replies_task = asyncio.create_task(
+            self._replies.run(self._stopping), name="reply-queue"
+        )
         log.info(
             "chat server listening",
             address=self._settings.grpc_address,
@@ -409,6 +452,9 @@ class ChatServer:
         await self._server.stop(self._settings.shutdown_grace_seconds)
         if self._sweep_task is not None:
             await _finish(self._sweep_task)
+        if self._replies_task is not None:
+            # Replies in hand are stored; unclaimed jobs wait in MongoDB for the next process.
+            await _finish(self._replies_task)
         if self._relay_task is not None:
             # After the calls: their events are committed; what is not yet published waits in
             # the outbox for the next start (or another process's relay).

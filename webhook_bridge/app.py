@@ -1,34 +1,357 @@
-"""The bridge's aiohttp application.
+"""The bridge's aiohttp application: verify each platform's webhook, normalize it, forward
+it to the chat server, and answer the platform.
 
 aiohttp rather than Starlette+uvicorn: one dependency gives both the server and the HTTP
-client the platform adapters need, it reads the raw body bytes that signature checks require
-without an ASGI layer in between, and its server is among the fastest pure-asyncio ones.
+client the adapters need (Teams keys), it reads the raw body bytes that signature checks
+require without an ASGI layer in between, and its server is among the fastest pure-asyncio ones.
+
+Order of every webhook: tenant (404), size (413), signature (401 without one, 403 with a
+wrong one), then content type and JSON (400), then parsing; nothing is forwarded or stored
+before the signature holds. The platform gets 200 only once the server stored the events;
+503 when it could not, so the platform retries (the server deduplicates the retry).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hmac
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 import grpc
+import structlog
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from chat.v1 import ingest_service_pb2
+from server.domain.errors import Unavailable
+from server.domain.tenant import Tenant
+from webhook_bridge.adapters import MalformedPayloadError, Parsed, messenger, slack, teams, whatsapp
+from webhook_bridge.forwarder import Forwarder, ServerUnavailableError
+from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
+from webhook_bridge.teams_auth import BotFrameworkVerifier, TeamsAuthError
+from webhook_bridge.tokens import ServiceTokens
+
+log = structlog.get_logger("chat.bridge")
 
 SERVER_CHANNEL = web.AppKey("server_channel", grpc.aio.Channel)
+_OUTCOMES = ingest_service_pb2.IngestOutcome
 
 
-def create_app(*, server_target: str) -> web.Application:
-    """Build the application; the gRPC channel opens on start-up, inside the loop."""
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
+@dataclass(slots=True)
+class BridgeState:
+    """What the handlers share: tenants, the forwarder, the Teams verifier, the metrics."""
 
-    async def channel_context(app: web.Application) -> AsyncIterator[None]:
+    tenants: Mapping[str, Tenant]
+    forwarder: Forwarder
+    teams: BotFrameworkVerifier
+    metrics: BridgeMetrics
+    clock: Callable[[], float] = time.time
+
+
+STATE = web.AppKey("bridge_state", BridgeState)
+
+
+class BridgeMetrics:
+    """Webhooks by platform and answer, events by outcome, ignored entries by kind."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.webhooks = Counter(
+            "chat_bridge_webhooks",
+            "Webhook requests, by platform and HTTP status answered.",
+            ["platform", "status"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "chat_bridge_events",
+            "Normalized events forwarded, by platform and the server's outcome.",
+            ["platform", "outcome"],
+            registry=self.registry,
+        )
+        self.ignored = Counter(
+            "chat_bridge_ignored",
+            "Entries acknowledged without effect (unsupported types, echoes), by kind.",
+            ["platform", "kind"],
+            registry=self.registry,
+        )
+
+
+def create_app(
+    *,
+    server_target: str,
+    tenants: Mapping[str, Tenant],
+    tokens: ServiceTokens,
+    teams_metadata_url: str,
+    max_body_bytes: int = 1024 * 1024,
+    metrics: BridgeMetrics | None = None,
+) -> web.Application:
+    """Build the application; the gRPC channel and HTTP client open on start-up."""
+    app = web.Application(client_max_size=max_body_bytes)
+    metrics = metrics or BridgeMetrics()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         channel = grpc.aio.insecure_channel(server_target)
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         app[SERVER_CHANNEL] = channel
+        app[STATE] = BridgeState(
+            tenants=tenants,
+            forwarder=Forwarder(channel=channel, tokens=tokens),
+            teams=BotFrameworkVerifier(metadata_url=teams_metadata_url, http=http),
+            metrics=metrics,
+        )
         yield
+        await http.close()
         await channel.close(None)
 
-    app.cleanup_ctx.append(channel_context)
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/webhooks/whatsapp/{tenant_id}", meta_handshake("whatsapp"))
+    app.router.add_post("/webhooks/whatsapp/{tenant_id}", counted("whatsapp", whatsapp_post))
+    app.router.add_get("/webhooks/messenger/{tenant_id}", meta_handshake("messenger"))
+    app.router.add_post("/webhooks/messenger/{tenant_id}", counted("messenger", messenger_post))
+    app.router.add_post("/webhooks/slack/{tenant_id}", counted("slack", slack_events))
+    app.router.add_post(
+        "/webhooks/slack/{tenant_id}/interactivity", counted("slack", slack_interactivity)
+    )
+    app.router.add_post("/webhooks/teams/{tenant_id}", counted("teams", teams_post))
     return app
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def counted(platform: str, handler: Handler) -> Handler:
+    """Count every answer (including refusals) by platform and status."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            request.app[STATE].metrics.webhooks.labels(platform, str(exc.status)).inc()
+            raise
+        request.app[STATE].metrics.webhooks.labels(platform, str(response.status)).inc()
+        return response
+
+    return wrapper
+
+
+def refuse(status: int, reason: str) -> web.HTTPException:
+    """A refusal with its reason in a small JSON body (never a stack trace)."""
+    classes: dict[int, type[web.HTTPException]] = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        413: web.HTTPRequestEntityTooLarge,
+        503: web.HTTPServiceUnavailable,
+    }
+    body = json.dumps({"error": reason})
+    if status == 413:
+        return web.HTTPRequestEntityTooLarge(
+            max_size=0, actual_size=0, text=body, content_type="application/json"
+        )
+    return classes[status](text=body, content_type="application/json")
+
+
+def _tenant(request: web.Request) -> Tenant:
+    tenant = request.app[STATE].tenants.get(request.match_info["tenant_id"])
+    if tenant is None or not tenant.enabled:
+        raise refuse(404, "unknown tenant")
+    return tenant
+
+
+async def _body(request: web.Request) -> bytes:
+    limit = request.app._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise refuse(413, f"body over {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise refuse(413, f"body over {limit} bytes") from None
+
+
+def _json(request: web.Request, raw: bytes) -> Any:
+    if request.content_type != "application/json":
+        raise refuse(400, "expected application/json")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise refuse(400, "malformed JSON") from None
+
+
+def meta_handshake(platform: str) -> Handler:
+    """The hub.* subscription handshake of WhatsApp and Messenger."""
+
+    async def handshake(request: web.Request) -> web.StreamResponse:
+        tenant = _tenant(request)
+        credentials = getattr(tenant.channels, platform)
+        if credentials is None:
+            raise refuse(404, f"{platform} is not configured for this tenant")
+        query = request.query
+        token = query.get("hub.verify_token", "")
+        challenge = query.get("hub.challenge", "")
+        if (
+            query.get("hub.mode") != "subscribe"
+            or not challenge
+            or not credentials.verify_token
+            or not hmac.compare_digest(token.encode(), credentials.verify_token.encode())
+        ):
+            raise refuse(403, "verification failed")
+        return web.Response(text=challenge)
+
+    return counted(platform, handshake)
+
+
+async def whatsapp_post(request: web.Request) -> web.StreamResponse:
+    tenant = _tenant(request)
+    credentials = tenant.channels.whatsapp
+    if credentials is None:
+        raise refuse(404, "whatsapp is not configured for this tenant")
+    return await _meta_post(request, tenant, credentials.app_secret, "whatsapp", whatsapp.parse)
+
+
+async def messenger_post(request: web.Request) -> web.StreamResponse:
+    tenant = _tenant(request)
+    credentials = tenant.channels.messenger
+    if credentials is None:
+        raise refuse(404, "messenger is not configured for this tenant")
+    return await _meta_post(request, tenant, credentials.app_secret, "messenger", messenger.parse)
+
+
+async def _meta_post(
+    request: web.Request,
+    tenant: Tenant,
+    app_secret: str,
+    platform: str,
+    parse: Callable[[Any], Parsed],
+) -> web.StreamResponse:
+    raw = await _body(request)
+    signature = request.headers.get("X-Hub-Signature-256")
+    if not signature:
+        raise refuse(401, "X-Hub-Signature-256 missing")
+    if not meta_signature_valid(app_secret, raw, signature):
+        raise refuse(403, "signature does not match")
+    return await _forward(request, tenant, platform, _parsed(parse, _json(request, raw)))
+
+
+def _slack_verified(request: web.Request, tenant: Tenant, raw: bytes) -> None:
+    credentials = tenant.channels.slack
+    if credentials is None:
+        raise refuse(404, "slack is not configured for this tenant")
+    timestamp = request.headers.get("X-Slack-Request-Timestamp")
+    signature = request.headers.get("X-Slack-Signature")
+    if not timestamp or not signature:
+        raise refuse(401, "X-Slack-Signature or X-Slack-Request-Timestamp missing")
+    if not slack_signature_valid(
+        credentials.signing_secret,
+        raw,
+        timestamp=timestamp,
+        signature=signature,
+        now=request.app[STATE].clock(),
+    ):
+        raise refuse(403, "signature does not match, or the request is too old")
+
+
+async def slack_events(request: web.Request) -> web.StreamResponse:
+    tenant = _tenant(request)
+    raw = await _body(request)
+    _slack_verified(request, tenant, raw)
+    payload = _json(request, raw)
+    if isinstance(payload, dict) and payload.get("type") == "url_verification":
+        return web.json_response({"challenge": str(payload.get("challenge", ""))})
+    return await _forward(request, tenant, "slack", _parsed(slack.parse_event, payload))
+
+
+async def slack_interactivity(request: web.Request) -> web.StreamResponse:
+    tenant = _tenant(request)
+    raw = await _body(request)
+    _slack_verified(request, tenant, raw)
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise refuse(400, "expected application/x-www-form-urlencoded")
+    try:
+        form = urllib.parse.parse_qs(raw.decode(), strict_parsing=True)
+        payload = json.loads(form["payload"][0])
+    except (UnicodeDecodeError, ValueError, KeyError):
+        raise refuse(400, "expected a payload field holding JSON") from None
+    return await _forward(request, tenant, "slack", _parsed(slack.parse_interaction, payload))
+
+
+async def teams_post(request: web.Request) -> web.StreamResponse:
+    tenant = _tenant(request)
+    credentials = tenant.channels.teams
+    if credentials is None:
+        raise refuse(404, "teams is not configured for this tenant")
+    raw = await _body(request)
+    verifier = request.app[STATE].teams
+    try:
+        verified = await verifier.authenticate(
+            request.headers.get("Authorization"), app_id=credentials.app_id
+        )
+        activity = _json(request, raw)
+        if not isinstance(activity, dict):
+            raise refuse(400, "expected an activity object")
+        verified.check(
+            service_url=str(activity.get("serviceUrl", "")),
+            channel_id=str(activity.get("channelId", "")),
+        )
+    except TeamsAuthError as exc:
+        raise refuse(exc.status, exc.reason) from None
+    except Unavailable:
+        raise refuse(503, "cannot verify Teams requests right now") from None
+    response = await _forward(request, tenant, "teams", _parsed(teams.parse, activity))
+    if activity.get("type") == "invoke":
+        # Teams waits for an invoke response within the request.
+        return web.json_response(
+            {"statusCode": 200, "type": "application/vnd.microsoft.activity.message", "value": ""}
+        )
+    return response
+
+
+def _parsed(parse: Callable[[Any], Parsed], payload: Any) -> Parsed:
+    try:
+        return parse(payload)
+    except MalformedPayloadError as exc:
+        raise refuse(400, str(exc)) from None
+
+
+async def _forward(
+    request: web.Request, tenant: Tenant, platform: str, parsed: Parsed
+) -> web.StreamResponse:
+    state = request.app[STATE]
+    for kind in parsed.ignored:
+        state.metrics.ignored.labels(platform, kind.partition(":")[0]).inc()
+    if parsed.ignored:
+        log.info("webhook entries ignored", platform=platform, kinds=parsed.ignored[:20])
+    if parsed.events:
+        try:
+            results = await state.forwarder.forward(tenant.id, parsed.events)
+        except ServerUnavailableError:
+            raise refuse(503, "the chat server is unavailable; retry later") from None
+        for result in results:
+            outcome = _OUTCOMES.Name(result.outcome).removeprefix("INGEST_OUTCOME_").lower()
+            state.metrics.events.labels(platform, outcome).inc()
+            if result.outcome == ingest_service_pb2.INGEST_OUTCOME_REJECTED:
+                log.warning(
+                    "event rejected by the server",
+                    platform=platform,
+                    platform_event_id=result.platform_event_id,
+                    reason=result.error_reason,
+                    error=result.error_message,
+                )
+    return web.json_response({"received": len(parsed.events), "ignored": len(parsed.ignored)})
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

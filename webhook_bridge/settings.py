@@ -5,19 +5,27 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.settings import LogFormat, Settings, SettingsError
+from webhook_bridge.tokens import SigningKey
 
 
 @dataclass(frozen=True, slots=True)
 class BridgeSettings:
-    """Where the bridge listens and where it forwards to."""
+    """Where the bridge listens, where it forwards to, and how it signs its service tokens."""
 
     host: str
     port: int
     server_target: str
     log_format: LogFormat
     log_level: str
+    max_body_bytes: int
+    tenants_file: Path | None
+    token_key: SigningKey
+    token_issuer: str
+    token_audience: str
+    teams_metadata_url: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeSettings:
@@ -31,10 +39,46 @@ class BridgeSettings:
             port = -1
         if not 0 <= port <= 65535:
             raise SettingsError(f"CHAT_BRIDGE_PORT={raw_port!r}: expected a port number")
+        raw_limit = env.get("CHAT_BRIDGE_MAX_BODY_BYTES", "").strip() or "1048576"
+        if not raw_limit.isdigit() or int(raw_limit) < 1024:
+            raise SettingsError(
+                f"CHAT_BRIDGE_MAX_BODY_BYTES={raw_limit!r}: expected bytes, at least 1024"
+            )
         return cls(
             host=env.get("CHAT_BRIDGE_HOST", "").strip() or "0.0.0.0",  # noqa: S104 - a server
             port=port,
             server_target=env.get("CHAT_SERVER_TARGET", "").strip() or "127.0.0.1:8001",
             log_format=shared.log_format,
             log_level=shared.log_level,
+            max_body_bytes=int(raw_limit),
+            tenants_file=shared.tenants_file,
+            token_key=_token_key(env),
+            token_issuer=shared.jwt.issuer,
+            token_audience=shared.jwt.audience,
+            teams_metadata_url=shared.platforms.teams_openid_metadata_url,
         )
+
+
+def _token_key(env: Mapping[str, str]) -> SigningKey:
+    """The key the bridge signs its ``chat:ingest`` tokens with: a private key file (RS256 or
+    ES256; the server must trust its public key through CHAT_JWT_JWKS_URL or
+    CHAT_JWT_PUBLIC_KEY_FILE), or in development the shared HS256 secret."""
+    key_file = env.get("CHAT_BRIDGE_TOKEN_KEY_FILE", "").strip()
+    if key_file:
+        algorithm = env.get("CHAT_BRIDGE_TOKEN_ALGORITHM", "").strip().upper() or "RS256"
+        if algorithm not in ("RS256", "ES256"):
+            raise SettingsError(f"CHAT_BRIDGE_TOKEN_ALGORITHM={algorithm!r}: RS256 or ES256")
+        try:
+            key = Path(key_file).read_text()
+        except OSError as exc:
+            raise SettingsError(f"CHAT_BRIDGE_TOKEN_KEY_FILE={key_file!r}: {exc}") from None
+        return SigningKey(
+            algorithm=algorithm, key=key, key_id=env.get("CHAT_BRIDGE_TOKEN_KEY_ID", "").strip()
+        )
+    secret = env.get("CHAT_JWT_SECRET", "").strip()
+    if secret:
+        return SigningKey(algorithm="HS256", key=secret)
+    raise SettingsError(
+        "the bridge needs a signing key: CHAT_BRIDGE_TOKEN_KEY_FILE (production) "
+        "or CHAT_JWT_SECRET (development)"
+    )

@@ -28,6 +28,8 @@ class SigningKey:
     kid: str
     key: Any
     algorithm: str | None
+    #: Bot Framework keys name the channels they may sign for ("msteams", ...).
+    endorsements: tuple[str, ...] = ()
 
 
 class JwksKeySource:
@@ -110,10 +112,14 @@ def _usable_keys(document: object) -> dict[str, SigningKey]:
             continue
         try:
             declared = raw.get("alg")
+            endorsed = raw.get("endorsements")
             keys[str(raw["kid"])] = SigningKey(
                 kid=str(raw["kid"]),
                 key=jwt.PyJWK(raw).key,
                 algorithm=declared if isinstance(declared, str) else None,
+                endorsements=tuple(e for e in endorsed if isinstance(e, str))
+                if isinstance(endorsed, list)
+                else (),
             )
         except (jwt.PyJWKError, jwt.InvalidKeyError):
             continue  # a key type we cannot use (for example an encryption key)

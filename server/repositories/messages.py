@@ -125,6 +125,56 @@ class MongoMessageRepository:
         )
         return [to_proto(document) async for document in cursor.limit(limit)]
 
+    async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None:
+        """One message of the tenant, or None."""
+        document = await self._collection.find_one(
+            {"_id": message_id, "tenant_id": tenant_id}, {"pb": 1, "delivery_status": 1}
+        )
+        return to_proto(document) if document else None
+
+    async def apply_status(
+        self,
+        tenant_id: str,
+        *,
+        channel: int,
+        status: common_pb2.DeliveryStatus.ValueType,
+        platform_message_ids: Sequence[str],
+        watermark: tuple[str, dt.datetime] | None,
+        session: AsyncClientSession,
+    ) -> list[common_pb2.Message]:
+        """Move outbound messages to ``status`` where that is forward (see FORWARD_FROM): the
+        ones with these platform ids, and with a watermark (conversation id, time) every
+        outbound message of that conversation created before the time. Returns the messages
+        that changed, as they are now."""
+        forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
+        wanted: list[Document] = []
+        if platform_message_ids:
+            wanted.append(
+                {"channel": channel, "platform_message_id": {"$in": list(platform_message_ids)}}
+            )
+        if watermark is not None:
+            conversation_id, before = watermark
+            wanted.append({"conversation_id": conversation_id, "create_time": {"$lte": before}})
+        if not wanted:
+            return []
+        query: Document = {
+            "tenant_id": tenant_id,
+            "direction": common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+            "$or": wanted,
+            **forward,
+        }
+        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}, session=session)
+        changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
+        if changed:
+            await self._collection.update_many(
+                {"_id": {"$in": [m.id for m in changed]}, "tenant_id": tenant_id, **forward},
+                {"$set": {"delivery_status": status}},
+                session=session,
+            )
+        for message in changed:
+            message.delivery_status = status
+        return changed
+
     async def mark_read(
         self,
         tenant_id: str,
@@ -161,6 +211,26 @@ class MongoMessageRepository:
         ).sort("sequence", ASCENDING)
         return await cursor.limit(50).explain()
 
+
+_S = common_pb2
+#: For each status, the statuses a message may move to it from: never backwards (SENT <
+#: DELIVERED < READ); FAILED only before delivery, and a later DELIVERED or READ proves a
+#: FAILED report wrong.
+FORWARD_FROM: dict[int, list[int]] = {
+    _S.DELIVERY_STATUS_SENT: [_S.DELIVERY_STATUS_QUEUED],
+    _S.DELIVERY_STATUS_DELIVERED: [
+        _S.DELIVERY_STATUS_QUEUED,
+        _S.DELIVERY_STATUS_SENT,
+        _S.DELIVERY_STATUS_FAILED,
+    ],
+    _S.DELIVERY_STATUS_READ: [
+        _S.DELIVERY_STATUS_QUEUED,
+        _S.DELIVERY_STATUS_SENT,
+        _S.DELIVERY_STATUS_DELIVERED,
+        _S.DELIVERY_STATUS_FAILED,
+    ],
+    _S.DELIVERY_STATUS_FAILED: [_S.DELIVERY_STATUS_QUEUED, _S.DELIVERY_STATUS_SENT],
+}
 
 #: The statuses READ moves forward from.
 _READABLE = [

@@ -21,6 +21,10 @@ OUTBOX = "outbox"
 IDEMPOTENCY = "idempotency"
 LOCKS = "locks"
 USERS = "users"
+#: Platform events already ingested (deduplication of platform retries).
+INGESTED_EVENTS = "ingested_events"
+#: The durable queue of inbound messages waiting for their reply.
+REPLY_JOBS = "reply_jobs"
 #: The event worker's collections.
 HANDLED_EVENTS = "handled_events"
 ANALYTICS_MINUTES = "analytics_minutes"
@@ -73,6 +77,15 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("tenant_id", ASCENDING), ("create_time", DESCENDING), ("_id", DESCENDING)],
             name="tenant_recent",
         ),
+        # Receipts name messages by their platform id.
+        IndexModel(
+            [
+                ("tenant_id", ASCENDING),
+                ("channel", ASCENDING),
+                ("platform_message_id", ASCENDING),
+            ],
+            name="platform_id",
+        ),
     ],
     OUTBOX: [
         IndexModel([("published", ASCENDING), ("position", ASCENDING)], name="pending"),
@@ -84,6 +97,17 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("metadata.tenant_id", ASCENDING), ("metadata.sha256", ASCENDING)],
             name="tenant_sha256",
+        ),
+    ],
+    INGESTED_EVENTS: [
+        # Platforms retry for days (Meta up to 7): a month covers every retry.
+        IndexModel([("ingest_time", ASCENDING)], expireAfterSeconds=30 * 86400, name="expiry"),
+    ],
+    REPLY_JOBS: [
+        IndexModel([("due_time", ASCENDING)], name="due"),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("enqueue_time", ASCENDING)],
+            name="conversation",
         ),
     ],
     HANDLED_EVENTS: [

@@ -102,19 +102,8 @@ class MessageService:
         )
         now = self._clock()
         conversation, started = await self._conversation(tenant_id, actor_id, request, now)
-        session, session_created = await self._sessions.get_or_create(
-            tenant_id, conversation, now=now
-        )
-        if session_created:
-            await self._events.write(
-                tenant_id=tenant_id,
-                actor_id=actor_id,
-                conversation_id=conversation.id,
-                now=now,
-                event_id=stable_event_id(tenant_id, session.id, "started"),
-                session_started=events_pb2.SessionStarted(session=session),
-            )
-        inbound = _message(
+        session = await self.session_for(tenant_id, actor_id, conversation, now=now)
+        inbound = build_message(
             conversation,
             processed,
             direction=common_pb2.MESSAGE_DIRECTION_INBOUND,
@@ -123,30 +112,9 @@ class MessageService:
             reply_to=request.reply_to_message_id,
             metadata=dict(request.metadata),
         )
-        context = json_format.MessageToDict(session.context)
-        reply = await self._responder.reply(
-            tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
+        outbound, replies = await self.compose_replies(
+            tenant_id, conversation, inbound, session, now=now
         )
-        replies = await self._replies(tenant_id, conversation.channel, reply.contents)
-        # Replies are stamped when they exist: the difference is the bot's response time.
-        replied = max(self._clock(), now)
-        outbound = [
-            _message(
-                conversation,
-                processed_reply,
-                direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
-                sender_id=RESPONDER_ID,
-                now=replied,
-                reply_to=inbound.id,
-                metadata={},
-            )
-            for processed_reply in replies
-        ]
-        # The session as it stands after this exchange is part of the response.
-        context.update(reply.context_updates)
-        session.context.Clear()
-        session.context.update(context)
-        self._sessions.touch(session, now=now)
         texts = [processed.search_text] + [r.search_text for r in replies]
         try:
             response = await self._transactions.run(
@@ -182,6 +150,63 @@ class MessageService:
         if started:
             log.info("conversation started", conversation_id=conversation.id)
         return response
+
+    async def session_for(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        conversation: common_pb2.Conversation,
+        *,
+        now: dt.datetime,
+    ) -> common_pb2.Session:
+        """The conversation's session, started (SessionStarted) when it has none."""
+        session, created = await self._sessions.get_or_create(tenant_id, conversation, now=now)
+        if created:
+            await self._events.write(
+                tenant_id=tenant_id,
+                actor_id=actor_id,
+                conversation_id=conversation.id,
+                now=now,
+                event_id=stable_event_id(tenant_id, session.id, "started"),
+                session_started=events_pb2.SessionStarted(session=session),
+            )
+        return session
+
+    async def compose_replies(
+        self,
+        tenant_id: str,
+        conversation: common_pb2.Conversation,
+        inbound: common_pb2.Message,
+        session: common_pb2.Session,
+        *,
+        now: dt.datetime,
+    ) -> tuple[list[common_pb2.Message], list[ProcessedContent]]:
+        """Ask the responder, and build its replies (sequences not yet assigned); the
+        session's context is updated in place and touched."""
+        context = json_format.MessageToDict(session.context)
+        reply = await self._responder.reply(
+            tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
+        )
+        replies = await self._replies(tenant_id, conversation.channel, reply.contents)
+        # Replies are stamped when they exist: the difference is the bot's response time.
+        replied = max(self._clock(), now)
+        outbound = [
+            build_message(
+                conversation,
+                processed_reply,
+                direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+                sender_id=RESPONDER_ID,
+                now=replied,
+                reply_to=inbound.id,
+                metadata={},
+            )
+            for processed_reply in replies
+        ]
+        context.update(reply.context_updates)
+        session.context.Clear()
+        session.context.update(context)
+        self._sessions.touch(session, now=now)
+        return outbound, replies
 
     async def _replies(
         self, tenant_id: str, channel: int, contents: Sequence[common_pb2.Content]
@@ -221,23 +246,49 @@ class MessageService:
             if found.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
                 raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
             return found, False
-        active = await self._conversations.find_active(tenant_id, request.user_id, request.channel)
-        if active is not None:
-            return active, False
         if request.channel != WEB and not request.channel_conversation_id:
+            active = await self._conversations.find_active(
+                tenant_id, request.user_id, request.channel
+            )
+            if active is not None:
+                return active, False
             raise InvalidArgument(
                 "a new conversation on a platform channel needs its address",
                 field_violations=[
                     FieldViolation("channel_conversation_id", "required for a new conversation")
                 ],
             )
+        return await self.find_or_start(
+            tenant_id,
+            actor_id,
+            user_id=request.user_id,
+            channel=request.channel,
+            channel_conversation_id=request.channel_conversation_id,
+            now=now,
+        )
+
+    async def find_or_start(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        *,
+        user_id: str,
+        channel: int,
+        channel_conversation_id: str,
+        now: dt.datetime,
+    ) -> tuple[common_pb2.Conversation, bool]:
+        """The user's active conversation on the channel, or a new one (ConversationStarted);
+        True when it was started now."""
+        active = await self._conversations.find_active(tenant_id, user_id, channel)
+        if active is not None:
+            return active, False
 
         async def start(tx: Tx) -> common_pb2.Conversation:
             conversation = await self._conversations.insert_active(
                 tenant_id,
-                user_id=request.user_id,
-                channel=request.channel,
-                channel_conversation_id=request.channel_conversation_id,
+                user_id=user_id,
+                channel=channel,
+                channel_conversation_id=channel_conversation_id,
                 now=now,
                 session=tx,
             )
@@ -261,9 +312,7 @@ class MessageService:
             conversation = await self._transactions.run(start)
         except AlreadyExists:
             # Another first message of this user started it a moment ago.
-            active = await self._conversations.find_active(
-                tenant_id, request.user_id, request.channel
-            )
+            active = await self._conversations.find_active(tenant_id, user_id, channel)
             if active is None:
                 raise
             return active, False
@@ -339,7 +388,7 @@ class MessageService:
         return response
 
 
-def _message(
+def build_message(
     conversation: common_pb2.Conversation,
     processed: ProcessedContent,
     *,

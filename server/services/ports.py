@@ -102,6 +102,19 @@ class MessageRepository(Protocol):
         self, tenant_id: str, conversation_id: str, *, up_to_sequence: int, session: Tx
     ) -> list[common_pb2.Message]: ...
 
+    async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None: ...
+
+    async def apply_status(
+        self,
+        tenant_id: str,
+        *,
+        channel: int,
+        status: common_pb2.DeliveryStatus.ValueType,
+        platform_message_ids: Sequence[str],
+        watermark: tuple[str, dt.datetime] | None,
+        session: Tx,
+    ) -> list[common_pb2.Message]: ...
+
     async def search(
         self,
         tenant_id: str,

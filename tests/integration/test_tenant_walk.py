@@ -44,7 +44,6 @@ ALL_SCOPES = ("chat:read", "chat:write", "chat:ingest", "chat:admin")
 #: RPCs whose implementations arrive with later issues. Each must answer UNIMPLEMENTED;
 #: when one is implemented, move it to WALKS with its cross-tenant case.
 PENDING = {
-    "/chat.v1.IngestService/IngestEvents",
     "/chat.v1.DeliveryService/GetDeliveryStatus",
     "/chat.v1.DeliveryService/ListFailedDeliveries",
     "/chat.v1.DeliveryService/RetryDelivery",
@@ -143,6 +142,30 @@ def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
             "GetTenant",
             tenant_service_pb2.GetTenantRequest(),
         ),
+        "/chat.v1.IngestService/IngestEvents": (
+            "ingest",
+            "IngestEvents",
+            ingest_service_pb2.IngestEventsRequest(
+                events=[
+                    {  # type: ignore[list-item]
+                        "platform_event_id": "walk-1",
+                        "channel": c.CHANNEL_TYPE_WHATSAPP,
+                        "platform_user_id": "attacker",
+                        "channel_conversation_id": cid,
+                        "status": {
+                            "status": c.DELIVERY_STATUS_READ,
+                            "platform_message_ids": [victim.message_id],
+                        },
+                    },
+                    {  # type: ignore[list-item]
+                        "platform_event_id": "walk-2",
+                        "channel": c.CHANNEL_TYPE_WHATSAPP,
+                        "platform_user_id": "attacker",
+                        "typing": {"typing": True},
+                    },
+                ]
+            ),
+        ),
         "/chat.v1.AnalyticsService/GetTenantAnalytics": (
             "analytics",
             "GetTenantAnalytics",
@@ -210,6 +233,7 @@ async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None
             assert method in (
                 "/chat.v1.ChatService/ListConversations",
                 "/chat.v1.TenantService/GetTenant",
+                "/chat.v1.IngestService/IngestEvents",
                 "/chat.v1.AnalyticsService/GetTenantAnalytics",
                 "/chat.v1.AuditService/ListAuditEntries",
                 "/chat.v1.AuditService/VerifyAuditChain",

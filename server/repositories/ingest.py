@@ -1,0 +1,126 @@
+"""What ingestion stores beside messages: the log of platform events already ingested, and
+the durable queue of inbound messages waiting for their reply."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.repositories.mongo import INGESTED_EVENTS, REPLY_JOBS, Document
+
+PENDING = "pending"
+RUNNING = "running"
+
+
+class MongoIngestLog:
+    """Platform events already ingested, per tenant and channel."""
+
+    def __init__(self, *, database: AsyncDatabase[Document]) -> None:
+        self._collection = database[INGESTED_EVENTS]
+
+    @staticmethod
+    def _key(tenant_id: str, channel: int, platform_event_id: str) -> str:
+        return f"{tenant_id}:{channel}:{platform_event_id}"
+
+    async def seen(self, tenant_id: str, channel: int, platform_event_id: str) -> bool:
+        """Whether the event was ingested before."""
+        key = self._key(tenant_id, channel, platform_event_id)
+        return await self._collection.find_one({"_id": key}, {"_id": 1}) is not None
+
+    async def record(
+        self,
+        tenant_id: str,
+        channel: int,
+        platform_event_id: str,
+        *,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> None:
+        """Record the event in the caller's transaction; a second record fails it."""
+        await self._collection.insert_one(
+            {
+                "_id": self._key(tenant_id, channel, platform_event_id),
+                "tenant_id": tenant_id,
+                "ingest_time": now,
+            },
+            session=session,
+        )
+
+
+class MongoReplyJobs:
+    """Inbound messages waiting for a reply: enqueued with the message, claimed with a lease,
+    removed with the reply (in one transaction each), so a crash loses no reply and stores
+    none twice."""
+
+    def __init__(self, *, database: AsyncDatabase[Document]) -> None:
+        self._collection = database[REPLY_JOBS]
+
+    async def enqueue(
+        self,
+        tenant_id: str,
+        *,
+        conversation_id: str,
+        message_id: str,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> None:
+        await self._collection.insert_one(
+            {
+                "_id": uuid.uuid4().hex,
+                "tenant_id": tenant_id,
+                "conversation_id": conversation_id,
+                "message_id": message_id,
+                "status": PENDING,
+                "attempts": 0,
+                "enqueue_time": now,
+                "due_time": now,
+            },
+            session=session,
+        )
+
+    async def claim(self, *, owner: str, now: dt.datetime, lease: dt.timedelta) -> Document | None:
+        """The oldest due job, leased to ``owner`` (a lapsed lease is claimable again)."""
+        return await self._collection.find_one_and_update(
+            {"due_time": {"$lte": now}},
+            {
+                "$set": {"status": RUNNING, "owner": owner, "due_time": now + lease},
+                "$inc": {"attempts": 1},
+            },
+            sort=[("due_time", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def earlier_waiting(self, job: Document) -> bool:
+        """Whether an older job of the same conversation still waits (replies keep order)."""
+        found = await self._collection.find_one(
+            {
+                "tenant_id": job["tenant_id"],
+                "conversation_id": job["conversation_id"],
+                "enqueue_time": {"$lt": job["enqueue_time"]},
+            },
+            {"_id": 1},
+        )
+        return found is not None
+
+    async def complete(self, job: Document, *, session: AsyncClientSession) -> bool:
+        """Remove the job in the caller's transaction; False when the lease was lost."""
+        removed = await self._collection.delete_one(
+            {"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]},
+            session=session,
+        )
+        return removed.deleted_count == 1
+
+    async def postpone(self, job: Document, *, due: dt.datetime) -> None:
+        """Give the job back, to be claimed again at ``due``."""
+        await self._collection.update_one(
+            {"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]},
+            {"$set": {"status": PENDING, "due_time": due}, "$unset": {"owner": ""}},
+        )
+
+    async def drop(self, job: Document) -> None:
+        """Remove a job that can never be done (its message or conversation is gone)."""
+        await self._collection.delete_one({"_id": job["_id"], "owner": job["owner"]})

@@ -1,0 +1,389 @@
+"""IngestService: normalized platform events from the webhook bridge.
+
+An inbound message is stored, with its platform event id (the deduplication record), its
+events and a reply job, in one transaction; the call returns then, so the bridge can
+acknowledge the platform quickly, and the reply is generated afterwards from the durable
+reply queue (services/replies.py). A status report moves delivery status forward only; a
+typing report goes to the conversation's streams.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from chat.v1 import chat_service_pb2, common_pb2, events_pb2, ingest_service_pb2
+from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
+from server.events.envelopes import envelope
+from server.processors.content import ContentProcessor, ProcessedContent
+from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
+from server.services.messages import MessageService, build_message
+from server.services.ports import (
+    ConversationRepository,
+    MessageRepository,
+    Outbox,
+    SessionStore,
+    TransactionRunner,
+    Tx,
+    UserRepository,
+)
+from server.services.streams import QuietLiveEvents, message_event
+
+log = structlog.get_logger("chat.ingest")
+
+Result = ingest_service_pb2.IngestResult
+ACCEPTED = ingest_service_pb2.INGEST_OUTCOME_ACCEPTED
+DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
+IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
+REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
+MAX_ID_CHARS = 256
+_STATUSES = (
+    common_pb2.DELIVERY_STATUS_SENT,
+    common_pb2.DELIVERY_STATUS_DELIVERED,
+    common_pb2.DELIVERY_STATUS_READ,
+    common_pb2.DELIVERY_STATUS_FAILED,
+)
+
+
+class IngestService:
+    """Applies one batch of platform events, each on its own."""
+
+    def __init__(
+        self,
+        *,
+        messages_service: MessageService,
+        conversations: ConversationRepository,
+        messages: MessageRepository,
+        users: UserRepository,
+        sessions: SessionStore,
+        outbox: Outbox,
+        transactions: TransactionRunner,
+        content: ContentProcessor,
+        ingest_log: MongoIngestLog,
+        reply_jobs: MongoReplyJobs,
+        live: QuietLiveEvents,
+        clock: Callable[[], dt.datetime],
+        on_events: Callable[[], None] = lambda: None,
+        on_reply_job: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._pipeline = messages_service
+        self._conversations = conversations
+        self._messages = messages
+        self._users = users
+        self._sessions = sessions
+        self._outbox = outbox
+        self._transactions = transactions
+        self._content = content
+        self._log = ingest_log
+        self._jobs = reply_jobs
+        self._live = live
+        self._clock = clock
+        self._on_events = on_events
+        self._on_reply_job = on_reply_job
+
+    async def ingest(
+        self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
+    ) -> list[Result]:
+        """One result per event, in order. Store outages propagate (the bridge retries the
+        batch; deduplication makes that safe)."""
+        results = []
+        for event in events:
+            try:
+                results.append(await self._one(tenant_id, event))
+            except InvalidArgument as exc:
+                results.append(_rejected(event, exc.reason, str(exc)))
+        return results
+
+    async def _one(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        problem = _check(event)
+        if problem:
+            return _rejected(event, "INVALID_EVENT", problem)
+        kind = event.WhichOneof("kind")
+        if kind == "message":
+            return await self._message(tenant_id, event)
+        if kind == "status":
+            return await self._status(tenant_id, event)
+        return await self._typing(tenant_id, event)
+
+    async def _message(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        if await self._log.seen(tenant_id, event.channel, event.platform_event_id):
+            return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
+        inbound_event = event.message
+        try:
+            processed = await self._content.process_inbound(
+                tenant_id, inbound_event.content, channel=event.channel, field="message.content"
+            )
+        except DomainError as exc:
+            return _rejected(event, "INVALID_CONTENT", str(exc))
+        for _ in range(2):  # a conversation closing meanwhile: once more, in a new one
+            try:
+                return await self._store_message(tenant_id, event, processed)
+            except _ConversationClosedError:
+                continue
+        raise InvalidArgument("the conversation closed while the message was stored")
+
+    async def _store_message(
+        self,
+        tenant_id: str,
+        event: ingest_service_pb2.InboundEvent,
+        processed: ProcessedContent,
+    ) -> Result:
+        inbound_event = event.message
+        now = self._clock()
+        actor = event.platform_user_id
+        conversation, _ = await self._pipeline.find_or_start(
+            tenant_id,
+            actor,
+            user_id=event.platform_user_id,
+            channel=event.channel,
+            channel_conversation_id=event.channel_conversation_id,
+            now=now,
+        )
+        session = await self._pipeline.session_for(tenant_id, actor, conversation, now=now)
+        metadata = {
+            key: value
+            for key, value in (
+                ("platform_account_id", event.platform_account_id),
+                ("service_url", event.service_url),
+                ("user_display_name", event.user_display_name),
+                ("reply_to_platform_message_id", inbound_event.reply_to_platform_message_id),
+            )
+            if value
+        }
+        message = build_message(
+            conversation,
+            processed,
+            direction=common_pb2.MESSAGE_DIRECTION_INBOUND,
+            sender_id=event.platform_user_id,
+            now=now,
+            reply_to="",
+            metadata=metadata,
+        )
+        message.platform_message_id = inbound_event.platform_message_id
+
+        async def store(tx: Tx) -> tuple[common_pb2.Message, common_pb2.Conversation]:
+            await self._log.record(
+                tenant_id, event.channel, event.platform_event_id, now=now, session=tx
+            )
+            updated = await self._conversations.record_messages(
+                tenant_id, conversation.id, inbound=1, outbound=0, now=now, session=tx
+            )
+            if updated is None:
+                raise _ConversationClosedError  # aborts the transaction: nothing recorded
+            message.sequence = updated.last_sequence
+            await self._messages.insert_many(
+                tenant_id, [message], search_texts=[processed.search_text], session=tx
+            )
+            await self._users.record_activity(
+                tenant_id, channel=event.channel, user_id=actor, now=now, session=tx
+            )
+            await self._outbox.add(
+                [
+                    _envelope(
+                        tenant_id, actor, updated.id, now, message_received=_received(message)
+                    ),
+                    _envelope(
+                        tenant_id,
+                        actor,
+                        updated.id,
+                        now,
+                        conversation_updated=events_pb2.ConversationUpdated(conversation=updated),
+                    ),
+                ],
+                now=now,
+                session=tx,
+            )
+            await self._jobs.enqueue(
+                tenant_id,
+                conversation_id=updated.id,
+                message_id=message.id,
+                now=now,
+                session=tx,
+            )
+            return message, updated
+
+        try:
+            stored = await self._transactions.run(store)
+        except AlreadyExists:
+            return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
+        stored_message, updated = stored
+        self._on_events()
+        self._on_reply_job()
+        await self._live.publish(
+            tenant_id, updated.id, [message_event(stored_message)], conversation=updated
+        )
+        try:
+            await self._sessions.save(tenant_id, session, now=now)
+        except Exception as exc:  # noqa: BLE001 - the message is committed; the session can lag
+            log.warning("session not saved", session_id=session.id, error=repr(exc))
+        return Result(
+            platform_event_id=event.platform_event_id,
+            outcome=ACCEPTED,
+            message_id=stored_message.id,
+        )
+
+    async def _status(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        report = event.status
+        if await self._log.seen(tenant_id, event.channel, event.platform_event_id):
+            return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
+        watermark = None
+        if report.HasField("watermark_time"):
+            conversation = await self._conversations.find_active(
+                tenant_id, event.platform_user_id, event.channel
+            )
+            if conversation is not None:
+                watermark = (conversation.id, report.watermark_time.ToDatetime(tzinfo=dt.UTC))
+        now = self._clock()
+
+        async def apply(tx: Tx) -> list[common_pb2.Message]:
+            await self._log.record(
+                tenant_id, event.channel, event.platform_event_id, now=now, session=tx
+            )
+            changed = await self._messages.apply_status(
+                tenant_id,
+                channel=event.channel,
+                status=report.status,
+                platform_message_ids=list(report.platform_message_ids),
+                watermark=watermark,
+                session=tx,
+            )
+            stamp = event.event_time if event.HasField("event_time") else None
+            await self._outbox.add(
+                [
+                    _envelope(
+                        tenant_id,
+                        event.platform_user_id,
+                        message.conversation_id,
+                        now,
+                        message_delivered=events_pb2.MessageDelivered(
+                            message_id=message.id,
+                            conversation_id=message.conversation_id,
+                            channel=event.channel,
+                            status=report.status,
+                            platform_message_id=message.platform_message_id,
+                            status_time=stamp,
+                            error=report.error if report.HasField("error") else None,
+                        ),
+                    )
+                    for message in changed
+                ],
+                now=now,
+                session=tx,
+            )
+            return changed
+
+        try:
+            changed = await self._transactions.run(apply)
+        except AlreadyExists:
+            return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
+        if not changed:
+            # Unknown messages, or a report that would move them backwards (out of order).
+            return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
+        self._on_events()
+        by_conversation: dict[str, list[chat_service_pb2.StreamConversationEventsResponse]] = {}
+        for message in changed:
+            by_conversation.setdefault(message.conversation_id, []).append(
+                chat_service_pb2.StreamConversationEventsResponse(
+                    event_time=event.event_time,
+                    delivery_status=chat_service_pb2.DeliveryStatusUpdate(
+                        message_id=message.id,
+                        sequence=message.sequence,
+                        status=report.status,
+                        error=report.error if report.HasField("error") else None,
+                    ),
+                )
+            )
+        for conversation_id, updates in by_conversation.items():
+            await self._live.publish(tenant_id, conversation_id, updates)
+        return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
+
+    async def _typing(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        conversation = await self._conversations.find_active(
+            tenant_id, event.platform_user_id, event.channel
+        )
+        if conversation is None:
+            return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
+        typing = chat_service_pb2.StreamConversationEventsResponse(
+            event_time=event.event_time,
+            typing=chat_service_pb2.TypingIndicator(
+                participant_id=event.platform_user_id,
+                typing=event.typing.typing,
+                direction=common_pb2.MESSAGE_DIRECTION_INBOUND,
+            ),
+        )
+        await self._live.publish(tenant_id, conversation.id, [typing])
+        return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
+
+
+class _ConversationClosedError(Exception):
+    """The conversation closed between finding it and storing the message."""
+
+
+def _check(event: ingest_service_pb2.InboundEvent) -> str:
+    """What is wrong with the event ("" when nothing)."""
+    kind = event.WhichOneof("kind")
+    problems = [
+        (
+            not event.platform_event_id or len(event.platform_event_id) > MAX_ID_CHARS,
+            f"platform_event_id: required, at most {MAX_ID_CHARS} characters",
+        ),
+        (
+            event.channel in (common_pb2.CHANNEL_TYPE_UNSPECIFIED, common_pb2.CHANNEL_TYPE_WEB)
+            or event.channel not in common_pb2.ChannelType.values(),
+            "channel: a platform channel",
+        ),
+        (
+            not event.platform_user_id or len(event.platform_user_id) > MAX_ID_CHARS,
+            f"platform_user_id: required, at most {MAX_ID_CHARS} characters",
+        ),
+        (kind is None, "one of message, status, typing is required"),
+        (
+            kind == "message"
+            and (
+                not event.channel_conversation_id
+                or len(event.channel_conversation_id) > MAX_ID_CHARS
+            ),
+            f"channel_conversation_id: required, at most {MAX_ID_CHARS} characters",
+        ),
+        (
+            kind == "message" and len(event.message.platform_message_id) > MAX_ID_CHARS,
+            f"message.platform_message_id: at most {MAX_ID_CHARS} characters",
+        ),
+        (
+            kind == "status" and event.status.status not in _STATUSES,
+            "status.status: SENT, DELIVERED, READ or FAILED",
+        ),
+        (
+            kind == "status" and len(event.status.platform_message_ids) > 1000,
+            "status.platform_message_ids: at most 1000",
+        ),
+    ]
+    return next((description for wrong, description in problems if wrong), "")
+
+
+def _rejected(event: ingest_service_pb2.InboundEvent, reason: str, message: str) -> Result:
+    return Result(
+        platform_event_id=event.platform_event_id,
+        outcome=REJECTED,
+        error_reason=reason,
+        error_message=message[:500],
+    )
+
+
+def _received(message: common_pb2.Message) -> events_pb2.MessageReceived:
+    return events_pb2.MessageReceived(message=message)
+
+
+def _envelope(
+    tenant_id: str, actor_id: str, conversation_id: str, now: dt.datetime, **payload: Any
+) -> events_pb2.EventEnvelope:
+    return envelope(
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        conversation_id=conversation_id,
+        now=now,
+        **payload,
+    )

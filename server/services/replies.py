@@ -1,0 +1,200 @@
+"""Replies to ingested messages, generated after the platform was acknowledged, from the
+durable reply queue.
+
+A job is claimed with a lease; the replies are stored and the job removed in one transaction,
+so a crash (or a lost lease) means the job is done again, never twice: a reply stored twice
+would need two commits of the same job. Jobs of one conversation are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from chat.v1 import common_pb2, events_pb2
+from server.events.envelopes import envelope
+from server.repositories.ingest import MongoReplyJobs
+from server.services.messages import MessageService
+from server.services.ports import (
+    ConversationRepository,
+    MessageRepository,
+    Outbox,
+    SessionStore,
+    TransactionRunner,
+    Tx,
+)
+from server.services.responder import RESPONDER_ID
+from server.services.streams import QuietLiveEvents, message_event
+
+log = structlog.get_logger("chat.replies")
+
+LEASE = dt.timedelta(seconds=60)
+#: After this many failed attempts a job is given up (and logged as an error).
+MAX_ATTEMPTS = 10
+_IDLE_SECONDS = 1.0
+_IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
+
+
+class _LeaseLostError(Exception):
+    """Another process took the job over: this attempt's replies must not be stored."""
+
+
+class ReplyProcessor:
+    """Takes jobs from the reply queue, a few at a time."""
+
+    def __init__(
+        self,
+        *,
+        jobs: MongoReplyJobs,
+        pipeline: MessageService,
+        conversations: ConversationRepository,
+        messages: MessageRepository,
+        sessions: SessionStore,
+        outbox: Outbox,
+        transactions: TransactionRunner,
+        live: QuietLiveEvents,
+        clock: Callable[[], dt.datetime],
+        on_events: Callable[[], None] = lambda: None,
+        concurrency: int = 8,
+    ) -> None:
+        self._jobs = jobs
+        self._pipeline = pipeline
+        self._conversations = conversations
+        self._messages = messages
+        self._sessions = sessions
+        self._outbox = outbox
+        self._transactions = transactions
+        self._live = live
+        self._clock = clock
+        self._on_events = on_events
+        self._owner = uuid.uuid4().hex
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """A job was enqueued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Process jobs until ``stopping`` is set; jobs in hand are finished first."""
+        while not stopping.is_set():
+            try:
+                claimed = await self._claim_some()
+            except Exception:
+                log.exception("reply queue unavailable")
+                claimed = False
+            if not claimed:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _claim_some(self) -> bool:
+        claimed = False
+        while not self._slots.locked():
+            job = await self._jobs.claim(owner=self._owner, now=self._clock(), lease=LEASE)
+            if job is None:
+                break
+            claimed = True
+            await self._slots.acquire()
+            task = asyncio.create_task(self._process(job))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._slots.locked():
+            await asyncio.sleep(0.05)  # all slots busy: let them work
+            return True
+        return claimed
+
+    async def _process(self, job: dict[str, Any]) -> None:
+        try:
+            await self.answer(job)
+        except Exception as exc:
+            if job["attempts"] >= MAX_ATTEMPTS:
+                log.exception("reply given up", job_id=job["_id"])
+                await self._jobs.drop(job)
+            else:
+                delay = dt.timedelta(seconds=min(60, 2 ** job["attempts"]))
+                log.warning("reply failed; retrying", job_id=job["_id"], error=repr(exc))
+                with contextlib.suppress(Exception):
+                    await self._jobs.postpone(job, due=self._clock() + delay)
+        finally:
+            self._slots.release()
+
+    async def answer(self, job: dict[str, Any]) -> None:
+        """Generate and store the replies of one job (or give the job back, or drop it)."""
+        tenant_id = job["tenant_id"]
+        if await self._jobs.earlier_waiting(job):
+            await self._jobs.postpone(job, due=self._clock() + _IN_ORDER_RETRY)
+            return
+        conversation = await self._conversations.get(tenant_id, job["conversation_id"])
+        inbound = await self._messages.get(tenant_id, job["message_id"])
+        if conversation is None or inbound is None:
+            log.error("reply job for a missing message dropped", job_id=job["_id"])
+            await self._jobs.drop(job)
+            return
+        if conversation.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
+            await self._jobs.drop(job)  # closed before the bot answered: nobody to answer
+            return
+        now = self._clock()
+        session = await self._pipeline.session_for(tenant_id, RESPONDER_ID, conversation, now=now)
+        outbound, replies = await self._pipeline.compose_replies(
+            tenant_id, conversation, inbound, session, now=now
+        )
+
+        async def store(tx: Tx) -> common_pb2.Conversation | None:
+            if not await self._jobs.complete(job, session=tx):
+                raise _LeaseLostError
+            if not outbound:
+                return None
+            updated = await self._conversations.record_messages(
+                tenant_id, conversation.id, inbound=0, outbound=len(outbound), now=now, session=tx
+            )
+            if updated is None:
+                return None  # closed meanwhile: the job is done, with nothing to send
+            first = updated.last_sequence - len(outbound) + 1
+            for offset, message in enumerate(outbound):
+                message.sequence = first + offset
+            await self._messages.insert_many(
+                tenant_id,
+                outbound,
+                search_texts=[reply.search_text for reply in replies],
+                session=tx,
+            )
+            await self._outbox.add(
+                [
+                    envelope(
+                        tenant_id=tenant_id,
+                        actor_id=RESPONDER_ID,
+                        conversation_id=updated.id,
+                        now=now,
+                        conversation_updated=events_pb2.ConversationUpdated(conversation=updated),
+                    )
+                ],
+                now=now,
+                session=tx,
+            )
+            return updated
+
+        try:
+            updated = await self._transactions.run(store)
+        except _LeaseLostError:
+            log.info("reply job taken over by another process", job_id=job["_id"])
+            return
+        if updated is None:
+            return
+        self._on_events()
+        await self._live.publish(
+            tenant_id, updated.id, [message_event(m) for m in outbound], conversation=updated
+        )
+        try:
+            await self._sessions.save(tenant_id, session, now=now)
+        except Exception as exc:  # noqa: BLE001 - the replies are committed; the session can lag
+            log.warning("session not saved", session_id=session.id, error=repr(exc))

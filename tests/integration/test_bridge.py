@@ -1,0 +1,465 @@
+"""The webhook bridge, running, in front of the running chat server (embedded stack): every
+platform's samples correctly signed and stored; handshakes, every refusal, batches, retries
+(sequential and racing), the server down, and the Teams JWT path against a local JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import json
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pymongo import AsyncMongoClient
+
+from chat.v1 import common_pb2 as c
+from devstack.processes import free_port
+from devstack.stack import Endpoints
+from server.repositories.tenants_file import load_tenants
+from tests.integration.chat_client import JWT_SETTINGS, SECRET
+from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.keys import KeyPair
+from webhook_bridge.app import create_app
+from webhook_bridge.tokens import ServiceTokens, SigningKey
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+Mongo = AsyncMongoClient[dict[str, Any]]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "platforms"
+WHATSAPP_SECRET = "wa-app-secret"
+MESSENGER_SECRET = "fb-app-secret"
+SLACK_SECRET = "slack-signing-secret"
+TEAMS_APP = "11111111-2222-3333-4444-555555555555"
+TENANTS = f"""
+tenants:
+  - id: acme
+    channels:
+      whatsapp: {{verify_token: wa-verify, app_secret: {WHATSAPP_SECRET}, access_token: t,
+                 phone_number_id: "106540352242922"}}
+      messenger: {{verify_token: fb-verify, app_secret: {MESSENGER_SECRET},
+                  page_access_token: t, page_id: "PAGE"}}
+      slack: {{signing_secret: {SLACK_SECRET}, bot_token: xoxb-t}}
+      teams: {{app_id: {TEAMS_APP}, app_password: p}}
+  - id: globex
+"""
+SERVICE_URL = "https://smba.trafficmanager.net/amer/"
+
+
+def sample(platform: str, name: str) -> Any:
+    return json.loads((FIXTURES / platform / name).read_text())
+
+
+def unique(payload: Any, *old: str) -> tuple[Any, list[str]]:
+    """The payload with each ``old`` id replaced by a fresh one (each test's own events)."""
+    raw = json.dumps(payload)
+    fresh = []
+    for value in old:
+        new = f"{value[:12]}-{uuid.uuid4().hex}"
+        raw = raw.replace(value, new)
+        fresh.append(new)
+    return json.loads(raw), fresh
+
+
+@dataclass
+class TeamsKeys:
+    key: KeyPair
+    metadata_url: str
+    fetches: int = 0
+
+    def token(self, **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": "https://api.botframework.com",
+            "aud": TEAMS_APP,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "serviceurl": SERVICE_URL,
+            **claims,
+        }
+        return self.key.sign({k: v for k, v in body.items() if v is not None}, **_no_defaults())
+
+
+def _no_defaults() -> dict[str, Any]:
+    # KeyPair.sign adds the chat-service claims; the Bot Framework token has none of them.
+    return {"iss": None, "aud": None, "sub": None, "tenant_id": None, "scope": None, "iat": None}
+
+
+@pytest.fixture
+async def teams_keys() -> AsyncIterator[TeamsKeys]:
+    """A local stand-in for Bot Framework's OpenID metadata and keys (with endorsements)."""
+    keys = TeamsKeys(KeyPair.rsa("bf-key-1"), "")
+    app = web.Application()
+
+    async def metadata(request: web.Request) -> web.Response:
+        base = f"{request.scheme}://{request.host}"
+        return web.json_response(
+            {"issuer": "https://api.botframework.com", "jwks_uri": f"{base}/keys"}
+        )
+
+    async def jwks(_: web.Request) -> web.Response:
+        keys.fetches += 1
+        return web.json_response({"keys": [{**keys.key.jwk(), "endorsements": ["msteams"]}]})
+
+    app.router.add_get("/openid", metadata)
+    app.router.add_get("/keys", jwks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    keys.metadata_url = f"http://127.0.0.1:{runner.addresses[0][1]}/openid"
+    yield keys
+    await runner.cleanup()
+
+
+@dataclass
+class Bridge:
+    url: str
+    http: aiohttp.ClientSession
+    server: RunningServer | None
+
+    async def post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        async with self.http.post(self.url + path, data=body, headers=headers or {}) as response:
+            return response.status, await response.text()
+
+    async def meta(self, platform: str, payload: Any, secret: str, tenant: str = "acme") -> int:
+        body = json.dumps(payload).encode()
+        signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        status, _ = await self.post(
+            f"/webhooks/{platform}/{tenant}",
+            body,
+            {"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+        )
+        return status
+
+    async def slack(
+        self, path: str, body: bytes, content_type: str = "application/json", age: int = 0
+    ) -> tuple[int, str]:
+        stamp = str(int(time.time()) - age)
+        signature = (
+            "v0="
+            + hmac.new(
+                SLACK_SECRET.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256
+            ).hexdigest()
+        )
+        headers = {
+            "Content-Type": content_type,
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature,
+        }
+        return await self.post(path, body, headers)
+
+
+async def start_bridge(
+    target: str, tmp_path: Path, metadata_url: str, max_body: int = 64 * 1024
+) -> tuple[web.AppRunner, str]:
+    tokens = ServiceTokens(
+        key=SigningKey(algorithm="HS256", key=SECRET),
+        issuer=JWT_SETTINGS["CHAT_JWT_ISSUER"],
+        audience=JWT_SETTINGS["CHAT_JWT_AUDIENCE"],
+    )
+    path = Path(tenants_file(tmp_path, TENANTS))
+    app = create_app(
+        server_target=target,
+        tenants=load_tenants(path),
+        tokens=tokens,
+        teams_metadata_url=metadata_url,
+        max_body_bytes=max_body,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def bridge(
+    start_server: StartServer, tmp_path: Path, teams_keys: TeamsKeys
+) -> AsyncIterator[Bridge]:
+    server = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    runner, url = await start_bridge(server.target, tmp_path, teams_keys.metadata_url)
+    async with aiohttp.ClientSession() as http:
+        yield Bridge(url, http, server)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def mongo(stack: Endpoints) -> AsyncIterator[Mongo]:
+    client: Mongo = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+async def stored(mongo: Mongo, platform_message_id: str) -> list[c.Message]:
+    cursor = mongo["chat"]["messages"].find(
+        {"tenant_id": "acme", "platform_message_id": platform_message_id}
+    )
+    return [c.Message.FromString(document["pb"]) async for document in cursor]
+
+
+WHATSAPP_MESSAGES = [
+    ("webhook_text_message.json", "text"),
+    ("webhook_image_message.json", "media"),
+    ("webhook_document_message.json", "media"),
+    ("webhook_location_message.json", "location"),
+    ("webhook_button_message.json", "interactive_reply"),
+    ("webhook_interactive_button_reply_message.json", "interactive_reply"),
+    ("webhook_interactive_list_reply_message.json", "interactive_reply"),
+    ("webhook_contact_sharing_message.json", "text"),
+]
+
+
+async def test_whatsapp_samples_are_stored(bridge: Bridge, mongo: Mongo) -> None:
+    for name, kind in WHATSAPP_MESSAGES:
+        original = sample("whatsapp", name)
+        wamid = original["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        payload, [fresh] = unique(original, wamid)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200, name
+        [message] = await stored(mongo, fresh)
+        assert message.content.WhichOneof("kind") == kind, name
+        assert message.channel == c.CHANNEL_TYPE_WHATSAPP
+        assert message.sender_id == "16505551234"
+    for name in (
+        "webhook_reaction_message.json",
+        "webhook_order_message.json",
+        "webhook_system_message.json",
+        "webhook_unsupported_message.json",
+        "webhook_group_create_message.json",
+        "webhook_status_sent.json",  # for a message this service never sent: ignored
+    ):
+        assert await bridge.meta("whatsapp", sample("whatsapp", name), WHATSAPP_SECRET) == 200
+    async with bridge.http.get(bridge.url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'chat_bridge_ignored_total{kind="message",platform="whatsapp"} 4.0' in metrics
+    assert 'chat_bridge_events_total{outcome="ignored",platform="whatsapp"} 1.0' in metrics
+    assert 'chat_bridge_webhooks_total{platform="whatsapp",status="200"}' in metrics
+
+
+async def test_handshakes(bridge: Bridge) -> None:
+    for platform, token in (("whatsapp", "wa-verify"), ("messenger", "fb-verify")):
+        query = {"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": "1158201444"}
+        url = f"{bridge.url}/webhooks/{platform}/acme?{urllib.parse.urlencode(query)}"
+        async with bridge.http.get(url) as response:
+            assert (response.status, await response.text()) == (200, "1158201444")
+        wrong = {**query, "hub.verify_token": "guess"}
+        url = f"{bridge.url}/webhooks/{platform}/acme?{urllib.parse.urlencode(wrong)}"
+        async with bridge.http.get(url) as response:
+            assert response.status == 403
+        url = f"{bridge.url}/webhooks/{platform}/nobody?{urllib.parse.urlencode(query)}"
+        async with bridge.http.get(url) as response:
+            assert response.status == 404
+    # Slack's url_verification is signed like everything else.
+    body = json.dumps(sample("slack", "url_verification.json")).encode()
+    status, text = await bridge.slack("/webhooks/slack/acme", body)
+    assert status == 200
+    assert json.loads(text)["challenge"] == sample("slack", "url_verification.json")["challenge"]
+    status, _ = await bridge.post(
+        "/webhooks/slack/acme", body, {"Content-Type": "application/json"}
+    )
+    assert status == 401
+
+
+async def test_every_refusal_stores_nothing(bridge: Bridge, mongo: Mongo) -> None:
+    original = sample("whatsapp", "webhook_text_message.json")
+    wamid = original["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    payload, [fresh] = unique(original, wamid)
+    body = json.dumps(payload).encode()
+    good = "sha256=" + hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    cases: list[tuple[str, bytes, dict[str, str], int]] = [
+        ("/webhooks/whatsapp/acme", body, {"Content-Type": "application/json"}, 401),
+        (
+            "/webhooks/whatsapp/acme",
+            body,
+            {"Content-Type": "application/json", "X-Hub-Signature-256": "sha256=" + "0" * 64},
+            403,
+        ),
+        (
+            "/webhooks/whatsapp/acme",
+            body + b" ",
+            {"Content-Type": "application/json", "X-Hub-Signature-256": good},
+            403,
+        ),
+        ("/webhooks/whatsapp/nobody", body, {"X-Hub-Signature-256": good}, 404),
+        ("/webhooks/whatsapp/globex", body, {"X-Hub-Signature-256": good}, 404),  # not set up
+        (
+            "/webhooks/whatsapp/acme",
+            body,
+            {"Content-Type": "text/plain", "X-Hub-Signature-256": good},
+            400,
+        ),
+        (
+            "/webhooks/whatsapp/acme",
+            b"x" * (70 * 1024),
+            {"Content-Type": "application/json", "X-Hub-Signature-256": good},
+            413,
+        ),
+    ]
+    for path, data, headers, expected in cases:
+        status, text = await bridge.post(path, data, headers)
+        assert status == expected, (expected, text)
+        assert "Traceback" not in text
+        assert json.loads(text)["error"]
+    broken = b'{"object": "whatsapp_business_account", '
+    signature = "sha256=" + hmac.new(WHATSAPP_SECRET.encode(), broken, hashlib.sha256).hexdigest()
+    status, _ = await bridge.post(
+        "/webhooks/whatsapp/acme",
+        broken,
+        {"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+    )
+    assert status == 400
+    assert await stored(mongo, fresh) == []
+    # Slack: a replayed (old) request is refused even with a valid signature.
+    event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+    status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(event).encode(), age=301)
+    assert status == 403
+
+
+async def test_batches_and_retries_store_each_message_once(bridge: Bridge, mongo: Mongo) -> None:
+    text = sample("whatsapp", "webhook_text_message.json")
+    wamid = text["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    entries = []
+    ids = []
+    for _ in range(3):
+        copy_, [fresh] = unique(text, wamid)
+        entries += copy_["entry"]
+        ids.append(fresh)
+    batch = {"object": "whatsapp_business_account", "entry": entries}
+    assert await bridge.meta("whatsapp", batch, WHATSAPP_SECRET) == 200
+    assert await bridge.meta("whatsapp", batch, WHATSAPP_SECRET) == 200  # the platform retries
+    racing = await asyncio.gather(
+        *(bridge.meta("whatsapp", batch, WHATSAPP_SECRET) for _ in range(5))
+    )
+    assert racing == [200] * 5
+    for fresh in ids:
+        assert len(await stored(mongo, fresh)) == 1
+    # Slack retries carry X-Slack-Retry-Num and the same event_id.
+    event, [event_id] = unique(sample("slack", "event_message_text.json"), "Ev111")
+    event["event"]["ts"] = f"{time.time():.6f}"
+    body = json.dumps(event).encode()
+    for _ in range(2):
+        status, _ = await bridge.slack("/webhooks/slack/acme", body)
+        assert status == 200
+    assert len(await stored(mongo, event["event"]["ts"])) == 1
+    assert event_id
+
+
+async def test_messenger_and_slack_and_their_own_echoes(bridge: Bridge, mongo: Mongo) -> None:
+    item, [mid] = unique(
+        sample("messenger", "event_message_reply_to.json"), "m_1457764197618:41d102a3e1ae206a38"
+    )
+    echo, [echo_mid] = unique(item, mid)
+    echo["message"]["is_echo"] = True
+    quick, [quick_mid] = unique(
+        sample("messenger", "event_message_text_quick_reply.json"),
+        "mid.1457764197618:41d102a3e1ae206a38",
+    )
+    payload = {"object": "page", "entry": [{"id": "PAGE", "messaging": [item, echo, quick]}]}
+    assert await bridge.meta("messenger", payload, MESSENGER_SECRET) == 200
+    [text] = await stored(mongo, mid)
+    assert text.content.text.text == "hello, world!"
+    assert await stored(mongo, echo_mid) == []  # the page's own message is never answered
+    [choice] = await stored(mongo, quick_mid)
+    assert choice.content.interactive_reply.selected_id == "<DEVELOPER_DEFINED_PAYLOAD>"
+
+    bot, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+    bot["event"]["bot_id"] = "B1"
+    bot["event"]["ts"] = f"{time.time():.6f}"
+    status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(bot).encode())
+    assert status == 200
+    assert await stored(mongo, bot["event"]["ts"]) == []
+    click = sample("slack", "interactivity_block_actions_button.json")
+    click["trigger_id"] = uuid.uuid4().hex
+    form = urllib.parse.urlencode({"payload": json.dumps(click)}).encode()
+    status, _ = await bridge.slack(
+        "/webhooks/slack/acme/interactivity", form, "application/x-www-form-urlencoded"
+    )
+    assert status == 200
+    document = await mongo["chat"]["messages"].find_one(
+        {"tenant_id": "acme", "platform_message_id": {"$regex": click["trigger_id"]}}
+    )
+    assert document is not None
+    message = c.Message.FromString(document["pb"])
+    assert message.content.interactive_reply.selected_id == "click_me_123"
+
+
+async def test_teams_tokens_are_verified_against_the_bot_framework_keys(
+    bridge: Bridge, mongo: Mongo, teams_keys: TeamsKeys
+) -> None:
+    activity, [activity_id] = unique(
+        sample("teams", "activity_message_text_personal.json"), "1485983408511"
+    )
+    body = json.dumps(activity).encode()
+
+    async def send(token: str | None, data: bytes = body) -> int:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        status, _ = await bridge.post("/webhooks/teams/acme", data, headers)
+        return status
+
+    assert await send(None) == 401
+    assert await send(teams_keys.token(aud="someone-else")) == 403
+    assert await send(teams_keys.token(serviceurl="https://evil.example/")) == 403
+    assert await send(teams_keys.token(iss="https://evil.example")) == 401
+    assert await send(teams_keys.token(exp=int(time.time()) - 600)) == 401
+    stranger = KeyPair.rsa("unknown-kid")
+    forged = stranger.sign(
+        {"aud": TEAMS_APP, "iss": "https://api.botframework.com", "serviceurl": SERVICE_URL},
+        **{k: v for k, v in _no_defaults().items() if k not in ("aud", "iss")},
+    )
+    assert await send(forged) == 401
+    other_channel = copy.deepcopy(activity)
+    other_channel["channelId"] = "skype"
+    assert await send(teams_keys.token(), json.dumps(other_channel).encode()) == 403
+    assert await stored(mongo, activity_id) == []
+    assert await send(teams_keys.token()) == 200
+    [message] = await stored(mongo, activity_id)
+    assert message.channel == c.CHANNEL_TYPE_TEAMS
+    assert message.metadata["service_url"] == SERVICE_URL
+    invoke = {
+        "type": "invoke",
+        "name": "adaptiveCard/action",
+        "id": uuid.uuid4().hex,
+        "channelId": "msteams",
+        "serviceUrl": SERVICE_URL,
+        "from": {"id": activity["from"]["id"]},
+        "conversation": activity["conversation"],
+        "value": {"action": {"type": "Action.Execute", "verb": "approve", "title": "Approve"}},
+    }
+    status, text = await bridge.post(
+        "/webhooks/teams/acme",
+        json.dumps(invoke).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {teams_keys.token()}"},
+    )
+    assert status == 200
+    assert json.loads(text)["statusCode"] == 200
+
+
+async def test_the_server_down_is_503_so_the_platform_retries(
+    tmp_path: Path, teams_keys: TeamsKeys, mongo: Mongo
+) -> None:
+    runner, url = await start_bridge(f"127.0.0.1:{free_port()}", tmp_path, teams_keys.metadata_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            down = Bridge(url, http, None)
+            original = sample("whatsapp", "webhook_text_message.json")
+            wamid = original["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+            payload, [fresh] = unique(original, wamid)
+            assert await down.meta("whatsapp", payload, WHATSAPP_SECRET) == 503
+            event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+            status, _ = await down.slack("/webhooks/slack/acme", json.dumps(event).encode())
+            assert status == 503
+            async with http.get(url + "/healthz") as response:
+                assert response.status == 503
+    finally:
+        await runner.cleanup()
+    assert await stored(mongo, fresh) == []

@@ -1,0 +1,304 @@
+"""IngestService on the real servers: messages stored before the answer and replied to from the
+durable queue, deduplication (sequential and racing), forward-only delivery status with
+out-of-order receipts and watermarks, typing, and bad events."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pymongo import AsyncMongoClient
+
+from chat.v1 import chat_service_pb2 as chat
+from chat.v1 import common_pb2 as c
+from chat.v1 import ingest_service_pb2 as ingest
+from chat.v1 import ingest_service_pb2_grpc
+from devstack.stack import Endpoints
+from devstack.tokens import mint_dev_token
+from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
+from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.test_streams import Stream, subscribed
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+Mongo = AsyncMongoClient[dict[str, Any]]
+WHATSAPP = c.CHANNEL_TYPE_WHATSAPP
+WAIT = 20.0
+
+
+class Bridge:
+    """IngestService calls as the webhook bridge would make them (scope chat:ingest)."""
+
+    def __init__(self, channel: grpc.aio.Channel, tenant: str) -> None:
+        self.stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        token = mint_dev_token(
+            secret=SECRET, tenant_id=tenant, subject="chat-bridge", scopes=("chat:ingest",)
+        )
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    async def ingest(self, *events: ingest.InboundEvent) -> list[ingest.IngestResult]:
+        response = await self.stub.IngestEvents(
+            ingest.IngestEventsRequest(events=events), metadata=self.metadata, timeout=10
+        )
+        return list(response.results)
+
+
+def text_event(user: str, text: str, event_id: str | None = None) -> ingest.InboundEvent:
+    event_id = "wamid." + uuid.uuid4().hex if event_id is None else event_id
+    return ingest.InboundEvent(
+        platform_event_id=event_id,
+        channel=WHATSAPP,
+        platform_user_id=user,
+        user_display_name="Ana",
+        channel_conversation_id=user,
+        platform_account_id="106540352242922",
+        message=ingest.InboundMessage(
+            platform_message_id=event_id, content=c.Content(text=c.TextContent(text=text))
+        ),
+    )
+
+
+def status_event(
+    user: str, status: int, *ids: str, watermark: dt.datetime | None = None
+) -> ingest.InboundEvent:
+    event = ingest.InboundEvent(
+        platform_event_id=f"status-{uuid.uuid4().hex}",
+        channel=WHATSAPP,
+        platform_user_id=user,
+        status=ingest.StatusReport(status=status, platform_message_ids=ids),  # type: ignore[arg-type]
+    )
+    if watermark is not None:
+        event.status.watermark_time.FromDatetime(watermark)
+    return event
+
+
+@pytest.fixture
+async def server(start_server: StartServer, tmp_path: Path) -> RunningServer:
+    return await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+
+
+@pytest.fixture
+async def clients(server: RunningServer) -> AsyncIterator[tuple[Bridge, ChatClient]]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield Bridge(channel, "acme"), ChatClient(channel, "acme")
+
+
+@pytest.fixture
+async def mongo(stack: Endpoints) -> AsyncIterator[Mongo]:
+    client: Mongo = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+async def history(client: ChatClient, conversation_id: str) -> list[c.Message]:
+    page = await client.call(
+        "ListMessages", chat.ListMessagesRequest(conversation_id=conversation_id)
+    )
+    return list(page.messages)
+
+
+async def conversation_of(mongo: Mongo, message_id: str) -> str:
+    document = await mongo["chat"]["messages"].find_one({"_id": message_id})
+    assert document is not None
+    return str(document["conversation_id"])
+
+
+async def replied(client: ChatClient, conversation_id: str, count: int) -> list[c.Message]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        messages = await history(client, conversation_id)
+        if len(messages) >= count:
+            return messages
+        assert time.monotonic() < deadline, f"no reply: {messages}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_message_is_stored_then_answered_from_the_queue(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    [result] = await bridge.ingest(text_event(user, "hello"))
+    assert result.outcome == ingest.INGEST_OUTCOME_ACCEPTED
+    cid = await conversation_of(mongo, result.message_id)
+    inbound, reply = await replied(client, cid, 2)
+    assert inbound.id == result.message_id
+    assert (inbound.sender_id, inbound.channel) == (user, WHATSAPP)
+    assert inbound.platform_message_id.startswith("wamid.")
+    assert inbound.metadata["user_display_name"] == "Ana"
+    assert reply.direction == c.MESSAGE_DIRECTION_OUTBOUND
+    assert reply.delivery_status == c.DELIVERY_STATUS_QUEUED  # for the delivery path
+    assert reply.reply_to_message_id == inbound.id
+    assert reply.content.text.text == "Hello! How can I help you today?"
+    assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": cid}) == 0
+
+
+async def test_platform_retries_store_nothing_twice_also_when_they_race(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    event = text_event(user, "once")
+    [first] = await bridge.ingest(event)
+    [again] = await bridge.ingest(event)
+    assert (first.outcome, again.outcome) == (
+        ingest.INGEST_OUTCOME_ACCEPTED,
+        ingest.INGEST_OUTCOME_DUPLICATE,
+    )
+    racing = text_event(user, "raced")
+    outcomes = [
+        r
+        for batch in await asyncio.gather(*(bridge.ingest(racing) for _ in range(6)))
+        for r in batch
+    ]
+    assert (
+        sorted(r.outcome for r in outcomes)
+        == [ingest.INGEST_OUTCOME_ACCEPTED] + [ingest.INGEST_OUTCOME_DUPLICATE] * 5
+    )
+    cid = await conversation_of(mongo, first.message_id)
+    messages = await replied(client, cid, 4)
+    await asyncio.sleep(0.5)
+    messages = await history(client, cid)
+    inbound = [m.content.text.text for m in messages if m.direction == c.MESSAGE_DIRECTION_INBOUND]
+    assert inbound == ["once", "raced"]
+    assert len(messages) == 4  # one reply each
+
+
+async def test_receipts_only_move_status_forward(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    [result] = await bridge.ingest(text_event(user, "hi"))
+    cid = await conversation_of(mongo, result.message_id)
+    _, reply = await replied(client, cid, 2)
+    # What the delivery path does once the platform accepted the reply.
+    await mongo["chat"]["messages"].update_one(
+        {"_id": reply.id},
+        {"$set": {"platform_message_id": "wamid.out-1", "delivery_status": c.DELIVERY_STATUS_SENT}},
+    )
+
+    async def status() -> int:
+        [message] = [m for m in await history(client, cid) if m.id == reply.id]
+        return message.delivery_status
+
+    stream = Stream(client, cid)
+    read = await bridge.ingest(status_event(user, c.DELIVERY_STATUS_READ, "wamid.out-1"))
+    assert read[0].outcome == ingest.INGEST_OUTCOME_ACCEPTED  # read without delivered first
+    assert await status() == c.DELIVERY_STATUS_READ
+    for late in (c.DELIVERY_STATUS_DELIVERED, c.DELIVERY_STATUS_SENT, c.DELIVERY_STATUS_FAILED):
+        [outcome] = await bridge.ingest(status_event(user, late, "wamid.out-1"))
+        assert outcome.outcome == ingest.INGEST_OUTCOME_IGNORED
+        assert await status() == c.DELIVERY_STATUS_READ
+    [unknown] = await bridge.ingest(status_event(user, c.DELIVERY_STATUS_READ, "wamid.nope"))
+    assert unknown.outcome == ingest.INGEST_OUTCOME_IGNORED
+    update = (await stream.next()).delivery_status
+    assert (update.message_id, update.status) == (reply.id, c.DELIVERY_STATUS_READ)
+    stream.cancel()
+
+
+async def test_a_failure_is_overruled_by_a_later_delivery_and_watermarks_cover_earlier_messages(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "psid-" + uuid.uuid4().hex[:8]
+    [result] = await bridge.ingest(text_event(user, "hi"))
+    cid = await conversation_of(mongo, result.message_id)
+    _, reply = await replied(client, cid, 2)
+    await mongo["chat"]["messages"].update_one(
+        {"_id": reply.id},
+        {"$set": {"platform_message_id": "m_1", "delivery_status": c.DELIVERY_STATUS_SENT}},
+    )
+    failed = status_event(user, c.DELIVERY_STATUS_FAILED, "m_1")
+    failed.status.error.code = "131026"
+    assert (await bridge.ingest(failed))[0].outcome == ingest.INGEST_OUTCOME_ACCEPTED
+    # A read watermark (Messenger): every message sent before it, named or not.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    [covered] = await bridge.ingest(status_event(user, c.DELIVERY_STATUS_READ, watermark=later))
+    assert covered.outcome == ingest.INGEST_OUTCOME_ACCEPTED
+    [message] = [m for m in await history(client, cid) if m.id == reply.id]
+    assert message.delivery_status == c.DELIVERY_STATUS_READ
+
+
+async def test_typing_reaches_the_streams(
+    server: RunningServer, clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    [result] = await bridge.ingest(text_event(user, "hi"))
+    cid = await conversation_of(mongo, result.message_id)
+    await replied(client, cid, 2)
+    stream = Stream(client, cid)
+    await subscribed(server)
+    typing = ingest.InboundEvent(
+        platform_event_id="typing-1",
+        channel=WHATSAPP,
+        platform_user_id=user,
+        typing=ingest.TypingReport(typing=True),
+    )
+    [outcome] = await bridge.ingest(typing)
+    assert outcome.outcome == ingest.INGEST_OUTCOME_ACCEPTED
+    event = (await stream.next()).typing
+    assert (event.participant_id, event.typing) == (user, True)
+    stream.cancel()
+
+
+async def test_bad_events_are_rejected_one_by_one(clients: tuple[Bridge, ChatClient]) -> None:
+    bridge, _ = clients
+    good = text_event("1555" + uuid.uuid4().hex[:7], "fine")
+    no_id = text_event("15550001111", "x", event_id="")
+    web = text_event("15550001111", "x")
+    web.channel = c.CHANNEL_TYPE_WEB
+    empty = text_event("15550001111", " \x00 ")
+    results = await bridge.ingest(no_id, good, web, empty)
+    assert [r.outcome for r in results] == [
+        ingest.INGEST_OUTCOME_REJECTED,
+        ingest.INGEST_OUTCOME_ACCEPTED,
+        ingest.INGEST_OUTCOME_REJECTED,
+        ingest.INGEST_OUTCOME_REJECTED,
+    ]
+    assert [r.error_reason for r in results] == [
+        "INVALID_EVENT",
+        "",
+        "INVALID_EVENT",
+        "INVALID_CONTENT",
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await bridge.ingest()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_job_left_by_a_dead_process_is_answered_once(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    [result] = await bridge.ingest(text_event(user, "hi"))
+    cid = await conversation_of(mongo, result.message_id)
+    await replied(client, cid, 2)
+    # A job claimed by a process that died before storing the reply: its lease has run out.
+    now = dt.datetime.now(dt.UTC)
+    await mongo["chat"]["reply_jobs"].insert_one(
+        {
+            "_id": uuid.uuid4().hex,
+            "tenant_id": "acme",
+            "conversation_id": cid,
+            "message_id": result.message_id,
+            "status": "running",
+            "owner": "a-dead-process",
+            "attempts": 1,
+            "enqueue_time": now - dt.timedelta(minutes=2),
+            "due_time": now - dt.timedelta(seconds=1),
+        }
+    )
+    messages = await replied(client, cid, 3)
+    await asyncio.sleep(0.5)
+    assert len(await history(client, cid)) == 3  # answered once more, not twice
+    assert messages[2].reply_to_message_id == result.message_id
+    assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": cid}) == 0

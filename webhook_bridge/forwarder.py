@@ -1,0 +1,55 @@
+"""Forwards normalized events to the chat server's IngestService."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import structlog
+
+from chat.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from webhook_bridge.tokens import ServiceTokens
+
+log = structlog.get_logger("chat.bridge.forward")
+
+#: Well inside every platform's deadline (Slack's 3 s is the shortest).
+FORWARD_TIMEOUT_SECONDS = 2.0
+MAX_BATCH = 1000
+
+
+class ServerUnavailableError(Exception):
+    """The server could not take the events: answer the platform 503 so it retries."""
+
+
+class Forwarder:
+    """IngestEvents calls, in batches of at most MAX_BATCH events."""
+
+    def __init__(self, *, channel: grpc.aio.Channel, tokens: ServiceTokens) -> None:
+        self._stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        self._tokens = tokens
+
+    async def forward(
+        self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
+    ) -> list[ingest_service_pb2.IngestResult]:
+        """The results of every event, in order; ServerUnavailableError when the server did
+        not store them (the platform's retry is then deduplicated by the server)."""
+        metadata = (("authorization", f"Bearer {self._tokens.for_tenant(tenant_id)}"),)
+        results: list[ingest_service_pb2.IngestResult] = []
+        for start in range(0, len(events), MAX_BATCH):
+            request = ingest_service_pb2.IngestEventsRequest(
+                events=events[start : start + MAX_BATCH]
+            )
+            try:
+                response = await self._stub.IngestEvents(
+                    request, metadata=metadata, timeout=FORWARD_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "events not forwarded",
+                    tenant_id=tenant_id,
+                    code=exc.code().name,
+                    details=exc.details(),
+                )
+                raise ServerUnavailableError(exc.code().name) from None
+            results.extend(response.results)
+        return results

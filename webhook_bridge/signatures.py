@@ -1,0 +1,40 @@
+"""Webhook signatures, checked over the raw body bytes with constant-time comparison."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+#: Slack's replay window: a request signed longer ago than this is refused.
+SLACK_MAX_AGE_SECONDS = 300
+
+
+def meta_signature_valid(app_secret: str, body: bytes, header: str | None) -> bool:
+    """Meta (WhatsApp, Messenger): ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256>``."""
+    if not header or not header.startswith("sha256=") or not app_secret:
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header.removeprefix("sha256=").strip().lower())
+
+
+def slack_signature_valid(
+    signing_secret: str,
+    body: bytes,
+    *,
+    timestamp: str | None,
+    signature: str | None,
+    now: float,
+) -> bool:
+    """Slack v0: ``v0=<hex HMAC-SHA256(secret, "v0:" + timestamp + ":" + body)>``, within
+    the replay window."""
+    if not timestamp or not signature or not signing_secret:
+        return False
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    if abs(now - sent) > SLACK_MAX_AGE_SECONDS:
+        return False
+    base = b"v0:" + timestamp.encode() + b":" + body
+    expected = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.strip())
