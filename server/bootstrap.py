@@ -85,6 +85,7 @@ from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
 from server.services.messages import MessageService, utc_now
+from server.services.platform_media import InboundMediaResolver, PlatformMediaSource
 from server.services.replies import ReplyProcessor
 from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
@@ -320,11 +321,12 @@ class ChatServer:
         messages = MongoMessageRepository(database=database)
         users = MongoUserRepository(database=database)
         outbox, transactions = self._outbox, self._transactions
+        media = MediaProcessor(
+            store=GridFsMediaStore(database=database), fetcher=self._media_fetcher
+        )
         content = ContentProcessor(
             text=TextProcessor(default_phone_region=self._settings.phone_default_region),
-            media=MediaProcessor(
-                store=GridFsMediaStore(database=database), fetcher=self._media_fetcher
-            ),
+            media=media,
         )
         pipeline = MessageService(
             conversations=conversations,
@@ -351,6 +353,13 @@ class ChatServer:
             transactions=transactions,
             live=self._live,
             clock=utc_now,
+            media=InboundMediaResolver(
+                source=PlatformMediaSource(
+                    fetcher=self._media_fetcher, endpoints=self._settings.platforms
+                ),
+                media=media,
+                tenants=self._resources.tenants,
+            ),
             on_events=self._relay.wake,
         )
         self._ingest = IngestService(

@@ -9,7 +9,9 @@ hop checked, at most MAX_REDIRECTS of them. Bodies are read up to the size limit
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -65,12 +67,18 @@ class HttpMediaFetcher:
         self._allow_private = allow_private
         self._session: aiohttp.ClientSession | None = None
 
-    async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+    async def fetch(
+        self, url: str, *, max_bytes: int, headers: Mapping[str, str] | None = None
+    ) -> bytes:
+        """The body at ``url``; ``headers`` (a platform's bearer token) go to that host only,
+        never along a redirect to another."""
         session = self._client()
+        host = urlsplit(url).hostname
         for _ in range(MAX_REDIRECTS + 1):
             self._check_host(url)
+            sent = dict(headers or {}) if urlsplit(url).hostname == host else {}
             try:
-                async with session.get(url, allow_redirects=False) as response:
+                async with session.get(url, allow_redirects=False, headers=sent) as response:
                     if response.status in (301, 302, 303, 307, 308):
                         location = response.headers.get("Location", "")
                         url = urljoin(url, location)
@@ -84,6 +92,17 @@ class HttpMediaFetcher:
                     raise _refused("the address is not public") from None
                 raise _refused(f"could not be fetched ({type(exc).__name__})") from None
         raise _refused(f"more than {MAX_REDIRECTS} redirects")
+
+    async def json(self, url: str, *, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A small JSON object (a platform's media lookup)."""
+        body = await self.fetch(url, max_bytes=64 * 1024, headers=headers)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise _refused("the answer is not JSON") from None
+        if not isinstance(document, dict):
+            raise _refused("the answer is not a JSON object")
+        return document
 
     async def close(self) -> None:
         if self._session is not None:

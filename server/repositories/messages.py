@@ -132,6 +132,13 @@ class MongoMessageRepository:
         )
         return to_proto(document) if document else None
 
+    async def replace(self, tenant_id: str, message: common_pb2.Message) -> None:
+        """Store a message's new content and metadata (its media fetched after it arrived)."""
+        await self._collection.update_one(
+            {"_id": message.id, "tenant_id": tenant_id},
+            {"$set": {"pb": message.SerializeToString()}},
+        )
+
     async def apply_status(
         self,
         tenant_id: str,

@@ -104,6 +104,8 @@ class MessageRepository(Protocol):
 
     async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None: ...
 
+    async def replace(self, tenant_id: str, message: common_pb2.Message) -> None: ...
+
     async def apply_status(
         self,
         tenant_id: str,

@@ -21,6 +21,7 @@ from chat.v1 import common_pb2, events_pb2
 from server.events.envelopes import envelope
 from server.repositories.ingest import MongoReplyJobs
 from server.services.messages import MessageService
+from server.services.platform_media import InboundMediaResolver
 from server.services.ports import (
     ConversationRepository,
     MessageRepository,
@@ -60,9 +61,11 @@ class ReplyProcessor:
         transactions: TransactionRunner,
         live: QuietLiveEvents,
         clock: Callable[[], dt.datetime],
+        media: InboundMediaResolver | None = None,
         on_events: Callable[[], None] = lambda: None,
         concurrency: int = 8,
     ) -> None:
+        self._media = media
         self._jobs = jobs
         self._pipeline = pipeline
         self._conversations = conversations
@@ -143,6 +146,9 @@ class ReplyProcessor:
         if conversation.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
             await self._jobs.drop(job)  # closed before the bot answered: nobody to answer
             return
+        if self._media is not None and await self._media.resolve(tenant_id, inbound):
+            # The user's media, fetched from the platform and stored, before the bot answers.
+            await self._messages.replace(tenant_id, inbound)
         now = self._clock()
         session = await self._pipeline.session_for(tenant_id, RESPONDER_ID, conversation, now=now)
         outbound, replies = await self._pipeline.compose_replies(

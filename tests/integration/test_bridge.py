@@ -463,3 +463,66 @@ async def test_the_server_down_is_503_so_the_platform_retries(
     finally:
         await runner.cleanup()
     assert await stored(mongo, fresh) == []
+
+
+async def test_the_remaining_event_types_of_each_platform(
+    bridge: Bridge, mongo: Mongo, teams_keys: TeamsKeys
+) -> None:
+    # Messenger: a postback, an attachment, a delivery and a read receipt in one POST.
+    postback = sample("messenger", "event_messaging_postbacks_notification.json")["value"]
+    postback, [postback_mid] = unique(postback, "m_MESSAGE-ID")
+    postback["sender"] = {"id": "PSID-9"}
+    postback["timestamp"] = int(time.time() * 1000)
+    entry = sample("messenger", "event_message_attachment_entry.json")
+    entry, [attachment_mid] = unique(entry, "mid.$cAAJdkrCd2ORnva8ErFhjGm0X_Q_c")
+    entry["messaging"][0]["message"]["attachments"][0]["type"] = "image"
+    deliveries = sample("messenger", "event_message_deliveries.json")
+    reads = sample("messenger", "event_message_reads.json")
+    payload = {
+        "object": "page",
+        "entry": [{"id": "PAGE", "messaging": [postback, deliveries, reads]}, entry],
+    }
+    assert await bridge.meta("messenger", payload, MESSENGER_SECRET) == 200
+    [choice] = await stored(mongo, postback_mid)
+    assert choice.content.interactive_reply.selected_id == "USER-DEFINED-PAYLOAD"
+    [picture] = await stored(mongo, attachment_mid)
+    assert picture.type == c.MESSAGE_TYPE_IMAGE
+
+    # Slack: a message with a file.
+    shared, [event_id] = unique(sample("slack", "event_message_file_share_image.json"), "F111")
+    shared["event_id"] = "Ev" + uuid.uuid4().hex
+    shared["type"] = "event_callback"
+    shared["event"].setdefault("user", "U111")
+    shared["event"]["channel"] = "C111"
+    shared["event"]["ts"] = f"{time.time():.6f}"
+    status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(shared).encode())
+    assert status == 200
+    files = [
+        c.Message.FromString(document["pb"])
+        async for document in mongo["chat"]["messages"].find(
+            {"tenant_id": "acme", "platform_message_id": {"$regex": shared["event"]["ts"]}}
+        )
+    ]
+    assert any(m.content.media.platform_media_id == event_id for m in files) or any(
+        m.metadata.get("platform_media_id") == event_id for m in files
+    )
+
+    # Teams: typing and a read receipt (nothing of ours to mark: acknowledged).
+    base = sample("teams", "activity_message_text_personal.json")
+    for extra in (
+        {"type": "typing", "id": uuid.uuid4().hex},
+        {
+            "type": "event",
+            "name": "application/vnd.microsoft.readReceipt",
+            "id": uuid.uuid4().hex,
+            "value": {"lastReadMessageId": "10101010"},
+        },
+    ):
+        activity = {**{k: base[k] for k in ("from", "conversation", "recipient")}, **extra}
+        activity.update(channelId="msteams", serviceUrl=SERVICE_URL)
+        status, _ = await bridge.post(
+            "/webhooks/teams/acme",
+            json.dumps(activity).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {teams_keys.token()}"},
+        )
+        assert status == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
+from PIL import Image
 from pymongo import AsyncMongoClient
 
 from chat.v1 import chat_service_pb2 as chat
@@ -302,3 +305,89 @@ async def test_a_job_left_by_a_dead_process_is_answered_once(
     assert len(await history(client, cid)) == 3  # answered once more, not twice
     assert messages[2].reply_to_message_id == result.message_id
     assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": cid}) == 0
+
+
+@pytest.fixture
+async def graph_api() -> AsyncIterator[tuple[str, list[str]]]:
+    """A stand-in for the Graph API's media endpoints: GET /v23.0/{media-id} answers the
+    media URL, which serves the bytes; both want the tenant's bearer token."""
+    seen: list[str] = []
+    out = io.BytesIO()
+    Image.new("RGB", (640, 480), (10, 120, 200)).save(out, format="JPEG")
+    picture = out.getvalue()
+
+    async def lookup(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer wa-token":
+            return web.json_response({"error": {"code": 190}}, status=401)
+        media_id = request.match_info["media_id"]
+        if media_id == "missing":
+            return web.json_response({"error": {"code": 100}}, status=404)
+        base = f"{request.scheme}://{request.host}"
+        return web.json_response({"url": f"{base}/download/{media_id}", "mime_type": "image/jpeg"})
+
+    async def download(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(body=picture, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/v23.0/{media_id}", lookup)
+    app.router.add_get("/download/{media_id}", download)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    await runner.cleanup()
+
+
+async def test_platform_media_is_fetched_with_the_tenants_token_after_the_ack(
+    start_server: StartServer,
+    tmp_path: Path,
+    graph_api: tuple[str, list[str]],
+    mongo: Mongo,
+) -> None:
+    base, seen = graph_api
+    tenants = (
+        "tenants:\n  - id: acme\n    channels:\n      whatsapp: {verify_token: v, app_secret: s,"
+        ' access_token: wa-token, phone_number_id: "1"}\n'
+    )
+    server = await start_server(
+        CHAT_TENANTS_FILE=tenants_file(tmp_path, tenants),
+        CHAT_WHATSAPP_API_BASE=base,
+        CHAT_GRAPH_API_VERSION="v23.0",
+        CHAT_MEDIA_FETCH_ALLOW_PRIVATE="true",  # the stand-in listens on loopback
+        **JWT_SETTINGS,
+    )
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        bridge, client = Bridge(channel, "acme"), ChatClient(channel, "acme")
+        user = "1555" + uuid.uuid4().hex[:7]
+
+        def image(media_id: str) -> ingest.InboundEvent:
+            event = text_event(user, "x")
+            event.message.content.CopyFrom(
+                c.Content(
+                    media=c.MediaContent(
+                        platform_media_id=media_id, mime_type="image/jpeg", caption="our shop"
+                    )
+                )
+            )
+            return event
+
+        [result] = await bridge.ingest(image("1234567890"))
+        assert result.outcome == ingest.INGEST_OUTCOME_ACCEPTED
+        cid = await conversation_of(mongo, result.message_id)
+        inbound, _reply = await replied(client, cid, 2)
+        media = inbound.content.media
+        assert media.WhichOneof("source") == "media_id"  # stored in GridFS
+        assert (media.mime_type, media.width, media.height) == ("image/jpeg", 640, 480)
+        assert media.caption == "our shop"
+        assert media.thumbnail.media_id
+        assert inbound.metadata["platform_media_id"] == "1234567890"
+        assert inbound.metadata["media_verified"] == "true"
+        assert seen == ["Bearer wa-token", "Bearer wa-token"]
+
+        [missing] = await bridge.ingest(image("missing"))
+        await replied(client, cid, 4)
+        [kept] = [m for m in await history(client, cid) if m.id == missing.message_id]
+        assert kept.content.media.platform_media_id == "missing"  # the reference stays
+        assert "HTTP 404" in kept.metadata["media_fetch_error"]
