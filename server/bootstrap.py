@@ -37,6 +37,7 @@ from chat.v1 import (
     chat_service_pb2,
     chat_service_pb2_grpc,
     delivery_service_pb2,
+    delivery_service_pb2_grpc,
     ingest_service_pb2,
     ingest_service_pb2_grpc,
     session_service_pb2,
@@ -47,12 +48,14 @@ from chat.v1 import (
 from server.api.analytics import AnalyticsServicer
 from server.api.audit import AuditServicer
 from server.api.chat import ChatServicer
+from server.api.delivery import DeliveryServicer
 from server.api.ingest import IngestServicer
 from server.api.sessions import SessionServicer
 from server.api.tenants import TenantServicer
 from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import TokenVerifier, load_public_key
+from server.channels.factory import ChannelFactory
 from server.domain.tenant import Tenant
 from server.events.publisher import KafkaEventPublisher
 from server.events.relay import OutboxRelay
@@ -68,6 +71,7 @@ from server.repositories.analytics import MongoAnalytics
 from server.repositories.audit import MongoAuditLog
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.conversations import MongoConversationRepository
+from server.repositories.deliveries import MongoDeliveries
 from server.repositories.idempotency import MongoIdempotencyStore
 from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
 from server.repositories.live import LiveHub, RedisLiveEvents
@@ -81,6 +85,7 @@ from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants_file import load_tenants
 from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
+from server.services.delivery import DeliveryPolicy, DeliveryProcessor
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
@@ -256,6 +261,7 @@ class ChatServer:
         )
         self._sweep_task: asyncio.Task[None] | None = None
         self._replies_task: asyncio.Task[None] | None = None
+        self._delivery_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._events = EventWriter(
             outbox=self._outbox,
@@ -277,8 +283,6 @@ class ChatServer:
             self._server.add_generic_rpc_handlers(tuple(extra_handlers))
 
     def _register(self) -> None:
-        # DeliveryService is registered when its issue implements it. Until then grpc
-        # itself answers UNIMPLEMENTED, while reflection already serves the whole contract.
         chat_service_pb2_grpc.add_ChatServiceServicer_to_server(self._chat_servicer(), self._server)
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(sessions=self._session_service), self._server
@@ -286,6 +290,15 @@ class ChatServer:
         tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(ingest=self._ingest), self._server
+        )
+        delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
+            DeliveryServicer(
+                deliveries=self._deliveries,
+                idempotency=MongoIdempotencyStore(database=self._resources.database),
+                clock=utc_now,
+                on_requeue=self._delivery.wake,
+            ),
+            self._server,
         )
         database = self._resources.database
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
@@ -328,6 +341,27 @@ class ChatServer:
             text=TextProcessor(default_phone_region=self._settings.phone_default_region),
             media=media,
         )
+        deliveries = MongoDeliveries(database=database)
+        self._deliveries = deliveries
+        self._delivery = DeliveryProcessor(
+            deliveries=deliveries,
+            messages=messages,
+            media=GridFsMediaStore(database=database),
+            channels=ChannelFactory.for_platforms(
+                http=self._resources.http, endpoints=self._settings.platforms
+            ),
+            tenants=self._resources.tenants,
+            outbox=outbox,
+            transactions=transactions,
+            live=self._live,
+            pacer=self._limiter,
+            clock=utc_now,
+            policy=DeliveryPolicy(
+                max_attempts=self._settings.delivery_max_attempts,
+                base_delay_seconds=self._settings.delivery_base_delay_seconds,
+            ),
+            on_events=self._relay.wake,
+        )
         pipeline = MessageService(
             conversations=conversations,
             messages=messages,
@@ -340,7 +374,9 @@ class ChatServer:
             responder=self._responder(messages),
             events=self._events,
             live=self._live,
+            deliveries=deliveries,
             on_events=self._relay.wake,
+            on_delivery=self._delivery.wake,
         )
         jobs = MongoReplyJobs(database=database)
         self._replies = ReplyProcessor(
@@ -360,7 +396,9 @@ class ChatServer:
                 media=media,
                 tenants=self._resources.tenants,
             ),
+            deliveries=deliveries,
             on_events=self._relay.wake,
+            on_delivery=self._delivery.wake,
         )
         self._ingest = IngestService(
             messages_service=pipeline,
@@ -434,6 +472,9 @@ class ChatServer:
         self._replies_task = asyncio.create_task(
             self._replies.run(self._stopping), name="reply-queue"
         )
+        self._delivery_task = asyncio.create_task(
+            self._delivery.run(self._stopping), name="delivery-queue"
+        )
         log.info(
             "chat server listening",
             address=self._settings.grpc_address,
@@ -464,6 +505,8 @@ class ChatServer:
         if self._replies_task is not None:
             # Replies in hand are stored; unclaimed jobs wait in MongoDB for the next process.
             await _finish(self._replies_task)
+        if self._delivery_task is not None:
+            await _finish(self._delivery_task)
         if self._relay_task is not None:
             # After the calls: their events are committed; what is not yet published waits in
             # the outbox for the next start (or another process's relay).

@@ -117,6 +117,8 @@ class Settings:
     media_fetch_timeout_seconds: float
     media_fetch_allow_private: bool
     stream_queue_limit: int
+    delivery_max_attempts: int
+    delivery_base_delay_seconds: float
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -169,6 +171,11 @@ class Settings:
                 "CHAT_MEDIA_FETCH_ALLOW_PRIVATE", "false", _boolean
             ),
             stream_queue_limit=env.parse("CHAT_STREAM_QUEUE_LIMIT", "256", _positive_int),
+            delivery_max_attempts=env.parse("CHAT_DELIVERY_MAX_ATTEMPTS", "6", _positive_int),
+            delivery_base_delay_seconds=env.parse(
+                "CHAT_DELIVERY_BASE_DELAY_MS", "1000", _positive_float
+            )
+            / 1000,
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(

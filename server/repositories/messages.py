@@ -10,7 +10,7 @@ import datetime as dt
 import re
 from collections.abc import AsyncIterator, Sequence
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -66,9 +66,9 @@ class MongoMessageRepository:
         query: Document = {"tenant_id": tenant_id, "conversation_id": conversation_id}
         if after_sequence is not None:
             query["sequence"] = {"$lt" if newest_first else "$gt": after_sequence}
-        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}).sort(
-            "sequence", DESCENDING if newest_first else ASCENDING
-        )
+        cursor = self._collection.find(
+            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
+        ).sort("sequence", DESCENDING if newest_first else ASCENDING)
         return [to_proto(document) async for document in cursor.limit(limit)]
 
     async def all_in_order(
@@ -77,7 +77,7 @@ class MongoMessageRepository:
         """Every message of the conversation by sequence, read in batches (constant memory)."""
         cursor = self._collection.find(
             {"tenant_id": tenant_id, "conversation_id": conversation_id},
-            {"pb": 1, "delivery_status": 1},
+            {"pb": 1, "delivery_status": 1, "platform_message_id": 1},
             batch_size=batch_size,
         ).sort("sequence", ASCENDING)
         async for document in cursor:
@@ -120,17 +120,45 @@ class MongoMessageRepository:
                 {"create_time": {"$lt": created}},
                 {"create_time": created, "_id": {"$lt": last_id}},
             ]
-        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}).sort(
-            [("create_time", DESCENDING), ("_id", DESCENDING)]
-        )
+        cursor = self._collection.find(
+            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
+        ).sort([("create_time", DESCENDING), ("_id", DESCENDING)])
         return [to_proto(document) async for document in cursor.limit(limit)]
 
     async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None:
         """One message of the tenant, or None."""
         document = await self._collection.find_one(
-            {"_id": message_id, "tenant_id": tenant_id}, {"pb": 1, "delivery_status": 1}
+            {"_id": message_id, "tenant_id": tenant_id},
+            {"pb": 1, "delivery_status": 1, "platform_message_id": 1},
         )
         return to_proto(document) if document else None
+
+    async def advance(
+        self,
+        tenant_id: str,
+        message_id: str,
+        *,
+        status: common_pb2.DeliveryStatus.ValueType,
+        platform_message_id: str = "",
+        session: AsyncClientSession,
+    ) -> list[common_pb2.Message]:
+        """Move one outbound message to ``status`` when that is forward, and record its
+        platform id; returns it as it is now ([] when nothing moved)."""
+        update: Document = {"delivery_status": status}
+        if platform_message_id:
+            update["platform_message_id"] = platform_message_id
+        document = await self._collection.find_one_and_update(
+            {
+                "_id": message_id,
+                "tenant_id": tenant_id,
+                "delivery_status": {"$in": FORWARD_FROM[status]},
+            },
+            {"$set": update},
+            projection={"pb": 1, "delivery_status": 1, "platform_message_id": 1},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        return [to_proto(document)] if document else []
 
     async def replace(self, tenant_id: str, message: common_pb2.Message) -> None:
         """Store a message's new content and metadata (its media fetched after it arrived)."""
@@ -170,7 +198,9 @@ class MongoMessageRepository:
             "$or": wanted,
             **forward,
         }
-        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}, session=session)
+        cursor = self._collection.find(
+            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}, session=session
+        )
         changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
         if changed:
             await self._collection.update_many(
@@ -199,7 +229,9 @@ class MongoMessageRepository:
             "sequence": {"$lte": up_to_sequence},
             "delivery_status": {"$in": _READABLE},
         }
-        cursor = self._collection.find(query, {"pb": 1, "delivery_status": 1}, session=session)
+        cursor = self._collection.find(
+            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}, session=session
+        )
         changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
         if changed:
             await self._collection.update_many(
@@ -251,4 +283,6 @@ def to_proto(document: Document) -> common_pb2.Message:
     """The stored message, with its current delivery status."""
     message = common_pb2.Message.FromString(document["pb"])
     message.delivery_status = document.get("delivery_status", message.delivery_status)
+    # Set once the platform accepted the message, after the message was stored.
+    message.platform_message_id = document.get("platform_message_id") or message.platform_message_id
     return message

@@ -25,6 +25,8 @@ USERS = "users"
 INGESTED_EVENTS = "ingested_events"
 #: The durable queue of inbound messages waiting for their reply.
 REPLY_JOBS = "reply_jobs"
+#: The durable outbound delivery queue (and its dead letters: status FAILED).
+DELIVERIES = "deliveries"
 #: The event worker's collections.
 HANDLED_EVENTS = "handled_events"
 ANALYTICS_MINUTES = "analytics_minutes"
@@ -108,6 +110,13 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("enqueue_time", ASCENDING)],
             name="conversation",
+        ),
+    ],
+    DELIVERIES: [
+        IndexModel([("state", ASCENDING), ("due_time", ASCENDING)], name="due"),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("state", ASCENDING), ("update_time", DESCENDING)],
+            name="tenant_failed",
         ),
     ],
     HANDLED_EVENTS: [

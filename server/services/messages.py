@@ -25,6 +25,7 @@ from server.domain.errors import (
 )
 from server.events.envelopes import envelope, stable_event_id
 from server.processors.content import ContentProcessor, ProcessedContent
+from server.repositories.deliveries import MongoDeliveries
 from server.services.event_writer import EventWriter
 from server.services.ports import (
     ConversationRepository,
@@ -71,10 +72,14 @@ class MessageService:
         responder: Responder,
         events: EventWriter,
         live: QuietLiveEvents,
+        deliveries: MongoDeliveries | None = None,
         on_events: Callable[[], None] = lambda: None,
+        on_delivery: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._live = live
+        self._deliveries = deliveries
+        self._on_delivery = on_delivery
         self._conversations = conversations
         self._messages = messages
         self._users = users
@@ -137,6 +142,8 @@ class MessageService:
                 raise
             return chat_service_pb2.SendMessageResponse.FromString(stored)
         self._on_events()
+        if response.conversation.channel != WEB:
+            self._on_delivery()
         await self._live.publish(
             tenant_id,
             response.conversation.id,
@@ -348,6 +355,15 @@ class MessageService:
             copy.CopyFrom(message)
             copy.sequence = first + offset
         await self._messages.insert_many(tenant_id, stored, search_texts=search_texts, session=tx)
+        if updated.channel != WEB and self._deliveries is not None:
+            await self._deliveries.enqueue(
+                tenant_id,
+                stored[1:],
+                recipient_id=updated.channel_conversation_id,
+                service_url=request.metadata.get("service_url", ""),
+                now=now,
+                session=tx,
+            )
         await self._users.record_activity(
             tenant_id, channel=updated.channel, user_id=updated.user_id, now=now, session=tx
         )

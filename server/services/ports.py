@@ -106,6 +106,16 @@ class MessageRepository(Protocol):
 
     async def replace(self, tenant_id: str, message: common_pb2.Message) -> None: ...
 
+    async def advance(
+        self,
+        tenant_id: str,
+        message_id: str,
+        *,
+        status: common_pb2.DeliveryStatus.ValueType,
+        platform_message_id: str = "",
+        session: Tx,
+    ) -> list[common_pb2.Message]: ...
+
     async def apply_status(
         self,
         tenant_id: str,

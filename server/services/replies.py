@@ -19,6 +19,7 @@ import structlog
 
 from chat.v1 import common_pb2, events_pb2
 from server.events.envelopes import envelope
+from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
 from server.services.messages import MessageService
 from server.services.platform_media import InboundMediaResolver
@@ -62,10 +63,14 @@ class ReplyProcessor:
         live: QuietLiveEvents,
         clock: Callable[[], dt.datetime],
         media: InboundMediaResolver | None = None,
+        deliveries: MongoDeliveries | None = None,
         on_events: Callable[[], None] = lambda: None,
+        on_delivery: Callable[[], None] = lambda: None,
         concurrency: int = 8,
     ) -> None:
         self._media = media
+        self._deliveries = deliveries
+        self._on_delivery = on_delivery
         self._jobs = jobs
         self._pipeline = pipeline
         self._conversations = conversations
@@ -174,6 +179,16 @@ class ReplyProcessor:
                 search_texts=[reply.search_text for reply in replies],
                 session=tx,
             )
+            if updated.channel != common_pb2.CHANNEL_TYPE_WEB and self._deliveries is not None:
+                # Handed to the platform by the delivery queue, in this same transaction.
+                await self._deliveries.enqueue(
+                    tenant_id,
+                    outbound,
+                    recipient_id=updated.channel_conversation_id,
+                    service_url=inbound.metadata.get("service_url", ""),
+                    now=now,
+                    session=tx,
+                )
             await self._outbox.add(
                 [
                     envelope(
@@ -197,6 +212,7 @@ class ReplyProcessor:
         if updated is None:
             return
         self._on_events()
+        self._on_delivery()
         await self._live.publish(
             tenant_id, updated.id, [message_event(m) for m in outbound], conversation=updated
         )

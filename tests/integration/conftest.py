@@ -12,6 +12,7 @@ from devstack.stack import Endpoints
 from server.bootstrap import ChatServer, create_resources
 from server.settings import Settings
 from tests.conftest import EXAMPLE_TENANTS
+from tests.integration.bot_framework import teams_keys  # noqa: F401 - a shared fixture
 from tests.integration.probe import PROBE_SCOPES, ProbeState, probe_handler
 
 

@@ -26,6 +26,7 @@ from chat.v1 import common_pb2 as c
 from devstack.processes import free_port
 from devstack.stack import Endpoints
 from server.repositories.tenants_file import load_tenants
+from tests.integration.bot_framework import SERVICE_URL, TEAMS_APP, TeamsKeys, no_defaults
 from tests.integration.chat_client import JWT_SETTINGS, SECRET
 from tests.integration.conftest import RunningServer, tenants_file
 from tests.integration.keys import KeyPair
@@ -38,7 +39,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "platforms"
 WHATSAPP_SECRET = "wa-app-secret"
 MESSENGER_SECRET = "fb-app-secret"
 SLACK_SECRET = "slack-signing-secret"
-TEAMS_APP = "11111111-2222-3333-4444-555555555555"
 TENANTS = f"""
 tenants:
   - id: acme
@@ -51,7 +51,6 @@ tenants:
       teams: {{app_id: {TEAMS_APP}, app_password: p}}
   - id: globex
 """
-SERVICE_URL = "https://smba.trafficmanager.net/amer/"
 
 
 def sample(platform: str, name: str) -> Any:
@@ -67,56 +66,6 @@ def unique(payload: Any, *old: str) -> tuple[Any, list[str]]:
         raw = raw.replace(value, new)
         fresh.append(new)
     return json.loads(raw), fresh
-
-
-@dataclass
-class TeamsKeys:
-    key: KeyPair
-    metadata_url: str
-    fetches: int = 0
-
-    def token(self, **claims: Any) -> str:
-        now = int(time.time())
-        body = {
-            "iss": "https://api.botframework.com",
-            "aud": TEAMS_APP,
-            "exp": now + 300,
-            "nbf": now - 10,
-            "serviceurl": SERVICE_URL,
-            **claims,
-        }
-        return self.key.sign({k: v for k, v in body.items() if v is not None}, **_no_defaults())
-
-
-def _no_defaults() -> dict[str, Any]:
-    # KeyPair.sign adds the chat-service claims; the Bot Framework token has none of them.
-    return {"iss": None, "aud": None, "sub": None, "tenant_id": None, "scope": None, "iat": None}
-
-
-@pytest.fixture
-async def teams_keys() -> AsyncIterator[TeamsKeys]:
-    """A local stand-in for Bot Framework's OpenID metadata and keys (with endorsements)."""
-    keys = TeamsKeys(KeyPair.rsa("bf-key-1"), "")
-    app = web.Application()
-
-    async def metadata(request: web.Request) -> web.Response:
-        base = f"{request.scheme}://{request.host}"
-        return web.json_response(
-            {"issuer": "https://api.botframework.com", "jwks_uri": f"{base}/keys"}
-        )
-
-    async def jwks(_: web.Request) -> web.Response:
-        keys.fetches += 1
-        return web.json_response({"keys": [{**keys.key.jwk(), "endorsements": ["msteams"]}]})
-
-    app.router.add_get("/openid", metadata)
-    app.router.add_get("/keys", jwks)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    keys.metadata_url = f"http://127.0.0.1:{runner.addresses[0][1]}/openid"
-    yield keys
-    await runner.cleanup()
 
 
 @dataclass
@@ -414,7 +363,7 @@ async def test_teams_tokens_are_verified_against_the_bot_framework_keys(
     stranger = KeyPair.rsa("unknown-kid")
     forged = stranger.sign(
         {"aud": TEAMS_APP, "iss": "https://api.botframework.com", "serviceurl": SERVICE_URL},
-        **{k: v for k, v in _no_defaults().items() if k not in ("aud", "iss")},
+        **{k: v for k, v in no_defaults().items() if k not in ("aud", "iss")},
     )
     assert await send(forged) == 401
     other_channel = copy.deepcopy(activity)

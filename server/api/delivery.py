@@ -1,0 +1,135 @@
+"""DeliveryService: the outbound queue's records, its failures, and replaying them."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from chat.v1 import common_pb2, delivery_service_pb2, delivery_service_pb2_grpc
+from server.api.pages import decode_token, encode_token, page_size
+from server.auth.principal import current_principal
+from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.repositories.deliveries import MongoDeliveries, to_proto
+from server.services.ports import IdempotencyStore
+
+MAX_ID_CHARS = 128
+RETRY_DELIVERY = "RetryDelivery"
+
+
+class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
+    """Reads and replays deliveries of the caller's tenant."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: MongoDeliveries,
+        idempotency: IdempotencyStore,
+        clock: Callable[[], dt.datetime],
+        on_requeue: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._deliveries = deliveries
+        self._idempotency = idempotency
+        self._clock = clock
+        self._on_requeue = on_requeue
+
+    async def GetDeliveryStatus(
+        self, request: delivery_service_pb2.GetDeliveryStatusRequest, context: Any
+    ) -> delivery_service_pb2.GetDeliveryStatusResponse:
+        _require_id(request.message_id)
+        found = await self._deliveries.get(current_principal().tenant_id, request.message_id)
+        if found is None:
+            raise NotFound("delivery not found", reason="DELIVERY_NOT_FOUND")
+        return delivery_service_pb2.GetDeliveryStatusResponse(delivery=to_proto(found))
+
+    async def ListFailedDeliveries(
+        self, request: delivery_service_pb2.ListFailedDeliveriesRequest, context: Any
+    ) -> delivery_service_pb2.ListFailedDeliveriesResponse:
+        if request.channel not in common_pb2.ChannelType.values():
+            raise InvalidArgument(
+                "channel is invalid",
+                field_violations=[FieldViolation("channel", "one of the ChannelType values")],
+            )
+        limit = page_size(request.page_size)
+        window = request.update_time_range
+        query = {
+            "rpc": "ListFailedDeliveries",
+            "channel": request.channel,
+            "range": window.SerializeToString().hex(),
+        }
+        cursor = decode_token(request.page_token, query)
+        after = None
+        if cursor is not None:
+            try:
+                after = (dt.datetime.fromisoformat(cursor["t"]), str(cursor["id"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument(
+                    "page_token is invalid",
+                    field_violations=[FieldViolation("page_token", "not issued for this request")],
+                ) from None
+        page = await self._deliveries.failed_page(
+            current_principal().tenant_id,
+            channel=request.channel,
+            updated_from=window.start_time.ToDatetime(tzinfo=dt.UTC)
+            if window.HasField("start_time")
+            else None,
+            updated_to=window.end_time.ToDatetime(tzinfo=dt.UTC)
+            if window.HasField("end_time")
+            else None,
+            after=after,
+            limit=limit + 1,
+        )
+        token = ""
+        if len(page) > limit:
+            page = page[:limit]
+            last = page[-1]
+            token = encode_token(query, {"t": last["update_time"].isoformat(), "id": last["_id"]})
+        return delivery_service_pb2.ListFailedDeliveriesResponse(
+            deliveries=[to_proto(document) for document in page], next_page_token=token
+        )
+
+    async def RetryDelivery(
+        self, request: delivery_service_pb2.RetryDeliveryRequest, context: Any
+    ) -> delivery_service_pb2.RetryDeliveryResponse:
+        _require_id(request.message_id)
+        if len(request.request_id) > MAX_ID_CHARS:
+            raise InvalidArgument(
+                "request_id is too long",
+                field_violations=[FieldViolation("request_id", f"at most {MAX_ID_CHARS}")],
+            )
+        tenant_id = current_principal().tenant_id
+        operation = f"{RETRY_DELIVERY}:{request.message_id}"
+        if request.request_id:
+            stored = await self._idempotency.get(tenant_id, operation, request.request_id)
+            if stored is not None:
+                return delivery_service_pb2.RetryDeliveryResponse.FromString(stored)
+        now = self._clock()
+        requeued = await self._deliveries.requeue(tenant_id, request.message_id, now=now)
+        if requeued is None:
+            if await self._deliveries.get(tenant_id, request.message_id) is None:
+                raise NotFound("delivery not found", reason="DELIVERY_NOT_FOUND")
+            raise FailedPrecondition("the delivery has not failed", reason="DELIVERY_NOT_FAILED")
+        response = delivery_service_pb2.RetryDeliveryResponse(delivery=to_proto(requeued))
+        if request.request_id:
+            with contextlib.suppress(DuplicateKeyError):  # a racing retry recorded it first
+                await self._idempotency.put(
+                    tenant_id,
+                    operation,
+                    request.request_id,
+                    response.SerializeToString(),
+                    now=now,
+                    session=None,
+                )
+        self._on_requeue()
+        return response
+
+
+def _require_id(message_id: str) -> None:
+    if not message_id or len(message_id) > MAX_ID_CHARS:
+        raise InvalidArgument(
+            "message_id is invalid",
+            field_violations=[FieldViolation("message_id", f"required, at most {MAX_ID_CHARS}")],
+        )

@@ -1,0 +1,1 @@
+"""Outbound channels: one adapter per platform behind a factory, and their formatting."""

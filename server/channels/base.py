@@ -1,0 +1,163 @@
+"""What every channel adapter offers, and the HTTP plumbing they share."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from chat.v1 import common_pb2
+from server.domain.tenant import Tenant
+
+SEND_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class ChannelResponse:
+    """The outcome of one send: success with the platform's message id, or an error that says
+    whether a later attempt may succeed (and when: ``retry_after``)."""
+
+    success: bool
+    platform_message_id: str = ""
+    status: common_pb2.DeliveryStatus.ValueType = common_pb2.DELIVERY_STATUS_SENT
+    error: common_pb2.PlatformError | None = None
+    retry_after: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def failed(
+        cls,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        http_status: int = 0,
+        retry_after: float | None = None,
+    ) -> ChannelResponse:
+        return cls(
+            success=False,
+            status=common_pb2.DELIVERY_STATUS_FAILED,
+            error=common_pb2.PlatformError(
+                code=code, message=message[:500], retryable=retryable, http_status=http_status
+            ),
+            retry_after=retry_after,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One message to send, with where it goes."""
+
+    tenant: Tenant
+    message: common_pb2.Message
+    recipient_id: str
+    service_url: str = ""
+    #: Stored media bytes, when the message is media.
+    media: bytes | None = None
+
+
+class Channel(Protocol):
+    """A platform's send API."""
+
+    channel_type: int
+
+    def validate_recipient(self, recipient_id: str) -> str:
+        """What is wrong with the address ("" when nothing)."""
+        ...
+
+    def validate_config(self, tenant: Tenant) -> str:
+        """What is missing from the tenant's configuration ("" when nothing)."""
+        ...
+
+    def format_message(self, outbound: Outbound) -> list[dict[str, Any]]:
+        """The platform request bodies, in order (a long text becomes several)."""
+        ...
+
+    async def send_message(self, outbound: Outbound) -> ChannelResponse:
+        """Send; the first part's platform id names the message."""
+        ...
+
+
+@dataclass(slots=True)
+class HttpAnswer:
+    """A platform's answer, or the transport failure instead of one."""
+
+    status: int
+    body: dict[str, Any]
+    retry_after: float | None
+    transport_error: str = ""
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    json_body: Any = None,
+    data: Any = None,
+) -> HttpAnswer:
+    """One HTTP call with the send timeout; never raises for HTTP or network trouble."""
+    try:
+        async with http.request(
+            method,
+            url,
+            json=json_body,
+            data=data,
+            headers=dict(headers),
+            timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS),
+        ) as response:
+            raw = await response.read()
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = {"raw": raw[:200].decode("utf-8", "replace")}
+            return HttpAnswer(
+                response.status,
+                body if isinstance(body, dict) else {"value": body},
+                _retry_after(response.headers.get("Retry-After")),
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return HttpAnswer(0, {}, None, transport_error=type(exc).__name__)
+
+
+def transport_failure(answer: HttpAnswer) -> ChannelResponse | None:
+    """The response for answers every platform treats alike: no answer, 429, 5xx."""
+    if answer.transport_error:
+        return ChannelResponse.failed(
+            "TIMEOUT" if "Timeout" in answer.transport_error else "NETWORK",
+            answer.transport_error,
+            retryable=True,
+        )
+    if answer.status == 429:
+        return ChannelResponse.failed(
+            "RATE_LIMITED",
+            "the platform asked to slow down",
+            retryable=True,
+            http_status=429,
+            retry_after=answer.retry_after,
+        )
+    if answer.status >= 500:
+        return ChannelResponse.failed(
+            f"HTTP_{answer.status}",
+            "the platform failed",
+            retryable=True,
+            http_status=answer.status,
+        )
+    return None
+
+
+def _retry_after(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+E164 = re.compile(r"^\+?[1-9]\d{6,14}$")

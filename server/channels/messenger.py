@@ -1,0 +1,120 @@
+"""Messenger Send API: POST {base}/{version}/me/messages with the page token."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from chat.v1 import common_pb2
+from server.channels.base import ChannelResponse, Outbound, call, transport_failure
+from server.channels.formatting import split_text, to_plain
+from server.domain.tenant import Tenant
+
+TEXT_LIMIT = 2000
+QUICK_REPLY_LIMIT = 13
+BUTTON_LIMIT = 3
+_PSID = re.compile(r"^\d{5,32}$")
+#: Rate limits and temporary failures; everything else is permanent.
+TRANSIENT_CODES = {"1", "2", "4", "613", "1200"}
+
+
+class MessengerChannel:
+    """Plain text, quick replies or a button template."""
+
+    channel_type: int = common_pb2.CHANNEL_TYPE_MESSENGER
+
+    def __init__(self, *, http: aiohttp.ClientSession, base_url: str, version: str) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._version = version
+
+    def validate_recipient(self, recipient_id: str) -> str:
+        return "" if _PSID.match(recipient_id) else "a page-scoped user id (PSID)"
+
+    def validate_config(self, tenant: Tenant) -> str:
+        config = tenant.channels.messenger
+        if config is None or not config.page_access_token:
+            return "messenger.page_access_token is required"
+        return ""
+
+    def format_message(self, outbound: Outbound) -> list[dict[str, Any]]:
+        content = outbound.message.content
+        kind = content.WhichOneof("kind")
+        base = {"recipient": {"id": outbound.recipient_id}, "messaging_type": "RESPONSE"}
+        if kind == "text":
+            return [
+                {**base, "message": {"text": piece}}
+                for piece in split_text(to_plain(content.text.text), TEXT_LIMIT)
+            ]
+        if kind == "location":
+            location = content.location
+            link = f"https://maps.google.com/?q={location.latitude},{location.longitude}"
+            label = " - ".join(filter(None, [location.name, location.address]))
+            return [{**base, "message": {"text": f"{label} {link}".strip()}}]
+        if kind == "interactive":
+            return [{**base, "message": _interactive(content.interactive)}]
+        if kind == "media":
+            media = content.media
+            text = " ".join(
+                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
+            )
+            return [{**base, "message": {"text": to_plain(text)[:TEXT_LIMIT]}}]
+        return []
+
+    async def send_message(self, outbound: Outbound) -> ChannelResponse:
+        config = outbound.tenant.channels.messenger
+        assert config is not None  # noqa: S101 - validate_config ran first
+        auth = {"Authorization": f"Bearer {config.page_access_token}"}
+        url = f"{self._base}/{self._version}/me/messages"
+        first = ""
+        for body in self.format_message(outbound):
+            answer = await call(self._http, "POST", url, headers=auth, json_body=body)
+            failure = transport_failure(answer)
+            if failure is not None:
+                return failure
+            if answer.status != 200:
+                found = answer.body.get("error")
+                error: dict[str, Any] = found if isinstance(found, dict) else {}
+                code = str(error.get("code", answer.status))
+                return ChannelResponse.failed(
+                    code,
+                    str(error.get("message", "the platform refused the message")),
+                    retryable=code in TRANSIENT_CODES,
+                    http_status=answer.status,
+                )
+            first = first or str(answer.body.get("message_id", ""))
+        return ChannelResponse(success=True, platform_message_id=first)
+
+
+def _interactive(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:
+    text = to_plain(interactive.body)[:640] or " "
+    kind = interactive.WhichOneof("kind")
+    if kind == "buttons" and len(interactive.buttons.buttons) <= BUTTON_LIMIT:
+        buttons = [
+            {"type": "web_url", "url": b.url, "title": b.title[:20]}
+            if b.url
+            else {"type": "postback", "title": b.title[:20], "payload": (b.id or b.title)[:1000]}
+            for b in interactive.buttons.buttons
+        ]
+        return {
+            "attachment": {
+                "type": "template",
+                "payload": {"template_type": "button", "text": text, "buttons": buttons},
+            }
+        }
+    choices = [(b.id or b.title, b.title) for b in interactive.buttons.buttons]
+    choices += [(q.id or q.title, q.title) for q in interactive.quick_replies.quick_replies]
+    choices += [(r.id, r.title) for s in interactive.list.sections for r in s.rows]
+    if len(choices) > QUICK_REPLY_LIMIT:
+        # Documented fallback: more choices than Messenger shows become a numbered list.
+        lines = [f"{n}. {title}" for n, (_, title) in enumerate(choices, 1)]
+        return {"text": "\n".join([text, *lines])[:TEXT_LIMIT]}
+    return {
+        "text": text,
+        "quick_replies": [
+            {"content_type": "text", "title": title[:20], "payload": cid[:1000]}
+            for cid, title in choices
+        ],
+    }

@@ -1,0 +1,116 @@
+"""Slack Web API: POST {base}/api/chat.postMessage."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from chat.v1 import common_pb2
+from server.channels.base import ChannelResponse, Outbound, call, transport_failure
+from server.channels.formatting import split_text, to_slack
+from server.domain.tenant import Tenant
+
+TEXT_LIMIT = 4000
+BUTTON_LIMIT = 25
+_RECIPIENT = re.compile(r"^[CDGUW][A-Z0-9]{2,}$")
+TRANSIENT_ERRORS = {"ratelimited", "service_unavailable", "request_timeout", "internal_error"}
+
+
+class SlackChannel:
+    """chat.postMessage with the tenant's bot token."""
+
+    channel_type: int = common_pb2.CHANNEL_TYPE_SLACK
+
+    def __init__(self, *, http: aiohttp.ClientSession, base_url: str) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+
+    def validate_recipient(self, recipient_id: str) -> str:
+        return "" if _RECIPIENT.match(recipient_id) else "a Slack channel or user id"
+
+    def validate_config(self, tenant: Tenant) -> str:
+        config = tenant.channels.slack
+        return "" if config is not None and config.bot_token else "slack.bot_token is required"
+
+    def format_message(self, outbound: Outbound) -> list[dict[str, Any]]:
+        content = outbound.message.content
+        kind = content.WhichOneof("kind")
+        channel = outbound.recipient_id
+        if kind == "text":
+            return [
+                {"channel": channel, "text": piece}
+                for piece in split_text(to_slack(content.text.text), TEXT_LIMIT)
+            ]
+        if kind == "location":
+            location = content.location
+            link = f"https://maps.google.com/?q={location.latitude},{location.longitude}"
+            label = location.name or "Location"
+            return [
+                {
+                    "channel": channel,
+                    "text": f"<{link}|{to_slack(label)}> {location.address}".strip(),
+                }
+            ]
+        if kind == "interactive":
+            interactive = content.interactive
+            choices = [(b.id or b.title, b.title, b.url) for b in interactive.buttons.buttons] + [
+                (q.id or q.title, q.title, "") for q in interactive.quick_replies.quick_replies
+            ]
+            choices += [
+                (row.id, row.title, "")
+                for section in interactive.list.sections
+                for row in section.rows
+            ]
+            elements = []
+            for choice_id, title, url in choices[:BUTTON_LIMIT]:
+                button: dict[str, Any] = {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": title[:75]},
+                    "action_id": choice_id[:255],
+                    "value": choice_id[:2000],
+                }
+                if url:
+                    button["url"] = url
+                elements.append(button)
+            text = to_slack(interactive.body)
+            blocks: list[dict[str, Any]] = [
+                {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}}
+            ]
+            if elements:
+                blocks.append({"type": "actions", "elements": elements})
+            return [{"channel": channel, "text": text[:TEXT_LIMIT], "blocks": blocks}]
+        if kind == "media":
+            # Documented fallback until the three-step file upload lands: the caption and the
+            # file's name, as text.
+            media = content.media
+            text = " ".join(
+                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
+            )
+            return [{"channel": channel, "text": to_slack(text)}]
+        return []
+
+    async def send_message(self, outbound: Outbound) -> ChannelResponse:
+        config = outbound.tenant.channels.slack
+        assert config is not None  # noqa: S101 - validate_config ran first
+        auth = {"Authorization": f"Bearer {config.bot_token}"}
+        first = ""
+        for body in self.format_message(outbound):
+            answer = await call(
+                self._http,
+                "POST",
+                f"{self._base}/api/chat.postMessage",
+                headers=auth,
+                json_body=body,
+            )
+            failure = transport_failure(answer)
+            if failure is not None:
+                return failure
+            if not answer.body.get("ok"):
+                error = str(answer.body.get("error", f"HTTP {answer.status}"))
+                return ChannelResponse.failed(
+                    error, error, retryable=error in TRANSIENT_ERRORS, http_status=answer.status
+                )
+            first = first or str(answer.body.get("ts", ""))
+        return ChannelResponse(success=True, platform_message_id=first)

@@ -1,0 +1,167 @@
+"""Bot Framework connector: POST {serviceUrl}/v3/conversations/{id}/activities, with an app
+token from the client-credentials flow (cached until shortly before it expires)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from chat.v1 import common_pb2
+from server.channels.base import ChannelResponse, Outbound, call, transport_failure
+from server.domain.tenant import Tenant
+
+SCOPE = "https://api.botframework.com/.default"
+#: Transient besides 429 and 5xx; 403, 404 and 413 are permanent.
+TRANSIENT_STATUSES = {412, 502, 504}
+
+
+class TeamsChannel:
+    """Markdown text, or an Adaptive Card for choices."""
+
+    channel_type: int = common_pb2.CHANNEL_TYPE_TEAMS
+
+    def __init__(self, *, http: aiohttp.ClientSession, token_url: str) -> None:
+        self._http = http
+        self._token_url = token_url
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._lock = asyncio.Lock()
+
+    def validate_recipient(self, recipient_id: str) -> str:
+        ok = (
+            recipient_id
+            and len(recipient_id) <= 1024
+            and not any(ch.isspace() for ch in recipient_id)
+        )
+        return "" if ok else "a Teams conversation id"
+
+    def validate_config(self, tenant: Tenant) -> str:
+        config = tenant.channels.teams
+        if config is None or not config.app_id or not config.app_password:
+            return "teams.app_id and app_password are required"
+        return ""
+
+    def format_message(self, outbound: Outbound) -> list[dict[str, Any]]:
+        content = outbound.message.content
+        kind = content.WhichOneof("kind")
+        activity: dict[str, Any] = {"type": "message"}
+        if kind == "text":
+            return [{**activity, "textFormat": "markdown", "text": content.text.text}]
+        if kind == "location":
+            location = content.location
+            link = f"https://maps.google.com/?q={location.latitude},{location.longitude}"
+            label = location.name or "Location"
+            return [
+                {
+                    **activity,
+                    "textFormat": "markdown",
+                    "text": f"[{label}]({link}) {location.address}".strip(),
+                }
+            ]
+        if kind == "interactive":
+            return [{**activity, "attachments": [_card(content.interactive)]}]
+        if kind == "media":
+            media = content.media
+            text = " ".join(
+                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
+            )
+            return [{**activity, "text": text}]
+        return []
+
+    async def send_message(self, outbound: Outbound) -> ChannelResponse:
+        config = outbound.tenant.channels.teams
+        assert config is not None  # noqa: S101 - validate_config ran first
+        if not outbound.service_url:
+            return ChannelResponse.failed(
+                "NO_SERVICE_URL", "no serviceUrl known for this conversation", retryable=False
+            )
+        url = (
+            f"{outbound.service_url.rstrip('/')}/v3/conversations/"
+            f"{quote(outbound.recipient_id, safe='')}/activities"
+        )
+        first = ""
+        for body in self.format_message(outbound):
+            token = await self._token(outbound.tenant)
+            if isinstance(token, ChannelResponse):
+                return token
+            answer = await call(
+                self._http,
+                "POST",
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                json_body=body,
+            )
+            if answer.status == 401:
+                self._tokens.pop(outbound.tenant.id, None)  # expired early: a new one next time
+                return ChannelResponse.failed(
+                    "401", "token refused", retryable=True, http_status=401
+                )
+            failure = transport_failure(answer)
+            if failure is not None:
+                return failure
+            if answer.status >= 300:
+                return ChannelResponse.failed(
+                    str(answer.status),
+                    str(answer.body.get("error", answer.body))[:300],
+                    retryable=answer.status in TRANSIENT_STATUSES,
+                    http_status=answer.status,
+                )
+            first = first or str(answer.body.get("id", ""))
+        return ChannelResponse(success=True, platform_message_id=first)
+
+    async def _token(self, tenant: Tenant) -> str | ChannelResponse:
+        cached = self._tokens.get(tenant.id)
+        if cached is not None and cached[1] - time.time() > 300:
+            return cached[0]
+        config = tenant.channels.teams
+        assert config is not None  # noqa: S101
+        url = self._token_url
+        if config.app_tenant_id:  # single-tenant bots get their token from their own tenant
+            url = url.replace("botframework.com/oauth2", f"{config.app_tenant_id}/oauth2")
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": config.app_id,
+            "client_secret": config.app_password,
+            "scope": SCOPE,
+        }
+        answer = await call(self._http, "POST", url, headers={}, data=form)
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        token = answer.body.get("access_token")
+        if answer.status != 200 or not isinstance(token, str):
+            return ChannelResponse.failed(
+                "TOKEN", "client credentials refused", retryable=False, http_status=answer.status
+            )
+        lifetime = float(answer.body.get("expires_in", 3600))
+        self._tokens[tenant.id] = (token, time.time() + lifetime)
+        return token
+
+
+def _card(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:
+    choices = [(b.id or b.title, b.title, b.url) for b in interactive.buttons.buttons]
+    choices += [(q.id or q.title, q.title, "") for q in interactive.quick_replies.quick_replies]
+    choices += [(r.id, r.title, "") for s in interactive.list.sections for r in s.rows]
+    body: list[dict[str, Any]] = []
+    if interactive.header:
+        body.append({"type": "TextBlock", "text": interactive.header, "weight": "Bolder"})
+    body.append({"type": "TextBlock", "text": interactive.body, "wrap": True})
+    actions = [
+        {"type": "Action.OpenUrl", "title": title, "url": url}
+        if url
+        else {"type": "Action.Submit", "title": title, "data": {"id": choice_id}}
+        for choice_id, title, url in choices
+    ]
+    return {
+        "contentType": "application/vnd.microsoft.card.adaptive",
+        "content": {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "body": body,
+            "actions": actions,
+        },
+    }

@@ -1,0 +1,202 @@
+"""WhatsApp Cloud API: POST {base}/{version}/{phone_number_id}/messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from chat.v1 import common_pb2
+from server.channels.base import (
+    E164,
+    ChannelResponse,
+    Outbound,
+    call,
+    transport_failure,
+)
+from server.channels.formatting import split_text, to_whatsapp
+from server.domain.tenant import Tenant
+
+TEXT_LIMIT = 4096
+BUTTON_LIMIT = 3
+BUTTON_TITLE_LIMIT = 20
+LIST_ROW_LIMIT = 10
+#: Errors a later attempt may get past (rate and throughput limits, temporary trouble).
+TRANSIENT_CODES = {"4", "80007", "130429", "131056", "131000", "131016"}
+
+
+class WhatsAppChannel:
+    """One tenant's phone number id and token come with each send."""
+
+    channel_type: int = common_pb2.CHANNEL_TYPE_WHATSAPP
+
+    def __init__(self, *, http: aiohttp.ClientSession, base_url: str, version: str) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._version = version
+
+    def validate_recipient(self, recipient_id: str) -> str:
+        return "" if E164.match(recipient_id) else "a phone number in E.164 form"
+
+    def validate_config(self, tenant: Tenant) -> str:
+        config = tenant.channels.whatsapp
+        if config is None or not config.phone_number_id or not config.access_token:
+            return "whatsapp.phone_number_id and access_token are required"
+        return ""
+
+    def format_message(self, outbound: Outbound) -> list[dict[str, Any]]:
+        content = outbound.message.content
+        kind = content.WhichOneof("kind")
+        base = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": outbound.recipient_id.lstrip("+"),
+        }
+        if kind == "text":
+            return [
+                {**base, "type": "text", "text": {"body": piece, "preview_url": True}}
+                for piece in split_text(to_whatsapp(content.text.text), TEXT_LIMIT)
+            ]
+        if kind == "location":
+            location = content.location
+            place: dict[str, Any] = {"latitude": location.latitude, "longitude": location.longitude}
+            place |= {
+                k: v for k, v in (("name", location.name), ("address", location.address)) if v
+            }
+            return [{**base, "type": "location", "location": place}]
+        if kind == "interactive":
+            return [
+                {**base, "type": "interactive", "interactive": _interactive(content.interactive)}
+            ]
+        if kind == "media":
+            # Sent by the id the upload returns (send_message uploads first).
+            media = content.media
+            kind_name = _media_kind(media.mime_type)
+            sent: dict[str, Any] = {"id": media.media_id}
+            if media.caption and kind_name in ("image", "video", "document"):
+                sent["caption"] = media.caption[:1024]
+            if kind_name == "document" and media.file_name:
+                sent["filename"] = media.file_name
+            return [{**base, "type": kind_name, kind_name: sent}]
+        return []
+
+    async def send_message(self, outbound: Outbound) -> ChannelResponse:
+        config = outbound.tenant.channels.whatsapp
+        assert config is not None  # noqa: S101 - validate_config ran first
+        auth = {"Authorization": f"Bearer {config.access_token}"}
+        url = f"{self._base}/{self._version}/{config.phone_number_id}"
+        bodies = self.format_message(outbound)
+        if outbound.message.content.WhichOneof("kind") == "media":
+            uploaded = await self._upload(url, auth, outbound)
+            if not uploaded.success:
+                return uploaded
+            for body in bodies:
+                body[body["type"]]["id"] = uploaded.platform_message_id
+        first = ""
+        for body in bodies:
+            answer = await call(self._http, "POST", f"{url}/messages", headers=auth, json_body=body)
+            failure = transport_failure(answer)
+            if failure is not None:
+                return failure
+            if answer.status != 200:
+                return _error(answer.status, answer.body)
+            messages = answer.body.get("messages")
+            platform_id = (
+                messages[0].get("id", "") if isinstance(messages, list) and messages else ""
+            )
+            first = first or str(platform_id)
+        return ChannelResponse(success=True, platform_message_id=first)
+
+    async def _upload(self, url: str, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:
+        media = outbound.message.content.media
+        if outbound.media is None:
+            return ChannelResponse.failed(
+                "MEDIA_MISSING", "the media bytes are gone", retryable=False
+            )
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", media.mime_type)
+        form.add_field(
+            "file",
+            outbound.media,
+            filename=media.file_name or "media",
+            content_type=media.mime_type,
+        )
+        answer = await call(self._http, "POST", f"{url}/media", headers=auth, data=form)
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        if answer.status != 200 or not answer.body.get("id"):
+            return _error(answer.status, answer.body)
+        return ChannelResponse(success=True, platform_message_id=str(answer.body["id"]))
+
+
+def _interactive(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:
+    body: dict[str, Any] = {"body": {"text": to_whatsapp(interactive.body)[:1024] or " "}}
+    if interactive.header:
+        body["header"] = {"type": "text", "text": interactive.header[:60]}
+    if interactive.footer:
+        body["footer"] = {"text": interactive.footer[:60]}
+    kind = interactive.WhichOneof("kind")
+    choices = (
+        [(b.id or b.title, b.title) for b in interactive.buttons.buttons]
+        if kind == "buttons"
+        else [(q.id or q.title, q.title) for q in interactive.quick_replies.quick_replies]
+    )
+    if kind == "list":
+        sections = [
+            {
+                "title": section.title[:24],
+                "rows": [
+                    {
+                        "id": row.id[:200],
+                        "title": row.title[:24],
+                        "description": row.description[:72],
+                    }
+                    for row in section.rows[:LIST_ROW_LIMIT]
+                ],
+            }
+            for section in interactive.list.sections
+        ]
+        return {
+            **body,
+            "type": "list",
+            "action": {
+                "button": interactive.list.button_text[:20] or "Choose",
+                "sections": sections,
+            },
+        }
+    if len(choices) <= BUTTON_LIMIT:
+        return {
+            **body,
+            "type": "button",
+            "action": {
+                "buttons": [
+                    {
+                        "type": "reply",
+                        "reply": {"id": cid[:256], "title": title[:BUTTON_TITLE_LIMIT]},
+                    }
+                    for cid, title in choices
+                ]
+            },
+        }
+    # More than three choices: WhatsApp's list message takes up to ten.
+    rows = [{"id": cid[:200], "title": title[:24]} for cid, title in choices[:LIST_ROW_LIMIT]]
+    return {**body, "type": "list", "action": {"button": "Choose", "sections": [{"rows": rows}]}}
+
+
+def _media_kind(mime: str) -> str:
+    family = mime.partition("/")[0]
+    return family if family in ("image", "audio", "video") else "document"
+
+
+def _error(status: int, body: dict[str, Any]) -> ChannelResponse:
+    found = body.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    code = str(error.get("code", status))
+    return ChannelResponse.failed(
+        code,
+        str(error.get("message", "the platform refused the message")),
+        retryable=code in TRANSIENT_CODES,
+        http_status=status,
+    )

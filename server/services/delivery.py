@@ -1,0 +1,375 @@
+"""Outbound delivery: takes queued messages to their platform, with retries, pacing, a circuit
+breaker per tenant and channel, and a dead-letter state.
+
+A delivery is claimed with a lease and its outcome recorded with the message's status in one
+transaction. Transient failures (429 with Retry-After, 5xx, timeouts, the platform's rate
+codes) come back later with exponential backoff and jitter; permanent ones (an invalid
+recipient, outside WhatsApp's 24-hour window, a blocked bot, a message too big) fail at once.
+After the last attempt the delivery is FAILED with its history: ListFailedDeliveries and
+RetryDelivery show and replay them.
+
+Platforms offer no idempotency key for sends, so one gap remains: a process that dies after the
+platform accepted a message and before the outcome is recorded leaves a lease that lapses, and
+the message is sent again. Everything else is exactly once: the message id keys its delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from chat.v1 import chat_service_pb2, common_pb2, events_pb2
+from server.channels.base import ChannelResponse, Outbound
+from server.channels.factory import ChannelFactory
+from server.domain.tenant import Tenant
+from server.events.envelopes import envelope
+from server.processors.media import MediaStore
+from server.repositories.deliveries import FAILED, SENT, MongoDeliveries, attempt_record
+from server.repositories.rate_limits import Limit, RateLimiter, limit_key
+from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
+from server.services.responder import RESPONDER_ID
+from server.services.streams import QuietLiveEvents
+
+log = structlog.get_logger("chat.delivery")
+
+LEASE = dt.timedelta(seconds=60)
+_IDLE_SECONDS = 1.0
+_IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
+
+#: Sends per second and burst per destination (conversation), from each platform's limits:
+#: Slack about 1/s per channel; Teams 7 per second per conversation; WhatsApp about one
+#: message per 6 s per recipient, with bursts; Messenger has no per-user limit.
+PACING: Mapping[int, tuple[float, int]] = {
+    common_pb2.CHANNEL_TYPE_SLACK: (1.0, 3),
+    common_pb2.CHANNEL_TYPE_TEAMS: (7.0, 7),
+    common_pb2.CHANNEL_TYPE_WHATSAPP: (1 / 6, 10),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """Attempts and backoff."""
+
+    max_attempts: int = 6
+    base_delay_seconds: float = 1.0
+    max_delay_seconds: float = 300.0
+    #: Consecutive transient failures of one tenant and channel that open its breaker.
+    breaker_threshold: int = 5
+    breaker_open_seconds: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with equal jitter, never sooner than the platform asked."""
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
+        backoff = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+        return max(backoff, retry_after or 0.0)
+
+
+class CircuitBreaker:
+    """Per tenant and channel: after ``threshold`` transient failures in a row, sends wait
+    ``open_seconds`` (then one is let through to probe)."""
+
+    def __init__(self, *, threshold: int, open_seconds: float) -> None:
+        self._threshold = threshold
+        self._open_seconds = open_seconds
+        self._failures: dict[tuple[str, int], int] = {}
+        self._open_until: dict[tuple[str, int], float] = {}
+
+    def wait_seconds(self, key: tuple[str, int]) -> float:
+        return max(0.0, self._open_until.get(key, 0.0) - time.monotonic())
+
+    def success(self, key: tuple[str, int]) -> None:
+        self._failures.pop(key, None)
+        self._open_until.pop(key, None)
+
+    def failure(self, key: tuple[str, int]) -> None:
+        count = self._failures.get(key, 0) + 1
+        self._failures[key] = count
+        if count >= self._threshold:
+            self._open_until[key] = time.monotonic() + self._open_seconds
+            log.warning("circuit open", tenant_id=key[0], channel=key[1], failures=count)
+
+
+class DeliveryProcessor:
+    """Takes deliveries from the queue, a few at a time."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: MongoDeliveries,
+        messages: MessageRepository,
+        media: MediaStore,
+        channels: ChannelFactory,
+        tenants: Mapping[str, Tenant],
+        outbox: Outbox,
+        transactions: TransactionRunner,
+        live: QuietLiveEvents,
+        pacer: RateLimiter,
+        clock: Callable[[], dt.datetime],
+        policy: DeliveryPolicy = DeliveryPolicy(),
+        on_events: Callable[[], None] = lambda: None,
+        concurrency: int = 16,
+    ) -> None:
+        self._deliveries = deliveries
+        self._messages = messages
+        self._media = media
+        self._channels = channels
+        self._tenants = tenants
+        self._outbox = outbox
+        self._transactions = transactions
+        self._live = live
+        self._pacer = pacer
+        self._clock = clock
+        self._policy = policy
+        self._on_events = on_events
+        self._breaker = CircuitBreaker(
+            threshold=policy.breaker_threshold, open_seconds=policy.breaker_open_seconds
+        )
+        self._owner = uuid.uuid4().hex
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """Something was queued: look now."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Deliver until ``stopping`` is set; deliveries in hand are finished first."""
+        while not stopping.is_set():
+            try:
+                claimed = await self._claim_some()
+            except Exception:
+                log.exception("delivery queue unavailable")
+                claimed = False
+            if not claimed:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _claim_some(self) -> bool:
+        claimed = False
+        while not self._slots.locked():
+            delivery = await self._deliveries.claim(
+                owner=self._owner, now=self._clock(), lease=LEASE
+            )
+            if delivery is None:
+                break
+            claimed = True
+            await self._slots.acquire()
+            task = asyncio.create_task(self._guarded(delivery))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._slots.locked():
+            await asyncio.sleep(0.05)
+            return True
+        return claimed
+
+    async def _guarded(self, delivery: dict[str, Any]) -> None:
+        try:
+            await self.deliver(delivery)
+        except Exception:
+            # The lease lapses and another attempt is made; nothing was recorded.
+            log.exception("delivery attempt failed unexpectedly", message_id=delivery["_id"])
+        finally:
+            self._slots.release()
+
+    async def deliver(self, delivery: dict[str, Any]) -> None:
+        """One attempt at one delivery."""
+        tenant_id = delivery["tenant_id"]
+        if await self._deliveries.earlier_pending(delivery):
+            await self._deliveries.postpone(delivery, due=self._clock() + _IN_ORDER_RETRY)
+            return
+        tenant = self._tenants.get(tenant_id)
+        message = await self._messages.get(tenant_id, delivery["_id"])
+        channel = self._channels.get(delivery["channel"])
+        problem = ""
+        if tenant is None or message is None or channel is None:
+            problem = "the tenant, message or channel is gone"
+        elif channel.validate_config(tenant):
+            problem = channel.validate_config(tenant)
+        elif channel.validate_recipient(delivery["recipient_id"]):
+            problem = f"invalid recipient: {channel.validate_recipient(delivery['recipient_id'])}"
+        if problem or tenant is None or message is None or channel is None:
+            failure = ChannelResponse.failed("INVALID_DELIVERY", problem, retryable=False)
+            await self._finish(delivery, message, failure)
+            return
+        breaker_key = (tenant_id, delivery["channel"])
+        wait = self._breaker.wait_seconds(breaker_key)
+        if wait > 0:
+            await self._deliveries.postpone(
+                delivery, due=self._clock() + dt.timedelta(seconds=wait)
+            )
+            return
+        paced = await self._paced(delivery)
+        if paced > 0:
+            await self._deliveries.postpone(
+                delivery, due=self._clock() + dt.timedelta(seconds=paced)
+            )
+            return
+        media = None
+        if message.content.WhichOneof("kind") == "media" and message.content.media.media_id:
+            found = await self._media.get(tenant_id, message.content.media.media_id)
+            media = found[1] if found else None
+        response = await channel.send_message(
+            Outbound(
+                tenant=tenant,
+                message=message,
+                recipient_id=delivery["recipient_id"],
+                service_url=delivery.get("service_url", ""),
+                media=media,
+            )
+        )
+        if response.success:
+            self._breaker.success(breaker_key)
+            await self._finish(delivery, message, response)
+            return
+        error = response.error or common_pb2.PlatformError(code="UNKNOWN", retryable=True)
+        attempts = len(delivery.get("attempts", [])) - delivery.get("budget_start", 0) + 1
+        if error.retryable:
+            self._breaker.failure(breaker_key)
+        if error.retryable and attempts < self._policy.max_attempts:
+            now = self._clock()
+            delay = self._policy.delay(attempts, response.retry_after)
+            log.warning(
+                "delivery failed; retrying",
+                message_id=delivery["_id"],
+                attempt=attempts,
+                code=error.code,
+                delay_seconds=round(delay, 2),
+            )
+            await self._deliveries.retry_later(
+                delivery,
+                attempt_record(now=now, success=False, error=error),
+                due=now + dt.timedelta(seconds=delay),
+                now=now,
+            )
+            return
+        await self._finish(delivery, message, response)
+
+    async def _paced(self, delivery: dict[str, Any]) -> float:
+        """Seconds to wait before this destination may get another message (0: go)."""
+        pacing = PACING.get(delivery["channel"])
+        if pacing is None:
+            return 0.0
+        per_second, burst = pacing
+        key = limit_key(
+            delivery["tenant_id"], "pace", f"{delivery['channel']}:{delivery['recipient_id']}"
+        )
+        try:
+            decision = await self._pacer.check(
+                (Limit(key=key, per_second=per_second, burst=burst, subject="destination"),)
+            )
+        except (RedisError, OSError):
+            return 0.0  # pacing is a courtesy; the platform's own 429 still holds us back
+        return 0.0 if decision.allowed else decision.retry_after_seconds
+
+    async def _finish(
+        self,
+        delivery: dict[str, Any],
+        message: common_pb2.Message | None,
+        response: ChannelResponse,
+    ) -> None:
+        tenant_id = delivery["tenant_id"]
+        now = self._clock()
+        status = (
+            common_pb2.DELIVERY_STATUS_SENT
+            if response.success
+            else common_pb2.DELIVERY_STATUS_FAILED
+        )
+        attempt = attempt_record(
+            now=now,
+            success=response.success,
+            platform_message_id=response.platform_message_id,
+            error=response.error,
+        )
+
+        async def record(tx: Tx) -> list[common_pb2.Message]:
+            if not await self._deliveries.finish(
+                delivery,
+                attempt,
+                state=SENT if response.success else FAILED,
+                now=now,
+                platform_message_id=response.platform_message_id,
+                session=tx,
+            ):
+                return []  # the lease was lost: the other process records its own outcome
+            if message is None:
+                return []
+            changed = await self._messages.advance(
+                tenant_id,
+                message.id,
+                status=status,
+                platform_message_id=response.platform_message_id,
+                session=tx,
+            )
+            payload: dict[str, Any]
+            if response.success:
+                sent = common_pb2.Message()
+                sent.CopyFrom(message)
+                sent.delivery_status = status
+                sent.platform_message_id = response.platform_message_id
+                payload = {"message_sent": events_pb2.MessageSent(message=sent)}
+            else:
+                payload = {
+                    "message_delivered": events_pb2.MessageDelivered(
+                        message_id=message.id,
+                        conversation_id=message.conversation_id,
+                        channel=message.channel,
+                        status=status,
+                        error=response.error,
+                    )
+                }
+            await self._outbox.add(
+                [
+                    envelope(
+                        tenant_id=tenant_id,
+                        actor_id=RESPONDER_ID,
+                        conversation_id=message.conversation_id,
+                        now=now,
+                        **payload,
+                    )
+                ],
+                now=now,
+                session=tx,
+            )
+            return changed
+
+        changed = await self._transactions.run(record)
+        if not response.success:
+            log.error(
+                "delivery failed for good",
+                message_id=delivery["_id"],
+                error=response.error.code if response.error else "",
+            )
+        if changed:
+            self._on_events()
+            stamp = chat_service_pb2.StreamConversationEventsResponse()
+            stamp.event_time.FromDatetime(now)
+            await self._live.publish(
+                tenant_id,
+                delivery["conversation_id"],
+                [
+                    chat_service_pb2.StreamConversationEventsResponse(
+                        event_time=stamp.event_time,
+                        delivery_status=chat_service_pb2.DeliveryStatusUpdate(
+                            message_id=m.id,
+                            sequence=m.sequence,
+                            status=status,
+                            error=response.error,
+                        ),
+                    )
+                    for m in changed
+                ],
+            )

@@ -1,0 +1,461 @@
+"""Outbound delivery against local stand-ins for each platform's send API: full round trips
+from a signed webhook to the bot's reply POSTed to the right place, retries with Retry-After,
+permanent failures, the dead-letter state with RetryDelivery, and a lease left by a dead
+process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from pymongo import AsyncMongoClient
+
+from chat.v1 import common_pb2 as c
+from chat.v1 import delivery_service_pb2 as delivery
+from chat.v1 import delivery_service_pb2_grpc
+from devstack.stack import Endpoints
+from devstack.tokens import mint_dev_token
+from tests.integration.bot_framework import TeamsKeys
+from tests.integration.chat_client import JWT_SETTINGS, SECRET
+from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.test_bridge import (
+    MESSENGER_SECRET,
+    TENANTS,
+    WHATSAPP_SECRET,
+    Bridge,
+    sample,
+    start_bridge,
+    unique,
+)
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+Mongo = AsyncMongoClient[dict[str, Any]]
+WAIT = 20.0
+
+
+@dataclass
+class Platforms:
+    """One local HTTP server standing in for every platform's send API."""
+
+    base: str = ""
+    requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
+    #: Scripted answers per API ("whatsapp", "slack", ...): (status, body, headers), used in
+    #: order; when none is left, the API succeeds.
+    script: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(
+        default_factory=dict
+    )
+
+    def sent(self, api: str) -> list[tuple[str, dict[str, str], Any]]:
+        return [r for r in self.requests if r[0].startswith(api)]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def platforms() -> AsyncIterator[Platforms]:
+    stand_in = Platforms()
+
+    def answer(api: str, success: dict[str, Any]) -> web.Response:
+        scripted = stand_in.script.get(api)
+        if scripted:
+            status, body, headers = scripted.pop(0)
+            return web.json_response(body, status=status, headers=headers)
+        return web.json_response(success)
+
+    async def record(request: web.Request, api: str) -> None:
+        if request.content_type == "application/json":
+            body: Any = await request.json()
+        else:
+            body = dict(await request.post())
+        stand_in.requests.append((f"{api} {request.path}", dict(request.headers), body))
+
+    async def whatsapp(request: web.Request) -> web.Response:
+        await record(request, "whatsapp")
+        return answer(
+            "whatsapp",
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": "x", "wa_id": "x"}],
+                "messages": [{"id": f"wamid.out-{uuid.uuid4().hex}"}],
+            },
+        )
+
+    async def messenger(request: web.Request) -> web.Response:
+        await record(request, "messenger")
+        return answer("messenger", {"recipient_id": "1", "message_id": f"m_{uuid.uuid4().hex}"})
+
+    async def slack(request: web.Request) -> web.Response:
+        await record(request, "slack")
+        return answer("slack", {"ok": True, "channel": "C111", "ts": f"{time.time():.6f}"})
+
+    async def token(request: web.Request) -> web.Response:
+        await record(request, "teams-token")
+        return web.json_response({"access_token": "teams-app-token", "expires_in": 3600})
+
+    async def teams(request: web.Request) -> web.Response:
+        await record(request, "teams")
+        return answer("teams", {"id": f"teams-{uuid.uuid4().hex}"})
+
+    app = web.Application()
+    app.router.add_post("/v23.0/me/messages", messenger)
+    app.router.add_post("/v23.0/{phone}/messages", whatsapp)
+    app.router.add_post("/api/chat.postMessage", slack)
+    app.router.add_post("/token", token)
+    app.router.add_post("/v3/conversations/{conversation}/activities", teams)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    stand_in.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield stand_in
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def stack_up(
+    start_server: StartServer, tmp_path: Path, platforms: Platforms, teams_keys: TeamsKeys
+) -> AsyncIterator[tuple[RunningServer, Bridge]]:
+    server = await start_server(
+        CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS),
+        CHAT_WHATSAPP_API_BASE=platforms.base,
+        CHAT_MESSENGER_API_BASE=platforms.base,
+        CHAT_SLACK_API_BASE=platforms.base,
+        CHAT_TEAMS_TOKEN_URL=f"{platforms.base}/token",
+        CHAT_GRAPH_API_VERSION="v23.0",
+        CHAT_DELIVERY_BASE_DELAY_MS="50",
+        CHAT_DELIVERY_MAX_ATTEMPTS="3",
+        **JWT_SETTINGS,
+    )
+    runner, url = await start_bridge(server.target, tmp_path, teams_keys.metadata_url)
+    async with aiohttp.ClientSession() as http:
+        yield server, Bridge(url, http, server)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def mongo(stack: Endpoints) -> AsyncIterator[Mongo]:
+    client: Mongo = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+def whatsapp_text(user: str, text: str = "hello") -> tuple[Any, str]:
+    payload = sample("whatsapp", "webhook_text_message.json")
+    value = payload["entry"][0]["changes"][0]["value"]
+    message = value["messages"][0]
+    message["from"] = user
+    message["text"]["body"] = text
+    value["contacts"][0]["wa_id"] = user
+    payload, [wamid] = unique(payload, message["id"])
+    return payload, wamid
+
+
+async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
+    """The bot's reply to the inbound message with this platform id, once it exists."""
+    inbound = await mongo["chat"]["messages"].find_one({"platform_message_id": inbound_platform_id})
+    assert inbound is not None
+    found: list[c.Message] = []
+
+    async def replied() -> bool:
+        document = await mongo["chat"]["messages"].find_one(
+            {
+                "conversation_id": inbound["conversation_id"],
+                "direction": c.MESSAGE_DIRECTION_OUTBOUND,
+            },
+            sort=[("sequence", -1)],
+        )
+        if document is None:
+            return False
+        found[:] = [c.Message.FromString(document["pb"])]
+        return True
+
+    await wait_for(replied, "the reply")
+    return found[0]
+
+
+async def status_of(mongo: Mongo, message_id: str) -> int:
+    document = await mongo["chat"]["messages"].find_one({"_id": message_id})
+    assert document is not None
+    return int(document["delivery_status"])
+
+
+async def test_whatsapp_round_trip_then_receipts(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    _, bridge = stack_up
+    user = "1650555" + str(uuid.uuid4().int)[:4]
+    payload, wamid = whatsapp_text(user)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    reply = await reply_of(mongo, wamid)
+
+    async def sent() -> bool:
+        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
+
+    await wait_for(sent, "the reply to be sent")
+    [(path, headers, body)] = platforms.sent("whatsapp")
+    assert path == "whatsapp /v23.0/106540352242922/messages"  # the tenant's phone number id
+    assert headers["Authorization"] == "Bearer t"
+    assert body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": user,
+        "type": "text",
+        "text": {"body": "Hello! How can I help you today?", "preview_url": True},
+    }
+    document = await mongo["chat"]["messages"].find_one({"_id": reply.id})
+    assert document is not None
+    out_id = document["platform_message_id"]
+    assert out_id.startswith("wamid.out-")
+
+    # The platform's receipts, through the bridge, move the status forward only.
+    for status in ("read", "delivered"):
+        receipt = sample("whatsapp", "webhook_status_sent.json")
+        item = receipt["entry"][0]["changes"][0]["value"]["statuses"][0]
+        item.update(id=out_id, status=status, recipient_id=user)
+        assert await bridge.meta("whatsapp", receipt, WHATSAPP_SECRET) == 200
+    assert await status_of(mongo, reply.id) == c.DELIVERY_STATUS_READ
+
+
+async def test_slack_messenger_and_teams_round_trips(
+    stack_up: tuple[RunningServer, Bridge],
+    platforms: Platforms,
+    mongo: Mongo,
+    teams_keys: TeamsKeys,
+) -> None:
+    _, bridge = stack_up
+    event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+    event["event"]["ts"] = f"{time.time():.6f}"
+    event["event"]["user"] = "U" + uuid.uuid4().hex[:8].upper()
+    status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(event).encode())
+    assert status == 200
+    psid = str(uuid.uuid4().int)[:16]
+    item, [mid] = unique(
+        sample("messenger", "event_message_reply_to.json"), "m_1457764197618:41d102a3e1ae206a38"
+    )
+    item["sender"] = {"id": psid}
+    item["message"].pop("reply_to")
+    payload = {"object": "page", "entry": [{"id": "PAGE", "messaging": [item]}]}
+    assert await bridge.meta("messenger", payload, MESSENGER_SECRET) == 200
+    activity, [activity_id] = unique(
+        sample("teams", "activity_message_text_personal.json"), "1485983408511"
+    )
+    activity["serviceUrl"] = platforms.base + "/"
+    activity["from"]["id"] = "29:" + uuid.uuid4().hex
+    status, _ = await bridge.post(
+        "/webhooks/teams/acme",
+        json.dumps(activity).encode(),
+        {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {teams_keys.token(serviceurl=platforms.base + '/')}",
+        },
+    )
+    assert status == 200
+
+    async def all_sent() -> bool:
+        return all(platforms.sent(api) for api in ("slack", "messenger", "teams "))
+
+    await wait_for(all_sent, "a reply on each platform")
+    [(_, slack_headers, slack_body)] = platforms.sent("slack")
+    assert slack_headers["Authorization"] == "Bearer xoxb-t"
+    assert slack_body["channel"] == "C111"
+    assert slack_body["text"] == "Hello! How can I help you today?"
+    [(_, fb_headers, fb_body)] = platforms.sent("messenger")
+    assert fb_headers["Authorization"] == "Bearer t"
+    assert fb_body == {
+        "recipient": {"id": psid},
+        "messaging_type": "RESPONSE",
+        "message": {"text": "Hello! How can I help you today?"},
+    }
+    [(token_path, _, token_form)] = platforms.sent("teams-token")
+    assert token_form["grant_type"] == "client_credentials"
+    assert token_form["scope"] == "https://api.botframework.com/.default"
+    [(teams_path, teams_headers, teams_body)] = platforms.sent("teams ")
+    conversation = activity["conversation"]["id"]
+    assert teams_path == f"teams /v3/conversations/{conversation}/activities"
+    assert teams_headers["Authorization"] == "Bearer teams-app-token"
+    assert teams_body["type"] == "message"
+    assert teams_body["text"] == "Hello! How can I help you today?"
+    assert mid
+    assert activity_id
+    assert token_path
+
+
+async def test_retry_after_then_success_and_permanent_failures_then_replay(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    server, bridge = stack_up
+    platforms.script["whatsapp"] = [(429, {"error": {"code": 130429}}, {"Retry-After": "1"})]
+    user = "1650555" + str(uuid.uuid4().int)[:4]
+    payload, wamid = whatsapp_text(user)
+    started = time.monotonic()
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    reply = await reply_of(mongo, wamid)
+
+    async def sent() -> bool:
+        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
+
+    await wait_for(sent, "the retried send")
+    assert time.monotonic() - started >= 1.0  # Retry-After was honoured
+    assert len(platforms.sent("whatsapp")) == 2
+
+    admin = mint_dev_token(secret=SECRET, tenant_id="acme", scopes=("chat:read", "chat:admin"))
+    metadata = (("authorization", f"Bearer {admin}"),)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
+        record = (
+            await stub.GetDeliveryStatus(
+                delivery.GetDeliveryStatusRequest(message_id=reply.id), metadata=metadata
+            )
+        ).delivery
+        assert (record.status, record.attempt_count) == (c.DELIVERY_STATUS_SENT, 2)
+        assert record.attempts[0].error.code == "RATE_LIMITED"
+        assert record.attempts[1].success
+
+        # Outside the 24-hour window: permanent, so no retry.
+        platforms.script["whatsapp"] = [
+            (400, {"error": {"code": 131047, "message": "Re-engagement message"}}, {})
+        ]
+        user = "1650555" + str(uuid.uuid4().int)[:4]
+        payload, wamid = whatsapp_text(user)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        failed_reply = await reply_of(mongo, wamid)
+
+        async def failed() -> bool:
+            return await status_of(mongo, failed_reply.id) == c.DELIVERY_STATUS_FAILED
+
+        await wait_for(failed, "the permanent failure")
+        listed = await stub.ListFailedDeliveries(
+            delivery.ListFailedDeliveriesRequest(channel=c.CHANNEL_TYPE_WHATSAPP), metadata=metadata
+        )
+        mine = [d for d in listed.deliveries if d.message_id == failed_reply.id]
+        assert len(mine) == 1
+        assert mine[0].attempt_count == 1
+        assert mine[0].last_error.code == "131047"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RetryDelivery(
+                delivery.RetryDeliveryRequest(message_id=reply.id), metadata=metadata
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # it was sent
+        retried = await stub.RetryDelivery(
+            delivery.RetryDeliveryRequest(message_id=failed_reply.id, request_id="r1"),
+            metadata=metadata,
+        )
+        assert retried.delivery.status == c.DELIVERY_STATUS_QUEUED
+        # The message status itself never moves back: FAILED stays until a send succeeds.
+
+        async def resent() -> bool:
+            found = await stub.GetDeliveryStatus(
+                delivery.GetDeliveryStatusRequest(message_id=failed_reply.id), metadata=metadata
+            )
+            return found.delivery.status == c.DELIVERY_STATUS_SENT
+
+        await wait_for(resent, "the replayed delivery")
+
+
+async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    _, bridge = stack_up
+    platforms.script["whatsapp"] = [(503, {}, {})] * 3
+    user = "1650555" + str(uuid.uuid4().int)[:4]
+    payload, wamid = whatsapp_text(user)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    reply = await reply_of(mongo, wamid)
+
+    async def failed() -> bool:
+        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_FAILED
+
+    await wait_for(failed, "the attempts to run out")
+    assert len(platforms.sent("whatsapp")) == 3  # CHAT_DELIVERY_MAX_ATTEMPTS
+    record = await mongo["chat"]["deliveries"].find_one({"_id": reply.id})
+    assert record is not None
+    assert [a["error"]["code"] for a in record["attempts"]] == ["HTTP_503"] * 3
+
+    # A Messenger sender id that is no PSID: refused before any request.
+    item, [mid] = unique(
+        sample("messenger", "event_message_reply_to.json"), "m_1457764197618:41d102a3e1ae206a38"
+    )
+    item["sender"] = {"id": "not-a-psid"}
+    payload = {"object": "page", "entry": [{"id": "PAGE", "messaging": [item]}]}
+    assert await bridge.meta("messenger", payload, MESSENGER_SECRET) == 200
+    bad = await reply_of(mongo, mid)
+
+    async def refused() -> bool:
+        return await status_of(mongo, bad.id) == c.DELIVERY_STATUS_FAILED
+
+    await wait_for(refused, "the invalid recipient")
+    assert platforms.sent("messenger") == []
+
+
+async def test_a_delivery_left_by_a_dead_process_is_sent_once(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    _, bridge = stack_up
+    user = "1650555" + str(uuid.uuid4().int)[:4]
+    payload, wamid = whatsapp_text(user)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    reply = await reply_of(mongo, wamid)
+
+    async def sent() -> bool:
+        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
+
+    await wait_for(sent, "the first reply")
+    # A second outbound message whose delivery a dead process had claimed: its lease ran out.
+    document = await mongo["chat"]["messages"].find_one({"_id": reply.id})
+    assert document is not None
+    copy_id = uuid.uuid4().hex
+    orphan = c.Message.FromString(document["pb"])
+    orphan.id = copy_id
+    orphan.sequence += 100
+    await mongo["chat"]["messages"].insert_one(
+        {
+            **document,
+            "_id": copy_id,
+            "sequence": orphan.sequence,
+            "delivery_status": c.DELIVERY_STATUS_QUEUED,
+            "platform_message_id": "",
+            "pb": orphan.SerializeToString(),
+        }
+    )
+    now = dt.datetime.now(dt.UTC)
+    await mongo["chat"]["deliveries"].insert_one(
+        {
+            "_id": copy_id,
+            "tenant_id": "acme",
+            "conversation_id": orphan.conversation_id,
+            "sequence": orphan.sequence,
+            "channel": c.CHANNEL_TYPE_WHATSAPP,
+            "recipient_id": user,
+            "service_url": "",
+            "state": "sending",
+            "owner": "a-dead-process",
+            "attempts": [],
+            "budget_start": 0,
+            "create_time": now,
+            "update_time": now,
+            "due_time": now - dt.timedelta(seconds=1),
+        }
+    )
+    before = len(platforms.sent("whatsapp"))
+
+    async def resent() -> bool:
+        return await status_of(mongo, copy_id) == c.DELIVERY_STATUS_SENT
+
+    await wait_for(resent, "the orphaned delivery")
+    await asyncio.sleep(0.5)
+    assert len(platforms.sent("whatsapp")) == before + 1
