@@ -214,7 +214,14 @@ async def whatsapp_post(request: web.Request) -> web.StreamResponse:
     credentials = tenant.channels.whatsapp
     if credentials is None:
         raise refuse(404, "whatsapp is not configured for this tenant")
-    return await _meta_post(request, tenant, credentials.app_secret, "whatsapp", whatsapp.parse)
+    return await _meta_post(
+        request,
+        tenant,
+        credentials.app_secret,
+        "whatsapp",
+        whatsapp.parse,
+        account=credentials.phone_number_id,
+    )
 
 
 async def messenger_post(request: web.Request) -> web.StreamResponse:
@@ -222,7 +229,14 @@ async def messenger_post(request: web.Request) -> web.StreamResponse:
     credentials = tenant.channels.messenger
     if credentials is None:
         raise refuse(404, "messenger is not configured for this tenant")
-    return await _meta_post(request, tenant, credentials.app_secret, "messenger", messenger.parse)
+    return await _meta_post(
+        request,
+        tenant,
+        credentials.app_secret,
+        "messenger",
+        messenger.parse,
+        account=credentials.page_id,
+    )
 
 
 async def _meta_post(
@@ -231,6 +245,8 @@ async def _meta_post(
     app_secret: str,
     platform: str,
     parse: Callable[[Any], Parsed],
+    *,
+    account: str,
 ) -> web.StreamResponse:
     raw = await _body(request)
     signature = request.headers.get("X-Hub-Signature-256")
@@ -238,7 +254,14 @@ async def _meta_post(
         raise refuse(401, "X-Hub-Signature-256 missing")
     if not meta_signature_valid(app_secret, raw, signature):
         raise refuse(403, "signature does not match")
-    return await _forward(request, tenant, platform, _parsed(parse, _json(request, raw)))
+    parsed = _parsed(parse, _json(request, raw))
+    if account:
+        # One Meta app can serve several tenants' numbers or pages: each tenant takes only
+        # its own account's events.
+        foreign = [e for e in parsed.events if e.platform_account_id not in ("", account)]
+        parsed.events = [e for e in parsed.events if e not in foreign]
+        parsed.ignored += ["foreign-account"] * len(foreign)
+    return await _forward(request, tenant, platform, parsed)
 
 
 def _slack_verified(request: web.Request, tenant: Tenant, raw: bytes) -> None:

@@ -14,7 +14,9 @@ def meta_signature_valid(app_secret: str, body: bytes, header: str | None) -> bo
     if not header or not header.startswith("sha256=") or not app_secret:
         return False
     expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256=").strip().lower())
+    # Bytes, not str: compare_digest refuses non-ASCII strings (a forged header must be a 403).
+    given = header.removeprefix("sha256=").strip().lower().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(expected.encode(), given)
 
 
 def slack_signature_valid(
@@ -37,4 +39,6 @@ def slack_signature_valid(
         return False
     base = b"v0:" + timestamp.encode() + b":" + body
     expected = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.strip())
+    return hmac.compare_digest(
+        expected.encode(), signature.strip().encode("utf-8", "surrogateescape")
+    )

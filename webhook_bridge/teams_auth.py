@@ -27,6 +27,7 @@ log = structlog.get_logger("chat.bridge.teams")
 ISSUER = "https://api.botframework.com"
 LEEWAY_SECONDS = 300
 METADATA_REFRESH_SECONDS = 86400.0
+METADATA_RETRY_SECONDS = 60.0
 MAX_TOKEN_BYTES = 8192
 
 
@@ -51,7 +52,8 @@ class VerifiedToken:
         channel; TeamsAuthError (403) when not."""
         if self.claims.get("serviceurl") != service_url:
             raise TeamsAuthError(403, "serviceurl claim does not match the activity")
-        if self.endorsements and channel_id not in self.endorsements:
+        # A key without endorsements signs for no channel (as Bot Framework's SDKs hold).
+        if channel_id not in self.endorsements:
             raise TeamsAuthError(403, f"key not endorsed for channel {channel_id[:40]!r}")
 
 
@@ -64,6 +66,8 @@ class BotFrameworkVerifier:
         self._keys: JwksKeySource | None = None
         self._jwks_uri = ""
         self._fetched_at = 0.0
+        #: After a failed metadata fetch, the next one waits until then.
+        self._retry_at = 0.0
         self._lock = asyncio.Lock()
 
     async def authenticate(self, authorization: str | None, *, app_id: str) -> VerifiedToken:
@@ -106,12 +110,18 @@ class BotFrameworkVerifier:
     async def _key_source(self) -> JwksKeySource:
         if self._keys is not None and not self._metadata_stale():
             return self._keys
+        if self._keys is None and time.monotonic() < self._retry_at:
+            raise Unavailable("cannot verify Teams requests right now", reason="KEYS_UNAVAILABLE")
         async with self._lock:
-            if self._keys is None or self._metadata_stale():
+            if (
+                self._keys is None and time.monotonic() >= self._retry_at
+            ) or self._metadata_stale():
                 try:
                     jwks_uri = await self._read_jwks_uri()
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                     log.warning("cannot read the Bot Framework metadata", error=repr(exc))
+                    # Not again for a minute: requests must not queue behind a hanging host.
+                    self._retry_at = time.monotonic() + METADATA_RETRY_SECONDS
                     if self._keys is None:
                         raise Unavailable(
                             "cannot verify Teams requests right now", reason="KEYS_UNAVAILABLE"
@@ -123,10 +133,15 @@ class BotFrameworkVerifier:
                     )
                     self._jwks_uri = jwks_uri
                 self._fetched_at = time.monotonic()
+            if self._keys is None:  # another request's fetch failed while this one waited
+                raise Unavailable(
+                    "cannot verify Teams requests right now", reason="KEYS_UNAVAILABLE"
+                )
             return self._keys
 
     def _metadata_stale(self) -> bool:
-        return time.monotonic() - self._fetched_at >= METADATA_REFRESH_SECONDS
+        now = time.monotonic()
+        return now - self._fetched_at >= METADATA_REFRESH_SECONDS and now >= self._retry_at
 
     async def _read_jwks_uri(self) -> str:
         async with self._http.get(

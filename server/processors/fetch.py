@@ -73,10 +73,11 @@ class HttpMediaFetcher:
         """The body at ``url``; ``headers`` (a platform's bearer token) go to that host only,
         never along a redirect to another."""
         session = self._client()
-        host = urlsplit(url).hostname
+        origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             self._check_host(url)
-            sent = dict(headers or {}) if urlsplit(url).hostname == host else {}
+            # Credentials go to the origin they were given for, never along a redirect.
+            sent = dict(headers or {}) if _origin(url) == origin else {}
             try:
                 async with session.get(url, allow_redirects=False, headers=sent) as response:
                     if response.status in (301, 302, 303, 307, 308):
@@ -129,6 +130,11 @@ class HttpMediaFetcher:
             return  # a name: checked by the resolver when connecting
         if not _allowed(str(literal), allow_private=self._allow_private):
             raise _refused("the address is not public")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port
 
 
 async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:

@@ -65,6 +65,7 @@ class MongoReplyJobs:
         *,
         conversation_id: str,
         message_id: str,
+        sequence: int,
         now: dt.datetime,
         session: AsyncClientSession,
     ) -> None:
@@ -74,6 +75,7 @@ class MongoReplyJobs:
                 "tenant_id": tenant_id,
                 "conversation_id": conversation_id,
                 "message_id": message_id,
+                "sequence": sequence,
                 "status": PENDING,
                 "attempts": 0,
                 "enqueue_time": now,
@@ -95,12 +97,13 @@ class MongoReplyJobs:
         )
 
     async def earlier_waiting(self, job: Document) -> bool:
-        """Whether an older job of the same conversation still waits (replies keep order)."""
+        """Whether an earlier message of the conversation still waits for its reply (replies
+        keep the order of the messages, by sequence)."""
         found = await self._collection.find_one(
             {
                 "tenant_id": job["tenant_id"],
                 "conversation_id": job["conversation_id"],
-                "enqueue_time": {"$lt": job["enqueue_time"]},
+                "sequence": {"$lt": job.get("sequence", 0)},
             },
             {"_id": 1},
         )
@@ -114,11 +117,16 @@ class MongoReplyJobs:
         )
         return removed.deleted_count == 1
 
-    async def postpone(self, job: Document, *, due: dt.datetime) -> None:
-        """Give the job back, to be claimed again at ``due``."""
+    async def postpone(self, job: Document, *, due: dt.datetime, counted: bool = True) -> None:
+        """Give the job back, to be claimed again at ``due``; ``counted=False`` when this claim
+        was no attempt (it waited for an earlier job), so it does not use up the budget."""
         await self._collection.update_one(
             {"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]},
-            {"$set": {"status": PENDING, "due_time": due}, "$unset": {"owner": ""}},
+            {
+                "$set": {"status": PENDING, "due_time": due},
+                "$unset": {"owner": ""},
+                "$inc": {"attempts": 0 if counted else -1},
+            },
         )
 
     async def drop(self, job: Document) -> None:

@@ -154,13 +154,15 @@ class LiveHub:
             if len(subscribers) > 1:
                 target = self._sent[channel]
             else:
+                # Counted before it is sent: the reader may see the confirmation before the
+                # send returns, and must know it is expected rather than a resubscription.
+                self._sent[channel] = self._sent.get(channel, 0) + 1
+                target = self._sent[channel]
                 try:
                     await self._pubsub.subscribe(channel)
                 except BaseException:
                     self._remove(subscription)
                     raise
-                self._sent[channel] = self._sent.get(channel, 0) + 1
-                target = self._sent[channel]
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS), self._changed:
                 await self._changed.wait_for(lambda: self._confirmed.get(channel, 0) >= target)

@@ -175,21 +175,31 @@ class MongoMessageRepository:
         status: common_pb2.DeliveryStatus.ValueType,
         platform_message_ids: Sequence[str],
         watermark: tuple[str, dt.datetime] | None,
+        conversation_id: str | None = None,
         session: AsyncClientSession,
     ) -> list[common_pb2.Message]:
         """Move outbound messages to ``status`` where that is forward (see FORWARD_FROM): the
-        ones with these platform ids, and with a watermark (conversation id, time) every
-        outbound message of that conversation created before the time. Returns the messages
-        that changed, as they are now."""
+        ones with these platform ids (within ``conversation_id`` when given), and with a
+        watermark (conversation id, time) every message of that conversation already handed to
+        the platform before the time. Returns the messages that changed, as they are now."""
         forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
         wanted: list[Document] = []
-        if platform_message_ids:
-            wanted.append(
-                {"channel": channel, "platform_message_id": {"$in": list(platform_message_ids)}}
-            )
+        ids = [platform_id for platform_id in platform_message_ids if platform_id]
+        if ids:
+            by_id: Document = {"channel": channel, "platform_message_id": {"$in": ids}}
+            if conversation_id:
+                by_id["conversation_id"] = conversation_id
+            wanted.append(by_id)
         if watermark is not None:
-            conversation_id, before = watermark
-            wanted.append({"conversation_id": conversation_id, "create_time": {"$lte": before}})
+            watermark_conversation, before = watermark
+            wanted.append(
+                {
+                    "conversation_id": watermark_conversation,
+                    "create_time": {"$lte": before},
+                    # Only messages the platform has: a queued one cannot have been read.
+                    "platform_message_id": {"$gt": ""},
+                }
+            )
         if not wanted:
             return []
         query: Document = {

@@ -108,8 +108,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     REPLY_JOBS: [
         IndexModel([("due_time", ASCENDING)], name="due"),
         IndexModel(
-            [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("enqueue_time", ASCENDING)],
-            name="conversation",
+            [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sequence", ASCENDING)],
+            name="conversation_sequence",
         ),
     ],
     DELIVERIES: [

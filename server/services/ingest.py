@@ -137,7 +137,7 @@ class IngestService:
         conversation, _ = await self._pipeline.find_or_start(
             tenant_id,
             actor,
-            user_id=event.platform_user_id,
+            user_id=conversation_user(event),
             channel=event.channel,
             channel_conversation_id=event.channel_conversation_id,
             now=now,
@@ -200,6 +200,7 @@ class IngestService:
                 tenant_id,
                 conversation_id=updated.id,
                 message_id=message.id,
+                sequence=message.sequence,
                 now=now,
                 session=tx,
             )
@@ -229,13 +230,15 @@ class IngestService:
         report = event.status
         if await self._log.seen(tenant_id, event.channel, event.platform_event_id):
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
+        conversation = await self._conversations.find_active(
+            tenant_id, conversation_user(event), event.channel
+        )
         watermark = None
-        if report.HasField("watermark_time"):
-            conversation = await self._conversations.find_active(
-                tenant_id, event.platform_user_id, event.channel
-            )
-            if conversation is not None:
-                watermark = (conversation.id, report.watermark_time.ToDatetime(tzinfo=dt.UTC))
+        if report.HasField("watermark_time") and conversation is not None:
+            watermark = (conversation.id, report.watermark_time.ToDatetime(tzinfo=dt.UTC))
+        ids = [platform_id for platform_id in report.platform_message_ids if platform_id]
+        if not ids and watermark is None:
+            return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
         now = self._clock()
 
         async def apply(tx: Tx) -> list[common_pb2.Message]:
@@ -246,10 +249,15 @@ class IngestService:
                 tenant_id,
                 channel=event.channel,
                 status=report.status,
-                platform_message_ids=list(report.platform_message_ids),
+                platform_message_ids=ids,
                 watermark=watermark,
+                conversation_id=conversation.id if conversation is not None else None,
                 session=tx,
             )
+            if not changed:
+                # Unknown messages (perhaps not yet recorded as sent) or a backward move: not
+                # recorded as ingested, so the platform's retry may still apply it.
+                raise _NothingChangedError
             stamp = event.event_time if event.HasField("event_time") else None
             await self._outbox.add(
                 [
@@ -279,8 +287,7 @@ class IngestService:
             changed = await self._transactions.run(apply)
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
-        if not changed:
-            # Unknown messages, or a report that would move them backwards (out of order).
+        except _NothingChangedError:
             return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
         self._on_events()
         by_conversation: dict[str, list[chat_service_pb2.StreamConversationEventsResponse]] = {}
@@ -302,7 +309,7 @@ class IngestService:
 
     async def _typing(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
         conversation = await self._conversations.find_active(
-            tenant_id, event.platform_user_id, event.channel
+            tenant_id, conversation_user(event), event.channel
         )
         if conversation is None:
             return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
@@ -316,6 +323,23 @@ class IngestService:
         )
         await self._live.publish(tenant_id, conversation.id, [typing])
         return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
+
+
+#: Platforms where one user talks to the bot in several chats (direct messages, channels):
+#: there a conversation is one user in one chat.
+_MULTI_CHAT = (common_pb2.CHANNEL_TYPE_SLACK, common_pb2.CHANNEL_TYPE_TEAMS)
+
+
+def conversation_user(event: ingest_service_pb2.InboundEvent) -> str:
+    """Whose conversation an event belongs to: the platform user, or on Slack and Teams the
+    user in that chat ("<chat id>/<user id>"), so replies go back to the chat they came from."""
+    if event.channel in _MULTI_CHAT and event.channel_conversation_id:
+        return f"{event.channel_conversation_id}/{event.platform_user_id}"
+    return event.platform_user_id
+
+
+class _NothingChangedError(Exception):
+    """A status report that changed no message (aborts its transaction)."""
 
 
 class _ConversationClosedError(Exception):

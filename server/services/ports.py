@@ -124,6 +124,7 @@ class MessageRepository(Protocol):
         status: common_pb2.DeliveryStatus.ValueType,
         platform_message_ids: Sequence[str],
         watermark: tuple[str, dt.datetime] | None,
+        conversation_id: str | None = None,
         session: Tx,
     ) -> list[common_pb2.Message]: ...
 

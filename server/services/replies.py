@@ -140,7 +140,7 @@ class ReplyProcessor:
         """Generate and store the replies of one job (or give the job back, or drop it)."""
         tenant_id = job["tenant_id"]
         if await self._jobs.earlier_waiting(job):
-            await self._jobs.postpone(job, due=self._clock() + _IN_ORDER_RETRY)
+            await self._jobs.postpone(job, due=self._clock() + _IN_ORDER_RETRY, counted=False)
             return
         conversation = await self._conversations.get(tenant_id, job["conversation_id"])
         inbound = await self._messages.get(tenant_id, job["message_id"])

@@ -186,9 +186,20 @@ async def test_whatsapp_samples_are_stored(bridge: Bridge, mongo: Mongo) -> None
         "webhook_status_sent.json",  # for a message this service never sent: ignored
     ):
         assert await bridge.meta("whatsapp", sample("whatsapp", name), WHATSAPP_SECRET) == 200
+    # Another tenant's number on the same Meta app: signed alike, but not this tenant's.
+    foreign, [foreign_id] = unique(
+        sample("whatsapp", "webhook_text_message.json"),
+        sample("whatsapp", "webhook_text_message.json")["entry"][0]["changes"][0]["value"][
+            "messages"
+        ][0]["id"],
+    )
+    foreign["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "999"
+    assert await bridge.meta("whatsapp", foreign, WHATSAPP_SECRET) == 200
+    assert await stored(mongo, foreign_id) == []
     async with bridge.http.get(bridge.url + "/metrics") as response:
         metrics = await response.text()
     assert 'chat_bridge_ignored_total{kind="message",platform="whatsapp"} 4.0' in metrics
+    assert 'chat_bridge_ignored_total{kind="foreign-account",platform="whatsapp"} 1.0' in metrics
     assert 'chat_bridge_events_total{outcome="ignored",platform="whatsapp"} 1.0' in metrics
     assert 'chat_bridge_webhooks_total{platform="whatsapp",status="200"}' in metrics
 
@@ -237,6 +248,12 @@ async def test_every_refusal_stores_nothing(bridge: Bridge, mongo: Mongo) -> Non
             {"Content-Type": "application/json", "X-Hub-Signature-256": good},
             403,
         ),
+        (
+            "/webhooks/whatsapp/acme",
+            body,
+            {"Content-Type": "application/json", "X-Hub-Signature-256": "sha256=\u00e9"},
+            403,
+        ),
         ("/webhooks/whatsapp/nobody", body, {"X-Hub-Signature-256": good}, 404),
         ("/webhooks/whatsapp/globex", body, {"X-Hub-Signature-256": good}, 404),  # not set up
         (
@@ -282,12 +299,12 @@ async def test_batches_and_retries_store_each_message_once(bridge: Bridge, mongo
         entries += copy_["entry"]
         ids.append(fresh)
     batch = {"object": "whatsapp_business_account", "entry": entries}
-    assert await bridge.meta("whatsapp", batch, WHATSAPP_SECRET) == 200
-    assert await bridge.meta("whatsapp", batch, WHATSAPP_SECRET) == 200  # the platform retries
+    # Retries racing the first delivery (none stored yet), then a late sequential one.
     racing = await asyncio.gather(
         *(bridge.meta("whatsapp", batch, WHATSAPP_SECRET) for _ in range(5))
     )
     assert racing == [200] * 5
+    assert await bridge.meta("whatsapp", batch, WHATSAPP_SECRET) == 200
     for fresh in ids:
         assert len(await stored(mongo, fresh)) == 1
     # Slack retries carry X-Slack-Retry-Num and the same event_id.
@@ -366,6 +383,22 @@ async def test_teams_tokens_are_verified_against_the_bot_framework_keys(
         **{k: v for k, v in no_defaults().items() if k not in ("aud", "iss")},
     )
     assert await send(forged) == 401
+    import jwt  # noqa: PLC0415
+
+    hs256 = jwt.encode(
+        {
+            "aud": TEAMS_APP,
+            "iss": "https://api.botframework.com",
+            "serviceurl": SERVICE_URL,
+            "exp": int(time.time()) + 300,
+        },
+        "a-guessable-shared-secret-of-32-bytes",
+        algorithm="HS256",
+        headers={"kid": "bf-key-1"},
+    )
+    assert await send(hs256) == 401  # only RS256 is accepted
+    unsigned = jwt.encode({"aud": TEAMS_APP}, None, algorithm="none")
+    assert await send(unsigned) == 401
     other_channel = copy.deepcopy(activity)
     other_channel["channelId"] = "skype"
     assert await send(teams_keys.token(), json.dumps(other_channel).encode()) == 403
@@ -425,6 +458,7 @@ async def test_the_remaining_event_types_of_each_platform(
     entry = sample("messenger", "event_message_attachment_entry.json")
     entry, [attachment_mid] = unique(entry, "mid.$cAAJdkrCd2ORnva8ErFhjGm0X_Q_c")
     entry["messaging"][0]["message"]["attachments"][0]["type"] = "image"
+    entry["id"] = "PAGE"  # the tenant's page (another page's entries are not this tenant's)
     deliveries = sample("messenger", "event_message_deliveries.json")
     reads = sample("messenger", "event_message_reads.json")
     payload = {

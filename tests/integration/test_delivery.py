@@ -20,6 +20,7 @@ import grpc
 import pytest
 from aiohttp import web
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2 as c
 from chat.v1 import delivery_service_pb2 as delivery
@@ -40,7 +41,7 @@ from tests.integration.test_bridge import (
 )
 
 StartServer = Callable[..., Awaitable[RunningServer]]
-Mongo = AsyncMongoClient[dict[str, Any]]
+Mongo = AsyncDatabase[dict[str, Any]]
 WAIT = 20.0
 
 
@@ -50,14 +51,19 @@ class Platforms:
 
     base: str = ""
     requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
-    #: Scripted answers per API ("whatsapp", "slack", ...): (status, body, headers), used in
-    #: order; when none is left, the API succeeds.
+    #: Scripted answers per recipient: (status, body, headers), used in order; when none is
+    #: left, the API succeeds. Per recipient, since earlier tests' deliveries may arrive too.
     script: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(
         default_factory=dict
     )
 
     def sent(self, api: str) -> list[tuple[str, dict[str, str], Any]]:
         return [r for r in self.requests if r[0].startswith(api)]
+
+    def to(self, api: str, recipient: str) -> list[tuple[str, dict[str, str], Any]]:
+        """The requests to one recipient (the queue is shared: earlier tests' deliveries
+        may still arrive here, for their own recipients)."""
+        return [r for r in self.sent(api) if recipient in json.dumps(r[2]) or recipient in r[0]]
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
@@ -71,24 +77,25 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: floa
 async def platforms() -> AsyncIterator[Platforms]:
     stand_in = Platforms()
 
-    def answer(api: str, success: dict[str, Any]) -> web.Response:
-        scripted = stand_in.script.get(api)
+    def answer(recipient: str, success: dict[str, Any]) -> web.Response:
+        scripted = stand_in.script.get(recipient)
         if scripted:
             status, body, headers = scripted.pop(0)
             return web.json_response(body, status=status, headers=headers)
         return web.json_response(success)
 
-    async def record(request: web.Request, api: str) -> None:
+    async def record(request: web.Request, api: str) -> Any:
         if request.content_type == "application/json":
             body: Any = await request.json()
         else:
             body = dict(await request.post())
         stand_in.requests.append((f"{api} {request.path}", dict(request.headers), body))
+        return body
 
     async def whatsapp(request: web.Request) -> web.Response:
-        await record(request, "whatsapp")
+        body = await record(request, "whatsapp")
         return answer(
-            "whatsapp",
+            body.get("to", ""),
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": "x", "wa_id": "x"}],
@@ -97,12 +104,16 @@ async def platforms() -> AsyncIterator[Platforms]:
         )
 
     async def messenger(request: web.Request) -> web.Response:
-        await record(request, "messenger")
-        return answer("messenger", {"recipient_id": "1", "message_id": f"m_{uuid.uuid4().hex}"})
+        body = await record(request, "messenger")
+        return answer(
+            body["recipient"]["id"], {"recipient_id": "1", "message_id": f"m_{uuid.uuid4().hex}"}
+        )
 
     async def slack(request: web.Request) -> web.Response:
-        await record(request, "slack")
-        return answer("slack", {"ok": True, "channel": "C111", "ts": f"{time.time():.6f}"})
+        body = await record(request, "slack")
+        return answer(
+            body.get("channel", ""), {"ok": True, "channel": "C111", "ts": f"{time.time():.6f}"}
+        )
 
     async def token(request: web.Request) -> web.Response:
         await record(request, "teams-token")
@@ -110,7 +121,7 @@ async def platforms() -> AsyncIterator[Platforms]:
 
     async def teams(request: web.Request) -> web.Response:
         await record(request, "teams")
-        return answer("teams", {"id": f"teams-{uuid.uuid4().hex}"})
+        return answer(request.match_info["conversation"], {"id": f"teams-{uuid.uuid4().hex}"})
 
     app = web.Application()
     app.router.add_post("/v23.0/me/messages", messenger)
@@ -127,11 +138,23 @@ async def platforms() -> AsyncIterator[Platforms]:
 
 
 @pytest.fixture
+def database_name() -> str:
+    """A database of the test's own: the delivery queue is shared by every server on a
+    database, and other tests' servers (with other platform URLs) must not take these."""
+    return "delivery_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
 async def stack_up(
-    start_server: StartServer, tmp_path: Path, platforms: Platforms, teams_keys: TeamsKeys
+    start_server: StartServer,
+    tmp_path: Path,
+    platforms: Platforms,
+    teams_keys: TeamsKeys,
+    database_name: str,
 ) -> AsyncIterator[tuple[RunningServer, Bridge]]:
     server = await start_server(
         CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS),
+        CHAT_MONGODB_DATABASE=database_name,
         CHAT_WHATSAPP_API_BASE=platforms.base,
         CHAT_MESSENGER_API_BASE=platforms.base,
         CHAT_SLACK_API_BASE=platforms.base,
@@ -148,9 +171,10 @@ async def stack_up(
 
 
 @pytest.fixture
-async def mongo(stack: Endpoints) -> AsyncIterator[Mongo]:
-    client: Mongo = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
-    yield client
+async def mongo(stack: Endpoints, database_name: str) -> AsyncIterator[Mongo]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    yield client[database_name]
+    await client.drop_database(database_name)
     await client.close()
 
 
@@ -167,12 +191,12 @@ def whatsapp_text(user: str, text: str = "hello") -> tuple[Any, str]:
 
 async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
     """The bot's reply to the inbound message with this platform id, once it exists."""
-    inbound = await mongo["chat"]["messages"].find_one({"platform_message_id": inbound_platform_id})
+    inbound = await mongo["messages"].find_one({"platform_message_id": inbound_platform_id})
     assert inbound is not None
     found: list[c.Message] = []
 
     async def replied() -> bool:
-        document = await mongo["chat"]["messages"].find_one(
+        document = await mongo["messages"].find_one(
             {
                 "conversation_id": inbound["conversation_id"],
                 "direction": c.MESSAGE_DIRECTION_OUTBOUND,
@@ -189,7 +213,7 @@ async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
 
 
 async def status_of(mongo: Mongo, message_id: str) -> int:
-    document = await mongo["chat"]["messages"].find_one({"_id": message_id})
+    document = await mongo["messages"].find_one({"_id": message_id})
     assert document is not None
     return int(document["delivery_status"])
 
@@ -207,7 +231,7 @@ async def test_whatsapp_round_trip_then_receipts(
         return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
     await wait_for(sent, "the reply to be sent")
-    [(path, headers, body)] = platforms.sent("whatsapp")
+    [(path, headers, body)] = platforms.to("whatsapp", user)
     assert path == "whatsapp /v23.0/106540352242922/messages"  # the tenant's phone number id
     assert headers["Authorization"] == "Bearer t"
     assert body == {
@@ -217,7 +241,7 @@ async def test_whatsapp_round_trip_then_receipts(
         "type": "text",
         "text": {"body": "Hello! How can I help you today?", "preview_url": True},
     }
-    document = await mongo["chat"]["messages"].find_one({"_id": reply.id})
+    document = await mongo["messages"].find_one({"_id": reply.id})
     assert document is not None
     out_id = document["platform_message_id"]
     assert out_id.startswith("wamid.out-")
@@ -266,41 +290,77 @@ async def test_slack_messenger_and_teams_round_trips(
     )
     assert status == 200
 
+    conversation = activity["conversation"]["id"]
+    wanted = {"slack": event["event"]["channel"], "messenger": psid, "teams ": conversation}
+
     async def all_sent() -> bool:
-        return all(platforms.sent(api) for api in ("slack", "messenger", "teams "))
+        return all(platforms.to(api, who) for api, who in wanted.items())
 
     await wait_for(all_sent, "a reply on each platform")
-    [(_, slack_headers, slack_body)] = platforms.sent("slack")
+    [(_, slack_headers, slack_body)] = platforms.to("slack", event["event"]["channel"])
     assert slack_headers["Authorization"] == "Bearer xoxb-t"
     assert slack_body["channel"] == "C111"
     assert slack_body["text"] == "Hello! How can I help you today?"
-    [(_, fb_headers, fb_body)] = platforms.sent("messenger")
+    [(_, fb_headers, fb_body)] = platforms.to("messenger", psid)
     assert fb_headers["Authorization"] == "Bearer t"
     assert fb_body == {
         "recipient": {"id": psid},
         "messaging_type": "RESPONSE",
         "message": {"text": "Hello! How can I help you today?"},
     }
-    [(token_path, _, token_form)] = platforms.sent("teams-token")
+    (token_path, _, token_form) = platforms.sent("teams-token")[-1]
     assert token_form["grant_type"] == "client_credentials"
     assert token_form["scope"] == "https://api.botframework.com/.default"
-    [(teams_path, teams_headers, teams_body)] = platforms.sent("teams ")
-    conversation = activity["conversation"]["id"]
+    [(teams_path, teams_headers, teams_body)] = platforms.to("teams ", conversation)
     assert teams_path == f"teams /v3/conversations/{conversation}/activities"
     assert teams_headers["Authorization"] == "Bearer teams-app-token"
     assert teams_body["type"] == "message"
     assert teams_body["text"] == "Hello! How can I help you today?"
-    assert mid
-    assert activity_id
-    assert token_path
+    assert token_path == "teams-token /token"
+
+    # Receipts through the bridge: a Messenger read watermark, a Teams read receipt.
+    fb_reply = await reply_of(mongo, mid)
+    teams_reply = await reply_of(mongo, activity_id)
+    read = {
+        "sender": {"id": psid},
+        "recipient": {"id": "PAGE"},
+        "timestamp": int(time.time() * 1000),
+        "read": {"watermark": int(time.time() * 1000) + 1000},
+    }
+    payload = {"object": "page", "entry": [{"id": "PAGE", "messaging": [read]}]}
+    assert await bridge.meta("messenger", payload, MESSENGER_SECRET) == 200
+    assert await status_of(mongo, fb_reply.id) == c.DELIVERY_STATUS_READ
+    sent_teams = await mongo["messages"].find_one({"_id": teams_reply.id})
+    assert sent_teams is not None
+    receipt = {
+        "type": "event",
+        "name": "application/vnd.microsoft.readReceipt",
+        "id": uuid.uuid4().hex,
+        "channelId": "msteams",
+        "serviceUrl": platforms.base + "/",
+        "from": activity["from"],
+        "conversation": activity["conversation"],
+        "recipient": activity["recipient"],
+        "value": {"lastReadMessageId": sent_teams["platform_message_id"]},
+    }
+    status, _ = await bridge.post(
+        "/webhooks/teams/acme",
+        json.dumps(receipt).encode(),
+        {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {teams_keys.token(serviceurl=platforms.base + '/')}",
+        },
+    )
+    assert status == 200
+    assert await status_of(mongo, teams_reply.id) == c.DELIVERY_STATUS_READ
 
 
 async def test_retry_after_then_success_and_permanent_failures_then_replay(
     stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
 ) -> None:
     server, bridge = stack_up
-    platforms.script["whatsapp"] = [(429, {"error": {"code": 130429}}, {"Retry-After": "1"})]
     user = "1650555" + str(uuid.uuid4().int)[:4]
+    platforms.script[user] = [(429, {"error": {"code": 130429}}, {"Retry-After": "1"})]
     payload, wamid = whatsapp_text(user)
     started = time.monotonic()
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
@@ -311,7 +371,7 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
 
     await wait_for(sent, "the retried send")
     assert time.monotonic() - started >= 1.0  # Retry-After was honoured
-    assert len(platforms.sent("whatsapp")) == 2
+    assert len(platforms.to("whatsapp", user)) == 2
 
     admin = mint_dev_token(secret=SECRET, tenant_id="acme", scopes=("chat:read", "chat:admin"))
     metadata = (("authorization", f"Bearer {admin}"),)
@@ -327,10 +387,10 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
         assert record.attempts[1].success
 
         # Outside the 24-hour window: permanent, so no retry.
-        platforms.script["whatsapp"] = [
+        user = "1650555" + str(uuid.uuid4().int)[:4]
+        platforms.script[user] = [
             (400, {"error": {"code": 131047, "message": "Re-engagement message"}}, {})
         ]
-        user = "1650555" + str(uuid.uuid4().int)[:4]
         payload, wamid = whatsapp_text(user)
         assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
         failed_reply = await reply_of(mongo, wamid)
@@ -371,8 +431,8 @@ async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(
     stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
 ) -> None:
     _, bridge = stack_up
-    platforms.script["whatsapp"] = [(503, {}, {})] * 3
     user = "1650555" + str(uuid.uuid4().int)[:4]
+    platforms.script[user] = [(503, {}, {})] * 3
     payload, wamid = whatsapp_text(user)
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
     reply = await reply_of(mongo, wamid)
@@ -381,8 +441,8 @@ async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(
         return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_FAILED
 
     await wait_for(failed, "the attempts to run out")
-    assert len(platforms.sent("whatsapp")) == 3  # CHAT_DELIVERY_MAX_ATTEMPTS
-    record = await mongo["chat"]["deliveries"].find_one({"_id": reply.id})
+    assert len(platforms.to("whatsapp", user)) == 3  # CHAT_DELIVERY_MAX_ATTEMPTS
+    record = await mongo["deliveries"].find_one({"_id": reply.id})
     assert record is not None
     assert [a["error"]["code"] for a in record["attempts"]] == ["HTTP_503"] * 3
 
@@ -399,7 +459,7 @@ async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(
         return await status_of(mongo, bad.id) == c.DELIVERY_STATUS_FAILED
 
     await wait_for(refused, "the invalid recipient")
-    assert platforms.sent("messenger") == []
+    assert platforms.to("messenger", "not-a-psid") == []
 
 
 async def test_a_delivery_left_by_a_dead_process_is_sent_once(
@@ -416,13 +476,13 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
 
     await wait_for(sent, "the first reply")
     # A second outbound message whose delivery a dead process had claimed: its lease ran out.
-    document = await mongo["chat"]["messages"].find_one({"_id": reply.id})
+    document = await mongo["messages"].find_one({"_id": reply.id})
     assert document is not None
     copy_id = uuid.uuid4().hex
     orphan = c.Message.FromString(document["pb"])
     orphan.id = copy_id
     orphan.sequence += 100
-    await mongo["chat"]["messages"].insert_one(
+    await mongo["messages"].insert_one(
         {
             **document,
             "_id": copy_id,
@@ -433,7 +493,7 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
         }
     )
     now = dt.datetime.now(dt.UTC)
-    await mongo["chat"]["deliveries"].insert_one(
+    await mongo["deliveries"].insert_one(
         {
             "_id": copy_id,
             "tenant_id": "acme",
@@ -451,11 +511,29 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
             "due_time": now - dt.timedelta(seconds=1),
         }
     )
-    before = len(platforms.sent("whatsapp"))
+    before = len(platforms.to("whatsapp", user))
 
     async def resent() -> bool:
         return await status_of(mongo, copy_id) == c.DELIVERY_STATUS_SENT
 
     await wait_for(resent, "the orphaned delivery")
     await asyncio.sleep(0.5)
-    assert len(platforms.sent("whatsapp")) == before + 1
+    assert len(platforms.to("whatsapp", user)) == before + 1
+
+
+async def test_one_slack_user_in_two_chats_gets_each_answer_in_its_chat(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms
+) -> None:
+    _, bridge = stack_up
+    user = "U" + uuid.uuid4().hex[:8].upper()
+    for chat in ("C0PUBLIC1", "D0DIRECT1"):
+        event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+        event["event"].update(user=user, channel=chat, ts=f"{time.time():.6f}")
+        status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(event).encode())
+        assert status == 200
+
+    async def both() -> bool:
+        return bool(platforms.to("slack", "C0PUBLIC1") and platforms.to("slack", "D0DIRECT1"))
+
+    await wait_for(both, "an answer in each chat")
+    assert len(platforms.to("slack", "C0PUBLIC1")) == len(platforms.to("slack", "D0DIRECT1")) == 1

@@ -136,7 +136,10 @@ async def test_a_message_is_stored_then_answered_from_the_queue(
     assert inbound.platform_message_id.startswith("wamid.")
     assert inbound.metadata["user_display_name"] == "Ana"
     assert reply.direction == c.MESSAGE_DIRECTION_OUTBOUND
-    assert reply.delivery_status == c.DELIVERY_STATUS_QUEUED  # for the delivery path
+    # Handed to the delivery queue in the same transaction (which fails it at once here:
+    # this tenant has no WhatsApp credentials).
+    assert reply.delivery_status in (c.DELIVERY_STATUS_QUEUED, c.DELIVERY_STATUS_FAILED)
+    assert await mongo["chat"]["deliveries"].find_one({"_id": reply.id}) is not None
     assert reply.reply_to_message_id == inbound.id
     assert reply.content.text.text == "Hello! How can I help you today?"
     assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": cid}) == 0
@@ -201,6 +204,9 @@ async def test_receipts_only_move_status_forward(
         assert await status() == c.DELIVERY_STATUS_READ
     [unknown] = await bridge.ingest(status_event(user, c.DELIVERY_STATUS_READ, "wamid.nope"))
     assert unknown.outcome == ingest.INGEST_OUTCOME_IGNORED
+    # A receipt naming no message (an empty id) marks nothing, anywhere.
+    [empty] = await bridge.ingest(status_event(user, c.DELIVERY_STATUS_READ, ""))
+    assert empty.outcome == ingest.INGEST_OUTCOME_IGNORED
     update = (await stream.next()).delivery_status
     assert (update.message_id, update.status) == (reply.id, c.DELIVERY_STATUS_READ)
     stream.cancel()
@@ -293,6 +299,7 @@ async def test_a_job_left_by_a_dead_process_is_answered_once(
             "tenant_id": "acme",
             "conversation_id": cid,
             "message_id": result.message_id,
+            "sequence": 1,
             "status": "running",
             "owner": "a-dead-process",
             "attempts": 1,

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from structlog.testing import capture_logs
 
-from chat.v1 import delivery_service_pb2, delivery_service_pb2_grpc
+from chat.v1 import delivery_service_pb2
 from server.bootstrap import SERVED_SERVICES, ChatServer, create_resources
 from server.settings import Settings
 
@@ -73,13 +73,15 @@ async def test_reflection_serves_the_contract(channel: grpc.aio.Channel) -> None
     assert "chat/v1/chat_service.proto" in names
 
 
-async def test_an_rpc_not_implemented_yet_is_unimplemented(channel: grpc.aio.Channel) -> None:
-    # DeliveryService lands with a later issue; until then the server says so plainly.
-    stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
+async def test_an_unknown_rpc_is_unimplemented(channel: grpc.aio.Channel) -> None:
+    # A method the contract does not have (an old or newer client): said plainly.
+    call = channel.unary_unary(
+        "/chat.v1.DeliveryService/NoSuchMethod",
+        request_serializer=delivery_service_pb2.GetDeliveryStatusRequest.SerializeToString,
+        response_deserializer=delivery_service_pb2.GetDeliveryStatusResponse.FromString,
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetDeliveryStatus(
-            delivery_service_pb2.GetDeliveryStatusRequest(message_id="m1"), timeout=5
-        )
+        await call(delivery_service_pb2.GetDeliveryStatusRequest(message_id="m1"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -120,8 +120,8 @@ def test_whatsapp_batches_and_bad_shapes() -> None:
     status = sample("whatsapp", "webhook_status_sent.json")
     batch = {"object": "whatsapp_business_account", "entry": one["entry"] + status["entry"] * 2}
     assert kinds(whatsapp.parse(batch)) == ["text", "status", "status"]
-    with pytest.raises(MalformedPayloadError):
-        whatsapp.parse({"object": "page"})
+    assert whatsapp.parse({"object": "page"}).ignored == ["object:page"]  # not ours: 200
+    assert messenger.parse({"object": "instagram"}).ignored == ["object:instagram"]
     with pytest.raises(MalformedPayloadError):
         whatsapp.parse([1, 2])
     garbage = {"object": "whatsapp_business_account", "entry": [{"changes": "x"}, 7]}

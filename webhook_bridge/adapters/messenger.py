@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -27,9 +28,13 @@ _MEDIA_TYPES = {
 
 def parse(payload: Any) -> Parsed:
     """Every messaging item of every entry; echoes of the page's own messages are ignored."""
-    if not isinstance(payload, dict) or payload.get("object") != "page":
-        raise MalformedPayloadError("not a page webhook")
+    if not isinstance(payload, dict):
+        raise MalformedPayloadError("not a webhook object")
     parsed = Parsed()
+    if payload.get("object") != "page":
+        # Another of the app's products (Instagram, ...): acknowledged, not ours to handle.
+        parsed.ignored.append(f"object:{text(payload.get('object'))[:40]}")
+        return parsed
     for entry in as_list(payload.get("entry")):
         page = text(entry.get("id"))
         for item in as_list(entry.get("messaging")):
@@ -136,7 +141,8 @@ def _receipt(
     )
     # The watermark covers every message sent before it, named or not.
     if isinstance(watermark, int | float):
-        report.watermark_time.FromDatetime(dt.datetime.fromtimestamp(watermark / 1000, dt.UTC))
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            report.watermark_time.FromDatetime(dt.datetime.fromtimestamp(watermark / 1000, dt.UTC))
     kind = "delivery" if delivered else "read"
     event_id = f"{kind}:{base['platform_user_id']}:{watermark}:{','.join(mids)}"[:256]
     _add(parsed, base, millis, event_id, status=report)

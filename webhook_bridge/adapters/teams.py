@@ -123,7 +123,7 @@ def _add(
     event = ingest_service_pb2.InboundEvent(platform_event_id=event_id[:256], **base, **kind)
     raw = text(activity.get("timestamp"))
     if raw:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, OverflowError, OSError):
             event.event_time.FromDatetime(dt.datetime.fromisoformat(raw.replace("Z", "+00:00")))
     parsed.events.append(event)
 

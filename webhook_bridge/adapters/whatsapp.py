@@ -29,9 +29,12 @@ _STATUSES = {
 
 def parse(payload: Any) -> Parsed:
     """Every message and status of every entry and change."""
-    if not isinstance(payload, dict) or payload.get("object") != "whatsapp_business_account":
-        raise MalformedPayloadError("not a whatsapp_business_account webhook")
+    if not isinstance(payload, dict):
+        raise MalformedPayloadError("not a webhook object")
     parsed = Parsed()
+    if payload.get("object") != "whatsapp_business_account":
+        parsed.ignored.append(f"object:{text(payload.get('object'))[:40]}")
+        return parsed
     for entry in as_list(payload.get("entry")):
         for change in as_list(entry.get("changes")):
             value = change.get("value")

@@ -1,0 +1,137 @@
+"""Per-platform formatting, splitting, interactive mapping, and the delivery breaker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from chat.v1 import common_pb2 as c
+from server.channels.base import Outbound
+from server.channels.formatting import split_text, to_plain, to_slack, to_whatsapp
+from server.channels.messenger import MessengerChannel
+from server.channels.slack import SlackChannel
+from server.channels.teams import TeamsChannel
+from server.channels.whatsapp import WhatsAppChannel
+from server.domain.tenant import Tenant
+from server.services.delivery import CircuitBreaker, DeliveryPolicy
+
+MARKDOWN = "**Hours** are *9-5*, ~~weekends~~ see [our site](https://example.com) & <more>"
+
+
+def test_markdown_per_platform() -> None:
+    assert to_whatsapp(MARKDOWN) == (
+        "*Hours* are _9-5_, ~weekends~ see our site (https://example.com) & <more>"
+    )
+    assert to_slack(MARKDOWN) == (
+        "*Hours* are _9-5_, ~weekends~ see <https://example.com|our site> &amp; &lt;more&gt;"
+    )
+    assert (
+        to_plain(MARKDOWN) == "Hours are 9-5, weekends see our site (https://example.com) & <more>"
+    )
+
+
+def test_splitting_at_word_boundaries() -> None:
+    text = " ".join(f"word{n}" for n in range(1000))
+    pieces = split_text(text, 100)
+    assert all(len(piece) <= 100 for piece in pieces)
+    assert " ".join(pieces) == text  # nothing lost, no word cut
+    assert split_text("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]  # one long word
+    assert split_text("first paragraph\n\nsecond", 20) == ["first paragraph", "second"]
+
+
+def outbound(content: c.Content, recipient: str = "15550001111") -> Outbound:
+    return Outbound(
+        tenant=Tenant(id="t"), message=c.Message(content=content), recipient_id=recipient
+    )
+
+
+def choices(count: int) -> c.Content:
+    buttons = [
+        c.Button(id=f"b{n}", title=f"Option number {n} with a long title") for n in range(count)
+    ]
+    return c.Content(
+        interactive=c.InteractiveContent(
+            body="**Pick** one", buttons=c.ButtonGroup(buttons=buttons)
+        )
+    )
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    session = aiohttp.ClientSession()  # formatting makes no requests
+    yield session
+    await session.close()
+
+
+async def test_whatsapp_forms(http: aiohttp.ClientSession) -> None:
+    channel = WhatsAppChannel(http=http, base_url="http://x", version="v23.0")
+    [buttons] = channel.format_message(outbound(choices(3)))
+    action = buttons["interactive"]["action"]["buttons"]
+    assert buttons["interactive"]["type"] == "button"
+    assert [b["reply"]["id"] for b in action] == ["b0", "b1", "b2"]
+    assert all(len(b["reply"]["title"]) <= 20 for b in action)
+    assert buttons["interactive"]["body"]["text"] == "*Pick* one"
+    [listed] = channel.format_message(outbound(choices(7)))
+    assert listed["interactive"]["type"] == "list"  # more than 3 choices
+    assert len(listed["interactive"]["action"]["sections"][0]["rows"]) == 7
+    long = channel.format_message(outbound(c.Content(text=c.TextContent(text="word " * 2000))))
+    assert len(long) == 3
+    assert all(len(part["text"]["body"]) <= 4096 for part in long)
+    [place] = channel.format_message(
+        outbound(c.Content(location=c.LocationContent(latitude=52.5, longitude=13.4, name="HQ")))
+    )
+    assert place["location"] == {"latitude": 52.5, "longitude": 13.4, "name": "HQ"}
+    assert channel.validate_recipient("+4915112345678") == ""
+    assert channel.validate_recipient("C111") != ""
+
+
+async def test_slack_messenger_and_teams_forms(http: aiohttp.ClientSession) -> None:
+    slack = SlackChannel(http=http, base_url="http://x")
+    [blocks] = slack.format_message(outbound(choices(3), "C0123"))
+    assert blocks["blocks"][1]["type"] == "actions"
+    assert [e["value"] for e in blocks["blocks"][1]["elements"]] == ["b0", "b1", "b2"]
+    [located] = slack.format_message(
+        outbound(c.Content(location=c.LocationContent(latitude=1.5, longitude=2.5)), "C0123")
+    )
+    assert "https://maps.google.com/?q=1.5,2.5" in located["text"]
+
+    messenger = MessengerChannel(http=http, base_url="http://x", version="v23.0")
+    [template] = messenger.format_message(outbound(choices(3), "1234567890"))
+    assert template["message"]["attachment"]["payload"]["template_type"] == "button"
+    [quick] = messenger.format_message(outbound(choices(8), "1234567890"))
+    assert len(quick["message"]["quick_replies"]) == 8
+    [numbered] = messenger.format_message(outbound(choices(20), "1234567890"))
+    assert "quick_replies" not in numbered["message"]  # the documented fallback
+    assert "20. Option number 19" in numbered["message"]["text"]
+    parts = messenger.format_message(outbound(c.Content(text=c.TextContent(text="w " * 3000))))
+    assert all(len(p["message"]["text"]) <= 2000 for p in parts)
+    assert messenger.validate_recipient("<PSID>") != ""
+
+    teams = TeamsChannel(http=http, token_url="http://x/token")
+    [card] = teams.format_message(outbound(choices(2), "a:1"))
+    content = card["attachments"][0]
+    assert content["contentType"] == "application/vnd.microsoft.card.adaptive"
+    assert [a["data"]["id"] for a in content["content"]["actions"]] == ["b0", "b1"]
+
+
+def test_backoff_grows_honours_retry_after_and_is_capped() -> None:
+    policy = DeliveryPolicy(base_delay_seconds=1, max_delay_seconds=60)
+    assert 0.5 <= policy.delay(1, None) <= 1
+    assert 4 <= policy.delay(4, None) <= 8
+    assert policy.delay(1, 30) == 30  # never sooner than the platform asked
+    assert policy.delay(20, None) <= 60
+
+
+def test_the_breaker_opens_after_repeated_failures_and_closes_on_success() -> None:
+    breaker = CircuitBreaker(threshold=3, open_seconds=30)
+    key = ("t", c.CHANNEL_TYPE_SLACK)
+    for _ in range(2):
+        breaker.failure(key)
+    assert breaker.wait_seconds(key) == 0
+    breaker.failure(key)
+    assert 29 < breaker.wait_seconds(key) <= 30
+    assert breaker.wait_seconds(("t", c.CHANNEL_TYPE_TEAMS)) == 0  # per tenant and channel
+    breaker.success(key)
+    assert breaker.wait_seconds(key) == 0
