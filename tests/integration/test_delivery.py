@@ -27,6 +27,9 @@ from chat.v1 import delivery_service_pb2 as delivery
 from chat.v1 import delivery_service_pb2_grpc
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
+from server.channels.base import Outbound
+from server.channels.whatsapp import WhatsAppChannel
+from server.repositories.tenants_file import load_tenants
 from tests.integration.bot_framework import TeamsKeys
 from tests.integration.chat_client import JWT_SETTINGS, SECRET
 from tests.integration.conftest import RunningServer, tenants_file
@@ -123,7 +126,21 @@ async def platforms() -> AsyncIterator[Platforms]:
         await record(request, "teams")
         return answer(request.match_info["conversation"], {"id": f"teams-{uuid.uuid4().hex}"})
 
+    async def upload(request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        assert isinstance(upload, web.FileField)
+        body = {
+            "messaging_product": form["messaging_product"],
+            "type": form["type"],
+            "size": len(upload.file.read()),
+            "filename": upload.filename,
+        }
+        stand_in.requests.append((f"whatsapp-media {request.path}", dict(request.headers), body))
+        return web.json_response({"id": "uploaded-media-1"})
+
     app = web.Application()
+    app.router.add_post("/v23.0/{phone}/media", upload)
     app.router.add_post("/v23.0/me/messages", messenger)
     app.router.add_post("/v23.0/{phone}/messages", whatsapp)
     app.router.add_post("/api/chat.postMessage", slack)
@@ -537,3 +554,36 @@ async def test_one_slack_user_in_two_chats_gets_each_answer_in_its_chat(
 
     await wait_for(both, "an answer in each chat")
     assert len(platforms.to("slack", "C0PUBLIC1")) == len(platforms.to("slack", "D0DIRECT1")) == 1
+
+
+async def test_whatsapp_media_is_uploaded_then_sent_by_id(
+    platforms: Platforms, tmp_path: Path
+) -> None:
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    picture = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
+    message = c.Message(
+        id="m1",
+        content=c.Content(
+            media=c.MediaContent(
+                media_id="stored-1", mime_type="image/png", caption="our shop", file_name="a.png"
+            )
+        ),
+    )
+    async with aiohttp.ClientSession() as http:
+        channel = WhatsAppChannel(http=http, base_url=platforms.base, version="v23.0")
+        response = await channel.send_message(
+            Outbound(tenant=tenant, message=message, recipient_id="15550001111", media=picture)
+        )
+    assert response.success
+    [(path, headers, upload)] = platforms.sent("whatsapp-media")
+    assert path == "whatsapp-media /v23.0/106540352242922/media"
+    assert headers["Authorization"] == "Bearer t"
+    assert upload == {
+        "messaging_product": "whatsapp",
+        "type": "image/png",
+        "size": len(picture),
+        "filename": "a.png",
+    }
+    [(_, _, sent)] = platforms.to("whatsapp /", "15550001111")
+    assert sent["type"] == "image"
+    assert sent["image"] == {"id": "uploaded-media-1", "caption": "our shop"}
