@@ -15,12 +15,9 @@ the message is sent again. Everything else is exactly once: the message id keys 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +34,13 @@ from server.processors.media import MediaStore
 from server.repositories.deliveries import FAILED, SENT, MongoDeliveries, attempt_record
 from server.repositories.rate_limits import Limit, RateLimiter, limit_key
 from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
+from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
 from server.services.streams import QuietLiveEvents
 
 log = structlog.get_logger("chat.delivery")
 
 LEASE = dt.timedelta(seconds=60)
-_IDLE_SECONDS = 1.0
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
 #: Sends per second and burst per destination (conversation), from each platform's limits:
@@ -99,7 +96,7 @@ class CircuitBreaker:
             log.warning("circuit open", tenant_id=key[0], channel=key[1], failures=count)
 
 
-class DeliveryProcessor:
+class DeliveryProcessor(LeasedQueueWorker):
     """Takes deliveries from the queue, a few at a time."""
 
     def __init__(
@@ -119,6 +116,7 @@ class DeliveryProcessor:
         on_events: Callable[[], None] = lambda: None,
         concurrency: int = 16,
     ) -> None:
+        super().__init__(name="deliveries", concurrency=concurrency)
         self._deliveries = deliveries
         self._messages = messages
         self._media = media
@@ -134,56 +132,12 @@ class DeliveryProcessor:
         self._breaker = CircuitBreaker(
             threshold=policy.breaker_threshold, open_seconds=policy.breaker_open_seconds
         )
-        self._owner = uuid.uuid4().hex
-        self._slots = asyncio.Semaphore(concurrency)
-        self._wake = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
 
-    def wake(self) -> None:
-        """Something was queued: look now."""
-        self._wake.set()
+    async def claim(self) -> dict[str, Any] | None:
+        return await self._deliveries.claim(owner=self._owner, now=self._clock(), lease=LEASE)
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Deliver until ``stopping`` is set; deliveries in hand are finished first."""
-        while not stopping.is_set():
-            try:
-                claimed = await self._claim_some()
-            except Exception:
-                log.exception("delivery queue unavailable")
-                claimed = False
-            if not claimed:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-
-    async def _claim_some(self) -> bool:
-        claimed = False
-        while not self._slots.locked():
-            delivery = await self._deliveries.claim(
-                owner=self._owner, now=self._clock(), lease=LEASE
-            )
-            if delivery is None:
-                break
-            claimed = True
-            await self._slots.acquire()
-            task = asyncio.create_task(self._guarded(delivery))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        if self._slots.locked():
-            await asyncio.sleep(0.05)
-            return True
-        return claimed
-
-    async def _guarded(self, delivery: dict[str, Any]) -> None:
-        try:
-            await self.deliver(delivery)
-        except Exception:
-            # The lease lapses and another attempt is made; nothing was recorded.
-            log.exception("delivery attempt failed unexpectedly", message_id=delivery["_id"])
-        finally:
-            self._slots.release()
+    async def handle(self, item: dict[str, Any]) -> None:
+        await self.deliver(item)
 
     async def deliver(self, delivery: dict[str, Any]) -> None:
         """One attempt at one delivery."""

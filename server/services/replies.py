@@ -8,10 +8,8 @@ would need two commits of the same job. Jobs of one conversation are answered in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from server.services.ports import (
     TransactionRunner,
     Tx,
 )
+from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
 from server.services.streams import QuietLiveEvents, message_event
 
@@ -39,7 +38,6 @@ log = structlog.get_logger("chat.replies")
 LEASE = dt.timedelta(seconds=60)
 #: After this many failed attempts a job is given up (and logged as an error).
 MAX_ATTEMPTS = 10
-_IDLE_SECONDS = 1.0
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
 
@@ -47,7 +45,7 @@ class _LeaseLostError(Exception):
     """Another process took the job over: this attempt's replies must not be stored."""
 
 
-class ReplyProcessor:
+class ReplyProcessor(LeasedQueueWorker):
     """Takes jobs from the reply queue, a few at a time."""
 
     def __init__(
@@ -68,6 +66,7 @@ class ReplyProcessor:
         on_delivery: Callable[[], None] = lambda: None,
         concurrency: int = 8,
     ) -> None:
+        super().__init__(name="replies", concurrency=concurrency)
         self._media = media
         self._deliveries = deliveries
         self._on_delivery = on_delivery
@@ -81,45 +80,12 @@ class ReplyProcessor:
         self._live = live
         self._clock = clock
         self._on_events = on_events
-        self._owner = uuid.uuid4().hex
-        self._slots = asyncio.Semaphore(concurrency)
-        self._wake = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
 
-    def wake(self) -> None:
-        """A job was enqueued: look now rather than at the next poll."""
-        self._wake.set()
+    async def claim(self) -> dict[str, Any] | None:
+        return await self._jobs.claim(owner=self._owner, now=self._clock(), lease=LEASE)
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Process jobs until ``stopping`` is set; jobs in hand are finished first."""
-        while not stopping.is_set():
-            try:
-                claimed = await self._claim_some()
-            except Exception:
-                log.exception("reply queue unavailable")
-                claimed = False
-            if not claimed:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-
-    async def _claim_some(self) -> bool:
-        claimed = False
-        while not self._slots.locked():
-            job = await self._jobs.claim(owner=self._owner, now=self._clock(), lease=LEASE)
-            if job is None:
-                break
-            claimed = True
-            await self._slots.acquire()
-            task = asyncio.create_task(self._process(job))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        if self._slots.locked():
-            await asyncio.sleep(0.05)  # all slots busy: let them work
-            return True
-        return claimed
+    async def handle(self, item: dict[str, Any]) -> None:
+        await self._process(item)
 
     async def _process(self, job: dict[str, Any]) -> None:
         try:
@@ -133,8 +99,6 @@ class ReplyProcessor:
                 log.warning("reply failed; retrying", job_id=job["_id"], error=repr(exc))
                 with contextlib.suppress(Exception):
                     await self._jobs.postpone(job, due=self._clock() + delay)
-        finally:
-            self._slots.release()
 
     async def answer(self, job: dict[str, Any]) -> None:
         """Generate and store the replies of one job (or give the job back, or drop it)."""
