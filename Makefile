@@ -11,7 +11,7 @@ BUF := node_modules/.bin/buf
 BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 
-.PHONY: install run test lint typecheck proto check-generated breaking format clean
+.PHONY: install run test bench lint typecheck proto check-generated breaking format clean
 
 install: $(VENV)/.installed $(BUF)
 
@@ -30,6 +30,9 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+bench: install
+	.venv/bin/python -m bench.run
 
 lint: install
 	$(BUF) lint
