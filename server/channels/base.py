@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ class ChannelResponse:
     error: common_pb2.PlatformError | None = None
     retry_after: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: How many parts of a split message the platform has now, this attempt included.
+    parts_sent: int = 0
 
     @classmethod
     def failed(
@@ -58,6 +61,8 @@ class Outbound:
     service_url: str = ""
     #: Stored media bytes, when the message is media.
     media: bytes | None = None
+    #: Parts of a split message an earlier attempt already sent (not sent again).
+    skip_parts: int = 0
 
 
 class Channel(Protocol):
@@ -151,13 +156,45 @@ def transport_failure(answer: HttpAnswer) -> ChannelResponse | None:
     return None
 
 
+#: A Retry-After beyond this is treated as this (an hour): a queue is no place to wait longer.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
 def _retry_after(raw: str | None) -> float | None:
     if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        value = float(raw)
     except ValueError:
-        return None
+        return None  # an HTTP date: the backoff applies instead
+    if not math.isfinite(value):
+        return MAX_RETRY_AFTER_SECONDS
+    return min(max(0.0, value), MAX_RETRY_AFTER_SECONDS)
+
+
+async def send_parts(
+    bodies: list[dict[str, Any]],
+    *,
+    skip: int,
+    send_one: Callable[[dict[str, Any]], Awaitable[ChannelResponse]],
+) -> ChannelResponse:
+    """Send the parts in order, from ``skip`` on; a failure says how many parts the platform
+    has, so a retry resumes there instead of repeating them."""
+    if not bodies:
+        return ChannelResponse.failed(
+            "UNSUPPORTED_CONTENT", "nothing this channel can show", retryable=False
+        )
+    first = ""
+    for index, body in enumerate(bodies):
+        if index < skip:
+            continue
+        response = await send_one(body)
+        if not response.success:
+            response.parts_sent = index
+            response.platform_message_id = first
+            return response
+        first = first or response.platform_message_id
+    return ChannelResponse(success=True, platform_message_id=first, parts_sent=len(bodies))
 
 
 E164 = re.compile(r"^\+?[1-9]\d{6,14}$")

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from chat.v1 import common_pb2
-from server.channels.base import ChannelResponse, Outbound, call, transport_failure
+from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
 from server.channels.formatting import split_text, to_plain
 from server.domain.tenant import Tenant
 
@@ -68,8 +68,8 @@ class MessengerChannel:
         assert config is not None  # noqa: S101 - validate_config ran first
         auth = {"Authorization": f"Bearer {config.page_access_token}"}
         url = f"{self._base}/{self._version}/me/messages"
-        first = ""
-        for body in self.format_message(outbound):
+
+        async def send_one(body: dict[str, Any]) -> ChannelResponse:
             answer = await call(self._http, "POST", url, headers=auth, json_body=body)
             failure = transport_failure(answer)
             if failure is not None:
@@ -84,8 +84,12 @@ class MessengerChannel:
                     retryable=code in TRANSIENT_CODES,
                     http_status=answer.status,
                 )
-            first = first or str(answer.body.get("message_id", ""))
-        return ChannelResponse(success=True, platform_message_id=first)
+            message_id = answer.body.get("message_id")
+            return ChannelResponse(success=True, platform_message_id=str(message_id or ""))
+
+        return await send_parts(
+            self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
+        )
 
 
 def _interactive(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from chat.v1 import common_pb2
-from server.channels.base import ChannelResponse, Outbound, call, transport_failure
+from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
 from server.channels.formatting import split_text, to_slack
 from server.domain.tenant import Tenant
 
@@ -95,8 +95,8 @@ class SlackChannel:
         config = outbound.tenant.channels.slack
         assert config is not None  # noqa: S101 - validate_config ran first
         auth = {"Authorization": f"Bearer {config.bot_token}"}
-        first = ""
-        for body in self.format_message(outbound):
+
+        async def send_one(body: dict[str, Any]) -> ChannelResponse:
             answer = await call(
                 self._http,
                 "POST",
@@ -108,9 +108,12 @@ class SlackChannel:
             if failure is not None:
                 return failure
             if not answer.body.get("ok"):
-                error = str(answer.body.get("error", f"HTTP {answer.status}"))
+                error = str(answer.body.get("error", f"HTTP {answer.status}"))[:100]
                 return ChannelResponse.failed(
                     error, error, retryable=error in TRANSIENT_ERRORS, http_status=answer.status
                 )
-            first = first or str(answer.body.get("ts", ""))
-        return ChannelResponse(success=True, platform_message_id=first)
+            return ChannelResponse(success=True, platform_message_id=str(answer.body.get("ts", "")))
+
+        return await send_parts(
+            self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
+        )

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import aiohttp
 
 from chat.v1 import common_pb2
-from server.channels.base import ChannelResponse, Outbound, call, transport_failure
+from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
 from server.domain.tenant import Tenant
 
 SCOPE = "https://api.botframework.com/.default"
@@ -82,8 +82,8 @@ class TeamsChannel:
             f"{outbound.service_url.rstrip('/')}/v3/conversations/"
             f"{quote(outbound.recipient_id, safe='')}/activities"
         )
-        first = ""
-        for body in self.format_message(outbound):
+
+        async def send_one(body: dict[str, Any]) -> ChannelResponse:
             token = await self._token(outbound.tenant)
             if isinstance(token, ChannelResponse):
                 return token
@@ -109,8 +109,11 @@ class TeamsChannel:
                     retryable=answer.status in TRANSIENT_STATUSES,
                     http_status=answer.status,
                 )
-            first = first or str(answer.body.get("id", ""))
-        return ChannelResponse(success=True, platform_message_id=first)
+            return ChannelResponse(success=True, platform_message_id=str(answer.body.get("id", "")))
+
+        return await send_parts(
+            self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
+        )
 
     async def _token(self, tenant: Tenant) -> str | ChannelResponse:
         cached = self._tokens.get(tenant.id)
@@ -136,7 +139,10 @@ class TeamsChannel:
             return ChannelResponse.failed(
                 "TOKEN", "client credentials refused", retryable=False, http_status=answer.status
             )
-        lifetime = float(answer.body.get("expires_in", 3600))
+        try:
+            lifetime = min(86400.0, float(answer.body.get("expires_in", 3600)))
+        except (TypeError, ValueError):
+            lifetime = 3600.0
         self._tokens[tenant.id] = (token, time.time() + lifetime)
         return token
 

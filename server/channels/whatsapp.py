@@ -12,6 +12,7 @@ from server.channels.base import (
     ChannelResponse,
     Outbound,
     call,
+    send_parts,
     transport_failure,
 )
 from server.channels.formatting import split_text, to_whatsapp
@@ -65,6 +66,9 @@ class WhatsAppChannel:
             }
             return [{**base, "type": "location", "location": place}]
         if kind == "interactive":
+            fallback = _numbered(content.interactive)
+            if fallback is not None:
+                return [{**base, "type": "text", "text": {"body": fallback[:TEXT_LIMIT]}}]
             return [
                 {**base, "type": "interactive", "interactive": _interactive(content.interactive)}
             ]
@@ -92,8 +96,8 @@ class WhatsAppChannel:
                 return uploaded
             for body in bodies:
                 body[body["type"]]["id"] = uploaded.platform_message_id
-        first = ""
-        for body in bodies:
+
+        async def send_one(body: dict[str, Any]) -> ChannelResponse:
             answer = await call(self._http, "POST", f"{url}/messages", headers=auth, json_body=body)
             failure = transport_failure(answer)
             if failure is not None:
@@ -101,11 +105,11 @@ class WhatsAppChannel:
             if answer.status != 200:
                 return _error(answer.status, answer.body)
             messages = answer.body.get("messages")
-            platform_id = (
-                messages[0].get("id", "") if isinstance(messages, list) and messages else ""
-            )
-            first = first or str(platform_id)
-        return ChannelResponse(success=True, platform_message_id=first)
+            first = messages[0] if isinstance(messages, list) and messages else None
+            platform_id = first.get("id") if isinstance(first, dict) else None
+            return ChannelResponse(success=True, platform_message_id=str(platform_id or ""))
+
+        return await send_parts(bodies, skip=outbound.skip_parts, send_one=send_one)
 
     async def _upload(self, url: str, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:
         media = outbound.message.content.media
@@ -183,6 +187,26 @@ def _interactive(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:
     # More than three choices: WhatsApp's list message takes up to ten.
     rows = [{"id": cid[:200], "title": title[:24]} for cid, title in choices[:LIST_ROW_LIMIT]]
     return {**body, "type": "list", "action": {"button": "Choose", "sections": [{"rows": rows}]}}
+
+
+def _numbered(interactive: common_pb2.InteractiveContent) -> str | None:
+    """The documented fallback where WhatsApp has no form: cards and carousels, and more
+    choices than a list message holds, become a numbered text list (links kept)."""
+    kind = interactive.WhichOneof("kind")
+    if kind in ("card", "carousel"):
+        cards = [interactive.card] if kind == "card" else list(interactive.carousel.cards)
+        lines = []
+        for card in cards:
+            lines.append(" - ".join(filter(None, [card.title, card.subtitle])))
+            lines += [f"  {b.title}: {b.url}" if b.url else f"  {b.title}" for b in card.buttons]
+        return "\n".join([to_whatsapp(interactive.body), *lines]).strip()
+    choices = [b.title + (f" ({b.url})" if b.url else "") for b in interactive.buttons.buttons]
+    choices += [q.title for q in interactive.quick_replies.quick_replies]
+    rows = [r.title for section in interactive.list.sections for r in section.rows]
+    if len(choices) > LIST_ROW_LIMIT or len(rows) > LIST_ROW_LIMIT:
+        numbered = [f"{n}. {title}" for n, title in enumerate(choices or rows, 1)]
+        return "\n".join([to_whatsapp(interactive.body), *numbered])
+    return None
 
 
 def _media_kind(mime: str) -> str:

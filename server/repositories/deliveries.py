@@ -117,13 +117,27 @@ class MongoDeliveries:
         return done.modified_count == 1
 
     async def retry_later(
-        self, delivery: Document, attempt: dict[str, Any], *, due: dt.datetime, now: dt.datetime
+        self,
+        delivery: Document,
+        attempt: dict[str, Any],
+        *,
+        due: dt.datetime,
+        now: dt.datetime,
+        parts_sent: int = 0,
+        first_platform_id: str = "",
     ) -> bool:
-        """Record a failed attempt and put the delivery back in the queue for ``due``."""
+        """Record a failed attempt and put the delivery back in the queue for ``due``, with
+        the parts of a split message the platform has already (not sent again)."""
         done = await self._collection.update_one(
             {"_id": delivery["_id"], "owner": delivery["owner"], "state": SENDING},
             {
-                "$set": {"state": QUEUED, "due_time": due, "update_time": now},
+                "$set": {
+                    "state": QUEUED,
+                    "due_time": due,
+                    "update_time": now,
+                    "parts_sent": parts_sent,
+                    "first_platform_id": first_platform_id,
+                },
                 "$unset": {"owner": ""},
                 "$push": {"attempts": attempt},
             },

@@ -263,10 +263,11 @@ class MongoMessageRepository:
 
 _S = common_pb2
 #: For each status, the statuses a message may move to it from: never backwards (SENT <
-#: DELIVERED < READ); FAILED only before delivery, and a later DELIVERED or READ proves a
-#: FAILED report wrong.
+#: DELIVERED < READ); FAILED only before delivery, and a later success (a replayed send, a
+#: DELIVERED or READ report) proves a FAILED one wrong.
 FORWARD_FROM: dict[int, list[int]] = {
-    _S.DELIVERY_STATUS_SENT: [_S.DELIVERY_STATUS_QUEUED],
+    # FAILED -> SENT: a replayed delivery (RetryDelivery) that went through after all.
+    _S.DELIVERY_STATUS_SENT: [_S.DELIVERY_STATUS_QUEUED, _S.DELIVERY_STATUS_FAILED],
     _S.DELIVERY_STATUS_DELIVERED: [
         _S.DELIVERY_STATUS_QUEUED,
         _S.DELIVERY_STATUS_SENT,

@@ -26,7 +26,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.channels.base import ChannelResponse, Outbound
+from server.channels.base import Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
 from server.domain.tenant import Tenant
 from server.events.envelopes import envelope
@@ -40,7 +40,9 @@ from server.services.streams import QuietLiveEvents
 
 log = structlog.get_logger("chat.delivery")
 
-LEASE = dt.timedelta(seconds=60)
+#: Longer than the slowest send (an upload and seven parts at 10 s each): a live process must
+#: not lose a delivery to another mid-send.
+LEASE = dt.timedelta(minutes=5)
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
 #: Sends per second and burst per destination (conversation), from each platform's limits:
@@ -176,14 +178,17 @@ class DeliveryProcessor(LeasedQueueWorker):
         if message.content.WhichOneof("kind") == "media" and message.content.media.media_id:
             found = await self._media.get(tenant_id, message.content.media.media_id)
             media = found[1] if found else None
-        response = await channel.send_message(
+        response = await self._send(
+            channel,
             Outbound(
                 tenant=tenant,
                 message=message,
                 recipient_id=delivery["recipient_id"],
                 service_url=delivery.get("service_url", ""),
                 media=media,
-            )
+                skip_parts=delivery.get("parts_sent", 0),
+            ),
+            delivery,
         )
         if response.success:
             self._breaker.success(breaker_key)
@@ -208,9 +213,29 @@ class DeliveryProcessor(LeasedQueueWorker):
                 attempt_record(now=now, success=False, error=error),
                 due=now + dt.timedelta(seconds=delay),
                 now=now,
+                parts_sent=max(response.parts_sent, delivery.get("parts_sent", 0)),
+                first_platform_id=response.platform_message_id,
             )
             return
         await self._finish(delivery, message, response)
+
+    async def _send(
+        self, channel: Channel, outbound: Outbound, delivery: dict[str, Any]
+    ) -> ChannelResponse:
+        """One send through the adapter; an adapter's own crash is a failed attempt (so it
+        counts, and ends in FAILED), never a loop of lapsed leases."""
+        try:
+            response = await channel.send_message(outbound)
+        except Exception as exc:
+            log.exception("channel adapter failed", message_id=delivery["_id"])
+            response = ChannelResponse.failed("ADAPTER_ERROR", type(exc).__name__, retryable=True)
+            response.parts_sent = outbound.skip_parts
+        if response.parts_sent:
+            # Parts sent before a failure are not sent again; the first one names the message.
+            response.platform_message_id = (
+                delivery.get("first_platform_id") or response.platform_message_id
+            )
+        return response
 
     async def _paced(self, delivery: dict[str, Any]) -> float:
         """Seconds to wait before this destination may get another message (0: go)."""

@@ -360,7 +360,9 @@ class MessageService:
                 tenant_id,
                 stored[1:],
                 recipient_id=updated.channel_conversation_id,
-                service_url=request.metadata.get("service_url", ""),
+                # Never from the request: the Teams bot token goes to this URL. Teams
+                # conversations get theirs from the bridge's verified activities.
+                service_url="",
                 now=now,
                 session=tx,
             )

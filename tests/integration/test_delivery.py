@@ -442,6 +442,8 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
             return found.delivery.status == c.DELIVERY_STATUS_SENT
 
         await wait_for(resent, "the replayed delivery")
+        # The message itself follows: FAILED is overruled by the send that went through.
+        assert await status_of(mongo, failed_reply.id) == c.DELIVERY_STATUS_SENT
 
 
 async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from chat.v1 import common_pb2 as c
-from server.channels.base import Outbound
+from server.channels.base import ChannelResponse, Outbound, send_parts
 from server.channels.formatting import split_text, to_plain, to_slack, to_whatsapp
 from server.channels.messenger import MessengerChannel
 from server.channels.slack import SlackChannel
@@ -76,6 +76,18 @@ async def test_whatsapp_forms(http: aiohttp.ClientSession) -> None:
     [listed] = channel.format_message(outbound(choices(7)))
     assert listed["interactive"]["type"] == "list"  # more than 3 choices
     assert len(listed["interactive"]["action"]["sections"][0]["rows"]) == 7
+    [numbered] = channel.format_message(outbound(choices(12)))  # more than a list holds
+    assert numbered["type"] == "text"
+    assert "12. Option number 11" in numbered["text"]["body"]
+    card = c.Content(
+        interactive=c.InteractiveContent(
+            body="Our offer",
+            card=c.Card(title="Plan", buttons=[c.Button(title="Buy", url="https://x.test/buy")]),
+        )
+    )
+    [as_text] = channel.format_message(outbound(card))
+    assert as_text["text"]["body"] == "Our offer\nPlan\n  Buy: https://x.test/buy"
+    assert channel.format_message(outbound(c.Content())) == []  # send_message refuses it
     long = channel.format_message(outbound(c.Content(text=c.TextContent(text="word " * 2000))))
     assert len(long) == 3
     assert all(len(part["text"]["body"]) <= 4096 for part in long)
@@ -135,3 +147,25 @@ def test_the_breaker_opens_after_repeated_failures_and_closes_on_success() -> No
     assert breaker.wait_seconds(("t", c.CHANNEL_TYPE_TEAMS)) == 0  # per tenant and channel
     breaker.success(key)
     assert breaker.wait_seconds(key) == 0
+
+
+async def test_a_split_message_resumes_after_the_parts_already_sent() -> None:
+    sent: list[str] = []
+    failing = {"b"}
+
+    async def send_one(body: dict[str, str]) -> ChannelResponse:
+        if body["part"] in failing:
+            return ChannelResponse.failed("HTTP_503", "down", retryable=True)
+        sent.append(body["part"])
+        return ChannelResponse(success=True, platform_message_id=f"id-{body['part']}")
+
+    bodies = [{"part": "a"}, {"part": "b"}, {"part": "c"}]
+    first = await send_parts(bodies, skip=0, send_one=send_one)
+    assert (first.success, first.parts_sent, first.platform_message_id) == (False, 1, "id-a")
+    failing.clear()
+    second = await send_parts(bodies, skip=first.parts_sent, send_one=send_one)
+    assert (second.success, second.parts_sent) == (True, 3)
+    assert sent == ["a", "b", "c"]  # "a" was not sent twice
+    nothing = await send_parts([], skip=0, send_one=send_one)
+    assert nothing.error is not None
+    assert (nothing.error.code, nothing.error.retryable) == ("UNSUPPORTED_CONTENT", False)
