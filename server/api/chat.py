@@ -15,7 +15,7 @@ from server.domain.errors import FieldViolation, InvalidArgument
 from server.normalizers.text import normalize_text
 from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
-from server.services.messages import MessageService
+from server.services.messages import MAX_ADDRESS_CHARS, MessageService
 from server.services.streams import StreamService
 
 T = TypeVar("T", common_pb2.Conversation, common_pb2.Message)
@@ -302,8 +302,8 @@ def _require(field: str, value: str) -> None:
 
 def _check_filters(user_id: str, channel: int, status: int) -> None:
     violations = []
-    if len(user_id) > MAX_ID_CHARS:
-        violations.append(FieldViolation("user_id", f"at most {MAX_ID_CHARS} characters"))
+    if len(user_id) > MAX_ADDRESS_CHARS:
+        violations.append(FieldViolation("user_id", f"at most {MAX_ADDRESS_CHARS} characters"))
     if channel not in common_pb2.ChannelType.values():
         violations.append(FieldViolation("channel", "not a ChannelType value"))
     if status not in common_pb2.ConversationStatus.values():

@@ -95,10 +95,12 @@ class MongoConversationRepository:
         outbound: int,
         now: dt.datetime,
         session: AsyncClientSession,
+        service_url: str = "",
     ) -> common_pb2.Conversation | None:
         """Reserve sequence numbers for new messages and update the counters; returns the
         conversation after the update (its last_sequence is the last reserved number), or None
-        when it is not active. Concurrent writers serialize on this document."""
+        when it is not active. Concurrent writers serialize on this document. ``service_url``
+        (Teams, from a verified activity) is kept in the metadata: replies are posted there."""
         document = await self._collection.find_one_and_update(
             {"_id": conversation_id, "tenant_id": tenant_id, "status": ACTIVE},
             {
@@ -108,7 +110,8 @@ class MongoConversationRepository:
                     "inbound_message_count": inbound,
                     "outbound_message_count": outbound,
                 },
-                "$set": {"update_time": now},
+                "$set": {"update_time": now}
+                | ({"metadata.service_url": service_url} if service_url else {}),
                 # $max: a slower request committing later must not move activity backwards.
                 "$max": {"last_activity_time": now},
             },

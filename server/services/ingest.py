@@ -169,7 +169,13 @@ class IngestService:
                 tenant_id, event.channel, event.platform_event_id, now=now, session=tx
             )
             updated = await self._conversations.record_messages(
-                tenant_id, conversation.id, inbound=1, outbound=0, now=now, session=tx
+                tenant_id,
+                conversation.id,
+                inbound=1,
+                outbound=0,
+                now=now,
+                session=tx,
+                service_url=event.service_url,
             )
             if updated is None:
                 raise _ConversationClosedError  # aborts the transaction: nothing recorded

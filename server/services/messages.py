@@ -44,6 +44,9 @@ log = structlog.get_logger("chat.messages")
 
 SEND_MESSAGE = "SendMessage"
 MAX_ID_CHARS = 128
+#: Platform addresses are longer than our ids (a Teams conversation id runs past 150
+#: characters; a Slack or Teams conversation's user is "<chat id>/<user id>").
+MAX_ADDRESS_CHARS = 640
 MAX_METADATA_ENTRIES = 32
 MAX_REPLIES = 5
 WEB = common_pb2.CHANNEL_TYPE_WEB
@@ -360,9 +363,9 @@ class MessageService:
                 tenant_id,
                 stored[1:],
                 recipient_id=updated.channel_conversation_id,
-                # Never from the request: the Teams bot token goes to this URL. Teams
-                # conversations get theirs from the bridge's verified activities.
-                service_url="",
+                # Never from the request (the Teams bot token goes to this URL): from the
+                # conversation, which has it from the bridge's verified activities.
+                service_url=updated.metadata.get("service_url", ""),
                 now=now,
                 session=tx,
             )
@@ -449,15 +452,16 @@ def _validate(request: chat_service_pb2.SendMessageRequest) -> None:
     violations: list[FieldViolation] = []
     if not request.user_id:
         violations.append(FieldViolation("user_id", "required"))
-    for name in (
-        "user_id",
-        "request_id",
-        "conversation_id",
-        "channel_conversation_id",
-        "reply_to_message_id",
-    ):
-        if len(getattr(request, name)) > MAX_ID_CHARS:
-            violations.append(FieldViolation(name, f"at most {MAX_ID_CHARS} characters"))
+    limits = {
+        "user_id": MAX_ADDRESS_CHARS,
+        "request_id": MAX_ID_CHARS,
+        "conversation_id": MAX_ID_CHARS,
+        "channel_conversation_id": MAX_ADDRESS_CHARS,
+        "reply_to_message_id": MAX_ID_CHARS,
+    }
+    for name, limit in limits.items():
+        if len(getattr(request, name)) > limit:
+            violations.append(FieldViolation(name, f"at most {limit} characters"))
     if request.channel not in common_pb2.ChannelType.values() or not request.channel:
         violations.append(FieldViolation("channel", "required: one of the ChannelType values"))
     if len(request.metadata) > MAX_METADATA_ENTRIES:

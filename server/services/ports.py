@@ -56,6 +56,7 @@ class ConversationRepository(Protocol):
         outbound: int,
         now: dt.datetime,
         session: Tx,
+        service_url: str = "",
     ) -> common_pb2.Conversation | None: ...
 
     async def close(

@@ -149,7 +149,8 @@ class ReplyProcessor(LeasedQueueWorker):
                     tenant_id,
                     outbound,
                     recipient_id=updated.channel_conversation_id,
-                    service_url=inbound.metadata.get("service_url", ""),
+                    service_url=updated.metadata.get("service_url")
+                    or inbound.metadata.get("service_url", ""),
                     now=now,
                     session=tx,
                 )

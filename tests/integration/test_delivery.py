@@ -31,7 +31,7 @@ from server.channels.base import Outbound
 from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.tenants_file import load_tenants
 from tests.integration.bot_framework import TeamsKeys
-from tests.integration.chat_client import JWT_SETTINGS, SECRET
+from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
 from tests.integration.test_bridge import (
     MESSENGER_SECRET,
@@ -370,6 +370,37 @@ async def test_slack_messenger_and_teams_round_trips(
     )
     assert status == 200
     assert await status_of(mongo, teams_reply.id) == c.DELIVERY_STATUS_READ
+
+    # An agent writes into the Teams conversation through the API: its message reaches the
+    # serviceUrl the bridge's verified activity gave (never one a request names).
+    await agent_writes_to_teams(
+        stack_up[0], platforms, conversation, activity["from"]["id"], teams_reply.conversation_id
+    )
+
+
+async def agent_writes_to_teams(
+    server: RunningServer,
+    platforms: Platforms,
+    conversation: str,
+    user: str,
+    conversation_id: str,
+) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        agent = ChatClient(channel, "acme")
+        before = len(platforms.to("teams ", conversation))
+        await agent.send(
+            "an agent here",
+            user_id=f"{conversation}/{user}",
+            channel=c.CHANNEL_TYPE_TEAMS,
+            conversation_id=conversation_id,
+            metadata={"service_url": "https://attacker.example/"},
+        )
+
+        async def posted() -> bool:
+            return len(platforms.to("teams ", conversation)) > before
+
+        # Had the request's service URL been used, nothing would have arrived here.
+        await wait_for(posted, "the reply to the agent's message, on Teams")
 
 
 async def test_retry_after_then_success_and_permanent_failures_then_replay(

@@ -118,6 +118,7 @@ async def test_location_and_interactive_replies(acme: ChatClient) -> None:
         ({"channel": c.CHANNEL_TYPE_UNSPECIFIED}, "channel"),
         ({"channel": c.CHANNEL_TYPE_WHATSAPP}, "channel_conversation_id"),
         ({"request_id": "r" * 129}, "request_id"),
+        ({"user_id": "u" * 641}, "user_id"),
         ({"metadata": {"k" * 65: "v"}}, f"metadata[{'k' * 64}]"),
         ({"reply_to_message_id": "m" * 129}, "reply_to_message_id"),
         ({"content": c.Content(text=c.TextContent(text="x" * 5_000_000))}, "content.text.text"),
@@ -345,7 +346,7 @@ async def test_crafted_tokens_and_unknown_enums_are_invalid_argument(acme: ChatC
     for listing in (
         chat.ListConversationsRequest(status=7),  # type: ignore[arg-type]
         chat.ListConversationsRequest(channel=42),  # type: ignore[arg-type]
-        chat.ListConversationsRequest(user_id="u" * 129),
+        chat.ListConversationsRequest(user_id="u" * 641),  # platform addresses: 640
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await acme.call("ListConversations", listing)
