@@ -294,7 +294,7 @@ class ChatServer:
         delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
             DeliveryServicer(
                 deliveries=self._deliveries,
-                idempotency=MongoIdempotencyStore(database=self._resources.database),
+                idempotency=self._idempotency,
                 clock=utc_now,
                 on_requeue=self._delivery.wake,
             ),
@@ -334,9 +334,10 @@ class ChatServer:
         messages = MongoMessageRepository(database=database)
         users = MongoUserRepository(database=database)
         outbox, transactions = self._outbox, self._transactions
-        media = MediaProcessor(
-            store=GridFsMediaStore(database=database), fetcher=self._media_fetcher
-        )
+        media_store = GridFsMediaStore(database=database)
+        idempotency = MongoIdempotencyStore(database=database)
+        self._idempotency = idempotency
+        media = MediaProcessor(store=media_store, fetcher=self._media_fetcher)
         content = ContentProcessor(
             text=TextProcessor(default_phone_region=self._settings.phone_default_region),
             media=media,
@@ -346,7 +347,7 @@ class ChatServer:
         self._delivery = DeliveryProcessor(
             deliveries=deliveries,
             messages=messages,
-            media=GridFsMediaStore(database=database),
+            media=media_store,
             channels=ChannelFactory.for_platforms(
                 http=self._resources.http, endpoints=self._settings.platforms
             ),
@@ -368,7 +369,7 @@ class ChatServer:
             users=users,
             sessions=self._session_store,
             outbox=outbox,
-            idempotency=MongoIdempotencyStore(database=database),
+            idempotency=idempotency,
             transactions=transactions,
             content=content,
             responder=self._responder(messages),
@@ -435,7 +436,7 @@ class ChatServer:
                 subscriptions=self._hub,
                 live=self._live,
                 outbox=outbox,
-                idempotency=MongoIdempotencyStore(database=database),
+                idempotency=idempotency,
                 transactions=transactions,
                 clock=utc_now,
                 on_events=self._relay.wake,

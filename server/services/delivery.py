@@ -36,7 +36,7 @@ from server.repositories.rate_limits import Limit, RateLimiter, limit_key
 from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
-from server.services.streams import QuietLiveEvents
+from server.services.streams import QuietLiveEvents, timestamp_of
 
 log = structlog.get_logger("chat.delivery")
 
@@ -334,14 +334,12 @@ class DeliveryProcessor(LeasedQueueWorker):
             )
         if changed:
             self._on_events()
-            stamp = chat_service_pb2.StreamConversationEventsResponse()
-            stamp.event_time.FromDatetime(now)
             await self._live.publish(
                 tenant_id,
                 delivery["conversation_id"],
                 [
                     chat_service_pb2.StreamConversationEventsResponse(
-                        event_time=stamp.event_time,
+                        event_time=timestamp_of(now),
                         delivery_status=chat_service_pb2.DeliveryStatusUpdate(
                             message_id=m.id,
                             sequence=m.sequence,

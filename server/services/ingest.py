@@ -222,10 +222,7 @@ class IngestService:
         await self._live.publish(
             tenant_id, updated.id, [message_event(stored_message)], conversation=updated
         )
-        try:
-            await self._sessions.save(tenant_id, session, now=now)
-        except Exception as exc:  # noqa: BLE001 - the message is committed; the session can lag
-            log.warning("session not saved", session_id=session.id, error=repr(exc))
+        await self._pipeline.save_session(tenant_id, session, now=now)
         return Result(
             platform_event_id=event.platform_event_id,
             outcome=ACCEPTED,

@@ -153,10 +153,7 @@ class MessageService:
             [message_event(m) for m in (response.message, *response.replies)],
             conversation=response.conversation,
         )
-        try:
-            await self._sessions.save(tenant_id, session, now=now)
-        except Exception as exc:  # noqa: BLE001 - the exchange is committed; the session can lag
-            log.warning("session not saved", session_id=session.id, error=repr(exc))
+        await self.save_session(tenant_id, session, now=now)
         if started:
             log.info("conversation started", conversation_id=conversation.id)
         return response
@@ -181,6 +178,16 @@ class MessageService:
                 session_started=events_pb2.SessionStarted(session=session),
             )
         return session
+
+    async def save_session(
+        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+    ) -> None:
+        """Store the session after a committed exchange; a failure is logged, not raised:
+        the messages are safe, and the session only lags."""
+        try:
+            await self._sessions.save(tenant_id, session, now=now)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("session not saved", session_id=session.id, error=repr(exc))
 
     async def compose_replies(
         self,

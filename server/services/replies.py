@@ -181,7 +181,4 @@ class ReplyProcessor(LeasedQueueWorker):
         await self._live.publish(
             tenant_id, updated.id, [message_event(m) for m in outbound], conversation=updated
         )
-        try:
-            await self._sessions.save(tenant_id, session, now=now)
-        except Exception as exc:  # noqa: BLE001 - the replies are committed; the session can lag
-            log.warning("session not saved", session_id=session.id, error=repr(exc))
+        await self._pipeline.save_session(tenant_id, session, now=now)

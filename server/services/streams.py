@@ -65,7 +65,7 @@ def closed_event(conversation: common_pb2.Conversation) -> Event:
     )
 
 
-def _stamp(now: dt.datetime) -> timestamp_pb2.Timestamp:
+def timestamp_of(now: dt.datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(now)
     return stamp
@@ -192,7 +192,7 @@ class StreamService:
         if conversation.status != ACTIVE:
             raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
         event = Event(
-            event_time=_stamp(self._clock()),
+            event_time=timestamp_of(self._clock()),
             typing=chat_service_pb2.TypingIndicator(
                 participant_id=participant_id, typing=typing, direction=direction
             ),
@@ -222,7 +222,7 @@ class StreamService:
             changed = await self._messages.mark_read(
                 tenant_id, conversation_id, up_to_sequence=up_to_sequence, session=tx
             )
-            stamp = _stamp(now)
+            stamp = timestamp_of(now)
             await self._outbox.add(
                 [
                     envelope(
