@@ -21,7 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.processes import ChildProcess, free_port, script_path, wait_until
 from devstack.stack import HOST, EmbeddedStack, Endpoints, StackPorts
-from devstack.tokens import DEV_AUDIENCE, DEV_ISSUER, DEV_SCOPES, dev_secret, mint_dev_token
+from devstack.tokens import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    DEV_SCOPES,
+    dev_secret,
+    dev_tenant_secrets_key,
+    mint_dev_token,
+)
 
 SERVICE_START_TIMEOUT_SECONDS = 60.0
 
@@ -134,6 +141,8 @@ class Launcher:
             }
         )
         env.setdefault("CHAT_LOG_FORMAT", "console")
+        if not env.get("CHAT_TENANT_SECRETS_KEY_FILE"):
+            env["CHAT_TENANT_SECRETS_KEY_FILE"] = str(dev_tenant_secrets_key(self._config.data_dir))
         if not any(
             env.get(k) for k in ("CHAT_JWT_SECRET", "CHAT_JWT_JWKS_URL", "CHAT_JWT_PUBLIC_KEY_FILE")
         ):

@@ -6,6 +6,7 @@ so that `make run` can hand a new user a token that works at once.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import time
@@ -20,14 +21,28 @@ DEV_SCOPES = ("chat:read", "chat:write", "chat:admin")
 
 def dev_secret(data_dir: Path) -> str:
     """The development signing secret, created once so tokens survive restarts."""
-    path = data_dir / "dev-jwt-secret"
+    return (
+        _private_file(data_dir / "dev-jwt-secret", secrets.token_urlsafe(48))
+        .read_text(encoding="utf-8")
+        .strip()
+    )
+
+
+def dev_tenant_secrets_key(data_dir: Path) -> Path:
+    """The development key for stored tenants' secrets, created once (the data outlives a
+    restart, so must the key)."""
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    return _private_file(data_dir / "dev-tenant-secrets-key", key)
+
+
+def _private_file(path: Path, content: str) -> Path:
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         # Created readable by its owner only, never world-readable even for a moment.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(secrets.token_urlsafe(48))
-    return path.read_text(encoding="utf-8").strip()
+            out.write(content)
+    return path
 
 
 def mint_dev_token(

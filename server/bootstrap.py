@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,10 @@ from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import TokenVerifier, load_public_key
 from server.channels.factory import ChannelFactory
-from server.domain.tenant import Tenant
 from server.events.publisher import KafkaEventPublisher
 from server.events.relay import OutboxRelay
 from server.health import Dependency, HealthMonitor
 from server.interceptors.chain import ChainDependencies, build_interceptors
-from server.interceptors.tenant import StaticTenantDirectory
 from server.metrics import Metrics
 from server.processors.content import ContentProcessor
 from server.processors.fetch import HttpMediaFetcher
@@ -81,7 +79,9 @@ from server.repositories.messages import MongoMessageRepository
 from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.outbox import MongoOutbox
 from server.repositories.rate_limits import RedisRateLimiter
+from server.repositories.secrets import SecretBox
 from server.repositories.sessions import RedisSessionStore
+from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
@@ -95,6 +95,7 @@ from server.services.replies import ReplyProcessor
 from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
 from server.services.streams import QuietLiveEvents, StreamService
+from server.services.tenants import TenantAdmin
 from server.settings import Settings
 
 log = structlog.get_logger("chat.server")
@@ -128,7 +129,8 @@ class Resources:
     redis: redis.Redis
     publisher: KafkaEventPublisher
     http: aiohttp.ClientSession
-    tenants: Mapping[str, Tenant]
+    tenants: TenantDirectory
+    secrets: SecretBox | None
 
     async def close(self) -> None:
         """Flush the Kafka producer first (it may still hold events), then close the rest;
@@ -136,26 +138,41 @@ class Resources:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.http.close)
             stack.push_async_callback(self.mongo.close)
+            stack.push_async_callback(self.tenants.close)
             stack.push_async_callback(self.redis.aclose)
             stack.push_async_callback(self.publisher.close)
 
 
 async def create_resources(settings: Settings, *, needs_tenants: bool = True) -> Resources:
     """Open the clients. None of them needs its server to be up yet."""
-    tenants = load_tenants(settings.tenants_file) if settings.tenants_file else {}
-    if not tenants and needs_tenants:
-        log.warning("no tenants configured; set CHAT_TENANTS_FILE")
+    file_tenants = load_tenants(settings.tenants_file) if settings.tenants_file else {}
+    # The worker (needs_tenants=False) reads no tenant, so it needs no key.
+    secrets = (
+        SecretBox.from_file(settings.tenant_secrets_key_file)
+        if settings.tenant_secrets_key_file and needs_tenants
+        else None
+    )
+    if not file_tenants and secrets is None and needs_tenants:
+        log.warning(
+            "no tenants configured; set CHAT_TENANTS_FILE, or CHAT_TENANT_SECRETS_KEY_FILE "
+            "to create tenants with TenantService"
+        )
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongodb_uri, tz_aware=True, appname="chat-server", serverSelectionTimeoutMS=5000
     )
+    database = mongo[settings.mongodb_database]
     return Resources(
         mongo=mongo,
-        database=mongo[settings.mongodb_database],
+        database=database,
         redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
         publisher=KafkaEventPublisher(bootstrap_servers=settings.kafka_bootstrap),
         # One pooled HTTP client per process, for signing keys and (later) platform APIs.
         http=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)),
-        tenants=tenants,
+        tenants=TenantDirectory(
+            file_tenants=file_tenants,
+            store=MongoTenantStore(database=database, secrets=secrets),
+        ),
+        secrets=secrets,
     )
 
 
@@ -182,6 +199,9 @@ def _dependencies(resources: Resources) -> list[Dependency]:
             # idempotency): the server reports NOT_SERVING until they exist.
             await create_indexes(resources.database)
             indexed = True
+        if not resources.tenants.loaded:
+            # Until stored tenants are read, their callers would be refused as unknown.
+            raise RuntimeError("stored tenants not loaded yet")
 
     async def ping_redis() -> None:
         await resources.redis.ping()
@@ -212,7 +232,7 @@ class ChatServer:
         self._limiter = RedisRateLimiter(client=resources.redis)
         chain = ChainDependencies(
             verifier=build_verifier(settings, resources.http),
-            tenants=StaticTenantDirectory(resources.tenants),
+            tenants=resources.tenants,
             limiter=self._limiter,
             rate_limits=settings.rate_limits,
             metrics=self.metrics,
@@ -287,7 +307,20 @@ class ChatServer:
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(sessions=self._session_service), self._server
         )
-        tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(), self._server)
+        tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
+            TenantServicer(
+                admin=TenantAdmin(
+                    store=MongoTenantStore(
+                        database=self._resources.database, secrets=self._resources.secrets
+                    ),
+                    directory=self._resources.tenants,
+                    transactions=self._transactions,
+                    idempotency=self._idempotency,
+                    clock=utc_now,
+                )
+            ),
+            self._server,
+        )
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(ingest=self._ingest), self._server
         )
@@ -458,6 +491,10 @@ class ChatServer:
         if self._settings.metrics_address:
             self._metrics_runner = await self.metrics.serve(self._settings.metrics_address)
             self.metrics_port = _bound_port(self._metrics_runner)
+        await self._resources.tenants.start()
+        with contextlib.suppress(TimeoutError):
+            # A moment for stored tenants to load, so the first check can report SERVING.
+            await asyncio.wait_for(self._resources.tenants.wait_loaded(), 2)
         await self._monitor.check_once()
         try:
             await self._limiter.load()
@@ -471,10 +508,10 @@ class ChatServer:
         self._relay_task = asyncio.create_task(self._relay.run(self._stopping), name="outbox-relay")
         self._sweep_task = asyncio.create_task(self._sweep_sessions(), name="session-sweep")
         self._replies_task = asyncio.create_task(
-            self._replies.run(self._stopping), name="reply-queue"
+            self._after_tenants_load(self._replies.run), name="reply-queue"
         )
         self._delivery_task = asyncio.create_task(
-            self._delivery.run(self._stopping), name="delivery-queue"
+            self._after_tenants_load(self._delivery.run), name="delivery-queue"
         )
         log.info(
             "chat server listening",
@@ -483,6 +520,17 @@ class ChatServer:
             metrics_port=self.metrics_port or None,
         )
         return self.port
+
+    async def _after_tenants_load(self, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """Run a queue once stored tenants are read: before, a job of a stored tenant would
+        find no credentials and fail for good."""
+        loaded = asyncio.create_task(self._resources.tenants.wait_loaded())
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait((loaded, stopping), return_when=asyncio.FIRST_COMPLETED)
+        for task in (loaded, stopping):
+            task.cancel()
+        if not self._stopping.is_set():
+            await run(self._stopping)
 
     @property
     def stream_subscribers(self) -> int:

@@ -10,6 +10,7 @@ import structlog
 
 from server.bootstrap import ChatServer, create_resources
 from server.log import configure_logging
+from server.repositories.secrets import SecretKeyError
 from server.repositories.tenants_file import TenantsFileError
 from server.settings import Settings, SettingsError
 
@@ -43,6 +44,6 @@ def main() -> None:
     try:
         asyncio.run(serve(settings))
     # RuntimeError: grpc could not bind the address.
-    except (TenantsFileError, SettingsError, OSError, RuntimeError) as exc:
+    except (TenantsFileError, SecretKeyError, SettingsError, OSError, RuntimeError) as exc:
         structlog.get_logger("chat.server").error("cannot start", error=str(exc))
         sys.exit(1)

@@ -104,6 +104,7 @@ class Settings:
     redis_url: str
     kafka_bootstrap: str
     tenants_file: Path | None
+    tenant_secrets_key_file: Path | None
     log_format: LogFormat
     log_level: str
     shutdown_grace_seconds: float
@@ -141,6 +142,7 @@ class Settings:
             leeway_seconds=env.parse("CHAT_JWT_LEEWAY_SECONDS", "30", _non_negative_int),
         )
         tenants_file = env.optional("CHAT_TENANTS_FILE")
+        secrets_key_file = env.optional("CHAT_TENANT_SECRETS_KEY_FILE")
         return cls(
             grpc_address=env.get("CHAT_GRPC_ADDRESS", "0.0.0.0:8001"),
             mongodb_uri=env.get("CHAT_MONGODB_URI", "mongodb://127.0.0.1:27017"),
@@ -148,6 +150,7 @@ class Settings:
             redis_url=env.get("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
             kafka_bootstrap=env.get("CHAT_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             tenants_file=Path(tenants_file) if tenants_file else None,
+            tenant_secrets_key_file=Path(secrets_key_file) if secrets_key_file else None,
             log_format=env.choice("CHAT_LOG_FORMAT", "auto", _LOG_FORMATS),
             log_level=env.choice("CHAT_LOG_LEVEL", "info", _LOG_LEVELS),
             shutdown_grace_seconds=env.parse("CHAT_SHUTDOWN_GRACE_SECONDS", "10", _positive_float),

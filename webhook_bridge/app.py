@@ -17,7 +17,7 @@ import hmac
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 
 from chat.v1 import ingest_service_pb2
 from server.domain.errors import Unavailable
-from server.domain.tenant import Tenant
+from server.domain.tenant import Tenant, TenantCatalog
 from webhook_bridge.adapters import MalformedPayloadError, Parsed, messenger, slack, teams, whatsapp
 from webhook_bridge.forwarder import Forwarder, ServerUnavailableError
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
@@ -47,7 +47,7 @@ _OUTCOMES = ingest_service_pb2.IngestOutcome
 class BridgeState:
     """What the handlers share: tenants, the forwarder, the Teams verifier, the metrics."""
 
-    tenants: Mapping[str, Tenant]
+    tenants: TenantCatalog
     forwarder: Forwarder
     teams: BotFrameworkVerifier
     metrics: BridgeMetrics
@@ -85,7 +85,7 @@ class BridgeMetrics:
 def create_app(
     *,
     server_target: str,
-    tenants: Mapping[str, Tenant],
+    tenants: TenantCatalog,
     tokens: ServiceTokens,
     teams_metadata_url: str,
     max_body_bytes: int = 1024 * 1024,
@@ -161,7 +161,11 @@ def refuse(status: int, reason: str) -> web.HTTPException:
 
 
 def _tenant(request: web.Request) -> Tenant:
-    tenant = request.app[STATE].tenants.get(request.match_info["tenant_id"])
+    tenants = request.app[STATE].tenants
+    tenant = tenants.get(request.match_info["tenant_id"])
+    if tenant is None and not tenants.loaded:
+        # Stored tenants are not read yet (MongoDB unreachable at start): the platform retries.
+        raise refuse(503, "tenants are loading")
     if tenant is None or not tenant.enabled:
         raise refuse(404, "unknown tenant")
     return tenant

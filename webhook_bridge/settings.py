@@ -22,6 +22,9 @@ class BridgeSettings:
     log_level: str
     max_body_bytes: int
     tenants_file: Path | None
+    tenant_secrets_key_file: Path | None
+    mongodb_uri: str
+    mongodb_database: str
     token_key: SigningKey
     token_issuer: str
     token_audience: str
@@ -52,6 +55,9 @@ class BridgeSettings:
             log_level=shared.log_level,
             max_body_bytes=int(raw_limit),
             tenants_file=shared.tenants_file,
+            tenant_secrets_key_file=shared.tenant_secrets_key_file,
+            mongodb_uri=shared.mongodb_uri,
+            mongodb_database=shared.mongodb_database,
             token_key=_token_key(env),
             token_issuer=shared.jwt.issuer,
             token_audience=shared.jwt.audience,

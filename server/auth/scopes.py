@@ -19,6 +19,9 @@ PUBLIC_METHODS: frozenset[str] = frozenset(
     }
 )
 
+#: Methods an admin may call for a tenant that is not configured yet: UpsertTenant creates it.
+TENANT_CREATING_METHODS: frozenset[str] = frozenset({"/chat.v1.TenantService/UpsertTenant"})
+
 #: Full method name -> the scope the caller's token must carry. A method missing here is
 #: refused (PERMISSION_DENIED), so a new RPC is closed until someone decides its scope.
 REQUIRED_SCOPES: Mapping[str, str] = {

@@ -102,6 +102,13 @@ class FailedPrecondition(DomainError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class Aborted(DomainError):
+    """A concurrent change won; the caller may read again and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
 class ResourceExhausted(DomainError):
     """A limit is reached; retry_after_seconds says when to try again."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +71,22 @@ class Tenant:
     display_name: str = ""
     channels: ChannelCredentials = field(default_factory=ChannelCredentials)
     quotas: Quotas = field(default_factory=Quotas)
+    #: When a stored configuration last changed (None for tenants from the tenants file).
+    update_time: dt.datetime | None = None
+
+
+class TenantLookup(Protocol):
+    """Finds tenants by id: a plain mapping, or the live directory of stored tenants."""
+
+    def get(self, tenant_id: str, /) -> Tenant | None:
+        """The tenant, or None when unknown."""
+        ...
+
+
+class TenantCatalog(TenantLookup, Protocol):
+    """A lookup that may still be loading stored tenants: until it has, unknown is not final."""
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the stored tenants have been read at least once."""
+        ...

@@ -9,11 +9,12 @@ from typing import Any
 import grpc
 
 from server.auth.tokens import TokenVerifier
+from server.domain.tenant import TenantCatalog
 from server.interceptors.auth import AuthInterceptor
 from server.interceptors.error_boundary import ErrorBoundaryInterceptor
 from server.interceptors.rate_limit import RateLimitInterceptor
 from server.interceptors.request_context import RequestContextInterceptor
-from server.interceptors.tenant import TenantDirectory, TenantInterceptor
+from server.interceptors.tenant import TenantInterceptor
 from server.metrics import Metrics
 from server.repositories.rate_limits import RateLimiter
 from server.settings import RateLimitSettings
@@ -24,7 +25,7 @@ class ChainDependencies:
     """What the interceptors need."""
 
     verifier: TokenVerifier
-    tenants: TenantDirectory
+    tenants: TenantCatalog
     limiter: RateLimiter
     rate_limits: RateLimitSettings
     metrics: Metrics

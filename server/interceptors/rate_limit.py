@@ -68,10 +68,14 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         principal = current_principal()
         quotas = tenant.quotas
         default = self._settings.tenant
-        tenant_rate = Rate(
-            per_second=quotas.requests_per_second or default.per_second,
-            burst=quotas.burst or max(1, round(quotas.requests_per_second)) or default.burst,
-        )
+        if quotas.requests_per_second:
+            # A tenant's own rate without its own burst: about one second's worth.
+            tenant_rate = Rate(
+                per_second=quotas.requests_per_second,
+                burst=quotas.burst or max(1, round(quotas.requests_per_second)),
+            )
+        else:
+            tenant_rate = Rate(per_second=default.per_second, burst=quotas.burst or default.burst)
         user = self._settings.user
         limits = [
             Limit(limit_key(tenant.id, "t"), tenant_rate.per_second, tenant_rate.burst, "tenant")

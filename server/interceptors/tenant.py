@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import structlog
 from grpc_interceptor.server import AsyncServerInterceptor
 
 from server.auth.principal import bind_tenant, current_principal
-from server.auth.scopes import PUBLIC_METHODS
-from server.domain.errors import PermissionDenied
-from server.domain.tenant import Tenant
+from server.auth.scopes import PUBLIC_METHODS, TENANT_CREATING_METHODS
+from server.domain.errors import PermissionDenied, Unavailable
+from server.domain.tenant import Tenant, TenantCatalog
 from server.interceptors.proceed import proceed
-
-
-class TenantDirectory(Protocol):
-    """Looks tenants up by id."""
-
-    def get(self, tenant_id: str) -> Tenant | None:
-        """The tenant, or None when unknown."""
-        ...
-
-
-class StaticTenantDirectory:
-    """Tenants from the tenants file, held in memory."""
-
-    def __init__(self, tenants: Mapping[str, Tenant]) -> None:
-        self._tenants = dict(tenants)
-
-    def get(self, tenant_id: str) -> Tenant | None:
-        """The tenant, or None when unknown."""
-        return self._tenants.get(tenant_id)
 
 
 class TenantInterceptor(AsyncServerInterceptor):
     """Binds the caller's tenant to the call and its log lines."""
 
-    def __init__(self, *, directory: TenantDirectory) -> None:
+    def __init__(self, *, directory: TenantCatalog) -> None:
         self._directory = directory
 
     async def intercept(
@@ -51,6 +32,11 @@ class TenantInterceptor(AsyncServerInterceptor):
         if method_name not in PUBLIC_METHODS:
             tenant_id = current_principal().tenant_id
             tenant = self._directory.get(tenant_id)
+            if tenant is None and not self._directory.loaded:
+                raise Unavailable("tenants are still loading", reason="TENANTS_LOADING")
+            if tenant is None and method_name in TENANT_CREATING_METHODS:
+                # UpsertTenant creates the caller's tenant; until then it has default quotas.
+                tenant = Tenant(id=tenant_id)
             # The same answer for unknown and disabled would hide which tenants exist, but an
             # operator debugging a disabled tenant needs to tell them apart; ids are not secret.
             if tenant is None:

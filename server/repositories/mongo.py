@@ -34,6 +34,11 @@ AUDIT_LOG = "audit_log"
 AUDIT_HEADS = "audit_heads"
 DEAD_LETTERS = "dead_letters"
 ALERTS = "alerts"
+#: Tenants configured through TenantService (tenants from the tenants file are not stored).
+TENANTS = "tenants"
+#: The stored tenants' fields that identify them to a platform: one tenant each.
+WHATSAPP_NUMBER = "channels.whatsapp.phone_number_id"
+MESSENGER_PAGE = "channels.messenger.page_id"
 #: GridFS bucket for media bytes (collections media.files and media.chunks).
 MEDIA_BUCKET = "media"
 MEDIA_FILES = f"{MEDIA_BUCKET}.files"
@@ -158,6 +163,21 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="request",
         ),
         IndexModel([("expire_time", ASCENDING)], expireAfterSeconds=0, name="expiry"),
+    ],
+    TENANTS: [
+        # Inbound events name the number or page they reached: it must belong to one tenant.
+        IndexModel(
+            [(WHATSAPP_NUMBER, ASCENDING)],
+            unique=True,
+            partialFilterExpression={WHATSAPP_NUMBER: {"$exists": True}},
+            name="whatsapp_number",
+        ),
+        IndexModel(
+            [(MESSENGER_PAGE, ASCENDING)],
+            unique=True,
+            partialFilterExpression={MESSENGER_PAGE: {"$exists": True}},
+            name="messenger_page",
+        ),
     ],
 }
 

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.channels.base import Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
-from server.domain.tenant import Tenant
+from server.domain.tenant import TenantLookup
 from server.events.envelopes import envelope
 from server.processors.media import MediaStore
 from server.repositories.deliveries import FAILED, SENT, MongoDeliveries, attempt_record
@@ -108,7 +108,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         messages: MessageRepository,
         media: MediaStore,
         channels: ChannelFactory,
-        tenants: Mapping[str, Tenant],
+        tenants: TenantLookup,
         outbox: Outbox,
         transactions: TransactionRunner,
         live: QuietLiveEvents,

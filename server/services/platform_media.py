@@ -8,14 +8,13 @@ reference kept) with the reason in its metadata: the user did send it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from urllib.parse import quote
 
 import structlog
 
 from chat.v1 import common_pb2
 from server.domain.errors import DomainError
-from server.domain.tenant import Tenant
+from server.domain.tenant import Tenant, TenantLookup
 from server.processors.fetch import HttpMediaFetcher
 from server.processors.media import MAX_MEDIA_BYTES, MediaFetchError, MediaProcessor
 from server.settings import PlatformEndpoints
@@ -67,7 +66,7 @@ class InboundMediaResolver:
         *,
         source: PlatformMediaSource,
         media: MediaProcessor,
-        tenants: Mapping[str, Tenant],
+        tenants: TenantLookup,
     ) -> None:
         self._source = source
         self._media = media

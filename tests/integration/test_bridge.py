@@ -25,6 +25,7 @@ from pymongo import AsyncMongoClient
 from chat.v1 import common_pb2 as c
 from devstack.processes import free_port
 from devstack.stack import Endpoints
+from server.repositories.tenants import TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from tests.integration.bot_framework import SERVICE_URL, TEAMS_APP, TeamsKeys, no_defaults
 from tests.integration.chat_client import JWT_SETTINGS, SECRET
@@ -119,7 +120,7 @@ async def start_bridge(
     path = Path(tenants_file(tmp_path, TENANTS))
     app = create_app(
         server_target=target,
-        tenants=load_tenants(path),
+        tenants=TenantDirectory(file_tenants=load_tenants(path), store=None),
         tokens=tokens,
         teams_metadata_url=metadata_url,
         max_body_bytes=max_body,

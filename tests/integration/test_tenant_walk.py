@@ -43,9 +43,7 @@ ALL_SCOPES = ("chat:read", "chat:write", "chat:ingest", "chat:admin")
 
 #: RPCs whose implementations arrive with later issues. Each must answer UNIMPLEMENTED;
 #: when one is implemented, move it to WALKS with its cross-tenant case.
-PENDING = {
-    "/chat.v1.TenantService/UpsertTenant",
-}
+PENDING: set[str] = set()
 
 
 class Victim:
@@ -134,6 +132,14 @@ def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
             "session",
             "EndSession",
             session_service_pb2.EndSessionRequest(session_id=sid),
+        ),
+        "/chat.v1.TenantService/UpsertTenant": (
+            "tenant",
+            "UpsertTenant",
+            # The id is output only: the call acts on the caller's tenant, never on B.
+            tenant_service_pb2.UpsertTenantRequest(
+                tenant=tenant_service_pb2.Tenant(id="globex", enabled=False)
+            ),
         ),
         "/chat.v1.TenantService/GetTenant": (
             "tenant",
@@ -253,7 +259,11 @@ async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None
         assert not leaks(details), method
         for reply in replies:
             assert not leaks(reply.SerializeToString()), method
-        if code != grpc.StatusCode.OK:
+        if method == "/chat.v1.TenantService/UpsertTenant":
+            # The attacker's own tenant comes from the tenants file, which the API may not
+            # change; B stays enabled (checked below by B's own calls).
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, code
+        elif code != grpc.StatusCode.OK:
             assert code == grpc.StatusCode.NOT_FOUND, (method, code)
         else:
             # Only calls that act on the caller's own tenant may succeed.

@@ -1,0 +1,396 @@
+"""Stored tenants (written by TenantService) and the live directory every process reads.
+
+Tenants come from two places. The tenants file (``CHAT_TENANTS_FILE``) is read at start-up and
+is the operator's: its tenants cannot be changed through the API. Tenants created through
+``UpsertTenant`` live in MongoDB, one document per tenant with a revision for optimistic
+concurrency, their secrets sealed by :class:`SecretBox`.
+
+Each process (servers, bridge) holds every tenant in memory, so the interceptor chain and the
+webhook bridge look tenants up without a database round trip. A change stream on the
+collection keeps the copy current across processes: a tenant disabled on one server is refused
+by all of them within the stream's latency. If the stream breaks (MongoDB down), the process
+keeps the last known configuration, reopens the stream with backoff and reloads everything,
+so no change is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import structlog
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from server.domain.tenant import (
+    ChannelCredentials,
+    MessengerCredentials,
+    Quotas,
+    SlackCredentials,
+    TeamsCredentials,
+    Tenant,
+    WhatsAppCredentials,
+)
+from server.repositories.mongo import MESSENGER_PAGE, TENANTS, WHATSAPP_NUMBER, Document
+from server.repositories.secrets import SecretBox, SecretUnreadableError
+
+log = structlog.get_logger(__name__)
+
+CHANNEL_TYPES: dict[str, type[Any]] = {
+    "whatsapp": WhatsAppCredentials,
+    "messenger": MessengerCredentials,
+    "slack": SlackCredentials,
+    "teams": TeamsCredentials,
+}
+
+
+def secret_fields(cls: type[Any]) -> frozenset[str]:
+    """The fields of a credentials record that are secrets (kept out of ``repr``)."""
+    return frozenset(f.name for f in fields(cls) if not f.repr)
+
+
+def _mapping(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TenantDocumentError(f"{where} is not a document")
+    return value
+
+
+class TenantDocumentError(ValueError):
+    """A stored tenant document this store cannot read (not in the shape it writes)."""
+
+
+class AddressTakenError(Exception):
+    """Another stored tenant has this WhatsApp phone number id or Messenger page id."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+class RevisionConflictError(Exception):
+    """Another writer changed the tenant since it was read."""
+
+
+class TenantStoreDisabledError(Exception):
+    """Stored tenants cannot be written: no secrets key is configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTenant:
+    """A stored tenant with the revision it was read at."""
+
+    tenant: Tenant
+    revision: int
+
+
+class MongoTenantStore:
+    """Tenants in the ``tenants`` collection, ``_id`` = tenant id."""
+
+    def __init__(self, *, database: AsyncDatabase[Document], secrets: SecretBox | None) -> None:
+        self._collection = database[TENANTS]
+        self._secrets = secrets
+
+    @property
+    def writable(self) -> bool:
+        """Whether secrets can be sealed (a key is configured)."""
+        return self._secrets is not None
+
+    async def get(self, tenant_id: str) -> StoredTenant | None:
+        """The stored tenant; None when it was never stored."""
+        document = await self._collection.find_one({"_id": tenant_id})
+        return self.decode(document) if document else None
+
+    async def all(self) -> list[StoredTenant]:
+        """Every stored tenant that opens under this key (others are logged and skipped)."""
+        stored = []
+        async for document in self._collection.find({}):
+            decoded = self.try_decode(document)
+            if decoded is not None:
+                stored.append(decoded)
+        return stored
+
+    async def save(
+        self,
+        tenant: Tenant,
+        *,
+        expected_revision: int | None,
+        session: AsyncClientSession | None = None,
+    ) -> StoredTenant:
+        """Insert (``expected_revision`` None) or replace the revision that was read.
+        RevisionConflictError when another writer came first; AddressTakenError when another
+        tenant has the same phone number id or page id (unique indexes)."""
+        revision = (expected_revision or 0) + 1
+        document = self._encode(tenant, revision)
+        try:
+            if expected_revision is None:
+                await self._collection.insert_one(document, session=session)
+            else:
+                # A document written by hand may have no revision: it counts as 0.
+                current = {"$in": [0, None]} if expected_revision == 0 else expected_revision
+                result = await self._collection.replace_one(
+                    {"_id": tenant.id, "revision": current}, document, session=session
+                )
+                if result.matched_count == 0:
+                    raise RevisionConflictError(tenant.id)
+        except DuplicateKeyError as exc:
+            pattern = (exc.details or {}).get("keyPattern") or {}
+            for field in (WHATSAPP_NUMBER, MESSENGER_PAGE):
+                if field in pattern or field in str(exc):
+                    raise AddressTakenError(field) from None
+            raise RevisionConflictError(tenant.id) from None
+        return StoredTenant(tenant=tenant, revision=revision)
+
+    def watch(self) -> Any:
+        """A change stream of the collection, full documents looked up on update."""
+        return self._collection.watch(full_document="updateLookup")
+
+    def decode(self, document: Document) -> StoredTenant:
+        """The tenant in ``document``. SecretUnreadableError when a secret does not open,
+        TenantDocumentError when the document is not one this store wrote (edited by hand)."""
+        tenant_id = document.get("_id")
+        if not isinstance(tenant_id, str):
+            raise TenantDocumentError("_id is not a string")
+        channels: dict[str, Any] = {}
+        for name, raw in _mapping(document.get("channels"), "channels").items():
+            cls = CHANNEL_TYPES.get(name)
+            if cls is None:
+                continue
+            secrets = secret_fields(cls)
+            values = {}
+            for f in fields(cls):
+                value = _mapping(raw, f"channels.{name}").get(f.name, "")
+                if not isinstance(value, str):
+                    raise TenantDocumentError(f"channels.{name}.{f.name} is not a string")
+                if f.name in secrets and value:
+                    value = self._open(value, context=f"{tenant_id}/{name}/{f.name}")
+                values[f.name] = value
+            channels[name] = cls(**values)
+        quotas = _mapping(document.get("quotas"), "quotas")
+        rate = quotas.get("requests_per_second", 0.0)
+        burst = quotas.get("burst", 0)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < math.inf:
+            raise TenantDocumentError("quotas.requests_per_second is not a non-negative number")
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
+            raise TenantDocumentError("quotas.burst is not a non-negative integer")
+        enabled = document.get("enabled", True)
+        display_name = document.get("display_name", "")
+        update_time = document.get("update_time")
+        revision = document.get("revision", 0)
+        if not isinstance(enabled, bool):
+            raise TenantDocumentError("enabled is not a boolean")
+        if not isinstance(display_name, str):
+            raise TenantDocumentError("display_name is not a string")
+        if update_time is not None and not isinstance(update_time, dt.datetime):
+            raise TenantDocumentError("update_time is not a date")
+        if not isinstance(revision, int) or isinstance(revision, bool):
+            raise TenantDocumentError("revision is not an integer")
+        tenant = Tenant(
+            id=tenant_id,
+            enabled=enabled,
+            display_name=display_name,
+            channels=ChannelCredentials(**channels),
+            quotas=Quotas(requests_per_second=float(rate), burst=burst),
+            update_time=update_time,
+        )
+        return StoredTenant(tenant=tenant, revision=revision)
+
+    def try_decode(self, document: Document) -> StoredTenant | None:
+        """The tenant in ``document``, or None (logged) when this process cannot read it: one
+        bad document must not stop the others from loading. Its callers are then refused as
+        unknown."""
+        try:
+            return self.decode(document)
+        except SecretUnreadableError:
+            return None  # logged by _open, with which field
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the rest still load
+            log.error(  # noqa: TRY400 - the cause is the document, not this code
+                "tenant_document_invalid", tenant_id=str(document.get("_id")), error=str(exc)
+            )
+            return None
+
+    def _open(self, value: str, *, context: str) -> str:
+        if self._secrets is None:
+            log.error("tenant_secret_unreadable", context=context, reason="no secrets key")
+            raise SecretUnreadableError("no secrets key is configured")
+        try:
+            return self._secrets.open(value, context=context)
+        except SecretUnreadableError:
+            # No traceback: the cause is the key or the stored value, not this code.
+            log.error(  # noqa: TRY400
+                "tenant_secret_unreadable", context=context, reason="wrong key or tampered"
+            )
+            raise
+
+    def _encode(self, tenant: Tenant, revision: int) -> Document:
+        if self._secrets is None:
+            raise TenantStoreDisabledError("no tenant secrets key is configured")
+        channels: dict[str, Any] = {}
+        for name in CHANNEL_TYPES:
+            record = getattr(tenant.channels, name)
+            if record is None:
+                continue
+            secrets = secret_fields(type(record))
+            values = {}
+            for f in fields(record):
+                value = getattr(record, f.name)
+                if f.name in secrets and value:
+                    value = self._secrets.seal(value, context=f"{tenant.id}/{name}/{f.name}")
+                values[f.name] = value
+            channels[name] = values
+        return {
+            "_id": tenant.id,
+            "enabled": tenant.enabled,
+            "display_name": tenant.display_name,
+            "channels": channels,
+            "quotas": {
+                "requests_per_second": tenant.quotas.requests_per_second,
+                "burst": tenant.quotas.burst,
+            },
+            "update_time": tenant.update_time,
+            "revision": revision,
+        }
+
+
+class TenantDirectory:
+    """Every tenant this process may serve: the file's, then the stored ones, in memory."""
+
+    def __init__(
+        self,
+        *,
+        file_tenants: Mapping[str, Tenant],
+        store: MongoTenantStore | None,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self._file = dict(file_tenants)
+        self._store = store
+        self._stored: dict[str, StoredTenant] = {}
+        self._retry_seconds = retry_seconds
+        self._loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        if store is None:
+            self._loaded.set()
+
+    def get(self, tenant_id: str, /) -> Tenant | None:
+        """The tenant, or None when unknown. A file tenant shadows a stored one."""
+        tenant = self._file.get(tenant_id)
+        if tenant is not None:
+            return tenant
+        stored = self._stored.get(tenant_id)
+        return stored.tenant if stored else None
+
+    def from_file(self, tenant_id: str) -> bool:
+        """Whether the tenants file configures this tenant (the API may not change it)."""
+        return tenant_id in self._file
+
+    def tenants(self) -> list[Tenant]:
+        """Every known tenant."""
+        stored = [s.tenant for key, s in self._stored.items() if key not in self._file]
+        return [*self._file.values(), *stored]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the stored tenants have been read at least once."""
+        return self._loaded.is_set()
+
+    async def wait_loaded(self) -> None:
+        """Until the stored tenants have been read."""
+        await self._loaded.wait()
+
+    def remember(self, stored: StoredTenant) -> None:
+        """Take a write this process made, without waiting for the change stream."""
+        current = self._stored.get(stored.tenant.id)
+        if current is None or current.revision <= stored.revision:
+            self._stored[stored.tenant.id] = stored
+
+    async def start(self) -> None:
+        """Follow the store in the background."""
+        if self._store is not None and self._task is None:
+            self._task = asyncio.create_task(self._follow(self._store), name="tenant-directory")
+
+    async def close(self) -> None:
+        """Stop following the store."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _follow(self, store: MongoTenantStore) -> None:
+        failing = False
+        while True:
+            try:
+                # Open the stream before the full read, so a change made between the two is
+                # in the stream rather than lost.
+                async with await store.watch() as stream:
+                    loaded = await store.all()
+                    self._stored = {s.tenant.id: s for s in loaded}
+                    self._loaded.set()
+                    if failing:
+                        log.info("tenant_directory_recovered", tenants=len(self._stored))
+                        failing = False
+                    async for change in stream:
+                        self._apply(store, change)
+            except asyncio.CancelledError:
+                raise
+            except PyMongoError as exc:
+                if not failing:
+                    log.warning("tenant_directory_stream_failed", error=str(exc))
+                    failing = True
+                await asyncio.sleep(self._retry_seconds)
+            except Exception:
+                # A bug must not stop this process from following tenant changes for good.
+                log.exception("tenant_directory_failed")
+                failing = True
+                await asyncio.sleep(self._retry_seconds)
+
+    def _apply(self, store: MongoTenantStore, change: Mapping[str, Any]) -> None:
+        key = change.get("documentKey", {}).get("_id")
+        if key is None:
+            return
+        tenant_id = str(key)
+        document = change.get("fullDocument")
+        if change.get("operationType") == "delete" or document is None:
+            self._stored.pop(tenant_id, None)
+            return
+        stored = store.try_decode(document)
+        if stored is None:
+            # Serving a tenant with credentials this process cannot read would fail every
+            # webhook and send; refusing it says so at once.
+            self._stored.pop(tenant_id, None)
+            return
+        current = self._stored.get(tenant_id)
+        if current is None or current.revision <= stored.revision:
+            self._stored[tenant_id] = stored
+
+
+def with_kept_secrets(update: Tenant, previous: Tenant | None) -> Tenant:
+    """``update`` with each empty secret taken from ``previous`` (the contract: an empty
+    secret keeps its stored value). A channel ``update`` leaves unset is removed."""
+    if previous is None:
+        return update
+    channels: dict[str, Any] = {}
+    for name in CHANNEL_TYPES:
+        record = getattr(update.channels, name)
+        before = getattr(previous.channels, name)
+        if record is not None and before is not None:
+            kept = {
+                secret: getattr(before, secret)
+                for secret in secret_fields(type(record))
+                if not getattr(record, secret)
+            }
+            record = replace(record, **kept)
+        channels[name] = record
+    return replace(update, channels=ChannelCredentials(**channels))
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """``value`` at millisecond precision, as MongoDB stores it."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
