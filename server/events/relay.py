@@ -23,6 +23,9 @@ log = structlog.get_logger("chat.outbox")
 
 BATCH = 500
 IDLE_SECONDS = 1.0
+#: After a wake-up, how long to let more commits arrive before reading: under load one batch
+#: then carries the events of several calls (each read and mark is a database round trip).
+COALESCE_SECONDS = 0.02
 MAX_BACKOFF_SECONDS = 10.0
 LOG_INTERVAL_SECONDS = 30.0
 
@@ -89,6 +92,8 @@ class OutboxRelay:
                 delay = self._backoff or IDLE_SECONDS
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
+                    if not stopping.is_set():
+                        await asyncio.sleep(COALESCE_SECONDS)
                 self._wake.clear()
         finally:
             with contextlib.suppress(Exception):

@@ -6,11 +6,14 @@ is the operator's: its tenants cannot be changed through the API. Tenants create
 concurrency, their secrets sealed by :class:`SecretBox`.
 
 Each process (servers, bridge) holds every tenant in memory, so the interceptor chain and the
-webhook bridge look tenants up without a database round trip. A change stream on the
-collection keeps the copy current across processes: a tenant disabled on one server is refused
-by all of them within the stream's latency. If the stream breaks (MongoDB down), the process
-keeps the last known configuration, reopens the stream with backoff and reloads everything,
-so no change is missed.
+webhook bridge look tenants up without a database round trip. The copy is kept current by
+polling: every second, the documents changed recently (their ``update_time``); every minute,
+all of them (which also catches documents removed or edited by hand). A tenant disabled on one
+server is refused by all of them within about a second. Polling rather than a change stream:
+it costs one small query per second per process whatever the write load, where a change
+stream's cursor is woken by every write on some servers (the embedded SecantusDB wakes it on
+writes to any collection, a third of its work under SendMessage load). If MongoDB is
+unreachable, the process keeps the last known configuration and catches up when it is back.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -148,9 +152,13 @@ class MongoTenantStore:
             raise RevisionConflictError(tenant.id) from None
         return StoredTenant(tenant=tenant, revision=revision)
 
-    def watch(self) -> Any:
-        """A change stream of the collection, full documents looked up on update."""
-        return self._collection.watch(full_document="updateLookup")
+    async def changed_since(self, since: dt.datetime) -> list[Document]:
+        """The documents written (by this store) at or after ``since``."""
+        return [d async for d in self._collection.find({"update_time": {"$gte": since}})]
+
+    async def documents(self) -> list[Document]:
+        """Every stored document."""
+        return [d async for d in self._collection.find({})]
 
     def decode(self, document: Document) -> StoredTenant:
         """The tenant in ``document``. SecretUnreadableError when a secret does not open,
@@ -259,6 +267,15 @@ class MongoTenantStore:
         }
 
 
+#: How often recent changes are read, and how often everything is.
+POLL_SECONDS = 1.0
+FULL_RELOAD_SECONDS = 60.0
+#: Recent changes are read this far back from the newest seen, for writers whose clocks lag.
+CLOCK_SLACK = dt.timedelta(minutes=2)
+#: A tenant this process wrote is kept over a full reload that began before the write.
+_REMEMBERED_SECONDS = 30.0
+
+
 class TenantDirectory:
     """Every tenant this process may serve: the file's, then the stored ones, in memory."""
 
@@ -267,12 +284,16 @@ class TenantDirectory:
         *,
         file_tenants: Mapping[str, Tenant],
         store: MongoTenantStore | None,
-        retry_seconds: float = 2.0,
+        poll_seconds: float = POLL_SECONDS,
+        full_reload_seconds: float = FULL_RELOAD_SECONDS,
     ) -> None:
         self._file = dict(file_tenants)
         self._store = store
         self._stored: dict[str, StoredTenant] = {}
-        self._retry_seconds = retry_seconds
+        self._remembered: dict[str, float] = {}
+        self._poll_seconds = poll_seconds
+        self._full_reload_seconds = full_reload_seconds
+        self._newest: dt.datetime | None = None
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         if store is None:
@@ -305,10 +326,9 @@ class TenantDirectory:
         await self._loaded.wait()
 
     def remember(self, stored: StoredTenant) -> None:
-        """Take a write this process made, without waiting for the change stream."""
-        current = self._stored.get(stored.tenant.id)
-        if current is None or current.revision <= stored.revision:
-            self._stored[stored.tenant.id] = stored
+        """Take a write this process made, without waiting for the next poll."""
+        self._take(stored)
+        self._remembered[stored.tenant.id] = time.monotonic()
 
     async def start(self) -> None:
         """Follow the store in the background."""
@@ -325,50 +345,73 @@ class TenantDirectory:
 
     async def _follow(self, store: MongoTenantStore) -> None:
         failing = False
+        next_full = 0.0
         while True:
             try:
-                # Open the stream before the full read, so a change made between the two is
-                # in the stream rather than lost.
-                async with await store.watch() as stream:
-                    loaded = await store.all()
-                    self._stored = {s.tenant.id: s for s in loaded}
-                    self._loaded.set()
-                    if failing:
-                        log.info("tenant_directory_recovered", tenants=len(self._stored))
-                        failing = False
-                    async for change in stream:
-                        self._apply(store, change)
+                if time.monotonic() >= next_full or self._newest is None:
+                    self._reload(store, await store.documents())
+                    next_full = time.monotonic() + self._full_reload_seconds
+                else:
+                    since = self._newest - CLOCK_SLACK
+                    for document in await store.changed_since(since):
+                        self._apply(store, document)
+                self._loaded.set()
+                if failing:
+                    log.info("tenant_directory_recovered", tenants=len(self._stored))
+                    failing = False
             except asyncio.CancelledError:
                 raise
             except PyMongoError as exc:
                 if not failing:
-                    log.warning("tenant_directory_stream_failed", error=str(exc))
+                    log.warning("tenant_directory_unreachable", error=str(exc))
                     failing = True
-                await asyncio.sleep(self._retry_seconds)
+                # Whatever changed meanwhile, the next successful read gets all of it.
+                next_full = 0.0
             except Exception:
                 # A bug must not stop this process from following tenant changes for good.
                 log.exception("tenant_directory_failed")
                 failing = True
-                await asyncio.sleep(self._retry_seconds)
+                next_full = 0.0
+            await asyncio.sleep(self._poll_seconds)
 
-    def _apply(self, store: MongoTenantStore, change: Mapping[str, Any]) -> None:
-        key = change.get("documentKey", {}).get("_id")
-        if key is None:
-            return
-        tenant_id = str(key)
-        document = change.get("fullDocument")
-        if change.get("operationType") == "delete" or document is None:
-            self._stored.pop(tenant_id, None)
-            return
+    def _reload(self, store: MongoTenantStore, documents: list[Document]) -> None:
+        """Replace the view with every stored document."""
+        fresh: dict[str, StoredTenant] = {}
+        for document in documents:
+            self._note_time(document)
+            stored = store.try_decode(document)
+            if stored is not None:
+                fresh[stored.tenant.id] = stored
+        cutoff = time.monotonic() - _REMEMBERED_SECONDS
+        for tenant_id, when in list(self._remembered.items()):
+            if when < cutoff:
+                del self._remembered[tenant_id]
+                continue
+            # Written here after the read began: the read may not have seen it yet.
+            mine, read = self._stored.get(tenant_id), fresh.get(tenant_id)
+            if mine is not None and (read is None or read.revision < mine.revision):
+                fresh[tenant_id] = mine
+        self._stored = fresh
+
+    def _apply(self, store: MongoTenantStore, document: Document) -> None:
+        self._note_time(document)
         stored = store.try_decode(document)
         if stored is None:
             # Serving a tenant with credentials this process cannot read would fail every
             # webhook and send; refusing it says so at once.
-            self._stored.pop(tenant_id, None)
+            self._stored.pop(str(document.get("_id")), None)
             return
-        current = self._stored.get(tenant_id)
+        self._take(stored)
+
+    def _take(self, stored: StoredTenant) -> None:
+        current = self._stored.get(stored.tenant.id)
         if current is None or current.revision <= stored.revision:
-            self._stored[tenant_id] = stored
+            self._stored[stored.tenant.id] = stored
+
+    def _note_time(self, document: Document) -> None:
+        stamp = document.get("update_time")
+        if isinstance(stamp, dt.datetime) and (self._newest is None or stamp > self._newest):
+            self._newest = stamp
 
 
 def with_kept_secrets(update: Tenant, previous: Tenant | None) -> Tenant:

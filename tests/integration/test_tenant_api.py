@@ -474,7 +474,7 @@ async def test_the_directory_catches_up_after_losing_mongodb(
         store=MongoTenantStore(
             database=client["chat"], secrets=SecretBox.from_file(Path(key_file))
         ),
-        retry_seconds=0.2,
+        poll_seconds=0.2,
     )
     tenant_id, number = new_tenant_id(), new_number()
     try:
@@ -489,7 +489,8 @@ async def test_the_directory_catches_up_after_losing_mongodb(
         await proxy.stop()
         # Changed while this process cannot see MongoDB: it keeps the last known state...
         await upsert(stored_server.target, tenant_id, whatsapp_tenant(number, enabled=False))
-        await asyncio.sleep(0.5)
+        # Longer than server selection (1 s): its reads fail, not merely wait.
+        await asyncio.sleep(2.5)
         tenant = directory.get(tenant_id)
         assert tenant is not None
         assert tenant.enabled

@@ -1,0 +1,158 @@
+"""History: ListMessages (a page of 50) with 10 thousand and with 1 million stored messages.
+
+The measured conversations are created through SendMessage and filled to 500 messages each;
+the rest of the collection is filler in other conversations, written straight to MongoDB in the
+service's own document shape (SendMessage at this volume would take hours)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from typing import Any
+
+import grpc
+from pymongo import AsyncMongoClient
+
+from bench.common import Figure, percentile
+from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
+
+CONVERSATIONS = 20
+PER_CONVERSATION = 500
+SMALL = 10_000
+LARGE = int(os.environ.get("BENCH_HISTORY_MESSAGES", "1000000"))
+CALLS = 400
+BATCH = 10_000
+
+
+def _documents(
+    conversation_id: str, first_sequence: int, count: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    documents = []
+    for sequence in range(first_sequence, first_sequence + count):
+        message = common_pb2.Message(
+            id=uuid.uuid4().hex,
+            conversation_id=conversation_id,
+            sequence=sequence,
+            direction=common_pb2.MESSAGE_DIRECTION_INBOUND,
+            channel=common_pb2.CHANNEL_TYPE_WEB,
+            sender_id="history-user",
+            content=common_pb2.Content(text=common_pb2.TextContent(text=f"message {sequence}")),
+        )
+        message.create_time.FromDatetime(now)
+        documents.append(
+            {
+                "_id": message.id,
+                "tenant_id": "bench",
+                "conversation_id": conversation_id,
+                "sequence": sequence,
+                "direction": message.direction,
+                "channel": message.channel,
+                "create_time": now,
+                "delivery_status": 0,
+                "platform_message_id": "",
+                "search_text": f"message {sequence}",
+                "pb": message.SerializeToString(),
+            }
+        )
+    return documents
+
+
+async def _fill(messages: Any, total: int) -> None:
+    """Filler conversations of 1000 messages until the collection holds ``total``."""
+    now = dt.datetime.now(dt.UTC)
+    missing = total - await messages.estimated_document_count()
+    while missing > 0:
+        conversation = f"filler-{uuid.uuid4().hex}"
+        count = min(missing, 1000)
+        batch = _documents(conversation, 1, count, now)
+        await messages.insert_many(batch, ordered=False)
+        missing -= count
+
+
+async def _pages(stub: Any, metadata: Any, conversation_ids: list[str]) -> list[float]:
+    """Latencies of the first page and the four after it, over every measured conversation."""
+    latencies: list[float] = []
+    while len(latencies) < CALLS:
+        for conversation_id in conversation_ids:
+            token = ""
+            for _ in range(5):
+                started = time.perf_counter()
+                page = await stub.ListMessages(
+                    chat_service_pb2.ListMessagesRequest(
+                        conversation_id=conversation_id,
+                        page_size=50,
+                        page_token=token,
+                        order=chat_service_pb2.MESSAGE_ORDER_NEWEST_FIRST,
+                    ),
+                    metadata=metadata,
+                    timeout=30,
+                )
+                latencies.append(time.perf_counter() - started)
+                assert len(page.messages) == 50  # noqa: S101 - a full page, or the figure lies
+                token = page.next_page_token
+    return latencies
+
+
+async def measure(
+    channel: grpc.aio.Channel, metadata: Any, mongodb_uri: str, database: str
+) -> list[Figure]:
+    stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri, tz_aware=True)
+    try:
+        messages = client[database]["messages"]
+        now = dt.datetime.now(dt.UTC)
+        conversation_ids = []
+        for index in range(CONVERSATIONS):
+            sent = await stub.SendMessage(
+                chat_service_pb2.SendMessageRequest(
+                    user_id=f"history-{index}",
+                    channel=common_pb2.CHANNEL_TYPE_WEB,
+                    content=common_pb2.Content(text=common_pb2.TextContent(text="hello")),
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
+            conversation_id = sent.conversation.id
+            conversation_ids.append(conversation_id)
+            start = sent.conversation.last_sequence + 1
+            await messages.insert_many(
+                _documents(conversation_id, start, PER_CONVERSATION, now), ordered=False
+            )
+        await _fill(messages, SMALL)
+        small = await _pages(stub, metadata, conversation_ids)
+        small_count = await messages.estimated_document_count()
+        started = time.perf_counter()
+        await _fill(messages, LARGE)
+        fill_seconds = time.perf_counter() - started
+        large = await _pages(stub, metadata, conversation_ids)
+        large_count = await messages.estimated_document_count()
+    finally:
+        await client.close()
+    ratio = percentile(large, 0.99) / percentile(small, 0.99)
+    print(
+        f"history: {small_count} then {large_count} messages stored "
+        f"(filled in {fill_seconds:.0f} s)"
+    )
+    return [
+        Figure("history_10k_p50", round(percentile(small, 0.5), 2), "ms", "", None),
+        Figure("history_10k_p99", round(percentile(small, 0.99), 2), "ms", "", None),
+        Figure("history_1m_p50", round(percentile(large, 0.5), 2), "ms", "", None),
+        Figure(
+            "history_1m_p99",
+            round(percentile(large, 0.99), 2),
+            "ms",
+            "",
+            None,
+            round(percentile(small, 0.99), 2),
+        ),
+        Figure(
+            "history_p99_ratio_1m_to_10k",
+            round(ratio, 2),
+            "x",
+            "<= 1.5x",
+            ratio <= 1.5,
+            round(percentile(small, 0.99), 2),
+        ),
+    ]

@@ -1,0 +1,173 @@
+"""Webhook ingest: signed WhatsApp text webhooks into the bridge until 200, next to a bare
+aiohttp handler driven by the same client."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.common import DURATION_SECONDS, Figure, Load, client_figure, drive, start
+from devstack.processes import free_port, script_path
+
+APP_SECRET = "bench-whatsapp-app-secret"
+PHONE_NUMBER_ID = "100000000000009"
+IN_FLIGHT = 64
+
+
+def webhook(sender: str) -> bytes:
+    """A WhatsApp text message webhook, as Meta sends it, with a fresh message id."""
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": PHONE_NUMBER_ID,
+                            },
+                            "contacts": [{"profile": {"name": "Bench"}, "wa_id": sender}],
+                            "messages": [
+                                {
+                                    "from": sender,
+                                    "id": f"wamid.{uuid.uuid4().hex}",
+                                    "timestamp": "1700000000",
+                                    "text": {"body": "hello there"},
+                                    "type": "text",
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return json.dumps(payload).encode()
+
+
+@asynccontextmanager
+async def graph_stand_in() -> AsyncIterator[str]:
+    """Answers the replies' sends as the Cloud API does, so deliveries succeed."""
+
+    async def send(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"messages": [{"id": f"wamid.{uuid.uuid4().hex}"}]})
+
+    app = web.Application()
+    app.router.add_post("/{version}/{phone}/messages", send)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def measure(env: dict[str, str], server_target: str, server_pid: int) -> list[Figure]:
+    """Start the bridge (forwarding to the running chat server) and the bare handler."""
+    bridge_port, bare_port = free_port(), free_port()
+    bridge = start(
+        [script_path("chat-bridge")],
+        {
+            **env,
+            "CHAT_BRIDGE_HOST": "127.0.0.1",
+            "CHAT_BRIDGE_PORT": str(bridge_port),
+            "CHAT_SERVER_TARGET": server_target,
+        },
+        bridge_port,
+    )
+    bare = start([sys.executable, "-m", "bench.bare_http", str(bare_port)], env, bare_port)
+    path = "/webhooks/whatsapp/bench"
+    senders = [f"1555{n:07d}" for n in range(2000)]
+    counter = iter(range(10**9))
+    refused: dict[int, int] = {}
+    try:
+        connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            def poster(port: int) -> Any:
+                async def post() -> None:
+                    body = webhook(senders[next(counter) % len(senders)])
+                    signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+                    async with http.post(
+                        f"http://127.0.0.1:{port}{path}",
+                        data=body,
+                        headers={
+                            "Content-Type": "application/json",
+                            "X-Hub-Signature-256": f"sha256={signature}",
+                        },
+                    ) as response:
+                        await response.read()
+                        if response.status != 200:
+                            # 503: the server did not store it in time; Meta would retry.
+                            refused[port] = refused.get(port, 0) + 1
+
+                return post
+
+            base = await drive(
+                poster(bare_port),
+                in_flight=IN_FLIGHT,
+                seconds=DURATION_SECONDS,
+                server_pids=(bare.pid,),
+            )
+            real = await drive(
+                poster(bridge_port),
+                in_flight=IN_FLIGHT,
+                seconds=DURATION_SECONDS,
+                server_pids=(bridge.pid, server_pid),
+            )
+    finally:
+        for process in (bridge, bare):
+            process.terminate()
+            process.wait(20)
+    return figures(base, real, refused.get(bridge_port, 0))
+
+
+def figures(base: Load, real: Load, refused: int) -> list[Figure]:
+    """Throughput counts only webhooks answered 200 (stored)."""
+    real.requests -= refused
+    ratio = real.rps / base.rps
+    return [
+        Figure(
+            "webhook_ingest_rps", round(real.rps, 1), "requests/s", "", None, round(base.rps, 1)
+        ),
+        Figure(
+            "webhook_ingest_p99",
+            round(real.percentile(0.99), 2),
+            "ms",
+            "",
+            None,
+            round(base.percentile(0.99), 2),
+        ),
+        Figure(
+            "webhook_ingest_throughput_ratio",
+            round(ratio, 3),
+            "x bare aiohttp",
+            ">= 0.2x",
+            ratio >= 0.2,
+            round(base.rps, 1),
+        ),
+        Figure(
+            "webhook_ingest_refused",
+            refused,
+            "webhooks",
+            "",
+            None,
+        ),
+        client_figure("webhook_ingest", real),
+    ]
