@@ -411,6 +411,7 @@ class ChatServer:
             deliveries=deliveries,
             on_events=self._relay.wake,
             on_delivery=self._delivery.wake,
+            on_batch=self.metrics.group_commit_batch.observe,
         )
         jobs = MongoReplyJobs(database=database)
         self._replies = ReplyProcessor(

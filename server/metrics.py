@@ -4,7 +4,13 @@ served on CHAT_METRICS_ADDRESS at /metrics."""
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 
 
 class Metrics:
@@ -27,6 +33,12 @@ class Metrics:
         self.rate_limit_fail_open = Counter(
             "chat_rate_limit_fail_open",
             "Calls let through unchecked because the rate-limit store was unreachable.",
+            registry=self.registry,
+        )
+        self.group_commit_batch = Histogram(
+            "chat_group_commit_batch_size",
+            "SendMessage exchanges written per transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
 

@@ -52,16 +52,38 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def split_text(text: str, limit: int) -> list[str]:
+#: Slack's <url|text> links and &amp;-style entities: a piece never ends inside one.
+SLACK_ATOMS = re.compile(r"<[^<>\n]*>|&(?:amp|lt|gt);")
+
+
+def split_text(text: str, limit: int, atoms: re.Pattern[str] | None = None) -> list[str]:
     """Pieces of at most ``limit`` characters, cut at a paragraph, line or word boundary
-    where there is one (a single overlong word is cut where it must be)."""
+    where there is one (a single overlong word is cut where it must be). No cut falls inside
+    a match of ``atoms`` (a link, an entity) unless that match alone is longer than a piece."""
     pieces: list[str] = []
     rest = text.strip()
     while len(rest) > limit:
+        spans = []
+        for match in atoms.finditer(rest) if atoms else ():
+            if match.start() > limit:
+                break
+            spans.append(match.span())
+
+        def inside(cut: int, spans: list[tuple[int, int]] = spans) -> bool:
+            return any(start < cut < end for start, end in spans)
+
         window = rest[: limit + 1]
-        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
+        cut = -1
+        for boundary in ("\n\n", "\n", " "):
+            at = window.rfind(boundary)
+            while at > 0 and inside(at):
+                at = window.rfind(boundary, 0, at)
+            cut = max(cut, at)
         if cut <= limit // 2:
             cut = limit
+            straddling = [start for start, end in spans if start < cut < end]
+            if straddling and straddling[0] > 0:
+                cut = straddling[0]  # the link or entity starts the next piece
         pieces.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip()
     if rest:

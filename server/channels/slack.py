@@ -9,7 +9,7 @@ import aiohttp
 
 from chat.v1 import common_pb2
 from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
-from server.channels.formatting import split_text, to_slack
+from server.channels.formatting import SLACK_ATOMS, split_text, to_slack
 from server.domain.tenant import Tenant
 
 TEXT_LIMIT = 4000
@@ -41,7 +41,7 @@ class SlackChannel:
         if kind == "text":
             return [
                 {"channel": channel, "text": piece}
-                for piece in split_text(to_slack(content.text.text), TEXT_LIMIT)
+                for piece in split_text(to_slack(content.text.text), TEXT_LIMIT, SLACK_ATOMS)
             ]
         if kind == "location":
             location = content.location

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -30,6 +31,17 @@ class ConversationFilter:
     status: int = 0
     activity_from: dt.datetime | None = None
     activity_to: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """New messages of one conversation, for record_messages_many."""
+
+    tenant_id: str
+    conversation_id: str
+    inbound: int
+    outbound: int
+    now: dt.datetime
 
 
 class MongoConversationRepository:
@@ -119,6 +131,52 @@ class MongoConversationRepository:
             session=session,
         )
         return to_proto(document) if document else None
+
+    async def record_messages_many(
+        self, recordings: Sequence[Recording], *, session: AsyncClientSession
+    ) -> list[common_pb2.Conversation | None]:
+        """record_messages for several conversations (each at most once) in two round trips:
+        every update in one bulk write, then the new states in one read (the transaction sees
+        its own writes). None for a conversation that is not active."""
+        ids = [r.conversation_id for r in recordings]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a conversation may appear once per call")
+        await self._collection.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": r.conversation_id, "tenant_id": r.tenant_id, "status": ACTIVE},
+                    {
+                        "$inc": {
+                            "last_sequence": r.inbound + r.outbound,
+                            "message_count": r.inbound + r.outbound,
+                            "inbound_message_count": r.inbound,
+                            "outbound_message_count": r.outbound,
+                        },
+                        "$set": {"update_time": r.now},
+                        "$max": {"last_activity_time": r.now},
+                    },
+                )
+                for r in recordings
+            ],
+            ordered=False,
+            session=session,
+        )
+        found = {
+            document["_id"]: document
+            async for document in self._collection.find({"_id": {"$in": ids}}, session=session)
+        }
+        states: list[common_pb2.Conversation | None] = []
+        for recording in recordings:
+            document = found.get(recording.conversation_id)
+            if (
+                document is None
+                or document.get("tenant_id") != recording.tenant_id
+                or document.get("status") != ACTIVE
+            ):
+                states.append(None)
+            else:
+                states.append(to_proto(document))
+        return states
 
     async def close(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -16,6 +17,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
 from server.repositories.mongo import MESSAGES, Document
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """One message to store, with its tenant and search text."""
+
+    tenant_id: str
+    message: common_pb2.Message
+    search_text: str
 
 
 class MongoMessageRepository:
@@ -33,22 +43,32 @@ class MongoMessageRepository:
         session: AsyncClientSession,
     ) -> None:
         """Store messages (sequences already assigned) inside the caller's transaction."""
+        await self.insert_rows(
+            [
+                MessageRow(tenant_id, message, search_text)
+                for message, search_text in zip(messages, search_texts, strict=True)
+            ],
+            session=session,
+        )
+
+    async def insert_rows(self, rows: Sequence[MessageRow], *, session: AsyncClientSession) -> None:
+        """Store messages of any tenants and conversations in one round trip."""
         await self._collection.insert_many(
             [
                 {
-                    "_id": message.id,
-                    "tenant_id": tenant_id,
-                    "conversation_id": message.conversation_id,
-                    "sequence": message.sequence,
-                    "direction": message.direction,
-                    "channel": message.channel,
-                    "create_time": message.create_time.ToDatetime(tzinfo=dt.UTC),
-                    "delivery_status": message.delivery_status,
-                    "platform_message_id": message.platform_message_id,
-                    "search_text": search_text,
-                    "pb": message.SerializeToString(),
+                    "_id": row.message.id,
+                    "tenant_id": row.tenant_id,
+                    "conversation_id": row.message.conversation_id,
+                    "sequence": row.message.sequence,
+                    "direction": row.message.direction,
+                    "channel": row.message.channel,
+                    "create_time": row.message.create_time.ToDatetime(tzinfo=dt.UTC),
+                    "delivery_status": row.message.delivery_status,
+                    "platform_message_id": row.message.platform_message_id,
+                    "search_text": row.search_text,
+                    "pb": row.message.SerializeToString(),
                 }
-                for message, search_text in zip(messages, search_texts, strict=True)
+                for row in rows
             ],
             session=session,
         )

@@ -75,26 +75,56 @@ class DeliveryPolicy:
 
 class CircuitBreaker:
     """Per tenant and channel: after ``threshold`` transient failures in a row, sends wait
-    ``open_seconds`` (then one is let through to probe)."""
+    ``open_seconds``. Then exactly one send goes through as a probe (the others keep waiting):
+    its success closes the breaker, its failure opens it again. A probe that never reports
+    (its process busy elsewhere) frees its slot after ``probe_seconds``."""
 
-    def __init__(self, *, threshold: int, open_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: int,
+        open_seconds: float,
+        probe_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._threshold = threshold
         self._open_seconds = open_seconds
+        self._probe_seconds = probe_seconds
+        self._clock = clock
         self._failures: dict[tuple[str, int], int] = {}
         self._open_until: dict[tuple[str, int], float] = {}
+        self._probing: dict[tuple[str, int], float] = {}
 
     def wait_seconds(self, key: tuple[str, int]) -> float:
-        return max(0.0, self._open_until.get(key, 0.0) - time.monotonic())
+        """0 when a send may go now (and, half-open, it is the probe); else how long to wait."""
+        until = self._open_until.get(key)
+        if until is None:
+            return 0.0
+        now = self._clock()
+        if until > now:
+            return until - now
+        probe = self._probing.get(key)
+        if probe is not None and now - probe < self._probe_seconds:
+            return min(1.0, self._probe_seconds - (now - probe))  # the probe is out
+        self._probing[key] = now
+        return 0.0
 
     def success(self, key: tuple[str, int]) -> None:
+        """The platform answered: closed."""
         self._failures.pop(key, None)
         self._open_until.pop(key, None)
+        self._probing.pop(key, None)
+
+    def release(self, key: tuple[str, int]) -> None:
+        """A send let through did not reach the platform (postponed): no verdict."""
+        self._probing.pop(key, None)
 
     def failure(self, key: tuple[str, int]) -> None:
+        """A transient failure; a failed probe opens the breaker again at once."""
         count = self._failures.get(key, 0) + 1
         self._failures[key] = count
-        if count >= self._threshold:
-            self._open_until[key] = time.monotonic() + self._open_seconds
+        if self._probing.pop(key, None) is not None or count >= self._threshold:
+            self._open_until[key] = self._clock() + self._open_seconds
             log.warning("circuit open", tenant_id=key[0], channel=key[1], failures=count)
 
 
@@ -170,6 +200,7 @@ class DeliveryProcessor(LeasedQueueWorker):
             return
         paced = await self._paced(delivery)
         if paced > 0:
+            self._breaker.release(breaker_key)
             await self._deliveries.postpone(
                 delivery, due=self._clock() + dt.timedelta(seconds=paced)
             )
@@ -198,6 +229,8 @@ class DeliveryProcessor(LeasedQueueWorker):
         attempts = len(delivery.get("attempts", [])) - delivery.get("budget_start", 0) + 1
         if error.retryable:
             self._breaker.failure(breaker_key)
+        else:
+            self._breaker.success(breaker_key)  # the platform answered; the message was bad
         if error.retryable and attempts < self._policy.max_attempts:
             now = self._clock()
             delay = self._policy.delay(attempts, response.retry_after)

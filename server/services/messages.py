@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -25,8 +26,12 @@ from server.domain.errors import (
 )
 from server.events.envelopes import envelope, stable_event_id
 from server.processors.content import ContentProcessor, ProcessedContent
+from server.repositories.conversations import Recording
 from server.repositories.deliveries import MongoDeliveries
+from server.repositories.messages import MessageRow
+from server.repositories.users import Activity
 from server.services.event_writer import EventWriter
+from server.services.group_commit import GroupCommit
 from server.services.ports import (
     ConversationRepository,
     IdempotencyStore,
@@ -58,6 +63,20 @@ def utc_now() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    """A user's message and the replies to it, ready to be stored."""
+
+    tenant_id: str
+    actor_id: str
+    request: chat_service_pb2.SendMessageRequest
+    conversation: common_pb2.Conversation
+    session: common_pb2.Session
+    messages: list[common_pb2.Message]
+    search_texts: list[str]
+    now: dt.datetime
+
+
 class MessageService:
     """Takes an end user's message and answers it."""
 
@@ -78,6 +97,7 @@ class MessageService:
         deliveries: MongoDeliveries | None = None,
         on_events: Callable[[], None] = lambda: None,
         on_delivery: Callable[[], None] = lambda: None,
+        on_batch: Callable[[int], None] = lambda _size: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._live = live
@@ -95,6 +115,9 @@ class MessageService:
         self._events = events
         self._on_events = on_events
         self._clock = clock
+        self._commits: GroupCommit[_Exchange, chat_service_pb2.SendMessageResponse] = GroupCommit(
+            self._store, key=lambda e: (e.tenant_id, e.conversation.id), on_batch=on_batch
+        )
 
     async def send(
         self, tenant_id: str, actor_id: str, request: chat_service_pb2.SendMessageRequest
@@ -125,9 +148,8 @@ class MessageService:
         )
         texts = [processed.search_text] + [r.search_text for r in replies]
         try:
-            response = await self._transactions.run(
-                lambda tx: self._store(
-                    tx,
+            response = await self._commits.submit(
+                _Exchange(
                     tenant_id=tenant_id,
                     actor_id=actor_id,
                     request=request,
@@ -337,34 +359,66 @@ class MessageService:
         return conversation, True
 
     async def _store(
-        self,
-        tx: Tx,
-        *,
-        tenant_id: str,
-        actor_id: str,
-        request: chat_service_pb2.SendMessageRequest,
-        conversation: common_pb2.Conversation,
-        session: common_pb2.Session,
-        messages: list[common_pb2.Message],
-        search_texts: list[str],
-        now: dt.datetime,
-    ) -> chat_service_pb2.SendMessageResponse:
-        updated = await self._conversations.record_messages(
-            tenant_id,
-            conversation.id,
-            inbound=1,
-            outbound=len(messages) - 1,
-            now=now,
-            session=tx,
-        )
-        if updated is None:
-            raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
+        self, exchanges: list[_Exchange]
+    ) -> list[chat_service_pb2.SendMessageResponse | Exception]:
+        """Store exchanges of distinct conversations in one transaction: a bulk statement per
+        collection, whatever their number (see GroupCommit)."""
+
+        async def work(tx: Tx) -> list[chat_service_pb2.SendMessageResponse | Exception]:
+            states = await self._conversations.record_messages_many(
+                [
+                    Recording(
+                        tenant_id=e.tenant_id,
+                        conversation_id=e.conversation.id,
+                        inbound=1,
+                        outbound=len(e.messages) - 1,
+                        now=e.now,
+                    )
+                    for e in exchanges
+                ],
+                session=tx,
+            )
+            outcomes: list[chat_service_pb2.SendMessageResponse | Exception] = []
+            rows: list[MessageRow] = []
+            activities: list[Activity] = []
+            envelopes: list[events_pb2.EventEnvelope] = []
+            for exchange, updated in zip(exchanges, states, strict=True):
+                if updated is None:
+                    outcomes.append(
+                        FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
+                    )
+                    continue
+                response, events = await self._exchange_writes(tx, exchange, updated)
+                rows += [
+                    MessageRow(exchange.tenant_id, message, text)
+                    for message, text in zip(
+                        (response.message, *response.replies), exchange.search_texts, strict=True
+                    )
+                ]
+                activities.append(
+                    Activity(exchange.tenant_id, updated.channel, updated.user_id, exchange.now)
+                )
+                envelopes += events
+                outcomes.append(response)
+            if rows:
+                await self._messages.insert_rows(rows, session=tx)
+                await self._users.record_activity_many(activities, session=tx)
+                await self._outbox.add(envelopes, now=max(e.now for e in exchanges), session=tx)
+            return outcomes
+
+        return await self._transactions.run(work)
+
+    async def _exchange_writes(
+        self, tx: Tx, exchange: _Exchange, updated: common_pb2.Conversation
+    ) -> tuple[chat_service_pb2.SendMessageResponse, list[events_pb2.EventEnvelope]]:
+        """One exchange's messages numbered, its deliveries queued and its idempotency record
+        written; its response and its events (written by the caller with the others)."""
+        tenant_id, now, messages = exchange.tenant_id, exchange.now, exchange.messages
         first = updated.last_sequence - len(messages) + 1
         stored = [common_pb2.Message() for _ in messages]
         for offset, (copy, message) in enumerate(zip(stored, messages, strict=True)):
             copy.CopyFrom(message)
             copy.sequence = first + offset
-        await self._messages.insert_many(tenant_id, stored, search_texts=search_texts, session=tx)
         if updated.channel != WEB and self._deliveries is not None:
             await self._deliveries.enqueue(
                 tenant_id,
@@ -376,9 +430,6 @@ class MessageService:
                 now=now,
                 session=tx,
             )
-        await self._users.record_activity(
-            tenant_id, channel=updated.channel, user_id=updated.user_id, now=now, session=tx
-        )
         inbound, replies = stored[0], stored[1:]
         events: list[dict[str, Any]] = [
             {"message_received": events_pb2.MessageReceived(message=inbound)}
@@ -391,29 +442,29 @@ class MessageService:
         events.append(
             {"conversation_updated": events_pb2.ConversationUpdated(conversation=updated)}
         )
-        await self._outbox.add(
-            [
-                envelope(
-                    tenant_id=tenant_id, actor_id=actor_id, conversation_id=updated.id, now=now, **e
-                )
-                for e in events
-            ],
-            now=now,
-            session=tx,
-        )
         response = chat_service_pb2.SendMessageResponse(
-            message=inbound, replies=replies, conversation=updated, session=session
+            message=inbound, replies=replies, conversation=updated, session=exchange.session
         )
-        if request.request_id:
+        if exchange.request.request_id:
             await self._idempotency.put(
                 tenant_id,
                 SEND_MESSAGE,
-                request.request_id,
+                exchange.request.request_id,
                 response.SerializeToString(),
                 now=now,
                 session=tx,
             )
-        return response
+        envelopes = [
+            envelope(
+                tenant_id=tenant_id,
+                actor_id=exchange.actor_id,
+                conversation_id=updated.id,
+                now=now,
+                **e,
+            )
+            for e in events
+        ]
+        return response, envelopes
 
 
 def build_message(

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.repositories.conversations import ConversationFilter
+from server.repositories.conversations import ConversationFilter, Recording
+from server.repositories.messages import MessageRow
+from server.repositories.users import Activity
 
 T = TypeVar("T")
 Tx = Any
@@ -59,6 +61,10 @@ class ConversationRepository(Protocol):
         service_url: str = "",
     ) -> common_pb2.Conversation | None: ...
 
+    async def record_messages_many(
+        self, recordings: Sequence[Recording], *, session: Tx
+    ) -> list[common_pb2.Conversation | None]: ...
+
     async def close(
         self, tenant_id: str, conversation_id: str, *, reason: str, now: dt.datetime, session: Tx
     ) -> common_pb2.Conversation | None: ...
@@ -84,6 +90,8 @@ class MessageRepository(Protocol):
         search_texts: Sequence[str],
         session: Tx,
     ) -> None: ...
+
+    async def insert_rows(self, rows: Sequence[MessageRow], *, session: Tx) -> None: ...
 
     async def history(
         self,
@@ -148,6 +156,10 @@ class UserRepository(Protocol):
 
     async def record_activity(
         self, tenant_id: str, *, channel: int, user_id: str, now: dt.datetime, session: Tx
+    ) -> None: ...
+
+    async def record_activity_many(
+        self, activities: Sequence[Activity], *, session: Tx
     ) -> None: ...
 
 

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -382,3 +383,42 @@ async def test_a_user_record_per_platform_identity(stack: Endpoints, acme: ChatC
     web = records[0]
     assert web["first_seen_time"] == first.message.create_time.ToDatetime()
     assert web["last_active_time"] == second.message.create_time.ToDatetime()
+
+
+async def test_concurrent_sends_share_transactions_and_keep_their_numbers(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        client = ChatClient(channel, "acme")
+        users = [f"batch-{uuid.uuid4().hex[:8]}" for _ in range(24)]
+        firsts = await asyncio.gather(*(client.send("one", user_id=u) for u in users))
+        seconds = await asyncio.gather(
+            *(client.send(f"two {u}", user_id=u) for u in users for _ in range(2))
+        )
+        for first in firsts:
+            history = await client.call(
+                "ListMessages", chat.ListMessagesRequest(conversation_id=first.conversation.id)
+            )
+            assert [m.sequence for m in history.messages] == list(range(1, 7))
+            state = await client.call(
+                "GetConversation",
+                chat.GetConversationRequest(conversation_id=first.conversation.id),
+            )
+            assert state.conversation.message_count == 6
+            assert state.conversation.last_sequence == 6
+        # Each answer carries its own message, numbered within its conversation.
+        assert all(r.message.content.text.text.startswith("two ") for r in seconds)
+        assert all(r.message.sequence in (3, 5) for r in seconds)
+    async with aiohttp.ClientSession() as http:
+        metrics_url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+        async with http.get(metrics_url) as response:
+            text = await response.text()
+    count = float(_metric(text, "chat_group_commit_batch_size_count"))
+    total = float(_metric(text, "chat_group_commit_batch_size_sum"))
+    assert total == 24 + 48
+    assert count < total  # some transactions held several exchanges
+
+
+def _metric(text: str, name: str) -> str:
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))

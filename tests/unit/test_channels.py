@@ -9,7 +9,13 @@ import pytest
 
 from chat.v1 import common_pb2 as c
 from server.channels.base import ChannelResponse, Outbound, send_parts
-from server.channels.formatting import split_text, to_plain, to_slack, to_whatsapp
+from server.channels.formatting import (
+    SLACK_ATOMS,
+    split_text,
+    to_plain,
+    to_slack,
+    to_whatsapp,
+)
 from server.channels.messenger import MessengerChannel
 from server.channels.slack import SlackChannel
 from server.channels.teams import TeamsChannel
@@ -39,6 +45,22 @@ def test_splitting_at_word_boundaries() -> None:
     assert " ".join(pieces) == text  # nothing lost, no word cut
     assert split_text("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]  # one long word
     assert split_text("first paragraph\n\nsecond", 20) == ["first paragraph", "second"]
+
+
+def test_slack_pieces_never_end_inside_a_link_or_an_entity() -> None:
+    link = "<https://example.com/a|the link text with spaces>"
+    text = to_slack("word " * 12 + "[the link text with spaces](https://example.com/a) tail")
+    assert link in text
+    pieces = split_text(text, 90, SLACK_ATOMS)
+    assert all(len(piece) <= 90 for piece in pieces)
+    assert any(link in piece for piece in pieces)  # whole, in one piece
+    assert " ".join(pieces).split() == text.split()
+    # Without the rule, the cut would fall between the link's words.
+    assert not any(link in piece for piece in split_text(text, 90))
+    # A hard cut (no space) moves before an entity rather than through it.
+    dense = "x" * 58 + "&amp;" + "y" * 40
+    first, *_ = split_text(dense, 60, SLACK_ATOMS)
+    assert first == "x" * 58
 
 
 def outbound(content: c.Content, recipient: str = "15550001111") -> Outbound:
@@ -147,6 +169,30 @@ def test_the_breaker_opens_after_repeated_failures_and_closes_on_success() -> No
     assert breaker.wait_seconds(("t", c.CHANNEL_TYPE_TEAMS)) == 0  # per tenant and channel
     breaker.success(key)
     assert breaker.wait_seconds(key) == 0
+
+
+def test_after_its_window_the_breaker_lets_exactly_one_probe_through() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, open_seconds=30, probe_seconds=20, clock=lambda: now[0])
+    key = ("t", c.CHANNEL_TYPE_WHATSAPP)
+    breaker.failure(key)
+    breaker.failure(key)
+    assert breaker.wait_seconds(key) == 30
+    now[0] = 31
+    assert breaker.wait_seconds(key) == 0  # the probe
+    assert breaker.wait_seconds(key) > 0  # everyone else waits for its verdict
+    assert breaker.wait_seconds(key) > 0
+    breaker.failure(key)  # the probe failed: open again, at once
+    assert breaker.wait_seconds(key) == 30
+    now[0] = 62
+    assert breaker.wait_seconds(key) == 0  # the next probe
+    breaker.release(key)  # postponed before it reached the platform: no verdict
+    assert breaker.wait_seconds(key) == 0  # so another may probe
+    now[0] = 90
+    assert breaker.wait_seconds(key) == 0  # a probe that never reported frees its slot
+    breaker.success(key)
+    assert breaker.wait_seconds(key) == 0
+    assert breaker.wait_seconds(key) == 0  # closed: everyone goes
 
 
 async def test_a_split_message_resumes_after_the_parts_already_sent() -> None:

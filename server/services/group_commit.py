@@ -1,0 +1,97 @@
+"""Group commit: concurrent writes share one transaction.
+
+Under load the database's cost is per statement and per transaction, not per document, so
+the exchanges waiting while one transaction commits are written together by the next: one
+bulk statement per collection and one commit for all of them. Each caller is answered only
+after the transaction holding its write has committed, so the durability promise is the one
+a transaction per call gives. Without contention a batch holds one item and adds no wait.
+
+Items with the same key (a conversation) never share a batch: the second waits for the next,
+so each item's writes see the state the one before it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger("chat.group_commit")
+
+I = TypeVar("I")  # noqa: E741 - the conventional name of an item type
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[I, R]):
+    """Batches ``commit`` calls; one batch in flight at a time."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[I]], Awaitable[list[R | Exception]]],
+        *,
+        key: Callable[[I], Hashable],
+        max_batch: int = 64,
+        on_batch: Callable[[int], None] = lambda _size: None,
+    ) -> None:
+        self._commit = commit
+        self._on_batch = on_batch
+        self._key = key
+        self._max_batch = max_batch
+        self._queue: list[tuple[I, asyncio.Future[R]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: I) -> R:
+        """Commit ``item`` with whatever else is waiting; its own outcome."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="group-commit")
+        # A caller cancelled while waiting is skipped; one whose batch is committing is
+        # committed (as if its answer were lost on the way back).
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch: list[tuple[I, asyncio.Future[R]]] = []
+            later: list[tuple[I, asyncio.Future[R]]] = []
+            keys: set[Hashable] = set()
+            for entry in self._queue:
+                if entry[1].done():
+                    continue  # its caller gave up before it was written
+                key = self._key(entry[0])
+                if key in keys or len(batch) >= self._max_batch:
+                    later.append(entry)
+                else:
+                    keys.add(key)
+                    batch.append(entry)
+            self._queue = later
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        try:
+            outcomes = await self._commit([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to the callers below
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            # One item may have sunk the batch (a duplicate request id): each alone, so it
+            # gets its own error and the others are written.
+            log.info("group commit failed; committing one by one", size=len(batch))
+            for entry in batch:
+                await self._run([entry])
+            return
+        self._on_batch(len(batch))
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            _settle(future, outcome)
+
+
+def _settle(future: asyncio.Future[R], outcome: R | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

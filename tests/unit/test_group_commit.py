@@ -1,0 +1,101 @@
+"""GroupCommit: waiting items share the next batch, one key per batch, each item its own
+outcome, and a failed batch retried item by item."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.services.group_commit import GroupCommit
+
+
+class Recorder:
+    """A commit function that holds each batch until released, and records it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.fail_batches_with: set[str] = set()
+
+    async def commit(self, items: list[str]) -> list[str | Exception]:
+        self.batches.append(list(items))
+        await self.release.wait()
+        if len(items) > 1 and self.fail_batches_with & set(items):
+            raise RuntimeError("a bad item sinks the batch")
+        return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
+
+
+def key(item: str) -> str:
+    return item.split(":", maxsplit=1)[0]
+
+
+async def test_items_waiting_on_a_commit_share_the_next_one() -> None:
+    recorder = Recorder()
+    sizes: list[int] = []
+    group = GroupCommit(recorder.commit, key=key, on_batch=sizes.append)
+    first = asyncio.create_task(group.submit("a:1"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(group.submit(f"{c}:1")) for c in "bcd"]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    assert await first == "A:1"
+    assert [await task for task in rest] == ["B:1", "C:1", "D:1"]
+    assert recorder.batches == [["a:1"], ["b:1", "c:1", "d:1"]]
+    assert sizes == [1, 3]
+
+
+async def test_one_key_never_twice_in_a_batch() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    group = GroupCommit(recorder.commit, key=key)
+    results = await asyncio.gather(*(group.submit(f"{c}:{n}") for n in range(3) for c in "xy"))
+    assert sorted(results) == sorted(f"{c}:{n}".upper() for n in range(3) for c in "xy")
+    for batch in recorder.batches:
+        keys = [key(item) for item in batch]
+        assert len(keys) == len(set(keys))
+    # In submission order per key.
+    xs = [item for batch in recorder.batches for item in batch if item.startswith("x")]
+    assert xs == ["x:0", "x:1", "x:2"]
+
+
+async def test_each_item_gets_its_own_outcome_and_a_sunk_batch_is_retried_alone() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    recorder.fail_batches_with = {"b:1"}
+    group = GroupCommit(recorder.commit, key=key)
+    blocker = asyncio.create_task(group.submit("z:1"))
+    await asyncio.sleep(0)
+    results = await asyncio.gather(
+        group.submit("a:1"), group.submit("b:1"), group.submit("bad:1"), return_exceptions=True
+    )
+    await blocker
+    assert results[0] == "A:1"
+    assert results[1] == "B:1"  # alone, it commits
+    assert isinstance(results[2], ValueError)
+    assert ["a:1"] in recorder.batches
+    assert ["b:1"] in recorder.batches
+
+
+async def test_a_batch_of_one_that_fails_fails_its_caller() -> None:
+    async def broken(items: list[str]) -> list[str | Exception]:
+        raise RuntimeError("down")
+
+    group = GroupCommit(broken, key=key)
+    with pytest.raises(RuntimeError, match="down"):
+        await group.submit("a:1")
+
+
+async def test_a_caller_that_gave_up_while_waiting_is_not_written() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.commit, key=key)
+    first = asyncio.create_task(group.submit("a:1"))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(group.submit("b:1"))
+    kept = asyncio.create_task(group.submit("c:1"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    recorder.release.set()
+    await first
+    assert await kept == "C:1"
+    assert recorder.batches == [["a:1"], ["c:1"]]
