@@ -90,6 +90,7 @@ from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
 from server.services.messages import MessageService, utc_now
+from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver, PlatformMediaSource
 from server.services.replies import ReplyProcessor
 from server.services.responder import Responder, RuleBasedResponder
@@ -377,13 +378,17 @@ class ChatServer:
         )
         deliveries = MongoDeliveries(database=database)
         self._deliveries = deliveries
+        channels = ChannelFactory.for_platforms(
+            http=self._resources.http, endpoints=self._settings.platforms
+        )
+        self._actions = PlatformActions(
+            channels=channels, tenants=self._resources.tenants, messages=messages
+        )
         self._delivery = DeliveryProcessor(
             deliveries=deliveries,
             messages=messages,
             media=media_store,
-            channels=ChannelFactory.for_platforms(
-                http=self._resources.http, endpoints=self._settings.platforms
-            ),
+            channels=channels,
             tenants=self._resources.tenants,
             outbox=outbox,
             transactions=transactions,
@@ -432,6 +437,7 @@ class ChatServer:
                 tenants=self._resources.tenants,
             ),
             deliveries=deliveries,
+            actions=self._actions,
             on_events=self._relay.wake,
             on_delivery=self._delivery.wake,
         )
@@ -475,6 +481,7 @@ class ChatServer:
                 clock=utc_now,
                 on_events=self._relay.wake,
             ),
+            actions=self._actions,
         )
 
     async def _sweep_sessions(self) -> None:
@@ -566,6 +573,7 @@ class ChatServer:
             await self._metrics_runner.cleanup()
         if self._responder_channel is not None:
             await self._responder_channel.close(None)
+        await self._actions.close()
         await self._media_fetcher.close()
         await self._hub.close()
         await self._resources.close()

@@ -11,11 +11,13 @@ from google.protobuf import timestamp_pb2
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
 from server.api.pages import cursor_int, decode_token, encode_token, page_size
 from server.auth.principal import current_principal
+from server.channels.base import TYPING, TYPING_OFF
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.normalizers.text import normalize_text
 from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
 from server.services.messages import MAX_ADDRESS_CHARS, MessageService
+from server.services.platform_actions import PlatformActions
 from server.services.streams import StreamService
 
 T = TypeVar("T", common_pb2.Conversation, common_pb2.Message)
@@ -38,10 +40,12 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         messages: MessageService,
         conversations: ConversationService,
         streams: StreamService,
+        actions: PlatformActions | None = None,
     ) -> None:
         self._messages = messages
         self._conversations = conversations
         self._streams = streams
+        self._actions = actions
 
     async def SendMessage(
         self, request: chat_service_pb2.SendMessageRequest, context: Any
@@ -225,14 +229,21 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
                 "direction is invalid",
                 field_violations=[FieldViolation("direction", "INBOUND or OUTBOUND")],
             )
-        await self._streams.typing(
-            current_principal().tenant_id,
+        tenant_id = current_principal().tenant_id
+        # Unset means the end user, the usual caller of a web widget.
+        direction = request.direction or common_pb2.MESSAGE_DIRECTION_INBOUND
+        conversation = await self._streams.typing(
+            tenant_id,
             request.conversation_id,
             participant_id=request.participant_id,
             typing=request.typing,
-            # Unset means the end user, the usual caller of a web widget.
-            direction=request.direction or common_pb2.MESSAGE_DIRECTION_INBOUND,
+            direction=direction,
         )
+        if direction == common_pb2.MESSAGE_DIRECTION_OUTBOUND and self._actions is not None:
+            # The service side types: shown on the platform too, where it has an indicator.
+            self._actions.schedule(
+                tenant_id, conversation, TYPING if request.typing else TYPING_OFF
+            )
         return chat_service_pb2.SendTypingIndicatorResponse()
 
     async def MarkRead(

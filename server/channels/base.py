@@ -65,6 +65,24 @@ class Outbound:
     skip_parts: int = 0
 
 
+#: Sender actions: the service side is typing (or stopped), or has read the user's message.
+TYPING = "typing"
+TYPING_OFF = "typing_off"
+READ = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A sender action for one conversation on a platform."""
+
+    tenant: Tenant
+    kind: str
+    recipient_id: str
+    #: The user's message it concerns (WhatsApp marks read, and shows typing, against one).
+    platform_message_id: str = ""
+    service_url: str = ""
+
+
 class Channel(Protocol):
     """A platform's send API."""
 
@@ -84,6 +102,10 @@ class Channel(Protocol):
 
     async def send_message(self, outbound: Outbound) -> ChannelResponse:
         """Send; the first part's platform id names the message."""
+        ...
+
+    async def send_action(self, action: Action) -> ChannelResponse | None:
+        """Show typing or mark read; None where the platform has no such action."""
         ...
 
 

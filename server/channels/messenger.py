@@ -8,7 +8,17 @@ from typing import Any
 import aiohttp
 
 from chat.v1 import common_pb2
-from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
+from server.channels.base import (
+    READ,
+    TYPING,
+    TYPING_OFF,
+    Action,
+    ChannelResponse,
+    Outbound,
+    call,
+    send_parts,
+    transport_failure,
+)
 from server.channels.formatting import split_text, to_plain
 from server.domain.tenant import Tenant
 
@@ -70,26 +80,43 @@ class MessengerChannel:
         url = f"{self._base}/{self._version}/me/messages"
 
         async def send_one(body: dict[str, Any]) -> ChannelResponse:
-            answer = await call(self._http, "POST", url, headers=auth, json_body=body)
-            failure = transport_failure(answer)
-            if failure is not None:
-                return failure
-            if answer.status != 200:
-                found = answer.body.get("error")
-                error: dict[str, Any] = found if isinstance(found, dict) else {}
-                code = str(error.get("code", answer.status))
-                return ChannelResponse.failed(
-                    code,
-                    str(error.get("message", "the platform refused the message")),
-                    retryable=code in TRANSIENT_CODES,
-                    http_status=answer.status,
-                )
-            message_id = answer.body.get("message_id")
-            return ChannelResponse(success=True, platform_message_id=str(message_id or ""))
+            return await self._post(url, auth, body)
 
         return await send_parts(
             self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
         )
+
+    async def send_action(self, action: Action) -> ChannelResponse | None:
+        """sender_action: typing_on, typing_off, mark_seen."""
+        config = action.tenant.channels.messenger
+        sender_action = {TYPING: "typing_on", TYPING_OFF: "typing_off", READ: "mark_seen"}.get(
+            action.kind
+        )
+        if config is None or sender_action is None:
+            return None
+        return await self._post(
+            f"{self._base}/{self._version}/me/messages",
+            {"Authorization": f"Bearer {config.page_access_token}"},
+            {"recipient": {"id": action.recipient_id}, "sender_action": sender_action},
+        )
+
+    async def _post(self, url: str, auth: dict[str, str], body: dict[str, Any]) -> ChannelResponse:
+        answer = await call(self._http, "POST", url, headers=auth, json_body=body)
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        if answer.status != 200:
+            found = answer.body.get("error")
+            error: dict[str, Any] = found if isinstance(found, dict) else {}
+            code = str(error.get("code", answer.status))
+            return ChannelResponse.failed(
+                code,
+                str(error.get("message", "the platform refused the message")),
+                retryable=code in TRANSIENT_CODES,
+                http_status=answer.status,
+            )
+        message_id = answer.body.get("message_id")
+        return ChannelResponse(success=True, platform_message_id=str(message_id or ""))
 
 
 def _interactive(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:

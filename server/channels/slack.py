@@ -8,7 +8,14 @@ from typing import Any
 import aiohttp
 
 from chat.v1 import common_pb2
-from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
+from server.channels.base import (
+    Action,
+    ChannelResponse,
+    Outbound,
+    call,
+    send_parts,
+    transport_failure,
+)
 from server.channels.formatting import SLACK_ATOMS, split_text, to_slack
 from server.domain.tenant import Tenant
 
@@ -90,6 +97,10 @@ class SlackChannel:
             )
             return [{"channel": channel, "text": to_slack(text)}]
         return []
+
+    async def send_action(self, action: Action) -> ChannelResponse | None:  # noqa: ARG002
+        """Slack's Web API has no typing indicator or read receipt for bots."""
+        return None
 
     async def send_message(self, outbound: Outbound) -> ChannelResponse:
         config = outbound.tenant.channels.slack

@@ -11,7 +11,15 @@ from urllib.parse import quote
 import aiohttp
 
 from chat.v1 import common_pb2
-from server.channels.base import ChannelResponse, Outbound, call, send_parts, transport_failure
+from server.channels.base import (
+    TYPING,
+    Action,
+    ChannelResponse,
+    Outbound,
+    call,
+    send_parts,
+    transport_failure,
+)
 from server.domain.tenant import Tenant
 
 SCOPE = "https://api.botframework.com/.default"
@@ -84,36 +92,47 @@ class TeamsChannel:
         )
 
         async def send_one(body: dict[str, Any]) -> ChannelResponse:
-            token = await self._token(outbound.tenant)
-            if isinstance(token, ChannelResponse):
-                return token
-            answer = await call(
-                self._http,
-                "POST",
-                url,
-                headers={"Authorization": f"Bearer {token}"},
-                json_body=body,
-            )
-            if answer.status == 401:
-                self._tokens.pop(outbound.tenant.id, None)  # expired early: a new one next time
-                return ChannelResponse.failed(
-                    "401", "token refused", retryable=True, http_status=401
-                )
-            failure = transport_failure(answer)
-            if failure is not None:
-                return failure
-            if answer.status >= 300:
-                return ChannelResponse.failed(
-                    str(answer.status),
-                    str(answer.body.get("error", answer.body))[:300],
-                    retryable=answer.status in TRANSIENT_STATUSES,
-                    http_status=answer.status,
-                )
-            return ChannelResponse(success=True, platform_message_id=str(answer.body.get("id", "")))
+            return await self._post(outbound.tenant, url, body)
 
         return await send_parts(
             self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
         )
+
+    async def send_action(self, action: Action) -> ChannelResponse | None:
+        """A typing activity; Teams has no read receipt a bot can send."""
+        if action.kind != TYPING or not action.service_url or action.tenant.channels.teams is None:
+            return None
+        url = (
+            f"{action.service_url.rstrip('/')}/v3/conversations/"
+            f"{quote(action.recipient_id, safe='')}/activities"
+        )
+        return await self._post(action.tenant, url, {"type": "typing"})
+
+    async def _post(self, tenant: Tenant, url: str, body: dict[str, Any]) -> ChannelResponse:
+        token = await self._token(tenant)
+        if isinstance(token, ChannelResponse):
+            return token
+        answer = await call(
+            self._http,
+            "POST",
+            url,
+            headers={"Authorization": f"Bearer {token}"},
+            json_body=body,
+        )
+        if answer.status == 401:
+            self._tokens.pop(tenant.id, None)  # expired early: a new one next time
+            return ChannelResponse.failed("401", "token refused", retryable=True, http_status=401)
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        if answer.status >= 300:
+            return ChannelResponse.failed(
+                str(answer.status),
+                str(answer.body.get("error", answer.body))[:300],
+                retryable=answer.status in TRANSIENT_STATUSES,
+                http_status=answer.status,
+            )
+        return ChannelResponse(success=True, platform_message_id=str(answer.body.get("id", "")))
 
     async def _token(self, tenant: Tenant) -> str | ChannelResponse:
         cached = self._tokens.get(tenant.id)

@@ -9,6 +9,9 @@ import aiohttp
 from chat.v1 import common_pb2
 from server.channels.base import (
     E164,
+    READ,
+    TYPING,
+    Action,
     ChannelResponse,
     Outbound,
     call,
@@ -98,18 +101,42 @@ class WhatsAppChannel:
                 body[body["type"]]["id"] = uploaded.platform_message_id
 
         async def send_one(body: dict[str, Any]) -> ChannelResponse:
-            answer = await call(self._http, "POST", f"{url}/messages", headers=auth, json_body=body)
-            failure = transport_failure(answer)
-            if failure is not None:
-                return failure
-            if answer.status != 200:
-                return _error(answer.status, answer.body)
-            messages = answer.body.get("messages")
-            first = messages[0] if isinstance(messages, list) and messages else None
-            platform_id = first.get("id") if isinstance(first, dict) else None
-            return ChannelResponse(success=True, platform_message_id=str(platform_id or ""))
+            return await self._post(url, auth, body)
 
         return await send_parts(bodies, skip=outbound.skip_parts, send_one=send_one)
+
+    async def send_action(self, action: Action) -> ChannelResponse | None:
+        """Typing and read receipts are one call against the user's message: typing marks it
+        read too, and shows the indicator until the reply (or 25 s). No "stopped typing"."""
+        if action.kind not in (TYPING, READ) or not action.platform_message_id:
+            return None
+        config = action.tenant.channels.whatsapp
+        if config is None:
+            return None
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": action.platform_message_id,
+        }
+        if action.kind == TYPING:
+            body["typing_indicator"] = {"type": "text"}
+        return await self._post(
+            f"{self._base}/{self._version}/{config.phone_number_id}",
+            {"Authorization": f"Bearer {config.access_token}"},
+            body,
+        )
+
+    async def _post(self, url: str, auth: dict[str, str], body: dict[str, Any]) -> ChannelResponse:
+        answer = await call(self._http, "POST", f"{url}/messages", headers=auth, json_body=body)
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        if answer.status != 200:
+            return _error(answer.status, answer.body)
+        messages = answer.body.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        platform_id = first.get("id") if isinstance(first, dict) else None
+        return ChannelResponse(success=True, platform_message_id=str(platform_id or ""))
 
     async def _upload(self, url: str, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:
         media = outbound.message.content.media

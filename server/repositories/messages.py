@@ -153,6 +153,24 @@ class MongoMessageRepository:
         )
         return to_proto(document) if document else None
 
+    async def last_inbound(self, tenant_id: str, conversation_id: str) -> common_pb2.Message | None:
+        """The user's latest message in the conversation, or None."""
+        cursor = (
+            self._collection.find(
+                {
+                    "tenant_id": tenant_id,
+                    "conversation_id": conversation_id,
+                    "direction": common_pb2.MESSAGE_DIRECTION_INBOUND,
+                },
+                {"pb": 1, "delivery_status": 1, "platform_message_id": 1},
+            )
+            .sort("sequence", DESCENDING)
+            .limit(1)
+        )
+        async for document in cursor:
+            return to_proto(document)
+        return None
+
     async def advance(
         self,
         tenant_id: str,

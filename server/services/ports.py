@@ -113,6 +113,10 @@ class MessageRepository(Protocol):
 
     async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None: ...
 
+    async def last_inbound(
+        self, tenant_id: str, conversation_id: str
+    ) -> common_pb2.Message | None: ...
+
     async def replace(self, tenant_id: str, message: common_pb2.Message) -> None: ...
 
     async def advance(

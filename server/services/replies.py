@@ -16,10 +16,12 @@ from typing import Any
 import structlog
 
 from chat.v1 import common_pb2, events_pb2
+from server.channels.base import READ, TYPING
 from server.events.envelopes import envelope
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
 from server.services.messages import MessageService
+from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver
 from server.services.ports import (
     ConversationRepository,
@@ -62,6 +64,7 @@ class ReplyProcessor(LeasedQueueWorker):
         clock: Callable[[], dt.datetime],
         media: InboundMediaResolver | None = None,
         deliveries: MongoDeliveries | None = None,
+        actions: PlatformActions | None = None,
         on_events: Callable[[], None] = lambda: None,
         on_delivery: Callable[[], None] = lambda: None,
         concurrency: int = 8,
@@ -69,6 +72,7 @@ class ReplyProcessor(LeasedQueueWorker):
         super().__init__(name="replies", concurrency=concurrency)
         self._media = media
         self._deliveries = deliveries
+        self._actions = actions
         self._on_delivery = on_delivery
         self._jobs = jobs
         self._pipeline = pipeline
@@ -115,6 +119,10 @@ class ReplyProcessor(LeasedQueueWorker):
         if conversation.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
             await self._jobs.drop(job)  # closed before the bot answered: nobody to answer
             return
+        if self._actions is not None and inbound.platform_message_id:
+            # The bot has read the message and is answering: the user sees both at once.
+            self._actions.schedule(tenant_id, conversation, READ, inbound.platform_message_id)
+            self._actions.schedule(tenant_id, conversation, TYPING, inbound.platform_message_id)
         if self._media is not None and await self._media.resolve(tenant_id, inbound):
             # The user's media, fetched from the platform and stored, before the bot answers.
             await self._messages.replace(tenant_id, inbound)

@@ -186,8 +186,9 @@ class StreamService:
         participant_id: str,
         typing: bool,
         direction: common_pb2.MessageDirection.ValueType,
-    ) -> None:
-        """Tell the conversation's streams that someone started or stopped typing."""
+    ) -> common_pb2.Conversation:
+        """Tell the conversation's streams that someone started or stopped typing; the
+        conversation."""
         conversation = await self._conversation(tenant_id, conversation_id)
         if conversation.status != ACTIVE:
             raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
@@ -198,6 +199,7 @@ class StreamService:
             ),
         )
         await self._live.publish(tenant_id, conversation_id, [event])
+        return conversation
 
     async def mark_read(
         self,

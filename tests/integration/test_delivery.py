@@ -22,6 +22,7 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from chat.v1 import chat_service_pb2 as chat_pb
 from chat.v1 import common_pb2 as c
 from chat.v1 import delivery_service_pb2 as delivery
 from chat.v1 import delivery_service_pb2_grpc
@@ -64,9 +65,23 @@ class Platforms:
         return [r for r in self.requests if r[0].startswith(api)]
 
     def to(self, api: str, recipient: str) -> list[tuple[str, dict[str, str], Any]]:
-        """The requests to one recipient (the queue is shared: earlier tests' deliveries
-        may still arrive here, for their own recipients)."""
+        """The messages sent to one recipient (the queue is shared: earlier tests' deliveries
+        may still arrive here, for their own recipients); sender actions left out."""
+        return [r for r in self.requests_to(api, recipient) if not is_action(r[2])]
+
+    def actions_to(self, api: str, recipient: str) -> list[Any]:
+        """The sender actions (typing, read) about one recipient or message, in order."""
+        return [r[2] for r in self.requests_to(api, recipient) if is_action(r[2])]
+
+    def requests_to(self, api: str, recipient: str) -> list[tuple[str, dict[str, str], Any]]:
         return [r for r in self.sent(api) if recipient in json.dumps(r[2]) or recipient in r[0]]
+
+
+def is_action(body: Any) -> bool:
+    """A typing indicator or read receipt rather than a message."""
+    return isinstance(body, dict) and (
+        "sender_action" in body or body.get("status") == "read" or body.get("type") == "typing"
+    )
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
@@ -620,3 +635,98 @@ async def test_whatsapp_media_is_uploaded_then_sent_by_id(
     [(_, _, sent)] = platforms.to("whatsapp /", "15550001111")
     assert sent["type"] == "image"
     assert sent["image"] == {"id": "uploaded-media-1", "caption": "our shop"}
+
+
+async def test_the_platforms_see_the_bot_read_and_type(
+    stack_up: tuple[RunningServer, Bridge],
+    platforms: Platforms,
+    mongo: Mongo,
+    teams_keys: TeamsKeys,
+) -> None:
+    server, bridge = stack_up
+    # WhatsApp: the user's message is marked read, with the typing indicator, as the bot
+    # starts answering (one call does both; the first only marks it read).
+    user = "1650555" + str(uuid.uuid4().int)[:4]
+    payload, wamid = whatsapp_text(user)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    reply = await reply_of(mongo, wamid)
+    read = {"messaging_product": "whatsapp", "status": "read", "message_id": wamid}
+
+    async def whatsapp_acted() -> bool:
+        return len(platforms.actions_to("whatsapp", wamid)) >= 2
+
+    await wait_for(whatsapp_acted, "the read receipt and typing indicator on WhatsApp")
+    assert sorted(map(json.dumps, platforms.actions_to("whatsapp", wamid))) == sorted(
+        [json.dumps(read), json.dumps({**read, "typing_indicator": {"type": "text"}})]
+    )
+    (path, headers, _) = platforms.requests_to("whatsapp", wamid)[0]
+    assert path == "whatsapp /v23.0/106540352242922/messages"
+    assert headers["Authorization"] == "Bearer t"
+    # An agent typing through the API shows on WhatsApp, against the user's latest message.
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        agent = ChatClient(channel, "acme")
+        await agent.call(
+            "SendTypingIndicator",
+            chat_pb.SendTypingIndicatorRequest(
+                conversation_id=reply.conversation_id,
+                participant_id="agent-7",
+                typing=True,
+                direction=c.MESSAGE_DIRECTION_OUTBOUND,
+            ),
+        )
+
+        async def agent_typing_shown() -> bool:
+            return len(platforms.actions_to("whatsapp", wamid)) >= 3
+
+        await wait_for(agent_typing_shown, "the agent's typing indicator on WhatsApp")
+        # The user typing (INBOUND) goes to the streams only.
+        await agent.call(
+            "SendTypingIndicator",
+            chat_pb.SendTypingIndicatorRequest(
+                conversation_id=reply.conversation_id, participant_id=user, typing=True
+            ),
+        )
+    await asyncio.sleep(0.5)
+    assert len(platforms.actions_to("whatsapp", wamid)) == 3
+
+    # Messenger: mark_seen, then typing_on, to the user.
+    psid = str(uuid.uuid4().int)[:16]
+    item, _ = unique(
+        sample("messenger", "event_message_reply_to.json"), "m_1457764197618:41d102a3e1ae206a38"
+    )
+    item["sender"] = {"id": psid}
+    item["message"].pop("reply_to")
+    fb = {"object": "page", "entry": [{"id": "PAGE", "messaging": [item]}]}
+    assert await bridge.meta("messenger", fb, MESSENGER_SECRET) == 200
+
+    async def messenger_acted() -> bool:
+        return len(platforms.actions_to("messenger", psid)) >= 2
+
+    await wait_for(messenger_acted, "mark_seen and typing_on on Messenger")
+    assert sorted(a["sender_action"] for a in platforms.actions_to("messenger", psid)) == [
+        "mark_seen",
+        "typing_on",
+    ]
+    assert all(a["recipient"] == {"id": psid} for a in platforms.actions_to("messenger", psid))
+
+    # Teams: a typing activity to the conversation, at the verified serviceUrl.
+    activity, _ = unique(sample("teams", "activity_message_text_personal.json"), "1485983408511")
+    activity["serviceUrl"] = platforms.base + "/"
+    activity["from"]["id"] = "29:" + uuid.uuid4().hex
+    activity["conversation"]["id"] = "a:" + uuid.uuid4().hex
+    status, _ = await bridge.post(
+        "/webhooks/teams/acme",
+        json.dumps(activity).encode(),
+        {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {teams_keys.token(serviceurl=platforms.base + '/')}",
+        },
+    )
+    assert status == 200
+    conversation = activity["conversation"]["id"]
+
+    async def teams_typed() -> bool:
+        return bool(platforms.actions_to("teams ", conversation))
+
+    await wait_for(teams_typed, "a typing activity on Teams")
+    assert platforms.actions_to("teams ", conversation) == [{"type": "typing"}]

@@ -1,0 +1,104 @@
+"""Sender actions on the platforms: typing indicators and read receipts.
+
+Best effort and off the caller's path: an indicator that arrives late or not at all is worth
+less than the time a caller would wait for it, so each action runs in the background with a
+short deadline, and a failure is logged, never raised or retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from chat.v1 import common_pb2
+from server.channels.base import TYPING, Action
+from server.channels.factory import ChannelFactory
+from server.domain.tenant import TenantLookup
+from server.services.ports import MessageRepository
+
+log = structlog.get_logger("chat.platform_actions")
+
+DEADLINE_SECONDS = 5.0
+
+
+class PlatformActions:
+    """Schedules sender actions for conversations on platform channels."""
+
+    def __init__(
+        self, *, channels: ChannelFactory, tenants: TenantLookup, messages: MessageRepository
+    ) -> None:
+        self._channels = channels
+        self._tenants = tenants
+        self._messages = messages
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(
+        self,
+        tenant_id: str,
+        conversation: common_pb2.Conversation,
+        kind: str,
+        platform_message_id: str = "",
+    ) -> None:
+        """Send ``kind`` (TYPING, TYPING_OFF, READ) to the conversation's platform, about the
+        user's message with ``platform_message_id`` (default: their latest). Web conversations
+        need none: their streams carry typing and read status."""
+        if conversation.channel in (
+            common_pb2.CHANNEL_TYPE_WEB,
+            common_pb2.CHANNEL_TYPE_UNSPECIFIED,
+        ):
+            return
+        task = asyncio.create_task(self._send(tenant_id, conversation, kind, platform_message_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Until every scheduled action has run (for shutdown and tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drop what has not run yet."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _send(
+        self, tenant_id: str, conversation: common_pb2.Conversation, kind: str, message_id: str
+    ) -> None:
+        channel = self._channels.get(conversation.channel)
+        tenant = self._tenants.get(tenant_id)
+        if channel is None or tenant is None or channel.validate_config(tenant):
+            return
+        try:
+            platform_id = ""
+            if message_id:
+                platform_id = message_id
+            elif kind == TYPING:
+                latest = await self._messages.last_inbound(tenant_id, conversation.id)
+                platform_id = latest.platform_message_id if latest is not None else ""
+            response = await asyncio.wait_for(
+                channel.send_action(
+                    Action(
+                        tenant=tenant,
+                        kind=kind,
+                        recipient_id=conversation.channel_conversation_id,
+                        platform_message_id=platform_id,
+                        service_url=conversation.metadata.get("service_url", ""),
+                    )
+                ),
+                DEADLINE_SECONDS,
+            )
+        except Exception as exc:  # noqa: BLE001 - best effort, see the module docstring
+            log.warning("platform action failed", kind=kind, error=repr(exc))
+            return
+        if response is not None and not response.success and response.error is not None:
+            log.info(
+                "platform action refused",
+                kind=kind,
+                channel=conversation.channel,
+                code=response.error.code,
+            )
