@@ -15,6 +15,9 @@ from chat.v1 import common_pb2
 from server.domain.tenant import Tenant
 
 SEND_TIMEOUT_SECONDS = 10.0
+#: What a platform's rate limit covers (see ChannelResponse.hold).
+HOLD_CHANNEL = "channel"
+HOLD_DESTINATION = "destination"
 
 
 @dataclass(slots=True)
@@ -30,6 +33,9 @@ class ChannelResponse:
     metadata: dict[str, str] = field(default_factory=dict)
     #: How many parts of a split message the platform has now, this attempt included.
     parts_sent: int = 0
+    #: A rate limit that holds more than this delivery until ``retry_after``: HOLD_CHANNEL
+    #: (the tenant's whole account on the platform) or HOLD_DESTINATION (this recipient).
+    hold: str = ""
 
     @classmethod
     def failed(
@@ -40,6 +46,7 @@ class ChannelResponse:
         retryable: bool,
         http_status: int = 0,
         retry_after: float | None = None,
+        hold: str = "",
     ) -> ChannelResponse:
         return cls(
             success=False,
@@ -48,6 +55,7 @@ class ChannelResponse:
                 code=code, message=message[:500], retryable=retryable, http_status=http_status
             ),
             retry_after=retry_after,
+            hold=hold,
         )
 
 
@@ -161,12 +169,14 @@ def transport_failure(answer: HttpAnswer) -> ChannelResponse | None:
             retryable=True,
         )
     if answer.status == 429:
+        # Slack's and Meta's limits are per app or account: everything to that platform waits.
         return ChannelResponse.failed(
             "RATE_LIMITED",
             "the platform asked to slow down",
             retryable=True,
             http_status=429,
             retry_after=answer.retry_after,
+            hold=HOLD_CHANNEL,
         )
     if answer.status >= 500:
         return ChannelResponse.failed(

@@ -9,6 +9,7 @@ import aiohttp
 
 from chat.v1 import common_pb2
 from server.channels.base import (
+    HOLD_CHANNEL,
     READ,
     TYPING,
     TYPING_OFF,
@@ -114,6 +115,7 @@ class MessengerChannel:
                 str(error.get("message", "the platform refused the message")),
                 retryable=code in TRANSIENT_CODES,
                 http_status=answer.status,
+                hold=HOLD_CHANNEL if code in ("4", "613") else "",  # the page's rate limits
             )
         message_id = answer.body.get("message_id")
         return ChannelResponse(success=True, platform_message_id=str(message_id or ""))

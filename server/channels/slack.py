@@ -9,6 +9,7 @@ import aiohttp
 
 from chat.v1 import common_pb2
 from server.channels.base import (
+    HOLD_CHANNEL,
     Action,
     ChannelResponse,
     Outbound,
@@ -121,7 +122,11 @@ class SlackChannel:
             if not answer.body.get("ok"):
                 error = str(answer.body.get("error", f"HTTP {answer.status}"))[:100]
                 return ChannelResponse.failed(
-                    error, error, retryable=error in TRANSIENT_ERRORS, http_status=answer.status
+                    error,
+                    error,
+                    retryable=error in TRANSIENT_ERRORS,
+                    http_status=answer.status,
+                    hold=HOLD_CHANNEL if error == "ratelimited" else "",
                 )
             return ChannelResponse(success=True, platform_message_id=str(answer.body.get("ts", "")))
 

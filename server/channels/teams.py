@@ -12,6 +12,7 @@ import aiohttp
 
 from chat.v1 import common_pb2
 from server.channels.base import (
+    HOLD_DESTINATION,
     TYPING,
     Action,
     ChannelResponse,
@@ -124,6 +125,8 @@ class TeamsChannel:
             return ChannelResponse.failed("401", "token refused", retryable=True, http_status=401)
         failure = transport_failure(answer)
         if failure is not None:
+            if failure.hold:
+                failure.hold = HOLD_DESTINATION  # Teams limits each conversation
             return failure
         if answer.status >= 300:
             return ChannelResponse.failed(

@@ -9,6 +9,8 @@ import aiohttp
 from chat.v1 import common_pb2
 from server.channels.base import (
     E164,
+    HOLD_CHANNEL,
+    HOLD_DESTINATION,
     READ,
     TYPING,
     Action,
@@ -27,6 +29,8 @@ BUTTON_TITLE_LIMIT = 20
 LIST_ROW_LIMIT = 10
 #: Errors a later attempt may get past (rate and throughput limits, temporary trouble).
 TRANSIENT_CODES = {"4", "80007", "130429", "131056", "131000", "131016"}
+#: Rate limits among them.
+RATE_CODES = {"4", "80007", "130429", "131056"}
 
 
 class WhatsAppChannel:
@@ -250,4 +254,6 @@ def _error(status: int, body: dict[str, Any]) -> ChannelResponse:
         str(error.get("message", "the platform refused the message")),
         retryable=code in TRANSIENT_CODES,
         http_status=status,
+        # 131056 is the pair limit (this recipient); the others limit the number or account.
+        hold=HOLD_DESTINATION if code == "131056" else HOLD_CHANNEL if code in RATE_CODES else "",
     )

@@ -151,6 +151,22 @@ class MongoDeliveries:
             {"$set": {"state": QUEUED, "due_time": due}, "$unset": {"owner": ""}},
         )
 
+    async def hold(
+        self, tenant_id: str, channel: int, *, recipient_id: str | None, until: dt.datetime
+    ) -> int:
+        """A platform's rate limit: the queued deliveries it covers (the tenant's on this
+        channel, or one recipient's) wait until ``until``; how many were held."""
+        query: Document = {
+            "tenant_id": tenant_id,
+            "channel": channel,
+            "state": QUEUED,
+            "due_time": {"$lt": until},
+        }
+        if recipient_id is not None:
+            query["recipient_id"] = recipient_id
+        result = await self._collection.update_many(query, {"$set": {"due_time": until}})
+        return result.modified_count
+
     async def get(self, tenant_id: str, message_id: str) -> Document | None:
         return await self._collection.find_one({"_id": message_id, "tenant_id": tenant_id})
 

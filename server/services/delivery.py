@@ -26,7 +26,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.channels.base import Channel, ChannelResponse, Outbound
+from server.channels.base import HOLD_DESTINATION, Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
 from server.domain.tenant import TenantLookup
 from server.events.envelopes import envelope
@@ -164,6 +164,9 @@ class DeliveryProcessor(LeasedQueueWorker):
         self._breaker = CircuitBreaker(
             threshold=policy.breaker_threshold, open_seconds=policy.breaker_open_seconds
         )
+        #: Rate limits the platforms reported: (tenant, channel, recipient or "") -> until
+        #: (monotonic). Queued deliveries are held in MongoDB too, for every process.
+        self._holds: dict[tuple[str, int, str], float] = {}
 
     async def claim(self) -> dict[str, Any] | None:
         return await self._deliveries.claim(owner=self._owner, now=self._clock(), lease=LEASE)
@@ -192,17 +195,10 @@ class DeliveryProcessor(LeasedQueueWorker):
             await self._finish(delivery, message, failure)
             return
         breaker_key = (tenant_id, delivery["channel"])
-        wait = self._breaker.wait_seconds(breaker_key)
+        wait = await self._wait_seconds(delivery, breaker_key)
         if wait > 0:
             await self._deliveries.postpone(
                 delivery, due=self._clock() + dt.timedelta(seconds=wait)
-            )
-            return
-        paced = await self._paced(delivery)
-        if paced > 0:
-            self._breaker.release(breaker_key)
-            await self._deliveries.postpone(
-                delivery, due=self._clock() + dt.timedelta(seconds=paced)
             )
             return
         media = None
@@ -249,8 +245,54 @@ class DeliveryProcessor(LeasedQueueWorker):
                 parts_sent=max(response.parts_sent, delivery.get("parts_sent", 0)),
                 first_platform_id=response.platform_message_id,
             )
+            if response.hold:
+                await self._hold(delivery, response.hold, delay, until=now)
             return
         await self._finish(delivery, message, response)
+
+    async def _wait_seconds(self, delivery: dict[str, Any], breaker_key: tuple[str, int]) -> float:
+        """How long this delivery must wait (0: send now): an open breaker, a rate limit the
+        platform reported, or this destination's pacing."""
+        wait = self._breaker.wait_seconds(breaker_key)
+        if wait > 0:
+            return wait
+        wait = self._held(delivery) or await self._paced(delivery)
+        if wait > 0:
+            self._breaker.release(breaker_key)  # a probe that did not go: no verdict
+        return wait
+
+    def _held(self, delivery: dict[str, Any]) -> float:
+        """Seconds a reported rate limit still holds this delivery (0: none)."""
+        now = time.monotonic()
+        tenant_id, channel = delivery["tenant_id"], delivery["channel"]
+        until = max(
+            self._holds.get((tenant_id, channel, ""), 0.0),
+            self._holds.get((tenant_id, channel, delivery["recipient_id"]), 0.0),
+        )
+        return max(0.0, until - now)
+
+    async def _hold(
+        self, delivery: dict[str, Any], scope: str, seconds: float, *, until: dt.datetime
+    ) -> None:
+        """The platform limited more than this delivery: the rest it covers waits as long."""
+        tenant_id, channel = delivery["tenant_id"], delivery["channel"]
+        recipient = delivery["recipient_id"] if scope == HOLD_DESTINATION else ""
+        key = (tenant_id, channel, recipient)
+        self._holds[key] = max(self._holds.get(key, 0.0), time.monotonic() + seconds)
+        held = await self._deliveries.hold(
+            tenant_id,
+            channel,
+            recipient_id=recipient or None,
+            until=until + dt.timedelta(seconds=seconds),
+        )
+        log.warning(
+            "rate limited by the platform; holding",
+            tenant_id=tenant_id,
+            channel=channel,
+            scope=scope,
+            seconds=round(seconds, 2),
+            held=held,
+        )
 
     async def _send(
         self, channel: Channel, outbound: Outbound, delivery: dict[str, Any]

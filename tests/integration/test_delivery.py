@@ -55,6 +55,8 @@ class Platforms:
 
     base: str = ""
     requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
+    #: When each request arrived (time.monotonic()), by its index in ``requests``.
+    times: list[float] = field(default_factory=list)
     #: Scripted answers per recipient: (status, body, headers), used in order; when none is
     #: left, the API succeeds. Per recipient, since earlier tests' deliveries may arrive too.
     script: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(
@@ -108,6 +110,7 @@ async def platforms() -> AsyncIterator[Platforms]:
         else:
             body = dict(await request.post())
         stand_in.requests.append((f"{api} {request.path}", dict(request.headers), body))
+        stand_in.times.append(time.monotonic())
         return body
 
     async def whatsapp(request: web.Request) -> web.Response:
@@ -152,6 +155,7 @@ async def platforms() -> AsyncIterator[Platforms]:
             "filename": upload.filename,
         }
         stand_in.requests.append((f"whatsapp-media {request.path}", dict(request.headers), body))
+        stand_in.times.append(time.monotonic())
         return web.json_response({"id": "uploaded-media-1"})
 
     app = web.Application()
@@ -730,3 +734,37 @@ async def test_the_platforms_see_the_bot_read_and_type(
 
     await wait_for(teams_typed, "a typing activity on Teams")
     assert platforms.actions_to("teams ", conversation) == [{"type": "typing"}]
+
+
+async def test_a_rate_limit_on_the_account_holds_every_recipient(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    """WhatsApp's 130429 limits the business number: after it, no reply to anyone goes out
+    before the Retry-After has passed (one 429, not one per recipient)."""
+    _, bridge = stack_up
+    first, second = ("1650555" + str(uuid.uuid4().int)[:4] for _ in range(2))
+    platforms.script[first] = [(429, {"error": {"code": 130429}}, {"Retry-After": "3"})]
+    payload, wamid = whatsapp_text(first)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    limited_reply = await reply_of(mongo, wamid)
+
+    async def limited() -> bool:
+        return bool(platforms.to("whatsapp", first))
+
+    await wait_for(limited, "the rate-limited send")
+    limited_at = platforms.times[platforms.requests.index(platforms.to("whatsapp", first)[0])]
+    payload, wamid = whatsapp_text(second)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    other_reply = await reply_of(mongo, wamid)
+
+    async def both_sent() -> bool:
+        return (
+            await status_of(mongo, limited_reply.id) == c.DELIVERY_STATUS_SENT
+            and await status_of(mongo, other_reply.id) == c.DELIVERY_STATUS_SENT
+        )
+
+    await wait_for(both_sent, "both replies, after the hold")
+    [other] = platforms.to("whatsapp", second)
+    other_at = platforms.times[platforms.requests.index(other)]
+    assert other_at - limited_at >= 2.5  # held with the first, not sent at once
+    assert len(platforms.to("whatsapp", second)) == 1  # and never limited itself

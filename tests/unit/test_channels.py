@@ -215,3 +215,24 @@ async def test_a_split_message_resumes_after_the_parts_already_sent() -> None:
     nothing = await send_parts([], skip=0, send_one=send_one)
     assert nothing.error is not None
     assert (nothing.error.code, nothing.error.retryable) == ("UNSUPPORTED_CONTENT", False)
+
+
+def test_rate_limits_say_what_they_hold() -> None:
+    from server.channels import whatsapp  # noqa: PLC0415
+    from server.channels.base import (  # noqa: PLC0415
+        HOLD_CHANNEL,
+        HOLD_DESTINATION,
+        HttpAnswer,
+        transport_failure,
+    )
+
+    def wa(code: int) -> str:
+        return whatsapp._error(400, {"error": {"code": code}}).hold
+
+    assert wa(130429) == HOLD_CHANNEL  # the business number's throughput
+    assert wa(131056) == HOLD_DESTINATION  # the pair limit: this recipient only
+    assert wa(131047) == ""  # not a rate limit
+    limited = transport_failure(HttpAnswer(429, {}, 2.0))
+    assert limited is not None
+    assert (limited.hold, limited.retry_after) == (HOLD_CHANNEL, 2.0)
+    assert transport_failure(HttpAnswer(503, {}, None)).hold == ""  # type: ignore[union-attr]
