@@ -9,7 +9,7 @@ import aiohttp
 
 from chat.v1 import common_pb2
 from server.channels.base import (
-    HOLD_CHANNEL,
+    HOLD_DESTINATION,
     Action,
     ChannelResponse,
     Outbound,
@@ -118,6 +118,8 @@ class SlackChannel:
             )
             failure = transport_failure(answer)
             if failure is not None:
+                if failure.hold:
+                    failure.hold = HOLD_DESTINATION  # chat.postMessage: about 1/s per channel
                 return failure
             if not answer.body.get("ok"):
                 error = str(answer.body.get("error", f"HTTP {answer.status}"))[:100]
@@ -126,7 +128,7 @@ class SlackChannel:
                     error,
                     retryable=error in TRANSIENT_ERRORS,
                     http_status=answer.status,
-                    hold=HOLD_CHANNEL if error == "ratelimited" else "",
+                    hold=HOLD_DESTINATION if error == "ratelimited" else "",
                 )
             return ChannelResponse(success=True, platform_message_id=str(answer.body.get("ts", "")))
 

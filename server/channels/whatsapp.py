@@ -132,6 +132,14 @@ class WhatsAppChannel:
 
     async def _post(self, url: str, auth: dict[str, str], body: dict[str, Any]) -> ChannelResponse:
         answer = await call(self._http, "POST", f"{url}/messages", headers=auth, json_body=body)
+        if answer.status == 429 and isinstance(answer.body.get("error"), dict):
+            # The code says what the limit covers (131056: this recipient only).
+            limited = _error(answer.status, answer.body)
+            limited.retry_after = answer.retry_after
+            if limited.error is not None:
+                limited.error.retryable = True
+            limited.hold = limited.hold or HOLD_CHANNEL
+            return limited
         failure = transport_failure(answer)
         if failure is not None:
             return failure

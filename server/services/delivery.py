@@ -227,9 +227,12 @@ class DeliveryProcessor(LeasedQueueWorker):
             self._breaker.failure(breaker_key)
         else:
             self._breaker.success(breaker_key)  # the platform answered; the message was bad
+        delay = self._policy.delay(attempts, response.retry_after)
+        if response.hold:
+            # Even on its last attempt: the limit still holds the others it covers.
+            await self._hold(delivery, response.hold, delay, until=self._clock())
         if error.retryable and attempts < self._policy.max_attempts:
             now = self._clock()
-            delay = self._policy.delay(attempts, response.retry_after)
             log.warning(
                 "delivery failed; retrying",
                 message_id=delivery["_id"],
@@ -245,8 +248,6 @@ class DeliveryProcessor(LeasedQueueWorker):
                 parts_sent=max(response.parts_sent, delivery.get("parts_sent", 0)),
                 first_platform_id=response.platform_message_id,
             )
-            if response.hold:
-                await self._hold(delivery, response.hold, delay, until=now)
             return
         await self._finish(delivery, message, response)
 
@@ -278,7 +279,10 @@ class DeliveryProcessor(LeasedQueueWorker):
         tenant_id, channel = delivery["tenant_id"], delivery["channel"]
         recipient = delivery["recipient_id"] if scope == HOLD_DESTINATION else ""
         key = (tenant_id, channel, recipient)
-        self._holds[key] = max(self._holds.get(key, 0.0), time.monotonic() + seconds)
+        now = time.monotonic()
+        for stale in [k for k, until in self._holds.items() if until <= now]:
+            del self._holds[stale]
+        self._holds[key] = max(self._holds.get(key, 0.0), now + seconds)
         held = await self._deliveries.hold(
             tenant_id,
             channel,

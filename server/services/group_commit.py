@@ -13,8 +13,10 @@ so each item's writes see the state the one before it left.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+import contextlib
+import contextvars
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -34,58 +36,94 @@ class GroupCommit(Generic[I, R]):
         key: Callable[[I], Hashable],
         max_batch: int = 64,
         on_batch: Callable[[int], None] = lambda _size: None,
+        on_orphan: Callable[[I, R], Coroutine[Any, Any, None]] | None = None,
+        divisible: tuple[type[Exception], ...] = (),
     ) -> None:
+        """``on_orphan`` finishes an item committed after its caller gave up (the caller's
+        after-commit work would otherwise never run). ``divisible``: errors one item can
+        cause (a duplicate key); a batch failing with one is retried item by item, any other
+        error goes to every item of the batch."""
         self._commit = commit
-        self._on_batch = on_batch
         self._key = key
         self._max_batch = max_batch
+        self._on_batch = on_batch
+        self._on_orphan = on_orphan
+        self._divisible = divisible
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: I) -> R:
         """Commit ``item`` with whatever else is waiting; its own outcome."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name="group-commit")
+            # A context of its own: batch logs must not carry the first caller's request id.
+            self._drainer = asyncio.create_task(
+                self._drain(), name="group-commit", context=contextvars.Context()
+            )
         # A caller cancelled while waiting is skipped; one whose batch is committing is
-        # committed (as if its answer were lost on the way back).
+        # committed, and on_orphan finishes it.
         return await future
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch: list[tuple[I, asyncio.Future[R]]] = []
-            later: list[tuple[I, asyncio.Future[R]]] = []
-            keys: set[Hashable] = set()
-            for entry in self._queue:
-                if entry[1].done():
-                    continue  # its caller gave up before it was written
-                key = self._key(entry[0])
-                if key in keys or len(batch) >= self._max_batch:
-                    later.append(entry)
-                else:
-                    keys.add(key)
-                    batch.append(entry)
-            self._queue = later
-            if batch:
-                await self._run(batch)
+        batch: list[tuple[I, asyncio.Future[R]]] = []
+        try:
+            while self._queue:
+                batch = []
+                later: list[tuple[I, asyncio.Future[R]]] = []
+                keys: set[Hashable] = set()
+                for entry in self._queue:
+                    if entry[1].done():
+                        continue  # its caller gave up before it was written
+                    key = self._key(entry[0])
+                    if key in keys or len(batch) >= self._max_batch:
+                        later.append(entry)
+                    else:
+                        keys.add(key)
+                        batch.append(entry)
+                self._queue = later
+                if batch:
+                    await self._run(batch)
+        except Exception:
+            log.exception("group commit failed")
+        finally:
+            # Whatever went wrong here, no caller is left waiting for ever.
+            for _, future in [*batch, *self._queue]:
+                _settle(future, RuntimeError("the group commit stopped"))
+            self._queue = []
 
     async def _run(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         try:
             outcomes = await self._commit([item for item, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - handed to the callers below
+        except self._divisible as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
                 return
-            # One item may have sunk the batch (a duplicate request id): each alone, so it
-            # gets its own error and the others are written.
+            # One item sank the batch (a duplicate request id): each alone, so it gets its
+            # own error and the others are written; callers who gave up are not retried.
             log.info("group commit failed; committing one by one", size=len(batch))
             for entry in batch:
-                await self._run([entry])
+                if not entry[1].done():
+                    await self._run([entry])
             return
-        self._on_batch(len(batch))
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        except Exception as exc:  # noqa: BLE001 - an outage: every caller gets it
+            for _, future in batch:
+                _settle(future, exc)
+            return
+        with contextlib.suppress(Exception):
+            self._on_batch(len(batch))
+        for (item, future), outcome in zip(batch, outcomes, strict=True):
+            if future.cancelled() and not isinstance(outcome, Exception):
+                self._orphan(item, outcome)
             _settle(future, outcome)
+
+    def _orphan(self, item: I, outcome: R) -> None:
+        if self._on_orphan is None:
+            return
+        task = asyncio.create_task(self._on_orphan(item, outcome))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
 
 def _settle(future: asyncio.Future[R], outcome: R | Exception) -> None:

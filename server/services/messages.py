@@ -116,7 +116,11 @@ class MessageService:
         self._on_events = on_events
         self._clock = clock
         self._commits: GroupCommit[_Exchange, chat_service_pb2.SendMessageResponse] = GroupCommit(
-            self._store, key=lambda e: (e.tenant_id, e.conversation.id), on_batch=on_batch
+            self._store,
+            key=lambda e: (e.tenant_id, e.conversation.id),
+            on_batch=on_batch,
+            on_orphan=self._finish_orphan,
+            divisible=(AlreadyExists,),
         )
 
     async def send(
@@ -166,6 +170,19 @@ class MessageService:
             if stored is None:
                 raise
             return chat_service_pb2.SendMessageResponse.FromString(stored)
+        await self._after_commit(tenant_id, response, now=now)
+        if started:
+            log.info("conversation started", conversation_id=conversation.id)
+        return response
+
+    async def _after_commit(
+        self,
+        tenant_id: str,
+        response: chat_service_pb2.SendMessageResponse,
+        *,
+        now: dt.datetime,
+    ) -> None:
+        """Wake the relay and the delivery queue, push to the streams, keep the session."""
         self._on_events()
         if response.conversation.channel != WEB:
             self._on_delivery()
@@ -175,10 +192,16 @@ class MessageService:
             [message_event(m) for m in (response.message, *response.replies)],
             conversation=response.conversation,
         )
-        await self.save_session(tenant_id, session, now=now)
-        if started:
-            log.info("conversation started", conversation_id=conversation.id)
-        return response
+        await self.save_session(tenant_id, response.session, now=now)
+
+    async def _finish_orphan(
+        self, exchange: _Exchange, response: chat_service_pb2.SendMessageResponse
+    ) -> None:
+        """An exchange committed after its caller gave up: its after-commit work still runs."""
+        try:
+            await self._after_commit(exchange.tenant_id, response, now=exchange.now)
+        except Exception:
+            log.exception("after-commit work failed", conversation_id=exchange.conversation.id)
 
     async def session_for(
         self,

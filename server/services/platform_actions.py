@@ -33,6 +33,9 @@ class PlatformActions:
         self._tenants = tenants
         self._messages = messages
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Actions on their way: a repeat of one (a typing indicator sent on every keystroke)
+        #: is dropped rather than sent again.
+        self._inflight: set[tuple[str, str, str]] = set()
 
     def schedule(
         self,
@@ -49,9 +52,14 @@ class PlatformActions:
             common_pb2.CHANNEL_TYPE_UNSPECIFIED,
         ):
             return
+        key = (tenant_id, conversation.id, kind)
+        if key in self._inflight:
+            return
+        self._inflight.add(key)
         task = asyncio.create_task(self._send(tenant_id, conversation, kind, platform_message_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._inflight.discard(key))
 
     async def wait(self) -> None:
         """Until every scheduled action has run (for shutdown and tests)."""

@@ -30,6 +30,8 @@ from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.channels.base import Outbound
 from server.channels.whatsapp import WhatsAppChannel
+from server.repositories.deliveries import MongoDeliveries
+from server.repositories.mongo import Transactions
 from server.repositories.tenants_file import load_tenants
 from tests.integration.bot_framework import TeamsKeys
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
@@ -450,7 +452,9 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
             )
         ).delivery
         assert (record.status, record.attempt_count) == (c.DELIVERY_STATUS_SENT, 2)
-        assert record.attempts[0].error.code == "RATE_LIMITED"
+        # The platform's own code (it says what the limit covers), with the HTTP status.
+        assert record.attempts[0].error.code == "130429"
+        assert record.attempts[0].error.http_status == 429
         assert record.attempts[1].success
 
         # Outside the 24-hour window: permanent, so no retry.
@@ -768,3 +772,52 @@ async def test_a_rate_limit_on_the_account_holds_every_recipient(
     other_at = platforms.times[platforms.requests.index(other)]
     assert other_at - limited_at >= 2.5  # held with the first, not sent at once
     assert len(platforms.to("whatsapp", second)) == 1  # and never limited itself
+
+
+async def test_a_hold_moves_exactly_the_queued_deliveries_it_covers(mongo: Mongo) -> None:
+    """What lets every process wait: the queued deliveries a rate limit covers are moved in
+    MongoDB (and only those)."""
+    deliveries = MongoDeliveries(database=mongo)
+    transactions = Transactions(client=mongo.client)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def message(channel: int) -> c.Message:
+        return c.Message(id=uuid.uuid4().hex, conversation_id=uuid.uuid4().hex, channel=channel)
+
+    queued = {
+        ("acme", "wa-1"): message(c.CHANNEL_TYPE_WHATSAPP),
+        ("acme", "wa-2"): message(c.CHANNEL_TYPE_WHATSAPP),
+        ("acme", "C111"): message(c.CHANNEL_TYPE_SLACK),
+        ("globex", "wa-1"): message(c.CHANNEL_TYPE_WHATSAPP),
+    }
+
+    async def enqueue(tx: Any) -> None:
+        for (tenant, recipient), m in queued.items():
+            await deliveries.enqueue(
+                tenant, [m], recipient_id=recipient, service_url="", now=now, session=tx
+            )
+
+    await transactions.run(enqueue)
+
+    async def due(key: tuple[str, str]) -> dt.datetime:
+        document = await mongo["deliveries"].find_one({"_id": queued[key].id})
+        assert document is not None
+        return document["due_time"]
+
+    later = now + dt.timedelta(seconds=30)
+    held = await deliveries.hold("acme", c.CHANNEL_TYPE_WHATSAPP, recipient_id="wa-2", until=later)
+    assert held == 1
+    assert await due(("acme", "wa-2")) == later
+    assert await due(("acme", "wa-1")) == now
+    latest = now + dt.timedelta(seconds=60)
+    held = await deliveries.hold("acme", c.CHANNEL_TYPE_WHATSAPP, recipient_id=None, until=latest)
+    assert held == 2
+    assert await due(("acme", "wa-1")) == latest
+    assert await due(("acme", "wa-2")) == latest
+    assert await due(("acme", "C111")) == now  # another platform
+    assert await due(("globex", "wa-1")) == now  # another tenant
+    # A hold never brings a delivery forward.
+    assert (
+        await deliveries.hold("acme", c.CHANNEL_TYPE_WHATSAPP, recipient_id=None, until=later) == 0
+    )
+    assert await due(("acme", "wa-1")) == latest

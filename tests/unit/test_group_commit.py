@@ -10,6 +10,10 @@ import pytest
 from server.services.group_commit import GroupCommit
 
 
+class DuplicateError(Exception):
+    """What one item can cause (a duplicate key)."""
+
+
 class Recorder:
     """A commit function that holds each batch until released, and records it."""
 
@@ -22,7 +26,7 @@ class Recorder:
         self.batches.append(list(items))
         await self.release.wait()
         if len(items) > 1 and self.fail_batches_with & set(items):
-            raise RuntimeError("a bad item sinks the batch")
+            raise DuplicateError("a bad item sinks the batch")
         return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
 
 
@@ -63,7 +67,7 @@ async def test_each_item_gets_its_own_outcome_and_a_sunk_batch_is_retried_alone(
     recorder = Recorder()
     recorder.release.set()
     recorder.fail_batches_with = {"b:1"}
-    group = GroupCommit(recorder.commit, key=key)
+    group = GroupCommit(recorder.commit, key=key, divisible=(DuplicateError,))
     blocker = asyncio.create_task(group.submit("z:1"))
     await asyncio.sleep(0)
     results = await asyncio.gather(
@@ -99,3 +103,54 @@ async def test_a_caller_that_gave_up_while_waiting_is_not_written() -> None:
     await first
     assert await kept == "C:1"
     assert recorder.batches == [["a:1"], ["c:1"]]
+
+
+async def test_an_outage_fails_the_whole_batch_without_retrying_each() -> None:
+    calls: list[list[str]] = []
+
+    async def down(items: list[str]) -> list[str | Exception]:
+        calls.append(items)
+        await asyncio.sleep(0)
+        raise ConnectionError("database down")
+
+    group = GroupCommit(down, key=key, divisible=(DuplicateError,))
+    first = asyncio.create_task(group.submit("a:1"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(group.submit(f"{c}:1")) for c in "bcd"]
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert calls == [["a:1"], ["b:1", "c:1", "d:1"]]  # no one-by-one retries
+
+
+async def test_an_item_committed_after_its_caller_left_is_finished_anyway() -> None:
+    recorder = Recorder()
+    finished: list[tuple[str, str]] = []
+
+    async def finish(item: str, result: str) -> None:
+        finished.append((item, result))
+
+    group = GroupCommit(recorder.commit, key=key, on_orphan=finish)
+    caller = asyncio.create_task(group.submit("a:1"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.batches == [["a:1"]]  # committing
+    caller.cancel()
+    recorder.release.set()
+    await asyncio.sleep(0.01)
+    assert finished == [("a:1", "A:1")]
+
+
+async def test_no_caller_waits_for_ever_when_the_batcher_breaks() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+
+    def broken_key(item: str) -> str:
+        if item.startswith("boom"):
+            raise KeyError(item)
+        return item
+
+    group = GroupCommit(recorder.commit, key=broken_key)
+    results = await asyncio.wait_for(
+        asyncio.gather(group.submit("boom:1"), group.submit("a:1"), return_exceptions=True), 2
+    )
+    assert all(isinstance(r, Exception) for r in results)
