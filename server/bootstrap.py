@@ -398,6 +398,7 @@ class ChatServer:
             policy=DeliveryPolicy(
                 max_attempts=self._settings.delivery_max_attempts,
                 base_delay_seconds=self._settings.delivery_base_delay_seconds,
+                lease_seconds=self._settings.delivery_lease_seconds,
             ),
             on_events=self._relay.wake,
         )

@@ -120,6 +120,7 @@ class Settings:
     stream_queue_limit: int
     delivery_max_attempts: int
     delivery_base_delay_seconds: float
+    delivery_lease_seconds: float
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -179,6 +180,7 @@ class Settings:
                 "CHAT_DELIVERY_BASE_DELAY_MS", "1000", _positive_float
             )
             / 1000,
+            delivery_lease_seconds=env.parse("CHAT_DELIVERY_LEASE_SECONDS", "300", _positive_float),
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -67,11 +68,23 @@ class MessengerChannel:
         if kind == "interactive":
             return [{**base, "message": _interactive(content.interactive)}]
         if kind == "media":
+            # Sent by the attachment id the upload returns (send_message uploads first);
+            # Messenger attachments carry no caption, so it follows as a text.
             media = content.media
-            text = " ".join(
-                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
-            )
-            return [{**base, "message": {"text": to_plain(text)[:TEXT_LIMIT]}}]
+            bodies: list[dict[str, Any]] = [
+                {
+                    **base,
+                    "message": {
+                        "attachment": {
+                            "type": _attachment_type(media.mime_type),
+                            "payload": {"attachment_id": ""},
+                        }
+                    },
+                }
+            ]
+            if media.caption:
+                bodies.append({**base, "message": {"text": to_plain(media.caption)[:TEXT_LIMIT]}})
+            return bodies
         return []
 
     async def send_message(self, outbound: Outbound) -> ChannelResponse:
@@ -80,12 +93,60 @@ class MessengerChannel:
         auth = {"Authorization": f"Bearer {config.page_access_token}"}
         url = f"{self._base}/{self._version}/me/messages"
 
+        bodies = self.format_message(outbound)
+        if outbound.message.content.WhichOneof("kind") == "media" and outbound.skip_parts == 0:
+            uploaded = await self._upload(auth, outbound)
+            if not uploaded.success:
+                return uploaded
+            bodies[0]["message"]["attachment"]["payload"]["attachment_id"] = (
+                uploaded.platform_message_id
+            )
+
         async def send_one(body: dict[str, Any]) -> ChannelResponse:
             return await self._post(url, auth, body)
 
-        return await send_parts(
-            self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
+        return await send_parts(bodies, skip=outbound.skip_parts, send_one=send_one)
+
+    async def _upload(self, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:
+        """The Attachment Upload API: the bytes once, an attachment id back."""
+        media = outbound.message.content.media
+        if outbound.media is None:
+            return ChannelResponse.failed(
+                "MEDIA_MISSING", "the media bytes are gone", retryable=False
+            )
+        form = aiohttp.FormData()
+        form.add_field(
+            "message",
+            json.dumps(
+                {
+                    "attachment": {
+                        "type": _attachment_type(media.mime_type),
+                        "payload": {"is_reusable": True},
+                    }
+                }
+            ),
         )
+        form.add_field(
+            "filedata",
+            outbound.media,
+            filename=media.file_name or "media",
+            content_type=media.mime_type,
+        )
+        url = f"{self._base}/{self._version}/me/message_attachments"
+        answer = await call(self._http, "POST", url, headers=auth, data=form)
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        attachment_id = answer.body.get("attachment_id")
+        if answer.status != 200 or not attachment_id:
+            error = answer.body.get("error")
+            return ChannelResponse.failed(
+                str(error.get("code", answer.status) if isinstance(error, dict) else answer.status),
+                "the attachment upload was refused",
+                retryable=False,
+                http_status=answer.status,
+            )
+        return ChannelResponse(success=True, platform_message_id=str(attachment_id))
 
     async def send_action(self, action: Action) -> ChannelResponse | None:
         """sender_action: typing_on, typing_off, mark_seen."""
@@ -119,6 +180,11 @@ class MessengerChannel:
             )
         message_id = answer.body.get("message_id")
         return ChannelResponse(success=True, platform_message_id=str(message_id or ""))
+
+
+def _attachment_type(mime: str) -> str:
+    family = mime.partition("/")[0]
+    return family if family in ("image", "audio", "video") else "file"
 
 
 def _interactive(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from server.domain.tenant import Tenant
 TEXT_LIMIT = 4000
 BUTTON_LIMIT = 25
 _RECIPIENT = re.compile(r"^[CDGUW][A-Z0-9]{2,}$")
+#: Conversations files can be shared in (a user id is not one).
+_CHANNEL_ID = re.compile(r"^[CDG][A-Z0-9]{2,}$")
 TRANSIENT_ERRORS = {"ratelimited", "service_unavailable", "request_timeout", "internal_error"}
 
 
@@ -90,14 +92,78 @@ class SlackChannel:
                 blocks.append({"type": "actions", "elements": elements})
             return [{"channel": channel, "text": text[:TEXT_LIMIT], "blocks": blocks}]
         if kind == "media":
-            # Documented fallback until the three-step file upload lands: the caption and the
-            # file's name, as text.
+            # What a direct message to a user id gets (files go to channel ids only), and what
+            # media without stored bytes get: the caption and the file's name, as text.
             media = content.media
             text = " ".join(
                 filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
             )
             return [{"channel": channel, "text": to_slack(text)}]
         return []
+
+    async def _send_file(self, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:
+        """Slack's external upload: an upload URL for the file, the bytes to it, then the
+        file shared in the channel with the caption as its comment. The file id names it."""
+        media = outbound.message.content.media
+        data = outbound.media or b""
+        name = media.file_name or "file"
+        reserved = await self._api(
+            auth, "files.getUploadURLExternal", form={"filename": name, "length": str(len(data))}
+        )
+        if not reserved.success:
+            return reserved
+        upload_url, file_id = reserved.metadata["upload_url"], reserved.platform_message_id
+        if not upload_url.startswith(("https://", "http://")):
+            return ChannelResponse.failed("BAD_UPLOAD_URL", "no usable upload URL", retryable=True)
+        sent = await call(self._http, "POST", upload_url, headers={}, data=data)
+        failure = transport_failure(sent)
+        if failure is not None:
+            return failure
+        if sent.status != 200:
+            return ChannelResponse.failed(
+                f"HTTP_{sent.status}", "the upload was refused", retryable=False
+            )
+        shared: dict[str, Any] = {
+            "files": [{"id": file_id, "title": name}],
+            "channel_id": outbound.recipient_id,
+        }
+        if media.caption:
+            shared["initial_comment"] = to_slack(media.caption)[:TEXT_LIMIT]
+        completed = await self._api(auth, "files.completeUploadExternal", body=shared)
+        if not completed.success:
+            return completed
+        return ChannelResponse(success=True, platform_message_id=file_id)
+
+    async def _api(
+        self,
+        auth: dict[str, str],
+        method: str,
+        *,
+        form: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> ChannelResponse:
+        """One Web API call; its file_id and upload_url, when it returns them."""
+        answer = await call(
+            self._http,
+            "POST",
+            f"{self._base}/api/{method}",
+            headers=auth,
+            json_body=body,
+            data=form,
+        )
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        if not answer.body.get("ok"):
+            error = str(answer.body.get("error", f"HTTP {answer.status}"))[:100]
+            return ChannelResponse.failed(
+                error, error, retryable=error in TRANSIENT_ERRORS, http_status=answer.status
+            )
+        return ChannelResponse(
+            success=True,
+            platform_message_id=str(answer.body.get("file_id", "")),
+            metadata={"upload_url": str(answer.body.get("upload_url", ""))},
+        )
 
     async def send_action(self, action: Action) -> ChannelResponse | None:  # noqa: ARG002
         """Slack's Web API has no typing indicator or read receipt for bots."""
@@ -107,6 +173,12 @@ class SlackChannel:
         config = outbound.tenant.channels.slack
         assert config is not None  # noqa: S101 - validate_config ran first
         auth = {"Authorization": f"Bearer {config.bot_token}"}
+        if (
+            outbound.message.content.WhichOneof("kind") == "media"
+            and outbound.media is not None
+            and _CHANNEL_ID.match(outbound.recipient_id)
+        ):
+            return await self._send_file(auth, outbound)
 
         async def send_one(body: dict[str, Any]) -> ChannelResponse:
             answer = await call(

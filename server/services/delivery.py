@@ -41,8 +41,8 @@ from server.services.streams import QuietLiveEvents, timestamp_of
 log = structlog.get_logger("chat.delivery")
 
 #: Longer than the slowest send (an upload and seven parts at 10 s each): a live process must
-#: not lose a delivery to another mid-send.
-LEASE = dt.timedelta(minutes=5)
+#: not lose a delivery to another mid-send. A dead process's delivery waits this long.
+LEASE_SECONDS = 300.0
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
 #: Sends per second and burst per destination (conversation), from each platform's limits:
@@ -65,6 +65,8 @@ class DeliveryPolicy:
     #: Consecutive transient failures of one tenant and channel that open its breaker.
     breaker_threshold: int = 5
     breaker_open_seconds: float = 30.0
+    #: How long a claimed delivery is its process's (see LEASE_SECONDS).
+    lease_seconds: float = LEASE_SECONDS
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter, never sooner than the platform asked."""
@@ -169,7 +171,11 @@ class DeliveryProcessor(LeasedQueueWorker):
         self._holds: dict[tuple[str, int, str], float] = {}
 
     async def claim(self) -> dict[str, Any] | None:
-        return await self._deliveries.claim(owner=self._owner, now=self._clock(), lease=LEASE)
+        return await self._deliveries.claim(
+            owner=self._owner,
+            now=self._clock(),
+            lease=dt.timedelta(seconds=self._policy.lease_seconds),
+        )
 
     async def handle(self, item: dict[str, Any]) -> None:
         await self.deliver(item)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,9 +29,12 @@ from chat.v1 import chat_service_pb2 as chat_pb
 from chat.v1 import common_pb2 as c
 from chat.v1 import delivery_service_pb2 as delivery
 from chat.v1 import delivery_service_pb2_grpc
+from devstack.processes import free_port, script_path
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.channels.base import Outbound
+from server.channels.messenger import MessengerChannel
+from server.channels.slack import SlackChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.mongo import Transactions
@@ -59,6 +65,9 @@ class Platforms:
     requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
     #: When each request arrived (time.monotonic()), by its index in ``requests``.
     times: list[float] = field(default_factory=list)
+    #: Recipients whose next WhatsApp send is left unanswered until ``release`` is set.
+    stall: set[str] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     #: Scripted answers per recipient: (status, body, headers), used in order; when none is
     #: left, the API succeeds. Per recipient, since earlier tests' deliveries may arrive too.
     script: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(
@@ -95,6 +104,73 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: floa
         await asyncio.sleep(0.1)
 
 
+def add_upload_routes(
+    app: web.Application,
+    stand_in: Platforms,
+    record: Callable[[web.Request, str], Awaitable[Any]],
+) -> None:
+    """The platforms' media uploads: WhatsApp /media, Messenger's Attachment Upload API,
+    Slack's external upload (reserve, upload, complete)."""
+
+    async def upload(request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        assert isinstance(upload, web.FileField)
+        body = {
+            "messaging_product": form["messaging_product"],
+            "type": form["type"],
+            "size": len(upload.file.read()),
+            "filename": upload.filename,
+        }
+        stand_in.requests.append((f"whatsapp-media {request.path}", dict(request.headers), body))
+        stand_in.times.append(time.monotonic())
+        return web.json_response({"id": "uploaded-media-1"})
+
+    async def attachment(request: web.Request) -> web.Response:
+        form = await request.post()
+        data = form["filedata"]
+        assert isinstance(data, web.FileField)
+        body = {
+            "message": json.loads(str(form["message"])),
+            "size": len(data.file.read()),
+            "filename": data.filename,
+            "content_type": data.content_type,
+        }
+        stand_in.requests.append((f"messenger-upload {request.path}", dict(request.headers), body))
+        stand_in.times.append(time.monotonic())
+        return web.json_response({"attachment_id": "1857777774821032"})
+
+    async def slack_reserve(request: web.Request) -> web.Response:
+        body = await record(request, "slack-files")
+        file_id = f"F{uuid.uuid4().hex[:10].upper()}"
+        return web.json_response(
+            {
+                "ok": True,
+                "upload_url": f"{stand_in.base}/upload/{file_id}",
+                "file_id": file_id,
+                "filename": body["filename"],
+            }
+        )
+
+    async def slack_upload(request: web.Request) -> web.Response:
+        data = await request.read()
+        stand_in.requests.append(
+            (f"slack-upload {request.path}", dict(request.headers), {"size": len(data)})
+        )
+        stand_in.times.append(time.monotonic())
+        return web.Response(text=f"OK - {len(data)}")
+
+    async def slack_complete(request: web.Request) -> web.Response:
+        body = await record(request, "slack-files")
+        return web.json_response({"ok": True, "files": body["files"]})
+
+    app.router.add_post("/api/files.getUploadURLExternal", slack_reserve)
+    app.router.add_post("/upload/{file_id}", slack_upload)
+    app.router.add_post("/api/files.completeUploadExternal", slack_complete)
+    app.router.add_post("/v23.0/me/message_attachments", attachment)
+    app.router.add_post("/v23.0/{phone}/media", upload)
+
+
 @pytest.fixture
 async def platforms() -> AsyncIterator[Platforms]:
     stand_in = Platforms()
@@ -117,6 +193,9 @@ async def platforms() -> AsyncIterator[Platforms]:
 
     async def whatsapp(request: web.Request) -> web.Response:
         body = await record(request, "whatsapp")
+        if body.get("to") in stand_in.stall:
+            stand_in.stall.discard(body["to"])
+            await stand_in.release.wait()  # the platform has it; the answer comes late
         return answer(
             body.get("to", ""),
             {
@@ -146,22 +225,8 @@ async def platforms() -> AsyncIterator[Platforms]:
         await record(request, "teams")
         return answer(request.match_info["conversation"], {"id": f"teams-{uuid.uuid4().hex}"})
 
-    async def upload(request: web.Request) -> web.Response:
-        form = await request.post()
-        upload = form["file"]
-        assert isinstance(upload, web.FileField)
-        body = {
-            "messaging_product": form["messaging_product"],
-            "type": form["type"],
-            "size": len(upload.file.read()),
-            "filename": upload.filename,
-        }
-        stand_in.requests.append((f"whatsapp-media {request.path}", dict(request.headers), body))
-        stand_in.times.append(time.monotonic())
-        return web.json_response({"id": "uploaded-media-1"})
-
     app = web.Application()
-    app.router.add_post("/v23.0/{phone}/media", upload)
+    add_upload_routes(app, stand_in, record)
     app.router.add_post("/v23.0/me/messages", messenger)
     app.router.add_post("/v23.0/{phone}/messages", whatsapp)
     app.router.add_post("/api/chat.postMessage", slack)
@@ -821,3 +886,176 @@ async def test_a_hold_moves_exactly_the_queued_deliveries_it_covers(mongo: Mongo
         await deliveries.hold("acme", c.CHANNEL_TYPE_WHATSAPP, recipient_id=None, until=later) == 0
     )
     assert await due(("acme", "wa-1")) == latest
+
+
+async def test_messenger_media_is_uploaded_then_sent_by_attachment_id(
+    platforms: Platforms, tmp_path: Path
+) -> None:
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    picture = b"\x89PNG\r\n\x1a\n" + b"\x00" * 4096
+    message = c.Message(
+        id="m1",
+        content=c.Content(
+            media=c.MediaContent(
+                media_id="stored-1",
+                mime_type="image/png",
+                caption="**our** shop",
+                file_name="a.png",
+            )
+        ),
+    )
+    psid = "2028279607252642"
+    async with aiohttp.ClientSession() as http:
+        channel = MessengerChannel(http=http, base_url=platforms.base, version="v23.0")
+        response = await channel.send_message(
+            Outbound(tenant=tenant, message=message, recipient_id=psid, media=picture)
+        )
+    assert response.success
+    [(path, headers, upload)] = platforms.sent("messenger-upload")
+    assert path == "messenger-upload /v23.0/me/message_attachments"
+    assert headers["Authorization"] == "Bearer t"
+    assert upload == {
+        "message": {"attachment": {"type": "image", "payload": {"is_reusable": True}}},
+        "size": len(picture),
+        "filename": "a.png",
+        "content_type": "image/png",
+    }
+    [(_, _, image), (_, _, caption)] = platforms.to("messenger", psid)
+    assert image == {
+        "recipient": {"id": psid},
+        "messaging_type": "RESPONSE",
+        "message": {
+            "attachment": {"type": "image", "payload": {"attachment_id": "1857777774821032"}}
+        },
+    }
+    assert caption["message"] == {"text": "our shop"}  # Messenger shows no formatting
+
+
+async def test_slack_media_is_uploaded_externally_then_shared_in_the_channel(
+    platforms: Platforms, tmp_path: Path
+) -> None:
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    report = b"%PDF-1.7\n" + b"0" * 3000
+    message = c.Message(
+        id="m1",
+        content=c.Content(
+            media=c.MediaContent(
+                media_id="stored-2",
+                mime_type="application/pdf",
+                caption="the **report**",
+                file_name="report.pdf",
+            )
+        ),
+    )
+    async with aiohttp.ClientSession() as http:
+        channel = SlackChannel(http=http, base_url=platforms.base)
+        response = await channel.send_message(
+            Outbound(tenant=tenant, message=message, recipient_id="C0PUBLIC1", media=report)
+        )
+        # A user id is no channel to share a file in: the caption and the name, as text.
+        direct = await channel.send_message(
+            Outbound(tenant=tenant, message=message, recipient_id="U0DIRECT1", media=report)
+        )
+    assert response.success
+    assert direct.success
+    [(reserve_path, reserve_headers, reserve), (_, _, complete)] = platforms.sent("slack-files")
+    assert reserve_path == "slack-files /api/files.getUploadURLExternal"
+    assert reserve_headers["Authorization"] == "Bearer xoxb-t"
+    assert reserve == {"filename": "report.pdf", "length": str(len(report))}
+    [(upload_path, upload_headers, upload)] = platforms.sent("slack-upload")
+    assert upload == {"size": len(report)}
+    assert "Authorization" not in upload_headers  # the token stays with the Web API
+    file_id = upload_path.rsplit("/", 1)[-1]
+    assert response.platform_message_id == file_id
+    assert complete == {
+        "files": [{"id": file_id, "title": "report.pdf"}],
+        "channel_id": "C0PUBLIC1",
+        "initial_comment": "the *report*",
+    }
+    [(_, _, text)] = platforms.to("slack /api/chat.postMessage", "U0DIRECT1")
+    assert text == {"channel": "U0DIRECT1", "text": "the *report* [report.pdf]"}
+
+
+async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
+    start_server: StartServer,
+    stack: Endpoints,
+    tmp_path: Path,
+    platforms: Platforms,
+    teams_keys: TeamsKeys,
+    mongo: Mongo,
+    database_name: str,
+) -> None:
+    """A real server process is killed (SIGKILL) while the platform holds its send. Another
+    server takes the delivery over once the lease lapses: the reply is SENT, and the platform
+    saw it twice at most (the one gap the platforms' missing idempotency keys leave)."""
+    settings = {
+        "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
+        "CHAT_MONGODB_DATABASE": database_name,
+        "CHAT_WHATSAPP_API_BASE": platforms.base,
+        "CHAT_DELIVERY_BASE_DELAY_MS": "50",
+        "CHAT_DELIVERY_LEASE_SECONDS": "3",
+        **JWT_SETTINGS,
+    }
+    port = free_port()
+    doomed = await asyncio.create_subprocess_exec(
+        script_path("chat-server"),
+        env={
+            **os.environ,
+            **stack.as_env(),
+            **settings,
+            "CHAT_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "CHAT_METRICS_ADDRESS": "off",
+            "CHAT_LOG_LEVEL": "warning",
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _serving(port):
+            assert doomed.returncode is None, "the server process exited"
+            assert time.monotonic() < deadline, "the server process did not start"
+            await asyncio.sleep(0.2)
+        runner, url = await start_bridge(f"127.0.0.1:{port}", tmp_path, teams_keys.metadata_url)
+        try:
+            user = "1650555" + str(uuid.uuid4().int)[:4]
+            platforms.stall.add(user)
+            payload, wamid = whatsapp_text(user)
+            async with aiohttp.ClientSession() as http:
+                assert (
+                    await Bridge(url, http, None).meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+                )
+            reply = await reply_of(mongo, wamid)
+
+            async def in_flight() -> bool:
+                return bool(platforms.to("whatsapp", user))
+
+            await wait_for(in_flight, "the send to reach the platform")
+        finally:
+            await runner.cleanup()
+        doomed.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(doomed.wait(), 10)
+        platforms.release.set()
+        assert await status_of(mongo, reply.id) == c.DELIVERY_STATUS_QUEUED  # not lost
+
+        await start_server(**settings)  # the next process
+
+        async def sent() -> bool:
+            return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
+
+        await wait_for(sent, "the delivery taken over after the lease")
+        await asyncio.sleep(0.5)
+        assert len(platforms.to("whatsapp", user)) == 2  # the lost answer's send, and one more
+        record = await mongo["deliveries"].find_one({"_id": reply.id})
+        assert record is not None
+        assert record["state"] == "sent"
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await asyncio.wait_for(doomed.wait(), 10)
+
+
+def _serving(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
