@@ -85,7 +85,7 @@ from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
-from server.services.delivery import DeliveryPolicy, DeliveryProcessor
+from server.services.delivery import MIN_SAFE_LEASE_SECONDS, DeliveryPolicy, DeliveryProcessor
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
@@ -253,6 +253,12 @@ class ChatServer:
             ],
         )
         self._health = health_aio.HealthServicer()
+        if settings.delivery_lease_seconds < MIN_SAFE_LEASE_SECONDS:
+            log.warning(
+                "CHAT_DELIVERY_LEASE_SECONDS is shorter than the slowest send: a live process "
+                "may lose a delivery to another mid-send, which then sends it twice",
+                lease_seconds=settings.delivery_lease_seconds,
+            )
         self._monitor = HealthMonitor(
             servicer=self._health,
             dependencies=_dependencies(resources),

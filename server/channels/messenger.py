@@ -16,6 +16,7 @@ from server.channels.base import (
     TYPING_OFF,
     Action,
     ChannelResponse,
+    HttpAnswer,
     Outbound,
     call,
     send_parts,
@@ -94,7 +95,15 @@ class MessengerChannel:
         url = f"{self._base}/{self._version}/me/messages"
 
         bodies = self.format_message(outbound)
-        if outbound.message.content.WhichOneof("kind") == "media" and outbound.skip_parts == 0:
+        media = outbound.message.content.media
+        if outbound.message.content.WhichOneof("kind") == "media" and outbound.media is None:
+            # No stored bytes to upload: the caption and the file's name, as text.
+            text = " ".join(
+                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
+            )
+            base = {"recipient": {"id": outbound.recipient_id}, "messaging_type": "RESPONSE"}
+            bodies = [{**base, "message": {"text": to_plain(text)[:TEXT_LIMIT]}}]
+        elif outbound.message.content.WhichOneof("kind") == "media" and outbound.skip_parts == 0:
             uploaded = await self._upload(auth, outbound)
             if not uploaded.success:
                 return uploaded
@@ -110,10 +119,6 @@ class MessengerChannel:
     async def _upload(self, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:
         """The Attachment Upload API: the bytes once, an attachment id back."""
         media = outbound.message.content.media
-        if outbound.media is None:
-            return ChannelResponse.failed(
-                "MEDIA_MISSING", "the media bytes are gone", retryable=False
-            )
         form = aiohttp.FormData()
         form.add_field(
             "message",
@@ -128,7 +133,7 @@ class MessengerChannel:
         )
         form.add_field(
             "filedata",
-            outbound.media,
+            outbound.media or b"",
             filename=media.file_name or "media",
             content_type=media.mime_type,
         )
@@ -137,14 +142,12 @@ class MessengerChannel:
         failure = transport_failure(answer)
         if failure is not None:
             return failure
+        if answer.status != 200:
+            return _refused(answer)
         attachment_id = answer.body.get("attachment_id")
-        if answer.status != 200 or not attachment_id:
-            error = answer.body.get("error")
+        if not attachment_id:
             return ChannelResponse.failed(
-                str(error.get("code", answer.status) if isinstance(error, dict) else answer.status),
-                "the attachment upload was refused",
-                retryable=False,
-                http_status=answer.status,
+                "NO_ATTACHMENT_ID", "the upload answered without an attachment id", retryable=True
             )
         return ChannelResponse(success=True, platform_message_id=str(attachment_id))
 
@@ -168,18 +171,23 @@ class MessengerChannel:
         if failure is not None:
             return failure
         if answer.status != 200:
-            found = answer.body.get("error")
-            error: dict[str, Any] = found if isinstance(found, dict) else {}
-            code = str(error.get("code", answer.status))
-            return ChannelResponse.failed(
-                code,
-                str(error.get("message", "the platform refused the message")),
-                retryable=code in TRANSIENT_CODES,
-                http_status=answer.status,
-                hold=HOLD_CHANNEL if code in ("4", "613") else "",  # the page's rate limits
-            )
+            return _refused(answer)
         message_id = answer.body.get("message_id")
         return ChannelResponse(success=True, platform_message_id=str(message_id or ""))
+
+
+def _refused(answer: HttpAnswer) -> ChannelResponse:
+    """Meta's error, classified: its rate limits hold the page, its temporary codes retry."""
+    found = answer.body.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    code = str(error.get("code", answer.status))
+    return ChannelResponse.failed(
+        code,
+        str(error.get("message", "the platform refused the message")),
+        retryable=code in TRANSIENT_CODES,
+        http_status=answer.status,
+        hold=HOLD_CHANNEL if code in ("4", "613") else "",  # the page's rate limits
+    )
 
 
 def _attachment_type(mime: str) -> str:

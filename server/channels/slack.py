@@ -113,15 +113,21 @@ class SlackChannel:
         if not reserved.success:
             return reserved
         upload_url, file_id = reserved.metadata["upload_url"], reserved.platform_message_id
-        if not upload_url.startswith(("https://", "http://")):
+        # The bytes travel encrypted, unless the API itself is plain HTTP (a local stand-in).
+        schemes = ("https://", "http://") if self._base.startswith("http://") else ("https://",)
+        if not upload_url.startswith(schemes):
             return ChannelResponse.failed("BAD_UPLOAD_URL", "no usable upload URL", retryable=True)
         sent = await call(self._http, "POST", upload_url, headers={}, data=data)
         failure = transport_failure(sent)
         if failure is not None:
             return failure
         if sent.status != 200:
+            # Each attempt asks for a fresh upload URL; only a file too large is final.
             return ChannelResponse.failed(
-                f"HTTP_{sent.status}", "the upload was refused", retryable=False
+                f"HTTP_{sent.status}",
+                "the upload was refused",
+                retryable=sent.status != 413,
+                http_status=sent.status,
             )
         shared: dict[str, Any] = {
             "files": [{"id": file_id, "title": name}],

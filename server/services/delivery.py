@@ -43,6 +43,8 @@ log = structlog.get_logger("chat.delivery")
 #: Longer than the slowest send (an upload and seven parts at 10 s each): a live process must
 #: not lose a delivery to another mid-send. A dead process's delivery waits this long.
 LEASE_SECONDS = 300.0
+#: Below this a lease may run out during a send (an upload and a few parts at 10 s each).
+MIN_SAFE_LEASE_SECONDS = 60.0
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
 #: Sends per second and burst per destination (conversation), from each platform's limits:

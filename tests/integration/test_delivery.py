@@ -1036,7 +1036,10 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
         doomed.send_signal(signal.SIGKILL)
         await asyncio.wait_for(doomed.wait(), 10)
         platforms.release.set()
-        assert await status_of(mongo, reply.id) == c.DELIVERY_STATUS_QUEUED  # not lost
+        assert await status_of(mongo, reply.id) == c.DELIVERY_STATUS_QUEUED
+        left = await mongo["deliveries"].find_one({"_id": reply.id})
+        assert left is not None  # not lost: still the dead process's, until its lease lapses
+        assert left["state"] == "sending"
 
         await start_server(**settings)  # the next process
 
@@ -1059,3 +1062,37 @@ def _serving(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.2)
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_messenger_media_resumes_after_the_attachment_and_falls_back_without_bytes(
+    platforms: Platforms, tmp_path: Path
+) -> None:
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    message = c.Message(
+        id="m2",
+        content=c.Content(
+            media=c.MediaContent(
+                media_id="stored-3", mime_type="video/mp4", caption="the tour", file_name="t.mp4"
+            )
+        ),
+    )
+    psid, other = "2028279607252643", "2028279607252644"
+    async with aiohttp.ClientSession() as http:
+        channel = MessengerChannel(http=http, base_url=platforms.base, version="v23.0")
+        # The attachment went out before a failure: the retry sends the caption alone.
+        resumed = await channel.send_message(
+            Outbound(tenant=tenant, message=message, recipient_id=psid, media=b"x", skip_parts=1)
+        )
+        # The stored bytes are gone: the caption and the file's name, as text.
+        bare = await channel.send_message(
+            Outbound(tenant=tenant, message=message, recipient_id=other, media=None)
+        )
+    assert resumed.success
+    assert bare.success
+    assert platforms.sent("messenger-upload") == []
+    assert [body["message"] for _, _, body in platforms.to("messenger", psid)] == [
+        {"text": "the tour"}
+    ]
+    assert [body["message"] for _, _, body in platforms.to("messenger", other)] == [
+        {"text": "the tour [t.mp4]"}
+    ]
