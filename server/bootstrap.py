@@ -85,7 +85,12 @@ from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
-from server.services.delivery import MIN_SAFE_LEASE_SECONDS, DeliveryPolicy, DeliveryProcessor
+from server.services.delivery import (
+    MIN_SAFE_LEASE_SECONDS,
+    DeliveryPolicy,
+    DeliveryProcessor,
+    RateHolds,
+)
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
@@ -387,8 +392,9 @@ class ChatServer:
         channels = ChannelFactory.for_platforms(
             http=self._resources.http, endpoints=self._settings.platforms
         )
+        holds = RateHolds()
         self._actions = PlatformActions(
-            channels=channels, tenants=self._resources.tenants, messages=messages
+            channels=channels, tenants=self._resources.tenants, messages=messages, holds=holds
         )
         self._delivery = DeliveryProcessor(
             deliveries=deliveries,
@@ -407,6 +413,7 @@ class ChatServer:
                 lease_seconds=self._settings.delivery_lease_seconds,
             ),
             on_events=self._relay.wake,
+            holds=holds,
         )
         pipeline = MessageService(
             conversations=conversations,

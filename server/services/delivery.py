@@ -132,6 +132,31 @@ class CircuitBreaker:
             log.warning("circuit open", tenant_id=key[0], channel=key[1], failures=count)
 
 
+class RateHolds:
+    """Rate limits the platforms reported to this process, until they end: per tenant and
+    channel (recipient "") or per recipient. Deliveries and sender actions both wait them out."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[tuple[str, int, str], float] = {}
+
+    def seconds(self, tenant_id: str, channel: int, recipient_id: str) -> float:
+        """How long sends to this recipient must still wait (0: none)."""
+        until = max(
+            self._until.get((tenant_id, channel, ""), 0.0),
+            self._until.get((tenant_id, channel, recipient_id), 0.0),
+        )
+        return max(0.0, until - self._clock())
+
+    def hold(self, tenant_id: str, channel: int, recipient_id: str, seconds: float) -> None:
+        """Hold the channel (recipient "") or one recipient for ``seconds``."""
+        now = self._clock()
+        for stale in [key for key, ends in self._until.items() if ends <= now]:
+            del self._until[stale]
+        key = (tenant_id, channel, recipient_id)
+        self._until[key] = max(self._until.get(key, 0.0), now + seconds)
+
+
 class DeliveryProcessor(LeasedQueueWorker):
     """Takes deliveries from the queue, a few at a time."""
 
@@ -151,6 +176,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         policy: DeliveryPolicy = DeliveryPolicy(),
         on_events: Callable[[], None] = lambda: None,
         concurrency: int = 16,
+        holds: RateHolds | None = None,
     ) -> None:
         super().__init__(name="deliveries", concurrency=concurrency)
         self._deliveries = deliveries
@@ -168,9 +194,9 @@ class DeliveryProcessor(LeasedQueueWorker):
         self._breaker = CircuitBreaker(
             threshold=policy.breaker_threshold, open_seconds=policy.breaker_open_seconds
         )
-        #: Rate limits the platforms reported: (tenant, channel, recipient or "") -> until
-        #: (monotonic). Queued deliveries are held in MongoDB too, for every process.
-        self._holds: dict[tuple[str, int, str], float] = {}
+        #: Rate limits the platforms reported; queued deliveries are held in MongoDB too, for
+        #: every process.
+        self._holds = holds or RateHolds()
 
     async def claim(self) -> dict[str, Any] | None:
         return await self._deliveries.claim(
@@ -272,13 +298,9 @@ class DeliveryProcessor(LeasedQueueWorker):
 
     def _held(self, delivery: dict[str, Any]) -> float:
         """Seconds a reported rate limit still holds this delivery (0: none)."""
-        now = time.monotonic()
-        tenant_id, channel = delivery["tenant_id"], delivery["channel"]
-        until = max(
-            self._holds.get((tenant_id, channel, ""), 0.0),
-            self._holds.get((tenant_id, channel, delivery["recipient_id"]), 0.0),
+        return self._holds.seconds(
+            delivery["tenant_id"], delivery["channel"], delivery["recipient_id"]
         )
-        return max(0.0, until - now)
 
     async def _hold(
         self, delivery: dict[str, Any], scope: str, seconds: float, *, until: dt.datetime
@@ -286,11 +308,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         """The platform limited more than this delivery: the rest it covers waits as long."""
         tenant_id, channel = delivery["tenant_id"], delivery["channel"]
         recipient = delivery["recipient_id"] if scope == HOLD_DESTINATION else ""
-        key = (tenant_id, channel, recipient)
-        now = time.monotonic()
-        for stale in [k for k, until in self._holds.items() if until <= now]:
-            del self._holds[stale]
-        self._holds[key] = max(self._holds.get(key, 0.0), now + seconds)
+        self._holds.hold(tenant_id, channel, recipient, seconds)
         held = await self._deliveries.hold(
             tenant_id,
             channel,

@@ -13,9 +13,10 @@ import contextlib
 import structlog
 
 from chat.v1 import common_pb2
-from server.channels.base import TYPING, Action
+from server.channels.base import HOLD_DESTINATION, TYPING, Action
 from server.channels.factory import ChannelFactory
 from server.domain.tenant import TenantLookup
+from server.services.delivery import RateHolds
 from server.services.ports import MessageRepository
 
 log = structlog.get_logger("chat.platform_actions")
@@ -27,9 +28,16 @@ class PlatformActions:
     """Schedules sender actions for conversations on platform channels."""
 
     def __init__(
-        self, *, channels: ChannelFactory, tenants: TenantLookup, messages: MessageRepository
+        self,
+        *,
+        channels: ChannelFactory,
+        tenants: TenantLookup,
+        messages: MessageRepository,
+        holds: RateHolds | None = None,
     ) -> None:
         self._channels = channels
+        #: A platform's reported rate limit covers these too: they wait it out (skipped).
+        self._holds = holds or RateHolds()
         self._tenants = tenants
         self._messages = messages
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,6 +89,9 @@ class PlatformActions:
         tenant = self._tenants.get(tenant_id)
         if channel is None or tenant is None or channel.validate_config(tenant):
             return
+        recipient = conversation.channel_conversation_id
+        if self._holds.seconds(tenant_id, conversation.channel, recipient) > 0:
+            return  # the platform asked to slow down: an indicator is not worth a message
         try:
             platform_id = ""
             if message_id:
@@ -93,7 +104,7 @@ class PlatformActions:
                     Action(
                         tenant=tenant,
                         kind=kind,
-                        recipient_id=conversation.channel_conversation_id,
+                        recipient_id=recipient,
                         platform_message_id=platform_id,
                         service_url=conversation.metadata.get("service_url", ""),
                     )
@@ -103,6 +114,9 @@ class PlatformActions:
         except Exception as exc:  # noqa: BLE001 - best effort, see the module docstring
             log.warning("platform action failed", kind=kind, error=repr(exc))
             return
+        if response is not None and response.hold:
+            scope = recipient if response.hold == HOLD_DESTINATION else ""
+            self._holds.hold(tenant_id, conversation.channel, scope, response.retry_after or 5.0)
         if response is not None and not response.success and response.error is not None:
             log.info(
                 "platform action refused",
