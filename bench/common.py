@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from devstack.processes import port_open
 
 DURATION_SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 SECRET = "bench-secret-long-enough-for-hs256-signing"
@@ -118,22 +119,16 @@ def start(argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen[b
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 60
-    while not _port_open(port):
+    while not port_open("127.0.0.1", port):
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{argv[0]} did not start listening on {port}")
         time.sleep(0.1)
     return process
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def client_figure(name: str, load: Load) -> Figure:
+def client_figure(name: str, cores: float) -> Figure:
     """The load client's CPU: under one core, it is not what limits the figure."""
-    cores = round(load.client_cores, 2)
+    value = round(cores, 2)
     return Figure(
-        f"{name}_client_cpu_share", cores, "cores", "< 0.9 (client not saturated)", cores < 0.9
+        f"{name}_client_cpu_share", value, "cores", "< 0.9 (client not saturated)", value < 0.9
     )

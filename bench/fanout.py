@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import Figure, own_cpu, percentile, resident_bytes
+from bench.common import Figure, client_figure, own_cpu, percentile, resident_bytes
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
 
 SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "1000"))
@@ -125,11 +125,5 @@ def _figures(
             "< 64 KiB",
             per_subscriber < 64,
         ),
-        Figure(
-            "fanout_client_cpu_share",
-            round(client_cores, 2),
-            "cores",
-            "< 0.9 (client not saturated)",
-            client_cores < 0.9,
-        ),
+        client_figure("fanout", client_cores),
     ]

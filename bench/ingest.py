@@ -169,5 +169,5 @@ def figures(base: Load, real: Load, refused: int) -> list[Figure]:
             "",
             None,
         ),
-        client_figure("webhook_ingest", real),
+        client_figure("webhook_ingest", real.client_cores),
     ]

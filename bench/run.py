@@ -190,7 +190,7 @@ def figures_for(in_flight: int, base: Load, real: Load) -> list[Figure]:
             cpu_ratio <= 4 if in_flight == 64 else None,
             round(base.cpu_ms_per_request, 3),
         ),
-        client_figure(tag, real),
+        client_figure(tag, real.client_cores),
     ]
     if in_flight == 64:
         figures.append(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from chat.v1 import common_pb2
+
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 _STAR_ITALIC = re.compile(r"(?<![*\w])\*(?!\s)(.+?)(?<!\s)\*(?![*\w])", re.DOTALL)
 _STRIKE = re.compile(r"~~(.+?)~~", re.DOTALL)
@@ -46,6 +48,11 @@ def to_plain(text: str) -> str:
     text = _BOLD.sub(r"\1", text)
     text = _STAR_ITALIC.sub(r"\1", text)
     return _STRIKE.sub(r"\1", text)
+
+
+def media_label(media: common_pb2.MediaContent) -> str:
+    """Media where the file itself cannot go: its caption and its name, as text."""
+    return " ".join(filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"]))
 
 
 def _slack_escape(text: str) -> str:

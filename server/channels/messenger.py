@@ -22,7 +22,7 @@ from server.channels.base import (
     send_parts,
     transport_failure,
 )
-from server.channels.formatting import split_text, to_plain
+from server.channels.formatting import media_label, split_text, to_plain
 from server.domain.tenant import Tenant
 
 TEXT_LIMIT = 2000
@@ -98,11 +98,8 @@ class MessengerChannel:
         media = outbound.message.content.media
         if outbound.message.content.WhichOneof("kind") == "media" and outbound.media is None:
             # No stored bytes to upload: the caption and the file's name, as text.
-            text = " ".join(
-                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
-            )
             base = {"recipient": {"id": outbound.recipient_id}, "messaging_type": "RESPONSE"}
-            bodies = [{**base, "message": {"text": to_plain(text)[:TEXT_LIMIT]}}]
+            bodies = [{**base, "message": {"text": to_plain(media_label(media))[:TEXT_LIMIT]}}]
         elif outbound.message.content.WhichOneof("kind") == "media" and outbound.skip_parts == 0:
             uploaded = await self._upload(auth, outbound)
             if not uploaded.success:

@@ -17,7 +17,7 @@ from server.channels.base import (
     send_parts,
     transport_failure,
 )
-from server.channels.formatting import SLACK_ATOMS, split_text, to_slack
+from server.channels.formatting import SLACK_ATOMS, media_label, split_text, to_slack
 from server.domain.tenant import Tenant
 
 TEXT_LIMIT = 4000
@@ -94,11 +94,7 @@ class SlackChannel:
         if kind == "media":
             # What a direct message to a user id gets (files go to channel ids only), and what
             # media without stored bytes get: the caption and the file's name, as text.
-            media = content.media
-            text = " ".join(
-                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
-            )
-            return [{"channel": channel, "text": to_slack(text)}]
+            return [{"channel": channel, "text": to_slack(media_label(content.media))}]
         return []
 
     async def _send_file(self, auth: dict[str, str], outbound: Outbound) -> ChannelResponse:

@@ -21,6 +21,7 @@ from server.channels.base import (
     send_parts,
     transport_failure,
 )
+from server.channels.formatting import media_label
 from server.domain.tenant import Tenant
 
 SCOPE = "https://api.botframework.com/.default"
@@ -73,11 +74,7 @@ class TeamsChannel:
         if kind == "interactive":
             return [{**activity, "attachments": [_card(content.interactive)]}]
         if kind == "media":
-            media = content.media
-            text = " ".join(
-                filter(None, [media.caption, f"[{media.file_name or media.mime_type}]"])
-            )
-            return [{**activity, "text": text}]
+            return [{**activity, "text": media_label(content.media)}]
         return []
 
     async def send_message(self, outbound: Outbound) -> ChannelResponse:
@@ -87,10 +84,7 @@ class TeamsChannel:
             return ChannelResponse.failed(
                 "NO_SERVICE_URL", "no serviceUrl known for this conversation", retryable=False
             )
-        url = (
-            f"{outbound.service_url.rstrip('/')}/v3/conversations/"
-            f"{quote(outbound.recipient_id, safe='')}/activities"
-        )
+        url = _activities_url(outbound.service_url, outbound.recipient_id)
 
         async def send_one(body: dict[str, Any]) -> ChannelResponse:
             return await self._post(outbound.tenant, url, body)
@@ -103,10 +97,7 @@ class TeamsChannel:
         """A typing activity; Teams has no read receipt a bot can send."""
         if action.kind != TYPING or not action.service_url or action.tenant.channels.teams is None:
             return None
-        url = (
-            f"{action.service_url.rstrip('/')}/v3/conversations/"
-            f"{quote(action.recipient_id, safe='')}/activities"
-        )
+        url = _activities_url(action.service_url, action.recipient_id)
         return await self._post(action.tenant, url, {"type": "typing"})
 
     async def _post(self, tenant: Tenant, url: str, body: dict[str, Any]) -> ChannelResponse:
@@ -193,3 +184,10 @@ def _card(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:
             "actions": actions,
         },
     }
+
+
+def _activities_url(service_url: str, conversation_id: str) -> str:
+    """Where activities for a conversation are posted."""
+    return (
+        f"{service_url.rstrip('/')}/v3/conversations/{quote(conversation_id, safe='')}/activities"
+    )

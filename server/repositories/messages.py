@@ -18,6 +18,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from chat.v1 import common_pb2
 from server.repositories.mongo import MESSAGES, Document
 
+#: What to_proto reads of a stored message.
+_AS_MESSAGE = {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
+
 
 @dataclass(frozen=True, slots=True)
 class MessageRow:
@@ -86,9 +89,9 @@ class MongoMessageRepository:
         query: Document = {"tenant_id": tenant_id, "conversation_id": conversation_id}
         if after_sequence is not None:
             query["sequence"] = {"$lt" if newest_first else "$gt": after_sequence}
-        cursor = self._collection.find(
-            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
-        ).sort("sequence", DESCENDING if newest_first else ASCENDING)
+        cursor = self._collection.find(query, _AS_MESSAGE).sort(
+            "sequence", DESCENDING if newest_first else ASCENDING
+        )
         return [to_proto(document) async for document in cursor.limit(limit)]
 
     async def all_in_order(
@@ -97,7 +100,7 @@ class MongoMessageRepository:
         """Every message of the conversation by sequence, read in batches (constant memory)."""
         cursor = self._collection.find(
             {"tenant_id": tenant_id, "conversation_id": conversation_id},
-            {"pb": 1, "delivery_status": 1, "platform_message_id": 1},
+            _AS_MESSAGE,
             batch_size=batch_size,
         ).sort("sequence", ASCENDING)
         async for document in cursor:
@@ -140,16 +143,16 @@ class MongoMessageRepository:
                 {"create_time": {"$lt": created}},
                 {"create_time": created, "_id": {"$lt": last_id}},
             ]
-        cursor = self._collection.find(
-            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
-        ).sort([("create_time", DESCENDING), ("_id", DESCENDING)])
+        cursor = self._collection.find(query, _AS_MESSAGE).sort(
+            [("create_time", DESCENDING), ("_id", DESCENDING)]
+        )
         return [to_proto(document) async for document in cursor.limit(limit)]
 
     async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None:
         """One message of the tenant, or None."""
         document = await self._collection.find_one(
             {"_id": message_id, "tenant_id": tenant_id},
-            {"pb": 1, "delivery_status": 1, "platform_message_id": 1},
+            _AS_MESSAGE,
         )
         return to_proto(document) if document else None
 
@@ -162,7 +165,7 @@ class MongoMessageRepository:
                     "conversation_id": conversation_id,
                     "direction": common_pb2.MESSAGE_DIRECTION_INBOUND,
                 },
-                {"pb": 1, "delivery_status": 1, "platform_message_id": 1},
+                _AS_MESSAGE,
             )
             .sort("sequence", DESCENDING)
             .limit(1)
@@ -192,7 +195,7 @@ class MongoMessageRepository:
                 "delivery_status": {"$in": FORWARD_FROM[status]},
             },
             {"$set": update},
-            projection={"pb": 1, "delivery_status": 1, "platform_message_id": 1},
+            projection=_AS_MESSAGE,
             return_document=ReturnDocument.AFTER,
             session=session,
         )
@@ -246,9 +249,7 @@ class MongoMessageRepository:
             "$or": wanted,
             **forward,
         }
-        cursor = self._collection.find(
-            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}, session=session
-        )
+        cursor = self._collection.find(query, _AS_MESSAGE, session=session)
         changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
         if changed:
             await self._collection.update_many(
@@ -277,9 +278,7 @@ class MongoMessageRepository:
             "sequence": {"$lte": up_to_sequence},
             "delivery_status": {"$in": _READABLE},
         }
-        cursor = self._collection.find(
-            query, {"pb": 1, "delivery_status": 1, "platform_message_id": 1}, session=session
-        )
+        cursor = self._collection.find(query, _AS_MESSAGE, session=session)
         changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
         if changed:
             await self._collection.update_many(

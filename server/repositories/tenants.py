@@ -432,8 +432,3 @@ def with_kept_secrets(update: Tenant, previous: Tenant | None) -> Tenant:
             record = replace(record, **kept)
         channels[name] = record
     return replace(update, channels=ChannelCredentials(**channels))
-
-
-def utc(value: dt.datetime) -> dt.datetime:
-    """``value`` at millisecond precision, as MongoDB stores it."""
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)

@@ -26,7 +26,8 @@ from server.domain.tenant import (
     WhatsAppCredentials,
 )
 
-_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: Tenant ids appear in webhook URLs and Redis keys: 1-63 of a-z, 0-9, "_" and "-".
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHANNEL_TYPES: dict[str, type[Any]] = {
     "whatsapp": WhatsAppCredentials,
@@ -67,7 +68,7 @@ def load_tenants(path: Path, environ: Mapping[str, str] | None = None) -> dict[s
 def _tenant(raw: object, where: str, env: Mapping[str, str]) -> Tenant:
     data = _mapping(raw, where, _TENANT_KEYS)
     tenant_id = data.get("id")
-    if not isinstance(tenant_id, str) or not _TENANT_ID.match(tenant_id):
+    if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
         raise TenantsFileError(
             f"{where}.id: expected 1-63 characters of a-z, 0-9, '_' or '-', "
             "starting with a letter or digit"

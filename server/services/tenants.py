@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -30,14 +29,12 @@ from server.repositories.tenants import (
     StoredTenant,
     TenantDirectory,
     TenantDocumentError,
-    utc,
     with_kept_secrets,
 )
+from server.repositories.tenants_file import TENANT_ID
 
 log = structlog.get_logger(__name__)
 
-#: As in the tenants file: ids appear in webhook URLs and Redis keys.
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 UPSERT_TENANT = "UpsertTenant"
 _ATTEMPTS = 3
 
@@ -55,6 +52,7 @@ class TenantAdmin:
         idempotency: MongoIdempotencyStore,
         clock: Callable[[], dt.datetime],
     ) -> None:
+        """``clock`` gives times at MongoDB's precision (milliseconds), as utc_now does."""
         self._store = store
         self._directory = directory
         self._transactions = transactions
@@ -76,7 +74,7 @@ class TenantAdmin:
             self._check_transition(update, current)
             tenant = replace(
                 with_kept_secrets(update, current.tenant if current else None),
-                update_time=utc(self._clock()),
+                update_time=self._clock(),
             )
             response = tenant_service_pb2.UpsertTenantResponse(tenant=tenant_to_proto(tenant))
 

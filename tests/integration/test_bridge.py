@@ -91,6 +91,14 @@ class Bridge:
         )
         return status
 
+    async def teams(self, activity: Any, token: str) -> tuple[int, str]:
+        """A Teams activity with its Bot Framework token."""
+        return await self.post(
+            "/webhooks/teams/acme",
+            json.dumps(activity).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+
     async def slack(
         self, path: str, body: bytes, content_type: str = "application/json", age: int = 0
     ) -> tuple[int, str]:
@@ -418,11 +426,7 @@ async def test_teams_tokens_are_verified_against_the_bot_framework_keys(
         "conversation": activity["conversation"],
         "value": {"action": {"type": "Action.Execute", "verb": "approve", "title": "Approve"}},
     }
-    status, text = await bridge.post(
-        "/webhooks/teams/acme",
-        json.dumps(invoke).encode(),
-        {"Content-Type": "application/json", "Authorization": f"Bearer {teams_keys.token()}"},
-    )
+    status, text = await bridge.teams(invoke, teams_keys.token())
     assert status == 200
     assert json.loads(text)["statusCode"] == 200
 
@@ -504,9 +508,5 @@ async def test_the_remaining_event_types_of_each_platform(
     ):
         activity = {**{k: base[k] for k in ("from", "conversation", "recipient")}, **extra}
         activity.update(channelId="msteams", serviceUrl=SERVICE_URL)
-        status, _ = await bridge.post(
-            "/webhooks/teams/acme",
-            json.dumps(activity).encode(),
-            {"Content-Type": "application/json", "Authorization": f"Bearer {teams_keys.token()}"},
-        )
+        status, _ = await bridge.teams(activity, teams_keys.token())
         assert status == 200

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +28,7 @@ from chat.v1 import chat_service_pb2 as chat_pb
 from chat.v1 import common_pb2 as c
 from chat.v1 import delivery_service_pb2 as delivery
 from chat.v1 import delivery_service_pb2_grpc
-from devstack.processes import free_port, script_path
+from devstack.processes import free_port, port_open, script_path
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.channels.base import Outbound
@@ -51,10 +50,10 @@ from tests.integration.test_bridge import (
     start_bridge,
     unique,
 )
+from tests.integration.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncDatabase[dict[str, Any]]
-WAIT = 20.0
 
 
 @dataclass
@@ -95,13 +94,6 @@ def is_action(body: Any) -> bool:
     return isinstance(body, dict) and (
         "sender_action" in body or body.get("status") == "read" or body.get("type") == "typing"
     )
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def add_upload_routes(
@@ -311,7 +303,7 @@ async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
         found[:] = [c.Message.FromString(document["pb"])]
         return True
 
-    await wait_for(replied, "the reply")
+    await eventually(replied, "the reply")
     return found[0]
 
 
@@ -333,7 +325,7 @@ async def test_whatsapp_round_trip_then_receipts(
     async def sent() -> bool:
         return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
-    await wait_for(sent, "the reply to be sent")
+    await eventually(sent, "the reply to be sent")
     [(path, headers, body)] = platforms.to("whatsapp", user)
     assert path == "whatsapp /v23.0/106540352242922/messages"  # the tenant's phone number id
     assert headers["Authorization"] == "Bearer t"
@@ -383,14 +375,7 @@ async def test_slack_messenger_and_teams_round_trips(
     )
     activity["serviceUrl"] = platforms.base + "/"
     activity["from"]["id"] = "29:" + uuid.uuid4().hex
-    status, _ = await bridge.post(
-        "/webhooks/teams/acme",
-        json.dumps(activity).encode(),
-        {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {teams_keys.token(serviceurl=platforms.base + '/')}",
-        },
-    )
+    status, _ = await bridge.teams(activity, teams_keys.token(serviceurl=platforms.base + "/"))
     assert status == 200
 
     conversation = activity["conversation"]["id"]
@@ -399,7 +384,7 @@ async def test_slack_messenger_and_teams_round_trips(
     async def all_sent() -> bool:
         return all(platforms.to(api, who) for api, who in wanted.items())
 
-    await wait_for(all_sent, "a reply on each platform")
+    await eventually(all_sent, "a reply on each platform")
     [(_, slack_headers, slack_body)] = platforms.to("slack", event["event"]["channel"])
     assert slack_headers["Authorization"] == "Bearer xoxb-t"
     assert slack_body["channel"] == "C111"
@@ -446,14 +431,7 @@ async def test_slack_messenger_and_teams_round_trips(
         "recipient": activity["recipient"],
         "value": {"lastReadMessageId": sent_teams["platform_message_id"]},
     }
-    status, _ = await bridge.post(
-        "/webhooks/teams/acme",
-        json.dumps(receipt).encode(),
-        {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {teams_keys.token(serviceurl=platforms.base + '/')}",
-        },
-    )
+    status, _ = await bridge.teams(receipt, teams_keys.token(serviceurl=platforms.base + "/"))
     assert status == 200
     assert await status_of(mongo, teams_reply.id) == c.DELIVERY_STATUS_READ
 
@@ -486,7 +464,7 @@ async def agent_writes_to_teams(
             return len(platforms.to("teams ", conversation)) > before
 
         # Had the request's service URL been used, nothing would have arrived here.
-        await wait_for(posted, "the reply to the agent's message, on Teams")
+        await eventually(posted, "the reply to the agent's message, on Teams")
 
 
 async def test_retry_after_then_success_and_permanent_failures_then_replay(
@@ -503,7 +481,7 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
     async def sent() -> bool:
         return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
-    await wait_for(sent, "the retried send")
+    await eventually(sent, "the retried send")
     assert time.monotonic() - started >= 1.0  # Retry-After was honoured
     assert len(platforms.to("whatsapp", user)) == 2
 
@@ -534,7 +512,7 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
         async def failed() -> bool:
             return await status_of(mongo, failed_reply.id) == c.DELIVERY_STATUS_FAILED
 
-        await wait_for(failed, "the permanent failure")
+        await eventually(failed, "the permanent failure")
         listed = await stub.ListFailedDeliveries(
             delivery.ListFailedDeliveriesRequest(channel=c.CHANNEL_TYPE_WHATSAPP), metadata=metadata
         )
@@ -560,7 +538,7 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
             )
             return found.delivery.status == c.DELIVERY_STATUS_SENT
 
-        await wait_for(resent, "the replayed delivery")
+        await eventually(resent, "the replayed delivery")
         # The message itself follows: FAILED is overruled by the send that went through.
         assert await status_of(mongo, failed_reply.id) == c.DELIVERY_STATUS_SENT
 
@@ -578,7 +556,7 @@ async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(
     async def failed() -> bool:
         return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_FAILED
 
-    await wait_for(failed, "the attempts to run out")
+    await eventually(failed, "the attempts to run out")
     assert len(platforms.to("whatsapp", user)) == 3  # CHAT_DELIVERY_MAX_ATTEMPTS
     record = await mongo["deliveries"].find_one({"_id": reply.id})
     assert record is not None
@@ -596,7 +574,7 @@ async def test_server_errors_exhaust_the_attempts_and_bad_recipients_fail_fast(
     async def refused() -> bool:
         return await status_of(mongo, bad.id) == c.DELIVERY_STATUS_FAILED
 
-    await wait_for(refused, "the invalid recipient")
+    await eventually(refused, "the invalid recipient")
     assert platforms.to("messenger", "not-a-psid") == []
 
 
@@ -612,7 +590,7 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
     async def sent() -> bool:
         return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
-    await wait_for(sent, "the first reply")
+    await eventually(sent, "the first reply")
     # A second outbound message whose delivery a dead process had claimed: its lease ran out.
     document = await mongo["messages"].find_one({"_id": reply.id})
     assert document is not None
@@ -654,7 +632,7 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
     async def resent() -> bool:
         return await status_of(mongo, copy_id) == c.DELIVERY_STATUS_SENT
 
-    await wait_for(resent, "the orphaned delivery")
+    await eventually(resent, "the orphaned delivery")
     await asyncio.sleep(0.5)
     assert len(platforms.to("whatsapp", user)) == before + 1
 
@@ -673,7 +651,7 @@ async def test_one_slack_user_in_two_chats_gets_each_answer_in_its_chat(
     async def both() -> bool:
         return bool(platforms.to("slack", "C0PUBLIC1") and platforms.to("slack", "D0DIRECT1"))
 
-    await wait_for(both, "an answer in each chat")
+    await eventually(both, "an answer in each chat")
     assert len(platforms.to("slack", "C0PUBLIC1")) == len(platforms.to("slack", "D0DIRECT1")) == 1
 
 
@@ -728,7 +706,7 @@ async def test_the_platforms_see_the_bot_read_and_type(
     async def whatsapp_acted() -> bool:
         return len(platforms.actions_to("whatsapp", wamid)) >= 2
 
-    await wait_for(whatsapp_acted, "the read receipt and typing indicator on WhatsApp")
+    await eventually(whatsapp_acted, "the read receipt and typing indicator on WhatsApp")
     assert sorted(map(json.dumps, platforms.actions_to("whatsapp", wamid))) == sorted(
         [json.dumps(read), json.dumps({**read, "typing_indicator": {"type": "text"}})]
     )
@@ -751,7 +729,7 @@ async def test_the_platforms_see_the_bot_read_and_type(
         async def agent_typing_shown() -> bool:
             return len(platforms.actions_to("whatsapp", wamid)) >= 3
 
-        await wait_for(agent_typing_shown, "the agent's typing indicator on WhatsApp")
+        await eventually(agent_typing_shown, "the agent's typing indicator on WhatsApp")
         # The user typing (INBOUND) goes to the streams only.
         await agent.call(
             "SendTypingIndicator",
@@ -775,7 +753,7 @@ async def test_the_platforms_see_the_bot_read_and_type(
     async def messenger_acted() -> bool:
         return len(platforms.actions_to("messenger", psid)) >= 2
 
-    await wait_for(messenger_acted, "mark_seen and typing_on on Messenger")
+    await eventually(messenger_acted, "mark_seen and typing_on on Messenger")
     assert sorted(a["sender_action"] for a in platforms.actions_to("messenger", psid)) == [
         "mark_seen",
         "typing_on",
@@ -787,21 +765,14 @@ async def test_the_platforms_see_the_bot_read_and_type(
     activity["serviceUrl"] = platforms.base + "/"
     activity["from"]["id"] = "29:" + uuid.uuid4().hex
     activity["conversation"]["id"] = "a:" + uuid.uuid4().hex
-    status, _ = await bridge.post(
-        "/webhooks/teams/acme",
-        json.dumps(activity).encode(),
-        {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {teams_keys.token(serviceurl=platforms.base + '/')}",
-        },
-    )
+    status, _ = await bridge.teams(activity, teams_keys.token(serviceurl=platforms.base + "/"))
     assert status == 200
     conversation = activity["conversation"]["id"]
 
     async def teams_typed() -> bool:
         return bool(platforms.actions_to("teams ", conversation))
 
-    await wait_for(teams_typed, "a typing activity on Teams")
+    await eventually(teams_typed, "a typing activity on Teams")
     assert platforms.actions_to("teams ", conversation) == [{"type": "typing"}]
 
 
@@ -820,7 +791,7 @@ async def test_a_rate_limit_on_the_account_holds_every_recipient(
     async def limited() -> bool:
         return bool(platforms.to("whatsapp", first))
 
-    await wait_for(limited, "the rate-limited send")
+    await eventually(limited, "the rate-limited send")
     limited_at = platforms.times[platforms.requests.index(platforms.to("whatsapp", first)[0])]
     payload, wamid = whatsapp_text(second)
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
@@ -832,7 +803,7 @@ async def test_a_rate_limit_on_the_account_holds_every_recipient(
             and await status_of(mongo, other_reply.id) == c.DELIVERY_STATUS_SENT
         )
 
-    await wait_for(both_sent, "both replies, after the hold")
+    await eventually(both_sent, "both replies, after the hold")
     [other] = platforms.to("whatsapp", second)
     other_at = platforms.times[platforms.requests.index(other)]
     assert other_at - limited_at >= 2.5  # held with the first, not sent at once
@@ -1012,7 +983,7 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
     )
     try:
         deadline = time.monotonic() + 60
-        while not _serving(port):
+        while not port_open("127.0.0.1", port):
             assert doomed.returncode is None, "the server process exited"
             assert time.monotonic() < deadline, "the server process did not start"
             await asyncio.sleep(0.2)
@@ -1030,7 +1001,7 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
             async def in_flight() -> bool:
                 return bool(platforms.to("whatsapp", user))
 
-            await wait_for(in_flight, "the send to reach the platform")
+            await eventually(in_flight, "the send to reach the platform")
         finally:
             await runner.cleanup()
         doomed.send_signal(signal.SIGKILL)
@@ -1046,7 +1017,7 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
         async def sent() -> bool:
             return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
-        await wait_for(sent, "the delivery taken over after the lease")
+        await eventually(sent, "the delivery taken over after the lease")
         await asyncio.sleep(0.5)
         assert len(platforms.to("whatsapp", user)) == 2  # the lost answer's send, and one more
         record = await mongo["deliveries"].find_one({"_id": reply.id})
@@ -1056,43 +1027,3 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
         if doomed.returncode is None:
             doomed.kill()
             await asyncio.wait_for(doomed.wait(), 10)
-
-
-def _serving(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def test_messenger_media_resumes_after_the_attachment_and_falls_back_without_bytes(
-    platforms: Platforms, tmp_path: Path
-) -> None:
-    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
-    message = c.Message(
-        id="m2",
-        content=c.Content(
-            media=c.MediaContent(
-                media_id="stored-3", mime_type="video/mp4", caption="the tour", file_name="t.mp4"
-            )
-        ),
-    )
-    psid, other = "2028279607252643", "2028279607252644"
-    async with aiohttp.ClientSession() as http:
-        channel = MessengerChannel(http=http, base_url=platforms.base, version="v23.0")
-        # The attachment went out before a failure: the retry sends the caption alone.
-        resumed = await channel.send_message(
-            Outbound(tenant=tenant, message=message, recipient_id=psid, media=b"x", skip_parts=1)
-        )
-        # The stored bytes are gone: the caption and the file's name, as text.
-        bare = await channel.send_message(
-            Outbound(tenant=tenant, message=message, recipient_id=other, media=None)
-        )
-    assert resumed.success
-    assert bare.success
-    assert platforms.sent("messenger-upload") == []
-    assert [body["message"] for _, _, body in platforms.to("messenger", psid)] == [
-        {"text": "the tour"}
-    ]
-    assert [body["message"] for _, _, body in platforms.to("messenger", other)] == [
-        {"text": "the tour [t.mp4]"}
-    ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -39,11 +38,13 @@ from server.repositories.mongo import Transactions
 from server.repositories.secrets import SecretBox
 from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
+from server.services.messages import utc_now
 from server.services.tenants import TenantAdmin
 from tests.conftest import EXAMPLE_TENANTS
 from tests.integration.conftest import RunningServer
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_error_boundary import details_of
+from tests.integration.waiting import eventually
 from webhook_bridge.app import create_app
 from webhook_bridge.tokens import ServiceTokens, SigningKey
 
@@ -220,13 +221,6 @@ async def list_conversations(target: str, tenant_id: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_upsert_creates_a_tenant_that_can_call_at_once(
     stored_server: RunningServer, mongo: AsyncMongoClient[dict[str, Any]]
 ) -> None:
@@ -299,7 +293,7 @@ async def test_other_server_processes_follow_changes(
     async def served_by_other() -> bool:
         return await list_conversations(other.target, tenant_id) == grpc.StatusCode.OK
 
-    await eventually(served_by_other)
+    await eventually(served_by_other, "the other server to serve the new tenant")
     # Disabled on one server: refused by the other too, admin calls included.
     await upsert(stored_server.target, tenant_id, whatsapp_tenant(number, enabled=False))
 
@@ -308,7 +302,7 @@ async def test_other_server_processes_follow_changes(
             await list_conversations(other.target, tenant_id) == grpc.StatusCode.PERMISSION_DENIED
         )
 
-    await eventually(refused_by_other)
+    await eventually(refused_by_other, "the other server to refuse the disabled tenant")
     code, reason, _ = await upsert_error(other.target, tenant_id, whatsapp_tenant(number))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "TENANT_DISABLED")
 
@@ -450,7 +444,7 @@ async def test_the_bridge_verifies_webhooks_with_stored_secrets(
             async def accepted() -> bool:
                 return await post("stored-app-secret") == 200
 
-            await eventually(accepted)
+            await eventually(accepted, "the bridge to know the stored tenant")
             assert await post("some-other-secret") == 403
     finally:
         await runner.cleanup()
@@ -485,7 +479,7 @@ async def test_the_directory_catches_up_after_losing_mongodb(
         async def known() -> bool:
             return directory.get(tenant_id) is not None
 
-        await eventually(known)
+        await eventually(known, "the tenant to be known")
         await proxy.stop()
         # Changed while this process cannot see MongoDB: it keeps the last known state...
         await upsert(stored_server.target, tenant_id, whatsapp_tenant(number, enabled=False))
@@ -501,7 +495,7 @@ async def test_the_directory_catches_up_after_losing_mongodb(
             current = directory.get(tenant_id)
             return current is not None and not current.enabled
 
-        await eventually(disabled, seconds=30)
+        await eventually(disabled, "the directory to catch up", within=30)
     finally:
         await directory.close()
         await proxy.stop()
@@ -621,7 +615,7 @@ async def test_a_malformed_stored_document_stops_nothing_else(
     async def known() -> bool:
         return await list_conversations(fresh.target, later) == grpc.StatusCode.OK
 
-    await eventually(known)
+    await eventually(known, "the tenant to be known")
     code, reason, _ = await upsert_error(fresh.target, bad_id, whatsapp_tenant(new_number()))
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TENANT_UNREADABLE")
 
@@ -638,7 +632,7 @@ async def test_a_lagging_process_cannot_enable_a_disabled_tenant(
         directory=TenantDirectory(file_tenants={}, store=None),
         transactions=Transactions(client=mongo),
         idempotency=MongoIdempotencyStore(database=mongo["chat"]),
-        clock=lambda: dt.datetime.now(dt.UTC),
+        clock=utc_now,
     )
     with pytest.raises(PermissionDenied):
         await admin.upsert(tenant_from_proto(tenant_id, whatsapp_tenant(number)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ from server.events.worker import CONSUMED_TOPICS, WorkerMetrics, replay_dead_let
 from server.repositories.analytics import MongoAnalytics
 from server.repositories.conversation_cache import RedisConversationCache
 from server.settings import AlertSettings, Settings
+from tests.integration import waiting
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
 
@@ -53,11 +55,8 @@ Mongo = AsyncMongoClient[dict[str, Any]]
 WAIT = 60.0
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
+#: The worker's consumer group takes a while to form: a longer wait than the other tests'.
+eventually = functools.partial(waiting.eventually, within=WAIT, interval=0.2)
 
 
 def now() -> dt.datetime:
