@@ -171,3 +171,17 @@ def figures(base: Load, real: Load, refused: int) -> list[Figure]:
         ),
         client_figure("webhook_ingest", real.client_cores),
     ]
+
+
+def replied_figure(ingest: list[Figure], *, drain_seconds: float) -> Figure:
+    """The whole pipeline's rate for that load: every webhook stored, answered and its reply
+    delivered to the Graph stand-in, over the ingest window plus the time the queues took to
+    drain after it (replies are made after the 200, from the durable queue)."""
+    stored = next(f.value for f in ingest if f.name == "webhook_ingest_rps") * DURATION_SECONDS
+    return Figure(
+        "webhook_to_delivered_reply_rps",
+        round(stored / (DURATION_SECONDS + drain_seconds), 1),
+        "requests/s",
+        "",
+        None,
+    )

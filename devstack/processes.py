@@ -13,19 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-# Runs as the child's first program: asks the kernel for SIGTERM when the launcher dies, then
-# becomes the real server. An exec wrapper rather than preexec_fn, which is unsafe once the
-# launcher has threads (gRPC's do).
-_DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys; "
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # 1 = PR_SET_PDEATHSIG
-    "os.execvp(sys.argv[1], sys.argv[1:])"
-)
-
-
-def dying_with_parent(argv: Sequence[str]) -> list[str]:
-    """``argv`` wrapped so that the kernel sends it SIGTERM when the caller dies."""
-    return [sys.executable, "-c", _DIE_WITH_PARENT, *argv]
+from server.workers import dying_with_parent
 
 
 class ChildProcess:

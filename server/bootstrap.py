@@ -36,6 +36,7 @@ from chat.v1 import (
     audit_service_pb2_grpc,
     chat_service_pb2,
     chat_service_pb2_grpc,
+    common_pb2,
     delivery_service_pb2,
     delivery_service_pb2_grpc,
     ingest_service_pb2,
@@ -56,6 +57,7 @@ from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import TokenVerifier, load_public_key
 from server.channels.factory import ChannelFactory
+from server.channels.teams import TeamsChannel
 from server.events.publisher import KafkaEventPublisher
 from server.events.relay import OutboxRelay
 from server.health import Dependency, HealthMonitor
@@ -249,7 +251,7 @@ class ChatServer:
             # One process per port unless CHAT_WORKERS asks for more: without this, a second
             # server started by mistake would silently share the port.
             options=[
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 # Above gRPC's 8 KiB default, so an oversized token reaches the auth interceptor
                 # and gets UNAUTHENTICATED/TOKEN_TOO_LARGE instead of a bare transport error.
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -392,6 +394,8 @@ class ChatServer:
         channels = ChannelFactory.for_platforms(
             http=self._resources.http, endpoints=self._settings.platforms
         )
+        teams = channels.get(common_pb2.CHANNEL_TYPE_TEAMS)
+        assert isinstance(teams, TeamsChannel)  # noqa: S101 - for_platforms registers it
         holds = RateHolds()
         self._actions = PlatformActions(
             channels=channels, tenants=self._resources.tenants, messages=messages, holds=holds
@@ -430,7 +434,7 @@ class ChatServer:
             deliveries=deliveries,
             on_events=self._relay.wake,
             on_delivery=self._delivery.wake,
-            on_batch=self.metrics.group_commit_batch.observe,
+            on_batch=self.metrics.group_commit_batch.labels(call="send_message").observe,
         )
         jobs = MongoReplyJobs(database=database)
         self._replies = ReplyProcessor(
@@ -445,7 +449,9 @@ class ChatServer:
             clock=utc_now,
             media=InboundMediaResolver(
                 source=PlatformMediaSource(
-                    fetcher=self._media_fetcher, endpoints=self._settings.platforms
+                    fetcher=self._media_fetcher,
+                    endpoints=self._settings.platforms,
+                    teams_token=teams.token,
                 ),
                 media=media,
                 tenants=self._resources.tenants,
@@ -470,6 +476,7 @@ class ChatServer:
             clock=utc_now,
             on_events=self._relay.wake,
             on_reply_job=self._replies.wake,
+            on_batch=self.metrics.group_commit_batch.labels(call="ingest").observe,
         )
         return ChatServicer(
             messages=pipeline,

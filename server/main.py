@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -13,6 +14,7 @@ from server.log import configure_logging
 from server.repositories.secrets import SecretKeyError
 from server.repositories.tenants_file import TenantsFileError
 from server.settings import Settings, SettingsError
+from server.workers import WORKER_INDEX, supervise, worker_settings
 
 
 async def serve(settings: Settings) -> None:
@@ -35,15 +37,26 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    """Entry point of ``chat-server``."""
+    """Entry point of ``chat-server``: one server, or with CHAT_WORKERS the supervisor of
+    several (server/workers.py), each started as this module with its index."""
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.exit(f"chat-server: {exc}")
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    index = os.environ.get(WORKER_INDEX)
+    if settings.workers > 1 and index is None:
+        sys.exit(supervise(settings))
+    if index is not None:
+        settings = worker_settings(settings, int(index))
+        structlog.contextvars.bind_contextvars(worker=int(index))
     try:
         asyncio.run(serve(settings))
     # RuntimeError: grpc could not bind the address.
     except (TenantsFileError, SecretKeyError, SettingsError, OSError, RuntimeError) as exc:
         structlog.get_logger("chat.server").error("cannot start", error=str(exc))
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

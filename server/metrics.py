@@ -37,7 +37,9 @@ class Metrics:
         )
         self.group_commit_batch = Histogram(
             "chat_group_commit_batch_size",
-            "SendMessage exchanges written per transaction (group commit).",
+            "Writes per transaction (group commit), by call: send_message exchanges, ingest "
+            "inbound platform messages.",
+            ["call"],
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )

@@ -16,6 +16,10 @@ _KNOWN_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "
 T = TypeVar("T")
 
 
+#: More would only add connections: the processes share the machine's cores.
+MAX_WORKERS = 64
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -99,6 +103,8 @@ class Settings:
     """Everything the chat server and worker read from the environment."""
 
     grpc_address: str
+    #: Server processes sharing the gRPC port (CHAT_WORKERS; see server/workers.py).
+    workers: int
     mongodb_uri: str
     mongodb_database: str
     redis_url: str
@@ -142,10 +148,17 @@ class Settings:
             audience=env.get("CHAT_JWT_AUDIENCE", "chat-service"),
             leeway_seconds=env.parse("CHAT_JWT_LEEWAY_SECONDS", "30", _non_negative_int),
         )
+        grpc_address = env.get("CHAT_GRPC_ADDRESS", "0.0.0.0:8001")
+        workers = env.parse("CHAT_WORKERS", "1", _worker_count)
+        if workers > 1 and grpc_address.rpartition(":")[2] == "0":
+            raise SettingsError(
+                "CHAT_WORKERS: several workers share one port; CHAT_GRPC_ADDRESS must name it"
+            )
         tenants_file = env.optional("CHAT_TENANTS_FILE")
         secrets_key_file = env.optional("CHAT_TENANT_SECRETS_KEY_FILE")
         return cls(
-            grpc_address=env.get("CHAT_GRPC_ADDRESS", "0.0.0.0:8001"),
+            grpc_address=grpc_address,
+            workers=workers,
             mongodb_uri=env.get("CHAT_MONGODB_URI", "mongodb://127.0.0.1:27017"),
             mongodb_database=env.get("CHAT_MONGODB_DATABASE", "chat"),
             redis_url=env.get("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -310,6 +323,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be at least 1")
+    return value
+
+
+def _worker_count(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected 1 to {MAX_WORKERS} processes")
     return value
 
 

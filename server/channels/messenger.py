@@ -136,11 +136,9 @@ class MessengerChannel:
         )
         url = f"{self._base}/{self._version}/me/message_attachments"
         answer = await call(self._http, "POST", url, headers=auth, data=form)
-        failure = transport_failure(answer)
+        failure = _failure(answer)
         if failure is not None:
             return failure
-        if answer.status != 200:
-            return _refused(answer)
         attachment_id = answer.body.get("attachment_id")
         if not attachment_id:
             return ChannelResponse.failed(
@@ -164,13 +162,19 @@ class MessengerChannel:
 
     async def _post(self, url: str, auth: dict[str, str], body: dict[str, Any]) -> ChannelResponse:
         answer = await call(self._http, "POST", url, headers=auth, json_body=body)
-        failure = transport_failure(answer)
+        failure = _failure(answer)
         if failure is not None:
             return failure
-        if answer.status != 200:
-            return _refused(answer)
         message_id = answer.body.get("message_id")
         return ChannelResponse(success=True, platform_message_id=str(message_id or ""))
+
+
+def _failure(answer: HttpAnswer) -> ChannelResponse | None:
+    """What went wrong with a Send or Upload API call, or None when it succeeded."""
+    failure = transport_failure(answer)
+    if failure is None and answer.status != 200:
+        failure = _refused(answer)
+    return failure
 
 
 def _refused(answer: HttpAnswer) -> ChannelResponse:

@@ -4,6 +4,7 @@ token from the client-credentials flow (cached until shortly before it expires).
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Any
 from urllib.parse import quote
@@ -74,7 +75,7 @@ class TeamsChannel:
         if kind == "interactive":
             return [{**activity, "attachments": [_card(content.interactive)]}]
         if kind == "media":
-            return [{**activity, "text": media_label(content.media)}]
+            return [_media_activity(content.media, outbound.media)]
         return []
 
     async def send_message(self, outbound: Outbound) -> ChannelResponse:
@@ -101,7 +102,7 @@ class TeamsChannel:
         return await self._post(action.tenant, url, {"type": "typing"})
 
     async def _post(self, tenant: Tenant, url: str, body: dict[str, Any]) -> ChannelResponse:
-        token = await self._token(tenant)
+        token = await self.token(tenant)
         if isinstance(token, ChannelResponse):
             return token
         answer = await call(
@@ -128,7 +129,8 @@ class TeamsChannel:
             )
         return ChannelResponse(success=True, platform_message_id=str(answer.body.get("id", "")))
 
-    async def _token(self, tenant: Tenant) -> str | ChannelResponse:
+    async def token(self, tenant: Tenant) -> str | ChannelResponse:
+        """The tenant's bot token (cached), or the failure that kept it from us."""
         cached = self._tokens.get(tenant.id)
         if cached is not None and cached[1] - time.time() > 300:
             return cached[0]
@@ -158,6 +160,34 @@ class TeamsChannel:
             lifetime = 3600.0
         self._tokens[tenant.id] = (token, time.time() + lifetime)
         return token
+
+
+#: Images Teams renders in the message itself, sent inline as a data URI (the service has no
+#: public URL to give the Bot Framework for a file).
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif"})
+#: Teams refuses an activity of more than about 100 KB (413); base64 adds a third, so an image
+#: of up to 64 KiB goes inline, with room left for its caption.
+MAX_INLINE_IMAGE_BYTES = 64 * 1024
+
+
+def _media_activity(media: common_pb2.MediaContent, data: bytes | None) -> dict[str, Any]:
+    """A small image inline, its caption as the text; anything else (video, audio, documents,
+    larger images, media whose bytes are gone) as its caption and file name."""
+    if (
+        data is None
+        or media.mime_type not in INLINE_IMAGE_TYPES
+        or len(data) > MAX_INLINE_IMAGE_BYTES
+    ):
+        return {"type": "message", "text": media_label(media)}
+    attachment = {
+        "contentType": media.mime_type,
+        "contentUrl": f"data:{media.mime_type};base64,{base64.b64encode(data).decode()}",
+        "name": media.file_name or "image",
+    }
+    activity: dict[str, Any] = {"type": "message", "attachments": [attachment]}
+    if media.caption:
+        activity |= {"textFormat": "markdown", "text": media.caption}
+    return activity
 
 
 def _card(interactive: common_pb2.InteractiveContent) -> dict[str, Any]:

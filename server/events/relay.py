@@ -1,6 +1,6 @@
-"""The outbox relay: publishes events written by transactions to Kafka, in order, and marks
-them published. At-least-once: an event whose mark is lost is published again, with the same
-event id. With Kafka down, events wait; when it is back, every one is published.
+"""The outbox relay: publishes events written by transactions to Kafka, in order, then removes
+them from the outbox. At-least-once: an event whose removal is lost is published again, with
+the same event id. With Kafka down, events wait; when it is back, every one is published.
 
 Only the holder of a lease relays, so one conversation's events are never published by two
 processes at once (which could reorder them).
@@ -35,7 +35,7 @@ class PendingEvents(Protocol):
 
     async def pending(self, limit: int) -> list[Document]: ...
 
-    async def mark_published(self, event_ids: Sequence[str], *, now: dt.datetime) -> None: ...
+    async def remove(self, event_ids: Sequence[str]) -> None: ...
 
 
 class RecordPublisher(Protocol):
@@ -111,7 +111,7 @@ class OutboxRelay:
         except Exception as exc:  # noqa: BLE001 - any broker failure: keep the events, retry later
             self._failed(exc, len(batch))
             return 0
-        await self._outbox.mark_published([d["_id"] for d in batch], now=self._clock())
+        await self._outbox.remove([d["_id"] for d in batch])
         if self._backoff:
             log.info("outbox publishing again", published=len(batch))
         self._backoff = 0.0

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument, UpdateOne
+from pymongo import DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from server.repositories.mongo import ACTIVE, CLOSED, CONVERSATIONS, Document
+from server.repositories.mongo import ACTIVE, CLOSED, CONVERSATIONS, Document, update_and_get
 
 _STATUS = {
     ACTIVE: common_pb2.CONVERSATION_STATUS_ACTIVE,
@@ -42,6 +42,8 @@ class Recording:
     inbound: int
     outbound: int
     now: dt.datetime
+    #: Teams, from a verified activity: kept in the metadata, replies are posted there.
+    service_url: str = ""
 
 
 class MongoConversationRepository:
@@ -113,7 +115,8 @@ class MongoConversationRepository:
         conversation after the update (its last_sequence is the last reserved number), or None
         when it is not active. Concurrent writers serialize on this document. ``service_url``
         (Teams, from a verified activity) is kept in the metadata: replies are posted there."""
-        document = await self._collection.find_one_and_update(
+        document = await update_and_get(
+            self._collection,
             {"_id": conversation_id, "tenant_id": tenant_id, "status": ACTIVE},
             {
                 "$inc": {
@@ -127,7 +130,6 @@ class MongoConversationRepository:
                 # $max: a slower request committing later must not move activity backwards.
                 "$max": {"last_activity_time": now},
             },
-            return_document=ReturnDocument.AFTER,
             session=session,
         )
         return to_proto(document) if document else None
@@ -152,7 +154,8 @@ class MongoConversationRepository:
                             "inbound_message_count": r.inbound,
                             "outbound_message_count": r.outbound,
                         },
-                        "$set": {"update_time": r.now},
+                        "$set": {"update_time": r.now}
+                        | ({"metadata.service_url": r.service_url} if r.service_url else {}),
                         "$max": {"last_activity_time": r.now},
                     },
                 )
@@ -188,7 +191,8 @@ class MongoConversationRepository:
         session: AsyncClientSession,
     ) -> common_pb2.Conversation | None:
         """Close an active conversation; None when it is not active (or not the tenant's)."""
-        document = await self._collection.find_one_and_update(
+        document = await update_and_get(
+            self._collection,
             {"_id": conversation_id, "tenant_id": tenant_id, "status": ACTIVE},
             {
                 "$set": {
@@ -198,7 +202,6 @@ class MongoConversationRepository:
                     "update_time": now,
                 }
             },
-            return_document=ReturnDocument.AFTER,
             session=session,
         )
         return to_proto(document) if document else None

@@ -13,12 +13,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2, delivery_service_pb2
-from server.repositories.mongo import DELIVERIES, Document
+from server.repositories.mongo import DELIVERIES, Document, update_and_get
 
 QUEUED = "queued"
 SENDING = "sending"
@@ -67,13 +67,22 @@ class MongoDeliveries:
             session=session,
         )
 
-    async def claim(self, *, owner: str, now: dt.datetime, lease: dt.timedelta) -> Document | None:
-        """The oldest due delivery, leased to ``owner``; a lapsed lease makes it due again."""
-        return await self._collection.find_one_and_update(
-            {"state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}},
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+        """Ids of the oldest due deliveries (a lapsed lease makes one due again)."""
+        cursor = self._collection.find(
+            {"state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}}, {"_id": 1}
+        )
+        return [d["_id"] for d in await cursor.sort("due_time", ASCENDING).limit(limit).to_list()]
+
+    async def claim(
+        self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> Document | None:
+        """The delivery leased to ``owner``, if it is (still) due."""
+        return await update_and_get(
+            self._collection,
+            {"_id": delivery_id, "state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}},
             {"$set": {"state": SENDING, "owner": owner, "due_time": now + lease}},
-            sort=[("due_time", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
+            read={"_id": delivery_id, "owner": owner, "state": SENDING},
         )
 
     async def earlier_pending(self, delivery: Document) -> bool:
@@ -209,7 +218,8 @@ class MongoDeliveries:
         current = await self.get(tenant_id, message_id)
         if current is None or current["state"] != FAILED:
             return None
-        return await self._collection.find_one_and_update(
+        return await update_and_get(
+            self._collection,
             {"_id": message_id, "tenant_id": tenant_id, "state": FAILED},
             {
                 "$set": {
@@ -219,7 +229,6 @@ class MongoDeliveries:
                     "budget_start": len(current.get("attempts", [])),
                 }
             },
-            return_document=ReturnDocument.AFTER,
         )
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.repositories.mongo import INGESTED_EVENTS, REPLY_JOBS, Document
+from server.repositories.mongo import INGESTED_EVENTS, REPLY_JOBS, Document, update_and_get
 
 PENDING = "pending"
 RUNNING = "running"
@@ -41,14 +43,39 @@ class MongoIngestLog:
         session: AsyncClientSession,
     ) -> None:
         """Record the event in the caller's transaction; a second record fails it."""
-        await self._collection.insert_one(
-            {
-                "_id": self._key(tenant_id, channel, platform_event_id),
-                "tenant_id": tenant_id,
-                "ingest_time": now,
-            },
+        await self.record_many([(tenant_id, channel, platform_event_id)], now=now, session=session)
+
+    async def record_many(
+        self,
+        events: Sequence[tuple[str, int, str]],
+        *,
+        now: dt.datetime,
+        session: AsyncClientSession,
+    ) -> None:
+        """Record events (tenant, channel, platform event id) in the caller's transaction, in
+        one round trip; one recorded before fails it."""
+        await self._collection.insert_many(
+            [
+                {
+                    "_id": self._key(tenant_id, channel, platform_event_id),
+                    "tenant_id": tenant_id,
+                    "ingest_time": now,
+                }
+                for tenant_id, channel, platform_event_id in events
+            ],
             session=session,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyJob:
+    """An inbound message to answer, for enqueue_many."""
+
+    tenant_id: str
+    conversation_id: str
+    message_id: str
+    sequence: int
+    now: dt.datetime
 
 
 class MongoReplyJobs:
@@ -59,41 +86,43 @@ class MongoReplyJobs:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[REPLY_JOBS]
 
-    async def enqueue(
-        self,
-        tenant_id: str,
-        *,
-        conversation_id: str,
-        message_id: str,
-        sequence: int,
-        now: dt.datetime,
-        session: AsyncClientSession,
-    ) -> None:
-        await self._collection.insert_one(
-            {
-                "_id": uuid.uuid4().hex,
-                "tenant_id": tenant_id,
-                "conversation_id": conversation_id,
-                "message_id": message_id,
-                "sequence": sequence,
-                "status": PENDING,
-                "attempts": 0,
-                "enqueue_time": now,
-                "due_time": now,
-            },
+    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, session: AsyncClientSession) -> None:
+        """Queue the jobs in the caller's transaction, in one round trip."""
+        await self._collection.insert_many(
+            [
+                {
+                    "_id": uuid.uuid4().hex,
+                    "tenant_id": job.tenant_id,
+                    "conversation_id": job.conversation_id,
+                    "message_id": job.message_id,
+                    "sequence": job.sequence,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "enqueue_time": job.now,
+                    "due_time": job.now,
+                }
+                for job in jobs
+            ],
             session=session,
         )
 
-    async def claim(self, *, owner: str, now: dt.datetime, lease: dt.timedelta) -> Document | None:
-        """The oldest due job, leased to ``owner`` (a lapsed lease is claimable again)."""
-        return await self._collection.find_one_and_update(
-            {"due_time": {"$lte": now}},
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+        """Ids of the oldest due jobs (a lapsed lease makes a job due again)."""
+        cursor = self._collection.find({"due_time": {"$lte": now}}, {"_id": 1})
+        return [d["_id"] for d in await cursor.sort("due_time", ASCENDING).limit(limit).to_list()]
+
+    async def claim(
+        self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> Document | None:
+        """The job leased to ``owner``, if it is (still) due."""
+        return await update_and_get(
+            self._collection,
+            {"_id": job_id, "due_time": {"$lte": now}},
             {
                 "$set": {"status": RUNNING, "owner": owner, "due_time": now + lease},
                 "$inc": {"attempts": 1},
             },
-            sort=[("due_time", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
+            read={"_id": job_id, "owner": owner},
         )
 
     async def earlier_waiting(self, job: Document) -> bool:

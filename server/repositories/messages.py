@@ -11,12 +11,12 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from server.repositories.mongo import MESSAGES, Document
+from server.repositories.mongo import MESSAGES, Document, update_and_get
 
 #: What to_proto reads of a stored message.
 _AS_MESSAGE = {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
@@ -188,7 +188,8 @@ class MongoMessageRepository:
         update: Document = {"delivery_status": status}
         if platform_message_id:
             update["platform_message_id"] = platform_message_id
-        document = await self._collection.find_one_and_update(
+        document = await update_and_get(
+            self._collection,
             {
                 "_id": message_id,
                 "tenant_id": tenant_id,
@@ -196,7 +197,6 @@ class MongoMessageRepository:
             },
             {"$set": update},
             projection=_AS_MESSAGE,
-            return_document=ReturnDocument.AFTER,
             session=session,
         )
         return [to_proto(document)] if document else []

@@ -1,5 +1,7 @@
 """The transactional outbox: events are written with the data they describe and published to
-Kafka later by the relay (server/events/relay.py)."""
+Kafka later by the relay (server/events/relay.py). A published event leaves the outbox (Kafka
+keeps it): what is in the outbox is what waits. Removing is less than half the work of marking
+on the embedded store, and keeps the pending query to the waiting events."""
 
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from chat.v1 import events_pb2
 from server.events.topics import record_key, topic_for
 from server.repositories.mongo import OUTBOX, Document
+
+#: Every document, except events an earlier version kept after publishing them (marked
+#: ``published``): until the start-up migration has removed those, they must not go out again.
+_WAITING = {"published": {"$ne": True}}
 
 
 class MongoOutbox:
@@ -42,7 +48,6 @@ class MongoOutbox:
                     "topic": topic_for(envelope),
                     "key": record_key(envelope),
                     "payload": envelope.SerializeToString(),
-                    "published": False,
                     "create_time": now,
                 }
                 for envelope in envelopes
@@ -51,17 +56,14 @@ class MongoOutbox:
         )
 
     async def pending(self, limit: int) -> list[Document]:
-        """The oldest unpublished events."""
-        cursor = self._collection.find({"published": False}).sort("position", ASCENDING)
+        """The oldest waiting events."""
+        cursor = self._collection.find(_WAITING).sort("position", ASCENDING)
         return await cursor.limit(limit).to_list()
 
-    async def mark_published(self, event_ids: Sequence[str], *, now: dt.datetime) -> None:
-        """Record that these events reached the broker."""
-        await self._collection.update_many(
-            {"_id": {"$in": list(event_ids)}},
-            {"$set": {"published": True, "publish_time": now}},
-        )
+    async def remove(self, event_ids: Sequence[str]) -> None:
+        """These events reached the broker: they wait no more."""
+        await self._collection.delete_many({"_id": {"$in": list(event_ids)}})
 
     async def count_pending(self) -> int:
         """How many events wait for the broker."""
-        return await self._collection.count_documents({"published": False})
+        return await self._collection.count_documents(_WAITING)

@@ -198,8 +198,12 @@ class DeliveryProcessor(LeasedQueueWorker):
         #: every process.
         self._holds = holds or RateHolds()
 
-    async def claim(self) -> dict[str, Any] | None:
+    async def due(self, limit: int) -> list[str]:
+        return await self._deliveries.due(now=self._clock(), limit=limit)
+
+    async def claim(self, item_id: str) -> dict[str, Any] | None:
         return await self._deliveries.claim(
+            item_id,
             owner=self._owner,
             now=self._clock(),
             lease=dt.timedelta(seconds=self._policy.lease_seconds),

@@ -36,7 +36,8 @@ class EventWriter:
         **payload: Any,
     ) -> None:
         """Store the event for the relay, e.g. ``session_ended=SessionEnded(...)``. With a
-        stable ``event_id``, writing it again is a no-op."""
+        stable ``event_id``, writing it again while it waits is a no-op; once published it may
+        go out again with the same id, which consumers deduplicate like any redelivery."""
         event = envelope(
             tenant_id=tenant_id,
             actor_id=actor_id,

@@ -1,7 +1,8 @@
 """IngestService: normalized platform events from the webhook bridge.
 
 An inbound message is stored, with its platform event id (the deduplication record), its
-events and a reply job, in one transaction; the call returns then, so the bridge can
+events and a reply job, in one transaction (shared with the messages arriving meanwhile: group
+commit); the call returns then, so the bridge can
 acknowledge the platform quickly, and the reply is generated afterwards from the durable
 reply queue (services/replies.py). A status report moves delivery status forward only; a
 typing report goes to the conversation's streams.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -19,7 +21,11 @@ from chat.v1 import chat_service_pb2, common_pb2, events_pb2, ingest_service_pb2
 from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
 from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor, ProcessedContent
-from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
+from server.repositories.conversations import Recording
+from server.repositories.ingest import MongoIngestLog, MongoReplyJobs, ReplyJob
+from server.repositories.messages import MessageRow
+from server.repositories.users import Activity
+from server.services.group_commit import GroupCommit
 from server.services.messages import MessageService, build_message
 from server.services.ports import (
     ConversationRepository,
@@ -68,6 +74,7 @@ class IngestService:
         clock: Callable[[], dt.datetime],
         on_events: Callable[[], None] = lambda: None,
         on_reply_job: Callable[[], None] = lambda: None,
+        on_batch: Callable[[int], None] = lambda _size: None,
     ) -> None:
         self._pipeline = messages_service
         self._conversations = conversations
@@ -83,6 +90,13 @@ class IngestService:
         self._clock = clock
         self._on_events = on_events
         self._on_reply_job = on_reply_job
+        self._commits: GroupCommit[_Inbound, _Stored] = GroupCommit(
+            self._store,
+            key=lambda item: (item.tenant_id, item.conversation.id),
+            on_batch=on_batch,
+            on_orphan=self._finish_orphan,
+            divisible=(AlreadyExists,),
+        )
 
     async def ingest(
         self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
@@ -109,6 +123,8 @@ class IngestService:
         return await self._typing(tenant_id, event)
 
     async def _message(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        # A platform's retry stops here, before its media is fetched or a conversation or a
+        # session is started for it; one racing this check is caught when stored (_store).
         if await self._log.seen(tenant_id, event.channel, event.platform_event_id):
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
         inbound_event = event.message
@@ -134,10 +150,11 @@ class IngestService:
         inbound_event = event.message
         now = self._clock()
         actor = event.platform_user_id
+        user_id = conversation_user(event)
         conversation, _ = await self._pipeline.find_or_start(
             tenant_id,
             actor,
-            user_id=conversation_user(event),
+            user_id=user_id,
             channel=event.channel,
             channel_conversation_id=event.channel_conversation_id,
             now=now,
@@ -163,71 +180,129 @@ class IngestService:
             metadata=metadata,
         )
         message.platform_message_id = inbound_event.platform_message_id
-
-        async def store(tx: Tx) -> tuple[common_pb2.Message, common_pb2.Conversation]:
-            await self._log.record(
-                tenant_id, event.channel, event.platform_event_id, now=now, session=tx
-            )
-            updated = await self._conversations.record_messages(
-                tenant_id,
-                conversation.id,
-                inbound=1,
-                outbound=0,
-                now=now,
-                session=tx,
-                service_url=event.service_url,
-            )
-            if updated is None:
-                raise _ConversationClosedError  # aborts the transaction: nothing recorded
-            message.sequence = updated.last_sequence
-            await self._messages.insert_many(
-                tenant_id, [message], search_texts=[processed.search_text], session=tx
-            )
-            await self._users.record_activity(
-                tenant_id, channel=event.channel, user_id=actor, now=now, session=tx
-            )
-            await self._outbox.add(
-                [
-                    _envelope(
-                        tenant_id, actor, updated.id, now, message_received=_received(message)
-                    ),
-                    _envelope(
-                        tenant_id,
-                        actor,
-                        updated.id,
-                        now,
-                        conversation_updated=events_pb2.ConversationUpdated(conversation=updated),
-                    ),
-                ],
-                now=now,
-                session=tx,
-            )
-            await self._jobs.enqueue(
-                tenant_id,
-                conversation_id=updated.id,
-                message_id=message.id,
-                sequence=message.sequence,
-                now=now,
-                session=tx,
-            )
-            return message, updated
-
+        inbound = _Inbound(
+            tenant_id=tenant_id,
+            event=event,
+            conversation=conversation,
+            session=session,
+            message=message,
+            search_text=processed.search_text,
+            now=now,
+        )
         try:
-            stored = await self._transactions.run(store)
+            stored = await self._commits.submit(inbound)
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
-        stored_message, updated = stored
-        self._on_events()
-        self._on_reply_job()
-        await self._live.publish(
-            tenant_id, updated.id, [message_event(stored_message)], conversation=updated
-        )
-        await self._pipeline.save_session(tenant_id, session, now=now)
+        await self._after_commit(inbound, stored)
         return Result(
             platform_event_id=event.platform_event_id,
             outcome=ACCEPTED,
-            message_id=stored_message.id,
+            message_id=stored.message.id,
         )
+
+    async def _store(self, batch: list[_Inbound]) -> list[_Stored | Exception]:
+        """Store inbound messages of distinct conversations in one transaction, a bulk
+        statement per collection (see GroupCommit): each with its deduplication record, its
+        events and its reply job. A message whose conversation closed meanwhile is left out. A
+        retry that raced the check in _message fails the batch on the log's unique key; the
+        batch is then stored item by item and the retry alone gets AlreadyExists."""
+
+        async def work(tx: Tx) -> list[_Stored | Exception]:
+            states = await self._conversations.record_messages_many(
+                [
+                    Recording(
+                        tenant_id=item.tenant_id,
+                        conversation_id=item.conversation.id,
+                        inbound=1,
+                        outbound=0,
+                        now=item.now,
+                        service_url=item.event.service_url,
+                    )
+                    for item in batch
+                ],
+                session=tx,
+            )
+            outcomes: list[_Stored | Exception] = []
+            stored: list[tuple[_Inbound, _Stored]] = []
+            for item, updated in zip(batch, states, strict=True):
+                if updated is None:
+                    outcomes.append(_ConversationClosedError())
+                    continue
+                message = common_pb2.Message()
+                message.CopyFrom(item.message)
+                message.sequence = updated.last_sequence
+                done = _Stored(message=message, conversation=updated)
+                outcomes.append(done)
+                stored.append((item, done))
+            if not stored:
+                return outcomes
+            await self._log.record_many(
+                [(i.tenant_id, i.event.channel, i.event.platform_event_id) for i, _ in stored],
+                now=max(i.now for i, _ in stored),
+                session=tx,
+            )
+            await self._messages.insert_rows(
+                [MessageRow(i.tenant_id, o.message, i.search_text) for i, o in stored],
+                session=tx,
+            )
+            await self._users.record_activity_many(
+                [
+                    Activity(i.tenant_id, i.event.channel, i.event.platform_user_id, i.now)
+                    for i, _ in stored
+                ],
+                session=tx,
+            )
+            await self._outbox.add(
+                [
+                    _envelope(i.tenant_id, i.event.platform_user_id, o.conversation.id, i.now, **p)
+                    for i, o in stored
+                    for p in (
+                        {"message_received": _received(o.message)},
+                        {
+                            "conversation_updated": events_pb2.ConversationUpdated(
+                                conversation=o.conversation
+                            )
+                        },
+                    )
+                ],
+                now=max(i.now for i, _ in stored),
+                session=tx,
+            )
+            await self._jobs.enqueue_many(
+                [
+                    ReplyJob(
+                        tenant_id=i.tenant_id,
+                        conversation_id=o.conversation.id,
+                        message_id=o.message.id,
+                        sequence=o.message.sequence,
+                        now=i.now,
+                    )
+                    for i, o in stored
+                ],
+                session=tx,
+            )
+            return outcomes
+
+        return await self._transactions.run(work)
+
+    async def _after_commit(self, item: _Inbound, stored: _Stored) -> None:
+        """Wake the relay and the reply queue, push to the streams, keep the session."""
+        self._on_events()
+        self._on_reply_job()
+        await self._live.publish(
+            item.tenant_id,
+            stored.conversation.id,
+            [message_event(stored.message)],
+            conversation=stored.conversation,
+        )
+        await self._pipeline.save_session(item.tenant_id, item.session, now=item.now)
+
+    async def _finish_orphan(self, item: _Inbound, stored: _Stored) -> None:
+        """A message stored after its caller gave up: its after-commit work still runs."""
+        try:
+            await self._after_commit(item, stored)
+        except Exception:
+            log.exception("after-commit work failed", conversation_id=stored.conversation.id)
 
     async def _status(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
         report = event.status
@@ -339,6 +414,27 @@ def conversation_user(event: ingest_service_pb2.InboundEvent) -> str:
     if event.channel in _MULTI_CHAT and event.channel_conversation_id:
         return f"{event.channel_conversation_id}/{event.platform_user_id}"
     return event.platform_user_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """An inbound message ready to store (its sequence is assigned in the transaction)."""
+
+    tenant_id: str
+    event: ingest_service_pb2.InboundEvent
+    conversation: common_pb2.Conversation
+    session: common_pb2.Session
+    message: common_pb2.Message
+    search_text: str
+    now: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """An inbound message as stored, and its conversation after it."""
+
+    message: common_pb2.Message
+    conversation: common_pb2.Conversation
 
 
 class _NothingChangedError(Exception):

@@ -8,11 +8,13 @@ reference kept) with the reason in its metadata: the user did send it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import structlog
 
 from chat.v1 import common_pb2
+from server.channels.base import ChannelResponse
 from server.domain.errors import DomainError
 from server.domain.tenant import Tenant, TenantLookup
 from server.processors.fetch import HttpMediaFetcher
@@ -25,12 +27,22 @@ log = structlog.get_logger("chat.media")
 class PlatformMediaSource:
     """Downloads a platform's media by its reference."""
 
-    def __init__(self, *, fetcher: HttpMediaFetcher, endpoints: PlatformEndpoints) -> None:
+    def __init__(
+        self,
+        *,
+        fetcher: HttpMediaFetcher,
+        endpoints: PlatformEndpoints,
+        teams_token: Callable[[Tenant], Awaitable[str | ChannelResponse]] | None = None,
+    ) -> None:
         self._fetcher = fetcher
         self._endpoints = endpoints
+        self._teams_token = teams_token
 
-    async def fetch(self, tenant: Tenant, channel: int, reference: str) -> bytes:
-        """The bytes; MediaFetchError when they cannot be had."""
+    async def fetch(
+        self, tenant: Tenant, channel: int, reference: str, *, service_url: str = ""
+    ) -> bytes:
+        """The bytes; MediaFetchError when they cannot be had. ``service_url``: the Teams
+        conversation's verified serviceUrl (its attachments are fetched with the bot token)."""
         channels = tenant.channels
         if channel == common_pb2.CHANNEL_TYPE_WHATSAPP and channels.whatsapp:
             # GET /{media-id} gives a short-lived URL, fetched with the same token.
@@ -52,8 +64,24 @@ class PlatformMediaSource:
             if not isinstance(url, str) or not url:
                 raise MediaFetchError(f"files.info failed: {info.get('error', 'no file')}")
             return await self._fetcher.fetch(url, max_bytes=MAX_MEDIA_BYTES, headers=auth)
+        if (
+            channel == common_pb2.CHANNEL_TYPE_TEAMS
+            and channels.teams
+            and self._teams_token is not None
+            and service_url
+            and reference.startswith(service_url.rstrip("/") + "/")
+        ):
+            # An image pasted into Teams is served by the Bot Connector at the serviceUrl the
+            # activity was verified for, to the bot's token; the token goes nowhere else.
+            token = await self._teams_token(tenant)
+            if not isinstance(token, str):
+                reason = token.error.message if token.error else "refused"
+                raise MediaFetchError(f"no Bot Framework token: {reason}")
+            auth = {"Authorization": f"Bearer {token}"}
+            return await self._fetcher.fetch(reference, max_bytes=MAX_MEDIA_BYTES, headers=auth)
         if reference.startswith(("https://", "http://")):
-            # Messenger attachment URLs and Teams download URLs carry their own authorization.
+            # Messenger attachment URLs and Teams file download URLs carry their own
+            # authorization.
             return await self._fetcher.fetch(reference, max_bytes=MAX_MEDIA_BYTES)
         raise MediaFetchError("no way to fetch this reference for the channel")
 
@@ -84,7 +112,12 @@ class InboundMediaResolver:
             return False
         reference = content.media.platform_media_id
         try:
-            data = await self._source.fetch(tenant, message.channel, reference)
+            data = await self._source.fetch(
+                tenant,
+                message.channel,
+                reference,
+                service_url=message.metadata.get("service_url", ""),
+            )
             processed = await self._media.process(
                 tenant_id,
                 common_pb2.MediaContent(

@@ -85,8 +85,11 @@ class ReplyProcessor(LeasedQueueWorker):
         self._clock = clock
         self._on_events = on_events
 
-    async def claim(self) -> dict[str, Any] | None:
-        return await self._jobs.claim(owner=self._owner, now=self._clock(), lease=LEASE)
+    async def due(self, limit: int) -> list[str]:
+        return await self._jobs.due(now=self._clock(), limit=limit)
+
+    async def claim(self, item_id: str) -> dict[str, Any] | None:
+        return await self._jobs.claim(item_id, owner=self._owner, now=self._clock(), lease=LEASE)
 
     async def handle(self, item: dict[str, Any]) -> None:
         await self._process(item)

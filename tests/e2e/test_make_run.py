@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pymongo import MongoClient
 
 from chat.v1 import tenant_service_pb2, tenant_service_pb2_grpc
-from devstack.processes import dying_with_parent
+from server.workers import dying_with_parent
 from tests.conftest import EXAMPLE_TENANTS, REPO_ROOT
 
 pytestmark = pytest.mark.e2e

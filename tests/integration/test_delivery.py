@@ -6,6 +6,7 @@ process."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
@@ -34,6 +35,7 @@ from devstack.tokens import mint_dev_token
 from server.channels.base import Outbound
 from server.channels.messenger import MessengerChannel
 from server.channels.slack import SlackChannel
+from server.channels.teams import TeamsChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.mongo import Transactions
@@ -655,19 +657,27 @@ async def test_one_slack_user_in_two_chats_gets_each_answer_in_its_chat(
     assert len(platforms.to("slack", "C0PUBLIC1")) == len(platforms.to("slack", "D0DIRECT1")) == 1
 
 
+def media_message(mime: str, file_name: str, caption: str) -> c.Message:
+    """A reply of stored media (its bytes go with the Outbound)."""
+    return c.Message(
+        id=f"m-{file_name}",
+        content=c.Content(
+            media=c.MediaContent(
+                media_id=f"stored-{file_name}",
+                mime_type=mime,
+                caption=caption,
+                file_name=file_name,
+            )
+        ),
+    )
+
+
 async def test_whatsapp_media_is_uploaded_then_sent_by_id(
     platforms: Platforms, tmp_path: Path
 ) -> None:
     tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
     picture = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
-    message = c.Message(
-        id="m1",
-        content=c.Content(
-            media=c.MediaContent(
-                media_id="stored-1", mime_type="image/png", caption="our shop", file_name="a.png"
-            )
-        ),
-    )
+    message = media_message("image/png", "a.png", "our shop")
     async with aiohttp.ClientSession() as http:
         channel = WhatsAppChannel(http=http, base_url=platforms.base, version="v23.0")
         response = await channel.send_message(
@@ -864,17 +874,7 @@ async def test_messenger_media_is_uploaded_then_sent_by_attachment_id(
 ) -> None:
     tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
     picture = b"\x89PNG\r\n\x1a\n" + b"\x00" * 4096
-    message = c.Message(
-        id="m1",
-        content=c.Content(
-            media=c.MediaContent(
-                media_id="stored-1",
-                mime_type="image/png",
-                caption="**our** shop",
-                file_name="a.png",
-            )
-        ),
-    )
+    message = media_message("image/png", "a.png", "**our** shop")
     psid = "2028279607252642"
     async with aiohttp.ClientSession() as http:
         channel = MessengerChannel(http=http, base_url=platforms.base, version="v23.0")
@@ -907,17 +907,7 @@ async def test_slack_media_is_uploaded_externally_then_shared_in_the_channel(
 ) -> None:
     tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
     report = b"%PDF-1.7\n" + b"0" * 3000
-    message = c.Message(
-        id="m1",
-        content=c.Content(
-            media=c.MediaContent(
-                media_id="stored-2",
-                mime_type="application/pdf",
-                caption="the **report**",
-                file_name="report.pdf",
-            )
-        ),
-    )
+    message = media_message("application/pdf", "report.pdf", "the **report**")
     async with aiohttp.ClientSession() as http:
         channel = SlackChannel(http=http, base_url=platforms.base)
         response = await channel.send_message(
@@ -945,6 +935,49 @@ async def test_slack_media_is_uploaded_externally_then_shared_in_the_channel(
     }
     [(_, _, text)] = platforms.to("slack /api/chat.postMessage", "U0DIRECT1")
     assert text == {"channel": "U0DIRECT1", "text": "the *report* [report.pdf]"}
+
+
+async def test_teams_images_go_inline_and_other_media_as_caption_and_name(
+    platforms: Platforms, tmp_path: Path
+) -> None:
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    picture = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
+
+    conversation = "a:1teams-media"
+    async with aiohttp.ClientSession() as http:
+        channel = TeamsChannel(http=http, token_url=f"{platforms.base}/token")
+        sent = [
+            await channel.send_message(
+                Outbound(
+                    tenant=tenant,
+                    message=message,
+                    recipient_id=conversation,
+                    service_url=platforms.base + "/",
+                    media=picture,
+                )
+            )
+            for message in (
+                media_message("image/png", "plan.png", "the **plan**"),
+                media_message("video/mp4", "plan.mp4", "the **plan**"),
+            )
+        ]
+    assert all(response.success for response in sent)
+    [(path, headers, image), (_, _, video)] = platforms.to("teams ", conversation)
+    assert path == f"teams /v3/conversations/{conversation}/activities"
+    assert headers["Authorization"] == "Bearer teams-app-token"
+    assert image == {
+        "type": "message",
+        "attachments": [
+            {
+                "contentType": "image/png",
+                "contentUrl": "data:image/png;base64," + base64.b64encode(picture).decode(),
+                "name": "plan.png",
+            }
+        ],
+        "textFormat": "markdown",
+        "text": "the **plan**",
+    }
+    assert video == {"type": "message", "text": "the **plan** [plan.mp4]"}
 
 
 async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(

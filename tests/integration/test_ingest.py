@@ -10,6 +10,7 @@ import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,76 @@ async def test_platform_retries_store_nothing_twice_also_when_they_race(
     assert len(messages) == 4  # one reply each
 
 
+async def test_a_retry_after_the_conversation_closed_starts_nothing(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    bridge, client = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    event = text_event(user, "before closing")
+    [first] = await bridge.ingest(event)
+    cid = await conversation_of(mongo, first.message_id)
+    await replied(client, cid, 2)
+    await client.call("CloseConversation", chat.CloseConversationRequest(conversation_id=cid))
+    [again] = await bridge.ingest(event)
+    assert again.outcome == ingest.INGEST_OUTCOME_DUPLICATE
+    conversations = mongo["chat"]["conversations"]
+    assert await conversations.count_documents({"tenant_id": "acme", "user_id": user}) == 1
+    [later] = await bridge.ingest(text_event(user, "a new message"))  # starts the next one
+    assert later.outcome == ingest.INGEST_OUTCOME_ACCEPTED
+    assert await conversation_of(mongo, later.message_id) != cid
+
+
+async def test_concurrent_messages_share_transactions_and_keep_their_order(
+    server: RunningServer, clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    """Group commit: messages arriving together are stored in shared transactions, each
+    conversation's in order, counted, with one reply each; an event id that comes twice at
+    once (here from two users, so the two may share a batch) is stored once, and the rest of
+    its batch is stored all the same."""
+    bridge, client = clients
+    users = ["1555" + uuid.uuid4().hex[:7] for _ in range(12)]
+    twin = "wamid." + uuid.uuid4().hex
+
+    async def user_writes(user: str) -> list[ingest.IngestResult]:
+        # A platform delivers one user's messages in order; the users are concurrent.
+        return [r for text in ("one", "two") for r in await bridge.ingest(text_event(user, text))]
+
+    twin_users = ["1555" + uuid.uuid4().hex[:7] for _ in range(2)]
+    *per_user, twin_a, twin_b = await asyncio.gather(
+        *(user_writes(u) for u in users),
+        *(bridge.ingest(text_event(u, "twin", twin)) for u in twin_users),
+    )
+    assert sorted(r.outcome for r in (*twin_a, *twin_b)) == [
+        ingest.INGEST_OUTCOME_ACCEPTED,
+        ingest.INGEST_OUTCOME_DUPLICATE,
+    ]
+    assert await mongo["chat"]["messages"].count_documents({"platform_message_id": twin}) == 1
+    for user, results in zip(users, per_user, strict=True):
+        assert [r.outcome for r in results] == [ingest.INGEST_OUTCOME_ACCEPTED] * 2
+        cid = await conversation_of(mongo, results[0].message_id)
+        assert await conversation_of(mongo, results[1].message_id) == cid
+        messages = await replied(client, cid, 4)
+        inbound = [m for m in messages if m.direction == c.MESSAGE_DIRECTION_INBOUND]
+        assert [m.content.text.text for m in inbound] == ["one", "two"]
+        assert {m.sender_id for m in inbound} == {user}
+        assert [m.id for m in inbound] == [r.message_id for r in results]
+        assert sorted(m.reply_to_message_id for m in messages if m not in inbound) == sorted(
+            m.id for m in inbound
+        )
+        assert [m.sequence for m in messages] == [1, 2, 3, 4]
+        state = await client.call(
+            "GetConversation", chat.GetConversationRequest(conversation_id=cid)
+        )
+        assert state.conversation.inbound_message_count == 2
+        assert state.conversation.last_sequence == 4
+    registry = server.server.metrics.registry
+    batches = registry.get_sample_value("chat_group_commit_batch_size_count", {"call": "ingest"})
+    stored = registry.get_sample_value("chat_group_commit_batch_size_sum", {"call": "ingest"})
+    assert stored == 2 * len(users) + 1  # every message stored, in committed batches, once
+    assert batches is not None
+    assert batches < stored  # some transactions held several
+
+
 async def test_receipts_only_move_status_forward(
     clients: tuple[Bridge, ChatClient], mongo: Mongo
 ) -> None:
@@ -314,14 +385,48 @@ async def test_a_job_left_by_a_dead_process_is_answered_once(
     assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": cid}) == 0
 
 
+def picture(size: tuple[int, int], image_format: str) -> bytes:
+    """An image of ``size`` in ``image_format`` (JPEG, PNG), as a platform would serve it."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(out, format=image_format)
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """A platform stand-in on loopback; its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def fetching_media(
+    start_server: StartServer, tmp_path: Path, channel: str, **settings: str
+) -> AsyncIterator[tuple[Bridge, ChatClient]]:
+    """A server whose tenant acme has one platform channel (``channel``, its YAML) and fetches
+    media from the loopback stand-ins; the bridge's view of it and a client's."""
+    tenants = f"tenants:\n  - id: acme\n    channels:\n      {channel}\n"
+    server = await start_server(
+        CHAT_TENANTS_FILE=tenants_file(tmp_path, tenants),
+        CHAT_MEDIA_FETCH_ALLOW_PRIVATE="true",  # the stand-ins listen on loopback
+        **settings,
+        **JWT_SETTINGS,
+    )
+    async with grpc.aio.insecure_channel(server.target) as channel_:
+        yield Bridge(channel_, "acme"), ChatClient(channel_, "acme")
+
+
 @pytest.fixture
 async def graph_api() -> AsyncIterator[tuple[str, list[str]]]:
     """A stand-in for the Graph API's media endpoints: GET /v23.0/{media-id} answers the
     media URL, which serves the bytes; both want the tenant's bearer token."""
     seen: list[str] = []
-    out = io.BytesIO()
-    Image.new("RGB", (640, 480), (10, 120, 200)).save(out, format="JPEG")
-    picture = out.getvalue()
+    jpeg = picture((640, 480), "JPEG")
 
     async def lookup(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization", ""))
@@ -335,16 +440,13 @@ async def graph_api() -> AsyncIterator[tuple[str, list[str]]]:
 
     async def download(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization", ""))
-        return web.Response(body=picture, content_type="image/jpeg")
+        return web.Response(body=jpeg, content_type="image/jpeg")
 
     app = web.Application()
     app.router.add_get("/v23.0/{media_id}", lookup)
     app.router.add_get("/download/{media_id}", download)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
-    await runner.cleanup()
+    async with serving(app) as base:
+        yield base, seen
 
 
 async def test_platform_media_is_fetched_with_the_tenants_token_after_the_ack(
@@ -354,19 +456,13 @@ async def test_platform_media_is_fetched_with_the_tenants_token_after_the_ack(
     mongo: Mongo,
 ) -> None:
     base, seen = graph_api
-    tenants = (
-        "tenants:\n  - id: acme\n    channels:\n      whatsapp: {verify_token: v, app_secret: s,"
-        ' access_token: wa-token, phone_number_id: "1"}\n'
-    )
-    server = await start_server(
-        CHAT_TENANTS_FILE=tenants_file(tmp_path, tenants),
+    async with fetching_media(
+        start_server,
+        tmp_path,
+        'whatsapp: {verify_token: v, app_secret: s, access_token: wa-token, phone_number_id: "1"}',
         CHAT_WHATSAPP_API_BASE=base,
         CHAT_GRAPH_API_VERSION="v23.0",
-        CHAT_MEDIA_FETCH_ALLOW_PRIVATE="true",  # the stand-in listens on loopback
-        **JWT_SETTINGS,
-    )
-    async with grpc.aio.insecure_channel(server.target) as channel:
-        bridge, client = Bridge(channel, "acme"), ChatClient(channel, "acme")
+    ) as (bridge, client):
         user = "1555" + uuid.uuid4().hex[:7]
 
         def image(media_id: str) -> ingest.InboundEvent:
@@ -398,3 +494,129 @@ async def test_platform_media_is_fetched_with_the_tenants_token_after_the_ack(
         [kept] = [m for m in await history(client, cid) if m.id == missing.message_id]
         assert kept.content.media.platform_media_id == "missing"  # the reference stays
         assert "HTTP 404" in kept.metadata["media_fetch_error"]
+
+
+async def test_a_picture_pasted_in_teams_is_fetched_with_the_bot_token_from_its_service_url(
+    start_server: StartServer, tmp_path: Path, mongo: Mongo
+) -> None:
+    """The Bot Connector serves pasted images to the bot's token. The token goes only to the
+    serviceUrl the activity was verified for; an attachment elsewhere is fetched without it."""
+    png = picture((320, 200), "PNG")
+    seen: list[tuple[str, str]] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        assert form["client_id"] == "teams-app"
+        return web.json_response({"access_token": "teams-bot-token", "expires_in": 3600})
+
+    async def attachment(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Authorization", "")))
+        if request.headers.get("Authorization") != "Bearer teams-bot-token":
+            return web.Response(status=401)
+        return web.Response(body=png, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_get("/v3/attachments/{id}/views/original", attachment)
+    app.router.add_get("/elsewhere/v3/attachments/{id}/views/original", attachment)
+    async with (
+        serving(app) as base,
+        fetching_media(
+            start_server,
+            tmp_path,
+            "teams: {app_id: teams-app, app_password: teams-secret}",
+            CHAT_TEAMS_TOKEN_URL=f"{base}/token",
+        ) as (bridge, client),
+    ):
+
+        def pasted(url: str, service_url: str) -> ingest.InboundEvent:
+            user = "29:" + uuid.uuid4().hex[:10]
+            return ingest.InboundEvent(
+                platform_event_id=uuid.uuid4().hex,
+                channel=c.CHANNEL_TYPE_TEAMS,
+                platform_user_id=user,
+                channel_conversation_id="a:" + uuid.uuid4().hex[:10],
+                service_url=service_url,
+                message=ingest.InboundMessage(
+                    platform_message_id=uuid.uuid4().hex,
+                    content=c.Content(
+                        media=c.MediaContent(platform_media_id=url, mime_type="image/png")
+                    ),
+                ),
+            )
+
+        [ours, foreign] = await bridge.ingest(
+            pasted(f"{base}/v3/attachments/a1/views/original", f"{base}/"),
+            pasted(f"{base}/elsewhere/v3/attachments/a2/views/original", "https://smba.x/"),
+        )
+        fetched, _ = await replied(client, await conversation_of(mongo, ours.message_id), 2)
+        kept, _ = await replied(client, await conversation_of(mongo, foreign.message_id), 2)
+    assert fetched.metadata["media_verified"] == "true"
+    assert (fetched.content.media.width, fetched.content.media.height) == (320, 200)
+    assert kept.content.media.platform_media_id.startswith(f"{base}/elsewhere/")
+    assert "401" in kept.metadata["media_fetch_error"]
+    assert sorted(seen) == [
+        ("/elsewhere/v3/attachments/a2/views/original", ""),
+        ("/v3/attachments/a1/views/original", "Bearer teams-bot-token"),
+    ]
+
+
+async def test_a_slack_file_is_found_with_files_info_and_fetched_with_the_bot_token(
+    start_server: StartServer, tmp_path: Path, mongo: Mongo
+) -> None:
+    png = picture((200, 100), "PNG")
+    seen: list[tuple[str, str]] = []
+
+    async def files_info(request: web.Request) -> web.Response:
+        seen.append((request.path_qs, request.headers.get("Authorization", "")))
+        if request.query["file"] != "F0SHOP":
+            return web.json_response({"ok": False, "error": "file_not_found"})
+        base = f"{request.scheme}://{request.host}"
+        download = f"{base}/files-pri/T1-F0SHOP/download/shop.png"
+        return web.json_response({"ok": True, "file": {"url_private_download": download}})
+
+    async def download(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Authorization", "")))
+        if request.headers.get("Authorization") != "Bearer xoxb-shop":
+            return web.Response(status=403)
+        return web.Response(body=png, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/api/files.info", files_info)
+    app.router.add_get("/files-pri/{team_file}/download/{name}", download)
+    async with (
+        serving(app) as base,
+        fetching_media(
+            start_server,
+            tmp_path,
+            "slack: {signing_secret: s, bot_token: xoxb-shop}",
+            CHAT_SLACK_API_BASE=base,
+        ) as (bridge, client),
+    ):
+
+        def shared(file_id: str) -> ingest.InboundEvent:
+            return ingest.InboundEvent(
+                platform_event_id=uuid.uuid4().hex,
+                channel=c.CHANNEL_TYPE_SLACK,
+                platform_user_id="U" + uuid.uuid4().hex[:8].upper(),
+                channel_conversation_id="D" + uuid.uuid4().hex[:8].upper(),
+                message=ingest.InboundMessage(
+                    platform_message_id=uuid.uuid4().hex,
+                    content=c.Content(
+                        media=c.MediaContent(platform_media_id=file_id, file_name="shop.png")
+                    ),
+                ),
+            )
+
+        [found, missing] = await bridge.ingest(shared("F0SHOP"), shared("F0GONE"))
+        fetched, _ = await replied(client, await conversation_of(mongo, found.message_id), 2)
+        kept, _ = await replied(client, await conversation_of(mongo, missing.message_id), 2)
+    assert fetched.metadata["media_verified"] == "true"
+    assert (fetched.content.media.mime_type, fetched.content.media.width) == ("image/png", 200)
+    assert kept.content.media.platform_media_id == "F0GONE"
+    assert "file_not_found" in kept.metadata["media_fetch_error"]
+    assert sorted(seen) == [
+        ("/api/files.info?file=F0GONE", "Bearer xoxb-shop"),
+        ("/api/files.info?file=F0SHOP", "Bearer xoxb-shop"),
+        ("/files-pri/T1-F0SHOP/download/shop.png", "Bearer xoxb-shop"),
+    ]

@@ -414,8 +414,8 @@ async def test_concurrent_sends_share_transactions_and_keep_their_numbers(
         metrics_url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
         async with http.get(metrics_url) as response:
             text = await response.text()
-    count = float(_metric(text, "chat_group_commit_batch_size_count"))
-    total = float(_metric(text, "chat_group_commit_batch_size_sum"))
+    count = float(_metric(text, 'chat_group_commit_batch_size_count{call="send_message"}'))
+    total = float(_metric(text, 'chat_group_commit_batch_size_sum{call="send_message"}'))
     assert total == 24 + 48
     assert count < total  # some transactions held several exchanges
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -18,7 +20,7 @@ from server.channels.formatting import (
 )
 from server.channels.messenger import MessengerChannel
 from server.channels.slack import SlackChannel
-from server.channels.teams import TeamsChannel
+from server.channels.teams import MAX_INLINE_IMAGE_BYTES, TeamsChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.domain.tenant import Tenant
 from server.services.delivery import CircuitBreaker, DeliveryPolicy
@@ -148,6 +150,37 @@ async def test_slack_messenger_and_teams_forms(http: aiohttp.ClientSession) -> N
     content = card["attachments"][0]
     assert content["contentType"] == "application/vnd.microsoft.card.adaptive"
     assert [a["data"]["id"] for a in content["content"]["actions"]] == ["b0", "b1"]
+
+
+async def test_teams_sends_small_images_inline_and_other_media_as_caption_and_name(
+    http: aiohttp.ClientSession,
+) -> None:
+    teams = TeamsChannel(http=http, token_url="http://x/token")
+
+    def media(mime: str, data: bytes | None, caption: str = "the **plan**") -> Outbound:
+        content = c.Content(
+            media=c.MediaContent(mime_type=mime, file_name="plan.png", caption=caption)
+        )
+        return replace(outbound(content, "a:1"), media=data)
+
+    small = b"\x89PNG" + bytes(1000)
+    [inline] = teams.format_message(media("image/png", small))
+    [attachment] = inline["attachments"]
+    assert attachment["contentType"] == "image/png"
+    assert attachment["contentUrl"] == "data:image/png;base64," + base64.b64encode(small).decode()
+    assert attachment["name"] == "plan.png"
+    assert (inline["text"], inline["textFormat"]) == ("the **plan**", "markdown")
+    [bare] = teams.format_message(media("image/jpeg", small, caption=""))
+    assert "text" not in bare
+    assert bare["attachments"][0]["contentUrl"].startswith("data:image/jpeg;base64,")
+    # Too big for an activity, not an image Teams shows inline, or no bytes: caption and name.
+    for fallback in (
+        media("image/png", bytes(MAX_INLINE_IMAGE_BYTES + 1)),
+        media("video/mp4", small),
+        media("image/png", None),
+    ):
+        [text] = teams.format_message(fallback)
+        assert text == {"type": "message", "text": "the **plan** [plan.png]"}
 
 
 def test_backoff_grows_honours_retry_after_and_is_capped() -> None:

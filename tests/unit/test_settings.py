@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 
 from server.settings import Settings, SettingsError
+from server.workers import worker_settings
 
 
 def test_defaults_match_the_readme() -> None:
     settings = Settings.from_env({})
     assert settings.grpc_address == "0.0.0.0:8001"
+    assert settings.workers == 1
     assert settings.mongodb_database == "chat"
     assert settings.tenants_file is None
     assert settings.log_format == "auto"
@@ -52,11 +54,28 @@ def test_values_are_read_from_the_environment() -> None:
         ("CHAT_SHUTDOWN_GRACE_SECONDS", "soon"),
         ("CHAT_JWT_LEEWAY_SECONDS", "-3"),
         ("CHAT_JWT_ALGORITHMS", "none"),
+        ("CHAT_WORKERS", "0"),
+        ("CHAT_WORKERS", "65"),
+        ("CHAT_WORKERS", "many"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_workers_share_a_named_port_and_serve_metrics_one_port_apart() -> None:
+    with pytest.raises(SettingsError, match="CHAT_WORKERS"):
+        Settings.from_env({"CHAT_WORKERS": "2", "CHAT_GRPC_ADDRESS": "127.0.0.1:0"})
+    settings = Settings.from_env({"CHAT_WORKERS": "3", "CHAT_METRICS_ADDRESS": "[::]:9464"})
+    assert settings.workers == 3
+    assert worker_settings(settings, 0).metrics_address == "[::]:9464"
+    assert worker_settings(settings, 2).metrics_address == "[::]:9466"
+    assert worker_settings(settings, 2).grpc_address == settings.grpc_address
+    anywhere = Settings.from_env({"CHAT_WORKERS": "2", "CHAT_METRICS_ADDRESS": "127.0.0.1:0"})
+    assert worker_settings(anywhere, 1).metrics_address == "127.0.0.1:0"
+    off = Settings.from_env({"CHAT_WORKERS": "2", "CHAT_METRICS_ADDRESS": "off"})
+    assert worker_settings(off, 1).metrics_address is None
 
 
 def test_hs256_is_used_only_with_a_secret_and_no_key_source() -> None:

@@ -1,0 +1,88 @@
+"""LeasedQueueWorker: due items are found a batch at a time, claimed one by one by id, each
+handled once across competing workers, oldest first."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from server.services.queue_worker import LeasedQueueWorker
+
+
+class Store:
+    """Due items by id, in due order; a claim takes an item once."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.waiting = list(ids)
+        self.due_queries = 0
+        self.empty = asyncio.Event()
+
+    async def due(self, limit: int) -> list[str]:
+        self.due_queries += 1
+        return self.waiting[:limit]
+
+    async def claim(self, item_id: str) -> dict[str, Any] | None:
+        await asyncio.sleep(0)  # another worker may claim meanwhile
+        if item_id not in self.waiting:
+            return None
+        self.waiting.remove(item_id)
+        if not self.waiting:
+            self.empty.set()
+        return {"_id": item_id}
+
+
+class Worker(LeasedQueueWorker):
+    def __init__(self, store: Store, handled: list[str], concurrency: int = 2) -> None:
+        super().__init__(name="test", concurrency=concurrency)
+        self.store = store
+        self.handled = handled
+
+    async def due(self, limit: int) -> list[str]:
+        return await self.store.due(limit)
+
+    async def claim(self, item_id: str) -> dict[str, Any] | None:
+        return await self.store.claim(item_id)
+
+    async def handle(self, item: dict[str, Any]) -> None:
+        await asyncio.sleep(0.001)
+        self.handled.append(item["_id"])
+
+
+async def run_until_empty(*workers: Worker, store: Store) -> None:
+    stopping = asyncio.Event()
+    tasks = [asyncio.create_task(w.run(stopping)) for w in workers]
+    await asyncio.wait_for(store.empty.wait(), 10)
+    stopping.set()
+    for worker in workers:
+        worker.wake()
+    await asyncio.gather(*tasks)
+
+
+async def test_one_query_finds_several_items_and_each_is_handled_once_in_order() -> None:
+    store = Store([f"item-{n:03d}" for n in range(40)])
+    handled: list[str] = []
+    await run_until_empty(Worker(store, handled, concurrency=1), store=store)
+    assert handled == [f"item-{n:03d}" for n in range(40)]
+    # 4 candidates per slot: 10 queries for 40 items, and one that found nothing more.
+    assert store.due_queries <= 11
+
+
+async def test_competing_workers_skip_what_the_other_claimed() -> None:
+    store = Store([f"item-{n:03d}" for n in range(60)])
+    first: list[str] = []
+    second: list[str] = []
+    await run_until_empty(Worker(store, first), Worker(store, second), store=store)
+    assert sorted(first + second) == [f"item-{n:03d}" for n in range(60)]
+    assert first
+    assert second
+
+
+async def test_stale_candidates_are_followed_by_a_fresh_look() -> None:
+    """Candidates left from an earlier look, all taken meanwhile by another process: the
+    worker looks again at once rather than idling while items are due."""
+    store = Store([f"item-{n:03d}" for n in range(8)])
+    handled: list[str] = []
+    worker = Worker(store, handled, concurrency=1)
+    worker._candidates = ["taken-1", "taken-2"]
+    assert await worker._next() == {"_id": "item-000"}
+    assert store.due_queries == 1
