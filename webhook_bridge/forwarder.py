@@ -40,8 +40,13 @@ class Forwarder:
                 events=events[start : start + MAX_BATCH]
             )
             try:
+                # wait_for_ready: a server back after a restart is reached within the deadline,
+                # not refused because the connection is still waiting out its reconnect backoff.
                 response = await self._stub.IngestEvents(
-                    request, metadata=metadata, timeout=FORWARD_TIMEOUT_SECONDS
+                    request,
+                    metadata=metadata,
+                    timeout=FORWARD_TIMEOUT_SECONDS,
+                    wait_for_ready=True,
                 )
             except grpc.aio.AioRpcError as exc:
                 log.warning(

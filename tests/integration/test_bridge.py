@@ -452,6 +452,40 @@ async def test_the_server_down_is_503_so_the_platform_retries(
     assert await stored(mongo, fresh) == []
 
 
+async def test_a_server_back_on_its_port_takes_the_next_webhook_at_once(
+    start_server: StartServer, tmp_path: Path, teams_keys: TeamsKeys, mongo: Mongo
+) -> None:
+    # While the server is down, the bridge's connection waits out a reconnect backoff of a
+    # second or more; a webhook arriving just after the restart must wait for the connection
+    # within its deadline rather than fail on the last refusal.
+    port = free_port()
+    settings = {
+        "CHAT_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
+        **JWT_SETTINGS,
+    }
+    first = await start_server(**settings)
+    runner, url = await start_bridge(first.target, tmp_path, teams_keys.metadata_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            bridge = Bridge(url, http, first)
+            original = sample("whatsapp", "webhook_text_message.json")
+            wamid = original["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+            before, [stored_before] = unique(original, wamid)
+            assert await bridge.meta("whatsapp", before, WHATSAPP_SECRET) == 200
+            await first.server.stop()
+            lost, [refused] = unique(original, wamid)
+            assert await bridge.meta("whatsapp", lost, WHATSAPP_SECRET) == 503
+            await start_server(**settings)
+            after, [stored_after] = unique(original, wamid)
+            assert await bridge.meta("whatsapp", after, WHATSAPP_SECRET) == 200
+    finally:
+        await runner.cleanup()
+    assert len(await stored(mongo, stored_before)) == 1
+    assert await stored(mongo, refused) == []
+    assert len(await stored(mongo, stored_after)) == 1
+
+
 async def test_the_remaining_event_types_of_each_platform(
     bridge: Bridge, mongo: Mongo, teams_keys: TeamsKeys
 ) -> None:
