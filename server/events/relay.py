@@ -18,10 +18,12 @@ from typing import Any, Protocol
 import structlog
 
 from server.repositories.mongo import Document
+from server.repositories.outbox import records
 
 log = structlog.get_logger("chat.outbox")
 
-BATCH = 500
+#: Outbox documents per read (each holds the events of one transaction).
+BATCH = 200
 IDLE_SECONDS = 1.0
 #: After a wake-up, how long to let more commits arrive before reading: under load one batch
 #: then carries the events of several calls (each read and mark is a database round trip).
@@ -35,7 +37,7 @@ class PendingEvents(Protocol):
 
     async def pending(self, limit: int) -> list[Document]: ...
 
-    async def remove(self, event_ids: Sequence[str]) -> None: ...
+    async def remove(self, document_ids: Sequence[str]) -> None: ...
 
 
 class RecordPublisher(Protocol):
@@ -100,20 +102,22 @@ class OutboxRelay:
                 await self._lease.release()
 
     async def publish_pending(self) -> int:
-        """Publish one batch; returns how many were published (0 when Kafka failed)."""
+        """Publish one batch; returns how many outbox documents were published (0 when Kafka
+        failed)."""
         batch = await self._outbox.pending(BATCH)
         if not batch:
             return 0
+        events = [record for document in batch for record in records(document)]
         try:
             await self._publisher.publish_records(
-                [(d["topic"], bytes(d["key"]), bytes(d["payload"])) for d in batch]
+                [(record.topic, record.key, record.payload) for record in events]
             )
         except Exception as exc:  # noqa: BLE001 - any broker failure: keep the events, retry later
-            self._failed(exc, len(batch))
+            self._failed(exc, len(events))
             return 0
         await self._outbox.remove([d["_id"] for d in batch])
         if self._backoff:
-            log.info("outbox publishing again", published=len(batch))
+            log.info("outbox publishing again", published=len(events))
         self._backoff = 0.0
         return len(batch)
 

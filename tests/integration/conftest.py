@@ -7,9 +7,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
 
 from devstack.stack import Endpoints
 from server.bootstrap import ChatServer, create_resources
+from server.repositories.mongo import OUTBOX, Document
+from server.repositories.outbox import Record, records
 from server.settings import Settings
 from tests.conftest import EXAMPLE_TENANTS
 from tests.integration.bot_framework import teams_keys  # noqa: F401 - a shared fixture
@@ -81,6 +85,12 @@ async def chat_server(make_settings: Callable[..., Settings]) -> AsyncIterator[s
 async def channel(chat_server: str) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(chat_server) as channel:
         yield channel
+
+
+async def outbox_records(database: AsyncDatabase[Document]) -> list[Record]:
+    """Every event waiting in the outbox, in the order written."""
+    cursor = database[OUTBOX].find({}).sort("position", ASCENDING)
+    return [record async for document in cursor for record in records(document)]
 
 
 def tenants_file(tmp_path: Path, body: str) -> str:

@@ -4,6 +4,7 @@ event is published once Kafka is back."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,14 +17,17 @@ from bson import ObjectId
 from google.protobuf.message import DecodeError
 from pymongo import AsyncMongoClient
 
+from chat.v1 import common_pb2 as c
 from chat.v1 import events_pb2
 from devstack.processes import free_port
 from devstack.stack import EmbeddedStack, Endpoints, StackPorts
-from server.events.topics import ALL_TOPICS
-from server.repositories.mongo import create_indexes
-from server.repositories.outbox import MongoOutbox
+from server.events.envelopes import envelope
+from server.events.topics import ALL_TOPICS, record_key, topic_for
+from server.repositories import outbox as outbox_module
+from server.repositories.mongo import Transactions, create_indexes
+from server.repositories.outbox import MongoOutbox, records
 from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.conftest import RunningServer, outbox_records, tenants_file
 from tests.integration.tcp_proxy import TcpProxy
 
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -135,11 +139,11 @@ async def test_kafka_unreachable_then_back_loses_no_event(
         conversation_ids = {response.conversation.id for response in sent}
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
         try:
-            keys = [f"acme:{cid}".encode() for cid in conversation_ids]
-            waiting = await client["chat"]["outbox"].count_documents({"key": {"$in": keys}})
+            keys = {f"acme:{cid}".encode() for cid in conversation_ids}
+            waiting = [r for r in await outbox_records(client["chat"]) if r.key in keys]
         finally:
             await client.close()
-        assert waiting == 15  # 3 conversations x (started, session, received, sent, updated)
+        assert len(waiting) == 15  # 3 conversations x (started, session, received, sent, updated)
 
         await proxy.start()  # Kafka is back: every waiting event gets published
         events = await consume(bootstrap, conversation_ids, expected=15, within=60)
@@ -175,6 +179,69 @@ async def test_an_older_database_keeps_only_its_waiting_events(stack: Endpoints)
         assert await outbox_.count_pending() == 1
         names = {index["name"] async for index in await outbox.list_indexes()}
         assert names == {"_id_", "position"}
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
+
+
+async def test_a_transactions_events_share_a_document_in_order(
+    stack: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One document per transaction (split only when large); the earlier shape, one event per
+    document with its fields at the top, is still read, in the order written."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+    database = client[f"outbox_{uuid.uuid4().hex[:8]}"]
+    outbox = MongoOutbox(database=database)
+    transactions = Transactions(client=client)
+    now = dt.datetime.now(dt.UTC)
+
+    def event(text: str) -> events_pb2.EventEnvelope:
+        message = c.Message(content=c.Content(text=c.TextContent(text=text)))
+        return envelope(
+            tenant_id="acme",
+            actor_id="tester",
+            conversation_id="conv-1",
+            now=now,
+            message_received=events_pb2.MessageReceived(message=message),
+        )
+
+    try:
+        await create_indexes(database)
+        earlier = event("written by the earlier version")
+        await database["outbox"].insert_one(
+            {
+                "_id": earlier.event_id,
+                "position": ObjectId(),
+                "topic": topic_for(earlier),
+                "key": record_key(earlier),
+                "payload": earlier.SerializeToString(),
+                "create_time": now,
+            }
+        )
+        together = [event(f"together {i}") for i in range(5)]
+        await transactions.run(lambda tx: outbox.add(together, now=now, session=tx))
+        # A payload limit of two events' size: five large events take three documents.
+        large = [event(f"large {i} " + "x" * 1000) for i in range(5)]
+        monkeypatch.setattr(outbox_module, "MAX_DOCUMENT_PAYLOAD", 2 * large[0].ByteSize())
+        await transactions.run(lambda tx: outbox.add(large, now=now, session=tx))
+
+        documents = await outbox.pending(10)
+        assert [len(records(d)) for d in documents] == [1, 5, 2, 2, 1]
+        assert [d["_id"] for d in documents] == [
+            e.event_id for e in (earlier, together[0], large[0], large[2], large[4])
+        ]
+        waiting = [r for d in documents for r in records(d)]
+        assert [r.event_id for r in waiting] == [e.event_id for e in (earlier, *together, *large)]
+        assert [events_pb2.EventEnvelope.FromString(r.payload) for r in waiting] == [
+            earlier,
+            *together,
+            *large,
+        ]
+        assert {(r.topic, r.key) for r in waiting} == {("chat.message.received.v1", b"acme:conv-1")}
+        assert await outbox.count_pending() == 11
+
+        await outbox.remove([d["_id"] for d in documents[:2]])
+        assert await outbox.count_pending() == 5
     finally:
         await client.drop_database(database.name)
         await client.close()

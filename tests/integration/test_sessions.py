@@ -17,6 +17,7 @@ from chat.v1 import session_service_pb2_grpc
 from devstack.stack import Endpoints
 from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.kafka_events import published
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 
@@ -89,14 +90,10 @@ async def test_read_change_and_end_a_session(
     assert after.conversation.id == sent.conversation.id
     assert after.session.id != session_id
 
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
-    try:
-        ended_events = await client["chat"]["outbox"].count_documents(
-            {"topic": "chat.session.ended.v1", "key": f"acme:{sent.conversation.id}".encode()}
-        )
-    finally:
-        await client.close()
-    assert ended_events == 1  # exactly once, although EndSession was called twice
+    ended_events = await published(
+        stack.kafka_bootstrap, "chat.session.ended.v1", {sent.conversation.id}, at_least=1
+    )
+    assert len(ended_events) == 1  # exactly once, although EndSession was called twice
 
 
 async def test_bad_session_requests(setup: tuple[ChatClient, Sessions, Sessions]) -> None:
@@ -166,7 +163,6 @@ async def test_a_stable_event_written_twice_is_one_event(stack: Endpoints) -> No
 async def test_expired_sessions_end_exactly_once_across_servers(
     stack: Endpoints, start_server: StartServer, tmp_path: Path
 ) -> None:
-    import asyncio  # noqa: PLC0415
 
     from chat.v1 import events_pb2  # noqa: PLC0415
 
@@ -181,21 +177,15 @@ async def test_expired_sessions_end_exactly_once_across_servers(
         acme = ChatClient(channel, "acme")
         sessions = Sessions(channel, acme)
         sent = [await acme.send(f"hello {i}") for i in range(4)]
-        keys = [f"acme:{s.conversation.id}".encode() for s in sent]
         assert second.target != first.target
 
-        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
-        try:
-            query = {"topic": "chat.session.ended.v1", "key": {"$in": keys}}
-            for _ in range(100):
-                if await client["chat"]["outbox"].count_documents(query) >= 4:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)  # more sweeps by both servers: still one event each
-            documents = await client["chat"]["outbox"].find(query).to_list()
-        finally:
-            await client.close()
-        events = [events_pb2.EventEnvelope.FromString(bytes(d["payload"])) for d in documents]  # type: ignore[arg-type]
+        events = await published(
+            stack.kafka_bootstrap,
+            "chat.session.ended.v1",
+            {s.conversation.id for s in sent},
+            at_least=4,
+            settle=0.5,  # more sweeps by both servers: still one event each
+        )
         assert sorted(e.conversation_id for e in events) == sorted(s.conversation.id for s in sent)
         assert {e.session_ended.reason for e in events} == {events_pb2.SESSION_END_REASON_EXPIRED}
         assert {e.actor_id for e in events} == {"system"}
