@@ -85,7 +85,6 @@ from server.repositories.secrets import SecretBox
 from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
-from server.repositories.users import MongoUserRepository
 from server.services.conversations import ConversationService
 from server.services.delivery import (
     MIN_SAFE_LEASE_SECONDS,
@@ -379,7 +378,6 @@ class ChatServer:
         database = self._resources.database
         conversations = MongoConversationRepository(database=database)
         messages = MongoMessageRepository(database=database)
-        users = MongoUserRepository(database=database)
         outbox, transactions = self._outbox, self._transactions
         media_store = GridFsMediaStore(database=database)
         idempotency = MongoIdempotencyStore(database=database)
@@ -422,7 +420,6 @@ class ChatServer:
         pipeline = MessageService(
             conversations=conversations,
             messages=messages,
-            users=users,
             sessions=self._session_store,
             outbox=outbox,
             idempotency=idempotency,
@@ -465,7 +462,6 @@ class ChatServer:
             messages_service=pipeline,
             conversations=conversations,
             messages=messages,
-            users=users,
             sessions=self._session_store,
             outbox=outbox,
             transactions=transactions,

@@ -1,4 +1,4 @@
-"""The worker's handlers: analytics, audit, notification and cache.
+"""The worker's handlers: analytics, users, audit, notification and cache.
 
 Each applies an event at most once: its effect and its applied-event record are written in
 one MongoDB transaction (see MongoHandledEvents.apply_once).
@@ -18,6 +18,7 @@ from server.repositories.analytics import MongoAnalytics
 from server.repositories.audit import AuditRecord, MongoAuditLog
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.handled import MongoHandledEvents
+from server.repositories.users import MongoUserRepository
 
 _SUCCESS = (common_pb2.DELIVERY_STATUS_DELIVERED, common_pb2.DELIVERY_STATUS_READ)
 
@@ -112,6 +113,35 @@ class AnalyticsHandler:
             )
 
         await self._handled.apply_once(self.name, envelope.event_id, add, now=_now())
+
+
+class UserActivityHandler:
+    """Users' records: created at their first message, with their last activity and their
+    message count. Kept here rather than in the calls that store messages, which then write
+    one document less per message; the records follow within the worker's lag."""
+
+    name = "users"
+    event_types = frozenset({"message_received"})
+
+    def __init__(self, *, users: MongoUserRepository, handled: MongoHandledEvents) -> None:
+        self._users = users
+        self._handled = handled
+
+    async def handle(self, envelope: events_pb2.EventEnvelope) -> None:
+        message = envelope.message_received.message
+        if not message.sender_id:
+            raise PermanentError("a received message without its sender")
+
+        async def record(session: AsyncClientSession) -> None:
+            await self._users.record_activity(
+                envelope.tenant_id,
+                channel=message.channel,
+                user_id=message.sender_id,
+                now=message.create_time.ToDatetime(tzinfo=dt.UTC),
+                session=session,
+            )
+
+        await self._handled.apply_once(self.name, envelope.event_id, record, now=_now())
 
 
 def audit_record(envelope: events_pb2.EventEnvelope) -> AuditRecord | None:
@@ -232,6 +262,7 @@ class CacheHandler:
 def registrations(
     *,
     analytics: AnalyticsHandler,
+    users: UserActivityHandler,
     audit: AuditHandler,
     notification: NotificationHandler,
     cache: CacheHandler,
@@ -239,6 +270,7 @@ def registrations(
     """Which handler takes which event types: the one table."""
     return [
         Registration(analytics, AnalyticsHandler.event_types),
+        Registration(users, UserActivityHandler.event_types),
         Registration(audit, AuditHandler.event_types),
         Registration(notification, NotificationHandler.event_types),
         Registration(cache, CacheHandler.event_types),

@@ -31,6 +31,7 @@ from server.events.handlers import (
     AuditHandler,
     CacheHandler,
     NotificationHandler,
+    UserActivityHandler,
     registrations,
 )
 from server.events.notifier import Notifier
@@ -43,6 +44,7 @@ from server.repositories.audit import MongoAuditLog
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.handled import MongoHandledEvents
 from server.repositories.mongo import Transactions, create_indexes
+from server.repositories.users import MongoUserRepository
 from server.settings import Settings, SettingsError
 
 log = structlog.get_logger("chat.worker")
@@ -125,6 +127,9 @@ async def run(
         [
             *registrations(
                 analytics=AnalyticsHandler(analytics=analytics, handled=handled),
+                users=UserActivityHandler(
+                    users=MongoUserRepository(database=resources.database), handled=handled
+                ),
                 audit=AuditHandler(
                     audit=MongoAuditLog(database=resources.database), handled=handled
                 ),

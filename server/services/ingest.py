@@ -24,7 +24,6 @@ from server.processors.content import ContentProcessor, ProcessedContent
 from server.repositories.conversations import Recording
 from server.repositories.ingest import MongoIngestLog, MongoReplyJobs, ReplyJob
 from server.repositories.messages import MessageRow
-from server.repositories.users import Activity
 from server.services.group_commit import GroupCommit
 from server.services.messages import MessageService, build_message
 from server.services.ports import (
@@ -34,7 +33,6 @@ from server.services.ports import (
     SessionStore,
     TransactionRunner,
     Tx,
-    UserRepository,
 )
 from server.services.streams import QuietLiveEvents, message_event
 
@@ -63,7 +61,6 @@ class IngestService:
         messages_service: MessageService,
         conversations: ConversationRepository,
         messages: MessageRepository,
-        users: UserRepository,
         sessions: SessionStore,
         outbox: Outbox,
         transactions: TransactionRunner,
@@ -79,7 +76,6 @@ class IngestService:
         self._pipeline = messages_service
         self._conversations = conversations
         self._messages = messages
-        self._users = users
         self._sessions = sessions
         self._outbox = outbox
         self._transactions = transactions
@@ -243,13 +239,6 @@ class IngestService:
             )
             await self._messages.insert_rows(
                 [MessageRow(i.tenant_id, o.message, i.search_text) for i, o in stored],
-                session=tx,
-            )
-            await self._users.record_activity_many(
-                [
-                    Activity(i.tenant_id, i.event.channel, i.event.platform_user_id, i.now)
-                    for i, _ in stored
-                ],
                 session=tx,
             )
             await self._outbox.add(

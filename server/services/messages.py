@@ -29,7 +29,6 @@ from server.processors.content import ContentProcessor, ProcessedContent
 from server.repositories.conversations import Recording
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.messages import MessageRow
-from server.repositories.users import Activity
 from server.services.event_writer import EventWriter
 from server.services.group_commit import GroupCommit
 from server.services.ports import (
@@ -40,7 +39,6 @@ from server.services.ports import (
     SessionStore,
     TransactionRunner,
     Tx,
-    UserRepository,
 )
 from server.services.responder import RESPONDER_ID, Responder
 from server.services.streams import QuietLiveEvents, message_event
@@ -85,7 +83,6 @@ class MessageService:
         *,
         conversations: ConversationRepository,
         messages: MessageRepository,
-        users: UserRepository,
         sessions: SessionStore,
         outbox: Outbox,
         idempotency: IdempotencyStore,
@@ -105,7 +102,6 @@ class MessageService:
         self._on_delivery = on_delivery
         self._conversations = conversations
         self._messages = messages
-        self._users = users
         self._sessions = sessions
         self._outbox = outbox
         self._idempotency = idempotency
@@ -403,7 +399,6 @@ class MessageService:
             )
             outcomes: list[chat_service_pb2.SendMessageResponse | Exception] = []
             rows: list[MessageRow] = []
-            activities: list[Activity] = []
             envelopes: list[events_pb2.EventEnvelope] = []
             for exchange, updated in zip(exchanges, states, strict=True):
                 if updated is None:
@@ -418,14 +413,10 @@ class MessageService:
                         (response.message, *response.replies), exchange.search_texts, strict=True
                     )
                 ]
-                activities.append(
-                    Activity(exchange.tenant_id, updated.channel, updated.user_id, exchange.now)
-                )
                 envelopes += events
                 outcomes.append(response)
             if rows:
                 await self._messages.insert_rows(rows, session=tx)
-                await self._users.record_activity_many(activities, session=tx)
                 await self._outbox.add(envelopes, now=max(e.now for e in exchanges), session=tx)
             return outcomes
 

@@ -13,7 +13,6 @@ from typing import Any, Protocol, TypeVar
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.repositories.conversations import ConversationFilter, Recording
 from server.repositories.messages import MessageRow
-from server.repositories.users import Activity
 
 T = TypeVar("T")
 Tx = Any
@@ -153,18 +152,6 @@ class MessageRepository(Protocol):
         after: tuple[dt.datetime, str] | None,
         limit: int,
     ) -> list[common_pb2.Message]: ...
-
-
-class UserRepository(Protocol):
-    """End users per tenant and platform identity."""
-
-    async def record_activity(
-        self, tenant_id: str, *, channel: int, user_id: str, now: dt.datetime, session: Tx
-    ) -> None: ...
-
-    async def record_activity_many(
-        self, activities: Sequence[Activity], *, session: Tx
-    ) -> None: ...
 
 
 class Outbox(Protocol):

@@ -357,34 +357,6 @@ async def test_crafted_tokens_and_unknown_enums_are_invalid_argument(acme: ChatC
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_a_user_record_per_platform_identity(stack: Endpoints, acme: ChatClient) -> None:
-    user = "known-" + uuid.uuid4().hex[:8]
-    first = await acme.send("hello", user_id=user)
-    second = await acme.send("again", user_id=user)
-    await acme.send(
-        "on slack", user_id=user, channel=c.CHANNEL_TYPE_SLACK, channel_conversation_id="C1"
-    )
-    with pytest.raises(grpc.aio.AioRpcError):
-        await acme.send(" ", user_id=user)  # refused: no activity recorded
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
-    try:
-        records = (
-            await client["chat"]["users"]
-            .find({"tenant_id": "acme", "user_id": user}, {"_id": 0})
-            .sort("channel", 1)
-            .to_list()
-        )
-    finally:
-        await client.close()
-    assert [(r["channel"], r["message_count"]) for r in records] == [
-        (c.CHANNEL_TYPE_WEB, 2),
-        (c.CHANNEL_TYPE_SLACK, 1),
-    ]
-    web = records[0]
-    assert web["first_seen_time"] == first.message.create_time.ToDatetime()
-    assert web["last_active_time"] == second.message.create_time.ToDatetime()
-
-
 async def test_concurrent_sends_share_transactions_and_keep_their_numbers(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -69,6 +69,7 @@ def message(tenant: str, conversation: str, *, outbound: bool = False) -> c.Mess
         conversation_id=conversation,
         channel=c.CHANNEL_TYPE_WHATSAPP,
         direction=c.MESSAGE_DIRECTION_OUTBOUND if outbound else c.MESSAGE_DIRECTION_INBOUND,
+        sender_id="bot" if outbound else "u1",
     )
     result.create_time.FromDatetime(now())
     return result
@@ -338,6 +339,45 @@ async def test_the_server_s_events_reach_every_handler(
         assert after.conversation.status == c.CONVERSATION_STATUS_CLOSED
 
 
+async def test_a_user_record_per_platform_identity(
+    start_server: StartServer,
+    start_worker: Callable[..., Worker],
+    worker_settings: Callable[..., Settings],
+    tenant: str,
+    mongo: Mongo,
+) -> None:
+    settings = worker_settings()
+    server = await start_server(CHAT_TENANTS_FILE=str(settings.tenants_file), **JWT_SETTINGS)
+    start_worker()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        client = ChatClient(channel, tenant)
+        first = await client.send("hello", user_id="ana")
+        second = await client.send("again", user_id="ana")
+        await client.send(
+            "on slack", user_id="ana", channel=c.CHANNEL_TYPE_SLACK, channel_conversation_id="C1"
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.send(" ", user_id="ana")  # refused: no activity recorded
+
+    async def records() -> list[dict[str, Any]]:
+        cursor = mongo["chat"]["users"].find({"tenant_id": tenant, "user_id": "ana"}, {"_id": 0})
+        return await cursor.sort("channel", 1).to_list()
+
+    async def counted() -> bool:
+        return sum(r["message_count"] for r in await records()) >= 3
+
+    await eventually(counted, "the users' records")
+    await asyncio.sleep(0.5)  # nothing more arrives: the refused message left no record
+    found = await records()
+    assert [(r["channel"], r["message_count"]) for r in found] == [
+        (c.CHANNEL_TYPE_WEB, 2),
+        (c.CHANNEL_TYPE_SLACK, 1),
+    ]
+    web = found[0]
+    assert web["first_seen_time"] == first.message.create_time.ToDatetime(tzinfo=dt.UTC)
+    assert web["last_active_time"] == second.message.create_time.ToDatetime(tzinfo=dt.UTC)
+
+
 async def test_the_cache_handler_refreshes_cached_conversations_only(
     start_worker: Callable[..., Worker],
     publisher: KafkaEventPublisher,
@@ -416,6 +456,8 @@ async def test_a_redelivered_event_changes_nothing_twice(
     assert await analytics_sum(mongo, tenant, "messages_in") == 1
     assert await analytics_sum(mongo, tenant, "deliveries_succeeded") == 1  # DELIVERED then READ
     assert await mongo["chat"]["audit_log"].count_documents({"tenant_id": tenant}) == 2
+    users = await mongo["chat"]["users"].find({"tenant_id": tenant}).to_list()
+    assert [(u["user_id"], u["message_count"]) for u in users] == [("u1", 1)]
     sample = worker.metrics.registry.get_sample_value(
         "chat_worker_events_handled_total",
         {"handler": "analytics", "event_type": "message_received"},
