@@ -115,38 +115,39 @@ class MongoConversationRepository:
         conversation after the update (its last_sequence is the last reserved number), or None
         when it is not active. Concurrent writers serialize on this document. ``service_url``
         (Teams, from a verified activity) is kept in the metadata: replies are posted there."""
-        document = await update_and_get(
-            self._collection,
-            {"_id": conversation_id, "tenant_id": tenant_id, "status": ACTIVE},
-            {
-                "$inc": {
-                    "last_sequence": inbound + outbound,
-                    "message_count": inbound + outbound,
-                    "inbound_message_count": inbound,
-                    "outbound_message_count": outbound,
-                },
-                "$set": {"update_time": now}
-                | ({"metadata.service_url": service_url} if service_url else {}),
-                # $max: a slower request committing later must not move activity backwards.
-                "$max": {"last_activity_time": now},
-            },
-            session=session,
-        )
-        return to_proto(document) if document else None
+        recording = Recording(tenant_id, conversation_id, inbound, outbound, now, service_url)
+        [state] = await self.record_messages_many([recording], session=session)
+        return state
 
     async def record_messages_many(
         self, recordings: Sequence[Recording], *, session: AsyncClientSession
     ) -> list[common_pb2.Conversation | None]:
-        """record_messages for several conversations (each at most once) in two round trips:
-        every update in one bulk write, then the new states in one read (the transaction sees
-        its own writes). None for a conversation that is not active."""
+        """record_messages for several conversations (each at most once) in three round trips
+        whatever their number: the current states, every update in one bulk write, then the new
+        states (the transaction sees its own writes). None for a conversation that is not
+        active or not the tenant's.
+
+        The updates select by ``_id`` alone, which the embedded store serves as a point lookup
+        (a filter with more fields costs it index planning per document); the read before them
+        checks tenant and status in the same snapshot, and a close committed in between makes
+        the update a write conflict, which retries the transaction."""
         ids = [r.conversation_id for r in recordings]
         if len(set(ids)) != len(ids):
             raise ValueError("a conversation may appear once per call")
+        current = await self._states(ids, session)
+        active = [
+            r
+            for r in recordings
+            if (document := current.get(r.conversation_id)) is not None
+            and document.get("tenant_id") == r.tenant_id
+            and document.get("status") == ACTIVE
+        ]
+        if not active:
+            return [None] * len(recordings)
         await self._collection.bulk_write(
             [
                 UpdateOne(
-                    {"_id": r.conversation_id, "tenant_id": r.tenant_id, "status": ACTIVE},
+                    {"_id": r.conversation_id},
                     {
                         "$inc": {
                             "last_sequence": r.inbound + r.outbound,
@@ -156,30 +157,24 @@ class MongoConversationRepository:
                         },
                         "$set": {"update_time": r.now}
                         | ({"metadata.service_url": r.service_url} if r.service_url else {}),
+                        # $max: a slower request committing later must not move activity back.
                         "$max": {"last_activity_time": r.now},
                     },
                 )
-                for r in recordings
+                for r in active
             ],
             ordered=False,
             session=session,
         )
-        found = {
-            document["_id"]: document
-            async for document in self._collection.find({"_id": {"$in": ids}}, session=session)
-        }
-        states: list[common_pb2.Conversation | None] = []
-        for recording in recordings:
-            document = found.get(recording.conversation_id)
-            if (
-                document is None
-                or document.get("tenant_id") != recording.tenant_id
-                or document.get("status") != ACTIVE
-            ):
-                states.append(None)
-            else:
-                states.append(to_proto(document))
-        return states
+        updated = await self._states([r.conversation_id for r in active], session)
+        return [
+            to_proto(updated[r.conversation_id]) if r.conversation_id in updated else None
+            for r in recordings
+        ]
+
+    async def _states(self, ids: Sequence[str], session: AsyncClientSession) -> dict[str, Document]:
+        cursor = self._collection.find({"_id": {"$in": list(ids)}}, session=session)
+        return {document["_id"]: document async for document in cursor}
 
     async def close(
         self,

@@ -1,0 +1,107 @@
+"""The conversation store's message recording on the real database: only active conversations
+of the tenant take messages, also when a close races the recording."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from chat.v1 import common_pb2 as c
+from devstack.stack import Endpoints
+from server.repositories.conversations import MongoConversationRepository, Recording
+from server.repositories.mongo import CLOSED, CONVERSATIONS, Document, Transactions, create_indexes
+
+
+@pytest.fixture
+async def database(stack: Endpoints) -> AsyncIterator[AsyncDatabase[Document]]:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    database = client[f"conversations_{uuid.uuid4().hex[:8]}"]
+    await create_indexes(database)
+    yield database
+    await client.drop_database(database.name)
+    await client.close()
+
+
+async def started(
+    repository: MongoConversationRepository, transactions: Transactions, user_id: str
+) -> c.Conversation:
+    now = dt.datetime.now(dt.UTC)
+    return await transactions.run(
+        lambda tx: repository.insert_active(
+            "acme",
+            user_id=user_id,
+            channel=c.CHANNEL_TYPE_WEB,
+            channel_conversation_id=user_id,
+            now=now,
+            session=tx,
+        )
+    )
+
+
+async def test_only_active_conversations_of_the_tenant_take_messages(
+    database: AsyncDatabase[Document],
+) -> None:
+    transactions = Transactions(client=database.client)
+    repository = MongoConversationRepository(database=database)
+    open_, closed, other = [await started(repository, transactions, u) for u in "abc"]
+    await database[CONVERSATIONS].update_one({"_id": closed.id}, {"$set": {"status": CLOSED}})
+    now = dt.datetime.now(dt.UTC)
+    recordings = [
+        Recording("acme", open_.id, 1, 2, now),
+        Recording("acme", closed.id, 1, 1, now),
+        Recording("globex", other.id, 1, 1, now),  # another tenant's conversation
+        Recording("acme", "missing", 1, 1, now),
+    ]
+    states = await transactions.run(
+        lambda tx: repository.record_messages_many(recordings, session=tx)
+    )
+    assert states[1:] == [None, None, None]
+    assert states[0] is not None
+    assert (states[0].last_sequence, states[0].inbound_message_count) == (3, 1)
+    for untouched in (closed, other):
+        document = await database[CONVERSATIONS].find_one({"_id": untouched.id})
+        assert document is not None
+        assert document["last_sequence"] == 0
+
+
+async def test_a_close_committed_during_the_recording_retries_it(
+    database: AsyncDatabase[Document],
+) -> None:
+    """The close commits after the recording read the conversation as active and before it
+    writes: the write conflicts, the transaction runs again and finds it closed."""
+    transactions = Transactions(client=database.client)
+    repository = MongoConversationRepository(database=database)
+    conversation = await started(repository, transactions, "racer")
+    read = repository._states
+    reads = 0
+
+    async def close_after_first_read(
+        ids: Sequence[str], session: AsyncClientSession
+    ) -> dict[str, Document]:
+        nonlocal reads
+        found = await read(ids, session)
+        reads += 1
+        if reads == 1:  # another client closes it, outside this transaction
+            await database[CONVERSATIONS].update_one(
+                {"_id": conversation.id}, {"$set": {"status": CLOSED}}
+            )
+        return found
+
+    repository._states = close_after_first_read  # type: ignore[method-assign]
+    now = dt.datetime.now(dt.UTC)
+    states = await transactions.run(
+        lambda tx: repository.record_messages_many(
+            [Recording("acme", conversation.id, 1, 1, now)], session=tx
+        )
+    )
+    assert states == [None]
+    assert reads == 2  # the first attempt's read, then the retry's (which found it closed)
+    document = await database[CONVERSATIONS].find_one({"_id": conversation.id})
+    assert document is not None
+    assert (document["status"], document["last_sequence"]) == (CLOSED, 0)
