@@ -457,6 +457,7 @@ class ChatServer:
             actions=self._actions,
             on_events=self._relay.wake,
             on_delivery=self._delivery.wake,
+            on_batch=self.metrics.group_commit_batch.labels(call="reply").observe,
         )
         self._ingest = IngestService(
             messages_service=pipeline,

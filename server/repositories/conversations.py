@@ -100,32 +100,16 @@ class MongoConversationRepository:
         await self._collection.insert_one(document, session=session)
         return to_proto(document)
 
-    async def record_messages(
-        self,
-        tenant_id: str,
-        conversation_id: str,
-        *,
-        inbound: int,
-        outbound: int,
-        now: dt.datetime,
-        session: AsyncClientSession,
-        service_url: str = "",
-    ) -> common_pb2.Conversation | None:
-        """Reserve sequence numbers for new messages and update the counters; returns the
-        conversation after the update (its last_sequence is the last reserved number), or None
-        when it is not active. Concurrent writers serialize on this document. ``service_url``
-        (Teams, from a verified activity) is kept in the metadata: replies are posted there."""
-        recording = Recording(tenant_id, conversation_id, inbound, outbound, now, service_url)
-        [state] = await self.record_messages_many([recording], session=session)
-        return state
-
     async def record_messages_many(
         self, recordings: Sequence[Recording], *, session: AsyncClientSession
     ) -> list[common_pb2.Conversation | None]:
-        """record_messages for several conversations (each at most once) in three round trips
-        whatever their number: the current states, every update in one bulk write, then the new
-        states (the transaction sees its own writes). None for a conversation that is not
-        active or not the tenant's.
+        """Reserve sequence numbers for new messages of several conversations (each at most
+        once) and update their counters, in three round trips whatever their number: the current
+        states, every update in one bulk write, then the new states (the transaction sees its own
+        writes; a state's last_sequence is the last number reserved). None for a conversation
+        that is not active or not the tenant's. Concurrent writers serialize on the documents.
+        A ``service_url`` (Teams, from a verified activity) is kept in the metadata: replies are
+        posted there.
 
         The updates select by ``_id`` alone, which the embedded store serves as a point lookup
         (a filter with more fields costs it index planning per document); the read before them

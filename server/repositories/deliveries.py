@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -24,6 +25,18 @@ QUEUED = "queued"
 SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One conversation's outbound messages, for enqueue_many."""
+
+    tenant_id: str
+    messages: Sequence[common_pb2.Message]
+    recipient_id: str
+    #: Teams: where the replies are posted (from the conversation, never from a request).
+    service_url: str
+    now: dt.datetime
 
 
 class MongoDeliveries:
@@ -43,29 +56,35 @@ class MongoDeliveries:
         session: AsyncClientSession,
     ) -> None:
         """Queue outbound messages, in the transaction that stores them."""
-        if not messages:
-            return
-        await self._collection.insert_many(
-            [
-                {
-                    "_id": message.id,
-                    "tenant_id": tenant_id,
-                    "conversation_id": message.conversation_id,
-                    "sequence": message.sequence,
-                    "channel": message.channel,
-                    "recipient_id": recipient_id,
-                    "service_url": service_url,
-                    "state": QUEUED,
-                    "attempts": [],
-                    "budget_start": 0,
-                    "create_time": now,
-                    "update_time": now,
-                    "due_time": now,
-                }
-                for message in messages
-            ],
-            session=session,
+        await self.enqueue_many(
+            [Outgoing(tenant_id, messages, recipient_id, service_url, now)], session=session
         )
+
+    async def enqueue_many(
+        self, outgoing: Sequence[Outgoing], *, session: AsyncClientSession
+    ) -> None:
+        """enqueue for several conversations in one round trip."""
+        documents = [
+            {
+                "_id": message.id,
+                "tenant_id": item.tenant_id,
+                "conversation_id": message.conversation_id,
+                "sequence": message.sequence,
+                "channel": message.channel,
+                "recipient_id": item.recipient_id,
+                "service_url": item.service_url,
+                "state": QUEUED,
+                "attempts": [],
+                "budget_start": 0,
+                "create_time": item.now,
+                "update_time": item.now,
+                "due_time": item.now,
+            }
+            for item in outgoing
+            for message in item.messages
+        ]
+        if documents:
+            await self._collection.insert_many(documents, session=session)
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
         """Ids of the oldest due deliveries (a lapsed lease makes one due again)."""

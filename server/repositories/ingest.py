@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DeleteOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -138,13 +138,18 @@ class MongoReplyJobs:
         )
         return found is not None
 
-    async def complete(self, job: Document, *, session: AsyncClientSession) -> bool:
-        """Remove the job in the caller's transaction; False when the lease was lost."""
-        removed = await self._collection.delete_one(
-            {"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]},
+    async def complete_many(self, jobs: Sequence[Document], *, session: AsyncClientSession) -> bool:
+        """Remove the jobs in the caller's transaction, in one round trip; False when the
+        lease of any was lost."""
+        removed = await self._collection.bulk_write(
+            [
+                DeleteOne({"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]})
+                for job in jobs
+            ],
+            ordered=False,
             session=session,
         )
-        return removed.deleted_count == 1
+        return removed.deleted_count == len(jobs)
 
     async def postpone(self, job: Document, *, due: dt.datetime, counted: bool = True) -> None:
         """Give the job back, to be claimed again at ``due``; ``counted=False`` when this claim

@@ -37,23 +37,6 @@ class MongoMessageRepository:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[MESSAGES]
 
-    async def insert_many(
-        self,
-        tenant_id: str,
-        messages: Sequence[common_pb2.Message],
-        *,
-        search_texts: Sequence[str],
-        session: AsyncClientSession,
-    ) -> None:
-        """Store messages (sequences already assigned) inside the caller's transaction."""
-        await self.insert_rows(
-            [
-                MessageRow(tenant_id, message, search_text)
-                for message, search_text in zip(messages, search_texts, strict=True)
-            ],
-            session=session,
-        )
-
     async def insert_rows(self, rows: Sequence[MessageRow], *, session: AsyncClientSession) -> None:
         """Store messages of any tenants and conversations in one round trip."""
         await self._collection.insert_many(

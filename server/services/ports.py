@@ -48,18 +48,6 @@ class ConversationRepository(Protocol):
         session: Tx,
     ) -> common_pb2.Conversation: ...
 
-    async def record_messages(
-        self,
-        tenant_id: str,
-        conversation_id: str,
-        *,
-        inbound: int,
-        outbound: int,
-        now: dt.datetime,
-        session: Tx,
-        service_url: str = "",
-    ) -> common_pb2.Conversation | None: ...
-
     async def record_messages_many(
         self, recordings: Sequence[Recording], *, session: Tx
     ) -> list[common_pb2.Conversation | None]: ...
@@ -80,15 +68,6 @@ class ConversationRepository(Protocol):
 
 class MessageRepository(Protocol):
     """Messages, scoped by tenant."""
-
-    async def insert_many(
-        self,
-        tenant_id: str,
-        messages: Sequence[common_pb2.Message],
-        *,
-        search_texts: Sequence[str],
-        session: Tx,
-    ) -> None: ...
 
     async def insert_rows(self, rows: Sequence[MessageRow], *, session: Tx) -> None: ...
 

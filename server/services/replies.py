@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -18,8 +19,11 @@ import structlog
 from chat.v1 import common_pb2, events_pb2
 from server.channels.base import READ, TYPING
 from server.events.envelopes import envelope
-from server.repositories.deliveries import MongoDeliveries
+from server.repositories.conversations import Recording
+from server.repositories.deliveries import MongoDeliveries, Outgoing
 from server.repositories.ingest import MongoReplyJobs
+from server.repositories.messages import MessageRow
+from server.services.group_commit import GroupCommit
 from server.services.messages import MessageService
 from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver
@@ -47,6 +51,20 @@ class _LeaseLostError(Exception):
     """Another process took the job over: this attempt's replies must not be stored."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A job's replies, ready to be stored."""
+
+    job: dict[str, Any]
+    tenant_id: str
+    conversation: common_pb2.Conversation
+    inbound: common_pb2.Message
+    session: common_pb2.Session
+    outbound: list[common_pb2.Message]
+    search_texts: list[str]
+    now: dt.datetime
+
+
 class ReplyProcessor(LeasedQueueWorker):
     """Takes jobs from the reply queue, a few at a time."""
 
@@ -67,6 +85,7 @@ class ReplyProcessor(LeasedQueueWorker):
         actions: PlatformActions | None = None,
         on_events: Callable[[], None] = lambda: None,
         on_delivery: Callable[[], None] = lambda: None,
+        on_batch: Callable[[int], None] = lambda _size: None,
         concurrency: int = 8,
     ) -> None:
         super().__init__(name="replies", concurrency=concurrency)
@@ -84,6 +103,13 @@ class ReplyProcessor(LeasedQueueWorker):
         self._live = live
         self._clock = clock
         self._on_events = on_events
+        self._commits: GroupCommit[_Reply, common_pb2.Conversation | None] = GroupCommit(
+            self._store,
+            key=lambda reply: (reply.tenant_id, reply.conversation.id),
+            on_batch=on_batch,
+            on_orphan=self._finish_orphan,
+            divisible=(_LeaseLostError,),
+        )
 
     async def due(self, limit: int) -> list[str]:
         return await self._jobs.due(now=self._clock(), limit=limit)
@@ -134,62 +160,103 @@ class ReplyProcessor(LeasedQueueWorker):
         outbound, replies = await self._pipeline.compose_replies(
             tenant_id, conversation, inbound, session, now=now
         )
-
-        async def store(tx: Tx) -> common_pb2.Conversation | None:
-            if not await self._jobs.complete(job, session=tx):
-                raise _LeaseLostError
-            if not outbound:
-                return None
-            updated = await self._conversations.record_messages(
-                tenant_id, conversation.id, inbound=0, outbound=len(outbound), now=now, session=tx
-            )
-            if updated is None:
-                return None  # closed meanwhile: the job is done, with nothing to send
-            first = updated.last_sequence - len(outbound) + 1
-            for offset, message in enumerate(outbound):
-                message.sequence = first + offset
-            await self._messages.insert_many(
-                tenant_id,
-                outbound,
-                search_texts=[reply.search_text for reply in replies],
-                session=tx,
-            )
-            if updated.channel != common_pb2.CHANNEL_TYPE_WEB and self._deliveries is not None:
-                # Handed to the platform by the delivery queue, in this same transaction.
-                await self._deliveries.enqueue(
-                    tenant_id,
-                    outbound,
-                    recipient_id=updated.channel_conversation_id,
-                    service_url=updated.metadata.get("service_url")
-                    or inbound.metadata.get("service_url", ""),
-                    now=now,
-                    session=tx,
-                )
-            await self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=RESPONDER_ID,
-                        conversation_id=updated.id,
-                        now=now,
-                        conversation_updated=events_pb2.ConversationUpdated(conversation=updated),
-                    )
-                ],
-                now=now,
-                session=tx,
-            )
-            return updated
-
+        reply = _Reply(
+            job=job,
+            tenant_id=tenant_id,
+            conversation=conversation,
+            inbound=inbound,
+            session=session,
+            outbound=outbound,
+            search_texts=[reply.search_text for reply in replies],
+            now=now,
+        )
         try:
-            updated = await self._transactions.run(store)
+            updated = await self._commits.submit(reply)
         except _LeaseLostError:
             log.info("reply job taken over by another process", job_id=job["_id"])
             return
-        if updated is None:
-            return
+        if updated is not None:
+            await self._after_commit(reply, updated)
+
+    async def _store(self, batch: list[_Reply]) -> list[common_pb2.Conversation | Exception | None]:
+        """Store the replies of jobs of distinct conversations and remove the jobs, in one
+        transaction: a bulk statement per collection, whatever their number (see GroupCommit).
+        None for a job with nothing to send (no reply, or the conversation closed meanwhile)."""
+
+        async def work(tx: Tx) -> list[common_pb2.Conversation | Exception | None]:
+            if not await self._jobs.complete_many([r.job for r in batch], session=tx):
+                raise _LeaseLostError  # GroupCommit retries the batch one job at a time
+            answering = [r for r in batch if r.outbound]
+            states = await self._conversations.record_messages_many(
+                [
+                    Recording(r.tenant_id, r.conversation.id, 0, len(r.outbound), r.now)
+                    for r in answering
+                ],
+                session=tx,
+            )
+            stored: dict[int, common_pb2.Conversation] = {}
+            rows: list[MessageRow] = []
+            outgoing: list[Outgoing] = []
+            events: list[events_pb2.EventEnvelope] = []
+            for reply, updated in zip(answering, states, strict=True):
+                if updated is None:
+                    continue  # closed meanwhile: the job is done, with nothing to send
+                stored[id(reply)] = updated
+                first = updated.last_sequence - len(reply.outbound) + 1
+                for offset, message in enumerate(reply.outbound):
+                    message.sequence = first + offset
+                rows += [
+                    MessageRow(reply.tenant_id, message, text)
+                    for message, text in zip(reply.outbound, reply.search_texts, strict=True)
+                ]
+                if updated.channel != common_pb2.CHANNEL_TYPE_WEB:
+                    outgoing.append(
+                        Outgoing(
+                            reply.tenant_id,
+                            reply.outbound,
+                            updated.channel_conversation_id,
+                            updated.metadata.get("service_url")
+                            or reply.inbound.metadata.get("service_url", ""),
+                            reply.now,
+                        )
+                    )
+                events.append(
+                    envelope(
+                        tenant_id=reply.tenant_id,
+                        actor_id=RESPONDER_ID,
+                        conversation_id=updated.id,
+                        now=reply.now,
+                        conversation_updated=events_pb2.ConversationUpdated(conversation=updated),
+                    )
+                )
+            if rows:
+                await self._messages.insert_rows(rows, session=tx)
+            if outgoing and self._deliveries is not None:
+                # Handed to the platform by the delivery queue, in this same transaction.
+                await self._deliveries.enqueue_many(outgoing, session=tx)
+            if events:
+                await self._outbox.add(events, now=max(r.now for r in batch), session=tx)
+            return [stored.get(id(reply)) for reply in batch]
+
+        return await self._transactions.run(work)
+
+    async def _after_commit(self, reply: _Reply, updated: common_pb2.Conversation) -> None:
+        """Wake the relay and the delivery queue, push to the streams, keep the session."""
         self._on_events()
         self._on_delivery()
         await self._live.publish(
-            tenant_id, updated.id, [message_event(m) for m in outbound], conversation=updated
+            reply.tenant_id,
+            updated.id,
+            [message_event(m) for m in reply.outbound],
+            conversation=updated,
         )
-        await self._pipeline.save_session(tenant_id, session, now=now)
+        await self._pipeline.save_session(reply.tenant_id, reply.session, now=reply.now)
+
+    async def _finish_orphan(self, reply: _Reply, updated: common_pb2.Conversation | None) -> None:
+        """Replies committed after their worker slot gave up (shutdown): still pushed."""
+        if updated is None:
+            return
+        try:
+            await self._after_commit(reply, updated)
+        except Exception:
+            log.exception("after-commit work failed", conversation_id=updated.id)

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from pymongo import AsyncMongoClient
 
 from chat.v1 import common_pb2 as c
 from chat.v1 import responder_service_pb2 as pb
 from chat.v1 import responder_service_pb2_grpc
 from devstack.processes import free_port
+from devstack.stack import Endpoints
 from server.services.external_responder import FALLBACK_TEXT
 from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.test_ingest import Bridge, conversation_of, history, replied, text_event
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 
@@ -28,11 +32,15 @@ class Bot(responder_service_pb2_grpc.ResponderServiceServicer):
 
     def __init__(self) -> None:
         self.delay = 0.0
+        #: When set, replies wait for it.
+        self.gate: asyncio.Event | None = None
         self.requests: list[pb.GenerateReplyRequest] = []
 
     async def GenerateReply(self, request: pb.GenerateReplyRequest, _context: Any) -> Any:  # noqa: N802
         self.requests.append(request)
         await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         text = f"echo: {request.message.content.text.text} ({len(request.history)} earlier)"
         reply = pb.GenerateReplyResponse(replies=[c.Content(text=c.TextContent(text=text))])
         reply.context_updates.update({"echoed": True})
@@ -107,3 +115,45 @@ async def test_an_unreachable_responder_gets_the_fallback(
     reply = await acme.send("hello")
     assert reply.replies[0].content.text.text == FALLBACK_TEXT
     assert reply.conversation.message_count == 2
+
+
+async def test_replies_answered_together_store_all_but_a_job_taken_over(
+    start_server: StartServer, tmp_path: Path, bot: tuple[Bot, int], stack: Endpoints
+) -> None:
+    """Two reply jobs are answered at once (the bot holds both); meanwhile another process
+    takes one over. The other's reply is stored; the taken-over one is left to its new owner,
+    not answered here too."""
+    servicer, port = bot
+    servicer.gate = asyncio.Event()
+    server = await start_server(
+        CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS),
+        CHAT_RESPONDER_TARGET=f"127.0.0.1:{port}",
+        CHAT_RESPONDER_TIMEOUT_MS="20000",
+        **JWT_SETTINGS,
+    )
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri)
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            bridge, client = Bridge(channel, "acme"), ChatClient(channel, "acme")
+            users = ["1555" + uuid.uuid4().hex[:7] for _ in range(2)]
+            results = [r for u in users for r in await bridge.ingest(text_event(u, "hi"))]
+            kept, taken = [await conversation_of(mongo, r.message_id) for r in results]
+            deadline = time.monotonic() + 20
+            while len(servicer.requests) < 2:  # both jobs claimed, both waiting for the bot
+                assert time.monotonic() < deadline, "the jobs were not both taken"
+                await asyncio.sleep(0.05)
+            await mongo["chat"]["reply_jobs"].update_one(
+                {"conversation_id": taken}, {"$set": {"owner": "another-process"}}
+            )
+            servicer.gate.set()
+
+            answered = await replied(client, kept, 2)
+            assert answered[1].content.text.text == "echo: hi (1 earlier)"
+            await asyncio.sleep(1.0)  # the other job's attempt has ended by now
+            assert len(await history(client, taken)) == 1  # the user's message, no reply
+            assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": kept}) == 0
+            job = await mongo["chat"]["reply_jobs"].find_one({"conversation_id": taken})
+            assert job is not None
+            assert job["owner"] == "another-process"
+    finally:
+        await mongo.close()

@@ -245,6 +245,15 @@ async def test_concurrent_messages_share_transactions_and_keep_their_order(
     assert stored == 2 * len(users) + 1  # every message stored, in committed batches, once
     assert batches is not None
     assert batches < stored  # some transactions held several
+    # The replies too: each user's two answered (waited for above), in shared transactions.
+    answered = registry.get_sample_value("chat_group_commit_batch_size_sum", {"call": "reply"})
+    reply_batches = registry.get_sample_value(
+        "chat_group_commit_batch_size_count", {"call": "reply"}
+    )
+    assert answered is not None
+    assert reply_batches is not None
+    assert answered >= 2 * len(users)
+    assert reply_batches < answered
 
 
 async def test_receipts_only_move_status_forward(

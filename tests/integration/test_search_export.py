@@ -17,8 +17,8 @@ from pymongo import AsyncMongoClient
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
-from server.repositories.conversations import MongoConversationRepository
-from server.repositories.messages import MongoMessageRepository
+from server.repositories.conversations import MongoConversationRepository, Recording
+from server.repositories.messages import MessageRow, MongoMessageRepository
 from server.repositories.mongo import Transactions
 from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
@@ -98,8 +98,8 @@ async def seed_conversation(stack: Endpoints, tenant: str, count: int) -> str:
                 now=now,
                 session=tx,
             )
-            await conversations.record_messages(
-                tenant, conversation.id, inbound=count, outbound=0, now=now, session=tx
+            await conversations.record_messages_many(
+                [Recording(tenant, conversation.id, count, 0, now)], session=tx
             )
             return conversation.id
 
@@ -120,8 +120,8 @@ async def seed_conversation(stack: Endpoints, tenant: str, count: int) -> str:
                 message.create_time.FromDatetime(now)
                 batch.append(message)
             await transactions.run(
-                lambda tx, batch=batch: messages.insert_many(  # type: ignore[misc]
-                    tenant, batch, search_texts=["" for _ in batch], session=tx
+                lambda tx, batch=batch: messages.insert_rows(  # type: ignore[misc]
+                    [MessageRow(tenant, message, "") for message in batch], session=tx
                 )
             )
         return conversation_id
