@@ -415,6 +415,7 @@ class ChatServer:
                 lease_seconds=self._settings.delivery_lease_seconds,
             ),
             on_events=self._relay.wake,
+            on_batch=self.metrics.group_commit_batch.labels(call="delivery").observe,
             holds=holds,
         )
         pipeline = MessageService(

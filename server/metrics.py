@@ -38,7 +38,7 @@ class Metrics:
         self.group_commit_batch = Histogram(
             "chat_group_commit_batch_size",
             "Writes per transaction (group commit), by call: send_message exchanges, ingest "
-            "inbound platform messages, reply jobs answered.",
+            "inbound platform messages, reply jobs answered, delivery outcomes recorded.",
             ["call"],
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,

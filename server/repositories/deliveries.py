@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -37,6 +37,17 @@ class Outgoing:
     #: Teams: where the replies are posted (from the conversation, never from a request).
     service_url: str
     now: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """A delivery's last attempt and final state, for finish_many."""
+
+    delivery: Document
+    attempt: dict[str, Any]
+    state: str
+    now: dt.datetime
+    platform_message_id: str = ""
 
 
 class MongoDeliveries:
@@ -117,32 +128,29 @@ class MongoDeliveries:
         )
         return found is not None
 
-    async def finish(
-        self,
-        delivery: Document,
-        attempt: dict[str, Any],
-        *,
-        state: str,
-        now: dt.datetime,
-        platform_message_id: str = "",
-        session: AsyncClientSession | None = None,
-    ) -> bool:
-        """Record the attempt and the final state (SENT or FAILED); False when the lease was
-        lost (another process has it now)."""
-        done = await self._collection.update_one(
-            {"_id": delivery["_id"], "owner": delivery["owner"], "state": SENDING},
-            {
-                "$set": {
-                    "state": state,
-                    "update_time": now,
-                    "platform_message_id": platform_message_id,
-                },
-                "$unset": {"owner": "", "due_time": ""},
-                "$push": {"attempts": attempt},
-            },
+    async def finish_many(self, finishes: Sequence[Finish], *, session: AsyncClientSession) -> bool:
+        """Record each attempt and final state (SENT or FAILED), in one round trip; False when
+        the lease of any was lost (another process has it now)."""
+        done = await self._collection.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": f.delivery["_id"], "owner": f.delivery["owner"], "state": SENDING},
+                    {
+                        "$set": {
+                            "state": f.state,
+                            "update_time": f.now,
+                            "platform_message_id": f.platform_message_id,
+                        },
+                        "$unset": {"owner": "", "due_time": ""},
+                        "$push": {"attempts": f.attempt},
+                    },
+                )
+                for f in finishes
+            ],
+            ordered=False,
             session=session,
         )
-        return done.modified_count == 1
+        return done.modified_count == len(finishes)
 
     async def retry_later(
         self,

@@ -192,7 +192,7 @@ class LiveHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()
 
     def _remove(self, subscription: Subscription) -> bool:
         """Forget the subscription; True when it was the channel's last."""

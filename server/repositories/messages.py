@@ -11,15 +11,25 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from server.repositories.mongo import MESSAGES, Document, update_and_get
+from server.repositories.mongo import MESSAGES, Document
 
 #: What to_proto reads of a stored message.
 _AS_MESSAGE = {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """An outbound message's new delivery status, for advance_many."""
+
+    tenant_id: str
+    message_id: str
+    status: common_pb2.DeliveryStatus.ValueType
+    platform_message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,32 +167,43 @@ class MongoMessageRepository:
             return to_proto(document)
         return None
 
-    async def advance(
-        self,
-        tenant_id: str,
-        message_id: str,
-        *,
-        status: common_pb2.DeliveryStatus.ValueType,
-        platform_message_id: str = "",
-        session: AsyncClientSession,
+    async def advance_many(
+        self, changes: Sequence[Advance], *, session: AsyncClientSession
     ) -> list[common_pb2.Message]:
-        """Move one outbound message to ``status`` when that is forward, and record its
-        platform id; returns it as it is now ([] when nothing moved)."""
-        update: Document = {"delivery_status": status}
-        if platform_message_id:
-            update["platform_message_id"] = platform_message_id
-        document = await update_and_get(
-            self._collection,
-            {
-                "_id": message_id,
-                "tenant_id": tenant_id,
-                "delivery_status": {"$in": FORWARD_FROM[status]},
-            },
-            {"$set": update},
-            projection=_AS_MESSAGE,
-            session=session,
+        """Move outbound messages (each at most once) to their ``status`` where that is
+        forward, and record their platform ids; returns those that moved, as they are now.
+        Two round trips whatever their number: the messages, read in the caller's transaction,
+        then the updates by ``_id`` alone (point lookups on the embedded store); a change
+        committed in between makes an update a write conflict, which retries the transaction."""
+        ids = [change.message_id for change in changes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a message may appear once per call")
+        cursor = self._collection.find(
+            {"_id": {"$in": ids}}, {**_AS_MESSAGE, "tenant_id": 1}, session=session
         )
-        return [to_proto(document)] if document else []
+        current = {document["_id"]: document async for document in cursor}
+        moved: list[tuple[str, Document, Document]] = []  # id, $set, the document after
+        for change in changes:
+            document = current.get(change.message_id)
+            if (
+                document is not None
+                and document.get("tenant_id") == change.tenant_id
+                and document.get("delivery_status") in FORWARD_FROM[change.status]
+            ):
+                update: Document = {"delivery_status": change.status}
+                if change.platform_message_id:
+                    update["platform_message_id"] = change.platform_message_id
+                moved.append((change.message_id, update, {**document, **update}))
+        if moved:
+            await self._collection.bulk_write(
+                [
+                    UpdateOne({"_id": message_id}, {"$set": update})
+                    for message_id, update, _ in moved
+                ],
+                ordered=False,
+                session=session,
+            )
+        return [to_proto(after) for _, _, after in moved]
 
     async def replace(self, tenant_id: str, message: common_pb2.Message) -> None:
         """Store a message's new content and metadata (its media fetched after it arrived)."""

@@ -31,8 +31,10 @@ from server.channels.factory import ChannelFactory
 from server.domain.tenant import TenantLookup
 from server.events.envelopes import envelope
 from server.processors.media import MediaStore
-from server.repositories.deliveries import FAILED, SENT, MongoDeliveries, attempt_record
+from server.repositories.deliveries import FAILED, SENT, Finish, MongoDeliveries, attempt_record
+from server.repositories.messages import Advance
 from server.repositories.rate_limits import Limit, RateLimiter, limit_key
+from server.services.group_commit import GroupCommit
 from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
@@ -157,6 +159,50 @@ class RateHolds:
         self._until[key] = max(self._until.get(key, 0.0), now + seconds)
 
 
+class _LeaseLostError(Exception):
+    """Another process took the delivery over: this attempt's outcome must not be recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A delivery's final attempt, ready to be recorded."""
+
+    delivery: dict[str, Any]
+    message: common_pb2.Message | None
+    response: ChannelResponse
+    status: common_pb2.DeliveryStatus.ValueType
+    now: dt.datetime
+
+
+def _event(outcome: _Outcome, message: common_pb2.Message) -> events_pb2.EventEnvelope:
+    """MessageSent, or MessageDelivered with the failure."""
+    response = outcome.response
+    payload: dict[str, Any]
+    if response.success:
+        sent = common_pb2.Message()
+        sent.CopyFrom(message)
+        sent.delivery_status = outcome.status
+        sent.platform_message_id = response.platform_message_id
+        payload = {"message_sent": events_pb2.MessageSent(message=sent)}
+    else:
+        payload = {
+            "message_delivered": events_pb2.MessageDelivered(
+                message_id=message.id,
+                conversation_id=message.conversation_id,
+                channel=message.channel,
+                status=outcome.status,
+                error=response.error,
+            )
+        }
+    return envelope(
+        tenant_id=outcome.delivery["tenant_id"],
+        actor_id=RESPONDER_ID,
+        conversation_id=message.conversation_id,
+        now=outcome.now,
+        **payload,
+    )
+
+
 class DeliveryProcessor(LeasedQueueWorker):
     """Takes deliveries from the queue, a few at a time."""
 
@@ -175,6 +221,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         clock: Callable[[], dt.datetime],
         policy: DeliveryPolicy = DeliveryPolicy(),
         on_events: Callable[[], None] = lambda: None,
+        on_batch: Callable[[int], None] = lambda _size: None,
         concurrency: int = 16,
         holds: RateHolds | None = None,
     ) -> None:
@@ -197,6 +244,13 @@ class DeliveryProcessor(LeasedQueueWorker):
         #: Rate limits the platforms reported; queued deliveries are held in MongoDB too, for
         #: every process.
         self._holds = holds or RateHolds()
+        self._outcomes: GroupCommit[_Outcome, list[common_pb2.Message]] = GroupCommit(
+            self._record,
+            key=lambda o: (o.delivery["tenant_id"], o.delivery["conversation_id"]),
+            on_batch=on_batch,
+            on_orphan=self._finish_orphan,
+            divisible=(_LeaseLostError,),
+        )
 
     async def due(self, limit: int) -> list[str]:
         return await self._deliveries.due(now=self._clock(), limit=limit)
@@ -369,93 +423,99 @@ class DeliveryProcessor(LeasedQueueWorker):
         message: common_pb2.Message | None,
         response: ChannelResponse,
     ) -> None:
-        tenant_id = delivery["tenant_id"]
         now = self._clock()
-        status = (
-            common_pb2.DELIVERY_STATUS_SENT
+        outcome = _Outcome(
+            delivery=delivery,
+            message=message,
+            response=response,
+            status=common_pb2.DELIVERY_STATUS_SENT
             if response.success
-            else common_pb2.DELIVERY_STATUS_FAILED
-        )
-        attempt = attempt_record(
+            else common_pb2.DELIVERY_STATUS_FAILED,
             now=now,
-            success=response.success,
-            platform_message_id=response.platform_message_id,
-            error=response.error,
         )
-
-        async def record(tx: Tx) -> list[common_pb2.Message]:
-            if not await self._deliveries.finish(
-                delivery,
-                attempt,
-                state=SENT if response.success else FAILED,
-                now=now,
-                platform_message_id=response.platform_message_id,
-                session=tx,
-            ):
-                return []  # the lease was lost: the other process records its own outcome
-            if message is None:
-                return []
-            changed = await self._messages.advance(
-                tenant_id,
-                message.id,
-                status=status,
-                platform_message_id=response.platform_message_id,
-                session=tx,
-            )
-            payload: dict[str, Any]
-            if response.success:
-                sent = common_pb2.Message()
-                sent.CopyFrom(message)
-                sent.delivery_status = status
-                sent.platform_message_id = response.platform_message_id
-                payload = {"message_sent": events_pb2.MessageSent(message=sent)}
-            else:
-                payload = {
-                    "message_delivered": events_pb2.MessageDelivered(
-                        message_id=message.id,
-                        conversation_id=message.conversation_id,
-                        channel=message.channel,
-                        status=status,
-                        error=response.error,
-                    )
-                }
-            await self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=RESPONDER_ID,
-                        conversation_id=message.conversation_id,
-                        now=now,
-                        **payload,
-                    )
-                ],
-                now=now,
-                session=tx,
-            )
-            return changed
-
-        changed = await self._transactions.run(record)
         if not response.success:
             log.error(
                 "delivery failed for good",
                 message_id=delivery["_id"],
                 error=response.error.code if response.error else "",
             )
-        if changed:
-            self._on_events()
-            await self._live.publish(
-                tenant_id,
-                delivery["conversation_id"],
+        try:
+            changed = await self._outcomes.submit(outcome)
+        except _LeaseLostError:
+            return  # another process has the delivery now and records its own outcome
+        await self._recorded(outcome, changed)
+
+    async def _record(self, batch: list[_Outcome]) -> list[list[common_pb2.Message] | Exception]:
+        """Record the outcomes of deliveries of distinct conversations in one transaction: the
+        deliveries' final states, the messages' statuses and the events, a bulk statement per
+        collection (see GroupCommit). For each, the messages whose status moved."""
+
+        async def work(tx: Tx) -> list[list[common_pb2.Message] | Exception]:
+            finishes = [
+                Finish(
+                    delivery=o.delivery,
+                    attempt=attempt_record(
+                        now=o.now,
+                        success=o.response.success,
+                        platform_message_id=o.response.platform_message_id,
+                        error=o.response.error,
+                    ),
+                    state=SENT if o.response.success else FAILED,
+                    now=o.now,
+                    platform_message_id=o.response.platform_message_id,
+                )
+                for o in batch
+            ]
+            if not await self._deliveries.finish_many(finishes, session=tx):
+                raise _LeaseLostError  # GroupCommit records the batch one outcome at a time
+            with_message = [(o, o.message) for o in batch if o.message is not None]
+            changed = await self._messages.advance_many(
                 [
-                    chat_service_pb2.StreamConversationEventsResponse(
-                        event_time=timestamp_of(now),
-                        delivery_status=chat_service_pb2.DeliveryStatusUpdate(
-                            message_id=m.id,
-                            sequence=m.sequence,
-                            status=status,
-                            error=response.error,
-                        ),
-                    )
-                    for m in changed
+                    Advance(o.delivery["tenant_id"], m.id, o.status, o.response.platform_message_id)
+                    for o, m in with_message
                 ],
+                session=tx,
             )
+            if with_message:
+                await self._outbox.add(
+                    [_event(o, m) for o, m in with_message],
+                    now=max(o.now for o in batch),
+                    session=tx,
+                )
+            moved = {m.id: m for m in changed}
+            return [
+                [moved[o.message.id]] if o.message is not None and o.message.id in moved else []
+                for o in batch
+            ]
+
+        return await self._transactions.run(work)
+
+    async def _recorded(self, outcome: _Outcome, changed: list[common_pb2.Message]) -> None:
+        """After the commit: wake the relay, push the new statuses to the streams."""
+        if outcome.message is not None:
+            self._on_events()
+        if not changed:
+            return
+        await self._live.publish(
+            outcome.delivery["tenant_id"],
+            outcome.delivery["conversation_id"],
+            [
+                chat_service_pb2.StreamConversationEventsResponse(
+                    event_time=timestamp_of(outcome.now),
+                    delivery_status=chat_service_pb2.DeliveryStatusUpdate(
+                        message_id=m.id,
+                        sequence=m.sequence,
+                        status=outcome.status,
+                        error=outcome.response.error,
+                    ),
+                )
+                for m in changed
+            ],
+        )
+
+    async def _finish_orphan(self, outcome: _Outcome, changed: list[common_pb2.Message]) -> None:
+        """An outcome recorded after its worker slot gave up (shutdown): still pushed."""
+        try:
+            await self._recorded(outcome, changed)
+        except Exception:
+            log.exception("after-commit work failed", message_id=outcome.delivery["_id"])

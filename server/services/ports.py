@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.repositories.conversations import ConversationFilter, Recording
-from server.repositories.messages import MessageRow
+from server.repositories.messages import Advance, MessageRow
 
 T = TypeVar("T")
 Tx = Any
@@ -97,14 +97,8 @@ class MessageRepository(Protocol):
 
     async def replace(self, tenant_id: str, message: common_pb2.Message) -> None: ...
 
-    async def advance(
-        self,
-        tenant_id: str,
-        message_id: str,
-        *,
-        status: common_pb2.DeliveryStatus.ValueType,
-        platform_message_id: str = "",
-        session: Tx,
+    async def advance_many(
+        self, changes: Sequence[Advance], *, session: Tx
     ) -> list[common_pb2.Message]: ...
 
     async def apply_status(

@@ -639,6 +639,44 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
     assert len(platforms.to("whatsapp", user)) == before + 1
 
 
+async def test_outcomes_recorded_together_keep_all_but_a_delivery_taken_over(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    """Two sends are answered at once (the platform held both); meanwhile another process
+    takes one delivery over. The other's outcome is recorded; the taken-over one is left to
+    its new owner, not recorded here too."""
+    _, bridge = stack_up
+    users = [f"1650{uuid.uuid4().int % 10**7:07d}" for _ in range(2)]
+    platforms.stall |= set(users)
+    wamids = []
+    for user in users:
+        payload, wamid = whatsapp_text(user)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        wamids.append(wamid)
+    kept, taken = [await reply_of(mongo, wamid) for wamid in wamids]
+
+    async def both_at_the_platform() -> bool:
+        return all(platforms.to("whatsapp", user) for user in users)
+
+    await eventually(both_at_the_platform, "both sends")
+    await mongo["deliveries"].update_one({"_id": taken.id}, {"$set": {"owner": "another-process"}})
+    platforms.release.set()
+
+    async def sent() -> bool:
+        return await status_of(mongo, kept.id) == c.DELIVERY_STATUS_SENT
+
+    await eventually(sent, "the kept delivery's outcome")
+    await asyncio.sleep(1.0)  # the other send's outcome has been dealt with by now
+    assert await status_of(mongo, taken.id) == c.DELIVERY_STATUS_QUEUED
+    delivery = await mongo["deliveries"].find_one({"_id": taken.id})
+    assert delivery is not None
+    assert (delivery["state"], delivery["owner"], delivery["attempts"]) == (
+        "sending",
+        "another-process",
+        [],
+    )
+
+
 async def test_one_slack_user_in_two_chats_gets_each_answer_in_its_chat(
     stack_up: tuple[RunningServer, Bridge], platforms: Platforms
 ) -> None:
