@@ -173,8 +173,11 @@ async def create_resources(settings: Settings, *, needs_tenants: bool = True) ->
         database=database,
         redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
         publisher=KafkaEventPublisher(bootstrap_servers=settings.kafka_bootstrap),
-        # One pooled HTTP client per process, for signing keys and (later) platform APIs.
-        http=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)),
+        # One pooled HTTP client per process, for signing keys and the platforms' APIs; its
+        # deadline is a platform send's (a send that times out is retried).
+        http=aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.delivery_send_timeout_seconds)
+        ),
         tenants=TenantDirectory(
             file_tenants=file_tenants,
             store=MongoTenantStore(database=database, secrets=secrets),
@@ -413,6 +416,8 @@ class ChatServer:
                 max_attempts=self._settings.delivery_max_attempts,
                 base_delay_seconds=self._settings.delivery_base_delay_seconds,
                 lease_seconds=self._settings.delivery_lease_seconds,
+                breaker_threshold=self._settings.delivery_breaker_threshold,
+                breaker_open_seconds=self._settings.delivery_breaker_open_seconds,
             ),
             on_events=self._relay.wake,
             on_batch=self.metrics.group_commit_batch.labels(call="delivery").observe,

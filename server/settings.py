@@ -127,6 +127,12 @@ class Settings:
     delivery_max_attempts: int
     delivery_base_delay_seconds: float
     delivery_lease_seconds: float
+    #: One platform HTTP call's deadline; a send that times out is retried.
+    delivery_send_timeout_seconds: float
+    #: Transient failures in a row (per tenant and channel) that open the circuit breaker,
+    #: and how long it stays open before one probe goes through.
+    delivery_breaker_threshold: int
+    delivery_breaker_open_seconds: float
     jwt: JwtSettings
     rate_limits: RateLimitSettings
     platforms: PlatformEndpoints
@@ -194,6 +200,17 @@ class Settings:
             )
             / 1000,
             delivery_lease_seconds=env.parse("CHAT_DELIVERY_LEASE_SECONDS", "300", _positive_float),
+            delivery_send_timeout_seconds=env.parse(
+                "CHAT_DELIVERY_SEND_TIMEOUT_MS", "10000", _positive_float
+            )
+            / 1000,
+            delivery_breaker_threshold=env.parse(
+                "CHAT_DELIVERY_BREAKER_THRESHOLD", "5", _positive_int
+            ),
+            delivery_breaker_open_seconds=env.parse(
+                "CHAT_DELIVERY_BREAKER_OPEN_MS", "30000", _positive_float
+            )
+            / 1000,
             jwt=jwt,
             rate_limits=RateLimitSettings(
                 tenant=Rate(

@@ -40,7 +40,7 @@ REQUIRED_SCOPES: Mapping[str, str] = {
     "/chat.v1.SessionService/EndSession": CHAT_WRITE,
     "/chat.v1.IngestService/IngestEvents": CHAT_INGEST,
     "/chat.v1.DeliveryService/GetDeliveryStatus": CHAT_READ,
-    "/chat.v1.DeliveryService/ListFailedDeliveries": CHAT_READ,
+    "/chat.v1.DeliveryService/ListFailedDeliveries": CHAT_ADMIN,
     "/chat.v1.DeliveryService/RetryDelivery": CHAT_ADMIN,
     "/chat.v1.TenantService/GetTenant": CHAT_ADMIN,
     "/chat.v1.TenantService/UpsertTenant": CHAT_ADMIN,

@@ -14,7 +14,6 @@ import aiohttp
 from chat.v1 import common_pb2
 from server.domain.tenant import Tenant
 
-SEND_TIMEOUT_SECONDS = 10.0
 #: What a platform's rate limit covers (see ChannelResponse.hold).
 HOLD_CHANNEL = "channel"
 HOLD_DESTINATION = "destination"
@@ -136,7 +135,8 @@ async def call(
     json_body: Any = None,
     data: Any = None,
 ) -> HttpAnswer:
-    """One HTTP call with the send timeout; never raises for HTTP or network trouble."""
+    """One HTTP call, within the client's deadline (CHAT_DELIVERY_SEND_TIMEOUT_MS); never
+    raises for HTTP or network trouble."""
     try:
         async with http.request(
             method,
@@ -144,7 +144,6 @@ async def call(
             json=json_body,
             data=data,
             headers=dict(headers),
-            timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS),
         ) as response:
             raw = await response.read()
             try:

@@ -73,8 +73,20 @@ class SlackChannel:
                 for section in interactive.list.sections
                 for row in section.rows
             ]
+            if len(choices) > BUTTON_LIMIT:
+                # Documented fallback: more choices than an actions block holds become a
+                # numbered text list (links kept).
+                lines = [
+                    f"{n}. {to_slack(title)}" + (f" <{url}>" if url else "")
+                    for n, (_, title, url) in enumerate(choices, 1)
+                ]
+                text = "\n".join([to_slack(interactive.body), *lines])
+                return [
+                    {"channel": channel, "text": piece}
+                    for piece in split_text(text, TEXT_LIMIT, SLACK_ATOMS)
+                ]
             elements = []
-            for choice_id, title, url in choices[:BUTTON_LIMIT]:
+            for choice_id, title, url in choices:
                 button: dict[str, Any] = {
                     "type": "button",
                     "text": {"type": "plain_text", "text": title[:75]},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from typing import Any
 from urllib.parse import quote
@@ -22,12 +23,18 @@ from server.channels.base import (
     send_parts,
     transport_failure,
 )
-from server.channels.formatting import media_label
+from server.channels.formatting import media_label, split_text
 from server.domain.tenant import Tenant
 
 SCOPE = "https://api.botframework.com/.default"
 #: Transient besides 429 and 5xx; 403, 404 and 413 are permanent.
 TRANSIENT_STATUSES = {412, 502, 504}
+#: Teams refuses a text message past about 28 KB (413, permanent): a longer text is sent as
+#: several, each of at most this many characters (28 KB even at four bytes a character).
+TEXT_LIMIT = 7000
+#: Conversation ids: personal chats "a:...", channels and group chats "19:...@thread...",
+#: users "29:..." (a thread reply may carry ";messageid=..."); at most 1024 characters.
+_CONVERSATION = re.compile(r"^(?:a|19|29):\S{1,1020}$")
 
 
 class TeamsChannel:
@@ -39,15 +46,13 @@ class TeamsChannel:
         self._http = http
         self._token_url = token_url
         self._tokens: dict[str, tuple[str, float]] = {}
-        self._lock = asyncio.Lock()
+        #: One token request at a time per tenant (another tenant's slow one does not wait).
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def validate_recipient(self, recipient_id: str) -> str:
-        ok = (
-            recipient_id
-            and len(recipient_id) <= 1024
-            and not any(ch.isspace() for ch in recipient_id)
-        )
-        return "" if ok else "a Teams conversation id"
+        if _CONVERSATION.match(recipient_id):
+            return ""
+        return "a Teams conversation id (a:..., 19:...@thread... or 29:...)"
 
     def validate_config(self, tenant: Tenant) -> str:
         config = tenant.channels.teams
@@ -60,7 +65,10 @@ class TeamsChannel:
         kind = content.WhichOneof("kind")
         activity: dict[str, Any] = {"type": "message"}
         if kind == "text":
-            return [{**activity, "textFormat": "markdown", "text": content.text.text}]
+            return [
+                {**activity, "textFormat": "markdown", "text": piece}
+                for piece in split_text(content.text.text, TEXT_LIMIT)
+            ]
         if kind == "location":
             location = content.location
             link = f"https://maps.google.com/?q={location.latitude},{location.longitude}"
@@ -130,10 +138,18 @@ class TeamsChannel:
         return ChannelResponse(success=True, platform_message_id=str(answer.body.get("id", "")))
 
     async def token(self, tenant: Tenant) -> str | ChannelResponse:
-        """The tenant's bot token (cached), or the failure that kept it from us."""
+        """The tenant's bot token (cached), or the failure that kept it from us. Concurrent
+        sends without a token wait for one request rather than each making their own."""
         cached = self._tokens.get(tenant.id)
-        if cached is not None and cached[1] - time.time() > 300:
+        if cached is not None and time.time() < cached[1]:
             return cached[0]
+        async with self._locks.setdefault(tenant.id, asyncio.Lock()):
+            cached = self._tokens.get(tenant.id)
+            if cached is not None and time.time() < cached[1]:
+                return cached[0]
+            return await self._fetch_token(tenant)
+
+    async def _fetch_token(self, tenant: Tenant) -> str | ChannelResponse:
         config = tenant.channels.teams
         assert config is not None  # noqa: S101
         url = self._token_url
@@ -158,7 +174,10 @@ class TeamsChannel:
             lifetime = min(86400.0, float(answer.body.get("expires_in", 3600)))
         except (TypeError, ValueError):
             lifetime = 3600.0
-        self._tokens[tenant.id] = (token, time.time() + lifetime)
+        # Renewed five minutes before it expires (sooner for a short-lived one), so no send
+        # carries a token that lapses on its way.
+        margin = min(300.0, lifetime / 10)
+        self._tokens[tenant.id] = (token, time.time() + lifetime - margin)
         return token
 
 

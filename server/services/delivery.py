@@ -49,13 +49,26 @@ LEASE_SECONDS = 300.0
 MIN_SAFE_LEASE_SECONDS = 60.0
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
-#: Sends per second and burst per destination (conversation), from each platform's limits:
-#: Slack about 1/s per channel; Teams 7 per second per conversation; WhatsApp about one
-#: message per 6 s per recipient, with bursts; Messenger has no per-user limit.
-PACING: Mapping[int, tuple[float, int]] = {
-    common_pb2.CHANNEL_TYPE_SLACK: (1.0, 3),
-    common_pb2.CHANNEL_TYPE_TEAMS: (7.0, 7),
-    common_pb2.CHANNEL_TYPE_WHATSAPP: (1 / 6, 10),
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """Sends per second and burst, per destination (a recipient, channel or conversation) and
+    per account (the tenant's number, page, workspace or bot), from each platform's limits."""
+
+    destination: tuple[float, int] | None
+    account: tuple[float, int] | None
+
+
+#: Slack: about one message per second per channel. Teams, per bot and conversation: 7 in 1 s,
+#: 8 in 2 s, 60 in 30 s, 1800 an hour; one every 2 s after a burst of 7 keeps within all four;
+#: about 50 per second per app and tenant. WhatsApp: about one message per 6 s per recipient,
+#: with bursts; 80 per second per business number. Messenger: no per-user limit; 300 calls
+#: per second per page.
+PACING: Mapping[int, Pace] = {
+    common_pb2.CHANNEL_TYPE_SLACK: Pace(destination=(1.0, 3), account=None),
+    common_pb2.CHANNEL_TYPE_TEAMS: Pace(destination=(0.5, 7), account=(50.0, 50)),
+    common_pb2.CHANNEL_TYPE_WHATSAPP: Pace(destination=(1 / 6, 10), account=(80.0, 80)),
+    common_pb2.CHANNEL_TYPE_MESSENGER: Pace(destination=None, account=(300.0, 300)),
 }
 
 
@@ -401,18 +414,23 @@ class DeliveryProcessor(LeasedQueueWorker):
         return response
 
     async def _paced(self, delivery: dict[str, Any]) -> float:
-        """Seconds to wait before this destination may get another message (0: go)."""
-        pacing = PACING.get(delivery["channel"])
-        if pacing is None:
+        """Seconds to wait before this destination and account may get another message
+        (0: go)."""
+        pace = PACING.get(delivery["channel"])
+        if pace is None:
             return 0.0
-        per_second, burst = pacing
-        key = limit_key(
-            delivery["tenant_id"], "pace", f"{delivery['channel']}:{delivery['recipient_id']}"
-        )
+        tenant_id, channel = delivery["tenant_id"], delivery["channel"]
+        limits = []
+        if pace.destination is not None:
+            per_second, burst = pace.destination
+            key = limit_key(tenant_id, "pace", f"{channel}:{delivery['recipient_id']}")
+            limits.append(Limit(key=key, per_second=per_second, burst=burst, subject="destination"))
+        if pace.account is not None:
+            per_second, burst = pace.account
+            key = limit_key(tenant_id, "pace-account", str(channel))
+            limits.append(Limit(key=key, per_second=per_second, burst=burst, subject="account"))
         try:
-            decision = await self._pacer.check(
-                (Limit(key=key, per_second=per_second, burst=burst, subject="destination"),)
-            )
+            decision = await self._pacer.check(tuple(limits))
         except (RedisError, OSError):
             return 0.0  # pacing is a courtesy; the platform's own 429 still holds us back
         return 0.0 if decision.allowed else decision.retry_after_seconds

@@ -98,3 +98,12 @@ def tenants_file(tmp_path: Path, body: str) -> str:
     path = tmp_path / "tenants.yaml"
     path.write_text(body)
     return str(path)
+
+
+# Last: the stand-ins' module imports RunningServer and tenants_file from this one.
+from tests.integration.stand_ins import (  # noqa: E402, F401 - shared fixtures
+    database_name,
+    delivery_mongo,
+    platforms,
+    stack_up,
+)

@@ -152,6 +152,37 @@ async def test_slack_messenger_and_teams_forms(http: aiohttp.ClientSession) -> N
     assert [a["data"]["id"] for a in content["content"]["actions"]] == ["b0", "b1"]
 
 
+async def test_limits_beyond_what_slack_and_teams_take(http: aiohttp.ClientSession) -> None:
+    slack = SlackChannel(http=http, base_url="http://x")
+    [blocks] = slack.format_message(outbound(choices(25), "C0123"))
+    assert len(blocks["blocks"][1]["elements"]) == 25  # an actions block holds 25
+    # Beyond that, the documented fallback: every choice in a numbered list, none dropped.
+    [numbered] = slack.format_message(outbound(choices(30), "C0123"))
+    assert "blocks" not in numbered
+    assert numbered["text"].startswith("*Pick* one\n1. Option number 0")
+    assert "30. Option number 29" in numbered["text"]
+    for good in ("C0123ABC", "U024BE7LH", "D024BE91L", "G0123ABC", "W0123ABC"):
+        assert slack.validate_recipient(good) == "", good
+    for bad in ("", "c0123", "#general", "C0123 ", "X0123ABC", "C0"):
+        assert slack.validate_recipient(bad) != "", bad
+
+    teams = TeamsChannel(http=http, token_url="http://x/token")
+    words = "word " * 3000  # 15,000 characters: Teams refuses a message past about 28 KB
+    parts = teams.format_message(outbound(c.Content(text=c.TextContent(text=words)), "a:1"))
+    assert len(parts) == 3
+    assert all(len(p["text"]) <= 7000 for p in parts)
+    assert " ".join(p["text"] for p in parts).split() == words.split()
+    for good in (
+        "a:17I0kl9EkpE1O9PH5TWrzrLNwnWWcfrU7QZjKR0WSfOpzbfcAg2IaydGElSo10tVr4C7Fc6GtieTJX663WuJ",
+        "19:efa9296d959346209fea44151c742e73@thread.skype",
+        "19:abc@thread.tacv2;messageid=1481567603816",
+        "29:1XJKJMvc5GBtc2JwZq0oj8tHZmzrQgFmB",
+    ):
+        assert teams.validate_recipient(good) == "", good
+    for bad in ("", "a:", "general", "19:has space@thread.skype", "28:bot-id", "a:" + "x" * 1100):
+        assert teams.validate_recipient(bad) != "", bad
+
+
 async def test_teams_sends_small_images_inline_and_other_media_as_caption_and_name(
     http: aiohttp.ClientSession,
 ) -> None:

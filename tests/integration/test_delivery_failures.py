@@ -1,0 +1,260 @@
+"""How the platforms' failures are met, against the stand-ins: each platform's answers
+classified (transient, permanent, rate limits and what they hold), a send that times out
+retried, the circuit breaker keeping sends off a platform that is down, and pacing keeping
+within a destination's limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from chat.v1 import common_pb2 as c
+from server.channels.base import HOLD_CHANNEL, HOLD_DESTINATION, Channel, Outbound
+from server.channels.messenger import MessengerChannel
+from server.channels.slack import SlackChannel
+from server.channels.teams import TeamsChannel
+from server.channels.whatsapp import WhatsAppChannel
+from server.repositories.tenants_file import load_tenants
+from tests.integration.bot_framework import TeamsKeys
+from tests.integration.conftest import tenants_file
+from tests.integration.stand_ins import (
+    Mongo,
+    Platforms,
+    StartServer,
+    delivery_stack,
+    reply_of,
+    status_of,
+    whatsapp_text,
+)
+from tests.integration.test_bridge import TENANTS, WHATSAPP_SECRET, sample, unique
+from tests.integration.waiting import eventually
+
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+#: (platform, its answer, the error code recorded, retried?, Retry-After, what it holds)
+CASES: list[tuple[str, Answer, str, bool, float | None, str]] = [
+    ("whatsapp", (503, {}, {}), "HTTP_503", True, None, ""),
+    ("whatsapp", (400, {"error": {"code": 131026}}, {}), "131026", False, None, ""),
+    ("whatsapp", (400, {"error": {"code": 131047}}, {}), "131047", False, None, ""),
+    ("whatsapp", (400, {"error": {"code": 131056}}, {}), "131056", True, None, HOLD_DESTINATION),
+    ("slack", (200, {"ok": False, "error": "channel_not_found"}, {}), "channel_not_found", False,
+     None, ""),
+    ("slack", (200, {"ok": False, "error": "ratelimited"}, {}), "ratelimited", True, None,
+     HOLD_DESTINATION),
+    ("slack", (429, {"ok": False}, {"Retry-After": "3"}), "RATE_LIMITED", True, 3.0,
+     HOLD_DESTINATION),
+    ("slack", (500, {}, {}), "HTTP_500", True, None, ""),
+    ("messenger", (400, {"error": {"code": 100, "error_subcode": 2018001}}, {}), "100", False,
+     None, ""),
+    ("messenger", (400, {"error": {"code": 613}}, {}), "613", True, None, HOLD_CHANNEL),
+    ("messenger", (400, {"error": {"code": 4}}, {}), "4", True, None, HOLD_CHANNEL),
+    ("messenger", (502, {}, {}), "HTTP_502", True, None, ""),
+    ("teams", (412, {"error": {"code": "PreconditionFailed"}}, {}), "412", True, None, ""),
+    ("teams", (502, {}, {}), "HTTP_502", True, None, ""),
+    ("teams", (504, {}, {}), "HTTP_504", True, None, ""),
+    ("teams", (429, {}, {"Retry-After": "2"}), "RATE_LIMITED", True, 2.0, HOLD_DESTINATION),
+    ("teams", (403, {"error": {"code": "BotBlocked"}}, {}), "403", False, None, ""),
+    ("teams", (404, {"error": {"code": "ConversationNotFound"}}, {}), "404", False, None, ""),
+    ("teams", (413, {"error": {"code": "MessageSizeTooBig"}}, {}), "413", False, None, ""),
+]  # fmt: skip
+
+
+def adapter(platform: str, base: str, http: aiohttp.ClientSession) -> Channel:
+    channels: dict[str, Channel] = {
+        "whatsapp": WhatsAppChannel(http=http, base_url=base, version="v23.0"),
+        "slack": SlackChannel(http=http, base_url=base),
+        "messenger": MessengerChannel(http=http, base_url=base, version="v23.0"),
+        "teams": TeamsChannel(http=http, token_url=f"{base}/token"),
+    }
+    return channels[platform]
+
+
+RECIPIENTS = {
+    "whatsapp": lambda: "1650" + str(uuid.uuid4().int)[:7],
+    "slack": lambda: "C" + uuid.uuid4().hex[:9].upper(),
+    "messenger": lambda: str(uuid.uuid4().int)[:16],
+    "teams": lambda: "a:" + uuid.uuid4().hex,
+}
+
+
+@pytest.mark.parametrize(
+    ("platform", "answer", "code", "retryable", "retry_after", "hold"),
+    CASES,
+    ids=[f"{case[0]}-{case[2]}" for case in CASES],
+)
+async def test_each_platforms_answers_are_classified(
+    platforms: Platforms,
+    tmp_path: Path,
+    platform: str,
+    answer: Answer,
+    code: str,
+    retryable: bool,
+    retry_after: float | None,
+    hold: str,
+) -> None:
+    """The stand-in answers the send as the platform would; the adapter says whether a later
+    attempt may succeed, how long to wait and what else the limit holds."""
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    recipient = RECIPIENTS[platform]()
+    platforms.script[recipient] = [answer]
+    message = c.Message(id="m-1", content=c.Content(text=c.TextContent(text="hi")))
+    async with aiohttp.ClientSession() as http:
+        response = await adapter(platform, platforms.base, http).send_message(
+            Outbound(
+                tenant=tenant, message=message, recipient_id=recipient, service_url=platforms.base
+            )
+        )
+    assert not response.success
+    assert response.error is not None
+    assert (response.error.code, response.error.retryable) == (code, retryable)
+    assert response.error.http_status == answer[0]
+    assert response.retry_after == retry_after
+    assert response.hold == hold
+    [(_, headers, _)] = platforms.requests_to(platform + " ", recipient)
+    assert headers["Authorization"].startswith("Bearer ")
+
+
+async def test_a_send_that_times_out_is_retried(
+    start_server: StartServer,
+    tmp_path: Path,
+    platforms: Platforms,
+    teams_keys: TeamsKeys,
+    database_name: str,
+    delivery_mongo: Mongo,
+) -> None:
+    """The platform takes longer than the send deadline: the attempt is recorded as TIMEOUT
+    and the message goes again."""
+    async with delivery_stack(
+        start_server,
+        tmp_path,
+        platforms,
+        teams_keys,
+        database_name,
+        CHAT_DELIVERY_SEND_TIMEOUT_MS="500",
+    ) as (_, bridge):
+        user = "1650" + str(uuid.uuid4().int)[:7]
+        platforms.stall.add(user)  # the first send gets no answer in time
+        payload, wamid = whatsapp_text(user)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        reply = await reply_of(delivery_mongo, wamid)
+
+        async def sent() -> bool:
+            return await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT
+
+        await eventually(sent, "the send after the timeout")
+        assert len(platforms.to("whatsapp", user)) == 2
+        record = await delivery_mongo["deliveries"].find_one({"_id": reply.id})
+        assert record is not None
+        [first, second] = record["attempts"]
+        assert (first["success"], first["error"]["code"]) == (False, "TIMEOUT")
+        assert second["success"]
+
+
+async def test_the_breaker_keeps_sends_off_a_platform_that_is_down(
+    start_server: StartServer,
+    tmp_path: Path,
+    platforms: Platforms,
+    teams_keys: TeamsKeys,
+    database_name: str,
+    delivery_mongo: Mongo,
+) -> None:
+    """Two failures in a row open the tenant's WhatsApp breaker: for its open window no send
+    goes to WhatsApp, for that message or another user's; then one probe goes, succeeds and
+    closes it, and the rest follow."""
+    async with delivery_stack(
+        start_server,
+        tmp_path,
+        platforms,
+        teams_keys,
+        database_name,
+        CHAT_DELIVERY_MAX_ATTEMPTS="6",
+        CHAT_DELIVERY_BREAKER_THRESHOLD="2",
+        CHAT_DELIVERY_BREAKER_OPEN_MS="2000",
+    ) as (_, bridge):
+        first, second = ("1650" + str(uuid.uuid4().int)[:7] for _ in range(2))
+        platforms.script[first] = [(503, {}, {}), (503, {}, {})]
+        payload, wamid = whatsapp_text(first)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        reply = await reply_of(delivery_mongo, wamid)
+
+        async def opened() -> bool:
+            return len(platforms.to("whatsapp", first)) >= 2
+
+        await eventually(opened, "two failed sends")
+        opened_at = platforms.times_to("whatsapp", first)[1]
+        payload, other_wamid = whatsapp_text(second)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        other = await reply_of(delivery_mongo, other_wamid)
+
+        async def both_sent() -> bool:
+            return all(
+                [
+                    await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT,
+                    await status_of(delivery_mongo, other.id) == c.DELIVERY_STATUS_SENT,
+                ]
+            )
+
+        await eventually(both_sent, "both replies once the breaker closed")
+        [_, _, probe] = platforms.times_to("whatsapp", first)
+        [other_sent] = platforms.times_to("whatsapp", second)
+        # The backoff alone (50 ms base) would have sent both within a fraction of a second.
+        assert probe - opened_at >= 1.9
+        assert other_sent - opened_at >= 1.9
+
+
+async def test_pacing_keeps_a_slack_channel_to_one_message_a_second(
+    stack_up: Any, platforms: Platforms
+) -> None:
+    """Six users write in one Slack channel at once: six conversations, answered in parallel,
+    all into that channel. After a burst of three, one a second (GCRA: n sends span at least
+    n - 3 seconds), so the service does not cause Slack's 429s."""
+    _, bridge = stack_up
+    channel = "C" + uuid.uuid4().hex[:9].upper()
+    for n in range(6):
+        event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+        user = "U" + uuid.uuid4().hex[:8].upper()
+        event["event"].update(ts=f"{time.time() + n / 1000:.6f}", user=user, channel=channel)
+        status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(event).encode())
+        assert status == 200
+
+    async def all_sent() -> bool:
+        return len(platforms.to("slack", channel)) == 6
+
+    await eventually(all_sent, "six replies", within=30)
+    times = platforms.times_to("slack", channel)
+    assert times[-1] - times[0] >= 3 * 0.95
+
+
+async def test_teams_sends_share_one_cached_token(platforms: Platforms, tmp_path: Path) -> None:
+    """Five sends at once with no token yet make one client-credentials request; later sends
+    reuse it until shortly before it expires."""
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    conversations = ["a:" + uuid.uuid4().hex for _ in range(6)]
+    message = c.Message(id="m-1", content=c.Content(text=c.TextContent(text="hi")))
+    async with aiohttp.ClientSession() as http:
+        teams = adapter("teams", platforms.base, http)
+
+        async def send(conversation: str) -> bool:
+            response = await teams.send_message(
+                Outbound(
+                    tenant=tenant,
+                    message=message,
+                    recipient_id=conversation,
+                    service_url=platforms.base,
+                )
+            )
+            return response.success
+
+        assert all(await asyncio.gather(*(send(conv) for conv in conversations[:5])))
+        assert await send(conversations[5])
+    assert len(platforms.sent("teams-token")) == 1
+    for conversation in conversations:
+        [(_, headers, _)] = platforms.requests_to("teams ", conversation)
+        assert headers["Authorization"] == "Bearer teams-app-token"
