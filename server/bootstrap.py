@@ -81,6 +81,7 @@ from server.repositories.messages import MongoMessageRepository
 from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.outbox import MongoOutbox
 from server.repositories.rate_limits import RedisRateLimiter
+from server.repositories.receipts import MongoEarlyReceipts
 from server.repositories.secrets import SecretBox
 from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants import MongoTenantStore, TenantDirectory
@@ -98,6 +99,7 @@ from server.services.ingest import IngestService
 from server.services.messages import MessageService, utc_now
 from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver, PlatformMediaSource
+from server.services.receipts import Receipts
 from server.services.replies import ReplyProcessor
 from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
@@ -398,6 +400,14 @@ class ChatServer:
         teams = channels.get(common_pb2.CHANNEL_TYPE_TEAMS)
         assert isinstance(teams, TeamsChannel)  # noqa: S101 - for_platforms registers it
         holds = RateHolds()
+        receipts = Receipts(
+            messages=messages,
+            early=MongoEarlyReceipts(database=database),
+            outbox=outbox,
+            transactions=transactions,
+            live=self._live,
+            on_events=self._relay.wake,
+        )
         self._actions = PlatformActions(
             channels=channels, tenants=self._resources.tenants, messages=messages, holds=holds
         )
@@ -422,6 +432,7 @@ class ChatServer:
             on_events=self._relay.wake,
             on_batch=self.metrics.group_commit_batch.labels(call="delivery").observe,
             holds=holds,
+            receipts=receipts,
         )
         pipeline = MessageService(
             conversations=conversations,
@@ -474,6 +485,7 @@ class ChatServer:
             transactions=transactions,
             content=content,
             ingest_log=MongoIngestLog(database=database),
+            receipts=receipts,
             reply_jobs=jobs,
             live=self._live,
             clock=utc_now,

@@ -149,6 +149,26 @@ class MongoMessageRepository:
         )
         return to_proto(document) if document else None
 
+    async def known_platform_ids(
+        self,
+        tenant_id: str,
+        channel: int,
+        platform_message_ids: Sequence[str],
+        *,
+        session: AsyncClientSession | None = None,
+    ) -> set[str]:
+        """Which of these platform ids name a stored outbound message of the tenant."""
+        cursor = self._collection.find(
+            {
+                "tenant_id": tenant_id,
+                "channel": channel,
+                "platform_message_id": {"$in": list(platform_message_ids)},
+            },
+            {"platform_message_id": 1},
+            session=session,
+        )
+        return {document["platform_message_id"] async for document in cursor}
+
     async def last_inbound(self, tenant_id: str, conversation_id: str) -> common_pb2.Message | None:
         """The user's latest message in the conversation, or None."""
         cursor = (

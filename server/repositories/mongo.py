@@ -28,6 +28,8 @@ INGESTED_EVENTS = "ingested_events"
 REPLY_JOBS = "reply_jobs"
 #: The durable outbound delivery queue (and its dead letters: status FAILED).
 DELIVERIES = "deliveries"
+#: Receipts that arrived before their message was recorded as sent (see services/receipts).
+EARLY_RECEIPTS = "early_receipts"
 #: The event worker's collections.
 HANDLED_EVENTS = "handled_events"
 ANALYTICS_MINUTES = "analytics_minutes"
@@ -153,6 +155,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     DEAD_LETTERS: [
         IndexModel([("tenant_id", ASCENDING), ("dead_time", ASCENDING)], name="tenant_recent"),
         IndexModel([("dead_time", ASCENDING)], expireAfterSeconds=30 * 86400, name="expiry"),
+    ],
+    EARLY_RECEIPTS: [
+        IndexModel([("expire_time", ASCENDING)], expireAfterSeconds=0, name="expiry"),
     ],
     USERS: [
         IndexModel(

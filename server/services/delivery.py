@@ -34,9 +34,11 @@ from server.processors.media import MediaStore
 from server.repositories.deliveries import FAILED, SENT, Finish, MongoDeliveries, attempt_record
 from server.repositories.messages import Advance
 from server.repositories.rate_limits import Limit, RateLimiter, limit_key
+from server.repositories.receipts import receipt_key
 from server.services.group_commit import GroupCommit
 from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
 from server.services.queue_worker import LeasedQueueWorker
+from server.services.receipts import Receipts
 from server.services.responder import RESPONDER_ID
 from server.services.streams import QuietLiveEvents, timestamp_of
 
@@ -70,6 +72,17 @@ PACING: Mapping[int, Pace] = {
     common_pb2.CHANNEL_TYPE_WHATSAPP: Pace(destination=(1 / 6, 10), account=(80.0, 80)),
     common_pb2.CHANNEL_TYPE_MESSENGER: Pace(destination=None, account=(300.0, 300)),
 }
+
+
+#: Platforms whose receipts name messages by id (Slack has none; Messenger's watermarks name
+#: times, its delivery receipts ids).
+_RECEIPT_CHANNELS = frozenset(
+    {
+        common_pb2.CHANNEL_TYPE_WHATSAPP,
+        common_pb2.CHANNEL_TYPE_MESSENGER,
+        common_pb2.CHANNEL_TYPE_TEAMS,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +250,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         on_batch: Callable[[int], None] = lambda _size: None,
         concurrency: int = 16,
         holds: RateHolds | None = None,
+        receipts: Receipts | None = None,
     ) -> None:
         super().__init__(name="deliveries", concurrency=concurrency)
         self._deliveries = deliveries
@@ -257,6 +271,8 @@ class DeliveryProcessor(LeasedQueueWorker):
         #: Rate limits the platforms reported; queued deliveries are held in MongoDB too, for
         #: every process.
         self._holds = holds or RateHolds()
+        #: Receipts that arrived before an outcome was recorded are applied after it.
+        self._receipts = receipts
         self._outcomes: GroupCommit[_Outcome, list[common_pb2.Message]] = GroupCommit(
             self._record,
             key=lambda o: (o.delivery["tenant_id"], o.delivery["conversation_id"]),
@@ -506,7 +522,28 @@ class DeliveryProcessor(LeasedQueueWorker):
                 for o in batch
             ]
 
-        return await self._transactions.run(work)
+        outcomes = await self._transactions.run(work)
+        await self._settle_early_receipts(batch)
+        return outcomes
+
+    async def _settle_early_receipts(self, batch: list[_Outcome]) -> None:
+        """After the commit: receipts the platforms sent for these messages before it."""
+        keys = [
+            receipt_key(
+                o.delivery["tenant_id"], o.delivery["channel"], o.response.platform_message_id
+            )
+            for o in batch
+            if o.response.success
+            and o.response.platform_message_id
+            and o.delivery["channel"] in _RECEIPT_CHANNELS
+        ]
+        if self._receipts is None or not keys:
+            return
+        try:
+            await self._receipts.settle(keys, now=self._clock())
+        except Exception:
+            # The receipts stay parked; the platform's later receipts still move the status.
+            log.exception("early receipts not applied", receipts=len(keys))
 
     async def _recorded(self, outcome: _Outcome, changed: list[common_pb2.Message]) -> None:
         """After the commit: wake the relay, push the new statuses to the streams."""

@@ -34,6 +34,7 @@ from server.services.ports import (
     TransactionRunner,
     Tx,
 )
+from server.services.receipts import Receipts, StatusChange
 from server.services.streams import QuietLiveEvents, message_event
 
 log = structlog.get_logger("chat.ingest")
@@ -42,6 +43,7 @@ Result = ingest_service_pb2.IngestResult
 ACCEPTED = ingest_service_pb2.INGEST_OUTCOME_ACCEPTED
 DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
 IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
+DEFERRED = ingest_service_pb2.INGEST_OUTCOME_DEFERRED
 REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
 MAX_ID_CHARS = 256
 _STATUSES = (
@@ -71,9 +73,11 @@ class IngestService:
         clock: Callable[[], dt.datetime],
         on_events: Callable[[], None] = lambda: None,
         on_reply_job: Callable[[], None] = lambda: None,
+        receipts: Receipts,
         on_batch: Callable[[int], None] = lambda _size: None,
     ) -> None:
         self._pipeline = messages_service
+        self._receipts = receipts
         self._conversations = conversations
         self._messages = messages
         self._sessions = sessions
@@ -307,71 +311,58 @@ class IngestService:
         if not ids and watermark is None:
             return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
         now = self._clock()
+        error = report.error if report.HasField("error") else None
+        status_time = (
+            event.event_time.ToDatetime(tzinfo=dt.UTC) if event.HasField("event_time") else now
+        )
 
-        async def apply(tx: Tx) -> list[common_pb2.Message]:
+        async def apply(tx: Tx) -> tuple[list[StatusChange], list[str]]:
             await self._log.record(
                 tenant_id, event.channel, event.platform_event_id, now=now, session=tx
             )
-            changed = await self._messages.apply_status(
+            changes = await self._receipts.apply(
                 tenant_id,
                 channel=event.channel,
                 status=report.status,
                 platform_message_ids=ids,
                 watermark=watermark,
                 conversation_id=conversation.id if conversation is not None else None,
-                session=tx,
-            )
-            if not changed:
-                # Unknown messages (perhaps not yet recorded as sent) or a backward move: not
-                # recorded as ingested, so the platform's retry may still apply it.
-                raise _NothingChangedError
-            stamp = event.event_time if event.HasField("event_time") else None
-            await self._outbox.add(
-                [
-                    _envelope(
-                        tenant_id,
-                        event.platform_user_id,
-                        message.conversation_id,
-                        now,
-                        message_delivered=events_pb2.MessageDelivered(
-                            message_id=message.id,
-                            conversation_id=message.conversation_id,
-                            channel=event.channel,
-                            status=report.status,
-                            platform_message_id=message.platform_message_id,
-                            status_time=stamp,
-                            error=report.error if report.HasField("error") else None,
-                        ),
-                    )
-                    for message in changed
-                ],
+                error=error,
+                status_time=status_time,
+                actor_id=event.platform_user_id,
                 now=now,
                 session=tx,
             )
-            return changed
+            if changes:
+                return changes, []
+            # A message the platform reports on before its send is recorded: the receipt
+            # waits for it. Otherwise (a backward move) nothing is recorded as ingested, so
+            # the platform's retry may still apply it.
+            parked = await self._receipts.park_unknown(
+                tenant_id,
+                channel=event.channel,
+                status=report.status,
+                platform_message_ids=ids,
+                conversation_id=conversation.id if conversation is not None else "",
+                error=error,
+                now=now,
+                session=tx,
+            )
+            if not parked:
+                raise _NothingChangedError
+            return [], parked
 
         try:
-            changed = await self._transactions.run(apply)
+            changes, parked = await self._transactions.run(apply)
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
         except _NothingChangedError:
             return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
-        self._on_events()
-        by_conversation: dict[str, list[chat_service_pb2.StreamConversationEventsResponse]] = {}
-        for message in changed:
-            by_conversation.setdefault(message.conversation_id, []).append(
-                chat_service_pb2.StreamConversationEventsResponse(
-                    event_time=event.event_time,
-                    delivery_status=chat_service_pb2.DeliveryStatusUpdate(
-                        message_id=message.id,
-                        sequence=message.sequence,
-                        status=report.status,
-                        error=report.error if report.HasField("error") else None,
-                    ),
-                )
-            )
-        for conversation_id, updates in by_conversation.items():
-            await self._live.publish(tenant_id, conversation_id, updates)
+        if parked:
+            # The send's outcome may have been committed while this receipt was parked.
+            await self._receipts.settle_known(tenant_id, event.channel, parked, now=now)
+            return Result(platform_event_id=event.platform_event_id, outcome=DEFERRED)
+        await self._receipts.publish(tenant_id, changes)
         return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
 
     async def _typing(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:

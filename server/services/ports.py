@@ -101,6 +101,15 @@ class MessageRepository(Protocol):
         self, changes: Sequence[Advance], *, session: Tx
     ) -> list[common_pb2.Message]: ...
 
+    async def known_platform_ids(
+        self,
+        tenant_id: str,
+        channel: int,
+        platform_message_ids: Sequence[str],
+        *,
+        session: Tx | None = None,
+    ) -> set[str]: ...
+
     async def apply_status(
         self,
         tenant_id: str,

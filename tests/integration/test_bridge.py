@@ -192,7 +192,7 @@ async def test_whatsapp_samples_are_stored(bridge: Bridge, mongo: Mongo) -> None
         "webhook_system_message.json",
         "webhook_unsupported_message.json",
         "webhook_group_create_message.json",
-        "webhook_status_sent.json",  # for a message this service never sent: ignored
+        "webhook_status_sent.json",  # for a message not (yet) sent: deferred
     ):
         assert await bridge.meta("whatsapp", sample("whatsapp", name), WHATSAPP_SECRET) == 200
     # Another tenant's number on the same Meta app: signed alike, but not this tenant's.
@@ -209,7 +209,7 @@ async def test_whatsapp_samples_are_stored(bridge: Bridge, mongo: Mongo) -> None
         metrics = await response.text()
     assert 'chat_bridge_ignored_total{kind="message",platform="whatsapp"} 4.0' in metrics
     assert 'chat_bridge_ignored_total{kind="foreign-account",platform="whatsapp"} 1.0' in metrics
-    assert 'chat_bridge_events_total{outcome="ignored",platform="whatsapp"} 1.0' in metrics
+    assert 'chat_bridge_events_total{outcome="deferred",platform="whatsapp"} 1.0' in metrics
     assert 'chat_bridge_webhooks_total{platform="whatsapp",status="200"}' in metrics
 
 

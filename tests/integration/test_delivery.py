@@ -855,3 +855,42 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
         if doomed.returncode is None:
             doomed.kill()
             await asyncio.wait_for(doomed.wait(), 10)
+
+
+async def test_receipts_that_come_before_the_send_is_recorded_are_applied_after(
+    stack_up: tuple[RunningServer, Bridge], platforms: Platforms, mongo: Mongo
+) -> None:
+    """WhatsApp reports "delivered" and "read" while the send's answer is still on its way:
+    the receipts wait, and once the outcome is recorded the message is READ."""
+    _, bridge = stack_up
+    user = "1650" + str(uuid.uuid4().int)[:7]
+    out_id = f"wamid.early-{uuid.uuid4().hex}"
+    platforms.stall.add(user)
+    platforms.script[user] = [
+        (200, {"messaging_product": "whatsapp", "messages": [{"id": out_id}]}, {})
+    ]
+    payload, wamid = whatsapp_text(user)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    reply = await reply_of(mongo, wamid)
+
+    async def at_the_platform() -> bool:
+        return bool(platforms.to("whatsapp", user))
+
+    await eventually(at_the_platform, "the send")
+    for status in ("delivered", "read"):
+        receipt = sample("whatsapp", "webhook_status_sent.json")
+        item = receipt["entry"][0]["changes"][0]["value"]["statuses"][0]
+        item.update(id=out_id, status=status, recipient_id=user)
+        assert await bridge.meta("whatsapp", receipt, WHATSAPP_SECRET) == 200
+    assert await status_of(mongo, reply.id) == c.DELIVERY_STATUS_QUEUED
+    assert await mongo["early_receipts"].count_documents({"platform_message_id": out_id}) == 1
+    platforms.release.set()
+
+    async def read() -> bool:
+        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_READ
+
+    await eventually(read, "the parked receipts applied")
+    document = await mongo["messages"].find_one({"_id": reply.id})
+    assert document is not None
+    assert document["platform_message_id"] == out_id
+    assert await mongo["early_receipts"].count_documents({"platform_message_id": out_id}) == 0

@@ -37,6 +37,11 @@ class _IngestOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IngestO
     """Understood but without effect (for example a receipt for a message this service never sent)."""
     INGEST_OUTCOME_REJECTED: _IngestOutcome.ValueType  # 4
     """Invalid; see the result's error fields. The bridge does not retry it."""
+    INGEST_OUTCOME_DEFERRED: _IngestOutcome.ValueType  # 5
+    """A receipt naming a platform message id no stored message has (yet): kept for a day and
+    applied if a send recorded later turns out to have that id (platforms may report a
+    message before the service has recorded sending it).
+    """
 
 class IngestOutcome(_IngestOutcome, metaclass=_IngestOutcomeEnumTypeWrapper):
     """IngestOutcome is what happened to one event."""
@@ -51,6 +56,11 @@ INGEST_OUTCOME_IGNORED: IngestOutcome.ValueType  # 3
 """Understood but without effect (for example a receipt for a message this service never sent)."""
 INGEST_OUTCOME_REJECTED: IngestOutcome.ValueType  # 4
 """Invalid; see the result's error fields. The bridge does not retry it."""
+INGEST_OUTCOME_DEFERRED: IngestOutcome.ValueType  # 5
+"""A receipt naming a platform message id no stored message has (yet): kept for a day and
+applied if a send recorded later turns out to have that id (platforms may report a
+message before the service has recorded sending it).
+"""
 Global___IngestOutcome: _TypeAlias = IngestOutcome  # noqa: Y015
 
 @_typing.final
