@@ -347,6 +347,8 @@ class ChatServer:
                 deliveries=self._deliveries,
                 idempotency=self._idempotency,
                 clock=utc_now,
+                channels=self._channels,
+                tenants=self._resources.tenants,
                 on_requeue=self._delivery.wake,
             ),
             self._server,
@@ -397,6 +399,7 @@ class ChatServer:
         channels = ChannelFactory.for_platforms(
             http=self._resources.http, endpoints=self._settings.platforms
         )
+        self._channels = channels
         teams = channels.get(common_pb2.CHANNEL_TYPE_TEAMS)
         assert isinstance(teams, TeamsChannel)  # noqa: S101 - for_platforms registers it
         holds = RateHolds()

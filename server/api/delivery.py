@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,9 +13,12 @@ from pymongo.errors import DuplicateKeyError
 from chat.v1 import common_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from server.api.pages import decode_token, encode_token, page_size
 from server.auth.principal import current_principal
+from server.channels.factory import ChannelFactory
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.domain.tenant import TenantLookup
 from server.repositories.deliveries import MongoDeliveries, to_proto
 from server.services.ports import IdempotencyStore
+from server.services.streams import timestamp_of
 
 MAX_ID_CHARS = 128
 RETRY_DELIVERY = "RetryDelivery"
@@ -29,8 +33,12 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         deliveries: MongoDeliveries,
         idempotency: IdempotencyStore,
         clock: Callable[[], dt.datetime],
+        channels: ChannelFactory,
+        tenants: TenantLookup,
         on_requeue: Callable[[], None] = lambda: None,
     ) -> None:
+        self._channels = channels
+        self._tenants = tenants
         self._deliveries = deliveries
         self._idempotency = idempotency
         self._clock = clock
@@ -125,6 +133,32 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 )
         self._on_requeue()
         return response
+
+    async def CheckChannel(
+        self, request: delivery_service_pb2.CheckChannelRequest, context: Any
+    ) -> delivery_service_pb2.CheckChannelResponse:
+        channel = self._channels.get(request.channel)
+        if channel is None:
+            raise InvalidArgument(
+                "channel is not a platform",
+                field_violations=[
+                    FieldViolation("channel", "one of WHATSAPP, SLACK, TEAMS or MESSENGER")
+                ],
+            )
+        tenant = self._tenants.get(current_principal().tenant_id)
+        problem = channel.validate_config(tenant) if tenant is not None else "no tenant"
+        if tenant is None or problem:
+            raise FailedPrecondition(
+                f"the channel is not configured: {problem}", reason="CHANNEL_NOT_CONFIGURED"
+            )
+        started = time.monotonic()
+        answer = await channel.health_check(tenant)
+        return delivery_service_pb2.CheckChannelResponse(
+            healthy=answer.success,
+            error=answer.error,
+            check_time=timestamp_of(self._clock()),
+            latency_ms=round((time.monotonic() - started) * 1000),
+        )
 
 
 def _require_id(message_id: str) -> None:

@@ -42,6 +42,7 @@ REQUIRED_SCOPES: Mapping[str, str] = {
     "/chat.v1.DeliveryService/GetDeliveryStatus": CHAT_READ,
     "/chat.v1.DeliveryService/ListFailedDeliveries": CHAT_ADMIN,
     "/chat.v1.DeliveryService/RetryDelivery": CHAT_ADMIN,
+    "/chat.v1.DeliveryService/CheckChannel": CHAT_ADMIN,
     "/chat.v1.TenantService/GetTenant": CHAT_ADMIN,
     "/chat.v1.TenantService/UpsertTenant": CHAT_ADMIN,
     "/chat.v1.AnalyticsService/GetTenantAnalytics": CHAT_READ,

@@ -111,9 +111,36 @@ class Channel(Protocol):
         """Send; the first part's platform id names the message."""
         ...
 
+    def validate_content(self, message: common_pb2.Message) -> str:
+        """What keeps the message from being shown on this platform ("" when nothing)."""
+        ...
+
     async def send_action(self, action: Action) -> ChannelResponse | None:
         """Show typing or mark read; None where the platform has no such action."""
         ...
+
+    async def health_check(self, tenant: Tenant) -> ChannelResponse:
+        """Whether the platform accepts the tenant's credentials, by its cheapest
+        authenticated call; nothing is sent to anyone."""
+        ...
+
+
+#: What the bot can send on every platform (a user's choice, interactive_reply, is inbound).
+SENDABLE_KINDS = frozenset({"text", "media", "location", "interactive"})
+
+
+def content_problem(message: common_pb2.Message) -> str:
+    """What no platform can show of this message ("" when nothing): the channels' shared
+    validate_content."""
+    content = message.content
+    kind = content.WhichOneof("kind")
+    if kind is None:
+        return "the message has no content"
+    if kind not in SENDABLE_KINDS:
+        return f"{kind} cannot be sent to a platform"
+    if kind == "text" and not content.text.text.strip():
+        return "the text is empty"
+    return ""
 
 
 @dataclass(slots=True)

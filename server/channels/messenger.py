@@ -19,6 +19,7 @@ from server.channels.base import (
     HttpAnswer,
     Outbound,
     call,
+    content_problem,
     send_parts,
     transport_failure,
 )
@@ -145,6 +146,22 @@ class MessengerChannel:
                 "NO_ATTACHMENT_ID", "the upload answered without an attachment id", retryable=True
             )
         return ChannelResponse(success=True, platform_message_id=str(attachment_id))
+
+    def validate_content(self, message: common_pb2.Message) -> str:
+        return content_problem(message)
+
+    async def health_check(self, tenant: Tenant) -> ChannelResponse:
+        """GET /me with the page token: the page, if the token is still valid."""
+        config = tenant.channels.messenger
+        assert config is not None  # noqa: S101 - validate_config ran first
+        answer = await call(
+            self._http,
+            "GET",
+            f"{self._base}/{self._version}/me?fields=id",
+            headers={"Authorization": f"Bearer {config.page_access_token}"},
+        )
+        failure = _failure(answer)
+        return failure if failure is not None else ChannelResponse(success=True)
 
     async def send_action(self, action: Action) -> ChannelResponse | None:
         """sender_action: typing_on, typing_off, mark_seen."""

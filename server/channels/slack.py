@@ -14,6 +14,7 @@ from server.channels.base import (
     ChannelResponse,
     Outbound,
     call,
+    content_problem,
     send_parts,
     transport_failure,
 )
@@ -178,6 +179,15 @@ class SlackChannel:
             platform_message_id=str(answer.body.get("file_id", "")),
             metadata={"upload_url": str(answer.body.get("upload_url", ""))},
         )
+
+    def validate_content(self, message: common_pb2.Message) -> str:
+        return content_problem(message)
+
+    async def health_check(self, tenant: Tenant) -> ChannelResponse:
+        """auth.test: whether the bot token is valid."""
+        config = tenant.channels.slack
+        assert config is not None  # noqa: S101 - validate_config ran first
+        return await self._api({"Authorization": f"Bearer {config.bot_token}"}, "auth.test")
 
     async def send_action(self, action: Action) -> ChannelResponse | None:  # noqa: ARG002
         """Slack's Web API has no typing indicator or read receipt for bots."""

@@ -20,6 +20,7 @@ from server.channels.base import (
     ChannelResponse,
     Outbound,
     call,
+    content_problem,
     send_parts,
     transport_failure,
 )
@@ -101,6 +102,16 @@ class TeamsChannel:
         return await send_parts(
             self.format_message(outbound), skip=outbound.skip_parts, send_one=send_one
         )
+
+    def validate_content(self, message: common_pb2.Message) -> str:
+        return content_problem(message)
+
+    async def health_check(self, tenant: Tenant) -> ChannelResponse:
+        """A client-credentials token request: whether the app id and password are accepted
+        (the Bot Framework has no call that needs no conversation)."""
+        async with self._locks.setdefault(tenant.id, asyncio.Lock()):
+            token = await self._fetch_token(tenant)
+        return token if isinstance(token, ChannelResponse) else ChannelResponse(success=True)
 
     async def send_action(self, action: Action) -> ChannelResponse | None:
         """A typing activity; Teams has no read receipt a bot can send."""

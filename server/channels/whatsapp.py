@@ -17,6 +17,7 @@ from server.channels.base import (
     ChannelResponse,
     Outbound,
     call,
+    content_problem,
     send_parts,
     transport_failure,
 )
@@ -108,6 +109,26 @@ class WhatsAppChannel:
             return await self._post(url, auth, body)
 
         return await send_parts(bodies, skip=outbound.skip_parts, send_one=send_one)
+
+    def validate_content(self, message: common_pb2.Message) -> str:
+        return content_problem(message)
+
+    async def health_check(self, tenant: Tenant) -> ChannelResponse:
+        """GET /{phone_number_id}: the number, if the token may use it."""
+        config = tenant.channels.whatsapp
+        assert config is not None  # noqa: S101 - validate_config ran first
+        answer = await call(
+            self._http,
+            "GET",
+            f"{self._base}/{self._version}/{config.phone_number_id}?fields=id",
+            headers={"Authorization": f"Bearer {config.access_token}"},
+        )
+        failure = transport_failure(answer)
+        if failure is not None:
+            return failure
+        if answer.status != 200:
+            return _error(answer.status, answer.body)
+        return ChannelResponse(success=True)
 
     async def send_action(self, action: Action) -> ChannelResponse | None:
         """Typing and read receipts are one call against the user's message: typing marks it

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.channels.base import HOLD_DESTINATION, Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
-from server.domain.tenant import TenantLookup
+from server.domain.tenant import Tenant, TenantLookup
 from server.events.envelopes import envelope
 from server.processors.media import MediaStore
 from server.repositories.deliveries import FAILED, SENT, Finish, MongoDeliveries, attempt_record
@@ -229,6 +229,20 @@ def _event(outcome: _Outcome, message: common_pb2.Message) -> events_pb2.EventEn
     )
 
 
+def _problem(
+    channel: Channel, tenant: Tenant, recipient_id: str, message: common_pb2.Message
+) -> str:
+    """What makes a delivery impossible before any request ("" when nothing): the tenant's
+    configuration, the address, the content."""
+    if problem := channel.validate_config(tenant):
+        return problem
+    if problem := channel.validate_recipient(recipient_id):
+        return f"invalid recipient: {problem}"
+    if problem := channel.validate_content(message):
+        return f"invalid content: {problem}"
+    return ""
+
+
 class DeliveryProcessor(LeasedQueueWorker):
     """Takes deliveries from the queue, a few at a time."""
 
@@ -304,13 +318,11 @@ class DeliveryProcessor(LeasedQueueWorker):
         tenant = self._tenants.get(tenant_id)
         message = await self._messages.get(tenant_id, delivery["_id"])
         channel = self._channels.get(delivery["channel"])
-        problem = ""
-        if tenant is None or message is None or channel is None:
-            problem = "the tenant, message or channel is gone"
-        elif channel.validate_config(tenant):
-            problem = channel.validate_config(tenant)
-        elif channel.validate_recipient(delivery["recipient_id"]):
-            problem = f"invalid recipient: {channel.validate_recipient(delivery['recipient_id'])}"
+        problem = (
+            "the tenant, message or channel is gone"
+            if tenant is None or message is None or channel is None
+            else _problem(channel, tenant, delivery["recipient_id"], message)
+        )
         if problem or tenant is None or message is None or channel is None:
             failure = ChannelResponse.failed("INVALID_DELIVERY", problem, retryable=False)
             await self._finish(delivery, message, failure)

@@ -202,7 +202,17 @@ async def platforms() -> AsyncIterator[Platforms]:
         await record(request, "teams")
         return answer(request.match_info["conversation"], {"id": f"teams-{uuid.uuid4().hex}"})
 
+    async def health(request: web.Request) -> web.Response:
+        """The platforms' cheapest authenticated calls (CheckChannel); scripted as "health"."""
+        api = "slack" if request.path.startswith("/api/") else "graph"
+        stand_in.requests.append((f"{api}-health {request.path}", dict(request.headers), {}))
+        stand_in.times.append(time.monotonic())
+        return answer("health", {"ok": True, "id": "1"})
+
     app = web.Application()
+    app.router.add_get("/v23.0/me", health)
+    app.router.add_get("/v23.0/{phone}", health)
+    app.router.add_post("/api/auth.test", health)
     add_upload_routes(app, stand_in, record)
     app.router.add_post("/v23.0/me/messages", messenger)
     app.router.add_post("/v23.0/{phone}/messages", whatsapp)

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from chat.v1 import common_pb2 as c
+from chat.v1 import delivery_service_pb2 as delivery
+from chat.v1 import delivery_service_pb2_grpc
+from devstack.tokens import mint_dev_token
 from server.channels.base import HOLD_CHANNEL, HOLD_DESTINATION, Channel, Outbound
 from server.channels.messenger import MessengerChannel
 from server.channels.slack import SlackChannel
@@ -23,6 +27,7 @@ from server.channels.teams import TeamsChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.tenants_file import load_tenants
 from tests.integration.bot_framework import TeamsKeys
+from tests.integration.chat_client import SECRET
 from tests.integration.conftest import tenants_file
 from tests.integration.stand_ins import (
     Mongo,
@@ -258,3 +263,67 @@ async def test_teams_sends_share_one_cached_token(platforms: Platforms, tmp_path
     for conversation in conversations:
         [(_, headers, _)] = platforms.requests_to("teams ", conversation)
         assert headers["Authorization"] == "Bearer teams-app-token"
+
+
+async def test_check_channel_asks_each_platform_with_the_tenants_credentials(
+    stack_up: Any, platforms: Platforms
+) -> None:
+    server, _ = stack_up
+    admin = mint_dev_token(secret=SECRET, tenant_id="acme", scopes=("chat:admin",))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
+        metadata = (("authorization", f"Bearer {admin}"),)
+
+        async def check(kind: int) -> delivery.CheckChannelResponse:
+            response: delivery.CheckChannelResponse = await stub.CheckChannel(
+                delivery.CheckChannelRequest(channel=kind), metadata=metadata
+            )
+            return response
+
+        for kind in PLATFORM_CHANNELS:
+            answer = await check(kind)
+            assert answer.healthy, kind
+            assert answer.check_time.seconds > 0
+        paths = {(path, headers.get("Authorization")) for path, headers, _ in platforms.requests}
+        assert ("graph-health /v23.0/106540352242922", "Bearer t") in paths  # the number
+        assert ("graph-health /v23.0/me", "Bearer t") in paths  # the page
+        assert ("slack-health /api/auth.test", "Bearer xoxb-t") in paths
+        assert platforms.sent("teams-token")  # the bot's credentials
+
+        # Refused credentials: not healthy, with the platform's error, not to be retried.
+        platforms.script["health"] = [
+            (401, {"error": {"code": 190, "message": "Invalid OAuth access token"}}, {})
+        ]
+        refused = await check(c.CHANNEL_TYPE_WHATSAPP)
+        assert not refused.healthy
+        assert (refused.error.code, refused.error.retryable) == ("190", False)
+        platforms.script["health"] = [(503, {}, {})]
+        down = await check(c.CHANNEL_TYPE_MESSENGER)
+        assert (down.healthy, down.error.code, down.error.retryable) == (False, "HTTP_503", True)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await check(c.CHANNEL_TYPE_WEB)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # globex has no channels configured.
+        other = mint_dev_token(secret=SECRET, tenant_id="globex", scopes=("chat:admin",))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CheckChannel(
+                delivery.CheckChannelRequest(channel=c.CHANNEL_TYPE_SLACK),
+                metadata=(("authorization", f"Bearer {other}"),),
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        reader = mint_dev_token(secret=SECRET, tenant_id="acme", scopes=("chat:read",))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CheckChannel(
+                delivery.CheckChannelRequest(channel=c.CHANNEL_TYPE_SLACK),
+                metadata=(("authorization", f"Bearer {reader}"),),
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+PLATFORM_CHANNELS = (
+    c.CHANNEL_TYPE_WHATSAPP,
+    c.CHANNEL_TYPE_MESSENGER,
+    c.CHANNEL_TYPE_SLACK,
+    c.CHANNEL_TYPE_TEAMS,
+)

@@ -185,6 +185,11 @@ def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
             "RetryDelivery",
             delivery_service_pb2.RetryDeliveryRequest(message_id=victim.reply_id),
         ),
+        "/chat.v1.DeliveryService/CheckChannel": (
+            "delivery",
+            "CheckChannel",
+            delivery_service_pb2.CheckChannelRequest(channel=c.CHANNEL_TYPE_SLACK),
+        ),
         "/chat.v1.AnalyticsService/GetTenantAnalytics": (
             "analytics",
             "GetTenantAnalytics",
@@ -262,6 +267,9 @@ async def test_tenant_a_cannot_reach_tenant_b(channel: grpc.aio.Channel) -> None
         if method == "/chat.v1.TenantService/UpsertTenant":
             # The attacker's own tenant comes from the tenants file, which the API may not
             # change; B stays enabled (checked below by B's own calls).
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, code
+        elif method == "/chat.v1.DeliveryService/CheckChannel":
+            # It names no tenant: the caller's own, whose Slack is not configured.
             assert code == grpc.StatusCode.FAILED_PRECONDITION, code
         elif code != grpc.StatusCode.OK:
             assert code == grpc.StatusCode.NOT_FOUND, (method, code)

@@ -300,3 +300,26 @@ def test_rate_limits_say_what_they_hold() -> None:
     assert limited is not None
     assert (limited.hold, limited.retry_after) == (HOLD_CHANNEL, 2.0)
     assert transport_failure(HttpAnswer(503, {}, None)).hold == ""  # type: ignore[union-attr]
+
+
+async def test_content_no_platform_can_show_is_refused_before_any_request(
+    http: aiohttp.ClientSession,
+) -> None:
+    adapters = [
+        WhatsAppChannel(http=http, base_url="http://x", version="v23.0"),
+        MessengerChannel(http=http, base_url="http://x", version="v23.0"),
+        SlackChannel(http=http, base_url="http://x"),
+        TeamsChannel(http=http, token_url="http://x/token"),
+    ]
+    bad = {
+        "the message has no content": c.Content(),
+        "the text is empty": c.Content(text=c.TextContent(text="  \n")),
+        "interactive_reply cannot be sent to a platform": c.Content(
+            interactive_reply=c.InteractiveReply(selected_id="b1", title="Yes")
+        ),
+    }
+    for adapter in adapters:
+        for problem, content in bad.items():
+            assert adapter.validate_content(c.Message(content=content)) == problem
+        for good in (c.Content(text=c.TextContent(text="hi")), choices(2)):
+            assert adapter.validate_content(c.Message(content=good)) == ""

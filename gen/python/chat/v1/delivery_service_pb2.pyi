@@ -293,3 +293,63 @@ class RetryDeliveryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryDeliveryResponse: _TypeAlias = RetryDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class CheckChannelRequest(_message.Message):
+    """CheckChannelRequest names the platform to check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    channel: _common_pb2.ChannelType.ValueType
+    """WhatsApp, Slack, Teams or Messenger. Required."""
+    def __init__(
+        self,
+        *,
+        channel: _common_pb2.ChannelType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckChannelRequest: _TypeAlias = CheckChannelRequest  # noqa: Y015
+
+@_typing.final
+class CheckChannelResponse(_message.Message):
+    """CheckChannelResponse is the platform's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CHECK_TIME_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    healthy: _builtins.bool
+    """Whether the platform accepted the tenant's credentials."""
+    latency_ms: _builtins.int
+    """How long the call took, in milliseconds."""
+    @_builtins.property
+    def error(self) -> _common_pb2.PlatformError:
+        """Why not, when it did not (a timeout or 5xx is retryable; refused credentials are not)."""
+
+    @_builtins.property
+    def check_time(self) -> _timestamp_pb2.Timestamp:
+        """When the platform answered."""
+
+    def __init__(
+        self,
+        *,
+        healthy: _builtins.bool = ...,
+        error: _common_pb2.PlatformError | None = ...,
+        check_time: _timestamp_pb2.Timestamp | None = ...,
+        latency_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_time", b"check_time", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_time", b"check_time", "error", b"error", "healthy", b"healthy", "latency_ms", b"latency_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckChannelResponse: _TypeAlias = CheckChannelResponse  # noqa: Y015

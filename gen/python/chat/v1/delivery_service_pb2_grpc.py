@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class DeliveryServiceStub:
-    """DeliveryService exposes the outbound delivery queue and its dead-letter side. Reads need
-    `chat:read`; RetryDelivery needs `chat:admin`.
+    """DeliveryService exposes the outbound delivery queue and its dead-letter side.
+    GetDeliveryStatus needs `chat:read`; the others need `chat:admin`.
     """
 
     def __init__(self, channel):
@@ -51,11 +51,16 @@ class DeliveryServiceStub:
                 request_serializer=chat_dot_v1_dot_delivery__service__pb2.RetryDeliveryRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_delivery__service__pb2.RetryDeliveryResponse.FromString,
                 _registered_method=True)
+        self.CheckChannel = channel.unary_unary(
+                '/chat.v1.DeliveryService/CheckChannel',
+                request_serializer=chat_dot_v1_dot_delivery__service__pb2.CheckChannelRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_delivery__service__pb2.CheckChannelResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
-    """DeliveryService exposes the outbound delivery queue and its dead-letter side. Reads need
-    `chat:read`; RetryDelivery needs `chat:admin`.
+    """DeliveryService exposes the outbound delivery queue and its dead-letter side.
+    GetDeliveryStatus needs `chat:read`; the others need `chat:admin`.
     """
 
     def GetDeliveryStatus(self, request, context):
@@ -81,6 +86,17 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckChannel(self, request, context):
+        """CheckChannel asks a platform whether the caller's tenant can send on it: the platform's
+        cheapest authenticated call with the tenant's credentials (WhatsApp the phone number,
+        Messenger the page, Slack auth.test, Teams a bot token). Nothing is sent to anyone.
+        Errors: INVALID_ARGUMENT for the web channel or an unknown one; FAILED_PRECONDITION when
+        the tenant has not configured the channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +115,11 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     request_deserializer=chat_dot_v1_dot_delivery__service__pb2.RetryDeliveryRequest.FromString,
                     response_serializer=chat_dot_v1_dot_delivery__service__pb2.RetryDeliveryResponse.SerializeToString,
             ),
+            'CheckChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckChannel,
+                    request_deserializer=chat_dot_v1_dot_delivery__service__pb2.CheckChannelRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_delivery__service__pb2.CheckChannelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chat.v1.DeliveryService', rpc_method_handlers)
@@ -108,8 +129,8 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeliveryService:
-    """DeliveryService exposes the outbound delivery queue and its dead-letter side. Reads need
-    `chat:read`; RetryDelivery needs `chat:admin`.
+    """DeliveryService exposes the outbound delivery queue and its dead-letter side.
+    GetDeliveryStatus needs `chat:read`; the others need `chat:admin`.
     """
 
     @staticmethod
@@ -183,6 +204,33 @@ class DeliveryService:
             '/chat.v1.DeliveryService/RetryDelivery',
             chat_dot_v1_dot_delivery__service__pb2.RetryDeliveryRequest.SerializeToString,
             chat_dot_v1_dot_delivery__service__pb2.RetryDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.DeliveryService/CheckChannel',
+            chat_dot_v1_dot_delivery__service__pb2.CheckChannelRequest.SerializeToString,
+            chat_dot_v1_dot_delivery__service__pb2.CheckChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,

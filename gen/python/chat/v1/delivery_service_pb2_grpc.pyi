@@ -27,8 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DeliveryServiceStub:
-    """DeliveryService exposes the outbound delivery queue and its dead-letter side. Reads need
-    `chat:read`; RetryDelivery needs `chat:admin`.
+    """DeliveryService exposes the outbound delivery queue and its dead-letter side.
+    GetDeliveryStatus needs `chat:read`; the others need `chat:admin`.
     """
 
     @_typing.overload
@@ -45,11 +45,18 @@ class DeliveryServiceStub:
     """RetryDelivery puts a failed delivery back in the queue with a fresh attempt budget.
     Errors: FAILED_PRECONDITION when the delivery has not failed.
     """
+    CheckChannel: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.CheckChannelRequest, _delivery_service_pb2.CheckChannelResponse]
+    """CheckChannel asks a platform whether the caller's tenant can send on it: the platform's
+    cheapest authenticated call with the tenant's credentials (WhatsApp the phone number,
+    Messenger the page, Slack auth.test, Teams a bot token). Nothing is sent to anyone.
+    Errors: INVALID_ARGUMENT for the web channel or an unknown one; FAILED_PRECONDITION when
+    the tenant has not configured the channel.
+    """
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
-    """DeliveryService exposes the outbound delivery queue and its dead-letter side. Reads need
-    `chat:read`; RetryDelivery needs `chat:admin`.
+    """DeliveryService exposes the outbound delivery queue and its dead-letter side.
+    GetDeliveryStatus needs `chat:read`; the others need `chat:admin`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,10 +70,17 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     """RetryDelivery puts a failed delivery back in the queue with a fresh attempt budget.
     Errors: FAILED_PRECONDITION when the delivery has not failed.
     """
+    CheckChannel: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.CheckChannelRequest, _delivery_service_pb2.CheckChannelResponse]  # type: ignore[assignment]
+    """CheckChannel asks a platform whether the caller's tenant can send on it: the platform's
+    cheapest authenticated call with the tenant's credentials (WhatsApp the phone number,
+    Messenger the page, Slack auth.test, Teams a bot token). Nothing is sent to anyone.
+    Errors: INVALID_ARGUMENT for the web channel or an unknown one; FAILED_PRECONDITION when
+    the tenant has not configured the channel.
+    """
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """DeliveryService exposes the outbound delivery queue and its dead-letter side. Reads need
-    `chat:read`; RetryDelivery needs `chat:admin`.
+    """DeliveryService exposes the outbound delivery queue and its dead-letter side.
+    GetDeliveryStatus needs `chat:read`; the others need `chat:admin`.
     """
 
     @_abc_1.abstractmethod
@@ -95,6 +109,19 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_delivery_service_pb2.RetryDeliveryResponse, _abc.Awaitable[_delivery_service_pb2.RetryDeliveryResponse]]:
         """RetryDelivery puts a failed delivery back in the queue with a fresh attempt budget.
         Errors: FAILED_PRECONDITION when the delivery has not failed.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckChannel(
+        self,
+        request: _delivery_service_pb2.CheckChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.CheckChannelResponse, _abc.Awaitable[_delivery_service_pb2.CheckChannelResponse]]:
+        """CheckChannel asks a platform whether the caller's tenant can send on it: the platform's
+        cheapest authenticated call with the tenant's credentials (WhatsApp the phone number,
+        Messenger the page, Slack auth.test, Teams a bot token). Nothing is sent to anyone.
+        Errors: INVALID_ARGUMENT for the web channel or an unknown one; FAILED_PRECONDITION when
+        the tenant has not configured the channel.
         """
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
