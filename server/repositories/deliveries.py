@@ -115,18 +115,29 @@ class MongoDeliveries:
             read={"_id": delivery_id, "owner": owner, "state": SENDING},
         )
 
-    async def earlier_pending(self, delivery: Document) -> bool:
-        """Whether an earlier message of the conversation still waits (sends keep order)."""
-        found = await self._collection.find_one(
+    async def earlier_pending(
+        self, delivery: Document, *, now: dt.datetime, soon: dt.timedelta
+    ) -> dt.datetime | None:
+        """When to look again if an earlier message of the conversation still waits (sends
+        keep order), else None: when the earliest waiting one is due (a retry's backoff, a
+        rate limit), or ``soon`` when it is due now or being sent. The earliest one counts:
+        every later one waits for it too."""
+        first = await self._collection.find_one(
             {
                 "tenant_id": delivery["tenant_id"],
                 "conversation_id": delivery["conversation_id"],
                 "sequence": {"$lt": delivery["sequence"]},
                 "state": {"$in": [QUEUED, SENDING]},
             },
-            {"_id": 1},
+            {"state": 1, "due_time": 1},
+            sort=[("sequence", ASCENDING)],
         )
-        return found is not None
+        if first is None:
+            return None
+        due: dt.datetime | None = first.get("due_time")
+        if first["state"] == SENDING or due is None:
+            return now + soon
+        return max(now + soon, due)
 
     async def finish_many(self, finishes: Sequence[Finish], *, session: AsyncClientSession) -> bool:
         """Record each attempt and final state (SENT or FAILED), in one round trip; False when

@@ -293,8 +293,8 @@ class MongoMessageRepository:
         up_to_sequence: int,
         session: AsyncClientSession,
     ) -> list[common_pb2.Message]:
-        """Move outbound messages up to the sequence to READ, never backwards (FAILED and READ
-        ones stay); returns the messages that changed, as they are now."""
+        """Move sent outbound messages up to the sequence to READ, never backwards (queued,
+        FAILED and READ ones stay); returns the messages that changed, as they are now."""
         query: Document = {
             "tenant_id": tenant_id,
             "conversation_id": conversation_id,
@@ -344,8 +344,8 @@ FORWARD_FROM: dict[int, list[int]] = {
 }
 
 #: The statuses READ moves forward from.
+#: A queued message is not on the user's screen yet: it can be read only once sent.
 _READABLE = [
-    common_pb2.DELIVERY_STATUS_QUEUED,
     common_pb2.DELIVERY_STATUS_SENT,
     common_pb2.DELIVERY_STATUS_DELIVERED,
 ]

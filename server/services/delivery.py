@@ -312,8 +312,13 @@ class DeliveryProcessor(LeasedQueueWorker):
     async def deliver(self, delivery: dict[str, Any]) -> None:
         """One attempt at one delivery."""
         tenant_id = delivery["tenant_id"]
-        if await self._deliveries.earlier_pending(delivery):
-            await self._deliveries.postpone(delivery, due=self._clock() + _IN_ORDER_RETRY)
+        # An earlier message of the conversation waiting for its retry holds this one until
+        # then, not in a loop of claims every _IN_ORDER_RETRY.
+        later = await self._deliveries.earlier_pending(
+            delivery, now=self._clock(), soon=_IN_ORDER_RETRY
+        )
+        if later is not None:
+            await self._deliveries.postpone(delivery, due=later)
             return
         tenant = self._tenants.get(tenant_id)
         message = await self._messages.get(tenant_id, delivery["_id"])

@@ -6,6 +6,7 @@ within a destination's limit."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 import uuid
@@ -327,3 +328,116 @@ PLATFORM_CHANNELS = (
     c.CHANNEL_TYPE_SLACK,
     c.CHANNEL_TYPE_TEAMS,
 )
+
+
+async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
+    start_server: StartServer,
+    tmp_path: Path,
+    platforms: Platforms,
+    teams_keys: TeamsKeys,
+    database_name: str,
+    delivery_mongo: Mongo,
+) -> None:
+    """The first reply fails and waits seconds for its retry; the second reply of the same
+    conversation is held until the first is due (order kept), not claimed again and again."""
+    async with delivery_stack(
+        start_server,
+        tmp_path,
+        platforms,
+        teams_keys,
+        database_name,
+        CHAT_DELIVERY_BASE_DELAY_MS="8000",  # the first retry comes 4 to 8 s later
+    ) as (_, bridge):
+        user = "1650" + str(uuid.uuid4().int)[:7]
+        platforms.script[user] = [(503, {}, {})]
+        payload, wamid = whatsapp_text(user, "first")
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        first = await reply_of(delivery_mongo, wamid)
+        deliveries = delivery_mongo["deliveries"]
+
+        async def failed_once() -> bool:
+            found = await deliveries.find_one({"_id": first.id})
+            return found is not None and len(found["attempts"]) == 1
+
+        await eventually(failed_once, "the first attempt")
+        payload, wamid = whatsapp_text(user, "second")
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        replies: list[c.Message] = []
+
+        async def second_reply() -> bool:
+            replies[:] = [await reply_of(delivery_mongo, wamid)]
+            return replies[0].id != first.id
+
+        await eventually(second_reply, "the second reply")
+        [second] = replies
+        first_due = (await deliveries.find_one({"_id": first.id}) or {})["due_time"]
+
+        async def held() -> bool:
+            found = await deliveries.find_one({"_id": second.id})
+            return (
+                found is not None
+                and found.get("due_time") is not None
+                and (found["due_time"] >= first_due - dt.timedelta(milliseconds=50))
+            )
+
+        # Within a second and a half: claims every 200 ms would reach the first's due time
+        # only after seconds.
+        await eventually(held, "the second reply held until the first is due", within=1.5)
+        assert len(platforms.to("whatsapp", user)) == 1  # only the first's failed attempt
+
+        async def both_sent() -> bool:
+            return len(platforms.to("whatsapp", user)) == 3
+
+        await eventually(both_sent, "both replies, in order", within=30)
+
+        async def recorded() -> bool:
+            return await status_of(delivery_mongo, second.id) == c.DELIVERY_STATUS_SENT
+
+        await eventually(recorded, "the second reply's outcome")
+        first_record = await deliveries.find_one({"_id": first.id})
+        second_record = await deliveries.find_one({"_id": second.id})
+        assert first_record is not None
+        assert second_record is not None
+        [second_attempt] = second_record["attempts"]  # held, never tried before its turn
+        assert first_record["attempts"][-1]["success"]
+        assert first_record["attempts"][-1]["time"] <= second_attempt["time"]
+
+
+async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
+    start_server: StartServer,
+    tmp_path: Path,
+    platforms: Platforms,
+    teams_keys: TeamsKeys,
+    database_name: str,
+    delivery_mongo: Mongo,
+) -> None:
+    """SIGTERM's path (ChatServer.stop) while the platform holds a send: the send in hand is
+    finished and its outcome recorded before the process ends, so the server that starts
+    next on the database has nothing to send again."""
+    user = "1650" + str(uuid.uuid4().int)[:7]
+    async with delivery_stack(start_server, tmp_path, platforms, teams_keys, database_name) as (
+        server,
+        bridge,
+    ):
+        platforms.stall.add(user)
+        payload, wamid = whatsapp_text(user)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        reply = await reply_of(delivery_mongo, wamid)
+
+        async def at_the_platform() -> bool:
+            return bool(platforms.to("whatsapp", user))
+
+        await eventually(at_the_platform, "the send")
+        stopping = asyncio.create_task(server.server.stop())
+        await asyncio.sleep(0.5)
+        assert not stopping.done()  # it waits for the send in hand
+        platforms.release.set()
+        await asyncio.wait_for(stopping, 30)
+        assert await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT
+
+    async with delivery_stack(start_server, tmp_path, platforms, teams_keys, database_name):
+        await asyncio.sleep(2.0)  # the new server's delivery loop has looked by now
+        assert len(platforms.to("whatsapp", user)) == 1
+        record = await delivery_mongo["deliveries"].find_one({"_id": reply.id})
+        assert record is not None
+        assert (record["state"], len(record["attempts"])) == ("sent", 1)
