@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from grpc_status import rpc_status
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import chat_service_pb2_grpc
 from chat.v1 import common_pb2 as c
-from devstack.processes import free_port
+from devstack.processes import free_port, port_open, script_path
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.repositories.conversation_cache import RedisConversationCache
@@ -392,4 +393,81 @@ async def test_shutdown_ends_streams_promptly(start_server: StartServer, tmp_pat
         assert stream.error is not None
         assert stream.error.code() == grpc.StatusCode.UNAVAILABLE
         with contextlib.suppress(Exception):
+            stream.cancel()
+
+
+@contextlib.asynccontextmanager
+async def server_process(stack: Endpoints, tmp_path: Path) -> AsyncIterator[str]:
+    """A real `chat-server` process on the session's servers; its target (host:port)."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        script_path("chat-server"),
+        env={
+            **os.environ,
+            **stack.as_env(),
+            **JWT_SETTINGS,
+            "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
+            "CHAT_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "CHAT_METRICS_ADDRESS": "off",
+            "CHAT_LOG_LEVEL": "warning",
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", port):
+            assert process.returncode is None, "the server process exited"
+            assert time.monotonic() < deadline, "the server process did not start"
+            await asyncio.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_subscribers_of_two_server_processes_see_everything_and_resume_without_gap(
+    servers: tuple[RunningServer, RunningServer],
+    clients: tuple[ChatClient, ChatClient],
+    stack: Endpoints,
+    tmp_path: Path,
+) -> None:
+    """Two subscribers on this process's server and two on a separate `chat-server` process:
+    messages written on either reach all four in order; one that drops and resumes with the
+    last sequence it saw gets what it missed, then live events, with no gap or duplicate."""
+    a, _ = clients
+    async with server_process(stack, tmp_path) as target, grpc.aio.insecure_channel(target) as ch:
+        other = ChatClient(ch, "acme")
+        first = await a.send("hello", user_id="process-user")
+        cid = first.conversation.id
+        # after_sequence=0: the conversation so far from MongoDB, then live, so a stream that
+        # subscribes late misses nothing.
+        streams = [Stream(client, cid, after_sequence=0) for client in (a, a, other, other)]
+        sent = [first]
+        for n in range(4):
+            sent.append(await (other if n % 2 else a).send(f"m{n}", user_id="process-user"))
+        expected = [m.id for response in sent for m in (response.message, *response.replies)]
+        for stream in streams:
+            got = await stream.messages(len(expected))
+            assert [m.id for m in got] == expected
+            assert [m.sequence for m in got] == list(range(1, len(expected) + 1))
+
+        dropped = streams.pop()
+        dropped.cancel()
+        last_seen = len(expected)
+        while_away = [await a.send("while away", user_id="process-user")]
+        resumed = Stream(other, cid, after_sequence=last_seen)
+        later = [await a.send("after", user_id="process-user")]
+        missed = [
+            m.id for response in while_away + later for m in (response.message, *response.replies)
+        ]
+        got = await resumed.messages(len(missed))
+        assert [m.id for m in got] == missed
+        assert [m.sequence for m in got] == list(range(last_seen + 1, last_seen + 1 + len(missed)))
+        with pytest.raises(TimeoutError):  # no duplicate of what was replayed
+            await asyncio.wait_for(resumed.events.get(), 0.5)
+        for stream in streams:
+            assert [m.id for m in await stream.messages(len(missed))] == missed
+        for stream in [*streams, resumed]:
             stream.cancel()
