@@ -87,12 +87,8 @@ from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from server.services.conversations import ConversationService
-from server.services.delivery import (
-    MIN_SAFE_LEASE_SECONDS,
-    DeliveryPolicy,
-    DeliveryProcessor,
-    RateHolds,
-)
+from server.services.delivery import DeliveryProcessor
+from server.services.delivery_guards import MIN_SAFE_LEASE_SECONDS, DeliveryPolicy, RateHolds
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
@@ -264,7 +260,10 @@ class ChatServer:
             ],
         )
         self._health = health_aio.HealthServicer()
-        if settings.delivery_lease_seconds < MIN_SAFE_LEASE_SECONDS:
+        # The slowest send: an upload and a few parts, each up to the send timeout.
+        if settings.delivery_lease_seconds < max(
+            MIN_SAFE_LEASE_SECONDS, 6 * settings.delivery_send_timeout_seconds
+        ):
             log.warning(
                 "CHAT_DELIVERY_LEASE_SECONDS is shorter than the slowest send: a live process "
                 "may lose a delivery to another mid-send, which then sends it twice",

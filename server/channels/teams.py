@@ -31,11 +31,16 @@ SCOPE = "https://api.botframework.com/.default"
 #: Transient besides 429 and 5xx; 403, 404 and 413 are permanent.
 TRANSIENT_STATUSES = {412, 502, 504}
 #: Teams refuses a text message past about 28 KB (413, permanent): a longer text is sent as
-#: several, each of at most this many characters (28 KB even at four bytes a character).
-TEXT_LIMIT = 7000
+#: several, each of at most this many characters. JSON escapes every non-ASCII character
+#: (\uXXXX, twelve bytes for an emoji's surrogate pair), so 2000 stay under 28 KB whatever
+#: the script.
+TEXT_LIMIT = 2000
+#: A refused or failed token request is the answer for this long: the sends waiting for a
+#: token do not each ask again.
+TOKEN_FAILURE_SECONDS = 5.0
 #: Conversation ids: personal chats "a:...", channels and group chats "19:...@thread...",
 #: users "29:..." (a thread reply may carry ";messageid=..."); at most 1024 characters.
-_CONVERSATION = re.compile(r"^(?:a|19|29):\S{1,1020}$")
+_CONVERSATION = re.compile(r"(?:a|19|29):\S{1,1020}")
 
 
 class TeamsChannel:
@@ -49,9 +54,10 @@ class TeamsChannel:
         self._tokens: dict[str, tuple[str, float]] = {}
         #: One token request at a time per tenant (another tenant's slow one does not wait).
         self._locks: dict[str, asyncio.Lock] = {}
+        self._failures: dict[str, tuple[ChannelResponse, float]] = {}
 
     def validate_recipient(self, recipient_id: str) -> str:
-        if _CONVERSATION.match(recipient_id):
+        if _CONVERSATION.fullmatch(recipient_id):
             return ""
         return "a Teams conversation id (a:..., 19:...@thread... or 29:...)"
 
@@ -158,7 +164,15 @@ class TeamsChannel:
             cached = self._tokens.get(tenant.id)
             if cached is not None and time.time() < cached[1]:
                 return cached[0]
-            return await self._fetch_token(tenant)
+            failed = self._failures.get(tenant.id)
+            if failed is not None and time.monotonic() < failed[1]:
+                return failed[0]
+            token = await self._fetch_token(tenant)
+            if isinstance(token, ChannelResponse):
+                self._failures[tenant.id] = (token, time.monotonic() + TOKEN_FAILURE_SECONDS)
+            else:
+                self._failures.pop(tenant.id, None)
+            return token
 
     async def _fetch_token(self, tenant: Tenant) -> str | ChannelResponse:
         config = tenant.channels.teams

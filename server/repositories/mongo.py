@@ -157,6 +157,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("dead_time", ASCENDING)], expireAfterSeconds=30 * 86400, name="expiry"),
     ],
     EARLY_RECEIPTS: [
+        IndexModel([("ref", ASCENDING)], name="ref"),
         IndexModel([("expire_time", ASCENDING)], expireAfterSeconds=0, name="expiry"),
     ],
     USERS: [

@@ -1,7 +1,7 @@
 """Receipts that arrived before their message was recorded as sent: a platform may report
 "sent" or "delivered" within milliseconds of accepting a message, before the delivery's outcome
-is committed. They wait here, keyed by tenant, channel and platform message id, until the
-outcome is recorded (or a day has passed)."""
+is committed. They wait here, one document per reported status, found by tenant, channel and
+platform message id (``ref``), until the outcome is recorded (or a day has passed)."""
 
 from __future__ import annotations
 
@@ -23,73 +23,70 @@ KEEP = dt.timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class EarlyReceipt:
-    """The statuses reported for one platform message id, with the failure when one is."""
+    """One status reported for a platform message id before its send was recorded."""
 
     tenant_id: str
     channel: int
     platform_message_id: str
     conversation_id: str
-    statuses: tuple[common_pb2.DeliveryStatus.ValueType, ...]
+    status: common_pb2.DeliveryStatus.ValueType
     error: common_pb2.PlatformError | None
+    status_time: dt.datetime
+    actor_id: str
 
 
-def receipt_key(tenant_id: str, channel: int, platform_message_id: str) -> str:
+def receipt_ref(tenant_id: str, channel: int, platform_message_id: str) -> str:
+    """What names one platform message of a tenant's channel."""
     return f"{tenant_id}|{channel}|{platform_message_id}"
 
 
 class MongoEarlyReceipts:
-    """Early receipts of every tenant; each call names its tenant in the keys."""
+    """Early receipts of every tenant; each ref names its tenant."""
 
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[EARLY_RECEIPTS]
 
-    async def park(
-        self,
-        tenant_id: str,
-        channel: int,
-        platform_message_ids: Sequence[str],
-        *,
-        status: common_pb2.DeliveryStatus.ValueType,
-        error: common_pb2.PlatformError | None,
-        conversation_id: str,
-        now: dt.datetime,
-        session: AsyncClientSession,
-    ) -> None:
-        """Keep ``status`` for each id (with the statuses already kept for it)."""
-        extra: Document = {"error": error.SerializeToString()} if error is not None else {}
+    async def park(self, receipts: Sequence[EarlyReceipt], *, session: AsyncClientSession) -> None:
+        """Keep the receipts; one per ref and status (a repeat of one is the same document,
+        and two statuses for one message never write the same one)."""
         await self._collection.bulk_write(
             [
                 UpdateOne(
-                    {"_id": receipt_key(tenant_id, channel, platform_id)},
+                    {"_id": f"{_ref(r)}|{int(r.status)}"},
                     {
                         "$setOnInsert": {
-                            "tenant_id": tenant_id,
-                            "channel": channel,
-                            "platform_message_id": platform_id,
-                            "conversation_id": conversation_id,
-                            "expire_time": now + KEEP,
-                        },
-                        "$addToSet": {"statuses": int(status)},
-                        **({"$set": extra} if extra else {}),
+                            "ref": _ref(r),
+                            "tenant_id": r.tenant_id,
+                            "channel": r.channel,
+                            "platform_message_id": r.platform_message_id,
+                            "conversation_id": r.conversation_id,
+                            "status": int(r.status),
+                            "error": r.error.SerializeToString() if r.error else b"",
+                            "status_time": r.status_time,
+                            "actor_id": r.actor_id,
+                            "expire_time": r.status_time + KEEP,
+                        }
                     },
                     upsert=True,
                 )
-                for platform_id in platform_message_ids
+                for r in receipts
             ],
             ordered=False,
             session=session,
         )
 
-    async def waiting(self, keys: Sequence[str]) -> list[str]:
-        """Which of these keys have receipts waiting (a read outside any transaction)."""
-        if not keys:
-            return []
-        cursor = self._collection.find({"_id": {"$in": list(keys)}}, {"_id": 1})
-        return [document["_id"] async for document in cursor]
+    async def waiting(self, refs: Sequence[str]) -> bool:
+        """Whether any receipt waits under these refs (a read outside any transaction)."""
+        if not refs:
+            return False
+        found = await self._collection.find_one({"ref": {"$in": list(refs)}}, {"_id": 1})
+        return found is not None
 
-    async def take(self, keys: Sequence[str], *, session: AsyncClientSession) -> list[EarlyReceipt]:
-        """Remove the receipts waiting under these keys and return them."""
-        cursor = self._collection.find({"_id": {"$in": list(keys)}}, session=session)
+    async def take(self, refs: Sequence[str], *, session: AsyncClientSession) -> list[EarlyReceipt]:
+        """Remove the receipts waiting under these refs and return them."""
+        if not refs:
+            return []
+        cursor = self._collection.find({"ref": {"$in": list(refs)}}, session=session)
         found = [document async for document in cursor]
         if found:
             await self._collection.delete_many(
@@ -101,10 +98,16 @@ class MongoEarlyReceipts:
                 channel=document["channel"],
                 platform_message_id=document["platform_message_id"],
                 conversation_id=document.get("conversation_id", ""),
-                statuses=tuple(document.get("statuses", [])),
+                status=document["status"],
                 error=common_pb2.PlatformError.FromString(document["error"])
                 if document.get("error")
                 else None,
+                status_time=document["status_time"],
+                actor_id=document.get("actor_id", ""),
             )
             for document in found
         ]
+
+
+def _ref(receipt: EarlyReceipt) -> str:
+    return receipt_ref(receipt.tenant_id, receipt.channel, receipt.platform_message_id)

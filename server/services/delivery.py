@@ -16,9 +16,7 @@ the message is sent again. Everything else is exactly once: the message id keys 
 from __future__ import annotations
 
 import datetime as dt
-import random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,45 +32,23 @@ from server.processors.media import MediaStore
 from server.repositories.deliveries import FAILED, SENT, Finish, MongoDeliveries, attempt_record
 from server.repositories.messages import Advance
 from server.repositories.rate_limits import Limit, RateLimiter, limit_key
-from server.repositories.receipts import receipt_key
+from server.repositories.receipts import receipt_ref
+from server.services.delivery_guards import (
+    PACING,
+    CircuitBreaker,
+    DeliveryPolicy,
+    RateHolds,
+)
 from server.services.group_commit import GroupCommit
 from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
 from server.services.queue_worker import LeasedQueueWorker
-from server.services.receipts import Receipts
+from server.services.receipts import Receipts, StatusChange
 from server.services.responder import RESPONDER_ID
 from server.services.streams import QuietLiveEvents, timestamp_of
 
 log = structlog.get_logger("chat.delivery")
 
-#: Longer than the slowest send (an upload and seven parts at 10 s each): a live process must
-#: not lose a delivery to another mid-send. A dead process's delivery waits this long.
-LEASE_SECONDS = 300.0
-#: Below this a lease may run out during a send (an upload and a few parts at 10 s each).
-MIN_SAFE_LEASE_SECONDS = 60.0
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
-
-
-@dataclass(frozen=True, slots=True)
-class Pace:
-    """Sends per second and burst, per destination (a recipient, channel or conversation) and
-    per account (the tenant's number, page, workspace or bot), from each platform's limits."""
-
-    destination: tuple[float, int] | None
-    account: tuple[float, int] | None
-
-
-#: Slack: about one message per second per channel. Teams, per bot and conversation: 7 in 1 s,
-#: 8 in 2 s, 60 in 30 s, 1800 an hour; one every 2 s after a burst of 7 keeps within all four;
-#: about 50 per second per app and tenant. WhatsApp: about one message per 6 s per recipient,
-#: with bursts; 80 per second per business number. Messenger: no per-user limit; 300 calls
-#: per second per page.
-PACING: Mapping[int, Pace] = {
-    common_pb2.CHANNEL_TYPE_SLACK: Pace(destination=(1.0, 3), account=None),
-    common_pb2.CHANNEL_TYPE_TEAMS: Pace(destination=(0.5, 7), account=(50.0, 50)),
-    common_pb2.CHANNEL_TYPE_WHATSAPP: Pace(destination=(1 / 6, 10), account=(80.0, 80)),
-    common_pb2.CHANNEL_TYPE_MESSENGER: Pace(destination=None, account=(300.0, 300)),
-}
-
 
 #: Platforms whose receipts name messages by id (Slack has none; Messenger's watermarks name
 #: times, its delivery receipts ids).
@@ -83,106 +59,6 @@ _RECEIPT_CHANNELS = frozenset(
         common_pb2.CHANNEL_TYPE_TEAMS,
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPolicy:
-    """Attempts and backoff."""
-
-    max_attempts: int = 6
-    base_delay_seconds: float = 1.0
-    max_delay_seconds: float = 300.0
-    #: Consecutive transient failures of one tenant and channel that open its breaker.
-    breaker_threshold: int = 5
-    breaker_open_seconds: float = 30.0
-    #: How long a claimed delivery is its process's (see LEASE_SECONDS).
-    lease_seconds: float = LEASE_SECONDS
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with equal jitter, never sooner than the platform asked."""
-        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
-        backoff = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
-        return max(backoff, retry_after or 0.0)
-
-
-class CircuitBreaker:
-    """Per tenant and channel: after ``threshold`` transient failures in a row, sends wait
-    ``open_seconds``. Then exactly one send goes through as a probe (the others keep waiting):
-    its success closes the breaker, its failure opens it again. A probe that never reports
-    (its process busy elsewhere) frees its slot after ``probe_seconds``."""
-
-    def __init__(
-        self,
-        *,
-        threshold: int,
-        open_seconds: float,
-        probe_seconds: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._threshold = threshold
-        self._open_seconds = open_seconds
-        self._probe_seconds = probe_seconds
-        self._clock = clock
-        self._failures: dict[tuple[str, int], int] = {}
-        self._open_until: dict[tuple[str, int], float] = {}
-        self._probing: dict[tuple[str, int], float] = {}
-
-    def wait_seconds(self, key: tuple[str, int]) -> float:
-        """0 when a send may go now (and, half-open, it is the probe); else how long to wait."""
-        until = self._open_until.get(key)
-        if until is None:
-            return 0.0
-        now = self._clock()
-        if until > now:
-            return until - now
-        probe = self._probing.get(key)
-        if probe is not None and now - probe < self._probe_seconds:
-            return min(1.0, self._probe_seconds - (now - probe))  # the probe is out
-        self._probing[key] = now
-        return 0.0
-
-    def success(self, key: tuple[str, int]) -> None:
-        """The platform answered: closed."""
-        self._failures.pop(key, None)
-        self._open_until.pop(key, None)
-        self._probing.pop(key, None)
-
-    def release(self, key: tuple[str, int]) -> None:
-        """A send let through did not reach the platform (postponed): no verdict."""
-        self._probing.pop(key, None)
-
-    def failure(self, key: tuple[str, int]) -> None:
-        """A transient failure; a failed probe opens the breaker again at once."""
-        count = self._failures.get(key, 0) + 1
-        self._failures[key] = count
-        if self._probing.pop(key, None) is not None or count >= self._threshold:
-            self._open_until[key] = self._clock() + self._open_seconds
-            log.warning("circuit open", tenant_id=key[0], channel=key[1], failures=count)
-
-
-class RateHolds:
-    """Rate limits the platforms reported to this process, until they end: per tenant and
-    channel (recipient "") or per recipient. Deliveries and sender actions both wait them out."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._until: dict[tuple[str, int, str], float] = {}
-
-    def seconds(self, tenant_id: str, channel: int, recipient_id: str) -> float:
-        """How long sends to this recipient must still wait (0: none)."""
-        until = max(
-            self._until.get((tenant_id, channel, ""), 0.0),
-            self._until.get((tenant_id, channel, recipient_id), 0.0),
-        )
-        return max(0.0, until - self._clock())
-
-    def hold(self, tenant_id: str, channel: int, recipient_id: str, seconds: float) -> None:
-        """Hold the channel (recipient "") or one recipient for ``seconds``."""
-        now = self._clock()
-        for stale in [key for key, ends in self._until.items() if ends <= now]:
-            del self._until[stale]
-        key = (tenant_id, channel, recipient_id)
-        self._until[key] = max(self._until.get(key, 0.0), now + seconds)
 
 
 class _LeaseLostError(Exception):
@@ -198,6 +74,26 @@ class _Outcome:
     response: ChannelResponse
     status: common_pb2.DeliveryStatus.ValueType
     now: dt.datetime
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """What recording an outcome changed: the message's status, and the receipts the
+    platform sent before the outcome was recorded, applied with it."""
+
+    changed: list[common_pb2.Message]
+    receipts: list[StatusChange]
+
+
+def _receipt_ref(outcome: _Outcome) -> str:
+    """Where receipts for a sent message wait ("" when none can: a failure, or a platform
+    whose receipts name no message id)."""
+    delivery, response = outcome.delivery, outcome.response
+    if not response.success or not response.platform_message_id:
+        return ""
+    if delivery["channel"] not in _RECEIPT_CHANNELS:
+        return ""
+    return receipt_ref(delivery["tenant_id"], delivery["channel"], response.platform_message_id)
 
 
 def _event(outcome: _Outcome, message: common_pb2.Message) -> events_pb2.EventEnvelope:
@@ -259,7 +155,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         live: QuietLiveEvents,
         pacer: RateLimiter,
         clock: Callable[[], dt.datetime],
-        policy: DeliveryPolicy = DeliveryPolicy(),
+        policy: DeliveryPolicy | None = None,
         on_events: Callable[[], None] = lambda: None,
         on_batch: Callable[[int], None] = lambda _size: None,
         concurrency: int = 16,
@@ -277,7 +173,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         self._live = live
         self._pacer = pacer
         self._clock = clock
-        self._policy = policy
+        self._policy = policy = policy or DeliveryPolicy()
         self._on_events = on_events
         self._breaker = CircuitBreaker(
             threshold=policy.breaker_threshold, open_seconds=policy.breaker_open_seconds
@@ -287,7 +183,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         self._holds = holds or RateHolds()
         #: Receipts that arrived before an outcome was recorded are applied after it.
         self._receipts = receipts
-        self._outcomes: GroupCommit[_Outcome, list[common_pb2.Message]] = GroupCommit(
+        self._outcomes: GroupCommit[_Outcome, _Recorded] = GroupCommit(
             self._record,
             key=lambda o: (o.delivery["tenant_id"], o.delivery["conversation_id"]),
             on_batch=on_batch,
@@ -496,12 +392,14 @@ class DeliveryProcessor(LeasedQueueWorker):
             return  # another process has the delivery now and records its own outcome
         await self._recorded(outcome, changed)
 
-    async def _record(self, batch: list[_Outcome]) -> list[list[common_pb2.Message] | Exception]:
+    async def _record(self, batch: list[_Outcome]) -> list[_Recorded | Exception]:
         """Record the outcomes of deliveries of distinct conversations in one transaction: the
         deliveries' final states, the messages' statuses and the events, a bulk statement per
-        collection (see GroupCommit). For each, the messages whose status moved."""
+        collection (see GroupCommit), with the receipts the platforms sent before it. For
+        each, the messages whose status moved and the receipts applied."""
+        refs = {id(o): _receipt_ref(o) for o in batch}
 
-        async def work(tx: Tx) -> list[list[common_pb2.Message] | Exception]:
+        async def work(tx: Tx) -> list[_Recorded | Exception]:
             finishes = [
                 Finish(
                     delivery=o.delivery,
@@ -533,59 +431,71 @@ class DeliveryProcessor(LeasedQueueWorker):
                     now=max(o.now for o in batch),
                     session=tx,
                 )
+            early = (
+                await self._receipts.take_and_apply(
+                    [ref for ref in refs.values() if ref], now=self._clock(), session=tx
+                )
+                if self._receipts is not None and any(refs.values())
+                else []
+            )
             moved = {m.id: m for m in changed}
             return [
-                [moved[o.message.id]] if o.message is not None and o.message.id in moved else []
+                _Recorded(
+                    changed=[moved[o.message.id]]
+                    if o.message is not None and o.message.id in moved
+                    else [],
+                    receipts=[c for _, c in early if o.message and c.message.id == o.message.id],
+                )
                 for o in batch
             ]
 
-        outcomes = await self._transactions.run(work)
-        await self._settle_early_receipts(batch)
-        return outcomes
+        recorded = await self._transactions.run(work)
+        # A receipt parked while this transaction ran was not in its snapshot: looked for
+        # again now that the outcome is committed (the ingest looks for the message after
+        # parking, so one of the two finds the other).
+        late = await self._settle_late(list(filter(None, refs.values())))
+        for o, result in zip(batch, recorded, strict=True):
+            if isinstance(result, _Recorded) and o.message is not None:
+                result.receipts.extend(c for c in late if c.message.id == o.message.id)
+        return recorded
 
-    async def _settle_early_receipts(self, batch: list[_Outcome]) -> None:
-        """After the commit: receipts the platforms sent for these messages before it."""
-        keys = [
-            receipt_key(
-                o.delivery["tenant_id"], o.delivery["channel"], o.response.platform_message_id
-            )
-            for o in batch
-            if o.response.success
-            and o.response.platform_message_id
-            and o.delivery["channel"] in _RECEIPT_CHANNELS
-        ]
-        if self._receipts is None or not keys:
-            return
+    async def _settle_late(self, refs: list[str]) -> list[StatusChange]:
+        if self._receipts is None or not refs:
+            return []
         try:
-            await self._receipts.settle(keys, now=self._clock())
+            return [change for _, change in await self._receipts.settle(refs, now=self._clock())]
         except Exception:
-            # The receipts stay parked; the platform's later receipts still move the status.
-            log.exception("early receipts not applied", receipts=len(keys))
+            # They stay parked; the platform's later receipts still move the status.
+            log.exception("early receipts not applied", receipts=len(refs))
+            return []
 
-    async def _recorded(self, outcome: _Outcome, changed: list[common_pb2.Message]) -> None:
-        """After the commit: wake the relay, push the new statuses to the streams."""
+    async def _recorded(self, outcome: _Outcome, recorded: _Recorded) -> None:
+        """After the commit: wake the relay, push the new statuses to the streams (the send's
+        outcome first, then the receipts that came before it)."""
         if outcome.message is not None:
             self._on_events()
-        if not changed:
-            return
-        await self._live.publish(
-            outcome.delivery["tenant_id"],
-            outcome.delivery["conversation_id"],
-            [
-                chat_service_pb2.StreamConversationEventsResponse(
-                    event_time=timestamp_of(outcome.now),
-                    delivery_status=chat_service_pb2.DeliveryStatusUpdate(
-                        message_id=m.id,
-                        sequence=m.sequence,
-                        status=outcome.status,
-                        error=outcome.response.error,
-                    ),
-                )
-                for m in changed
-            ],
-        )
+        tenant_id = outcome.delivery["tenant_id"]
+        if recorded.changed:
+            await self._live.publish(
+                tenant_id,
+                outcome.delivery["conversation_id"],
+                [
+                    chat_service_pb2.StreamConversationEventsResponse(
+                        event_time=timestamp_of(outcome.now),
+                        delivery_status=chat_service_pb2.DeliveryStatusUpdate(
+                            message_id=m.id,
+                            sequence=m.sequence,
+                            status=outcome.status,
+                            error=outcome.response.error,
+                        ),
+                    )
+                    for m in recorded.changed
+                ],
+            )
+        if recorded.receipts and self._receipts is not None:
+            await self._receipts.publish(tenant_id, recorded.receipts)
 
-    async def _finish_orphan(self, outcome: _Outcome, changed: list[common_pb2.Message]) -> None:
+    async def _finish_orphan(self, outcome: _Outcome, changed: _Recorded) -> None:
         """An outcome recorded after its worker slot gave up (shutdown): still pushed."""
         try:
             await self._recorded(outcome, changed)

@@ -333,11 +333,11 @@ class IngestService:
                 now=now,
                 session=tx,
             )
-            if changes:
+            if changes and len(ids) <= 1:
                 return changes, []
-            # A message the platform reports on before its send is recorded: the receipt
-            # waits for it. Otherwise (a backward move) nothing is recorded as ingested, so
-            # the platform's retry may still apply it.
+            # Messages the platform reports on before their sends are recorded: the receipt
+            # waits for them. With nothing parked or changed (a backward move) nothing is
+            # recorded as ingested, so the platform's retry may still apply it.
             parked = await self._receipts.park_unknown(
                 tenant_id,
                 channel=event.channel,
@@ -345,12 +345,13 @@ class IngestService:
                 platform_message_ids=ids,
                 conversation_id=conversation.id if conversation is not None else "",
                 error=error,
-                now=now,
+                status_time=status_time,
+                actor_id=event.platform_user_id,
                 session=tx,
             )
-            if not parked:
+            if not parked and not changes:
                 raise _NothingChangedError
-            return [], parked
+            return changes, parked
 
         try:
             changes, parked = await self._transactions.run(apply)
@@ -358,12 +359,17 @@ class IngestService:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
         except _NothingChangedError:
             return Result(platform_event_id=event.platform_event_id, outcome=IGNORED)
-        if parked:
-            # The send's outcome may have been committed while this receipt was parked.
-            await self._receipts.settle_known(tenant_id, event.channel, parked, now=now)
-            return Result(platform_event_id=event.platform_event_id, outcome=DEFERRED)
         await self._receipts.publish(tenant_id, changes)
-        return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
+        if not parked:
+            return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
+        try:
+            # A send's outcome may have been committed while this receipt was parked.
+            await self._receipts.settle_known(tenant_id, event.channel, parked, now=now)
+        except Exception:
+            # Parked and acknowledged: a later delivery outcome or receipt still applies.
+            log.exception("parked receipts not settled", tenant_id=tenant_id)
+        outcome = ACCEPTED if changes else DEFERRED
+        return Result(platform_event_id=event.platform_event_id, outcome=outcome)
 
     async def _typing(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
         conversation = await self._conversations.find_active(

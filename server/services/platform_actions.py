@@ -16,7 +16,7 @@ from chat.v1 import common_pb2
 from server.channels.base import HOLD_DESTINATION, TYPING, Action
 from server.channels.factory import ChannelFactory
 from server.domain.tenant import TenantLookup
-from server.services.delivery import RateHolds
+from server.services.delivery_guards import RateHolds
 from server.services.ports import MessageRepository
 
 log = structlog.get_logger("chat.platform_actions")

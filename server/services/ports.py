@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.repositories.conversations import ConversationFilter, Recording
 from server.repositories.messages import Advance, MessageRow
+from server.repositories.receipts import EarlyReceipt
 
 T = TypeVar("T")
 Tx = Any
@@ -64,6 +65,16 @@ class ConversationRepository(Protocol):
         after: tuple[dt.datetime, str] | None,
         limit: int,
     ) -> list[common_pb2.Conversation]: ...
+
+
+class EarlyReceiptStore(Protocol):
+    """Receipts waiting for their message's send to be recorded (refs: receipt_ref)."""
+
+    async def park(self, receipts: Sequence[EarlyReceipt], *, session: Tx) -> None: ...
+
+    async def waiting(self, refs: Sequence[str]) -> bool: ...
+
+    async def take(self, refs: Sequence[str], *, session: Tx) -> list[EarlyReceipt]: ...
 
 
 class MessageRepository(Protocol):

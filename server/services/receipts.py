@@ -19,14 +19,21 @@ import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.events.envelopes import envelope
-from server.repositories.receipts import MongoEarlyReceipts, receipt_key
-from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
+from server.repositories.receipts import EarlyReceipt, receipt_ref
+from server.services.ports import (
+    EarlyReceiptStore,
+    MessageRepository,
+    Outbox,
+    TransactionRunner,
+    Tx,
+)
 from server.services.streams import QuietLiveEvents, timestamp_of
 
 log = structlog.get_logger("chat.receipts")
 
 #: Parked statuses are applied in this order (each only where it moves the status forward).
 _ORDER = (
+    common_pb2.DELIVERY_STATUS_SENT,
     common_pb2.DELIVERY_STATUS_DELIVERED,
     common_pb2.DELIVERY_STATUS_READ,
     common_pb2.DELIVERY_STATUS_FAILED,
@@ -50,7 +57,7 @@ class Receipts:
         self,
         *,
         messages: MessageRepository,
-        early: MongoEarlyReceipts,
+        early: EarlyReceiptStore,
         outbox: Outbox,
         transactions: TransactionRunner,
         live: QuietLiveEvents,
@@ -102,12 +109,13 @@ class Receipts:
         self,
         tenant_id: str,
         *,
-        channel: int,
+        channel: common_pb2.ChannelType.ValueType,
         status: common_pb2.DeliveryStatus.ValueType,
         platform_message_ids: Sequence[str],
         conversation_id: str,
         error: common_pb2.PlatformError | None,
-        now: dt.datetime,
+        status_time: dt.datetime,
+        actor_id: str,
         session: Tx,
     ) -> list[str]:
         """Park the receipt for the ids no stored message has yet; those ids."""
@@ -117,60 +125,76 @@ class Receipts:
         unknown = [pid for pid in platform_message_ids if pid not in known]
         if unknown:
             await self._early.park(
-                tenant_id,
-                channel,
-                unknown,
-                status=status,
-                error=error,
-                conversation_id=conversation_id,
-                now=now,
+                [
+                    EarlyReceipt(
+                        tenant_id=tenant_id,
+                        channel=channel,
+                        platform_message_id=pid,
+                        conversation_id=conversation_id,
+                        status=status,
+                        error=error,
+                        status_time=status_time,
+                        actor_id=actor_id,
+                    )
+                    for pid in unknown
+                ],
                 session=session,
             )
         return unknown
 
-    async def settle(self, keys: Sequence[str], *, now: dt.datetime) -> None:
-        """After a commit: apply the parked receipts under these keys (receipt_key) whose
-        messages are recorded now. One read when none waits."""
-        waiting = await self._early.waiting(keys)
-        if not waiting:
-            return
+    async def take_and_apply(
+        self, refs: Sequence[str], *, now: dt.datetime, session: Tx
+    ) -> list[tuple[str, StatusChange]]:
+        """In the caller's transaction: apply the receipts parked under these refs (receipt_ref)
+        and remove them; the changes by tenant, in the order to publish them."""
+        receipts = [r for r in await self._early.take(refs, session=session) if r.status in _ORDER]
+        changes: list[tuple[str, StatusChange]] = []
+        for receipt in sorted(receipts, key=lambda r: _ORDER.index(r.status)):
+            applied = await self.apply(
+                receipt.tenant_id,
+                channel=common_pb2.ChannelType.ValueType(receipt.channel),
+                status=receipt.status,
+                platform_message_ids=[receipt.platform_message_id],
+                watermark=None,
+                conversation_id=receipt.conversation_id or None,
+                error=receipt.error,
+                status_time=receipt.status_time,
+                actor_id=receipt.actor_id,
+                now=now,
+                session=session,
+            )
+            changes += [(receipt.tenant_id, change) for change in applied]
+        return changes
+
+    async def settle(
+        self, refs: Sequence[str], *, now: dt.datetime
+    ) -> list[tuple[str, StatusChange]]:
+        """After a commit: apply the receipts parked under these refs, in a transaction of
+        their own; the changes, for the caller to publish. One read when none waits."""
+        if not await self._early.waiting(refs):
+            return []
 
         async def work(tx: Tx) -> list[tuple[str, StatusChange]]:
-            changes: list[tuple[str, StatusChange]] = []
-            for receipt in await self._early.take(waiting, session=tx):
-                for status in sorted(receipt.statuses, key=_ORDER.index):
-                    applied = await self.apply(
-                        receipt.tenant_id,
-                        channel=common_pb2.ChannelType.ValueType(receipt.channel),
-                        status=status,
-                        platform_message_ids=[receipt.platform_message_id],
-                        watermark=None,
-                        conversation_id=receipt.conversation_id or None,
-                        error=receipt.error
-                        if status == common_pb2.DELIVERY_STATUS_FAILED
-                        else None,
-                        status_time=now,
-                        actor_id=receipt.tenant_id,
-                        now=now,
-                        session=tx,
-                    )
-                    changes += [(receipt.tenant_id, change) for change in applied]
-            return changes
+            return await self.take_and_apply(refs, now=now, session=tx)
 
         changes = await self._transactions.run(work)
-        log.info("early receipts applied", receipts=len(waiting), changed=len(changes))
-        by_tenant: dict[str, list[StatusChange]] = {}
-        for tenant_id, change in changes:
-            by_tenant.setdefault(tenant_id, []).append(change)
-        for tenant_id, tenant_changes in by_tenant.items():
-            await self.publish(tenant_id, tenant_changes)
+        log.info("early receipts applied", changed=len(changes))
+        return changes
 
     async def settle_known(
-        self, tenant_id: str, channel: int, platform_message_ids: Sequence[str], *, now: dt.datetime
+        self,
+        tenant_id: str,
+        channel: common_pb2.ChannelType.ValueType,
+        platform_message_ids: Sequence[str],
+        *,
+        now: dt.datetime,
     ) -> None:
-        """After parking: the delivery may have committed meanwhile; settle what it did."""
+        """After parking: the sends may have been recorded meanwhile; settle and publish."""
         known = await self._messages.known_platform_ids(tenant_id, channel, platform_message_ids)
-        await self.settle([receipt_key(tenant_id, channel, pid) for pid in known], now=now)
+        changes = await self.settle(
+            [receipt_ref(tenant_id, channel, pid) for pid in known], now=now
+        )
+        await self.publish(tenant_id, [change for _, change in changes])
 
     async def publish(self, tenant_id: str, changes: Sequence[StatusChange]) -> None:
         """After the commit: wake the relay and push the new statuses to the streams."""

@@ -196,7 +196,7 @@ async def platforms() -> AsyncIterator[Platforms]:
 
     async def token(request: web.Request) -> web.Response:
         await record(request, "teams-token")
-        return web.json_response({"access_token": "teams-app-token", "expires_in": 3600})
+        return answer("token", {"access_token": "teams-app-token", "expires_in": 3600})
 
     async def teams(request: web.Request) -> web.Response:
         await record(request, "teams")

@@ -55,6 +55,7 @@ from tests.integration.test_bridge import (
     start_bridge,
     unique,
 )
+from tests.integration.test_streams import Stream, subscribed
 from tests.integration.waiting import eventually
 
 
@@ -877,19 +878,34 @@ async def test_receipts_that_come_before_the_send_is_recorded_are_applied_after(
         return bool(platforms.to("whatsapp", user))
 
     await eventually(at_the_platform, "the send")
-    for status in ("delivered", "read"):
+    for status in ("sent", "read", "delivered"):
         receipt = sample("whatsapp", "webhook_status_sent.json")
         item = receipt["entry"][0]["changes"][0]["value"]["statuses"][0]
         item.update(id=out_id, status=status, recipient_id=user)
         assert await bridge.meta("whatsapp", receipt, WHATSAPP_SECRET) == 200
     assert await status_of(mongo, reply.id) == c.DELIVERY_STATUS_QUEUED
-    assert await mongo["early_receipts"].count_documents({"platform_message_id": out_id}) == 1
-    platforms.release.set()
+    assert await mongo["early_receipts"].count_documents({"platform_message_id": out_id}) == 3
+    async with grpc.aio.insecure_channel(stack_up[0].target) as channel:
+        stream = Stream(ChatClient(channel, "acme"), reply.conversation_id)
+        await subscribed(stack_up[0])
+        platforms.release.set()
 
-    async def read() -> bool:
-        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_READ
+        async def read() -> bool:
+            return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_READ
 
-    await eventually(read, "the parked receipts applied")
+        await eventually(read, "the parked receipts applied")
+        # The streams see the status move forward only: the send, then what came before it.
+        statuses: list[int] = []
+        while len(statuses) < 3:
+            event = await stream.next()
+            if event.WhichOneof("event") == "delivery_status":
+                statuses.append(event.delivery_status.status)
+        assert statuses == [
+            c.DELIVERY_STATUS_SENT,
+            c.DELIVERY_STATUS_DELIVERED,
+            c.DELIVERY_STATUS_READ,
+        ]
+        stream.cancel()
     document = await mongo["messages"].find_one({"_id": reply.id})
     assert document is not None
     assert document["platform_message_id"] == out_id

@@ -143,7 +143,7 @@ async def test_a_send_that_times_out_is_retried(
         platforms,
         teams_keys,
         database_name,
-        CHAT_DELIVERY_SEND_TIMEOUT_MS="500",
+        CHAT_DELIVERY_SEND_TIMEOUT_MS="2000",
     ) as (_, bridge):
         user = "1650" + str(uuid.uuid4().int)[:7]
         platforms.stall.add(user)  # the first send gets no answer in time
@@ -239,8 +239,8 @@ async def test_pacing_keeps_a_slack_channel_to_one_message_a_second(
 
 
 async def test_teams_sends_share_one_cached_token(platforms: Platforms, tmp_path: Path) -> None:
-    """Five sends at once with no token yet make one client-credentials request; later sends
-    reuse it until shortly before it expires."""
+    """Five sends at once with no token yet make one client-credentials request; a later send
+    reuses it."""
     tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
     conversations = ["a:" + uuid.uuid4().hex for _ in range(6)]
     message = c.Message(id="m-1", content=c.Content(text=c.TextContent(text="hi")))
@@ -380,9 +380,9 @@ async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
                 and (found["due_time"] >= first_due - dt.timedelta(milliseconds=50))
             )
 
-        # Within a second and a half: claims every 200 ms would reach the first's due time
-        # only after seconds.
-        await eventually(held, "the second reply held until the first is due", within=1.5)
+        # Within three seconds: claims every 200 ms would reach the first's due time (four to
+        # eight seconds away) only later.
+        await eventually(held, "the second reply held until the first is due", within=3.0)
         assert len(platforms.to("whatsapp", user)) == 1  # only the first's failed attempt
 
         async def both_sent() -> bool:
@@ -435,9 +435,51 @@ async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
         await asyncio.wait_for(stopping, 30)
         assert await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
-    async with delivery_stack(start_server, tmp_path, platforms, teams_keys, database_name):
-        await asyncio.sleep(2.0)  # the new server's delivery loop has looked by now
+    async with delivery_stack(start_server, tmp_path, platforms, teams_keys, database_name) as (
+        _,
+        bridge,
+    ):
+        # Once the new server has delivered a new reply, its delivery loop has run.
+        newcomer = "1650" + str(uuid.uuid4().int)[:7]
+        payload, other_wamid = whatsapp_text(newcomer)
+        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+        other = await reply_of(delivery_mongo, other_wamid)
+
+        async def delivered() -> bool:
+            return await status_of(delivery_mongo, other.id) == c.DELIVERY_STATUS_SENT
+
+        await eventually(delivered, "a reply from the new server")
         assert len(platforms.to("whatsapp", user)) == 1
         record = await delivery_mongo["deliveries"].find_one({"_id": reply.id})
         assert record is not None
         assert (record["state"], len(record["attempts"])) == ("sent", 1)
+
+
+async def test_a_refused_teams_token_is_asked_for_once_by_the_sends_waiting(
+    platforms: Platforms, tmp_path: Path
+) -> None:
+    """The token endpoint refuses the app's credentials: the sends that were waiting for a
+    token get that answer, instead of each asking again in turn."""
+    tenant = load_tenants(Path(tenants_file(tmp_path, TENANTS)))["acme"]
+    platforms.script["token"] = [(401, {"error": "invalid_client"}, {})]
+    message = c.Message(id="m-1", content=c.Content(text=c.TextContent(text="hi")))
+    async with aiohttp.ClientSession() as http:
+        teams = adapter("teams", platforms.base, http)
+        responses = await asyncio.gather(
+            *(
+                teams.send_message(
+                    Outbound(
+                        tenant=tenant,
+                        message=message,
+                        recipient_id="a:" + uuid.uuid4().hex,
+                        service_url=platforms.base,
+                    )
+                )
+                for _ in range(4)
+            )
+        )
+    assert [(r.success, r.error.code if r.error else "") for r in responses] == [
+        (False, "TOKEN")
+    ] * 4
+    assert len(platforms.sent("teams-token")) == 1
+    assert not platforms.sent("teams ")  # nothing posted without a token

@@ -23,7 +23,7 @@ from server.channels.slack import SlackChannel
 from server.channels.teams import MAX_INLINE_IMAGE_BYTES, TeamsChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.domain.tenant import Tenant
-from server.services.delivery import CircuitBreaker, DeliveryPolicy
+from server.services.delivery_guards import CircuitBreaker, DeliveryPolicy
 
 MARKDOWN = "**Hours** are *9-5*, ~~weekends~~ see [our site](https://example.com) & <more>"
 
@@ -167,10 +167,10 @@ async def test_limits_beyond_what_slack_and_teams_take(http: aiohttp.ClientSessi
         assert slack.validate_recipient(bad) != "", bad
 
     teams = TeamsChannel(http=http, token_url="http://x/token")
-    words = "word " * 3000  # 15,000 characters: Teams refuses a message past about 28 KB
+    words = "word " * 1000  # 5,000 characters: Teams refuses a message past about 28 KB
     parts = teams.format_message(outbound(c.Content(text=c.TextContent(text=words)), "a:1"))
     assert len(parts) == 3
-    assert all(len(p["text"]) <= 7000 for p in parts)
+    assert all(len(p["text"]) <= 2000 for p in parts)
     assert " ".join(p["text"] for p in parts).split() == words.split()
     for good in (
         "a:17I0kl9EkpE1O9PH5TWrzrLNwnWWcfrU7QZjKR0WSfOpzbfcAg2IaydGElSo10tVr4C7Fc6GtieTJX663WuJ",
@@ -179,7 +179,15 @@ async def test_limits_beyond_what_slack_and_teams_take(http: aiohttp.ClientSessi
         "29:1XJKJMvc5GBtc2JwZq0oj8tHZmzrQgFmB",
     ):
         assert teams.validate_recipient(good) == "", good
-    for bad in ("", "a:", "general", "19:has space@thread.skype", "28:bot-id", "a:" + "x" * 1100):
+    for bad in (
+        "",
+        "a:",
+        "general",
+        "19:has space@thread.skype",
+        "28:bot-id",
+        "a:" + "x" * 1100,
+        "a:1\n",
+    ):
         assert teams.validate_recipient(bad) != "", bad
 
 
@@ -302,7 +310,7 @@ def test_rate_limits_say_what_they_hold() -> None:
     assert transport_failure(HttpAnswer(503, {}, None)).hold == ""  # type: ignore[union-attr]
 
 
-async def test_content_no_platform_can_show_is_refused_before_any_request(
+async def test_content_no_platform_can_show_is_named(
     http: aiohttp.ClientSession,
 ) -> None:
     adapters = [

@@ -8,7 +8,7 @@ from chat.v1 import common_pb2 as c
 from server.channels.base import HOLD_CHANNEL, READ, TYPING, Action, ChannelResponse
 from server.channels.factory import ChannelFactory
 from server.domain.tenant import Tenant
-from server.services.delivery import RateHolds
+from server.services.delivery_guards import RateHolds
 from server.services.platform_actions import PlatformActions
 
 
