@@ -24,7 +24,14 @@ from devstack.stack import Endpoints
 from tests.integration.bot_framework import TeamsKeys
 from tests.integration.chat_client import JWT_SETTINGS
 from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.test_bridge import TENANTS, Bridge, sample, start_bridge, unique
+from tests.integration.test_bridge import (
+    TENANTS,
+    WHATSAPP_SECRET,
+    Bridge,
+    sample,
+    start_bridge,
+    unique,
+)
 from tests.integration.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -301,7 +308,8 @@ def whatsapp_text(user: str, text: str = "hello") -> tuple[Any, str]:
 
 
 async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
-    """The bot's reply to the inbound message with this platform id, once it exists."""
+    """The bot's reply to the inbound message with this platform id (the first outbound
+    message after it in its conversation), once it exists."""
     inbound = await mongo["messages"].find_one({"platform_message_id": inbound_platform_id})
     assert inbound is not None
     found: list[c.Message] = []
@@ -311,8 +319,9 @@ async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
             {
                 "conversation_id": inbound["conversation_id"],
                 "direction": c.MESSAGE_DIRECTION_OUTBOUND,
+                "sequence": {"$gt": inbound["sequence"]},
             },
-            sort=[("sequence", -1)],
+            sort=[("sequence", 1)],
         )
         if document is None:
             return False
@@ -321,6 +330,14 @@ async def reply_of(mongo: Mongo, inbound_platform_id: str) -> c.Message:
 
     await eventually(replied, "the reply")
     return found[0]
+
+
+async def whatsapp_reply(bridge: Bridge, mongo: Mongo, user: str, text: str = "hello") -> c.Message:
+    """A signed WhatsApp text webhook from ``user`` through the bridge; the bot's reply to it,
+    once stored."""
+    payload, wamid = whatsapp_text(user, text)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    return await reply_of(mongo, wamid)
 
 
 async def status_of(mongo: Mongo, message_id: str) -> int:

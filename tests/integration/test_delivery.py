@@ -9,7 +9,6 @@ import asyncio
 import base64
 import datetime as dt
 import json
-import os
 import signal
 import time
 import uuid
@@ -24,7 +23,6 @@ from chat.v1 import chat_service_pb2 as chat_pb
 from chat.v1 import common_pb2 as c
 from chat.v1 import delivery_service_pb2 as delivery
 from chat.v1 import delivery_service_pb2_grpc
-from devstack.processes import free_port, port_open, script_path
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.channels.base import Outbound
@@ -38,6 +36,7 @@ from server.repositories.tenants_file import load_tenants
 from tests.integration.bot_framework import TeamsKeys
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.server_process import chat_server_process
 from tests.integration.stand_ins import (
     Mongo,
     Platforms,
@@ -796,27 +795,8 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
         "CHAT_DELIVERY_LEASE_SECONDS": "3",
         **JWT_SETTINGS,
     }
-    port = free_port()
-    doomed = await asyncio.create_subprocess_exec(
-        script_path("chat-server"),
-        env={
-            **os.environ,
-            **stack.as_env(),
-            **settings,
-            "CHAT_GRPC_ADDRESS": f"127.0.0.1:{port}",
-            "CHAT_METRICS_ADDRESS": "off",
-            "CHAT_LOG_LEVEL": "warning",
-        },
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port):
-            assert doomed.returncode is None, "the server process exited"
-            assert time.monotonic() < deadline, "the server process did not start"
-            await asyncio.sleep(0.2)
-        runner, url = await start_bridge(f"127.0.0.1:{port}", tmp_path, teams_keys.metadata_url)
+    async with chat_server_process(stack, settings) as (doomed, target):
+        runner, url = await start_bridge(target, tmp_path, teams_keys.metadata_url)
         try:
             user = "1650555" + str(uuid.uuid4().int)[:4]
             platforms.stall.add(user)
@@ -852,10 +832,6 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
         record = await mongo["deliveries"].find_one({"_id": reply.id})
         assert record is not None
         assert record["state"] == "sent"
-    finally:
-        if doomed.returncode is None:
-            doomed.kill()
-            await asyncio.wait_for(doomed.wait(), 10)
 
 
 async def test_receipts_that_come_before_the_send_is_recorded_are_applied_after(

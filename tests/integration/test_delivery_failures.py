@@ -35,11 +35,10 @@ from tests.integration.stand_ins import (
     Platforms,
     StartServer,
     delivery_stack,
-    reply_of,
     status_of,
-    whatsapp_text,
+    whatsapp_reply,
 )
-from tests.integration.test_bridge import TENANTS, WHATSAPP_SECRET, sample, unique
+from tests.integration.test_bridge import TENANTS, sample, unique
 from tests.integration.waiting import eventually
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -147,9 +146,7 @@ async def test_a_send_that_times_out_is_retried(
     ) as (_, bridge):
         user = "1650" + str(uuid.uuid4().int)[:7]
         platforms.stall.add(user)  # the first send gets no answer in time
-        payload, wamid = whatsapp_text(user)
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        reply = await reply_of(delivery_mongo, wamid)
+        reply = await whatsapp_reply(bridge, delivery_mongo, user)
 
         async def sent() -> bool:
             return await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT
@@ -186,18 +183,14 @@ async def test_the_breaker_keeps_sends_off_a_platform_that_is_down(
     ) as (_, bridge):
         first, second = ("1650" + str(uuid.uuid4().int)[:7] for _ in range(2))
         platforms.script[first] = [(503, {}, {}), (503, {}, {})]
-        payload, wamid = whatsapp_text(first)
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        reply = await reply_of(delivery_mongo, wamid)
+        reply = await whatsapp_reply(bridge, delivery_mongo, first)
 
         async def opened() -> bool:
             return len(platforms.to("whatsapp", first)) >= 2
 
         await eventually(opened, "two failed sends")
         opened_at = platforms.times_to("whatsapp", first)[1]
-        payload, other_wamid = whatsapp_text(second)
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        other = await reply_of(delivery_mongo, other_wamid)
+        other = await whatsapp_reply(bridge, delivery_mongo, second)
 
         async def both_sent() -> bool:
             return all(
@@ -350,9 +343,7 @@ async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
     ) as (_, bridge):
         user = "1650" + str(uuid.uuid4().int)[:7]
         platforms.script[user] = [(503, {}, {})]
-        payload, wamid = whatsapp_text(user, "first")
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        first = await reply_of(delivery_mongo, wamid)
+        first = await whatsapp_reply(bridge, delivery_mongo, user, "first")
         deliveries = delivery_mongo["deliveries"]
 
         async def failed_once() -> bool:
@@ -360,16 +351,7 @@ async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
             return found is not None and len(found["attempts"]) == 1
 
         await eventually(failed_once, "the first attempt")
-        payload, wamid = whatsapp_text(user, "second")
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        replies: list[c.Message] = []
-
-        async def second_reply() -> bool:
-            replies[:] = [await reply_of(delivery_mongo, wamid)]
-            return replies[0].id != first.id
-
-        await eventually(second_reply, "the second reply")
-        [second] = replies
+        second = await whatsapp_reply(bridge, delivery_mongo, user, "second")
         first_due = (await deliveries.find_one({"_id": first.id}) or {})["due_time"]
 
         async def held() -> bool:
@@ -420,9 +402,7 @@ async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
         bridge,
     ):
         platforms.stall.add(user)
-        payload, wamid = whatsapp_text(user)
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        reply = await reply_of(delivery_mongo, wamid)
+        reply = await whatsapp_reply(bridge, delivery_mongo, user)
 
         async def at_the_platform() -> bool:
             return bool(platforms.to("whatsapp", user))
@@ -441,9 +421,7 @@ async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
     ):
         # Once the new server has delivered a new reply, its delivery loop has run.
         newcomer = "1650" + str(uuid.uuid4().int)[:7]
-        payload, other_wamid = whatsapp_text(newcomer)
-        assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
-        other = await reply_of(delivery_mongo, other_wamid)
+        other = await whatsapp_reply(bridge, delivery_mongo, newcomer)
 
         async def delivered() -> bool:
             return await status_of(delivery_mongo, other.id) == c.DELIVERY_STATUS_SENT

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,13 +21,14 @@ from grpc_status import rpc_status
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import chat_service_pb2_grpc
 from chat.v1 import common_pb2 as c
-from devstack.processes import free_port, port_open, script_path
+from devstack.processes import free_port
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.live import LiveHub, RedisLiveEvents, SubscriberTooSlowError
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
+from tests.integration.server_process import chat_server_process
 from tests.integration.tcp_proxy import TcpProxy
 
 # Pub/sub fan-out is Redis-facing: CI runs these against the machine's Redis as well.
@@ -396,37 +396,6 @@ async def test_shutdown_ends_streams_promptly(start_server: StartServer, tmp_pat
             stream.cancel()
 
 
-@contextlib.asynccontextmanager
-async def server_process(stack: Endpoints, tmp_path: Path) -> AsyncIterator[str]:
-    """A real `chat-server` process on the session's servers; its target (host:port)."""
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        script_path("chat-server"),
-        env={
-            **os.environ,
-            **stack.as_env(),
-            **JWT_SETTINGS,
-            "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
-            "CHAT_GRPC_ADDRESS": f"127.0.0.1:{port}",
-            "CHAT_METRICS_ADDRESS": "off",
-            "CHAT_LOG_LEVEL": "warning",
-        },
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port):
-            assert process.returncode is None, "the server process exited"
-            assert time.monotonic() < deadline, "the server process did not start"
-            await asyncio.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 30)
-
-
 async def test_subscribers_of_two_server_processes_see_everything_and_resume_without_gap(
     servers: tuple[RunningServer, RunningServer],
     clients: tuple[ChatClient, ChatClient],
@@ -437,7 +406,11 @@ async def test_subscribers_of_two_server_processes_see_everything_and_resume_wit
     messages written on either reach all four in order; one that drops and resumes with the
     last sequence it saw gets what it missed, then live events, with no gap or duplicate."""
     a, _ = clients
-    async with server_process(stack, tmp_path) as target, grpc.aio.insecure_channel(target) as ch:
+    settings = {**JWT_SETTINGS, "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS)}
+    async with (
+        chat_server_process(stack, settings) as (_, target),
+        grpc.aio.insecure_channel(target) as ch,
+    ):
         other = ChatClient(ch, "acme")
         first = await a.send("hello", user_id="process-user")
         cid = first.conversation.id
