@@ -4,9 +4,11 @@ back), with a MessageDelivered event each and an update on the conversation's st
 A receipt can arrive before its message is recorded as sent: WhatsApp may report "sent" or
 "delivered" within milliseconds of accepting a message, while the delivery's outcome is still
 being committed. Such a receipt names a platform id no message has yet, so it is parked
-(repositories/receipts) and applied once the outcome is recorded. Both sides look for the
-other after their own commit (the ingest for the message, the delivery for parked receipts),
-so whichever commits second finds the first: none is left waiting.
+(repositories/receipts) and applied in the transaction that records the outcome. One parked
+while that transaction runs is not in its snapshot, so both sides also look for the other
+after their own commit (the ingest for the message, the delivery for parked receipts):
+whichever commits second finds the first. Only a process that dies between its commit and
+that look leaves a receipt parked (until the platform's next receipt, or a day).
 """
 
 from __future__ import annotations
