@@ -397,7 +397,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         deliveries' final states, the messages' statuses and the events, a bulk statement per
         collection (see GroupCommit), with the receipts the platforms sent before it. For
         each, the messages whose status moved and the receipts applied."""
-        refs = {id(o): _receipt_ref(o) for o in batch}
+        refs = [ref for ref in map(_receipt_ref, batch) if ref]
 
         async def work(tx: Tx) -> list[_Recorded | Exception]:
             finishes = [
@@ -432,10 +432,8 @@ class DeliveryProcessor(LeasedQueueWorker):
                     session=tx,
                 )
             early = (
-                await self._receipts.take_and_apply(
-                    [ref for ref in refs.values() if ref], now=self._clock(), session=tx
-                )
-                if self._receipts is not None and any(refs.values())
+                await self._receipts.take_and_apply(refs, now=self._clock(), session=tx)
+                if self._receipts is not None and refs
                 else []
             )
             moved = {m.id: m for m in changed}
@@ -444,7 +442,11 @@ class DeliveryProcessor(LeasedQueueWorker):
                     changed=[moved[o.message.id]]
                     if o.message is not None and o.message.id in moved
                     else [],
-                    receipts=[c for _, c in early if o.message and c.message.id == o.message.id],
+                    receipts=[
+                        c
+                        for _, c in early
+                        if o.message is not None and c.message.id == o.message.id
+                    ],
                 )
                 for o in batch
             ]
@@ -453,7 +455,7 @@ class DeliveryProcessor(LeasedQueueWorker):
         # A receipt parked while this transaction ran was not in its snapshot: looked for
         # again now that the outcome is committed (the ingest looks for the message after
         # parking, so one of the two finds the other).
-        late = await self._settle_late(list(filter(None, refs.values())))
+        late = await self._settle_late(refs)
         for o, result in zip(batch, recorded, strict=True):
             if isinstance(result, _Recorded) and o.message is not None:
                 result.receipts.extend(c for c in late if c.message.id == o.message.id)
