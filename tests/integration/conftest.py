@@ -104,6 +104,7 @@ def tenants_file(tmp_path: Path, body: str) -> str:
 from tests.integration.stand_ins import (  # noqa: E402, F401 - shared fixtures
     database_name,
     delivery_mongo,
+    delivery_stack,
     platforms,
     stack_up,
 )

@@ -242,49 +242,48 @@ def database_name() -> str:
     return "delivery_" + uuid.uuid4().hex[:12]
 
 
-@contextlib.asynccontextmanager
-async def delivery_stack(
-    start_server: StartServer,
-    tmp_path: Path,
-    platforms: Platforms,
-    teams_keys: TeamsKeys,
-    database_name: str,
-    **overrides: str,
-) -> AsyncIterator[tuple[RunningServer, Bridge]]:
-    """A chat server sending to the stand-ins, with a bridge in front; settings overridable."""
-    settings = {
-        "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
-        "CHAT_MONGODB_DATABASE": database_name,
-        "CHAT_WHATSAPP_API_BASE": platforms.base,
-        "CHAT_MESSENGER_API_BASE": platforms.base,
-        "CHAT_SLACK_API_BASE": platforms.base,
-        "CHAT_TEAMS_TOKEN_URL": f"{platforms.base}/token",
-        "CHAT_GRAPH_API_VERSION": "v23.0",
-        "CHAT_DELIVERY_BASE_DELAY_MS": "50",
-        "CHAT_DELIVERY_MAX_ATTEMPTS": "3",
-        **JWT_SETTINGS,
-        **overrides,
-    }
-    server = await start_server(**settings)
-    runner, url = await start_bridge(server.target, tmp_path, teams_keys.metadata_url)
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield server, Bridge(url, http, server)
-    finally:
-        await runner.cleanup()
+#: Starts a chat server sending to the stand-ins, with a bridge in front; its keyword
+#: arguments override settings.
+DeliveryStack = Callable[..., contextlib.AbstractAsyncContextManager[tuple[RunningServer, Bridge]]]
 
 
 @pytest.fixture
-async def stack_up(
+def delivery_stack(
     start_server: StartServer,
     tmp_path: Path,
     platforms: Platforms,
     teams_keys: TeamsKeys,
     database_name: str,
-) -> AsyncIterator[tuple[RunningServer, Bridge]]:
-    async with delivery_stack(
-        start_server, tmp_path, platforms, teams_keys, database_name
-    ) as running:
+) -> DeliveryStack:
+    @contextlib.asynccontextmanager
+    async def start(**overrides: str) -> AsyncIterator[tuple[RunningServer, Bridge]]:
+        settings = {
+            "CHAT_TENANTS_FILE": tenants_file(tmp_path, TENANTS),
+            "CHAT_MONGODB_DATABASE": database_name,
+            "CHAT_WHATSAPP_API_BASE": platforms.base,
+            "CHAT_MESSENGER_API_BASE": platforms.base,
+            "CHAT_SLACK_API_BASE": platforms.base,
+            "CHAT_TEAMS_TOKEN_URL": f"{platforms.base}/token",
+            "CHAT_GRAPH_API_VERSION": "v23.0",
+            "CHAT_DELIVERY_BASE_DELAY_MS": "50",
+            "CHAT_DELIVERY_MAX_ATTEMPTS": "3",
+            **JWT_SETTINGS,
+            **overrides,
+        }
+        server = await start_server(**settings)
+        runner, url = await start_bridge(server.target, tmp_path, teams_keys.metadata_url)
+        try:
+            async with aiohttp.ClientSession() as http:
+                yield server, Bridge(url, http, server)
+        finally:
+            await runner.cleanup()
+
+    return start
+
+
+@pytest.fixture
+async def stack_up(delivery_stack: DeliveryStack) -> AsyncIterator[tuple[RunningServer, Bridge]]:
+    async with delivery_stack() as running:
         yield running
 
 

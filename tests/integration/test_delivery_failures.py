@@ -27,14 +27,12 @@ from server.channels.slack import SlackChannel
 from server.channels.teams import TeamsChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.tenants_file import load_tenants
-from tests.integration.bot_framework import TeamsKeys
 from tests.integration.chat_client import SECRET
 from tests.integration.conftest import tenants_file
 from tests.integration.stand_ins import (
+    DeliveryStack,
     Mongo,
     Platforms,
-    StartServer,
-    delivery_stack,
     status_of,
     whatsapp_reply,
 )
@@ -127,23 +125,11 @@ async def test_each_platforms_answers_are_classified(
 
 
 async def test_a_send_that_times_out_is_retried(
-    start_server: StartServer,
-    tmp_path: Path,
-    platforms: Platforms,
-    teams_keys: TeamsKeys,
-    database_name: str,
-    delivery_mongo: Mongo,
+    delivery_stack: DeliveryStack, platforms: Platforms, delivery_mongo: Mongo
 ) -> None:
     """The platform takes longer than the send deadline: the attempt is recorded as TIMEOUT
     and the message goes again."""
-    async with delivery_stack(
-        start_server,
-        tmp_path,
-        platforms,
-        teams_keys,
-        database_name,
-        CHAT_DELIVERY_SEND_TIMEOUT_MS="2000",
-    ) as (_, bridge):
+    async with delivery_stack(CHAT_DELIVERY_SEND_TIMEOUT_MS="2000") as (_, bridge):
         user = "1650" + str(uuid.uuid4().int)[:7]
         platforms.stall.add(user)  # the first send gets no answer in time
         reply = await whatsapp_reply(bridge, delivery_mongo, user)
@@ -161,22 +147,12 @@ async def test_a_send_that_times_out_is_retried(
 
 
 async def test_the_breaker_keeps_sends_off_a_platform_that_is_down(
-    start_server: StartServer,
-    tmp_path: Path,
-    platforms: Platforms,
-    teams_keys: TeamsKeys,
-    database_name: str,
-    delivery_mongo: Mongo,
+    delivery_stack: DeliveryStack, platforms: Platforms, delivery_mongo: Mongo
 ) -> None:
     """Two failures in a row open the tenant's WhatsApp breaker: for its open window no send
     goes to WhatsApp, for that message or another user's; then one probe goes, succeeds and
     closes it, and the rest follow."""
     async with delivery_stack(
-        start_server,
-        tmp_path,
-        platforms,
-        teams_keys,
-        database_name,
         CHAT_DELIVERY_MAX_ATTEMPTS="6",
         CHAT_DELIVERY_BREAKER_THRESHOLD="2",
         CHAT_DELIVERY_BREAKER_OPEN_MS="2000",
@@ -324,21 +300,11 @@ PLATFORM_CHANNELS = (
 
 
 async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
-    start_server: StartServer,
-    tmp_path: Path,
-    platforms: Platforms,
-    teams_keys: TeamsKeys,
-    database_name: str,
-    delivery_mongo: Mongo,
+    delivery_stack: DeliveryStack, platforms: Platforms, delivery_mongo: Mongo
 ) -> None:
     """The first reply fails and waits seconds for its retry; the second reply of the same
     conversation is held until the first is due (order kept), not claimed again and again."""
     async with delivery_stack(
-        start_server,
-        tmp_path,
-        platforms,
-        teams_keys,
-        database_name,
         CHAT_DELIVERY_BASE_DELAY_MS="8000",  # the first retry comes 4 to 8 s later
     ) as (_, bridge):
         user = "1650" + str(uuid.uuid4().int)[:7]
@@ -386,21 +352,13 @@ async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
 
 
 async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
-    start_server: StartServer,
-    tmp_path: Path,
-    platforms: Platforms,
-    teams_keys: TeamsKeys,
-    database_name: str,
-    delivery_mongo: Mongo,
+    delivery_stack: DeliveryStack, platforms: Platforms, delivery_mongo: Mongo
 ) -> None:
     """SIGTERM's path (ChatServer.stop) while the platform holds a send: the send in hand is
     finished and its outcome recorded before the process ends, so the server that starts
     next on the database has nothing to send again."""
     user = "1650" + str(uuid.uuid4().int)[:7]
-    async with delivery_stack(start_server, tmp_path, platforms, teams_keys, database_name) as (
-        server,
-        bridge,
-    ):
+    async with delivery_stack() as (server, bridge):
         platforms.stall.add(user)
         reply = await whatsapp_reply(bridge, delivery_mongo, user)
 
@@ -415,10 +373,7 @@ async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
         await asyncio.wait_for(stopping, 30)
         assert await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT
 
-    async with delivery_stack(start_server, tmp_path, platforms, teams_keys, database_name) as (
-        _,
-        bridge,
-    ):
+    async with delivery_stack() as (_, bridge):
         # Once the new server has delivered a new reply, its delivery loop has run.
         newcomer = "1650" + str(uuid.uuid4().int)[:7]
         other = await whatsapp_reply(bridge, delivery_mongo, newcomer)
