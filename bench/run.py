@@ -41,10 +41,11 @@ from devstack.stack import EmbeddedStack
 from devstack.tokens import mint_dev_token
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+PARTS = ("send_message", "ingest", "fanout", "history")
 DATABASE = "chat_bench"
 
 
-async def bench(stack_env: dict[str, str], tmp: Path) -> list[Figure]:
+async def bench(stack_env: dict[str, str], tmp: Path, parts: frozenset[str]) -> list[Figure]:
     echo_port, chat_port = free_port(), free_port()
     tenants = tmp / "tenants.yaml"
     tenants.write_text(
@@ -82,21 +83,25 @@ async def bench(stack_env: dict[str, str], tmp: Path) -> list[Figure]:
         try:
             token = mint_dev_token(secret=SECRET, tenant_id="bench")
             metadata = (("authorization", f"Bearer {token}"),)
-            figures += await send_message(echo_port, target, metadata, echo.pid, chat.pid)
-            ingested = await ingest.measure(env, target, chat.pid)
-            # The replies and deliveries the webhooks queued are worked off before the next
-            # figure, which would otherwise measure that backlog too.
-            started = time.monotonic()
-            await drained(stack_env["CHAT_MONGODB_URI"])
-            figures += ingested
-            figures.append(
-                ingest.replied_figure(ingested, drain_seconds=time.monotonic() - started)
-            )
-            figures += await fanout.measure(target, metadata, chat.pid)
-            async with grpc.aio.insecure_channel(target) as channel:
-                figures += await history.measure(
-                    channel, metadata, stack_env["CHAT_MONGODB_URI"], DATABASE
+            if "send_message" in parts:
+                figures += await send_message(echo_port, target, metadata, echo.pid, chat.pid)
+            if "ingest" in parts:
+                ingested = await ingest.measure(env, target, chat.pid)
+                # The replies and deliveries the webhooks queued are worked off before the
+                # next figure, which would otherwise measure that backlog too.
+                started = time.monotonic()
+                await drained(stack_env["CHAT_MONGODB_URI"])
+                figures += ingested
+                figures.append(
+                    ingest.replied_figure(ingested, drain_seconds=time.monotonic() - started)
                 )
+            if "fanout" in parts:
+                figures += await fanout.measure(target, metadata, chat.pid)
+            if "history" in parts:
+                async with grpc.aio.insecure_channel(target) as channel:
+                    figures += await history.measure(
+                        channel, metadata, stack_env["CHAT_MONGODB_URI"], DATABASE
+                    )
         finally:
             for process in (chat, echo):
                 process.terminate()
@@ -217,12 +222,13 @@ def main() -> None:
     # The C (upb) backend parses and serializes; the pure-Python one would be several times
     # slower and distort every figure.
     print(f"protobuf backend: {api_implementation.Type()}")
+    parts = _parts(os.environ.get("BENCH_ONLY", ""))
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         stack = EmbeddedStack(data_dir=tmp / "stack", environ=os.environ)
         endpoints = stack.start()
         try:
-            figures = asyncio.run(bench(endpoints.as_env(), tmp))
+            figures = asyncio.run(bench(endpoints.as_env(), tmp, parts))
         finally:
             stack.stop()
     print(f"{'figure':52} {'value':>12} {'unit':14} {'baseline':>10}  target")
@@ -234,8 +240,20 @@ def main() -> None:
         )
     for figure in figures:
         print(f"{figure.name}: {figure.value} {figure.unit} ({figure.target or 'no target'})")
+    if parts != frozenset(PARTS):
+        print("a partial run (BENCH_ONLY): bench/results.json is left as it was")
+        return
     RESULTS.write_text(json.dumps([asdict(f) for f in figures], indent=2) + "\n")
     print(f"written to {RESULTS}")
+
+
+def _parts(only: str) -> frozenset[str]:
+    """The parts BENCH_ONLY names (comma-separated), or all of them."""
+    names = frozenset(name.strip() for name in only.split(",") if name.strip())
+    unknown = names - frozenset(PARTS)
+    if unknown:
+        raise SystemExit(f"BENCH_ONLY: unknown {sorted(unknown)}; the parts are {list(PARTS)}")
+    return names or frozenset(PARTS)
 
 
 if __name__ == "__main__":
