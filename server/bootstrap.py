@@ -86,6 +86,7 @@ from server.repositories.secrets import SecretBox
 from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
+from server.services.active_conversations import ActiveConversations
 from server.services.conversations import ConversationService
 from server.services.delivery import DeliveryProcessor
 from server.services.delivery_guards import MIN_SAFE_LEASE_SECONDS, DeliveryPolicy, RateHolds
@@ -436,8 +437,10 @@ class ChatServer:
             holds=holds,
             receipts=receipts,
         )
+        active = ActiveConversations()
         pipeline = MessageService(
             conversations=conversations,
+            active=active,
             messages=messages,
             sessions=self._session_store,
             outbox=outbox,
@@ -505,6 +508,7 @@ class ChatServer:
                 transactions=transactions,
                 live=self._live,
                 cache=self._conversation_cache,
+                active=active,
                 events=self._events,
                 on_events=self._relay.wake,
             ),

@@ -14,6 +14,7 @@ from chat.v1 import common_pb2, events_pb2
 from server.domain.errors import NotFound
 from server.events.envelopes import envelope
 from server.repositories.conversations import ConversationFilter
+from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.export import Chunk, chunks
 from server.services.messages import utc_now
@@ -49,12 +50,14 @@ class ConversationService:
         transactions: TransactionRunner,
         live: QuietLiveEvents,
         cache: ConversationCache,
+        active: ActiveConversations,
         events: EventWriter,
         on_events: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._live = live
         self._cache = cache
+        self._active = active
         self._events = events
         self._conversations = conversations
         self._messages = messages
@@ -138,6 +141,7 @@ class ConversationService:
         closed = await self._transactions.run(close)
         if closed is None:
             return await self.get(tenant_id, conversation_id)  # closed before, or not found
+        self._active.forget(tenant_id, closed)
         self._on_events()
         await self._live.publish(tenant_id, closed.id, [closed_event(closed)], conversation=closed)
         await self._sessions.end_current(tenant_id, actor_id, closed.id)

@@ -151,7 +151,7 @@ class IngestService:
         now = self._clock()
         actor = event.platform_user_id
         user_id = conversation_user(event)
-        conversation, _ = await self._pipeline.find_or_start(
+        conversation, session, _ = await self._pipeline.open_active(
             tenant_id,
             actor,
             user_id=user_id,
@@ -159,7 +159,6 @@ class IngestService:
             channel_conversation_id=event.channel_conversation_id,
             now=now,
         )
-        session = await self._pipeline.session_for(tenant_id, actor, conversation, now=now)
         metadata = {
             key: value
             for key, value in (
@@ -193,6 +192,10 @@ class IngestService:
             stored = await self._commits.submit(inbound)
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
+        except _ConversationClosedError:
+            self._pipeline.forget_active(tenant_id, conversation)
+            raise
+        self._pipeline.remember_active(tenant_id, stored.conversation)
         await self._after_commit(inbound, stored)
         return Result(
             platform_event_id=event.platform_event_id,

@@ -29,6 +29,7 @@ from server.processors.content import ContentProcessor, ProcessedContent
 from server.repositories.conversations import Recording
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.messages import MessageRow
+from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.group_commit import GroupCommit
 from server.services.ports import (
@@ -53,12 +54,17 @@ MAX_ADDRESS_CHARS = 640
 MAX_METADATA_ENTRIES = 32
 MAX_REPLIES = 5
 WEB = common_pb2.CHANNEL_TYPE_WEB
+CONVERSATION_CLOSED = "CONVERSATION_CLOSED"
 
 
 def utc_now() -> dt.datetime:
     """The current time, truncated to milliseconds (what MongoDB stores)."""
     now = dt.datetime.now(dt.UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class _ConversationClosedError(Exception):
+    """The conversation found for the message closed before the message was stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +101,11 @@ class MessageService:
         on_events: Callable[[], None] = lambda: None,
         on_delivery: Callable[[], None] = lambda: None,
         on_batch: Callable[[int], None] = lambda _size: None,
+        active: ActiveConversations,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._live = live
+        self._active = active
         self._deliveries = deliveries
         self._on_delivery = on_delivery
         self._conversations = conversations
@@ -131,9 +139,25 @@ class MessageService:
         processed = await self._content.process_inbound(
             tenant_id, request.content, channel=request.channel, field="content"
         )
+        try:
+            return await self._exchange(tenant_id, actor_id, request, processed)
+        except _ConversationClosedError:
+            # Found by its user and channel, and closed before the message was stored (by
+            # another process, say): once more, in a new conversation.
+            return await self._exchange(tenant_id, actor_id, request, processed, retried=True)
+
+    async def _exchange(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        request: chat_service_pb2.SendMessageRequest,
+        processed: ProcessedContent,
+        *,
+        retried: bool = False,
+    ) -> chat_service_pb2.SendMessageResponse:
+        """One try at storing and answering the message."""
         now = self._clock()
-        conversation, started = await self._conversation(tenant_id, actor_id, request, now)
-        session = await self.session_for(tenant_id, actor_id, conversation, now=now)
+        conversation, session, started = await self._open(tenant_id, actor_id, request, now)
         inbound = build_message(
             conversation,
             processed,
@@ -166,6 +190,12 @@ class MessageService:
             if stored is None:
                 raise
             return chat_service_pb2.SendMessageResponse.FromString(stored)
+        except FailedPrecondition as exc:
+            if exc.reason != CONVERSATION_CLOSED or request.conversation_id or retried:
+                raise
+            self._active.forget(tenant_id, conversation)
+            raise _ConversationClosedError from exc
+        self._active.remember(tenant_id, response.conversation)
         await self._after_commit(tenant_id, response, now=now)
         if started:
             log.info("conversation started", conversation_id=conversation.id)
@@ -283,47 +313,76 @@ class MessageService:
                 log.warning("reply left out", index=index, error=str(exc), reason=exc.reason)
         return replies
 
-    async def _conversation(
+    async def _open(
         self,
         tenant_id: str,
         actor_id: str,
         request: chat_service_pb2.SendMessageRequest,
         now: dt.datetime,
-    ) -> tuple[common_pb2.Conversation, bool]:
-        if request.conversation_id:
-            found = await self._conversations.get(tenant_id, request.conversation_id)
-            if found is None:
-                raise NotFound("conversation not found", reason="CONVERSATION_NOT_FOUND")
-            if found.user_id != request.user_id or found.channel != request.channel:
-                raise InvalidArgument(
-                    "the conversation belongs to another user or channel",
-                    field_violations=[
-                        FieldViolation("conversation_id", "does not match user_id and channel")
-                    ],
-                )
-            if found.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
-                raise FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
-            return found, False
-        if request.channel != WEB and not request.channel_conversation_id:
-            active = await self._conversations.find_active(
-                tenant_id, request.user_id, request.channel
+    ) -> tuple[common_pb2.Conversation, common_pb2.Session, bool]:
+        """The conversation the request names, or the user's active one on the channel (or a
+        new one), with its session; True when the conversation was started now."""
+        if not request.conversation_id:
+            return await self.open_active(
+                tenant_id,
+                actor_id,
+                user_id=request.user_id,
+                channel=request.channel,
+                channel_conversation_id=request.channel_conversation_id,
+                now=now,
             )
-            if active is not None:
-                return active, False
+        found = await self._conversations.get(tenant_id, request.conversation_id)
+        if found is None:
+            raise NotFound("conversation not found", reason="CONVERSATION_NOT_FOUND")
+        if found.user_id != request.user_id or found.channel != request.channel:
             raise InvalidArgument(
-                "a new conversation on a platform channel needs its address",
+                "the conversation belongs to another user or channel",
                 field_violations=[
-                    FieldViolation("channel_conversation_id", "required for a new conversation")
+                    FieldViolation("conversation_id", "does not match user_id and channel")
                 ],
             )
-        return await self.find_or_start(
+        if found.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
+            raise FailedPrecondition("conversation is closed", reason=CONVERSATION_CLOSED)
+        return found, await self.session_for(tenant_id, actor_id, found, now=now), False
+
+    async def open_active(
+        self,
+        tenant_id: str,
+        actor_id: str,
+        *,
+        user_id: str,
+        channel: int,
+        channel_conversation_id: str,
+        now: dt.datetime,
+    ) -> tuple[common_pb2.Conversation, common_pb2.Session, bool]:
+        """The user's active conversation on the channel (or a new one) and its live session
+        (or a new one); True when the conversation was started now. A remembered conversation
+        whose session is live costs no MongoDB read (see ActiveConversations)."""
+        recalled = self._active.recall(tenant_id, user_id, channel)
+        if recalled is not None:
+            session = await self._sessions.current(tenant_id, recalled.id, now=now)
+            if session is not None:
+                return recalled, session, False
+            self._active.forget(tenant_id, recalled)
+        conversation, started = await self.find_or_start(
             tenant_id,
             actor_id,
-            user_id=request.user_id,
-            channel=request.channel,
-            channel_conversation_id=request.channel_conversation_id,
+            user_id=user_id,
+            channel=channel,
+            channel_conversation_id=channel_conversation_id,
             now=now,
         )
+        session = await self.session_for(tenant_id, actor_id, conversation, now=now)
+        self._active.remember(tenant_id, conversation)
+        return conversation, session, started
+
+    def remember_active(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
+        """Keep a conversation's just-committed state for the user's next message."""
+        self._active.remember(tenant_id, conversation)
+
+    def forget_active(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
+        """Forget a conversation found closed."""
+        self._active.forget(tenant_id, conversation)
 
     async def find_or_start(
         self,
@@ -336,10 +395,17 @@ class MessageService:
         now: dt.datetime,
     ) -> tuple[common_pb2.Conversation, bool]:
         """The user's active conversation on the channel, or a new one (ConversationStarted);
-        True when it was started now."""
+        True when it was started now. A platform conversation needs its address to start."""
         active = await self._conversations.find_active(tenant_id, user_id, channel)
         if active is not None:
             return active, False
+        if channel != WEB and not channel_conversation_id:
+            raise InvalidArgument(
+                "a new conversation on a platform channel needs its address",
+                field_violations=[
+                    FieldViolation("channel_conversation_id", "required for a new conversation")
+                ],
+            )
 
         async def start(tx: Tx) -> common_pb2.Conversation:
             conversation = await self._conversations.insert_active(
@@ -403,7 +469,7 @@ class MessageService:
             for exchange, updated in zip(exchanges, states, strict=True):
                 if updated is None:
                     outcomes.append(
-                        FailedPrecondition("conversation is closed", reason="CONVERSATION_CLOSED")
+                        FailedPrecondition("conversation is closed", reason=CONVERSATION_CLOSED)
                     )
                     continue
                 response, events = await self._exchange_writes(tx, exchange, updated)

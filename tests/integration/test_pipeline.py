@@ -244,6 +244,56 @@ async def test_close_then_a_new_conversation(acme: ChatClient) -> None:
     assert fresh.session.id != first.session.id
 
 
+async def test_a_conversation_closed_by_another_server_gets_no_more_messages(
+    start_server: StartServer, tmp_path: Path, acme: ChatClient
+) -> None:
+    """The first server remembers the user's active conversation; a second one closes it.
+    The first server's next message of that user starts a new conversation."""
+    other = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    user = "elsewhere-" + uuid.uuid4().hex[:8]
+    first = await acme.send("hello", user_id=user)
+    second = await acme.send("again", user_id=user)
+    assert second.conversation.id == first.conversation.id
+    async with grpc.aio.insecure_channel(other.target) as channel:
+        await ChatClient(channel, "acme").call(
+            "CloseConversation",
+            chat.CloseConversationRequest(conversation_id=first.conversation.id),
+        )
+    fresh = await acme.send("after", user_id=user)
+    assert fresh.conversation.id != first.conversation.id
+    assert fresh.message.sequence == 1
+    assert fresh.session.id != first.session.id
+
+
+async def test_a_conversation_closed_while_its_session_lives_gets_no_more_messages(
+    stack: Endpoints, acme: ChatClient
+) -> None:
+    """A conversation closed, and its session not ended (the closing process stopped in
+    between): the user's next message goes to a new conversation, and the closed one is
+    left as it was."""
+    user = "half-closed-" + uuid.uuid4().hex[:8]
+    first = await acme.send("hello", user_id=user)
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongodb_uri)
+    try:
+        database = client["chat"]
+        await database["conversations"].update_one(
+            {"_id": first.conversation.id}, {"$set": {"status": "CLOSED"}}
+        )
+        fresh = await acme.send("after", user_id=user)
+        assert fresh.conversation.id != first.conversation.id
+        assert fresh.message.sequence == 1
+        assert fresh.session.conversation_id == fresh.conversation.id
+        left = await database["messages"].count_documents(
+            {"conversation_id": first.conversation.id}
+        )
+        assert left == 2  # the first message and its reply; nothing was added
+        again = await acme.send("and again", user_id=user)
+        assert again.conversation.id == fresh.conversation.id
+        assert again.message.sequence == 3
+    finally:
+        await client.close()
+
+
 async def test_list_conversations_filters_and_pages(acme: ChatClient) -> None:
     user = "list-" + uuid.uuid4().hex[:8]
     ids = []
