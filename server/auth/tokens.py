@@ -3,11 +3,18 @@
 RS256/ES256 keys come from a JWKS URL or a PEM file; HS256 uses a shared secret and is only on
 when configured. ``iss``, ``aud``, ``exp``, ``sub`` and ``tenant_id`` are required. Every
 rejection is UNAUTHENTICATED with an ErrorInfo reason; the token itself is never echoed.
+
+A client sends the same token with every call, so a verified token is remembered (at most
+VERIFIED_CAPACITY of them): a call with it again skips the signature and claims checks, as
+long as the token has not expired and the key that verified it is still the one its header
+names (a key the IdP has withdrawn fails as it would have the first time).
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from server.domain.errors import Unauthenticated
 from server.settings import JwtSettings, SettingsError
 
 MAX_TOKEN_BYTES = 8 * 1024
+VERIFIED_CAPACITY = 4096  # tokens are at most MAX_TOKEN_BYTES: at most 32 MiB
 # base64url and the few punctuation marks IdPs use; no path, quote or template characters.
 _VALID_KID = re.compile(r"^[A-Za-z0-9._~+=-]{1,128}$")
 _REQUIRED = ["exp", "iss", "aud", "sub"]
@@ -63,16 +71,41 @@ class TokenVerifier:
         settings: JwtSettings,
         jwks: JwksKeySource | None = None,
         public_key: RSAPublicKey | EllipticCurvePublicKey | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._allowed = frozenset(settings.algorithms)
         self._jwks = jwks
         self._public_key = public_key
+        self._clock = clock
+        # token -> (who, the header's algorithm and kid, the key that verified it)
+        self._verified: dict[str, tuple[Principal, str, object, Any]] = {}
 
     async def verify(self, token: str) -> Principal:
         """Verify signature and claims; return who is calling."""
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large", reason="TOKEN_TOO_LARGE")
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, algorithm, kid, key = remembered
+            try:
+                current = await self._key(algorithm, kid)
+            except Exception:
+                self._verified.pop(token, None)  # the key is gone, or cannot be fetched
+                raise
+            # PyJWT accepts a token until exp + leeway; past that, the full check says why not.
+            expired = self._clock() > principal.expires_at + self._settings.leeway_seconds
+            if current is key and not expired:
+                return principal
+            self._verified.pop(token, None)
+        principal, algorithm, kid, key = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CAPACITY:
+            self._verified.pop(next(iter(self._verified)), None)  # the oldest
+        self._verified[token] = (principal, algorithm, kid, key)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, str, object, Any]:
+        """The full check: the principal, the header's algorithm and kid, and the key."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -106,7 +139,7 @@ class TokenVerifier:
                 if isinstance(exc, kind):
                     raise Unauthenticated(message, reason=reason) from None
             raise  # unreachable: InvalidTokenError is the last entry
-        return _principal(claims)
+        return _principal(claims), algorithm, header.get("kid"), key
 
     async def _key(self, algorithm: str, kid: object) -> Any:
         if algorithm.startswith("HS"):

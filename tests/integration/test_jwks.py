@@ -1,16 +1,23 @@
 """Signing keys from a real JWKS endpoint: cached, refetched on unknown kid at most once a
-minute, and kept when the endpoint fails."""
+minute, and kept when the endpoint fails; verified tokens remembered only while their key
+and their expiry allow."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
 from server.auth.jwks import JwksKeySource
+from server.auth.tokens import TokenVerifier
 from server.domain.errors import Unauthenticated, Unavailable
-from tests.integration.keys import JwksServer, KeyPair
+from server.settings import JwtSettings
+from tests.integration.keys import AUDIENCE, ISSUER, JwksServer, KeyPair
 
 
 class Clock:
@@ -107,3 +114,75 @@ async def test_a_failed_cold_fetch_fails_fast_then_retries(
     clock.now += 6
     assert (await source.key("k1")).kid == "k1"
     assert idp.fetches == 2
+
+
+def rs256_settings(idp: JwksServer) -> JwtSettings:
+    return JwtSettings(
+        algorithms=("RS256",),
+        jwks_url=idp.url,
+        public_key_file=None,
+        secret=None,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        leeway_seconds=0,
+    )
+
+
+async def test_a_verified_token_is_remembered_until_its_key_is_withdrawn(
+    idp: JwksServer, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    source = JwksKeySource(url=idp.url, http=http, clock=clock, refresh_seconds=600)
+    verifier = TokenVerifier(settings=rs256_settings(idp), jwks=source)
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    token = idp.keys[0].sign()
+    for _ in range(3):
+        principal = await verifier.verify(token)
+        assert (principal.subject, principal.tenant_id) == ("user-1", "acme")
+    assert len(decoded) == 1  # checked once, then remembered
+    other = idp.keys[0].sign(sub="user-2")
+    assert (await verifier.verify(other)).subject == "user-2"  # another token: checked
+    assert len(decoded) == 2
+
+    idp.keys[:] = [KeyPair.rsa("k3")]  # the IdP withdraws k1
+    clock.now += 601
+    with pytest.raises(Unauthenticated) as caught:
+        await verifier.verify(token)
+    assert caught.value.reason == "TOKEN_KEY_UNKNOWN"
+
+
+async def test_a_remembered_token_still_expires(
+    idp: JwksServer, http: aiohttp.ClientSession
+) -> None:
+    source = JwksKeySource(url=idp.url, http=http, clock=Clock())
+    verifier = TokenVerifier(settings=rs256_settings(idp), jwks=source)
+    expires = int(time.time()) + 1
+    token = idp.keys[0].sign(exp=expires)
+    await verifier.verify(token)
+    await verifier.verify(token)  # remembered
+    await asyncio.sleep(max(0.0, expires + 0.05 - time.time()))  # until the token has expired
+    with pytest.raises(Unauthenticated) as caught:
+        await verifier.verify(token)
+    assert caught.value.reason == "TOKEN_EXPIRED"
+
+
+async def test_a_remembered_token_is_checked_again_when_its_kid_names_a_new_key(
+    idp: JwksServer, http: aiohttp.ClientSession
+) -> None:
+    clock = Clock()
+    source = JwksKeySource(url=idp.url, http=http, clock=clock, refresh_seconds=600)
+    verifier = TokenVerifier(settings=rs256_settings(idp), jwks=source)
+    token = idp.keys[0].sign()
+    await verifier.verify(token)
+    idp.keys[:] = [KeyPair.rsa("k1")]  # the same kid, new key material
+    clock.now += 601
+    with pytest.raises(Unauthenticated) as caught:
+        await verifier.verify(token)
+    assert caught.value.reason == "TOKEN_SIGNATURE_INVALID"
