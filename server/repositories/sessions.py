@@ -21,6 +21,17 @@ KEEP_AFTER_EXPIRY_SECONDS = 3600
 EXPIRY_INDEX = "chat:session-expiry"
 _SEPARATOR = "\x1f"
 
+# The session the pointer names, in one round trip. The session key is built here rather than
+# passed in (it depends on the pointer's value); it carries the same {tenant} hash tag as the
+# pointer, so both live in one Redis Cluster slot.
+_CURRENT = """
+local id = redis.call('GET', KEYS[1])
+if not id then
+  return false
+end
+return redis.call('GET', ARGV[1] .. id)
+"""
+
 _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -54,6 +65,7 @@ class RedisSessionStore:
         self._ttl = ttl_seconds
         self._key_ttl = ttl_seconds + KEEP_AFTER_EXPIRY_SECONDS
         self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
+        self._current = client.register_script(_CURRENT)
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
         """The session as stored (live, ended or expired), or None once its keys are gone."""
@@ -64,11 +76,13 @@ class RedisSessionStore:
         self, tenant_id: str, conversation_id: str, *, now: dt.datetime
     ) -> common_pb2.Session | None:
         """The conversation's live session, if it has one."""
-        session_id = await self._redis.get(_pointer_key(tenant_id, conversation_id))
-        if not session_id:
+        raw = await self._current(
+            keys=[_pointer_key(tenant_id, conversation_id)], args=[_session_key(tenant_id, "")]
+        )
+        if not isinstance(raw, bytes) or not raw:
             return None
-        session = await self.get(tenant_id, _text(session_id))
-        return session if session is not None and is_live(session, now) else None
+        session = common_pb2.Session.FromString(raw)
+        return session if is_live(session, now) else None
 
     async def get_or_create(
         self,
