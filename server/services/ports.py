@@ -221,7 +221,12 @@ class LiveEvents(Protocol):
 class LiveSubscription(Protocol):
     """One stream's queue of live events; None means "catch up from storage"."""
 
-    async def next(self) -> chat_service_pb2.StreamConversationEventsResponse | None: ...
+    async def next(
+        self, *, idle_seconds: float, deadline: float
+    ) -> chat_service_pb2.StreamConversationEventsResponse | None:
+        """The next event; None after ``idle_seconds`` without one, or at the ``deadline``
+        (time.monotonic()), or when events may have been missed."""
+        ...
 
 
 class LiveSubscriptions(Protocol):

@@ -9,7 +9,6 @@ subscriber sees every message once, in order, whichever process stored it.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -315,8 +314,9 @@ async def _next(subscription: LiveSubscription, expires_at: float) -> Event | No
     if remaining <= 0:
         raise Unauthenticated("token expired; reconnect with a new one", reason="TOKEN_EXPIRED")
     try:
-        async with asyncio.timeout(min(remaining, IDLE_CHECK_SECONDS)):
-            return await subscription.next()
+        event = await subscription.next(
+            idle_seconds=IDLE_CHECK_SECONDS, deadline=time.monotonic() + remaining
+        )
     except SubscriberTooSlowError:
         raise ResourceExhausted(
             "the stream fell too far behind; reconnect with after_sequence",
@@ -327,9 +327,6 @@ async def _next(subscription: LiveSubscription, expires_at: float) -> Event | No
         raise Unavailable(
             "the server is shutting down; reconnect with after_sequence", reason="SHUTTING_DOWN"
         ) from None
-    except TimeoutError:
-        if expires_at - time.time() <= 0:
-            raise Unauthenticated(
-                "token expired; reconnect with a new one", reason="TOKEN_EXPIRED"
-            ) from None
-        return None
+    if event is None and expires_at - time.time() <= 0:
+        raise Unauthenticated("token expired; reconnect with a new one", reason="TOKEN_EXPIRED")
+    return event

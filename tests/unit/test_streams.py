@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
 from server.domain.errors import NotFound, ResourceExhausted
 from server.repositories.live import Subscription
+from server.services import streams
 from server.services.streams import QuietLiveEvents, StreamService, closed_event, message_event
 
 Event = chat.StreamConversationEventsResponse
@@ -153,3 +155,47 @@ async def test_another_tenants_conversation_is_not_found() -> None:
     )
     with pytest.raises(NotFound):
         await anext(stream)
+
+
+async def test_a_quiet_stream_looks_at_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose publish was lost reaches the stream once it has been quiet a while."""
+    monkeypatch.setattr(streams, "IDLE_CHECK_SECONDS", 0.1)
+    storage, subscriptions = Storage(), Subscriptions()
+    storage.add(1)
+    stream = service(storage, subscriptions).stream(
+        "t1", "c1", after_sequence=None, expires_at=math.inf
+    )
+    pending = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    storage.add(1)  # stored, never published
+    assert sequences([await asyncio.wait_for(pending, 2)]) == [2]
+    storage.add(1)  # and again: the timer is set again after it fired
+    assert sequences(await collect(stream, 1)) == [3]
+    await stream.aclose()
+
+
+async def test_a_subscription_that_keeps_hearing_events_is_not_woken() -> None:
+    subscription = Subscription("c1", 100)
+    heard: list[Event | None] = []
+
+    async def read() -> None:
+        while True:
+            heard.append(await subscription.next(idle_seconds=1.0))
+
+    reader = asyncio.ensure_future(read())
+    for n in range(8):  # 0.4 s of events, 0.05 s apart: never a second without one
+        subscription.offer(Event(typing=chat.TypingIndicator(participant_id=f"p{n}")))
+        await asyncio.sleep(0.05)
+    reader.cancel()
+    assert len(heard) == 8
+    assert None not in heard
+    subscription.discard()
+
+
+async def test_a_subscription_wakes_when_quiet_and_at_its_deadline() -> None:
+    quiet = Subscription("c1", 100)
+    assert await asyncio.wait_for(quiet.next(idle_seconds=0.1), 2) is None
+    quiet.offer(Event(typing=chat.TypingIndicator(participant_id="p")))
+    assert (await quiet.next(idle_seconds=0.1)) is not None  # what was queued comes first
+    due = Subscription("c1", 100)
+    assert await asyncio.wait_for(due.next(deadline=time.monotonic() + 0.1), 2) is None
