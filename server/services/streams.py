@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import structlog
 from google.protobuf import timestamp_pb2
@@ -131,7 +131,7 @@ class StreamService:
         *,
         after_sequence: int | None,
         expires_at: float,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Missed messages after ``after_sequence`` (when set), then live events, until the
         conversation closes, the caller leaves, or the token expires."""
         await self._conversation(tenant_id, conversation_id)

@@ -164,6 +164,24 @@ async def test_every_subscriber_on_either_server_sees_everything_in_order(
     assert servers[1].server.stream_subscribers == 0
 
 
+async def test_a_cancelled_stream_leaves_the_hub(
+    servers: tuple[RunningServer, RunningServer], clients: tuple[ChatClient, ChatClient]
+) -> None:
+    a, _ = clients
+    first = await a.send("hello", user_id="cancel-user")
+    streams = [Stream(a, first.conversation.id) for _ in range(3)]
+    await subscribed(servers[0], 3)
+    streams[0].cancel()
+    streams[1].cancel()
+    deadline = time.monotonic() + WAIT
+    while servers[0].server.stream_subscribers > 1:
+        assert time.monotonic() < deadline, "a cancelled stream stayed subscribed"
+        await asyncio.sleep(0.02)
+    sent = await a.send("still here", user_id="cancel-user")
+    assert [m.id for m in await streams[2].messages(1)] == [sent.message.id]
+    streams[2].cancel()
+
+
 async def test_a_reconnect_gets_what_it_missed_then_live_with_no_gap_or_duplicate(
     servers: tuple[RunningServer, RunningServer], clients: tuple[ChatClient, ChatClient]
 ) -> None:
