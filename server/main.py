@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -15,6 +16,19 @@ from server.repositories.secrets import SecretKeyError
 from server.repositories.tenants_file import TenantsFileError
 from server.settings import Settings, SettingsError
 from server.workers import WORKER_INDEX, supervise, worker_settings
+
+#: Allocations between collections of the youngest generation (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Once the server is up. What startup built lives until exit, so the cyclic collector
+    stops walking it (gc.freeze); and it collects the youngest generation every 10,000
+    allocations rather than 700. With a thousand open streams, the full collections
+    otherwise paused the event loop for up to 50 ms at a time (see README, Performance)."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def serve(settings: Settings) -> None:
@@ -32,6 +46,7 @@ async def serve(settings: Settings) -> None:
         # stop() also closes the resources; without a server only they need closing.
         await (server.stop() if server is not None else resources.close())
         raise
+    tune_gc()
     await stop.wait()
     await server.stop()
 
