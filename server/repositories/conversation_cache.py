@@ -58,15 +58,19 @@ class RedisConversationCache:
         """Replace a cached state with a newer one; a missing entry stays missing."""
         return await self._put(tenant_id, conversation, create=False)
 
-    async def queue_store(
+    def queue_store(
         self, pipe: Pipeline, tenant_id: str, conversation: common_pb2.Conversation
     ) -> None:
-        """Queue the store of a just-committed state on ``pipe`` (one round trip with the rest;
-        awaiting only queues it)."""
-        await self._store(
-            keys=[cache_key(tenant_id, conversation.id)],
-            args=self._arguments(conversation, create=True),
-            client=pipe,
+        """Queue the store of a just-committed state on ``pipe`` (one round trip with the
+        rest). The script goes as EVAL with its text: a registered script would make the
+        pipeline ask Redis first whether it has it (SCRIPT EXISTS), a second round trip every
+        time, and an EVALSHA the server lacks could not be sent again without publishing the
+        pipeline's events twice."""
+        pipe.eval(
+            _SCRIPT,
+            1,
+            cache_key(tenant_id, conversation.id),
+            *self._arguments(conversation, create=True),
         )
 
     async def _put(

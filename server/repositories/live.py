@@ -58,7 +58,7 @@ class RedisLiveEvents:
         channel = live_channel(tenant_id, conversation_id)
         async with self._client.pipeline(transaction=False) as pipe:
             if conversation is not None:
-                await self._cache.queue_store(pipe, tenant_id, conversation)
+                self._cache.queue_store(pipe, tenant_id, conversation)
             for event in events:
                 pipe.publish(channel, event.SerializeToString())
             await pipe.execute()

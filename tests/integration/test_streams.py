@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,25 @@ async def test_a_slow_subscriber_is_dropped_without_slowing_the_others(stack: En
         assert hub.subscriber_count == 0
     finally:
         await hub.close()
+        await client.aclose()
+
+
+async def test_a_publish_caches_the_newer_state_in_one_round_trip(stack: Endpoints) -> None:
+    """The conversation's state rides with its events (EVAL in the pipeline, no SCRIPT EXISTS
+    first), and an older state does not replace a newer one."""
+    client = redis_asyncio.Redis.from_url(stack.redis_url)
+    cache = RedisConversationCache(client=client)
+    publisher = RedisLiveEvents(client=client, cache=cache)
+    tenant = "cache-" + uuid.uuid4().hex[:8]
+    newer = c.Conversation(id="c1", last_sequence=4, status=c.CONVERSATION_STATUS_ACTIVE)
+    older = c.Conversation(id="c1", last_sequence=2, status=c.CONVERSATION_STATUS_ACTIVE)
+    typing = [Event(typing=chat.TypingIndicator(participant_id="p"))]
+    try:
+        await publisher.publish(tenant, "c1", typing, conversation=newer)
+        assert await cache.get(tenant, "c1") == newer
+        await publisher.publish(tenant, "c1", typing, conversation=older)
+        assert await cache.get(tenant, "c1") == newer
+    finally:
         await client.aclose()
 
 
