@@ -343,6 +343,11 @@ async def test_a_slow_subscriber_is_dropped_without_slowing_the_others(stack: En
         await client.aclose()
 
 
+async def script_exists_calls(client: redis_asyncio.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+
 async def test_a_publish_caches_the_newer_state_in_one_round_trip(stack: Endpoints) -> None:
     """The conversation's state rides with its events (EVAL in the pipeline, no SCRIPT EXISTS
     first), and an older state does not replace a newer one."""
@@ -354,7 +359,9 @@ async def test_a_publish_caches_the_newer_state_in_one_round_trip(stack: Endpoin
     older = c.Conversation(id="c1", last_sequence=2, status=c.CONVERSATION_STATUS_ACTIVE)
     typing = [Event(typing=chat.TypingIndicator(participant_id="p"))]
     try:
+        asked = await script_exists_calls(client)
         await publisher.publish(tenant, "c1", typing, conversation=newer)
+        assert await script_exists_calls(client) == asked  # no SCRIPT EXISTS round trip
         assert await cache.get(tenant, "c1") == newer
         await publisher.publish(tenant, "c1", typing, conversation=older)
         assert await cache.get(tenant, "c1") == newer
