@@ -313,7 +313,11 @@ class ChatServer:
         self._hub = LiveHub(client=resources.redis, queue_limit=settings.stream_queue_limit)
         self._conversation_cache = RedisConversationCache(client=resources.redis)
         self._live = QuietLiveEvents(
-            RedisLiveEvents(client=resources.redis, cache=self._conversation_cache)
+            RedisLiveEvents(
+                client=resources.redis,
+                cache=self._conversation_cache,
+                sessions=self._session_store,
+            )
         )
         self.port = 0
         self._register()

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2
 from server.repositories.conversation_cache import RedisConversationCache
+from server.repositories.sessions import RedisSessionStore
 
 log = structlog.get_logger("chat.live")
 
@@ -39,9 +40,12 @@ def live_channel(tenant_id: str, conversation_id: str) -> str:
 class RedisLiveEvents:
     """Publishes a conversation's live events."""
 
-    def __init__(self, *, client: redis.Redis, cache: RedisConversationCache) -> None:
+    def __init__(
+        self, *, client: redis.Redis, cache: RedisConversationCache, sessions: RedisSessionStore
+    ) -> None:
         self._client = client
         self._cache = cache
+        self._sessions = sessions
 
     async def publish(
         self,
@@ -50,17 +54,21 @@ class RedisLiveEvents:
         events: Sequence[Event],
         *,
         conversation: common_pb2.Conversation | None = None,
+        session: common_pb2.Session | None = None,
     ) -> None:
         """Publish in order, in one round trip with the conversation's new state for the
-        cache when it changed. Raises RedisError when Redis is unreachable."""
-        if not events and conversation is None:
+        cache when it changed, and the session when it was touched (then as one MULTI).
+        Raises RedisError when Redis is unreachable."""
+        if not events and conversation is None and session is None:
             return
         channel = live_channel(tenant_id, conversation_id)
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._client.pipeline(transaction=session is not None) as pipe:
             if conversation is not None:
                 self._cache.queue_store(pipe, tenant_id, conversation)
             for event in events:
                 pipe.publish(channel, event.SerializeToString())
+            if session is not None:
+                self._sessions.queue_save(pipe, tenant_id, session)
             await pipe.execute()
 
 

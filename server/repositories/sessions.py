@@ -13,6 +13,7 @@ import datetime as dt
 import uuid
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 
 from chat.v1 import common_pb2
 from server.domain.session import is_live
@@ -128,12 +129,15 @@ class RedisSessionStore:
         """Store the session after activity, extending its expiry (one round trip)."""
         self.touch(session, now=now)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(
-                _session_key(tenant_id, session.id), session.SerializeToString(), ex=self._key_ttl
-            )
-            pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._key_ttl)
-            pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
+            self.queue_save(pipe, tenant_id, session)
             await pipe.execute()
+
+    def queue_save(self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session) -> None:
+        """Queue the store of a touched session on ``pipe`` (a MULTI pipeline: the session, its
+        conversation's pointer and its expiry go together)."""
+        pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._key_ttl)
+        pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._key_ttl)
+        pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
 
     async def end(
         self,

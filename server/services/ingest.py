@@ -35,7 +35,7 @@ from server.services.ports import (
     Tx,
 )
 from server.services.receipts import Receipts, StatusChange
-from server.services.streams import QuietLiveEvents, message_event
+from server.services.streams import QuietLiveEvents
 
 log = structlog.get_logger("chat.ingest")
 
@@ -285,13 +285,9 @@ class IngestService:
         """Wake the relay and the reply queue, push to the streams, keep the session."""
         self._on_events()
         self._on_reply_job()
-        await self._live.publish(
-            item.tenant_id,
-            stored.conversation.id,
-            [message_event(stored.message)],
-            conversation=stored.conversation,
+        await self._pipeline.publish_committed(
+            item.tenant_id, stored.conversation, [stored.message], item.session, now=item.now
         )
-        await self._pipeline.save_session(item.tenant_id, item.session, now=item.now)
 
     async def _finish_orphan(self, item: _Inbound, stored: _Stored) -> None:
         """A message stored after its caller gave up: its after-commit work still runs."""

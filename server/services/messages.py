@@ -212,13 +212,13 @@ class MessageService:
         self._on_events()
         if response.conversation.channel != WEB:
             self._on_delivery()
-        await self._live.publish(
+        await self.publish_committed(
             tenant_id,
-            response.conversation.id,
-            [message_event(m) for m in (response.message, *response.replies)],
-            conversation=response.conversation,
+            response.conversation,
+            [response.message, *response.replies],
+            response.session,
+            now=now,
         )
-        await self.save_session(tenant_id, response.session, now=now)
 
     async def _finish_orphan(
         self, exchange: _Exchange, response: chat_service_pb2.SendMessageResponse
@@ -250,15 +250,26 @@ class MessageService:
             )
         return session
 
-    async def save_session(
-        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
+    async def publish_committed(
+        self,
+        tenant_id: str,
+        conversation: common_pb2.Conversation,
+        messages: Sequence[common_pb2.Message],
+        session: common_pb2.Session,
+        *,
+        now: dt.datetime,
     ) -> None:
-        """Store the session after a committed exchange; a failure is logged, not raised:
-        the messages are safe, and the session only lags."""
-        try:
-            await self._sessions.save(tenant_id, session, now=now)
-        except Exception as exc:  # noqa: BLE001 - see the docstring
-            log.warning("session not saved", session_id=session.id, error=repr(exc))
+        """Push committed messages to the streams with the conversation's new state, and
+        keep the session (touched at ``now``), in one Redis round trip. A failure is logged,
+        not raised: the messages are safe, and the session only lags."""
+        self._sessions.touch(session, now=now)
+        await self._live.publish(
+            tenant_id,
+            conversation.id,
+            [message_event(m) for m in messages],
+            conversation=conversation,
+            session=session,
+        )
 
     async def compose_replies(
         self,

@@ -215,6 +215,7 @@ class LiveEvents(Protocol):
         events: Sequence[chat_service_pb2.StreamConversationEventsResponse],
         *,
         conversation: common_pb2.Conversation | None = None,
+        session: common_pb2.Session | None = None,
     ) -> None: ...
 
 

@@ -37,7 +37,7 @@ from server.services.ports import (
 )
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
-from server.services.streams import QuietLiveEvents, message_event
+from server.services.streams import QuietLiveEvents
 
 log = structlog.get_logger("chat.replies")
 
@@ -244,13 +244,9 @@ class ReplyProcessor(LeasedQueueWorker):
         """Wake the relay and the delivery queue, push to the streams, keep the session."""
         self._on_events()
         self._on_delivery()
-        await self._live.publish(
-            reply.tenant_id,
-            updated.id,
-            [message_event(m) for m in reply.outbound],
-            conversation=updated,
+        await self._pipeline.publish_committed(
+            reply.tenant_id, updated, reply.outbound, reply.session, now=reply.now
         )
-        await self._pipeline.save_session(reply.tenant_id, reply.session, now=reply.now)
 
     async def _finish_orphan(self, reply: _Reply, updated: common_pb2.Conversation | None) -> None:
         """Replies committed after their worker slot gave up (shutdown): still pushed."""

@@ -72,8 +72,9 @@ def timestamp_of(now: dt.datetime) -> timestamp_pb2.Timestamp:
 
 class QuietLiveEvents:
     """Publishes live events after the data is committed; a failure is logged, not raised:
-    the data is safe, streams catch up from storage, and a cached conversation the failed
-    call did not update is replaced by the worker's cache handler or expires."""
+    the data is safe, streams catch up from storage, a cached conversation the failed call did
+    not update is replaced by the worker's cache handler or expires, and a session not saved
+    only lags (its context updates are lost, its expiry not extended)."""
 
     def __init__(self, live: LiveEvents) -> None:
         self._live = live
@@ -85,15 +86,20 @@ class QuietLiveEvents:
         events: Sequence[Event],
         *,
         conversation: common_pb2.Conversation | None = None,
+        session: common_pb2.Session | None = None,
     ) -> None:
-        """Publish; with ``conversation``, also cache its new state."""
+        """Publish; with ``conversation``, also cache its new state; with ``session``, also
+        store it (touched by the caller)."""
         try:
-            await self._live.publish(tenant_id, conversation_id, events, conversation=conversation)
+            await self._live.publish(
+                tenant_id, conversation_id, events, conversation=conversation, session=session
+            )
         except (RedisError, OSError) as exc:
             log.warning(
                 "live events not published",
                 conversation_id=conversation_id,
                 count=len(events),
+                with_session=session is not None,
                 error=repr(exc),
             )
 

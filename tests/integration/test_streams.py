@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.live import LiveHub, RedisLiveEvents, SubscriberTooSlowError
+from server.repositories.sessions import RedisSessionStore
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
 from tests.integration.server_process import chat_server_process
@@ -314,7 +316,11 @@ async def test_a_slow_subscriber_is_dropped_without_slowing_the_others(stack: En
     # BDP probing) would have to fill first, which a test cannot do quickly or reliably.
     client = redis_asyncio.Redis.from_url(stack.redis_url)
     hub = LiveHub(client=client, queue_limit=20)
-    publisher = RedisLiveEvents(client=client, cache=RedisConversationCache(client=client))
+    publisher = RedisLiveEvents(
+        client=client,
+        cache=RedisConversationCache(client=client),
+        sessions=RedisSessionStore(client=client, ttl_seconds=60),
+    )
     try:
         slow = await hub.subscribe("acme", "slow-conversation")
         fast = await hub.subscribe("acme", "slow-conversation")
@@ -349,20 +355,26 @@ async def script_exists_calls(client: redis_asyncio.Redis) -> int:
 
 
 async def test_a_publish_caches_the_newer_state_in_one_round_trip(stack: Endpoints) -> None:
-    """The conversation's state rides with its events (EVAL in the pipeline, no SCRIPT EXISTS
-    first), and an older state does not replace a newer one."""
+    """The conversation's state and the session ride with the events (EVAL in the pipeline,
+    no SCRIPT EXISTS first), and an older state does not replace a newer one."""
     client = redis_asyncio.Redis.from_url(stack.redis_url)
     cache = RedisConversationCache(client=client)
-    publisher = RedisLiveEvents(client=client, cache=cache)
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    publisher = RedisLiveEvents(client=client, cache=cache, sessions=sessions)
     tenant = "cache-" + uuid.uuid4().hex[:8]
     newer = c.Conversation(id="c1", last_sequence=4, status=c.CONVERSATION_STATUS_ACTIVE)
     older = c.Conversation(id="c1", last_sequence=2, status=c.CONVERSATION_STATUS_ACTIVE)
     typing = [Event(typing=chat.TypingIndicator(participant_id="p"))]
+    now = dt.datetime.now(dt.UTC)
+    session = c.Session(id="s1", conversation_id="c1", status=c.SESSION_STATUS_ACTIVE)
+    session.context.update({"greeted": True})
+    sessions.touch(session, now=now)
     try:
         asked = await script_exists_calls(client)
-        await publisher.publish(tenant, "c1", typing, conversation=newer)
+        await publisher.publish(tenant, "c1", typing, conversation=newer, session=session)
         assert await script_exists_calls(client) == asked  # no SCRIPT EXISTS round trip
         assert await cache.get(tenant, "c1") == newer
+        assert await sessions.current(tenant, "c1", now=now) == session  # stored with them
         await publisher.publish(tenant, "c1", typing, conversation=older)
         assert await cache.get(tenant, "c1") == newer
     finally:
