@@ -26,6 +26,7 @@ def tune_gc() -> None:
     stops walking it (gc.freeze); and it collects the youngest generation every 10,000
     allocations rather than 700. With a thousand open streams, the full collections
     otherwise paused the event loop for up to 50 ms at a time (see README, Performance)."""
+    gc.collect()  # startup's garbage first, or freezing would keep it forever
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

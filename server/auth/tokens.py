@@ -93,8 +93,8 @@ class TokenVerifier:
             except Exception:
                 self._verified.pop(token, None)  # the key is gone, or cannot be fetched
                 raise
-            # PyJWT accepts a token until exp + leeway; past that, the full check says why not.
-            expired = self._clock() > principal.expires_at + self._settings.leeway_seconds
+            # PyJWT rejects a token from exp + leeway on; then the full check says why.
+            expired = self._clock() >= principal.expires_at + self._settings.leeway_seconds
             if current is key and not expired:
                 return principal
             self._verified.pop(token, None)

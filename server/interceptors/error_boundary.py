@@ -60,8 +60,11 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the call with the status ``exc`` stands for."""
-    if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
-        raise exc  # already a status, or the call is gone
+    if isinstance(exc, grpc.aio.BaseError | asyncio.CancelledError):
+        # grpc's own: already a status (AbortError), the client gone mid-write
+        # (ExecuteBatchError), or the server stopping. grpc ends the call itself, quietly
+        # when the client has left; as INTERNAL with a traceback they would drown the log.
+        raise exc
     if not isinstance(exc, DomainError):
         request_id = structlog.contextvars.get_contextvars().get("request_id", "")
         log.error("unexpected error", exc_info=exc)

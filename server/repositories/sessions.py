@@ -23,8 +23,10 @@ EXPIRY_INDEX = "chat:session-expiry"
 _SEPARATOR = "\x1f"
 
 # The session the pointer names, in one round trip. The session key is built here rather than
-# passed in (it depends on the pointer's value); it carries the same {tenant} hash tag as the
-# pointer, so both live in one Redis Cluster slot.
+# declared in KEYS (it depends on the pointer's value). A single Redis server does not mind;
+# on Redis Cluster it carries the same {tenant} hash tag as the pointer, so both are in one
+# slot and the script runs, though undeclared keys are outside Redis's documented contract
+# there.
 _CURRENT = """
 local id = redis.call('GET', KEYS[1])
 if not id then

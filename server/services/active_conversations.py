@@ -13,6 +13,10 @@ belong:
   its session ended fails that check; the caller forgets it and starts over.
 - Entries older than ``max_age_seconds`` are not used, so another process's changes to the
   conversation (its counters, its metadata) reach the responder within that time.
+- A conversation known to be closed is not remembered again: a message committed just before
+  the close may finish after it, and would otherwise put the open state back. (Its session
+  save can also outlive the close and make the session live again; then the first check
+  above passes, and the second one catches it, at the cost of one answer composed in vain.)
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class ActiveConversations:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._entries: OrderedDict[_Key, tuple[float, common_pb2.Conversation]] = OrderedDict()
+        self._closed: OrderedDict[str, None] = OrderedDict()  # conversation ids
         self._capacity = capacity
         self._max_age = max_age_seconds
         self._clock = clock
@@ -65,7 +70,9 @@ class ActiveConversations:
         older state (fewer messages) of the same conversation does not replace a newer one."""
         key = (tenant_id, conversation.user_id, conversation.channel)
         if conversation.status != ACTIVE:
-            self.forget(tenant_id, conversation)
+            self.closed(tenant_id, conversation)
+            return
+        if conversation.id in self._closed:
             return
         entry = self._entries.get(key)
         if (
@@ -85,6 +92,14 @@ class ActiveConversations:
         entry = self._entries.get(key)
         if entry is not None and entry[1].id == conversation.id:
             del self._entries[key]
+
+    def closed(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
+        """The conversation is closed: forget it, and never remember it again."""
+        self.forget(tenant_id, conversation)
+        self._closed[conversation.id] = None
+        self._closed.move_to_end(conversation.id)
+        while len(self._closed) > self._capacity:
+            self._closed.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

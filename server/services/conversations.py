@@ -141,7 +141,7 @@ class ConversationService:
         closed = await self._transactions.run(close)
         if closed is None:
             return await self.get(tenant_id, conversation_id)  # closed before, or not found
-        self._active.forget(tenant_id, closed)
+        self._active.closed(tenant_id, closed)
         self._on_events()
         await self._live.publish(tenant_id, closed.id, [closed_event(closed)], conversation=closed)
         await self._sessions.end_current(tenant_id, actor_id, closed.id)

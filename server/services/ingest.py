@@ -193,7 +193,7 @@ class IngestService:
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
         except _ConversationClosedError:
-            self._pipeline.forget_active(tenant_id, conversation)
+            self._pipeline.closed_active(tenant_id, conversation)
             raise
         self._pipeline.remember_active(tenant_id, stored.conversation)
         await self._after_commit(inbound, stored)

@@ -193,7 +193,7 @@ class MessageService:
         except FailedPrecondition as exc:
             if exc.reason != CONVERSATION_CLOSED or request.conversation_id or retried:
                 raise
-            self._active.forget(tenant_id, conversation)
+            self._active.closed(tenant_id, conversation)
             raise _ConversationClosedError from exc
         self._active.remember(tenant_id, response.conversation)
         await self._after_commit(tenant_id, response, now=now)
@@ -260,8 +260,9 @@ class MessageService:
         now: dt.datetime,
     ) -> None:
         """Push committed messages to the streams with the conversation's new state, and
-        keep the session (touched at ``now``), in one Redis round trip. A failure is logged,
-        not raised: the messages are safe, and the session only lags."""
+        keep the session (touched at ``now``), in one Redis round trip. A Redis failure is
+        logged, not raised (QuietLiveEvents): the messages are safe, and the session only
+        lags."""
         self._sessions.touch(session, now=now)
         await self._live.publish(
             tenant_id,
@@ -391,9 +392,9 @@ class MessageService:
         """Keep a conversation's just-committed state for the user's next message."""
         self._active.remember(tenant_id, conversation)
 
-    def forget_active(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
-        """Forget a conversation found closed."""
-        self._active.forget(tenant_id, conversation)
+    def closed_active(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
+        """A conversation was found closed: it is not the user's active one any more."""
+        self._active.closed(tenant_id, conversation)
 
     async def find_or_start(
         self,

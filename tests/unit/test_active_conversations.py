@@ -94,3 +94,15 @@ def test_the_least_recently_used_entry_goes_first() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         ActiveConversations(capacity=0)
+
+
+def test_a_closed_conversation_is_not_remembered_again() -> None:
+    """A message committed just before the close finishes after it: its open state must not
+    come back."""
+    active = ActiveConversations()
+    active.remember("acme", conversation("c1", sequence=2))
+    active.closed("acme", conversation("c1", sequence=2))
+    active.remember("acme", conversation("c1", sequence=3))  # the late commit's answer
+    assert active.recall("acme", "u1", WEB) is None
+    active.remember("acme", conversation("c2", sequence=1))  # the user's next conversation
+    assert active.recall("acme", "u1", WEB) == conversation("c2", sequence=1)

@@ -174,21 +174,37 @@ async def test_a_quiet_stream_looks_at_storage(monkeypatch: pytest.MonkeyPatch) 
     await stream.aclose()
 
 
-async def test_a_subscription_that_keeps_hearing_events_is_not_woken() -> None:
+async def test_events_cost_the_subscription_no_timer_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twenty events, each waited for: the idle timer is set once, not once per wait (a
+    timeout per wait set and cancelled a timer every time)."""
+    loop = asyncio.get_running_loop()
+    timers: list[str] = []  # what each timer set by a subscription or a timeout would call
+    call_at = loop.call_at  # call_later goes through it too
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        name = getattr(callback, "__qualname__", "")
+        if name.startswith(("Subscription.", "Timeout.")):
+            timers.append(name)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
     subscription = Subscription("c1", 100)
     heard: list[Event | None] = []
 
     async def read() -> None:
-        while True:
-            heard.append(await subscription.next(idle_seconds=1.0))
+        for _ in range(20):
+            heard.append(await subscription.next(idle_seconds=30, deadline=time.monotonic() + 60))
 
     reader = asyncio.ensure_future(read())
-    for n in range(8):  # 0.4 s of events, 0.05 s apart: never a second without one
+    for n in range(20):
+        await asyncio.sleep(0)  # the reader is waiting on an empty queue
         subscription.offer(Event(typing=chat.TypingIndicator(participant_id=f"p{n}")))
-        await asyncio.sleep(0.05)
-    reader.cancel()
-    assert len(heard) == 8
+    await asyncio.wait_for(reader, 2)
+    assert len(heard) == 20
     assert None not in heard
+    assert timers == ["Subscription._on_timer"]
     subscription.discard()
 
 
