@@ -25,7 +25,7 @@ from server.repositories.conversations import Recording
 from server.repositories.ingest import MongoIngestLog, MongoReplyJobs, ReplyJob
 from server.repositories.messages import MessageRow
 from server.services.group_commit import GroupCommit
-from server.services.messages import MessageService, build_message
+from server.services.messages import ConversationClosedError, MessageService, build_message
 from server.services.ports import (
     ConversationRepository,
     MessageRepository,
@@ -137,7 +137,7 @@ class IngestService:
         for _ in range(2):  # a conversation closing meanwhile: once more, in a new one
             try:
                 return await self._store_message(tenant_id, event, processed)
-            except _ConversationClosedError:
+            except ConversationClosedError:
                 continue
         raise InvalidArgument("the conversation closed while the message was stored")
 
@@ -192,7 +192,7 @@ class IngestService:
             stored = await self._commits.submit(inbound)
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
-        except _ConversationClosedError:
+        except ConversationClosedError:
             self._pipeline.closed_active(tenant_id, conversation)
             raise
         self._pipeline.remember_active(tenant_id, stored.conversation)
@@ -229,7 +229,7 @@ class IngestService:
             stored: list[tuple[_Inbound, _Stored]] = []
             for item, updated in zip(batch, states, strict=True):
                 if updated is None:
-                    outcomes.append(_ConversationClosedError())
+                    outcomes.append(ConversationClosedError())
                     continue
                 message = common_pb2.Message()
                 message.CopyFrom(item.message)
@@ -424,10 +424,6 @@ class _Stored:
 
 class _NothingChangedError(Exception):
     """A status report that changed no message (aborts its transaction)."""
-
-
-class _ConversationClosedError(Exception):
-    """The conversation closed between finding it and storing the message."""
 
 
 def _check(event: ingest_service_pb2.InboundEvent) -> str:

@@ -63,8 +63,8 @@ def utc_now() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-class _ConversationClosedError(Exception):
-    """The conversation found for the message closed before the message was stored."""
+class ConversationClosedError(Exception):
+    """The conversation found for a message closed before the message was stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ class MessageService:
         )
         try:
             return await self._exchange(tenant_id, actor_id, request, processed)
-        except _ConversationClosedError:
+        except ConversationClosedError:
             # Found by its user and channel, and closed before the message was stored (by
             # another process, say): once more, in a new conversation.
             return await self._exchange(tenant_id, actor_id, request, processed, retried=True)
@@ -194,7 +194,7 @@ class MessageService:
             if exc.reason != CONVERSATION_CLOSED or request.conversation_id or retried:
                 raise
             self._active.closed(tenant_id, conversation)
-            raise _ConversationClosedError from exc
+            raise ConversationClosedError from exc
         self._active.remember(tenant_id, response.conversation)
         await self._after_commit(tenant_id, response, now=now)
         if started:
@@ -376,7 +376,7 @@ class MessageService:
             if session is not None:
                 return recalled, session, False
             self._active.forget(tenant_id, recalled)
-        conversation, started = await self.find_or_start(
+        conversation, started = await self._find_or_start(
             tenant_id,
             actor_id,
             user_id=user_id,
@@ -396,7 +396,7 @@ class MessageService:
         """A conversation was found closed: it is not the user's active one any more."""
         self._active.closed(tenant_id, conversation)
 
-    async def find_or_start(
+    async def _find_or_start(
         self,
         tenant_id: str,
         actor_id: str,
