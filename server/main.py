@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import signal
 import sys
 
 import structlog
@@ -15,6 +14,7 @@ from server.log import configure_logging
 from server.repositories.secrets import SecretKeyError
 from server.repositories.tenants_file import TenantsFileError
 from server.settings import Settings, SettingsError
+from server.stopping import stop_on_signals
 from server.workers import WORKER_INDEX, supervise, worker_settings
 
 #: Allocations between collections of the youngest generation (CPython's default is 700).
@@ -35,9 +35,7 @@ def tune_gc() -> None:
 async def serve(settings: Settings) -> None:
     """Serve until the process is asked to stop."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop, grace_seconds=settings.shutdown_grace_seconds)
     resources = await create_resources(settings)
     server: ChatServer | None = None
     try:

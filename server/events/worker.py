@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -46,6 +45,7 @@ from server.repositories.handled import MongoHandledEvents
 from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.users import MongoUserRepository
 from server.settings import Settings, SettingsError
+from server.stopping import stop_on_signals
 
 log = structlog.get_logger("chat.worker")
 
@@ -332,9 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop, grace_seconds=settings.shutdown_grace_seconds)
         await run(settings, stop=stop)
 
     asyncio.run(serve())

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -46,6 +47,7 @@ from server.events.worker import CONSUMED_TOPICS, WorkerMetrics, replay_dead_let
 from server.repositories.analytics import MongoAnalytics
 from server.repositories.conversation_cache import RedisConversationCache
 from server.settings import AlertSettings, Settings
+from server.stopping import EXIT_MARGIN_SECONDS
 from tests.integration import waiting
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
@@ -291,13 +293,22 @@ async def test_the_server_s_events_reach_every_handler(
             )
             return response.totals
 
+        # Each event type has a topic of its own, and the worker reads them in no set order
+        # between topics: wait for all four counts, not the first ones to arrive.
+        def counts(totals: analytics_service_pb2.AnalyticsFigures) -> tuple[int, ...]:
+            return (
+                totals.messages_in,
+                totals.messages_out,
+                totals.responses,
+                totals.conversations_ended,
+            )
+
         async def rolled_up() -> bool:
-            totals = await figures()
-            return totals.conversations_ended == 1 and totals.messages_in == 2
+            return counts(await figures()) == (2, 2, 2, 1)
 
         await eventually(rolled_up, "the analytics rollups")
         totals = await figures()
-        assert (totals.messages_in, totals.messages_out, totals.responses) == (2, 2, 2)
+        assert counts(totals) == (2, 2, 2, 1)
         assert totals.response_time_max_ms >= 0
         assert totals.conversation_duration_mean_seconds >= 0
 
@@ -613,6 +624,42 @@ def worker_processes(group: str, stack: Endpoints) -> Iterator[Any]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_a_worker_stuck_on_an_unanswering_broker_still_stops(
+    stack: Endpoints, tmp_path: Path
+) -> None:
+    """SIGTERM while the worker waits on a broker that accepts connections and never answers:
+    it exits by the deadline (grace period plus margin), saying so, rather than when Kafka's
+    own request timeout (40 s) gives up."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        env = {
+            **os.environ,
+            **stack.as_env(),
+            "CHAT_KAFKA_BOOTSTRAP": f"127.0.0.1:{silent.getsockname()[1]}",
+            "CHAT_WORKER_METRICS_ADDRESS": "off",
+            "CHAT_SHUTDOWN_GRACE_SECONDS": "0.5",
+            "CHAT_LOG_FORMAT": "json",
+        }
+        log_path = tmp_path / "worker.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [script_path("chat-worker")], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            silent.settimeout(60)
+            connection, _ = silent.accept()  # the worker is starting its Kafka clients
+            with connection:
+                process.send_signal(signal.SIGTERM)
+                code = process.wait(60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert code == 1
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    late = [line for line in lines if line["event"] == "stopping took too long; exiting now"]
+    assert [line["deadline_seconds"] for line in late] == [0.5 + EXIT_MARGIN_SECONDS]
 
 
 def holds_partitions(log_path: Path) -> bool:

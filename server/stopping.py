@@ -1,0 +1,55 @@
+"""SIGTERM and SIGINT: stop gracefully, and exit by a deadline whatever still waits.
+
+Asked to stop, chat-server and chat-worker drain what they hold: calls within
+CHAT_SHUTDOWN_GRACE_SECONDS, then background loops, consumers and clients. With a dependency
+gone (the broker or the database stopped first, or stopped with them when their launcher was
+killed), that draining waits on network timeouts, some of them longer than any supervisor
+allows; and a process started by a parent that died has nobody left to kill it. So the first
+signal also arms a deadline, the grace period plus ``EXIT_MARGIN_SECONDS``, after which the
+process logs it and exits at once with code 1.
+
+Exiting there loses nothing: events not yet published wait in the outbox for the next relay,
+Kafka records whose offsets were not committed are delivered again and handled once (each
+handler records the event ids it applied), and unclaimed jobs wait in MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+
+import structlog
+
+log = structlog.get_logger("chat.stopping")
+
+#: How long after the grace period a stopping process may still take before it is cut short.
+EXIT_MARGIN_SECONDS = 5.0
+
+
+def stop_on_signals(stop: asyncio.Event, *, grace_seconds: float) -> None:
+    """SIGTERM and SIGINT set ``stop``; the first also arms the exit deadline. Call from the
+    running loop, before anything that may wait on a dependency."""
+    loop = asyncio.get_running_loop()
+    deadline = grace_seconds + EXIT_MARGIN_SECONDS
+
+    def requested() -> None:
+        if stop.is_set():
+            return
+        stop.set()
+        # A thread, not the loop: the deadline must hold even when the loop is what is stuck.
+        timer = threading.Timer(deadline, _exit_late, args=(deadline,))
+        timer.daemon = True
+        timer.start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, requested)
+
+
+def _exit_late(deadline: float) -> None:
+    log.error("stopping took too long; exiting now", deadline_seconds=deadline)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
