@@ -59,6 +59,19 @@ def bindable(port: int) -> bool:
     return True
 
 
+def listening(port: int) -> int:
+    """Sockets listening on ``port`` on this machine: one per worker that has bound it (grpc
+    binds 127.0.0.1 as an IPv6 socket with a v4-mapped address, so both tables count)."""
+    state_listen = "0A"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, _, state = line.split()[1:4]
+            if int(local.rpartition(":")[2], 16) == port and state == state_listen:
+                count += 1
+    return count
+
+
 @pytest.fixture
 async def workers(stack: Endpoints, tmp_path: Path) -> AsyncIterator[Workers]:
     port, metrics = free_port(), metrics_base()
@@ -79,7 +92,11 @@ async def workers(stack: Endpoints, tmp_path: Path) -> AsyncIterator[Workers]:
     running = Workers(process, port, metrics)
     try:
         deadline = time.monotonic() + 60
-        while not all(port_open("127.0.0.1", p) for p in running.metrics_ports):
+        # Each worker serves its metrics before it binds the gRPC port: wait for both.
+        while not (
+            all(port_open("127.0.0.1", p) for p in running.metrics_ports)
+            and listening(port) == WORKERS
+        ):
             assert process.returncode is None, "chat-server exited"
             assert time.monotonic() < deadline, "the workers did not start"
             await asyncio.sleep(0.2)
