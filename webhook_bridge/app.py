@@ -32,7 +32,7 @@ from chat.v1 import ingest_service_pb2
 from server.domain.errors import Unavailable
 from server.domain.tenant import Tenant, TenantCatalog
 from webhook_bridge.adapters import MalformedPayloadError, Parsed, messenger, slack, teams, whatsapp
-from webhook_bridge.forwarder import Forwarder, ServerUnavailableError
+from webhook_bridge.forwarder import CHANNEL_OPTIONS, Forwarder, ServerUnavailableError
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
 from webhook_bridge.teams_auth import BotFrameworkVerifier, TeamsAuthError
 from webhook_bridge.tokens import ServiceTokens
@@ -96,7 +96,7 @@ def create_app(
     metrics = metrics or BridgeMetrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(server_target)
+        channel = grpc.aio.insecure_channel(server_target, options=CHANNEL_OPTIONS)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         app[SERVER_CHANNEL] = channel
         app[STATE] = BridgeState(

@@ -40,6 +40,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "platforms"
 WHATSAPP_SECRET = "wa-app-secret"
 MESSENGER_SECRET = "fb-app-secret"
 SLACK_SECRET = "slack-signing-secret"
+#: How long the server stays down in the restart test.
+OUTAGE_SECONDS = 4.0
 TENANTS = f"""
 tenants:
   - id: acme
@@ -455,9 +457,11 @@ async def test_the_server_down_is_503_so_the_platform_retries(
 async def test_a_server_back_on_its_port_takes_the_next_webhook_at_once(
     start_server: StartServer, tmp_path: Path, teams_keys: TeamsKeys, mongo: Mongo
 ) -> None:
-    # While the server is down, the bridge's connection waits out a reconnect backoff of a
-    # second or more; a webhook arriving just after the restart must wait for the connection
-    # within its deadline rather than fail on the last refusal.
+    # While the server is down, the bridge's connection waits out a reconnect backoff; a
+    # webhook arriving just after the restart must wait for the connection within its
+    # deadline rather than fail on the last refusal. The outage lasts long enough for gRPC's
+    # default backoff (1 s, 1.6 s, 2.56 s, 4.1 s...) to put the next attempt well past that
+    # deadline: the bridge's own backoff stops growing at a second.
     port = free_port()
     settings = {
         "CHAT_GRPC_ADDRESS": f"127.0.0.1:{port}",
@@ -476,6 +480,7 @@ async def test_a_server_back_on_its_port_takes_the_next_webhook_at_once(
             await first.server.stop()
             lost, [refused] = unique(original, wamid)
             assert await bridge.meta("whatsapp", lost, WHATSAPP_SECRET) == 503
+            await asyncio.sleep(OUTAGE_SECONDS)
             await start_server(**settings)
             after, [stored_after] = unique(original, wamid)
             assert await bridge.meta("whatsapp", after, WHATSAPP_SECRET) == 200

@@ -569,16 +569,28 @@ async def test_a_poison_message_is_dead_lettered_at_once(
         await publisher.publish(item)
     start_worker(CHAT_ALERT_WEBHOOK_URL=alert_hook[0], CHAT_ALERT_DELIVERY_MIN_OUTCOMES="3")
 
+    # The poison message, the message after it and the delivery failures are on two topics,
+    # and partitions are consumed in no set order: wait for each.
     async def consumed() -> bool:
-        return await analytics_sum(mongo, tenant, "deliveries_failed") == 4
+        return (
+            await analytics_sum(mongo, tenant, "messages_in") == 1
+            and await analytics_sum(mongo, tenant, "deliveries_failed") == 4
+        )
 
     await eventually(consumed, "the events after the poison message")
-    assert await analytics_sum(mongo, tenant, "messages_in") == 1
-    letters = [
-        letter
-        for letter in await dead_letters(stack.kafka_bootstrap, "")
-        if letter.original_value == poison
-    ]
+
+    async def poisoned() -> list[events_pb2.DeadLetter]:
+        return [
+            letter
+            for letter in await dead_letters(stack.kafka_bootstrap, "")
+            if letter.original_value == poison
+        ]
+
+    async def dead_lettered() -> bool:
+        return bool(await poisoned())
+
+    await eventually(dead_lettered, "the poison message's dead letter")
+    letters = await poisoned()
     assert len(letters) == 1
     assert (letters[0].handler, letters[0].attempts) == ("", 0)  # not retried: it never decodes
     assert letters[0].error.startswith("undecodable")
