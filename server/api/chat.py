@@ -14,6 +14,7 @@ from server.api.pages import cursor_int, decode_token, encode_token, page_size
 from server.auth.principal import current_principal
 from server.channels.base import TYPING, TYPING_OFF
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.interceptors.request_context import send_headers
 from server.normalizers.text import normalize_text
 from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
@@ -216,6 +217,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             request.conversation_id,
             after_sequence=after,
             expires_at=caller.expires_at,
+            # The headers tell the caller the stream is live: nothing published after is missed.
+            on_live=lambda: send_headers(context),
         )
         async with contextlib.aclosing(events):  # a cancelled call unsubscribes at once
             async for event in events:

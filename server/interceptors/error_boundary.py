@@ -25,6 +25,7 @@ from server.domain.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
+from server.interceptors.request_context import send_headers
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 log = structlog.get_logger("chat.errors")
@@ -73,6 +74,7 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
             metadata={"request_id": request_id},
         )
     status, trailing = to_status(exc)
+    await send_headers(context)  # a call that defers its headers still gets its request id
     await context.abort(
         exc.code,
         exc.message,

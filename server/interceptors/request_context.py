@@ -2,7 +2,10 @@
 
 The request id comes from the caller's ``x-request-id`` metadata when it is well-formed,
 otherwise it is generated; it is bound to every log line of the call and returned to the
-caller in the initial metadata, so a user can quote it in a support request.
+caller in the initial metadata (the response headers), so a user can quote it in a support
+request. A call in ``DEFERRED_HEADERS`` sends its headers itself (``send_headers``), at a moment
+that tells the caller something: StreamConversationEvents once it is subscribed. An error
+before then sends them just before its status.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any, cast
 
 import grpc
@@ -22,6 +26,11 @@ REQUEST_ID_KEY = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Probes call these every few seconds; their access lines would drown everything else.
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: Calls whose handler sends the response headers when they mean something (send_headers).
+DEFERRED_HEADERS = frozenset({"/chat.v1.ChatService/StreamConversationEvents"})
+_unsent_headers: ContextVar[tuple[tuple[str, str], ...] | None] = ContextVar(
+    "unsent_headers", default=None
+)
 
 log = structlog.get_logger("chat.access")
 
@@ -32,6 +41,16 @@ def request_id_from(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _VALID_REQUEST_ID.match(value):
             return value
     return uuid.uuid4().hex
+
+
+async def send_headers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Send a deferred call's response headers (its request id); nothing when there are none
+    waiting, or they went already."""
+    headers = _unsent_headers.get()
+    if headers is None:
+        return
+    _unsent_headers.set(None)
+    await context.send_initial_metadata(headers)
 
 
 class RequestContextInterceptor(AsyncServerInterceptor):
@@ -46,7 +65,11 @@ class RequestContextInterceptor(AsyncServerInterceptor):
     ) -> Any:
         request_id = request_id_from(context)
         structlog.contextvars.bind_contextvars(request_id=request_id, method=method_name)
-        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        headers = ((REQUEST_ID_KEY, request_id),)
+        if method_name in DEFERRED_HEADERS:
+            _unsent_headers.set(headers)
+        else:
+            await context.send_initial_metadata(headers)
         started = time.perf_counter()
         try:
             response = method(request_or_iterator, context)

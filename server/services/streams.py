@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 from google.protobuf import timestamp_pb2
@@ -137,9 +137,12 @@ class StreamService:
         *,
         after_sequence: int | None,
         expires_at: float,
+        on_live: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Missed messages after ``after_sequence`` (when set), then live events, until the
-        conversation closes, the caller leaves, or the token expires."""
+        conversation closes, the caller leaves, or the token expires. ``on_live`` is awaited
+        once the stream is subscribed and knows where it starts: every event after that
+        reaches it (the API sends the response headers then)."""
         await self._conversation(tenant_id, conversation_id)
         try:
             subscription = await self._subscriptions.subscribe(tenant_id, conversation_id)
@@ -151,6 +154,8 @@ class StreamService:
             # Subscribed: from here on nothing is missed, so storage is read now.
             current = await self._conversation(tenant_id, conversation_id)
             last = current.last_sequence if after_sequence is None else after_sequence
+            if on_live is not None:
+                await on_live()  # the starting point is fixed: whatever comes next is sent
             async for message in self._stored(tenant_id, conversation_id, last, None):
                 last = message.sequence
                 yield message_event(message)

@@ -343,3 +343,13 @@ async def status_of(mongo: Mongo, message_id: str) -> int:
     document = await mongo["messages"].find_one({"_id": message_id})
     assert document is not None
     return int(document["delivery_status"])
+
+
+async def sent(mongo: Mongo, *message_ids: str, what: str) -> None:
+    """Until each message's send has its outcome committed: SENT, with the platform's id."""
+
+    async def all_sent() -> bool:
+        statuses = [await status_of(mongo, message_id) for message_id in message_ids]
+        return statuses == [c.DELIVERY_STATUS_SENT] * len(message_ids)
+
+    await eventually(all_sent, what)

@@ -42,6 +42,7 @@ from tests.integration.stand_ins import (
     Platforms,
     StartServer,
     reply_of,
+    sent,
     status_of,
     whatsapp_text,
 )
@@ -54,7 +55,7 @@ from tests.integration.test_bridge import (
     start_bridge,
     unique,
 )
-from tests.integration.test_streams import Stream, subscribed
+from tests.integration.test_streams import Stream
 from tests.integration.waiting import eventually
 
 
@@ -72,10 +73,7 @@ async def test_whatsapp_round_trip_then_receipts(
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
     reply = await reply_of(mongo, wamid)
 
-    async def sent() -> bool:
-        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
-
-    await eventually(sent, "the reply to be sent")
+    await sent(mongo, reply.id, what="the reply to be sent")
     [(path, headers, body)] = platforms.to("whatsapp", user)
     assert path == "whatsapp /v23.0/106540352242922/messages"  # the tenant's phone number id
     assert headers["Authorization"] == "Bearer t"
@@ -147,8 +145,10 @@ async def test_slack_messenger_and_teams_round_trips(
         "message": {"text": "Hello! How can I help you today?"},
     }
     (token_path, _, token_form) = platforms.sent("teams-token")[-1]
-    assert token_form["grant_type"] == "client_credentials"
-    assert token_form["scope"] == "https://api.botframework.com/.default"
+    assert (token_form["grant_type"], token_form["scope"]) == (
+        "client_credentials",
+        "https://api.botframework.com/.default",
+    )
     [(teams_path, teams_headers, teams_body)] = platforms.to("teams ", conversation)
     assert teams_path == f"teams /v3/conversations/{conversation}/activities"
     assert teams_headers["Authorization"] == "Bearer teams-app-token"
@@ -159,6 +159,8 @@ async def test_slack_messenger_and_teams_round_trips(
     # Receipts through the bridge: a Messenger read watermark, a Teams read receipt.
     fb_reply = await reply_of(mongo, mid)
     teams_reply = await reply_of(mongo, activity_id)
+    # The stand-ins have had the sends; each send's outcome is committed just after.
+    await sent(mongo, fb_reply.id, teams_reply.id, what="the Messenger and Teams sends")
     read = {
         "sender": {"id": psid},
         "recipient": {"id": "PAGE"},
@@ -228,10 +230,7 @@ async def test_retry_after_then_success_and_permanent_failures_then_replay(
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
     reply = await reply_of(mongo, wamid)
 
-    async def sent() -> bool:
-        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
-
-    await eventually(sent, "the retried send")
+    await sent(mongo, reply.id, what="the retried send")
     assert time.monotonic() - started >= 1.0  # Retry-After was honoured
     assert len(platforms.to("whatsapp", user)) == 2
 
@@ -346,10 +345,7 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
     reply = await reply_of(mongo, wamid)
 
-    async def sent() -> bool:
-        return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
-
-    await eventually(sent, "the first reply")
+    await sent(mongo, reply.id, what="the first reply")
     # A second outbound message whose delivery a dead process had claimed: its lease ran out.
     document = await mongo["messages"].find_one({"_id": reply.id})
     assert document is not None
@@ -419,10 +415,7 @@ async def test_outcomes_recorded_together_keep_all_but_a_delivery_taken_over(
     await mongo["deliveries"].update_one({"_id": taken.id}, {"$set": {"owner": "another-process"}})
     platforms.release.set()
 
-    async def sent() -> bool:
-        return await status_of(mongo, kept.id) == c.DELIVERY_STATUS_SENT
-
-    await eventually(sent, "the kept delivery's outcome")
+    await sent(mongo, kept.id, what="the kept delivery's outcome")
     await asyncio.sleep(1.0)  # the other send's outcome has been dealt with by now
     assert await status_of(mongo, taken.id) == c.DELIVERY_STATUS_QUEUED
     delivery = await mongo["deliveries"].find_one({"_id": taken.id})
@@ -488,9 +481,9 @@ async def test_whatsapp_media_is_uploaded_then_sent_by_id(
         "size": len(picture),
         "filename": "a.png",
     }
-    [(_, _, sent)] = platforms.to("whatsapp /", "15550001111")
-    assert sent["type"] == "image"
-    assert sent["image"] == {"id": "uploaded-media-1", "caption": "our shop"}
+    [(_, _, upload_send)] = platforms.to("whatsapp /", "15550001111")
+    assert upload_send["type"] == "image"
+    assert upload_send["image"] == {"id": "uploaded-media-1", "caption": "our shop"}
 
 
 async def test_the_platforms_see_the_bot_read_and_type(
@@ -823,10 +816,7 @@ async def test_a_server_killed_mid_send_loses_nothing_and_resends_once(
 
         await start_server(**settings)  # the next process
 
-        async def sent() -> bool:
-            return await status_of(mongo, reply.id) == c.DELIVERY_STATUS_SENT
-
-        await eventually(sent, "the delivery taken over after the lease")
+        await sent(mongo, reply.id, what="the delivery taken over after the lease")
         await asyncio.sleep(0.5)
         assert len(platforms.to("whatsapp", user)) == 2  # the lost answer's send, and one more
         record = await mongo["deliveries"].find_one({"_id": reply.id})
@@ -863,7 +853,7 @@ async def test_receipts_that_come_before_the_send_is_recorded_are_applied_after(
     assert await mongo["early_receipts"].count_documents({"platform_message_id": out_id}) == 3
     async with grpc.aio.insecure_channel(stack_up[0].target) as channel:
         stream = Stream(ChatClient(channel, "acme"), reply.conversation_id)
-        await subscribed(stack_up[0])
+        await stream.live()
         platforms.release.set()
 
         async def read() -> bool:

@@ -28,7 +28,7 @@ from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.test_streams import Stream, subscribed
+from tests.integration.test_streams import Stream
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncMongoClient[dict[str, Any]]
@@ -275,6 +275,7 @@ async def test_receipts_only_move_status_forward(
         return message.delivery_status
 
     stream = Stream(client, cid)
+    await stream.live()  # delivery status travels live only: subscribed before the receipt
     read = await bridge.ingest(status_event(user, c.DELIVERY_STATUS_READ, "wamid.out-1"))
     assert read[0].outcome == ingest.INGEST_OUTCOME_ACCEPTED  # read without delivered first
     assert await status() == c.DELIVERY_STATUS_READ
@@ -325,7 +326,7 @@ async def test_typing_reaches_the_streams(
     cid = await conversation_of(mongo, result.message_id)
     await replied(client, cid, 2)
     stream = Stream(client, cid)
-    await subscribed(server)
+    await stream.live()
     typing = ingest.InboundEvent(
         platform_event_id="typing-1",
         channel=WHATSAPP,

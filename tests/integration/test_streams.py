@@ -64,6 +64,11 @@ class Stream:
         finally:
             self.ended.set()
 
+    async def live(self) -> None:
+        """Until the response headers arrive: the server sends them once the stream is
+        subscribed, so every event after this reaches it."""
+        await asyncio.wait_for(self.call.initial_metadata(), WAIT)
+
     async def next(self) -> Event:
         return await asyncio.wait_for(self.events.get(), WAIT)
 
@@ -81,14 +86,6 @@ class Stream:
 
     def cancel(self) -> None:
         self.call.cancel()
-
-
-async def subscribed(server: RunningServer, count: int = 1) -> None:
-    """Wait until the server's hub holds ``count`` subscriptions (the stream is live)."""
-    deadline = time.monotonic() + WAIT
-    while server.server.stream_subscribers < count:
-        assert time.monotonic() < deadline, "the stream never subscribed"
-        await asyncio.sleep(0.02)
 
 
 def reason(exc: grpc.aio.AioRpcError) -> str:
@@ -129,8 +126,8 @@ async def test_every_subscriber_on_either_server_sees_everything_in_order(
     first = await a.send("hello", user_id="stream-user")
     cid = first.conversation.id
     streams = [Stream(a, cid), Stream(a, cid), Stream(b, cid), Stream(b, cid)]
-    await subscribed(servers[0], 2)
-    await subscribed(servers[1], 2)
+    await asyncio.gather(*(stream.live() for stream in streams))
+    assert [server.server.stream_subscribers for server in servers] == [2, 2]
 
     sent = await a.send("second", user_id="stream-user")
     for stream in streams:
@@ -173,7 +170,8 @@ async def test_a_cancelled_stream_leaves_the_hub(
     a, _ = clients
     first = await a.send("hello", user_id="cancel-user")
     streams = [Stream(a, first.conversation.id) for _ in range(3)]
-    await subscribed(servers[0], 3)
+    await asyncio.gather(*(stream.live() for stream in streams))
+    assert servers[0].server.stream_subscribers == 3
     streams[0].cancel()
     streams[1].cancel()
     deadline = time.monotonic() + WAIT
@@ -215,7 +213,7 @@ async def test_a_reconnect_gets_what_it_missed_then_live_with_no_gap_or_duplicat
     everything = Stream(a, cid, after_sequence=0)
     assert [m.sequence for m in await everything.messages(total)] == list(range(1, total + 1))
     live = Stream(a, cid)
-    await subscribed(servers[0], 2)
+    await live.live()
     sent = await b.send("live", user_id="reconnect-user")
     assert [m.sequence for m in await live.messages(2)] == [total + 1, total + 2]
     assert [m.id for m in await everything.messages(2)] == [sent.message.id, sent.replies[0].id]
@@ -264,6 +262,42 @@ async def test_mark_read_moves_forward_once_and_is_idempotent(
         3: c.DELIVERY_STATUS_UNSPECIFIED,
         4: c.DELIVERY_STATUS_READ,
     }
+
+
+async def test_the_headers_come_once_the_stream_is_live_and_name_the_request(
+    clients: tuple[ChatClient, ChatClient],
+) -> None:
+    a, _ = clients
+    first = await a.send("x", user_id="headers-user")
+
+    def stream(conversation_id: str, request_id: str, *, signed: bool = True) -> Any:
+        metadata = (*(a.metadata if signed else ()), ("x-request-id", request_id))
+        return a.stub.StreamConversationEvents(
+            chat.StreamConversationEventsRequest(conversation_id=conversation_id),
+            metadata=metadata,
+        )
+
+    live = stream(first.conversation.id, "req-live")
+    headers = await asyncio.wait_for(live.initial_metadata(), WAIT)
+    assert ("x-request-id", "req-live") in tuple(headers)
+    sent = await a.send("after the headers", user_id="headers-user")
+    event = await asyncio.wait_for(live.read(), WAIT)
+    assert event.message.id == sent.message.id
+    live.cancel()
+    # Refused before it was live (by the service, or by an interceptor): the request id still
+    # comes back in the headers.
+    for refused, request_id, code in (
+        (stream("no-such-conversation", "req-missing"), "req-missing", grpc.StatusCode.NOT_FOUND),
+        (
+            stream(first.conversation.id, "req-unsigned", signed=False),
+            "req-unsigned",
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(refused.read(), WAIT)
+        assert caught.value.code() == code
+        assert ("x-request-id", request_id) in tuple(await refused.initial_metadata())
 
 
 async def test_bad_requests_are_refused_plainly(clients: tuple[ChatClient, ChatClient]) -> None:
@@ -421,7 +455,7 @@ async def test_a_lost_redis_connection_is_caught_up_from_storage(
             reader, writer = ChatClient(one, "acme"), ChatClient(two, "acme")
             first = await writer.send("before", user_id="outage-user")
             stream = Stream(reader, first.conversation.id)
-            await subscribed(watched)
+            await stream.live()
             await proxy.stop()  # the watching server loses Redis; the other one writes on
             sent = await writer.send("during the outage", user_id="outage-user")
             await asyncio.sleep(0.5)
@@ -443,7 +477,7 @@ async def test_shutdown_ends_streams_promptly(start_server: StartServer, tmp_pat
         client = ChatClient(channel, "acme")
         first = await client.send("hi", user_id="shutdown-user")
         stream = Stream(client, first.conversation.id)
-        await subscribed(server)
+        await stream.live()
         started = time.monotonic()
         await server.server.stop()
         await stream.wait_ended()

@@ -134,6 +134,26 @@ async def test_replay_then_live() -> None:
     assert subscriptions.active == 0
 
 
+async def test_a_message_sent_once_the_stream_is_live_reaches_it() -> None:
+    """on_live (the response headers) comes after the stream fixed where it starts, so a
+    message its caller sends on seeing the headers is not taken for one from before."""
+    storage, subscriptions = Storage(), Subscriptions()
+    storage.add(1)
+    published: list[c.Message] = []
+
+    async def send_on_headers() -> None:
+        [message] = storage.add(1)
+        subscriptions.current.offer(message_event(message))
+        published.append(message)
+
+    stream = service(storage, subscriptions).stream(
+        "t1", "c1", after_sequence=None, expires_at=math.inf, on_live=send_on_headers
+    )
+    assert sequences(await collect(stream, 1)) == [2]
+    assert [m.sequence for m in published] == [2]
+    await stream.aclose()
+
+
 async def test_an_overflowing_subscriber_is_told_to_reconnect() -> None:
     storage, subscriptions = Storage(), Subscriptions(limit=2)
     stream = service(storage, subscriptions).stream(

@@ -158,7 +158,8 @@ class ChatServiceServicer:
         messages stored after it, then continues live, with no gap and no duplicate. The stream
         ends when the caller's token expires (reconnect with a fresh one). A subscriber
         that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
-        sequence it saw.
+        sequence it saw. The response headers (initial metadata) arrive once the stream is
+        subscribed: every event that happens after them reaches it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

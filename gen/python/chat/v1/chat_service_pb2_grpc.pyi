@@ -69,7 +69,8 @@ class ChatServiceStub:
     messages stored after it, then continues live, with no gap and no duplicate. The stream
     ends when the caller's token expires (reconnect with a fresh one). A subscriber
     that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
-    sequence it saw.
+    sequence it saw. The response headers (initial metadata) arrive once the stream is
+    subscribed: every event that happens after them reaches it.
     """
     SendTypingIndicator: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.SendTypingIndicatorRequest, _chat_service_pb2.SendTypingIndicatorResponse]
     """SendTypingIndicator tells the conversation's subscribers (and the platform, where it has
@@ -119,7 +120,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     messages stored after it, then continues live, with no gap and no duplicate. The stream
     ends when the caller's token expires (reconnect with a fresh one). A subscriber
     that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
-    sequence it saw.
+    sequence it saw. The response headers (initial metadata) arrive once the stream is
+    subscribed: every event that happens after them reaches it.
     """
     SendTypingIndicator: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.SendTypingIndicatorRequest, _chat_service_pb2.SendTypingIndicatorResponse]  # type: ignore[assignment]
     """SendTypingIndicator tells the conversation's subscribers (and the platform, where it has
@@ -214,7 +216,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         messages stored after it, then continues live, with no gap and no duplicate. The stream
         ends when the caller's token expires (reconnect with a fresh one). A subscriber
         that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
-        sequence it saw.
+        sequence it saw. The response headers (initial metadata) arrive once the stream is
+        subscribed: every event that happens after them reaches it.
         """
 
     @_abc_1.abstractmethod
