@@ -188,15 +188,22 @@ class Launcher:
         self._stack.stop()
 
 
+#: What "ready" means here: the service, and each server this launcher started (Kafka is not
+#: needed for the service to be SERVING, but a dev stack reported ready should have it).
+_READY_HEALTH = ("", "mongodb", "redis", "kafka")
+
+
 def _grpc_serving(target: str) -> bool:
     with grpc.insecure_channel(target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in _READY_HEALTH:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+            except grpc.RpcError:
+                return False
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                return False
+    return True
 
 
 def _http_ok(url: str) -> bool:

@@ -556,6 +556,10 @@ class ChatServer:
             log.warning("rate-limit script not preloaded", error=repr(exc))
         self.port = self._server.add_insecure_port(self._settings.grpc_address)
         await self._server.start()
+        if self._responder_channel is not None:
+            # Connect now: the first message's reply would otherwise pay for the connection
+            # within the responder's deadline, and could get the fallback text.
+            self._responder_channel.get_state(try_to_connect=True)
         self._monitor_task = asyncio.create_task(
             self._monitor.run(self._stopping), name="health-monitor"
         )
