@@ -12,7 +12,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from devstack.tokens import (
     dev_tenant_secrets_key,
     mint_dev_token,
 )
+from server.settings import DEFAULT_SHUTDOWN_GRACE_SECONDS
+from server.stopping import EXIT_MARGIN_SECONDS
 
 SERVICE_START_TIMEOUT_SECONDS = 60.0
 
@@ -91,7 +93,10 @@ class Launcher:
         grpc_target = f"{HOST}:{grpc_port}"
         server = self._spawn("chat-server", env)
         wait_until(
-            lambda: _grpc_serving(grpc_target),
+            # Ready: the service, and each server started here (Kafka is not needed for the
+            # service to be SERVING, but an embedded stack reported ready should have it; an
+            # external one given by URL is the user's to watch).
+            lambda: _grpc_serving(grpc_target, ("", *(c.name for c in self._stack.children))),
             child=server,
             timeout=SERVICE_START_TIMEOUT_SECONDS,
             what="reporting SERVING",
@@ -183,20 +188,28 @@ class Launcher:
 
     def stop(self) -> None:
         """Stop services, newest first, then the servers."""
+        # Past each service's own exit deadline: the kill is the last resort, not a race.
+        timeout = _shutdown_grace(self._environ) + EXIT_MARGIN_SECONDS + 5
         while self._services:
-            self._services.pop().stop(timeout=15)
+            self._services.pop().stop(timeout=timeout)
         self._stack.stop()
 
 
-#: What "ready" means here: the service, and each server this launcher started (Kafka is not
-#: needed for the service to be SERVING, but a dev stack reported ready should have it).
-_READY_HEALTH = ("", "mongodb", "redis", "kafka")
+def _shutdown_grace(environ: Mapping[str, str]) -> float:
+    """The services' CHAT_SHUTDOWN_GRACE_SECONDS (a value they would refuse counts as the
+    default: they did not start)."""
+    try:
+        return float(environ.get("CHAT_SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS))
+    except ValueError:
+        return float(DEFAULT_SHUTDOWN_GRACE_SECONDS)
 
 
-def _grpc_serving(target: str) -> bool:
+def _grpc_serving(target: str, services: Sequence[str]) -> bool:
+    """Whether the server's health reports SERVING for each of ``services`` ("" is the whole
+    service; mongodb, redis and kafka each dependency)."""
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for service in _READY_HEALTH:
+        for service in services:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
             except grpc.RpcError:

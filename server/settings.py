@@ -18,6 +18,8 @@ T = TypeVar("T")
 
 #: More would only add connections: the processes share the machine's cores.
 MAX_WORKERS = 64
+#: CHAT_SHUTDOWN_GRACE_SECONDS unset.
+DEFAULT_SHUTDOWN_GRACE_SECONDS = "10"
 
 
 class SettingsError(ValueError):
@@ -173,7 +175,9 @@ class Settings:
             tenant_secrets_key_file=Path(secrets_key_file) if secrets_key_file else None,
             log_format=env.choice("CHAT_LOG_FORMAT", "auto", _LOG_FORMATS),
             log_level=env.choice("CHAT_LOG_LEVEL", "info", _LOG_LEVELS),
-            shutdown_grace_seconds=env.parse("CHAT_SHUTDOWN_GRACE_SECONDS", "10", _positive_float),
+            shutdown_grace_seconds=env.parse(
+                "CHAT_SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS, _positive_float
+            ),
             health_check_interval_seconds=env.parse(
                 "CHAT_HEALTH_CHECK_INTERVAL_SECONDS", "5", _positive_float
             ),

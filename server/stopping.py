@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+from types import FrameType
 
 import structlog
 
@@ -31,25 +32,34 @@ EXIT_MARGIN_SECONDS = 5.0
 
 def stop_on_signals(stop: asyncio.Event, *, grace_seconds: float) -> None:
     """SIGTERM and SIGINT set ``stop``; the first also arms the exit deadline. Call from the
-    running loop, before anything that may wait on a dependency."""
+    running loop, in the main thread, before anything that may wait on a dependency."""
     loop = asyncio.get_running_loop()
     deadline = grace_seconds + EXIT_MARGIN_SECONDS
+    armed = threading.Event()
 
-    def requested() -> None:
-        if stop.is_set():
+    def requested(_signum: int, _frame: FrameType | None) -> None:
+        # A plain signal handler rather than the loop's: Python runs it in the main thread
+        # even while the loop is blocked (a synchronous call), so the deadline is armed then
+        # too; stop is set through the loop, which wakes for it.
+        if armed.is_set():
             return
-        stop.set()
-        # A thread, not the loop: the deadline must hold even when the loop is what is stuck.
+        armed.set()
+        loop.call_soon_threadsafe(stop.set)
+        # The deadline runs in a thread of its own, so it holds when the loop is stuck. It
+        # stays armed through interpreter shutdown: asyncio.run's cleanup (the default
+        # executor's threads) can wait on a dependency too.
         timer = threading.Timer(deadline, _exit_late, args=(deadline,))
         timer.daemon = True
         timer.start()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, requested)
+        signal.signal(sig, requested)
 
 
 def _exit_late(deadline: float) -> None:
-    log.error("stopping took too long; exiting now", deadline_seconds=deadline)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
+    try:
+        log.error("stopping took too long; exiting now", deadline_seconds=deadline)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:  # a closed pipe (the parent gone) must not keep the process alive
+        os._exit(1)

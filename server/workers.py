@@ -23,6 +23,7 @@ from types import FrameType
 import structlog
 
 from server.settings import Settings
+from server.stopping import EXIT_MARGIN_SECONDS
 
 log = structlog.get_logger("chat.workers")
 
@@ -95,7 +96,8 @@ def supervise(settings: Settings) -> int:
             stop(signal.SIGTERM, None)
         time.sleep(_POLL_SECONDS)
         if stopping:
-            _kill_stragglers(workers, settings.shutdown_grace_seconds + 5)
+            # Past each worker's own exit deadline: the kill is the last resort, not a race.
+            _kill_stragglers(workers, settings.shutdown_grace_seconds + EXIT_MARGIN_SECONDS + 5)
     # A worker stopped before it could handle SIGTERM itself ended by the signal: still a stop.
     clean = (0, -signal.SIGTERM)
     failed = failed or any(worker.returncode not in clean for worker in workers)

@@ -18,10 +18,11 @@ MAX_BATCH = 1000
 #: The channel's reconnect backoff after the server went away: gRPC's default grows from 1 s
 #: to 120 s, so after a long outage the bridge would go on refusing webhooks for up to two
 #: minutes once the server is back. Attempts at most a second apart (plus gRPC's 20% jitter)
-#: keep a webhook arriving just after a restart within FORWARD_TIMEOUT_SECONDS.
+#: keep a webhook arriving just after a restart within FORWARD_TIMEOUT_SECONDS. (Not
+#: grpc.min_reconnect_backoff_ms: despite its name, gRPC core takes it as the time one
+#: connection attempt may take.)
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 

@@ -41,7 +41,7 @@ WHATSAPP_SECRET = "wa-app-secret"
 MESSENGER_SECRET = "fb-app-secret"
 SLACK_SECRET = "slack-signing-secret"
 #: How long the server stays down in the restart test.
-OUTAGE_SECONDS = 4.0
+OUTAGE_SECONDS = 8.0
 TENANTS = f"""
 tenants:
   - id: acme
@@ -460,7 +460,7 @@ async def test_a_server_back_on_its_port_takes_the_next_webhook_at_once(
     # While the server is down, the bridge's connection waits out a reconnect backoff; a
     # webhook arriving just after the restart must wait for the connection within its
     # deadline rather than fail on the last refusal. The outage lasts long enough for gRPC's
-    # default backoff (1 s, 1.6 s, 2.56 s, 4.1 s...) to put the next attempt well past that
+    # default backoff (1 s, 1.6 s, 2.56 s, 4.1 s, 6.6 s...) to put the next attempt past that
     # deadline: the bridge's own backoff stops growing at a second.
     port = free_port()
     settings = {

@@ -12,8 +12,8 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 # A process that stops the way chat-server and chat-worker do, then finishes its stop as told:
-# at once, waiting on the loop forever (a dependency that never answers), or with the loop
-# itself blocked.
+# at once, waiting on the loop forever (a dependency that never answers), with the loop
+# blocked once stopping, or with the loop blocked before the signal came.
 CHILD = """
 import asyncio, sys, time
 import server.stopping
@@ -27,6 +27,8 @@ async def main() -> None:
     stop = asyncio.Event()
     stop_on_signals(stop, grace_seconds=0.25)
     print("ready", flush=True)
+    if sys.argv[1] == "stuck":
+        time.sleep(3600)  # the loop is blocked before the signal comes, and never runs again
     await stop.wait()
     if sys.argv[1] == "waits":
         await asyncio.sleep(3600)
@@ -68,7 +70,7 @@ def test_a_stop_that_finishes_exits_cleanly() -> None:
     assert "took too long" not in output
 
 
-@pytest.mark.parametrize("how", ["waits", "blocks"])
+@pytest.mark.parametrize("how", ["waits", "blocks", "stuck"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_that_hangs_is_cut_at_the_deadline(how: str, sig: int) -> None:
     code, output, seconds = stopped(how, sig)

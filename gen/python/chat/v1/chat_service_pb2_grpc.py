@@ -159,7 +159,8 @@ class ChatServiceServicer:
         ends when the caller's token expires (reconnect with a fresh one). A subscriber
         that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
         sequence it saw. The response headers (initial metadata) arrive once the stream is
-        subscribed: every event that happens after them reaches it.
+        subscribed: every message stored after them reaches it, and so do the typing, delivery
+        and read events published after them while the stream holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

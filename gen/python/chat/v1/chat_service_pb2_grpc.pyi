@@ -70,7 +70,8 @@ class ChatServiceStub:
     ends when the caller's token expires (reconnect with a fresh one). A subscriber
     that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
     sequence it saw. The response headers (initial metadata) arrive once the stream is
-    subscribed: every event that happens after them reaches it.
+    subscribed: every message stored after them reaches it, and so do the typing, delivery
+    and read events published after them while the stream holds.
     """
     SendTypingIndicator: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.SendTypingIndicatorRequest, _chat_service_pb2.SendTypingIndicatorResponse]
     """SendTypingIndicator tells the conversation's subscribers (and the platform, where it has
@@ -121,7 +122,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     ends when the caller's token expires (reconnect with a fresh one). A subscriber
     that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
     sequence it saw. The response headers (initial metadata) arrive once the stream is
-    subscribed: every event that happens after them reaches it.
+    subscribed: every message stored after them reaches it, and so do the typing, delivery
+    and read events published after them while the stream holds.
     """
     SendTypingIndicator: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.SendTypingIndicatorRequest, _chat_service_pb2.SendTypingIndicatorResponse]  # type: ignore[assignment]
     """SendTypingIndicator tells the conversation's subscribers (and the platform, where it has
@@ -217,7 +219,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         ends when the caller's token expires (reconnect with a fresh one). A subscriber
         that cannot keep up is dropped with RESOURCE_EXHAUSTED and may reconnect with the last
         sequence it saw. The response headers (initial metadata) arrive once the stream is
-        subscribed: every event that happens after them reaches it.
+        subscribed: every message stored after them reaches it, and so do the typing, delivery
+        and read events published after them while the stream holds.
         """
 
     @_abc_1.abstractmethod
