@@ -16,6 +16,7 @@ handler records the event ids it applied), and unclaimed jobs wait in MongoDB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -44,10 +45,12 @@ def stop_on_signals(stop: asyncio.Event, *, grace_seconds: float) -> None:
         if armed.is_set():
             return
         armed.set()
-        loop.call_soon_threadsafe(stop.set)
-        # The deadline runs in a thread of its own, so it holds when the loop is stuck. It
-        # stays armed through interpreter shutdown: asyncio.run's cleanup (the default
-        # executor's threads) can wait on a dependency too.
+        with contextlib.suppress(RuntimeError):  # the loop already closed: exiting anyway
+            loop.call_soon_threadsafe(stop.set)
+        # The deadline runs in a thread of its own, so it holds when the loop is stuck. It is
+        # never cancelled: it also covers asyncio.run's own cleanup (the default executor's
+        # threads can wait on a dependency too), and as a daemon thread it does not hold up
+        # an exit that comes in time.
         timer = threading.Timer(deadline, _exit_late, args=(deadline,))
         timer.daemon = True
         timer.start()
