@@ -384,10 +384,7 @@ async def test_a_delivery_left_by_a_dead_process_is_sent_once(
     )
     before = len(platforms.to("whatsapp", user))
 
-    async def resent() -> bool:
-        return await status_of(mongo, copy_id) == c.DELIVERY_STATUS_SENT
-
-    await eventually(resent, "the orphaned delivery")
+    await sent(mongo, copy_id, what="the orphaned delivery")
     await asyncio.sleep(0.5)
     assert len(platforms.to("whatsapp", user)) == before + 1
 
@@ -595,13 +592,7 @@ async def test_a_rate_limit_on_the_account_holds_every_recipient(
     assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
     other_reply = await reply_of(mongo, wamid)
 
-    async def both_sent() -> bool:
-        return (
-            await status_of(mongo, limited_reply.id) == c.DELIVERY_STATUS_SENT
-            and await status_of(mongo, other_reply.id) == c.DELIVERY_STATUS_SENT
-        )
-
-    await eventually(both_sent, "both replies, after the hold")
+    await sent(mongo, limited_reply.id, other_reply.id, what="both replies, after the hold")
     [other] = platforms.to("whatsapp", second)
     other_at = platforms.times[platforms.requests.index(other)]
     assert other_at - limited_at >= 2.5  # held with the first, not sent at once

@@ -33,6 +33,7 @@ from tests.integration.stand_ins import (
     DeliveryStack,
     Mongo,
     Platforms,
+    sent,
     status_of,
     whatsapp_reply,
 )
@@ -134,10 +135,7 @@ async def test_a_send_that_times_out_is_retried(
         platforms.stall.add(user)  # the first send gets no answer in time
         reply = await whatsapp_reply(bridge, delivery_mongo, user)
 
-        async def sent() -> bool:
-            return await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT
-
-        await eventually(sent, "the send after the timeout")
+        await sent(delivery_mongo, reply.id, what="the send after the timeout")
         assert len(platforms.to("whatsapp", user)) == 2
         record = await delivery_mongo["deliveries"].find_one({"_id": reply.id})
         assert record is not None
@@ -168,15 +166,7 @@ async def test_the_breaker_keeps_sends_off_a_platform_that_is_down(
         opened_at = platforms.times_to("whatsapp", first)[1]
         other = await whatsapp_reply(bridge, delivery_mongo, second)
 
-        async def both_sent() -> bool:
-            return all(
-                [
-                    await status_of(delivery_mongo, reply.id) == c.DELIVERY_STATUS_SENT,
-                    await status_of(delivery_mongo, other.id) == c.DELIVERY_STATUS_SENT,
-                ]
-            )
-
-        await eventually(both_sent, "both replies once the breaker closed")
+        await sent(delivery_mongo, reply.id, other.id, what="both replies once the breaker closed")
         [_, _, probe] = platforms.times_to("whatsapp", first)
         [other_sent] = platforms.times_to("whatsapp", second)
         # The backoff alone (50 ms base) would have sent both within a fraction of a second.
@@ -338,10 +328,7 @@ async def test_a_later_message_waits_for_an_earlier_ones_retry_without_spinning(
 
         await eventually(both_sent, "both replies, in order", within=30)
 
-        async def recorded() -> bool:
-            return await status_of(delivery_mongo, second.id) == c.DELIVERY_STATUS_SENT
-
-        await eventually(recorded, "the second reply's outcome")
+        await sent(delivery_mongo, second.id, what="the second reply's outcome")
         first_record = await deliveries.find_one({"_id": first.id})
         second_record = await deliveries.find_one({"_id": second.id})
         assert first_record is not None
@@ -378,10 +365,7 @@ async def test_a_graceful_restart_mid_send_finishes_the_send_and_sends_it_once(
         newcomer = "1650" + str(uuid.uuid4().int)[:7]
         other = await whatsapp_reply(bridge, delivery_mongo, newcomer)
 
-        async def delivered() -> bool:
-            return await status_of(delivery_mongo, other.id) == c.DELIVERY_STATUS_SENT
-
-        await eventually(delivered, "a reply from the new server")
+        await sent(delivery_mongo, other.id, what="a reply from the new server")
         assert len(platforms.to("whatsapp", user)) == 1
         record = await delivery_mongo["deliveries"].find_one({"_id": reply.id})
         assert record is not None
