@@ -88,7 +88,7 @@ from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from server.services.active_conversations import ActiveConversations
 from server.services.conversations import ConversationService
-from server.services.delivery import DeliveryProcessor
+from server.services.delivery import DeliveryWorker
 from server.services.delivery_guards import MIN_SAFE_LEASE_SECONDS, DeliveryPolicy, RateHolds
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
@@ -97,7 +97,7 @@ from server.services.messages import MessageService, utc_now
 from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver, PlatformMediaSource
 from server.services.receipts import Receipts
-from server.services.replies import ReplyProcessor
+from server.services.replies import ReplyWorker
 from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
 from server.services.streams import QuietLiveEvents, StreamService
@@ -418,7 +418,7 @@ class ChatServer:
         self._actions = PlatformActions(
             channels=channels, tenants=self._resources.tenants, messages=messages, holds=holds
         )
-        self._delivery = DeliveryProcessor(
+        self._delivery = DeliveryWorker(
             deliveries=deliveries,
             messages=messages,
             media=media_store,
@@ -460,7 +460,7 @@ class ChatServer:
             on_batch=self.metrics.group_commit_batch.labels(call="send_message").observe,
         )
         jobs = MongoReplyJobs(database=database)
-        self._replies = ReplyProcessor(
+        self._replies = ReplyWorker(
             jobs=jobs,
             pipeline=pipeline,
             conversations=conversations,

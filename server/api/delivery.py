@@ -129,7 +129,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     request.request_id,
                     response.SerializeToString(),
                     now=now,
-                    session=None,
+                    tx=None,
                 )
         self._on_requeue()
         return response

@@ -73,14 +73,14 @@ class AnalyticsHandler:
         else:
             raise PermanentError(f"analytics does not take {kind}")
 
-        async def add(session: AsyncClientSession) -> None:
+        async def add(tx: AsyncClientSession) -> None:
             await self._analytics.add(
                 tenant_id,
                 moment=moment,
                 channel=channel,
                 increments=increments,
                 maxima=maxima,
-                session=session,
+                tx=tx,
             )
 
         await self._handled.apply_once(self.name, envelope.event_id, add, now=_now())
@@ -99,17 +99,17 @@ class AnalyticsHandler:
         else:
             return  # QUEUED or SENT: not an outcome
 
-        async def add(session: AsyncClientSession) -> None:
+        async def add(tx: AsyncClientSession) -> None:
             if not increments:
                 return
             if first_key:
-                await self._handled.mark(self.name, first_key, now=_now(), session=session)
+                await self._handled.mark(self.name, first_key, now=_now(), tx=tx)
             await self._analytics.add(
                 envelope.tenant_id,
                 moment=occur_time(envelope),
                 channel=delivered.channel,
                 increments=increments,
-                session=session,
+                tx=tx,
             )
 
         await self._handled.apply_once(self.name, envelope.event_id, add, now=_now())
@@ -132,13 +132,13 @@ class UserActivityHandler:
         if not message.sender_id:
             raise PermanentError("a received message without its sender")
 
-        async def record(session: AsyncClientSession) -> None:
+        async def record(tx: AsyncClientSession) -> None:
             await self._users.record_activity(
                 envelope.tenant_id,
                 channel=message.channel,
                 user_id=message.sender_id,
                 now=message.create_time.ToDatetime(tzinfo=dt.UTC),
-                session=session,
+                tx=tx,
             )
 
         await self._handled.apply_once(self.name, envelope.event_id, record, now=_now())
@@ -213,8 +213,8 @@ class AuditHandler:
         if not envelope.tenant_id:
             raise PermanentError("event without a tenant")
 
-        async def append(session: AsyncClientSession) -> None:
-            await self._audit.append(envelope.tenant_id, record, session=session)
+        async def append(tx: AsyncClientSession) -> None:
+            await self._audit.append(envelope.tenant_id, record, tx=tx)
 
         await self._handled.apply_once(self.name, envelope.event_id, append, now=_now())
 

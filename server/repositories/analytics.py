@@ -43,7 +43,7 @@ class MongoAnalytics:
         channel: int,
         increments: dict[str, float],
         maxima: dict[str, float] | None = None,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Add to the minute's counters (created on first use)."""
         minute = minute_of(moment)
@@ -57,7 +57,7 @@ class MongoAnalytics:
             {"_id": f"{tenant_id}:{channel}:{minute:%Y%m%d%H%M}"},
             update,
             upsert=True,
-            session=session,
+            session=tx,
         )
 
     async def minutes(

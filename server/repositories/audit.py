@@ -67,16 +67,14 @@ class MongoAuditLog:
         self._entries = database[AUDIT_LOG]
         self._heads = database[AUDIT_HEADS]
 
-    async def append(
-        self, tenant_id: str, record: AuditRecord, *, session: AsyncClientSession
-    ) -> int:
+    async def append(self, tenant_id: str, record: AuditRecord, *, tx: AsyncClientSession) -> int:
         """Chain the record after the tenant's last entry; returns its sequence."""
         # MongoDB keeps dates to the millisecond: the hash is computed on what is stored.
         moment = record.occur_time
         record = replace(
             record, occur_time=moment.replace(microsecond=moment.microsecond // 1000 * 1000)
         )
-        head = await self._heads.find_one({"_id": tenant_id}, session=session)
+        head = await self._heads.find_one({"_id": tenant_id}, session=tx)
         sequence = (head["sequence"] if head else 0) + 1
         previous = head["hash"] if head else GENESIS_HASH
         digest = entry_hash(tenant_id, sequence, record, previous)
@@ -84,7 +82,7 @@ class MongoAuditLog:
             {"_id": tenant_id, "sequence": sequence - 1},
             {"$set": {"sequence": sequence, "hash": digest}},
             upsert=head is None,
-            session=session,
+            session=tx,
         )
         if moved.matched_count == 0 and moved.upserted_id is None:
             raise AuditChainMovedError(tenant_id)
@@ -102,7 +100,7 @@ class MongoAuditLog:
                 "previous_hash": previous,
                 "hash": digest,
             },
-            session=session,
+            session=tx,
         )
         return sequence
 

@@ -53,11 +53,11 @@ class MongoConversationRepository:
         self._collection = database[CONVERSATIONS]
 
     async def get(
-        self, tenant_id: str, conversation_id: str, *, session: AsyncClientSession | None = None
+        self, tenant_id: str, conversation_id: str, *, tx: AsyncClientSession | None = None
     ) -> common_pb2.Conversation | None:
         """One conversation of the tenant, or None."""
         document = await self._collection.find_one(
-            {"_id": conversation_id, "tenant_id": tenant_id}, session=session
+            {"_id": conversation_id, "tenant_id": tenant_id}, session=tx
         )
         return to_proto(document) if document else None
 
@@ -78,7 +78,7 @@ class MongoConversationRepository:
         channel: int,
         channel_conversation_id: str,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> common_pb2.Conversation:
         """Start a conversation; DuplicateKeyError when the user already has an active one."""
         document: Document = {
@@ -97,11 +97,11 @@ class MongoConversationRepository:
             "last_activity_time": now,
             "metadata": {},
         }
-        await self._collection.insert_one(document, session=session)
+        await self._collection.insert_one(document, session=tx)
         return to_proto(document)
 
     async def record_messages_many(
-        self, recordings: Sequence[Recording], *, session: AsyncClientSession
+        self, recordings: Sequence[Recording], *, tx: AsyncClientSession
     ) -> list[common_pb2.Conversation | None]:
         """Reserve sequence numbers for new messages of several conversations (each at most
         once) and update their counters, in three round trips whatever their number: the current
@@ -118,7 +118,7 @@ class MongoConversationRepository:
         ids = [r.conversation_id for r in recordings]
         if len(set(ids)) != len(ids):
             raise ValueError("a conversation may appear once per call")
-        current = await self._states(ids, session)
+        current = await self._states(ids, tx)
         active = [
             r
             for r in recordings
@@ -148,16 +148,16 @@ class MongoConversationRepository:
                 for r in active
             ],
             ordered=False,
-            session=session,
+            session=tx,
         )
-        updated = await self._states([r.conversation_id for r in active], session)
+        updated = await self._states([r.conversation_id for r in active], tx)
         return [
             to_proto(updated[r.conversation_id]) if r.conversation_id in updated else None
             for r in recordings
         ]
 
-    async def _states(self, ids: Sequence[str], session: AsyncClientSession) -> dict[str, Document]:
-        cursor = self._collection.find({"_id": {"$in": list(ids)}}, session=session)
+    async def _states(self, ids: Sequence[str], tx: AsyncClientSession) -> dict[str, Document]:
+        cursor = self._collection.find({"_id": {"$in": list(ids)}}, session=tx)
         return {document["_id"]: document async for document in cursor}
 
     async def close(
@@ -167,7 +167,7 @@ class MongoConversationRepository:
         *,
         reason: str,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> common_pb2.Conversation | None:
         """Close an active conversation; None when it is not active (or not the tenant's)."""
         document = await update_and_get(
@@ -181,7 +181,7 @@ class MongoConversationRepository:
                     "update_time": now,
                 }
             },
-            session=session,
+            tx=tx,
         )
         return to_proto(document) if document else None
 

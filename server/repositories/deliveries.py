@@ -64,16 +64,14 @@ class MongoDeliveries:
         recipient_id: str,
         service_url: str,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Queue outbound messages, in the transaction that stores them."""
         await self.enqueue_many(
-            [Outgoing(tenant_id, messages, recipient_id, service_url, now)], session=session
+            [Outgoing(tenant_id, messages, recipient_id, service_url, now)], tx=tx
         )
 
-    async def enqueue_many(
-        self, outgoing: Sequence[Outgoing], *, session: AsyncClientSession
-    ) -> None:
+    async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: AsyncClientSession) -> None:
         """enqueue for several conversations in one round trip."""
         documents = [
             {
@@ -95,7 +93,7 @@ class MongoDeliveries:
             for message in item.messages
         ]
         if documents:
-            await self._collection.insert_many(documents, session=session)
+            await self._collection.insert_many(documents, session=tx)
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
         """Ids of the oldest due deliveries (a lapsed lease makes one due again)."""
@@ -139,7 +137,7 @@ class MongoDeliveries:
             return now + soon
         return max(now + soon, due)
 
-    async def finish_many(self, finishes: Sequence[Finish], *, session: AsyncClientSession) -> bool:
+    async def finish_many(self, finishes: Sequence[Finish], *, tx: AsyncClientSession) -> bool:
         """Record each attempt and final state (SENT or FAILED), in one round trip; False when
         the lease of any was lost (another process has it now)."""
         done = await self._collection.bulk_write(
@@ -159,7 +157,7 @@ class MongoDeliveries:
                 for f in finishes
             ],
             ordered=False,
-            session=session,
+            session=tx,
         )
         return done.modified_count == len(finishes)
 

@@ -28,11 +28,11 @@ class MongoHandledEvents:
         return await self._collection.find_one({"_id": f"{handler}:{key}"}, {"_id": 1}) is not None
 
     async def mark(
-        self, handler: str, key: str, *, now: dt.datetime, session: AsyncClientSession
+        self, handler: str, key: str, *, now: dt.datetime, tx: AsyncClientSession
     ) -> None:
         """Record ``key``; a second record of the same key fails the transaction."""
         await self._collection.insert_one(
-            {"_id": f"{handler}:{key}", "handle_time": now}, session=session
+            {"_id": f"{handler}:{key}", "handle_time": now}, session=tx
         )
 
     async def apply_once(
@@ -48,9 +48,9 @@ class MongoHandledEvents:
         if await self.seen(handler, event_id):
             return False
 
-        async def both(session: AsyncClientSession) -> None:
-            await self.mark(handler, event_id, now=now, session=session)
-            await work(session)
+        async def both(tx: AsyncClientSession) -> None:
+            await self.mark(handler, event_id, now=now, tx=tx)
+            await work(tx)
 
         try:
             await self._transactions.run(both)

@@ -38,7 +38,7 @@ class MongoIdempotencyStore:
         response: bytes,
         *,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Record the response; DuplicateKeyError when another call recorded it first."""
         await self._collection.insert_one(
@@ -49,5 +49,5 @@ class MongoIdempotencyStore:
                 "response": response,
                 "expire_time": now + RETENTION,
             },
-            session=session,
+            session=tx,
         )

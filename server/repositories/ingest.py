@@ -40,17 +40,17 @@ class MongoIngestLog:
         platform_event_id: str,
         *,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Record the event in the caller's transaction; a second record fails it."""
-        await self.record_many([(tenant_id, channel, platform_event_id)], now=now, session=session)
+        await self.record_many([(tenant_id, channel, platform_event_id)], now=now, tx=tx)
 
     async def record_many(
         self,
         events: Sequence[tuple[str, int, str]],
         *,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Record events (tenant, channel, platform event id) in the caller's transaction, in
         one round trip; one recorded before fails it."""
@@ -63,7 +63,7 @@ class MongoIngestLog:
                 }
                 for tenant_id, channel, platform_event_id in events
             ],
-            session=session,
+            session=tx,
         )
 
 
@@ -86,7 +86,7 @@ class MongoReplyJobs:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[REPLY_JOBS]
 
-    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, session: AsyncClientSession) -> None:
+    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: AsyncClientSession) -> None:
         """Queue the jobs in the caller's transaction, in one round trip."""
         await self._collection.insert_many(
             [
@@ -103,7 +103,7 @@ class MongoReplyJobs:
                 }
                 for job in jobs
             ],
-            session=session,
+            session=tx,
         )
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
@@ -138,7 +138,7 @@ class MongoReplyJobs:
         )
         return found is not None
 
-    async def complete_many(self, jobs: Sequence[Document], *, session: AsyncClientSession) -> bool:
+    async def complete_many(self, jobs: Sequence[Document], *, tx: AsyncClientSession) -> bool:
         """Remove the jobs in the caller's transaction, in one round trip; False when the
         lease of any was lost."""
         removed = await self._collection.bulk_write(
@@ -147,7 +147,7 @@ class MongoReplyJobs:
                 for job in jobs
             ],
             ordered=False,
-            session=session,
+            session=tx,
         )
         return removed.deleted_count == len(jobs)
 

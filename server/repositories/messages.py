@@ -47,7 +47,7 @@ class MongoMessageRepository:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[MESSAGES]
 
-    async def insert_rows(self, rows: Sequence[MessageRow], *, session: AsyncClientSession) -> None:
+    async def insert_rows(self, rows: Sequence[MessageRow], *, tx: AsyncClientSession) -> None:
         """Store messages of any tenants and conversations in one round trip."""
         await self._collection.insert_many(
             [
@@ -66,7 +66,7 @@ class MongoMessageRepository:
                 }
                 for row in rows
             ],
-            session=session,
+            session=tx,
         )
 
     async def history(
@@ -155,7 +155,7 @@ class MongoMessageRepository:
         channel: int,
         platform_message_ids: Sequence[str],
         *,
-        session: AsyncClientSession | None = None,
+        tx: AsyncClientSession | None = None,
     ) -> set[str]:
         """Which of these platform ids name a stored outbound message of the tenant."""
         cursor = self._collection.find(
@@ -165,7 +165,7 @@ class MongoMessageRepository:
                 "platform_message_id": {"$in": list(platform_message_ids)},
             },
             {"platform_message_id": 1},
-            session=session,
+            session=tx,
         )
         return {document["platform_message_id"] async for document in cursor}
 
@@ -188,7 +188,7 @@ class MongoMessageRepository:
         return None
 
     async def advance_many(
-        self, changes: Sequence[Advance], *, session: AsyncClientSession
+        self, changes: Sequence[Advance], *, tx: AsyncClientSession
     ) -> list[common_pb2.Message]:
         """Move outbound messages (each at most once) to their ``status`` where that is
         forward, and record their platform ids; returns those that moved, as they are now.
@@ -199,7 +199,7 @@ class MongoMessageRepository:
         if len(set(ids)) != len(ids):
             raise ValueError("a message may appear once per call")
         cursor = self._collection.find(
-            {"_id": {"$in": ids}}, {**_AS_MESSAGE, "tenant_id": 1}, session=session
+            {"_id": {"$in": ids}}, {**_AS_MESSAGE, "tenant_id": 1}, session=tx
         )
         current = {document["_id"]: document async for document in cursor}
         moved: list[tuple[str, Document, Document]] = []  # id, $set, the document after
@@ -221,7 +221,7 @@ class MongoMessageRepository:
                     for message_id, update, _ in moved
                 ],
                 ordered=False,
-                session=session,
+                session=tx,
             )
         return [to_proto(after) for _, _, after in moved]
 
@@ -241,7 +241,7 @@ class MongoMessageRepository:
         platform_message_ids: Sequence[str],
         watermark: tuple[str, dt.datetime] | None,
         conversation_id: str | None = None,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> list[common_pb2.Message]:
         """Move outbound messages to ``status`` where that is forward (see FORWARD_FROM): the
         ones with these platform ids (within ``conversation_id`` when given), and with a
@@ -273,13 +273,13 @@ class MongoMessageRepository:
             "$or": wanted,
             **forward,
         }
-        cursor = self._collection.find(query, _AS_MESSAGE, session=session)
+        cursor = self._collection.find(query, _AS_MESSAGE, session=tx)
         changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
         if changed:
             await self._collection.update_many(
                 {"_id": {"$in": [m.id for m in changed]}, "tenant_id": tenant_id, **forward},
                 {"$set": {"delivery_status": status}},
-                session=session,
+                session=tx,
             )
         for message in changed:
             message.delivery_status = status
@@ -291,7 +291,7 @@ class MongoMessageRepository:
         conversation_id: str,
         *,
         up_to_sequence: int,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> list[common_pb2.Message]:
         """Move sent outbound messages up to the sequence to READ, never backwards (queued,
         FAILED and READ ones stay); returns the messages that changed, as they are now."""
@@ -302,13 +302,13 @@ class MongoMessageRepository:
             "sequence": {"$lte": up_to_sequence},
             "delivery_status": {"$in": _READABLE},
         }
-        cursor = self._collection.find(query, _AS_MESSAGE, session=session)
+        cursor = self._collection.find(query, _AS_MESSAGE, session=tx)
         changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
         if changed:
             await self._collection.update_many(
                 {**query, "_id": {"$in": [m.id for m in changed]}},
                 {"$set": {"delivery_status": common_pb2.DELIVERY_STATUS_READ}},
-                session=session,
+                session=tx,
             )
         for message in changed:
             message.delivery_status = common_pb2.DELIVERY_STATUS_READ

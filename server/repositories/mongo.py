@@ -200,7 +200,7 @@ async def update_and_get(
     *,
     read: Document | None = None,
     projection: Document | None = None,
-    session: AsyncClientSession | None = None,
+    tx: AsyncClientSession | None = None,
 ) -> Document | None:
     """What ``find_one_and_update(filter, update, return_document=AFTER)`` returns, in two
     statements: the update of one document, then a read of it; None when nothing matched.
@@ -212,11 +212,11 @@ async def update_and_get(
     filter (``read``, default the ``_id``) says which state counts as the result, such as a
     claim still held by its owner.
     """
-    result = await collection.update_one(filter, update, session=session)
+    result = await collection.update_one(filter, update, session=tx)
     if result.matched_count == 0:
         return None
     return await collection.find_one(
-        read if read is not None else {"_id": filter["_id"]}, projection, session=session
+        read if read is not None else {"_id": filter["_id"]}, projection, session=tx
     )
 
 

@@ -57,7 +57,7 @@ class MongoOutbox:
         envelopes: Sequence[events_pb2.EventEnvelope],
         *,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Write events inside the caller's transaction. A document's id is its first event's:
         writing an event with a stable id again while it waits fails on the unique ``_id``."""
@@ -73,7 +73,7 @@ class MongoOutbox:
             for chunk in _chunks(envelopes)
         ]
         if documents:
-            await self._collection.insert_many(documents, session=session)
+            await self._collection.insert_many(documents, session=tx)
 
     async def pending(self, limit: int) -> list[Document]:
         """The oldest waiting documents (see ``records``)."""

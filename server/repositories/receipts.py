@@ -46,7 +46,7 @@ class MongoEarlyReceipts:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[EARLY_RECEIPTS]
 
-    async def park(self, receipts: Sequence[EarlyReceipt], *, session: AsyncClientSession) -> None:
+    async def park(self, receipts: Sequence[EarlyReceipt], *, tx: AsyncClientSession) -> None:
         """Keep the receipts; one per ref and status (a repeat of one is the same document,
         and two statuses for one message never write the same one)."""
         await self._collection.bulk_write(
@@ -72,7 +72,7 @@ class MongoEarlyReceipts:
                 for r in receipts
             ],
             ordered=False,
-            session=session,
+            session=tx,
         )
 
     async def waiting(self, refs: Sequence[str]) -> bool:
@@ -82,15 +82,15 @@ class MongoEarlyReceipts:
         found = await self._collection.find_one({"ref": {"$in": list(refs)}}, {"_id": 1})
         return found is not None
 
-    async def take(self, refs: Sequence[str], *, session: AsyncClientSession) -> list[EarlyReceipt]:
+    async def take(self, refs: Sequence[str], *, tx: AsyncClientSession) -> list[EarlyReceipt]:
         """Remove the receipts waiting under these refs and return them."""
         if not refs:
             return []
-        cursor = self._collection.find({"ref": {"$in": list(refs)}}, session=session)
+        cursor = self._collection.find({"ref": {"$in": list(refs)}}, session=tx)
         found = [document async for document in cursor]
         if found:
             await self._collection.delete_many(
-                {"_id": {"$in": [document["_id"] for document in found]}}, session=session
+                {"_id": {"$in": [document["_id"] for document in found]}}, session=tx
             )
         return [
             EarlyReceipt(

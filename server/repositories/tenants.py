@@ -126,7 +126,7 @@ class MongoTenantStore:
         tenant: Tenant,
         *,
         expected_revision: int | None,
-        session: AsyncClientSession | None = None,
+        tx: AsyncClientSession | None = None,
     ) -> StoredTenant:
         """Insert (``expected_revision`` None) or replace the revision that was read.
         RevisionConflictError when another writer came first; AddressTakenError when another
@@ -135,12 +135,12 @@ class MongoTenantStore:
         document = self._encode(tenant, revision)
         try:
             if expected_revision is None:
-                await self._collection.insert_one(document, session=session)
+                await self._collection.insert_one(document, session=tx)
             else:
                 # A document written by hand may have no revision: it counts as 0.
                 current = {"$in": [0, None]} if expected_revision == 0 else expected_revision
                 result = await self._collection.replace_one(
-                    {"_id": tenant.id, "revision": current}, document, session=session
+                    {"_id": tenant.id, "revision": current}, document, session=tx
                 )
                 if result.matched_count == 0:
                     raise RevisionConflictError(tenant.id)

@@ -25,7 +25,7 @@ class MongoUserRepository:
         channel: int,
         user_id: str,
         now: dt.datetime,
-        session: AsyncClientSession,
+        tx: AsyncClientSession,
     ) -> None:
         """Create the user on first contact; first_seen_time only moves back and
         last_active_time only forward, so events handled out of order leave the same record."""
@@ -37,5 +37,5 @@ class MongoUserRepository:
                 "$inc": {"message_count": 1},
             },
             upsert=True,
-            session=session,
+            session=tx,
         )

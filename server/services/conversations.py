@@ -111,7 +111,7 @@ class ConversationService:
 
         async def close(tx: Tx) -> common_pb2.Conversation | None:
             closed = await self._conversations.close(
-                tenant_id, conversation_id, reason=reason, now=now, session=tx
+                tenant_id, conversation_id, reason=reason, now=now, tx=tx
             )
             if closed is None:
                 return None
@@ -134,7 +134,7 @@ class ConversationService:
                     )
                 ],
                 now=now,
-                session=tx,
+                tx=tx,
             )
             return closed
 

@@ -139,7 +139,7 @@ def _problem(
     return ""
 
 
-class DeliveryProcessor(LeasedQueueWorker):
+class DeliveryWorker(LeasedQueueWorker):
     """Takes deliveries from the queue, a few at a time."""
 
     def __init__(
@@ -415,7 +415,7 @@ class DeliveryProcessor(LeasedQueueWorker):
                 )
                 for o in batch
             ]
-            if not await self._deliveries.finish_many(finishes, session=tx):
+            if not await self._deliveries.finish_many(finishes, tx=tx):
                 raise _LeaseLostError  # GroupCommit records the batch one outcome at a time
             with_message = [(o, o.message) for o in batch if o.message is not None]
             changed = await self._messages.advance_many(
@@ -423,16 +423,16 @@ class DeliveryProcessor(LeasedQueueWorker):
                     Advance(o.delivery["tenant_id"], m.id, o.status, o.response.platform_message_id)
                     for o, m in with_message
                 ],
-                session=tx,
+                tx=tx,
             )
             if with_message:
                 await self._outbox.add(
                     [_event(o, m) for o, m in with_message],
                     now=max(o.now for o in batch),
-                    session=tx,
+                    tx=tx,
                 )
             early = (
-                await self._receipts.take_and_apply(refs, now=self._clock(), session=tx)
+                await self._receipts.take_and_apply(refs, now=self._clock(), tx=tx)
                 if self._receipts is not None and refs
                 else []
             )

@@ -47,7 +47,7 @@ class EventWriter:
             **payload,
         )
         try:
-            await self._transactions.run(lambda tx: self._outbox.add([event], now=now, session=tx))
+            await self._transactions.run(lambda tx: self._outbox.add([event], now=now, tx=tx))
         except AlreadyExists:
             return  # written before: one event, whatever the number of writers
         self._on_events()

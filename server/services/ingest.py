@@ -223,7 +223,7 @@ class IngestService:
                     )
                     for item in batch
                 ],
-                session=tx,
+                tx=tx,
             )
             outcomes: list[_Stored | Exception] = []
             stored: list[tuple[_Inbound, _Stored]] = []
@@ -242,11 +242,11 @@ class IngestService:
             await self._log.record_many(
                 [(i.tenant_id, i.event.channel, i.event.platform_event_id) for i, _ in stored],
                 now=max(i.now for i, _ in stored),
-                session=tx,
+                tx=tx,
             )
             await self._messages.insert_rows(
                 [MessageRow(i.tenant_id, o.message, i.search_text) for i, o in stored],
-                session=tx,
+                tx=tx,
             )
             await self._outbox.add(
                 [
@@ -262,7 +262,7 @@ class IngestService:
                     )
                 ],
                 now=max(i.now for i, _ in stored),
-                session=tx,
+                tx=tx,
             )
             await self._jobs.enqueue_many(
                 [
@@ -275,7 +275,7 @@ class IngestService:
                     )
                     for i, o in stored
                 ],
-                session=tx,
+                tx=tx,
             )
             return outcomes
 
@@ -317,7 +317,7 @@ class IngestService:
 
         async def apply(tx: Tx) -> tuple[list[StatusChange], list[str]]:
             await self._log.record(
-                tenant_id, event.channel, event.platform_event_id, now=now, session=tx
+                tenant_id, event.channel, event.platform_event_id, now=now, tx=tx
             )
             changes = await self._receipts.apply(
                 tenant_id,
@@ -330,7 +330,7 @@ class IngestService:
                 status_time=status_time,
                 actor_id=event.platform_user_id,
                 now=now,
-                session=tx,
+                tx=tx,
             )
             if changes and len(ids) <= 1:
                 return changes, []
@@ -346,7 +346,7 @@ class IngestService:
                 error=error,
                 status_time=status_time,
                 actor_id=event.platform_user_id,
-                session=tx,
+                tx=tx,
             )
             if not parked and not changes:
                 raise _NothingChangedError

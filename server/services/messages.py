@@ -426,7 +426,7 @@ class MessageService:
                 channel=channel,
                 channel_conversation_id=channel_conversation_id,
                 now=now,
-                session=tx,
+                tx=tx,
             )
             started = events_pb2.ConversationStarted(conversation=conversation)
             await self._outbox.add(
@@ -440,7 +440,7 @@ class MessageService:
                     )
                 ],
                 now=now,
-                session=tx,
+                tx=tx,
             )
             return conversation
 
@@ -473,7 +473,7 @@ class MessageService:
                     )
                     for e in exchanges
                 ],
-                session=tx,
+                tx=tx,
             )
             outcomes: list[chat_service_pb2.SendMessageResponse | Exception] = []
             rows: list[MessageRow] = []
@@ -494,8 +494,8 @@ class MessageService:
                 envelopes += events
                 outcomes.append(response)
             if rows:
-                await self._messages.insert_rows(rows, session=tx)
-                await self._outbox.add(envelopes, now=max(e.now for e in exchanges), session=tx)
+                await self._messages.insert_rows(rows, tx=tx)
+                await self._outbox.add(envelopes, now=max(e.now for e in exchanges), tx=tx)
             return outcomes
 
         return await self._transactions.run(work)
@@ -520,7 +520,7 @@ class MessageService:
                 # conversation, which has it from the bridge's verified activities.
                 service_url=updated.metadata.get("service_url", ""),
                 now=now,
-                session=tx,
+                tx=tx,
             )
         inbound, replies = stored[0], stored[1:]
         events: list[dict[str, Any]] = [
@@ -544,7 +544,7 @@ class MessageService:
                 exchange.request.request_id,
                 response.SerializeToString(),
                 now=now,
-                session=tx,
+                tx=tx,
             )
         envelopes = [
             envelope(

@@ -31,7 +31,7 @@ class ConversationRepository(Protocol):
     """Conversations, scoped by tenant."""
 
     async def get(
-        self, tenant_id: str, conversation_id: str, *, session: Tx = None
+        self, tenant_id: str, conversation_id: str, *, tx: Tx = None
     ) -> common_pb2.Conversation | None: ...
 
     async def find_active(
@@ -46,15 +46,15 @@ class ConversationRepository(Protocol):
         channel: int,
         channel_conversation_id: str,
         now: dt.datetime,
-        session: Tx,
+        tx: Tx,
     ) -> common_pb2.Conversation: ...
 
     async def record_messages_many(
-        self, recordings: Sequence[Recording], *, session: Tx
+        self, recordings: Sequence[Recording], *, tx: Tx
     ) -> list[common_pb2.Conversation | None]: ...
 
     async def close(
-        self, tenant_id: str, conversation_id: str, *, reason: str, now: dt.datetime, session: Tx
+        self, tenant_id: str, conversation_id: str, *, reason: str, now: dt.datetime, tx: Tx
     ) -> common_pb2.Conversation | None: ...
 
     async def list(
@@ -70,17 +70,17 @@ class ConversationRepository(Protocol):
 class EarlyReceiptStore(Protocol):
     """Receipts waiting for their message's send to be recorded (refs: receipt_ref)."""
 
-    async def park(self, receipts: Sequence[EarlyReceipt], *, session: Tx) -> None: ...
+    async def park(self, receipts: Sequence[EarlyReceipt], *, tx: Tx) -> None: ...
 
     async def waiting(self, refs: Sequence[str]) -> bool: ...
 
-    async def take(self, refs: Sequence[str], *, session: Tx) -> list[EarlyReceipt]: ...
+    async def take(self, refs: Sequence[str], *, tx: Tx) -> list[EarlyReceipt]: ...
 
 
 class MessageRepository(Protocol):
     """Messages, scoped by tenant."""
 
-    async def insert_rows(self, rows: Sequence[MessageRow], *, session: Tx) -> None: ...
+    async def insert_rows(self, rows: Sequence[MessageRow], *, tx: Tx) -> None: ...
 
     async def history(
         self,
@@ -97,7 +97,7 @@ class MessageRepository(Protocol):
     ) -> AsyncIterator[common_pb2.Message]: ...
 
     async def mark_read(
-        self, tenant_id: str, conversation_id: str, *, up_to_sequence: int, session: Tx
+        self, tenant_id: str, conversation_id: str, *, up_to_sequence: int, tx: Tx
     ) -> list[common_pb2.Message]: ...
 
     async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None: ...
@@ -109,7 +109,7 @@ class MessageRepository(Protocol):
     async def replace(self, tenant_id: str, message: common_pb2.Message) -> None: ...
 
     async def advance_many(
-        self, changes: Sequence[Advance], *, session: Tx
+        self, changes: Sequence[Advance], *, tx: Tx
     ) -> list[common_pb2.Message]: ...
 
     async def known_platform_ids(
@@ -118,7 +118,7 @@ class MessageRepository(Protocol):
         channel: int,
         platform_message_ids: Sequence[str],
         *,
-        session: Tx | None = None,
+        tx: Tx | None = None,
     ) -> set[str]: ...
 
     async def apply_status(
@@ -130,7 +130,7 @@ class MessageRepository(Protocol):
         platform_message_ids: Sequence[str],
         watermark: tuple[str, dt.datetime] | None,
         conversation_id: str | None = None,
-        session: Tx,
+        tx: Tx,
     ) -> list[common_pb2.Message]: ...
 
     async def search(
@@ -151,7 +151,7 @@ class Outbox(Protocol):
     """Events written with the data they describe."""
 
     async def add(
-        self, envelopes: Sequence[events_pb2.EventEnvelope], *, now: dt.datetime, session: Tx
+        self, envelopes: Sequence[events_pb2.EventEnvelope], *, now: dt.datetime, tx: Tx
     ) -> None: ...
 
 
@@ -168,7 +168,7 @@ class IdempotencyStore(Protocol):
         response: bytes,
         *,
         now: dt.datetime,
-        session: Tx,
+        tx: Tx,
     ) -> None: ...
 
 

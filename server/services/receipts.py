@@ -85,7 +85,7 @@ class Receipts:
         status_time: dt.datetime,
         actor_id: str,
         now: dt.datetime,
-        session: Tx,
+        tx: Tx,
     ) -> list[StatusChange]:
         """Move the messages the receipt names (by id or watermark) forward, with an event
         each, in the caller's transaction; the changes, to publish after the commit."""
@@ -96,14 +96,14 @@ class Receipts:
             platform_message_ids=platform_message_ids,
             watermark=watermark,
             conversation_id=conversation_id,
-            session=session,
+            tx=tx,
         )
         changes = [StatusChange(m, status, error, status_time) for m in changed]
         if changes:
             await self._outbox.add(
                 [_delivered(tenant_id, actor_id, channel, change, now) for change in changes],
                 now=now,
-                session=session,
+                tx=tx,
             )
         return changes
 
@@ -118,11 +118,11 @@ class Receipts:
         error: common_pb2.PlatformError | None,
         status_time: dt.datetime,
         actor_id: str,
-        session: Tx,
+        tx: Tx,
     ) -> list[str]:
         """Park the receipt for the ids no stored message has yet; those ids."""
         known = await self._messages.known_platform_ids(
-            tenant_id, channel, platform_message_ids, session=session
+            tenant_id, channel, platform_message_ids, tx=tx
         )
         unknown = [pid for pid in platform_message_ids if pid not in known]
         if unknown:
@@ -140,16 +140,16 @@ class Receipts:
                     )
                     for pid in unknown
                 ],
-                session=session,
+                tx=tx,
             )
         return unknown
 
     async def take_and_apply(
-        self, refs: Sequence[str], *, now: dt.datetime, session: Tx
+        self, refs: Sequence[str], *, now: dt.datetime, tx: Tx
     ) -> list[tuple[str, StatusChange]]:
         """In the caller's transaction: apply the receipts parked under these refs (receipt_ref)
         and remove them; the changes by tenant, in the order to publish them."""
-        receipts = [r for r in await self._early.take(refs, session=session) if r.status in _ORDER]
+        receipts = [r for r in await self._early.take(refs, tx=tx) if r.status in _ORDER]
         changes: list[tuple[str, StatusChange]] = []
         for receipt in sorted(receipts, key=lambda r: _ORDER.index(r.status)):
             applied = await self.apply(
@@ -163,7 +163,7 @@ class Receipts:
                 status_time=receipt.status_time,
                 actor_id=receipt.actor_id,
                 now=now,
-                session=session,
+                tx=tx,
             )
             changes += [(receipt.tenant_id, change) for change in applied]
         return changes
@@ -177,7 +177,7 @@ class Receipts:
             return []
 
         async def work(tx: Tx) -> list[tuple[str, StatusChange]]:
-            return await self.take_and_apply(refs, now=now, session=tx)
+            return await self.take_and_apply(refs, now=now, tx=tx)
 
         changes = await self._transactions.run(work)
         log.info("early receipts applied", changed=len(changes))

@@ -65,7 +65,7 @@ class _Reply:
     now: dt.datetime
 
 
-class ReplyProcessor(LeasedQueueWorker):
+class ReplyWorker(LeasedQueueWorker):
     """Takes jobs from the reply queue, a few at a time."""
 
     def __init__(
@@ -184,7 +184,7 @@ class ReplyProcessor(LeasedQueueWorker):
         None for a job with nothing to send (no reply, or the conversation closed meanwhile)."""
 
         async def work(tx: Tx) -> list[common_pb2.Conversation | Exception | None]:
-            if not await self._jobs.complete_many([r.job for r in batch], session=tx):
+            if not await self._jobs.complete_many([r.job for r in batch], tx=tx):
                 raise _LeaseLostError  # GroupCommit retries the batch one job at a time
             answering = [r for r in batch if r.outbound]
             states = await self._conversations.record_messages_many(
@@ -192,7 +192,7 @@ class ReplyProcessor(LeasedQueueWorker):
                     Recording(r.tenant_id, r.conversation.id, 0, len(r.outbound), r.now)
                     for r in answering
                 ],
-                session=tx,
+                tx=tx,
             )
             stored: dict[int, common_pb2.Conversation] = {}
             rows: list[MessageRow] = []
@@ -230,12 +230,12 @@ class ReplyProcessor(LeasedQueueWorker):
                     )
                 )
             if rows:
-                await self._messages.insert_rows(rows, session=tx)
+                await self._messages.insert_rows(rows, tx=tx)
             if outgoing and self._deliveries is not None:
                 # Handed to the platform by the delivery queue, in this same transaction.
-                await self._deliveries.enqueue_many(outgoing, session=tx)
+                await self._deliveries.enqueue_many(outgoing, tx=tx)
             if events:
-                await self._outbox.add(events, now=max(r.now for r in batch), session=tx)
+                await self._outbox.add(events, now=max(r.now for r in batch), tx=tx)
             return [stored.get(id(reply)) for reply in batch]
 
         return await self._transactions.run(work)

@@ -235,7 +235,7 @@ class StreamService:
 
         async def mark(tx: Tx) -> tuple[chat_service_pb2.MarkReadResponse, list[Event]]:
             changed = await self._messages.mark_read(
-                tenant_id, conversation_id, up_to_sequence=up_to_sequence, session=tx
+                tenant_id, conversation_id, up_to_sequence=up_to_sequence, tx=tx
             )
             stamp = timestamp_of(now)
             await self._outbox.add(
@@ -257,7 +257,7 @@ class StreamService:
                     for message in changed
                 ],
                 now=now,
-                session=tx,
+                tx=tx,
             )
             response = chat_service_pb2.MarkReadResponse(updated_count=len(changed))
             if request_id:
@@ -267,7 +267,7 @@ class StreamService:
                     request_id,
                     response.SerializeToString(),
                     now=now,
-                    session=tx,
+                    tx=tx,
                 )
             events = [
                 Event(

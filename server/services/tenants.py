@@ -79,7 +79,7 @@ class TenantAdmin:
             response = tenant_service_pb2.UpsertTenantResponse(tenant=tenant_to_proto(tenant))
 
             async def work(
-                session: AsyncClientSession,
+                tx: AsyncClientSession,
                 tenant: Tenant = tenant,
                 current: StoredTenant | None = current,
                 response: tenant_service_pb2.UpsertTenantResponse = response,
@@ -87,7 +87,7 @@ class TenantAdmin:
                 stored = await self._store.save(
                     tenant,
                     expected_revision=current.revision if current else None,
-                    session=session,
+                    tx=tx,
                 )
                 if request_id:
                     await self._idempotency.put(
@@ -96,7 +96,7 @@ class TenantAdmin:
                         request_id,
                         response.SerializeToString(),
                         now=tenant.update_time or self._clock(),
-                        session=session,
+                        tx=tx,
                     )
                 return stored
 

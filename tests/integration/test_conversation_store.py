@@ -39,7 +39,7 @@ async def started(
             channel=c.CHANNEL_TYPE_WEB,
             channel_conversation_id=user_id,
             now=now,
-            session=tx,
+            tx=tx,
         )
     )
 
@@ -58,9 +58,7 @@ async def test_only_active_conversations_of_the_tenant_take_messages(
         Recording("globex", other.id, 1, 1, now),  # another tenant's conversation
         Recording("acme", "missing", 1, 1, now),
     ]
-    states = await transactions.run(
-        lambda tx: repository.record_messages_many(recordings, session=tx)
-    )
+    states = await transactions.run(lambda tx: repository.record_messages_many(recordings, tx=tx))
     assert states[1:] == [None, None, None]
     assert states[0] is not None
     assert (states[0].last_sequence, states[0].inbound_message_count) == (3, 1)
@@ -97,7 +95,7 @@ async def test_a_close_committed_during_the_recording_retries_it(
     now = dt.datetime.now(dt.UTC)
     states = await transactions.run(
         lambda tx: repository.record_messages_many(
-            [Recording("acme", conversation.id, 1, 1, now)], session=tx
+            [Recording("acme", conversation.id, 1, 1, now)], tx=tx
         )
     )
     assert states == [None]

@@ -619,7 +619,7 @@ async def test_a_hold_moves_exactly_the_queued_deliveries_it_covers(mongo: Mongo
     async def enqueue(tx: Any) -> None:
         for (tenant, recipient), m in queued.items():
             await deliveries.enqueue(
-                tenant, [m], recipient_id=recipient, service_url="", now=now, session=tx
+                tenant, [m], recipient_id=recipient, service_url="", now=now, tx=tx
             )
 
     await transactions.run(enqueue)

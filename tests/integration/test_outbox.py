@@ -219,11 +219,11 @@ async def test_a_transactions_events_share_a_document_in_order(
             }
         )
         together = [event(f"together {i}") for i in range(5)]
-        await transactions.run(lambda tx: outbox.add(together, now=now, session=tx))
+        await transactions.run(lambda tx: outbox.add(together, now=now, tx=tx))
         # A payload limit of two events' size: five large events take three documents.
         large = [event(f"large {i} " + "x" * 1000) for i in range(5)]
         monkeypatch.setattr(outbox_module, "MAX_DOCUMENT_PAYLOAD", 2 * large[0].ByteSize())
-        await transactions.run(lambda tx: outbox.add(large, now=now, session=tx))
+        await transactions.run(lambda tx: outbox.add(large, now=now, tx=tx))
 
         documents = await outbox.pending(10)
         assert [len(records(d)) for d in documents] == [1, 5, 2, 2, 1]

@@ -96,10 +96,10 @@ async def seed_conversation(stack: Endpoints, tenant: str, count: int) -> str:
                 channel=c.CHANNEL_TYPE_WEB,
                 channel_conversation_id="",
                 now=now,
-                session=tx,
+                tx=tx,
             )
             await conversations.record_messages_many(
-                [Recording(tenant, conversation.id, count, 0, now)], session=tx
+                [Recording(tenant, conversation.id, count, 0, now)], tx=tx
             )
             return conversation.id
 
@@ -121,7 +121,7 @@ async def seed_conversation(stack: Endpoints, tenant: str, count: int) -> str:
                 batch.append(message)
             await transactions.run(
                 lambda tx, batch=batch: messages.insert_rows(  # type: ignore[misc]
-                    [MessageRow(tenant, message, "") for message in batch], session=tx
+                    [MessageRow(tenant, message, "") for message in batch], tx=tx
                 )
             )
         return conversation_id
