@@ -58,6 +58,7 @@ from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import TokenVerifier, load_public_key
 from server.channels.factory import ChannelFactory
 from server.channels.teams import TeamsChannel
+from server.domain.clock import utc_now
 from server.events.publisher import KafkaEventPublisher
 from server.events.relay import OutboxRelay
 from server.health import Dependency, HealthMonitor
@@ -93,7 +94,7 @@ from server.services.delivery_guards import MIN_SAFE_LEASE_SECONDS, DeliveryPoli
 from server.services.event_writer import EventWriter
 from server.services.external_responder import GrpcResponder
 from server.services.ingest import IngestService
-from server.services.messages import MessageService, utc_now
+from server.services.messages import MessageService
 from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver, PlatformMediaSource
 from server.services.receipts import Receipts

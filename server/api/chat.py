@@ -13,10 +13,10 @@ from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
 from server.api.pages import cursor_int, decode_token, encode_token, page_size
 from server.auth.principal import current_principal
 from server.channels.base import TYPING, TYPING_OFF
+from server.domain.conversations import ConversationFilter
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.interceptors.request_context import send_headers
 from server.normalizers.text import normalize_text
-from server.repositories.conversations import ConversationFilter
 from server.services.conversations import ConversationService
 from server.services.messages import MAX_ADDRESS_CHARS, MessageService
 from server.services.platform_actions import PlatformActions

@@ -15,8 +15,9 @@ from server.api.pages import decode_token, encode_token, page_size
 from server.auth.principal import current_principal
 from server.channels.factory import ChannelFactory
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.domain.queues import FAILED, QUEUED, SENDING, SENT, Delivery
 from server.domain.tenant import TenantLookup
-from server.repositories.deliveries import MongoDeliveries, to_proto
+from server.repositories.deliveries import MongoDeliveries
 from server.services.ports import IdempotencyStore
 from server.services.streams import timestamp_of
 
@@ -94,7 +95,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         if len(page) > limit:
             page = page[:limit]
             last = page[-1]
-            token = encode_token(query, {"t": last["update_time"].isoformat(), "id": last["_id"]})
+            token = encode_token(query, {"t": last.update_time.isoformat(), "id": last.id})
         return delivery_service_pb2.ListFailedDeliveriesResponse(
             deliveries=[to_proto(document) for document in page], next_page_token=token
         )
@@ -167,3 +168,39 @@ def _require_id(message_id: str) -> None:
             "message_id is invalid",
             field_violations=[FieldViolation("message_id", f"required, at most {MAX_ID_CHARS}")],
         )
+
+
+_STATUS = {
+    QUEUED: common_pb2.DELIVERY_STATUS_QUEUED,
+    SENDING: common_pb2.DELIVERY_STATUS_QUEUED,
+    SENT: common_pb2.DELIVERY_STATUS_SENT,
+    FAILED: common_pb2.DELIVERY_STATUS_FAILED,
+}
+
+
+def to_proto(delivery: Delivery) -> delivery_service_pb2.Delivery:
+    """The contract's view of a delivery record."""
+    answer = delivery_service_pb2.Delivery(
+        message_id=delivery.id,
+        conversation_id=delivery.conversation_id,
+        channel=delivery.channel,
+        recipient_id=delivery.recipient_id,
+        status=_STATUS[delivery.state],
+        attempt_count=len(delivery.attempts),
+        platform_message_id=delivery.platform_message_id,
+    )
+    answer.create_time.FromDatetime(delivery.create_time)
+    answer.update_time.FromDatetime(delivery.update_time)
+    if delivery.state == QUEUED and delivery.due_time:
+        answer.next_attempt_time.FromDatetime(delivery.due_time)
+    for attempt in delivery.attempts:
+        item = answer.attempts.add(
+            success=attempt.success, platform_message_id=attempt.platform_message_id
+        )
+        item.attempt_time.FromDatetime(attempt.time)
+        if attempt.error is not None:
+            item.error.CopyFrom(attempt.error)
+    failures = [a for a in answer.attempts if not a.success]
+    if failures:
+        answer.last_error.CopyFrom(failures[-1].error)
+    return answer

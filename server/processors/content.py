@@ -3,10 +3,9 @@ with field violations, raised before anything is stored."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from chat.v1 import common_pb2
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.messages import ProcessedContent
 from server.normalizers.text import normalize_text
 from server.processors.location import process_location
 from server.processors.media import MediaProcessor
@@ -24,19 +23,6 @@ _TYPES = {
     "interactive": common_pb2.MESSAGE_TYPE_INTERACTIVE,
     "interactive_reply": common_pb2.MESSAGE_TYPE_INTERACTIVE_REPLY,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessedContent:
-    """Content ready to store, with what processing found."""
-
-    content: common_pb2.Content
-    type: common_pb2.MessageType.ValueType
-    language: str
-    entities: tuple[common_pb2.Entity, ...]
-    #: Lower-cased text for search ("" when the content has none).
-    search_text: str
-    metadata: dict[str, str]
 
 
 class ContentProcessor:

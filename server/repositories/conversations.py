@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pymongo import DESCENDING, UpdateOne
@@ -13,6 +12,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
+from server.domain.conversations import ConversationFilter, Recording
 from server.repositories.mongo import ACTIVE, CLOSED, CONVERSATIONS, Document, update_and_get
 
 _STATUS = {
@@ -20,30 +20,6 @@ _STATUS = {
     CLOSED: common_pb2.CONVERSATION_STATUS_CLOSED,
 }
 _STATUS_NAME: dict[int, str] = {int(value): name for name, value in _STATUS.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationFilter:
-    """ListConversations filters; empty values mean "any"."""
-
-    user_id: str = ""
-    channel: int = 0
-    status: int = 0
-    activity_from: dt.datetime | None = None
-    activity_to: dt.datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Recording:
-    """New messages of one conversation, for record_messages_many."""
-
-    tenant_id: str
-    conversation_id: str
-    inbound: int
-    outbound: int
-    now: dt.datetime
-    #: Teams, from a verified activity: kept in the metadata, replies are posted there.
-    service_url: str = ""
 
 
 class MongoConversationRepository:

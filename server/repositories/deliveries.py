@@ -11,43 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from chat.v1 import common_pb2, delivery_service_pb2
+from chat.v1 import common_pb2
+from server.domain.queues import FAILED, QUEUED, SENDING, Attempt, Delivery, Finish, Outgoing
 from server.repositories.mongo import DELIVERIES, Document, update_and_get
-
-QUEUED = "queued"
-SENDING = "sending"
-SENT = "sent"
-FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One conversation's outbound messages, for enqueue_many."""
-
-    tenant_id: str
-    messages: Sequence[common_pb2.Message]
-    recipient_id: str
-    #: Teams: where the replies are posted (from the conversation, never from a request).
-    service_url: str
-    now: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """A delivery's last attempt and final state, for finish_many."""
-
-    delivery: Document
-    attempt: dict[str, Any]
-    state: str
-    now: dt.datetime
-    platform_message_id: str = ""
 
 
 class MongoDeliveries:
@@ -104,17 +75,18 @@ class MongoDeliveries:
 
     async def claim(
         self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> Document | None:
+    ) -> Delivery | None:
         """The delivery leased to ``owner``, if it is (still) due."""
-        return await update_and_get(
+        document = await update_and_get(
             self._collection,
             {"_id": delivery_id, "state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}},
             {"$set": {"state": SENDING, "owner": owner, "due_time": now + lease}},
             read={"_id": delivery_id, "owner": owner, "state": SENDING},
         )
+        return _delivery(document) if document is not None else None
 
     async def earlier_pending(
-        self, delivery: Document, *, now: dt.datetime, soon: dt.timedelta
+        self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
     ) -> dt.datetime | None:
         """When to look again if an earlier message of the conversation still waits (sends
         keep order), else None: when the earliest waiting one is due (a retry's backoff, a
@@ -122,9 +94,9 @@ class MongoDeliveries:
         every later one waits for it too."""
         first = await self._collection.find_one(
             {
-                "tenant_id": delivery["tenant_id"],
-                "conversation_id": delivery["conversation_id"],
-                "sequence": {"$lt": delivery["sequence"]},
+                "tenant_id": delivery.tenant_id,
+                "conversation_id": delivery.conversation_id,
+                "sequence": {"$lt": delivery.sequence},
                 "state": {"$in": [QUEUED, SENDING]},
             },
             {"state": 1, "due_time": 1},
@@ -143,7 +115,7 @@ class MongoDeliveries:
         done = await self._collection.bulk_write(
             [
                 UpdateOne(
-                    {"_id": f.delivery["_id"], "owner": f.delivery["owner"], "state": SENDING},
+                    {"_id": f.delivery.id, "owner": f.delivery.owner, "state": SENDING},
                     {
                         "$set": {
                             "state": f.state,
@@ -151,7 +123,7 @@ class MongoDeliveries:
                             "platform_message_id": f.platform_message_id,
                         },
                         "$unset": {"owner": "", "due_time": ""},
-                        "$push": {"attempts": f.attempt},
+                        "$push": {"attempts": _attempt_document(f.attempt)},
                     },
                 )
                 for f in finishes
@@ -163,8 +135,8 @@ class MongoDeliveries:
 
     async def retry_later(
         self,
-        delivery: Document,
-        attempt: dict[str, Any],
+        delivery: Delivery,
+        attempt: Attempt,
         *,
         due: dt.datetime,
         now: dt.datetime,
@@ -174,7 +146,7 @@ class MongoDeliveries:
         """Record a failed attempt and put the delivery back in the queue for ``due``, with
         the parts of a split message the platform has already (not sent again)."""
         done = await self._collection.update_one(
-            {"_id": delivery["_id"], "owner": delivery["owner"], "state": SENDING},
+            {"_id": delivery.id, "owner": delivery.owner, "state": SENDING},
             {
                 "$set": {
                     "state": QUEUED,
@@ -184,15 +156,15 @@ class MongoDeliveries:
                     "first_platform_id": first_platform_id,
                 },
                 "$unset": {"owner": ""},
-                "$push": {"attempts": attempt},
+                "$push": {"attempts": _attempt_document(attempt)},
             },
         )
         return done.modified_count == 1
 
-    async def postpone(self, delivery: Document, *, due: dt.datetime) -> None:
+    async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None:
         """Give the claim back unchanged (an earlier message goes first)."""
         await self._collection.update_one(
-            {"_id": delivery["_id"], "owner": delivery["owner"], "state": SENDING},
+            {"_id": delivery.id, "owner": delivery.owner, "state": SENDING},
             {"$set": {"state": QUEUED, "due_time": due}, "$unset": {"owner": ""}},
         )
 
@@ -212,8 +184,10 @@ class MongoDeliveries:
         result = await self._collection.update_many(query, {"$set": {"due_time": until}})
         return result.modified_count
 
-    async def get(self, tenant_id: str, message_id: str) -> Document | None:
-        return await self._collection.find_one({"_id": message_id, "tenant_id": tenant_id})
+    async def get(self, tenant_id: str, message_id: str) -> Delivery | None:
+        """The tenant's delivery of this message, if there is one."""
+        document = await self._collection.find_one({"_id": message_id, "tenant_id": tenant_id})
+        return _delivery(document) if document is not None else None
 
     async def failed_page(
         self,
@@ -224,7 +198,7 @@ class MongoDeliveries:
         updated_to: dt.datetime | None,
         after: tuple[dt.datetime, str] | None,
         limit: int,
-    ) -> list[Document]:
+    ) -> list[Delivery]:
         """Failed deliveries, newest failure first."""
         query: Document = {"tenant_id": tenant_id, "state": FAILED}
         if channel:
@@ -245,16 +219,16 @@ class MongoDeliveries:
         cursor = self._collection.find(query).sort(
             [("update_time", DESCENDING), ("_id", DESCENDING)]
         )
-        return [document async for document in cursor.limit(limit)]
+        return [_delivery(document) async for document in cursor.limit(limit)]
 
     async def requeue(
         self, tenant_id: str, message_id: str, *, now: dt.datetime
-    ) -> Document | None:
+    ) -> Delivery | None:
         """Put a failed delivery back with a fresh attempt budget; None when it is not failed."""
         current = await self.get(tenant_id, message_id)
-        if current is None or current["state"] != FAILED:
+        if current is None or current.state != FAILED:
             return None
-        return await update_and_get(
+        document = await update_and_get(
             self._collection,
             {"_id": message_id, "tenant_id": tenant_id, "state": FAILED},
             {
@@ -262,23 +236,19 @@ class MongoDeliveries:
                     "state": QUEUED,
                     "due_time": now,
                     "update_time": now,
-                    "budget_start": len(current.get("attempts", [])),
+                    "budget_start": len(current.attempts),
                 }
             },
         )
+        return _delivery(document) if document is not None else None
 
 
-def attempt_record(
-    *,
-    now: dt.datetime,
-    success: bool,
-    platform_message_id: str = "",
-    error: common_pb2.PlatformError | None = None,
-) -> dict[str, Any]:
-    record: dict[str, Any] = {"time": now, "success": success}
-    if platform_message_id:
-        record["platform_message_id"] = platform_message_id
-    if error is not None:
+def _attempt_document(attempt: Attempt) -> Document:
+    record: Document = {"time": attempt.time, "success": attempt.success}
+    if attempt.platform_message_id:
+        record["platform_message_id"] = attempt.platform_message_id
+    if attempt.error is not None:
+        error = attempt.error
         record["error"] = {
             "code": error.code,
             "message": error.message,
@@ -288,37 +258,33 @@ def attempt_record(
     return record
 
 
-_STATUS = {
-    QUEUED: common_pb2.DELIVERY_STATUS_QUEUED,
-    SENDING: common_pb2.DELIVERY_STATUS_QUEUED,
-    SENT: common_pb2.DELIVERY_STATUS_SENT,
-    FAILED: common_pb2.DELIVERY_STATUS_FAILED,
-}
+def _attempt(document: Document) -> Attempt:
+    error = document.get("error")
+    return Attempt(
+        time=document["time"],
+        success=document["success"],
+        platform_message_id=document.get("platform_message_id", ""),
+        error=common_pb2.PlatformError(**error) if error else None,
+    )
 
 
-def to_proto(document: Document) -> delivery_service_pb2.Delivery:
-    """The contract's view of a delivery record."""
-    delivery = delivery_service_pb2.Delivery(
-        message_id=document["_id"],
+def _delivery(document: Document) -> Delivery:
+    return Delivery(
+        id=document["_id"],
+        tenant_id=document["tenant_id"],
         conversation_id=document["conversation_id"],
+        sequence=document.get("sequence", 0),
         channel=document["channel"],
         recipient_id=document["recipient_id"],
-        status=_STATUS[document["state"]],
-        attempt_count=len(document.get("attempts", [])),
+        service_url=document.get("service_url", ""),
+        state=document["state"],
+        attempts=tuple(_attempt(a) for a in document.get("attempts", [])),
+        create_time=document["create_time"],
+        update_time=document["update_time"],
+        due_time=document.get("due_time"),
+        owner=document.get("owner", ""),
+        budget_start=document.get("budget_start", 0),
+        parts_sent=document.get("parts_sent", 0),
+        first_platform_id=document.get("first_platform_id", ""),
         platform_message_id=document.get("platform_message_id", ""),
     )
-    delivery.create_time.FromDatetime(document["create_time"])
-    delivery.update_time.FromDatetime(document["update_time"])
-    if document["state"] == QUEUED and document.get("due_time"):
-        delivery.next_attempt_time.FromDatetime(document["due_time"])
-    for attempt in document.get("attempts", []):
-        item = delivery.attempts.add(
-            success=attempt["success"], platform_message_id=attempt.get("platform_message_id", "")
-        )
-        item.attempt_time.FromDatetime(attempt["time"])
-        if "error" in attempt:
-            item.error.CopyFrom(common_pb2.PlatformError(**attempt["error"]))
-    failures = [a for a in delivery.attempts if not a.success]
-    if failures:
-        delivery.last_error.CopyFrom(failures[-1].error)
-    return delivery

@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pymongo import ASCENDING, DeleteOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.domain.queues import ClaimedReplyJob, ReplyJob
 from server.repositories.mongo import INGESTED_EVENTS, REPLY_JOBS, Document, update_and_get
 
 PENDING = "pending"
@@ -67,17 +67,6 @@ class MongoIngestLog:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyJob:
-    """An inbound message to answer, for enqueue_many."""
-
-    tenant_id: str
-    conversation_id: str
-    message_id: str
-    sequence: int
-    now: dt.datetime
-
-
 class MongoReplyJobs:
     """Inbound messages waiting for a reply: enqueued with the message, claimed with a lease,
     removed with the reply (in one transaction each), so a crash loses no reply and stores
@@ -113,9 +102,9 @@ class MongoReplyJobs:
 
     async def claim(
         self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> Document | None:
+    ) -> ClaimedReplyJob | None:
         """The job leased to ``owner``, if it is (still) due."""
-        return await update_and_get(
+        document = await update_and_get(
             self._collection,
             {"_id": job_id, "due_time": {"$lte": now}},
             {
@@ -124,26 +113,39 @@ class MongoReplyJobs:
             },
             read={"_id": job_id, "owner": owner},
         )
+        if document is None:
+            return None
+        return ClaimedReplyJob(
+            id=document["_id"],
+            tenant_id=document["tenant_id"],
+            conversation_id=document["conversation_id"],
+            message_id=document["message_id"],
+            sequence=document.get("sequence", 0),
+            attempts=document["attempts"],
+            owner=document["owner"],
+        )
 
-    async def earlier_waiting(self, job: Document) -> bool:
+    async def earlier_waiting(self, job: ClaimedReplyJob) -> bool:
         """Whether an earlier message of the conversation still waits for its reply (replies
         keep the order of the messages, by sequence)."""
         found = await self._collection.find_one(
             {
-                "tenant_id": job["tenant_id"],
-                "conversation_id": job["conversation_id"],
-                "sequence": {"$lt": job.get("sequence", 0)},
+                "tenant_id": job.tenant_id,
+                "conversation_id": job.conversation_id,
+                "sequence": {"$lt": job.sequence},
             },
             {"_id": 1},
         )
         return found is not None
 
-    async def complete_many(self, jobs: Sequence[Document], *, tx: AsyncClientSession) -> bool:
+    async def complete_many(
+        self, jobs: Sequence[ClaimedReplyJob], *, tx: AsyncClientSession
+    ) -> bool:
         """Remove the jobs in the caller's transaction, in one round trip; False when the
         lease of any was lost."""
         removed = await self._collection.bulk_write(
             [
-                DeleteOne({"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]})
+                DeleteOne({"_id": job.id, "owner": job.owner, "attempts": job.attempts})
                 for job in jobs
             ],
             ordered=False,
@@ -151,11 +153,13 @@ class MongoReplyJobs:
         )
         return removed.deleted_count == len(jobs)
 
-    async def postpone(self, job: Document, *, due: dt.datetime, counted: bool = True) -> None:
+    async def postpone(
+        self, job: ClaimedReplyJob, *, due: dt.datetime, counted: bool = True
+    ) -> None:
         """Give the job back, to be claimed again at ``due``; ``counted=False`` when this claim
         was no attempt (it waited for an earlier job), so it does not use up the budget."""
         await self._collection.update_one(
-            {"_id": job["_id"], "owner": job["owner"], "attempts": job["attempts"]},
+            {"_id": job.id, "owner": job.owner, "attempts": job.attempts},
             {
                 "$set": {"status": PENDING, "due_time": due},
                 "$unset": {"owner": ""},
@@ -163,6 +167,6 @@ class MongoReplyJobs:
             },
         )
 
-    async def drop(self, job: Document) -> None:
+    async def drop(self, job: ClaimedReplyJob) -> None:
         """Remove a job that can never be done (its message or conversation is gone)."""
-        await self._collection.delete_one({"_id": job["_id"], "owner": job["owner"]})
+        await self._collection.delete_one({"_id": job.id, "owner": job.owner})

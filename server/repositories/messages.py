@@ -9,36 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
+from server.domain.messages import Advance, MessageRow
 from server.repositories.mongo import MESSAGES, Document
 
 #: What to_proto reads of a stored message.
 _AS_MESSAGE = {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
-
-
-@dataclass(frozen=True, slots=True)
-class Advance:
-    """An outbound message's new delivery status, for advance_many."""
-
-    tenant_id: str
-    message_id: str
-    status: common_pb2.DeliveryStatus.ValueType
-    platform_message_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRow:
-    """One message to store, with its tenant and search text."""
-
-    tenant_id: str
-    message: common_pb2.Message
-    search_text: str
 
 
 class MongoMessageRepository:

@@ -7,37 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
+from server.domain.receipts import EarlyReceipt, receipt_ref
 from server.repositories.mongo import EARLY_RECEIPTS, Document
 
 #: How long a receipt waits for its message (the parts of a split message after the first,
 #: whose ids name no message, go then).
 KEEP = dt.timedelta(days=1)
-
-
-@dataclass(frozen=True, slots=True)
-class EarlyReceipt:
-    """One status reported for a platform message id before its send was recorded."""
-
-    tenant_id: str
-    channel: int
-    platform_message_id: str
-    conversation_id: str
-    status: common_pb2.DeliveryStatus.ValueType
-    error: common_pb2.PlatformError | None
-    status_time: dt.datetime
-    actor_id: str
-
-
-def receipt_ref(tenant_id: str, channel: int, platform_message_id: str) -> str:
-    """What names one platform message of a tenant's channel."""
-    return f"{tenant_id}|{channel}|{platform_message_id}"
 
 
 class MongoEarlyReceipts:

@@ -11,13 +11,13 @@ from google.protobuf import duration_pb2
 from redis.exceptions import RedisError
 
 from chat.v1 import common_pb2, events_pb2
+from server.domain.clock import utc_now
+from server.domain.conversations import ConversationFilter
 from server.domain.errors import NotFound
 from server.events.envelopes import envelope
-from server.repositories.conversations import ConversationFilter
 from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.export import Chunk, chunks
-from server.services.messages import utc_now
 from server.services.ports import (
     ConversationCache,
     ConversationRepository,

@@ -26,13 +26,14 @@ from redis.exceptions import RedisError
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.channels.base import HOLD_DESTINATION, Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
+from server.domain.messages import Advance
+from server.domain.queues import FAILED, SENT, Attempt, Delivery, Finish
+from server.domain.receipts import receipt_ref
 from server.domain.tenant import Tenant, TenantLookup
 from server.events.envelopes import envelope
 from server.processors.media import MediaStore
-from server.repositories.deliveries import FAILED, SENT, Finish, MongoDeliveries, attempt_record
-from server.repositories.messages import Advance
+from server.repositories.deliveries import MongoDeliveries
 from server.repositories.rate_limits import Limit, RateLimiter, limit_key
-from server.repositories.receipts import receipt_ref
 from server.services.delivery_guards import (
     PACING,
     CircuitBreaker,
@@ -69,7 +70,7 @@ class _LeaseLostError(Exception):
 class _Outcome:
     """A delivery's final attempt, ready to be recorded."""
 
-    delivery: dict[str, Any]
+    delivery: Delivery
     message: common_pb2.Message | None
     response: ChannelResponse
     status: common_pb2.DeliveryStatus.ValueType
@@ -91,9 +92,9 @@ def _receipt_ref(outcome: _Outcome) -> str:
     delivery, response = outcome.delivery, outcome.response
     if not response.success or not response.platform_message_id:
         return ""
-    if delivery["channel"] not in _RECEIPT_CHANNELS:
+    if delivery.channel not in _RECEIPT_CHANNELS:
         return ""
-    return receipt_ref(delivery["tenant_id"], delivery["channel"], response.platform_message_id)
+    return receipt_ref(delivery.tenant_id, delivery.channel, response.platform_message_id)
 
 
 def _event(outcome: _Outcome, message: common_pb2.Message) -> events_pb2.EventEnvelope:
@@ -117,7 +118,7 @@ def _event(outcome: _Outcome, message: common_pb2.Message) -> events_pb2.EventEn
             )
         }
     return envelope(
-        tenant_id=outcome.delivery["tenant_id"],
+        tenant_id=outcome.delivery.tenant_id,
         actor_id=RESPONDER_ID,
         conversation_id=message.conversation_id,
         now=outcome.now,
@@ -139,7 +140,7 @@ def _problem(
     return ""
 
 
-class DeliveryWorker(LeasedQueueWorker):
+class DeliveryWorker(LeasedQueueWorker[Delivery]):
     """Takes deliveries from the queue, a few at a time."""
 
     def __init__(
@@ -185,7 +186,7 @@ class DeliveryWorker(LeasedQueueWorker):
         self._receipts = receipts
         self._outcomes: GroupCommit[_Outcome, _Recorded] = GroupCommit(
             self._record,
-            key=lambda o: (o.delivery["tenant_id"], o.delivery["conversation_id"]),
+            key=lambda o: (o.delivery.tenant_id, o.delivery.conversation_id),
             on_batch=on_batch,
             on_orphan=self._finish_orphan,
             divisible=(_LeaseLostError,),
@@ -194,7 +195,7 @@ class DeliveryWorker(LeasedQueueWorker):
     async def due(self, limit: int) -> list[str]:
         return await self._deliveries.due(now=self._clock(), limit=limit)
 
-    async def claim(self, item_id: str) -> dict[str, Any] | None:
+    async def claim(self, item_id: str) -> Delivery | None:
         return await self._deliveries.claim(
             item_id,
             owner=self._owner,
@@ -202,12 +203,12 @@ class DeliveryWorker(LeasedQueueWorker):
             lease=dt.timedelta(seconds=self._policy.lease_seconds),
         )
 
-    async def handle(self, item: dict[str, Any]) -> None:
+    async def handle(self, item: Delivery) -> None:
         await self.deliver(item)
 
-    async def deliver(self, delivery: dict[str, Any]) -> None:
+    async def deliver(self, delivery: Delivery) -> None:
         """One attempt at one delivery."""
-        tenant_id = delivery["tenant_id"]
+        tenant_id = delivery.tenant_id
         # An earlier message of the conversation waiting for its retry holds this one until
         # then, not in a loop of claims every _IN_ORDER_RETRY.
         later = await self._deliveries.earlier_pending(
@@ -217,18 +218,18 @@ class DeliveryWorker(LeasedQueueWorker):
             await self._deliveries.postpone(delivery, due=later)
             return
         tenant = self._tenants.get(tenant_id)
-        message = await self._messages.get(tenant_id, delivery["_id"])
-        channel = self._channels.get(delivery["channel"])
+        message = await self._messages.get(tenant_id, delivery.id)
+        channel = self._channels.get(delivery.channel)
         problem = (
             "the tenant, message or channel is gone"
             if tenant is None or message is None or channel is None
-            else _problem(channel, tenant, delivery["recipient_id"], message)
+            else _problem(channel, tenant, delivery.recipient_id, message)
         )
         if problem or tenant is None or message is None or channel is None:
             failure = ChannelResponse.failed("INVALID_DELIVERY", problem, retryable=False)
             await self._finish(delivery, message, failure)
             return
-        breaker_key = (tenant_id, delivery["channel"])
+        breaker_key = (tenant_id, delivery.channel)
         wait = await self._wait_seconds(delivery, breaker_key)
         if wait > 0:
             await self._deliveries.postpone(
@@ -244,10 +245,10 @@ class DeliveryWorker(LeasedQueueWorker):
             Outbound(
                 tenant=tenant,
                 message=message,
-                recipient_id=delivery["recipient_id"],
-                service_url=delivery.get("service_url", ""),
+                recipient_id=delivery.recipient_id,
+                service_url=delivery.service_url,
                 media=media,
-                skip_parts=delivery.get("parts_sent", 0),
+                skip_parts=delivery.parts_sent,
             ),
             delivery,
         )
@@ -256,7 +257,7 @@ class DeliveryWorker(LeasedQueueWorker):
             await self._finish(delivery, message, response)
             return
         error = response.error or common_pb2.PlatformError(code="UNKNOWN", retryable=True)
-        attempts = len(delivery.get("attempts", [])) - delivery.get("budget_start", 0) + 1
+        attempts = delivery.budget_used + 1
         if error.retryable:
             self._breaker.failure(breaker_key)
         else:
@@ -269,23 +270,23 @@ class DeliveryWorker(LeasedQueueWorker):
             now = self._clock()
             log.warning(
                 "delivery failed; retrying",
-                message_id=delivery["_id"],
+                message_id=delivery.id,
                 attempt=attempts,
                 code=error.code,
                 delay_seconds=round(delay, 2),
             )
             await self._deliveries.retry_later(
                 delivery,
-                attempt_record(now=now, success=False, error=error),
+                Attempt(time=now, success=False, error=error),
                 due=now + dt.timedelta(seconds=delay),
                 now=now,
-                parts_sent=max(response.parts_sent, delivery.get("parts_sent", 0)),
+                parts_sent=max(response.parts_sent, delivery.parts_sent),
                 first_platform_id=response.platform_message_id,
             )
             return
         await self._finish(delivery, message, response)
 
-    async def _wait_seconds(self, delivery: dict[str, Any], breaker_key: tuple[str, int]) -> float:
+    async def _wait_seconds(self, delivery: Delivery, breaker_key: tuple[str, int]) -> float:
         """How long this delivery must wait (0: send now): an open breaker, a rate limit the
         platform reported, or this destination's pacing."""
         wait = self._breaker.wait_seconds(breaker_key)
@@ -296,18 +297,16 @@ class DeliveryWorker(LeasedQueueWorker):
             self._breaker.release(breaker_key)  # a probe that did not go: no verdict
         return wait
 
-    def _held(self, delivery: dict[str, Any]) -> float:
+    def _held(self, delivery: Delivery) -> float:
         """Seconds a reported rate limit still holds this delivery (0: none)."""
-        return self._holds.seconds(
-            delivery["tenant_id"], delivery["channel"], delivery["recipient_id"]
-        )
+        return self._holds.seconds(delivery.tenant_id, delivery.channel, delivery.recipient_id)
 
     async def _hold(
-        self, delivery: dict[str, Any], scope: str, seconds: float, *, until: dt.datetime
+        self, delivery: Delivery, scope: str, seconds: float, *, until: dt.datetime
     ) -> None:
         """The platform limited more than this delivery: the rest it covers waits as long."""
-        tenant_id, channel = delivery["tenant_id"], delivery["channel"]
-        recipient = delivery["recipient_id"] if scope == HOLD_DESTINATION else ""
+        tenant_id, channel = delivery.tenant_id, delivery.channel
+        recipient = delivery.recipient_id if scope == HOLD_DESTINATION else ""
         self._holds.hold(tenant_id, channel, recipient, seconds)
         held = await self._deliveries.hold(
             tenant_id,
@@ -325,34 +324,34 @@ class DeliveryWorker(LeasedQueueWorker):
         )
 
     async def _send(
-        self, channel: Channel, outbound: Outbound, delivery: dict[str, Any]
+        self, channel: Channel, outbound: Outbound, delivery: Delivery
     ) -> ChannelResponse:
         """One send through the adapter; an adapter's own crash is a failed attempt (so it
         counts, and ends in FAILED), never a loop of lapsed leases."""
         try:
             response = await channel.send_message(outbound)
         except Exception as exc:
-            log.exception("channel adapter failed", message_id=delivery["_id"])
+            log.exception("channel adapter failed", message_id=delivery.id)
             response = ChannelResponse.failed("ADAPTER_ERROR", type(exc).__name__, retryable=True)
             response.parts_sent = outbound.skip_parts
         if response.parts_sent:
             # Parts sent before a failure are not sent again; the first one names the message.
             response.platform_message_id = (
-                delivery.get("first_platform_id") or response.platform_message_id
+                delivery.first_platform_id or response.platform_message_id
             )
         return response
 
-    async def _paced(self, delivery: dict[str, Any]) -> float:
+    async def _paced(self, delivery: Delivery) -> float:
         """Seconds to wait before this destination and account may get another message
         (0: go)."""
-        pace = PACING.get(delivery["channel"])
+        pace = PACING.get(delivery.channel)
         if pace is None:
             return 0.0
-        tenant_id, channel = delivery["tenant_id"], delivery["channel"]
+        tenant_id, channel = delivery.tenant_id, delivery.channel
         limits = []
         if pace.destination is not None:
             per_second, burst = pace.destination
-            key = limit_key(tenant_id, "pace", f"{channel}:{delivery['recipient_id']}")
+            key = limit_key(tenant_id, "pace", f"{channel}:{delivery.recipient_id}")
             limits.append(Limit(key=key, per_second=per_second, burst=burst, subject="destination"))
         if pace.account is not None:
             per_second, burst = pace.account
@@ -366,7 +365,7 @@ class DeliveryWorker(LeasedQueueWorker):
 
     async def _finish(
         self,
-        delivery: dict[str, Any],
+        delivery: Delivery,
         message: common_pb2.Message | None,
         response: ChannelResponse,
     ) -> None:
@@ -383,7 +382,7 @@ class DeliveryWorker(LeasedQueueWorker):
         if not response.success:
             log.error(
                 "delivery failed for good",
-                message_id=delivery["_id"],
+                message_id=delivery.id,
                 error=response.error.code if response.error else "",
             )
         try:
@@ -403,8 +402,8 @@ class DeliveryWorker(LeasedQueueWorker):
             finishes = [
                 Finish(
                     delivery=o.delivery,
-                    attempt=attempt_record(
-                        now=o.now,
+                    attempt=Attempt(
+                        time=o.now,
                         success=o.response.success,
                         platform_message_id=o.response.platform_message_id,
                         error=o.response.error,
@@ -420,7 +419,7 @@ class DeliveryWorker(LeasedQueueWorker):
             with_message = [(o, o.message) for o in batch if o.message is not None]
             changed = await self._messages.advance_many(
                 [
-                    Advance(o.delivery["tenant_id"], m.id, o.status, o.response.platform_message_id)
+                    Advance(o.delivery.tenant_id, m.id, o.status, o.response.platform_message_id)
                     for o, m in with_message
                 ],
                 tx=tx,
@@ -476,11 +475,11 @@ class DeliveryWorker(LeasedQueueWorker):
         outcome first, then the receipts that came before it)."""
         if outcome.message is not None:
             self._on_events()
-        tenant_id = outcome.delivery["tenant_id"]
+        tenant_id = outcome.delivery.tenant_id
         if recorded.changed:
             await self._live.publish(
                 tenant_id,
-                outcome.delivery["conversation_id"],
+                outcome.delivery.conversation_id,
                 [
                     chat_service_pb2.StreamConversationEventsResponse(
                         event_time=timestamp_of(outcome.now),
@@ -502,4 +501,4 @@ class DeliveryWorker(LeasedQueueWorker):
         try:
             await self._recorded(outcome, changed)
         except Exception:
-            log.exception("after-commit work failed", message_id=outcome.delivery["_id"])
+            log.exception("after-commit work failed", message_id=outcome.delivery.id)

@@ -18,14 +18,15 @@ from typing import Any
 import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2, ingest_service_pb2
+from server.domain.conversations import Recording
 from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
+from server.domain.messages import MessageRow, ProcessedContent, build_message
+from server.domain.queues import ReplyJob
 from server.events.envelopes import envelope
-from server.processors.content import ContentProcessor, ProcessedContent
-from server.repositories.conversations import Recording
-from server.repositories.ingest import MongoIngestLog, MongoReplyJobs, ReplyJob
-from server.repositories.messages import MessageRow
+from server.processors.content import ContentProcessor
+from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
 from server.services.group_commit import GroupCommit
-from server.services.messages import ConversationClosedError, MessageService, build_message
+from server.services.messages import ConversationClosedError, MessageService
 from server.services.ports import (
     ConversationRepository,
     MessageRepository,

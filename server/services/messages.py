@@ -8,15 +8,16 @@ record in one transaction. Nothing is stored when any step before the commit fai
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
+from server.domain.clock import utc_now
+from server.domain.conversations import Recording
 from server.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -24,11 +25,10 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
 )
+from server.domain.messages import MessageRow, ProcessedContent, _took, build_message
 from server.events.envelopes import envelope, stable_event_id
-from server.processors.content import ContentProcessor, ProcessedContent
-from server.repositories.conversations import Recording
+from server.processors.content import ContentProcessor
 from server.repositories.deliveries import MongoDeliveries
-from server.repositories.messages import MessageRow
 from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.group_commit import GroupCommit
@@ -55,12 +55,6 @@ MAX_METADATA_ENTRIES = 32
 MAX_REPLIES = 5
 WEB = common_pb2.CHANNEL_TYPE_WEB
 CONVERSATION_CLOSED = "CONVERSATION_CLOSED"
-
-
-def utc_now() -> dt.datetime:
-    """The current time, truncated to milliseconds (what MongoDB stores)."""
-    now = dt.datetime.now(dt.UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class ConversationClosedError(Exception):
@@ -557,45 +551,6 @@ class MessageService:
             for e in events
         ]
         return response, envelopes
-
-
-def build_message(
-    conversation: common_pb2.Conversation,
-    processed: ProcessedContent,
-    *,
-    direction: common_pb2.MessageDirection.ValueType,
-    sender_id: str,
-    now: dt.datetime,
-    reply_to: str,
-    metadata: dict[str, str],
-) -> common_pb2.Message:
-    message = common_pb2.Message(
-        id=uuid.uuid4().hex,
-        conversation_id=conversation.id,
-        direction=direction,
-        type=processed.type,
-        channel=conversation.channel,
-        sender_id=sender_id,
-        content=processed.content,
-        language=processed.language,
-        entities=processed.entities,
-        reply_to_message_id=reply_to,
-        metadata={**processed.metadata, **metadata},
-    )
-    if direction == common_pb2.MESSAGE_DIRECTION_OUTBOUND:
-        message.delivery_status = (
-            common_pb2.DELIVERY_STATUS_SENT
-            if conversation.channel == WEB
-            else common_pb2.DELIVERY_STATUS_QUEUED
-        )
-    message.create_time.FromDatetime(now)
-    return message
-
-
-def _took(inbound: common_pb2.Message, reply: common_pb2.Message) -> duration_pb2.Duration:
-    took = duration_pb2.Duration()
-    took.FromTimedelta(reply.create_time.ToDatetime() - inbound.create_time.ToDatetime())
-    return took
 
 
 def _validate(request: chat_service_pb2.SendMessageRequest) -> None:

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.repositories.conversations import ConversationFilter, Recording
-from server.repositories.messages import Advance, MessageRow
-from server.repositories.receipts import EarlyReceipt
+from server.domain.conversations import ConversationFilter, Recording
+from server.domain.messages import Advance, MessageRow
+from server.domain.receipts import EarlyReceipt
 
 T = TypeVar("T")
 Tx = Any

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
@@ -23,7 +23,17 @@ _IDLE_SECONDS = 1.0
 _CANDIDATES_PER_SLOT = 4
 
 
-class LeasedQueueWorker(ABC):
+class Leased(Protocol):
+    """A claimed item: what the loop needs to know of it."""
+
+    @property
+    def id(self) -> str: ...
+
+
+ItemT = TypeVar("ItemT", bound=Leased)
+
+
+class LeasedQueueWorker(ABC, Generic[ItemT]):
     """Subclasses say how to claim one item and how to handle it."""
 
     def __init__(self, *, name: str, concurrency: int) -> None:
@@ -62,10 +72,10 @@ class LeasedQueueWorker(ABC):
         """The ids of up to ``limit`` due items, the oldest first."""
 
     @abstractmethod
-    async def claim(self, item_id: str) -> dict[str, Any] | None:
+    async def claim(self, item_id: str) -> ItemT | None:
         """Lease this item to this process if it is still due, or None."""
 
-    async def _next(self) -> dict[str, Any] | None:
+    async def _next(self) -> ItemT | None:
         """The next due item claimed, or None when none is due."""
         fetched = False
         while True:
@@ -80,7 +90,7 @@ class LeasedQueueWorker(ABC):
                     return item
 
     @abstractmethod
-    async def handle(self, item: dict[str, Any]) -> None:
+    async def handle(self, item: ItemT) -> None:
         """Work on one claimed item (its own failures are the subclass's to record)."""
 
     async def _claim_some(self, stopping: asyncio.Event) -> bool:
@@ -102,11 +112,11 @@ class LeasedQueueWorker(ABC):
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _guarded(self, item: dict[str, Any]) -> None:
+    async def _guarded(self, item: ItemT) -> None:
         try:
             await self.handle(item)
         except Exception:
             # The lease lapses and the item is tried again; nothing was recorded.
-            log.exception("queue item failed unexpectedly", queue=self._name, item=item["_id"])
+            log.exception("queue item failed unexpectedly", queue=self._name, item=item.id)
         finally:
             self._slots.release()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
+from server.domain.receipts import EarlyReceipt, receipt_ref
 from server.events.envelopes import envelope
-from server.repositories.receipts import EarlyReceipt, receipt_ref
 from server.services.ports import (
     EarlyReceiptStore,
     MessageRepository,

@@ -12,17 +12,17 @@ import contextlib
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from chat.v1 import common_pb2, events_pb2
 from server.channels.base import READ, TYPING
+from server.domain.conversations import Recording
+from server.domain.messages import MessageRow
+from server.domain.queues import ClaimedReplyJob, Outgoing
 from server.events.envelopes import envelope
-from server.repositories.conversations import Recording
-from server.repositories.deliveries import MongoDeliveries, Outgoing
+from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
-from server.repositories.messages import MessageRow
 from server.services.group_commit import GroupCommit
 from server.services.messages import MessageService
 from server.services.platform_actions import PlatformActions
@@ -55,7 +55,7 @@ class _LeaseLostError(Exception):
 class _Reply:
     """A job's replies, ready to be stored."""
 
-    job: dict[str, Any]
+    job: ClaimedReplyJob
     tenant_id: str
     conversation: common_pb2.Conversation
     inbound: common_pb2.Message
@@ -65,7 +65,7 @@ class _Reply:
     now: dt.datetime
 
 
-class ReplyWorker(LeasedQueueWorker):
+class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
     """Takes jobs from the reply queue, a few at a time."""
 
     def __init__(
@@ -114,35 +114,35 @@ class ReplyWorker(LeasedQueueWorker):
     async def due(self, limit: int) -> list[str]:
         return await self._jobs.due(now=self._clock(), limit=limit)
 
-    async def claim(self, item_id: str) -> dict[str, Any] | None:
+    async def claim(self, item_id: str) -> ClaimedReplyJob | None:
         return await self._jobs.claim(item_id, owner=self._owner, now=self._clock(), lease=LEASE)
 
-    async def handle(self, item: dict[str, Any]) -> None:
+    async def handle(self, item: ClaimedReplyJob) -> None:
         await self._process(item)
 
-    async def _process(self, job: dict[str, Any]) -> None:
+    async def _process(self, job: ClaimedReplyJob) -> None:
         try:
             await self.answer(job)
         except Exception as exc:
-            if job["attempts"] >= MAX_ATTEMPTS:
-                log.exception("reply given up", job_id=job["_id"])
+            if job.attempts >= MAX_ATTEMPTS:
+                log.exception("reply given up", job_id=job.id)
                 await self._jobs.drop(job)
             else:
-                delay = dt.timedelta(seconds=min(60, 2 ** job["attempts"]))
-                log.warning("reply failed; retrying", job_id=job["_id"], error=repr(exc))
+                delay = dt.timedelta(seconds=min(60, 2**job.attempts))
+                log.warning("reply failed; retrying", job_id=job.id, error=repr(exc))
                 with contextlib.suppress(Exception):
                     await self._jobs.postpone(job, due=self._clock() + delay)
 
-    async def answer(self, job: dict[str, Any]) -> None:
+    async def answer(self, job: ClaimedReplyJob) -> None:
         """Generate and store the replies of one job (or give the job back, or drop it)."""
-        tenant_id = job["tenant_id"]
+        tenant_id = job.tenant_id
         if await self._jobs.earlier_waiting(job):
             await self._jobs.postpone(job, due=self._clock() + _IN_ORDER_RETRY, counted=False)
             return
-        conversation = await self._conversations.get(tenant_id, job["conversation_id"])
-        inbound = await self._messages.get(tenant_id, job["message_id"])
+        conversation = await self._conversations.get(tenant_id, job.conversation_id)
+        inbound = await self._messages.get(tenant_id, job.message_id)
         if conversation is None or inbound is None:
-            log.error("reply job for a missing message dropped", job_id=job["_id"])
+            log.error("reply job for a missing message dropped", job_id=job.id)
             await self._jobs.drop(job)
             return
         if conversation.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
@@ -173,7 +173,7 @@ class ReplyWorker(LeasedQueueWorker):
         try:
             updated = await self._commits.submit(reply)
         except _LeaseLostError:
-            log.info("reply job taken over by another process", job_id=job["_id"])
+            log.info("reply job taken over by another process", job_id=job.id)
             return
         if updated is not None:
             await self._after_commit(reply, updated)

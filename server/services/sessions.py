@@ -8,11 +8,11 @@ from collections.abc import Callable
 from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, events_pb2
+from server.domain.clock import utc_now
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.session import is_live
 from server.events.envelopes import stable_event_id
 from server.services.event_writer import EventWriter
-from server.services.messages import utc_now
 from server.services.ports import SessionStore
 
 MAX_CONTEXT_BYTES = 64 * 1024

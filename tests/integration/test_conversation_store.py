@@ -14,7 +14,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
-from server.repositories.conversations import MongoConversationRepository, Recording
+from server.domain.conversations import Recording
+from server.repositories.conversations import MongoConversationRepository
 from server.repositories.mongo import CLOSED, CONVERSATIONS, Document, Transactions, create_indexes
 
 

@@ -17,8 +17,10 @@ from pymongo import AsyncMongoClient
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
-from server.repositories.conversations import MongoConversationRepository, Recording
-from server.repositories.messages import MessageRow, MongoMessageRepository
+from server.domain.conversations import Recording
+from server.domain.messages import MessageRow
+from server.repositories.conversations import MongoConversationRepository
+from server.repositories.messages import MongoMessageRepository
 from server.repositories.mongo import Transactions
 from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file

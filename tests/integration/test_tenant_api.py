@@ -32,13 +32,13 @@ from devstack.processes import free_port
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.api.tenants import tenant_from_proto
+from server.domain.clock import utc_now
 from server.domain.errors import PermissionDenied
 from server.repositories.idempotency import MongoIdempotencyStore
 from server.repositories.mongo import Transactions
 from server.repositories.secrets import SecretBox
 from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
-from server.services.messages import utc_now
 from server.services.tenants import TenantAdmin
 from tests.conftest import EXAMPLE_TENANTS
 from tests.integration.conftest import RunningServer

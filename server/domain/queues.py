@@ -1,0 +1,110 @@
+"""The durable queues' records: deliveries to the platforms and reply jobs.
+
+Both queues live in MongoDB beside the data they serve (see repositories/deliveries.py and
+repositories/ingest.py); these are the rows their workers claim and the commands they write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chat.v1 import common_pb2
+
+#: A delivery's states. SENDING is a lease: a lapsed one makes the delivery due again.
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at sending a delivery."""
+
+    time: dt.datetime
+    success: bool
+    platform_message_id: str = ""
+    error: common_pb2.PlatformError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbound message on its way to a platform, keyed by the message id."""
+
+    id: str
+    tenant_id: str
+    conversation_id: str
+    sequence: int
+    channel: common_pb2.ChannelType.ValueType
+    recipient_id: str
+    #: Teams: where the message is posted (from the conversation, never from a request).
+    service_url: str
+    state: str
+    attempts: tuple[Attempt, ...]
+    create_time: dt.datetime
+    update_time: dt.datetime
+    #: When it is next due; while SENDING, when the lease lapses.
+    due_time: dt.datetime | None = None
+    #: The process holding the lease ("" when none does).
+    owner: str = ""
+    #: RetryDelivery gives a fresh attempt budget: attempts before this index do not count.
+    budget_start: int = 0
+    #: Parts of a split message the platform already has (not sent again), and the first
+    #: part's platform id, which names the message.
+    parts_sent: int = 0
+    first_platform_id: str = ""
+    platform_message_id: str = ""
+
+    @property
+    def budget_used(self) -> int:
+        """Attempts made since the budget last started."""
+        return len(self.attempts) - self.budget_start
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One conversation's outbound messages, for enqueue_many."""
+
+    tenant_id: str
+    messages: Sequence[common_pb2.Message]
+    recipient_id: str
+    #: Teams: where the replies are posted (from the conversation, never from a request).
+    service_url: str
+    now: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """A delivery's last attempt and final state, for finish_many."""
+
+    delivery: Delivery
+    attempt: Attempt
+    state: str
+    now: dt.datetime
+    platform_message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyJob:
+    """An inbound message to answer, for enqueue_many."""
+
+    tenant_id: str
+    conversation_id: str
+    message_id: str
+    sequence: int
+    now: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedReplyJob:
+    """A reply job leased to this process; ``attempts`` counts this claim."""
+
+    id: str
+    tenant_id: str
+    conversation_id: str
+    message_id: str
+    sequence: int
+    attempts: int
+    owner: str
