@@ -16,7 +16,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from devstack.processes import ChildProcess, free_port, port_open, script_path, wait_until
-from server.events.admin import ensure_topics
+from devstack.topics import ensure_topics
 from server.events.topics import ALL_TOPICS
 
 HOST = "127.0.0.1"

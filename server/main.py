@@ -9,7 +9,8 @@ import sys
 
 import structlog
 
-from server.bootstrap import ChatServer, create_resources
+from server.clients import open_clients
+from server.grpc_server import ChatServer
 from server.log import configure_logging
 from server.repositories.secrets import SecretKeyError
 from server.repositories.tenants_file import TenantsFileError
@@ -25,7 +26,7 @@ def tune_gc() -> None:
     """Once the server is up. What startup built lives until exit, so the cyclic collector
     stops walking it (gc.freeze); and it collects the youngest generation every 10,000
     allocations rather than 700. With a thousand open streams, the full collections
-    otherwise paused the event loop for up to 50 ms at a time (see README, Performance)."""
+    otherwise paused the event loop for up to 50 ms at a time (see docs/performance.md)."""
     gc.collect()  # startup's garbage first, or freezing would keep it forever
     gc.freeze()
     _, older, oldest = gc.get_threshold()
@@ -36,14 +37,14 @@ async def serve(settings: Settings) -> None:
     """Serve until the process is asked to stop."""
     stop = asyncio.Event()
     stop_on_signals(stop, grace_seconds=settings.shutdown_grace_seconds)
-    resources = await create_resources(settings)
+    clients = await open_clients(settings)
     server: ChatServer | None = None
     try:
-        server = ChatServer(settings=settings, resources=resources)
+        server = ChatServer(settings=settings, clients=clients)
         await server.start()
     except BaseException:
-        # stop() also closes the resources; without a server only they need closing.
-        await (server.stop() if server is not None else resources.close())
+        # stop() also closes the clients; without a server only they need closing.
+        await (server.stop() if server is not None else clients.close())
         raise
     tune_gc()
     await stop.wait()

@@ -1,4 +1,4 @@
-"""Typed settings read from the environment (prefix ``CHAT_``); the README lists each one."""
+"""Typed settings read from the environment (prefix ``CHAT_``); docs/settings.md lists each one."""
 
 from __future__ import annotations
 

@@ -66,3 +66,13 @@ def _exit_late(deadline: float) -> None:
         sys.stderr.flush()
     finally:  # a closed pipe (the parent gone) must not keep the process alive
         os._exit(1)
+
+
+async def finish_task(task: asyncio.Task[None], seconds: float = 20.0) -> None:
+    """Let a background loop end at its next safe point; cancel it only if it hangs."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), seconds)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -11,9 +11,10 @@ from pymongo import AsyncMongoClient
 
 from server.log import configure_logging
 from server.repositories.secrets import SecretBox
-from server.repositories.tenants import MongoTenantStore, TenantDirectory
+from server.repositories.tenants import MongoTenantStore
 from server.repositories.tenants_file import load_tenants
 from server.settings import SettingsError
+from server.tenancy.directory import TenantDirectory
 from webhook_bridge.app import create_app
 from webhook_bridge.settings import BridgeSettings
 from webhook_bridge.tokens import ServiceTokens

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
-
-from pymongo.errors import DuplicateKeyError
 
 from chat.v1 import common_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from server.api.pages import decode_token, encode_token, page_size
@@ -17,9 +14,9 @@ from server.channels.factory import ChannelFactory
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.queues import FAILED, QUEUED, SENDING, SENT, Delivery
 from server.domain.tenant import TenantLookup
-from server.repositories.deliveries import MongoDeliveries
-from server.services.ports import IdempotencyStore
-from server.services.streams import timestamp_of
+from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.live import timestamp_of
+from server.services.ports import DeliveryQueue
 
 MAX_ID_CHARS = 128
 RETRY_DELIVERY = "RetryDelivery"
@@ -31,8 +28,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     def __init__(
         self,
         *,
-        deliveries: MongoDeliveries,
-        idempotency: IdempotencyStore,
+        deliveries: DeliveryQueue,
+        requests: IdempotentRequests,
         clock: Callable[[], dt.datetime],
         channels: ChannelFactory,
         tenants: TenantLookup,
@@ -41,7 +38,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self._channels = channels
         self._tenants = tenants
         self._deliveries = deliveries
-        self._idempotency = idempotency
+        self._requests = requests
         self._clock = clock
         self._on_requeue = on_requeue
 
@@ -109,30 +106,33 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 "request_id is too long",
                 field_violations=[FieldViolation("request_id", f"at most {MAX_ID_CHARS}")],
             )
-        tenant_id = current_principal().tenant_id
-        operation = f"{RETRY_DELIVERY}:{request.message_id}"
-        if request.request_id:
-            stored = await self._idempotency.get(tenant_id, operation, request.request_id)
-            if stored is not None:
-                return delivery_service_pb2.RetryDeliveryResponse.FromString(stored)
+        # The key names the delivery: the same request id elsewhere is another request.
+        key = RequestKey(
+            current_principal().tenant_id,
+            f"{RETRY_DELIVERY}:{request.message_id}",
+            request.request_id,
+        )
+        return await self._requests.once(
+            key,
+            delivery_service_pb2.RetryDeliveryResponse.FromString,
+            lambda: self._retry(key, request.message_id),
+        )
+
+    async def _retry(
+        self, key: RequestKey, message_id: str
+    ) -> delivery_service_pb2.RetryDeliveryResponse:
+        tenant_id = key.tenant_id
         now = self._clock()
-        requeued = await self._deliveries.requeue(tenant_id, request.message_id, now=now)
+        requeued = await self._deliveries.requeue(tenant_id, message_id, now=now)
         if requeued is None:
-            if await self._deliveries.get(tenant_id, request.message_id) is None:
+            if await self._deliveries.get(tenant_id, message_id) is None:
                 raise NotFound("delivery not found", reason="DELIVERY_NOT_FOUND")
             raise FailedPrecondition("the delivery has not failed", reason="DELIVERY_NOT_FAILED")
         response = delivery_service_pb2.RetryDeliveryResponse(delivery=to_proto(requeued))
-        if request.request_id:
-            with contextlib.suppress(DuplicateKeyError):  # a racing retry recorded it first
-                await self._idempotency.put(
-                    tenant_id,
-                    operation,
-                    request.request_id,
-                    response.SerializeToString(),
-                    now=now,
-                    tx=None,
-                )
         self._on_requeue()
+        # Recorded after the requeue, on its own: a racing retry that recorded first is
+        # answered with its response (IdempotentRequests).
+        await self._requests.record(key, response, now=now, tx=None)
         return response
 
     async def CheckChannel(

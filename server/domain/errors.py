@@ -141,3 +141,24 @@ class Unimplemented(DomainError):
 
     code = grpc.StatusCode.UNIMPLEMENTED
     default_reason = "UNIMPLEMENTED"
+
+
+class StoreError(Exception):
+    """A store (Redis) answered a command with an error: a bug or a misconfiguration. The
+    repositories raise it in place of the driver's own errors."""
+
+
+class StoreUnavailableError(StoreError):
+    """A store could not be reached in time; the command may not have run."""
+
+
+class SubscriberTooSlowError(Exception):
+    """A live subscriber's queue overflowed: it must catch up from storage."""
+
+
+class HubClosingError(Exception):
+    """The server is shutting down; the subscriber should reconnect (to another process)."""
+
+
+class SecretUnreadableError(ValueError):
+    """A stored secret does not open under this key (another key, or a tampered value)."""

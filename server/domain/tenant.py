@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Protocol
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +91,71 @@ class TenantCatalog(TenantLookup, Protocol):
     def loaded(self) -> bool:
         """Whether the stored tenants have been read at least once."""
         ...
+
+
+def secret_fields(cls: type[Any]) -> frozenset[str]:
+    """The fields of a credentials record that are secrets (kept out of ``repr``)."""
+    return frozenset(f.name for f in fields(cls) if not f.repr)
+
+
+class TenantDocumentError(ValueError):
+    """A stored tenant document this store cannot read (not in the shape it writes)."""
+
+
+class AddressTakenError(Exception):
+    """Another stored tenant has this WhatsApp phone number id or Messenger page id."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+class RevisionConflictError(Exception):
+    """Another writer changed the tenant since it was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTenant:
+    """A stored tenant with the revision it was read at."""
+
+    tenant: Tenant
+    revision: int
+
+
+def with_kept_secrets(update: Tenant, previous: Tenant | None) -> Tenant:
+    """``update`` with each empty secret taken from ``previous`` (the contract: an empty
+    secret keeps its stored value). A channel ``update`` leaves unset is removed."""
+    if previous is None:
+        return update
+    channels: dict[str, Any] = {}
+    for name in CHANNEL_TYPES:
+        record = getattr(update.channels, name)
+        before = getattr(previous.channels, name)
+        if record is not None and before is not None:
+            kept = {
+                secret: getattr(before, secret)
+                for secret in secret_fields(type(record))
+                if not getattr(record, secret)
+            }
+            record = replace(record, **kept)
+        channels[name] = record
+    return replace(update, channels=ChannelCredentials(**channels))
+
+
+#: Tenant ids appear in webhook URLs and Redis keys: 1-63 of a-z, 0-9, "_" and "-".
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+#: The stored tenants' fields that identify them to a platform: one tenant each.
+WHATSAPP_NUMBER = "channels.whatsapp.phone_number_id"
+
+
+MESSENGER_PAGE = "channels.messenger.page_id"
+
+
+CHANNEL_TYPES: dict[str, type[Any]] = {
+    "whatsapp": WhatsAppCredentials,
+    "messenger": MessengerCredentials,
+    "slack": SlackCredentials,
+    "teams": TeamsCredentials,
+}

@@ -16,7 +16,7 @@ from server.interceptors.rate_limit import RateLimitInterceptor
 from server.interceptors.request_context import RequestContextInterceptor
 from server.interceptors.tenant import TenantInterceptor
 from server.metrics import Metrics
-from server.repositories.rate_limits import RateLimiter
+from server.services.ports import RateLimiter
 from server.settings import RateLimitSettings
 
 

@@ -12,14 +12,20 @@ from typing import Any
 import grpc
 import structlog
 from grpc_interceptor.server import AsyncServerInterceptor
-from redis.exceptions import RedisError, ResponseError
 
 from server.auth.principal import current_principal, current_tenant
 from server.auth.scopes import CHAT_INGEST, PUBLIC_METHODS
-from server.domain.errors import QuotaViolation, ResourceExhausted, Unavailable
+from server.domain.errors import (
+    QuotaViolation,
+    ResourceExhausted,
+    StoreError,
+    StoreUnavailableError,
+    Unavailable,
+)
+from server.domain.limits import Limit, limit_key
 from server.interceptors.proceed import proceed
 from server.metrics import Metrics
-from server.repositories.rate_limits import Limit, RateLimiter, limit_key
+from server.services.ports import RateLimiter
 from server.settings import Rate, RateLimitSettings
 
 log = structlog.get_logger("chat.ratelimit")
@@ -113,15 +119,15 @@ class RateLimitInterceptor(AsyncServerInterceptor):
             decision = await asyncio.wait_for(
                 self._limiter.check(limits), self._settings.timeout_seconds
             )
-        except ResponseError as exc:
-            # Redis answered with an error: a bug or misconfiguration, not an outage.
-            log.exception("rate-limit script failed")
-            self._unchecked(exc)
-            return
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (StoreUnavailableError, TimeoutError) as exc:
             self._consecutive_failures += 1
             if self._consecutive_failures >= FAILURES_BEFORE_BYPASS:
                 self._store_down_until = self._clock() + RETRY_STORE_AFTER_SECONDS
+            self._unchecked(exc)
+            return
+        except StoreError as exc:
+            # Redis answered with an error: a bug or misconfiguration, not an outage.
+            log.exception("rate-limit script failed")
             self._unchecked(exc)
             return
         self._consecutive_failures = 0

@@ -18,6 +18,7 @@ import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from chat.v1 import common_pb2
+from server.repositories.redis_errors import translate_redis_errors
 
 _SCRIPT = resources.files("server.repositories").joinpath("conversation_cache.lua").read_text()
 TTL_SECONDS = 300
@@ -43,6 +44,7 @@ class RedisConversationCache:
         self._store = client.register_script(_SCRIPT)
         self._ttl = ttl_seconds
 
+    @translate_redis_errors
     async def get(self, tenant_id: str, conversation_id: str) -> common_pb2.Conversation | None:
         """The cached state, or None."""
         data = await self._client.hget(cache_key(tenant_id, conversation_id), "pb")
@@ -50,6 +52,7 @@ class RedisConversationCache:
             return None
         return common_pb2.Conversation.FromString(data.encode() if isinstance(data, str) else data)
 
+    @translate_redis_errors
     async def fill(self, tenant_id: str, conversation: common_pb2.Conversation) -> bool:
         """Store a state just read from MongoDB, unless a newer one is cached."""
         return await self._put(tenant_id, conversation, create=True)

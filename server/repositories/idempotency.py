@@ -11,7 +11,9 @@ import datetime as dt
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
+from server.domain.errors import AlreadyExists
 from server.repositories.mongo import IDEMPOTENCY, Document
 
 RETENTION = dt.timedelta(days=1)
@@ -38,16 +40,19 @@ class MongoIdempotencyStore:
         response: bytes,
         *,
         now: dt.datetime,
-        tx: AsyncClientSession,
+        tx: AsyncClientSession | None,
     ) -> None:
-        """Record the response; DuplicateKeyError when another call recorded it first."""
-        await self._collection.insert_one(
-            {
-                "tenant_id": tenant_id,
-                "operation": operation,
-                "request_id": request_id,
-                "response": response,
-                "expire_time": now + RETENTION,
-            },
-            session=tx,
-        )
+        """Record the response; AlreadyExists when another call recorded it first."""
+        try:
+            await self._collection.insert_one(
+                {
+                    "tenant_id": tenant_id,
+                    "operation": operation,
+                    "request_id": request_id,
+                    "response": response,
+                    "expire_time": now + RETENTION,
+                },
+                session=tx,
+            )
+        except DuplicateKeyError:
+            raise AlreadyExists("the request was recorded before", reason="DUPLICATE_KEY") from None

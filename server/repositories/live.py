@@ -22,7 +22,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2
+from server.domain.errors import HubClosingError, SubscriberTooSlowError
 from server.repositories.conversation_cache import RedisConversationCache
+from server.repositories.redis_errors import translate_redis_errors
 from server.repositories.sessions import RedisSessionStore
 
 log = structlog.get_logger("chat.live")
@@ -47,6 +49,7 @@ class RedisLiveEvents:
         self._cache = cache
         self._sessions = sessions
 
+    @translate_redis_errors
     async def publish(
         self,
         tenant_id: str,
@@ -161,14 +164,6 @@ class Subscription:
         self._queue.put_nowait(marker)
 
 
-class SubscriberTooSlowError(Exception):
-    """The subscriber's queue overflowed."""
-
-
-class HubClosingError(Exception):
-    """The server is shutting down; the subscriber should reconnect (to another process)."""
-
-
 class LiveHub:
     """This process's subscriptions, over one pub/sub connection."""
 
@@ -193,6 +188,7 @@ class LiveHub:
         """Local subscriptions (for metrics and tests)."""
         return sum(len(subs) for subs in self._local.values())
 
+    @translate_redis_errors
     async def subscribe(self, tenant_id: str, conversation_id: str) -> Subscription:
         """Subscribe; returns once Redis confirmed, so every later publish arrives."""
         channel = live_channel(tenant_id, conversation_id)

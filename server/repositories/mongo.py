@@ -12,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.domain.errors import AlreadyExists
+from server.domain.tenant import MESSENGER_PAGE, WHATSAPP_NUMBER
 
 Document = dict[str, Any]
 T = TypeVar("T")
@@ -39,9 +40,6 @@ DEAD_LETTERS = "dead_letters"
 ALERTS = "alerts"
 #: Tenants configured through TenantService (tenants from the tenants file are not stored).
 TENANTS = "tenants"
-#: The stored tenants' fields that identify them to a platform: one tenant each.
-WHATSAPP_NUMBER = "channels.whatsapp.phone_number_id"
-MESSENGER_PAGE = "channels.messenger.page_id"
 #: GridFS bucket for media bytes (collections media.files and media.chunks).
 MEDIA_BUCKET = "media"
 MEDIA_FILES = f"{MEDIA_BUCKET}.files"

@@ -1,5 +1,5 @@
 """The transactional outbox: events are written with the data they describe and published to
-Kafka later by the relay (server/events/relay.py). A published event leaves the outbox (Kafka
+Kafka later by the relay (server/relay/relay.py). A published event leaves the outbox (Kafka
 keeps it): what is in the outbox is what waits.
 
 The events a transaction writes go in one document, in order (several documents only when they

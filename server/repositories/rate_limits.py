@@ -8,49 +8,14 @@ Time comes from the Redis server, so every server process shares one clock.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
 
 import redis.asyncio as redis
 
+from server.domain.limits import Decision, Limit
+from server.repositories.redis_errors import translate_redis_errors
+
 _SCRIPT = resources.files("server.repositories").joinpath("gcra.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """One limit a request counts against."""
-
-    key: str
-    per_second: float
-    burst: int
-    subject: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Whether a request may pass; when not, how long to wait and which limits refused."""
-
-    allowed: bool
-    retry_after_seconds: float = 0.0
-    refused: tuple[Limit, ...] = ()
-
-
-class RateLimiter(Protocol):
-    """Counts a request against its limits."""
-
-    async def check(self, limits: tuple[Limit, ...]) -> Decision:
-        """Charge every limit if all admit the request; raise if the store is unreachable."""
-        ...
-
-
-def limit_key(tenant_id: str, kind: str, name: str = "") -> str:
-    """``rl:{tenant}:kind[:name]``: the braces keep a tenant's keys in one Redis Cluster slot,
-    so one script can touch them all. Long names are hashed to bound the key size."""
-    if len(name) > 64:
-        name = hashlib.sha256(name.encode()).hexdigest()
-    return f"rl:{{{tenant_id}}}:{kind}" + (f":{name}" if name else "")
 
 
 class RedisRateLimiter:
@@ -60,10 +25,12 @@ class RedisRateLimiter:
         self._client = client
         self._script = client.register_script(_SCRIPT)
 
+    @translate_redis_errors
     async def load(self) -> None:
         """Load the script ahead of the first call (which would otherwise pay NOSCRIPT)."""
         await self._client.script_load(_SCRIPT)
 
+    @translate_redis_errors
     async def check(self, limits: tuple[Limit, ...]) -> Decision:
         """Charge every limit if all admit the request (atomically)."""
         args: list[int] = []

@@ -15,6 +15,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from server.domain.errors import SecretUnreadableError
+
 _VERSION = "v1"
 _NONCE_BYTES = 12
 KEY_BYTES = 32
@@ -22,10 +24,6 @@ KEY_BYTES = 32
 
 class SecretKeyError(ValueError):
     """The key file is missing, unreadable or not a base64-encoded 32-byte key."""
-
-
-class SecretUnreadableError(ValueError):
-    """A stored secret does not open under this key (another key, or a tampered value)."""
 
 
 class SecretBox:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from server.domain.tenant import (
+    TENANT_ID,
     ChannelCredentials,
     MessengerCredentials,
     Quotas,
@@ -26,8 +27,6 @@ from server.domain.tenant import (
     WhatsAppCredentials,
 )
 
-#: Tenant ids appear in webhook URLs and Redis keys: 1-63 of a-z, 0-9, "_" and "-".
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHANNEL_TYPES: dict[str, type[Any]] = {
     "whatsapp": WhatsAppCredentials,

@@ -1,6 +1,6 @@
 """Users: one record per tenant and platform identity (channel + user id), created on first
 contact, with the time of their last activity and their message count. The event worker keeps
-them from MessageReceived events, off the request path (server/events/handlers.py)."""
+them from MessageReceived events, off the request path (server/worker/handlers.py)."""
 
 from __future__ import annotations
 

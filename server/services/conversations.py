@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 from google.protobuf import duration_pb2
-from redis.exceptions import RedisError
 
 from chat.v1 import common_pb2, events_pb2
 from server.domain.clock import utc_now
 from server.domain.conversations import ConversationFilter
-from server.domain.errors import NotFound
+from server.domain.errors import NotFound, StoreError
 from server.events.envelopes import envelope
 from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.export import Chunk, chunks
+from server.services.live import QuietLiveEvents, closed_event
 from server.services.ports import (
     ConversationCache,
     ConversationRepository,
@@ -27,7 +27,6 @@ from server.services.ports import (
     Tx,
 )
 from server.services.sessions import SessionService
-from server.services.streams import QuietLiveEvents, closed_event
 
 log = structlog.get_logger("chat.conversations")
 
@@ -79,7 +78,7 @@ class ConversationService:
         the entry, so a caller reads its own writes); Redis trouble falls back to MongoDB."""
         try:
             cached = await self._cache.get(tenant_id, conversation_id)
-        except (RedisError, OSError) as exc:
+        except StoreError as exc:
             log.warning("conversation cache unavailable", error=repr(exc))
             return await self.get(tenant_id, conversation_id)
         if cached is not None:
@@ -87,7 +86,7 @@ class ConversationService:
         conversation = await self.get(tenant_id, conversation_id)
         try:
             await self._cache.fill(tenant_id, conversation)
-        except (RedisError, OSError) as exc:
+        except StoreError as exc:
             log.warning("conversation cache unavailable", error=repr(exc))
         return conversation
 

@@ -21,19 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.channels.base import HOLD_DESTINATION, Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
+from server.domain.errors import StoreError
+from server.domain.limits import Limit, limit_key
 from server.domain.messages import Advance
 from server.domain.queues import FAILED, SENT, Attempt, Delivery, Finish
 from server.domain.receipts import receipt_ref
 from server.domain.tenant import Tenant, TenantLookup
 from server.events.envelopes import envelope
 from server.processors.media import MediaStore
-from server.repositories.deliveries import MongoDeliveries
-from server.repositories.rate_limits import Limit, RateLimiter, limit_key
 from server.services.delivery_guards import (
     PACING,
     CircuitBreaker,
@@ -41,11 +40,18 @@ from server.services.delivery_guards import (
     RateHolds,
 )
 from server.services.group_commit import GroupCommit
-from server.services.ports import MessageRepository, Outbox, TransactionRunner, Tx
+from server.services.live import QuietLiveEvents, timestamp_of
+from server.services.ports import (
+    DeliveryQueue,
+    MessageRepository,
+    Outbox,
+    RateLimiter,
+    TransactionRunner,
+    Tx,
+)
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.receipts import Receipts, StatusChange
 from server.services.responder import RESPONDER_ID
-from server.services.streams import QuietLiveEvents, timestamp_of
 
 log = structlog.get_logger("chat.delivery")
 
@@ -146,7 +152,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
     def __init__(
         self,
         *,
-        deliveries: MongoDeliveries,
+        deliveries: DeliveryQueue,
         messages: MessageRepository,
         media: MediaStore,
         channels: ChannelFactory,
@@ -359,7 +365,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             limits.append(Limit(key=key, per_second=per_second, burst=burst, subject="account"))
         try:
             decision = await self._pacer.check(tuple(limits))
-        except (RedisError, OSError):
+        except StoreError:
             return 0.0  # pacing is a courtesy; the platform's own 429 still holds us back
         return 0.0 if decision.allowed else decision.retry_after_seconds
 

@@ -24,19 +24,19 @@ from server.domain.messages import MessageRow, ProcessedContent, build_message
 from server.domain.queues import ReplyJob
 from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
-from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
 from server.services.group_commit import GroupCommit
-from server.services.messages import ConversationClosedError, MessageService
+from server.services.live import CommittedPush, QuietLiveEvents
+from server.services.opening import ConversationClosedError, ConversationOpener
 from server.services.ports import (
     ConversationRepository,
+    IngestLog,
     MessageRepository,
     Outbox,
-    SessionStore,
+    ReplyJobQueue,
     TransactionRunner,
     Tx,
 )
 from server.services.receipts import Receipts, StatusChange
-from server.services.streams import QuietLiveEvents
 
 log = structlog.get_logger("chat.ingest")
 
@@ -61,15 +61,15 @@ class IngestService:
     def __init__(
         self,
         *,
-        messages_service: MessageService,
+        opener: ConversationOpener,
+        push: CommittedPush,
         conversations: ConversationRepository,
         messages: MessageRepository,
-        sessions: SessionStore,
         outbox: Outbox,
         transactions: TransactionRunner,
         content: ContentProcessor,
-        ingest_log: MongoIngestLog,
-        reply_jobs: MongoReplyJobs,
+        ingest_log: IngestLog,
+        reply_jobs: ReplyJobQueue,
         live: QuietLiveEvents,
         clock: Callable[[], dt.datetime],
         on_events: Callable[[], None] = lambda: None,
@@ -77,11 +77,11 @@ class IngestService:
         receipts: Receipts,
         on_batch: Callable[[int], None] = lambda _size: None,
     ) -> None:
-        self._pipeline = messages_service
+        self._opener = opener
+        self._push = push
         self._receipts = receipts
         self._conversations = conversations
         self._messages = messages
-        self._sessions = sessions
         self._outbox = outbox
         self._transactions = transactions
         self._content = content
@@ -152,7 +152,7 @@ class IngestService:
         now = self._clock()
         actor = event.platform_user_id
         user_id = conversation_user(event)
-        conversation, session, _ = await self._pipeline.open_active(
+        conversation, session, _ = await self._opener.open_active(
             tenant_id,
             actor,
             user_id=user_id,
@@ -194,9 +194,9 @@ class IngestService:
         except AlreadyExists:
             return Result(platform_event_id=event.platform_event_id, outcome=DUPLICATE)
         except ConversationClosedError:
-            self._pipeline.closed_active(tenant_id, conversation)
+            self._opener.closed(tenant_id, conversation)
             raise
-        self._pipeline.remember_active(tenant_id, stored.conversation)
+        self._opener.remember(tenant_id, stored.conversation)
         await self._after_commit(inbound, stored)
         return Result(
             platform_event_id=event.platform_event_id,
@@ -286,7 +286,7 @@ class IngestService:
         """Wake the relay and the reply queue, push to the streams, keep the session."""
         self._on_events()
         self._on_reply_job()
-        await self._pipeline.publish_committed(
+        await self._push.messages(
             item.tenant_id, stored.conversation, [stored.message], item.session, now=item.now
         )
 

@@ -8,12 +8,11 @@ record in one transaction. Nothing is stored when any step before the commit fai
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from google.protobuf import json_format
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.clock import utc_now
@@ -26,23 +25,21 @@ from server.domain.errors import (
     NotFound,
 )
 from server.domain.messages import MessageRow, ProcessedContent, _took, build_message
-from server.events.envelopes import envelope, stable_event_id
+from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
-from server.repositories.deliveries import MongoDeliveries
-from server.services.active_conversations import ActiveConversations
-from server.services.event_writer import EventWriter
+from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
+from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.live import CommittedPush
+from server.services.opening import ConversationClosedError, ConversationOpener
 from server.services.ports import (
     ConversationRepository,
-    IdempotencyStore,
+    DeliveryQueue,
     MessageRepository,
     Outbox,
-    SessionStore,
     TransactionRunner,
     Tx,
 )
-from server.services.responder import RESPONDER_ID, Responder
-from server.services.streams import QuietLiveEvents, message_event
 
 log = structlog.get_logger("chat.messages")
 
@@ -55,10 +52,6 @@ MAX_METADATA_ENTRIES = 32
 MAX_REPLIES = 5
 WEB = common_pb2.CHANNEL_TYPE_WEB
 CONVERSATION_CLOSED = "CONVERSATION_CLOSED"
-
-
-class ConversationClosedError(Exception):
-    """The conversation found for a message closed before the message was stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,36 +74,32 @@ class MessageService:
     def __init__(
         self,
         *,
+        opener: ConversationOpener,
+        composer: ReplyComposer,
+        push: CommittedPush,
+        requests: IdempotentRequests,
         conversations: ConversationRepository,
         messages: MessageRepository,
-        sessions: SessionStore,
         outbox: Outbox,
-        idempotency: IdempotencyStore,
         transactions: TransactionRunner,
         content: ContentProcessor,
-        responder: Responder,
-        events: EventWriter,
-        live: QuietLiveEvents,
-        deliveries: MongoDeliveries | None = None,
+        deliveries: DeliveryQueue | None = None,
         on_events: Callable[[], None] = lambda: None,
         on_delivery: Callable[[], None] = lambda: None,
         on_batch: Callable[[int], None] = lambda _size: None,
-        active: ActiveConversations,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
-        self._live = live
-        self._active = active
+        self._opener = opener
+        self._composer = composer
+        self._push = push
+        self._requests = requests
         self._deliveries = deliveries
         self._on_delivery = on_delivery
         self._conversations = conversations
         self._messages = messages
-        self._sessions = sessions
         self._outbox = outbox
-        self._idempotency = idempotency
         self._transactions = transactions
         self._content = content
-        self._responder = responder
-        self._events = events
         self._on_events = on_events
         self._clock = clock
         self._commits: GroupCommit[_Exchange, chat_service_pb2.SendMessageResponse] = GroupCommit(
@@ -126,10 +115,15 @@ class MessageService:
     ) -> chat_service_pb2.SendMessageResponse:
         """Store the message, answer it, and return both; ``actor_id`` is the caller."""
         _validate(request)
-        if request.request_id:
-            stored = await self._idempotency.get(tenant_id, SEND_MESSAGE, request.request_id)
-            if stored is not None:
-                return chat_service_pb2.SendMessageResponse.FromString(stored)
+        return await self._requests.once(
+            RequestKey(tenant_id, SEND_MESSAGE, request.request_id),
+            chat_service_pb2.SendMessageResponse.FromString,
+            lambda: self._send(tenant_id, actor_id, request),
+        )
+
+    async def _send(
+        self, tenant_id: str, actor_id: str, request: chat_service_pb2.SendMessageRequest
+    ) -> chat_service_pb2.SendMessageResponse:
         processed = await self._content.process_inbound(
             tenant_id, request.content, channel=request.channel, field="content"
         )
@@ -161,7 +155,7 @@ class MessageService:
             reply_to=request.reply_to_message_id,
             metadata=dict(request.metadata),
         )
-        outbound, replies = await self.compose_replies(
+        outbound, replies = await self._composer.compose(
             tenant_id, conversation, inbound, session, now=now
         )
         texts = [processed.search_text] + [r.search_text for r in replies]
@@ -178,18 +172,12 @@ class MessageService:
                     now=now,
                 )
             )
-        except AlreadyExists:
-            # A concurrent retry with the same request id committed first: answer as it did.
-            stored = await self._idempotency.get(tenant_id, SEND_MESSAGE, request.request_id)
-            if stored is None:
-                raise
-            return chat_service_pb2.SendMessageResponse.FromString(stored)
         except FailedPrecondition as exc:
             if exc.reason != CONVERSATION_CLOSED or request.conversation_id or retried:
                 raise
-            self._active.closed(tenant_id, conversation)
+            self._opener.closed(tenant_id, conversation)
             raise ConversationClosedError from exc
-        self._active.remember(tenant_id, response.conversation)
+        self._opener.remember(tenant_id, response.conversation)
         await self._after_commit(tenant_id, response, now=now)
         if started:
             log.info("conversation started", conversation_id=conversation.id)
@@ -206,7 +194,7 @@ class MessageService:
         self._on_events()
         if response.conversation.channel != WEB:
             self._on_delivery()
-        await self.publish_committed(
+        await self._push.messages(
             tenant_id,
             response.conversation,
             [response.message, *response.replies],
@@ -223,102 +211,6 @@ class MessageService:
         except Exception:
             log.exception("after-commit work failed", conversation_id=exchange.conversation.id)
 
-    async def session_for(
-        self,
-        tenant_id: str,
-        actor_id: str,
-        conversation: common_pb2.Conversation,
-        *,
-        now: dt.datetime,
-    ) -> common_pb2.Session:
-        """The conversation's session, started (SessionStarted) when it has none."""
-        session, created = await self._sessions.get_or_create(tenant_id, conversation, now=now)
-        if created:
-            await self._events.write(
-                tenant_id=tenant_id,
-                actor_id=actor_id,
-                conversation_id=conversation.id,
-                now=now,
-                event_id=stable_event_id(tenant_id, session.id, "started"),
-                session_started=events_pb2.SessionStarted(session=session),
-            )
-        return session
-
-    async def publish_committed(
-        self,
-        tenant_id: str,
-        conversation: common_pb2.Conversation,
-        messages: Sequence[common_pb2.Message],
-        session: common_pb2.Session,
-        *,
-        now: dt.datetime,
-    ) -> None:
-        """Push committed messages to the streams with the conversation's new state, and
-        keep the session (touched at ``now``), in one Redis round trip. A Redis failure is
-        logged, not raised (QuietLiveEvents): the messages are safe, and the session only
-        lags."""
-        self._sessions.touch(session, now=now)
-        await self._live.publish(
-            tenant_id,
-            conversation.id,
-            [message_event(m) for m in messages],
-            conversation=conversation,
-            session=session,
-        )
-
-    async def compose_replies(
-        self,
-        tenant_id: str,
-        conversation: common_pb2.Conversation,
-        inbound: common_pb2.Message,
-        session: common_pb2.Session,
-        *,
-        now: dt.datetime,
-    ) -> tuple[list[common_pb2.Message], list[ProcessedContent]]:
-        """Ask the responder, and build its replies (sequences not yet assigned); the
-        session's context is updated in place and touched."""
-        context = json_format.MessageToDict(session.context)
-        reply = await self._responder.reply(
-            tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
-        )
-        replies = await self._replies(tenant_id, conversation.channel, reply.contents)
-        # Replies are stamped when they exist: the difference is the bot's response time.
-        replied = max(self._clock(), now)
-        outbound = [
-            build_message(
-                conversation,
-                processed_reply,
-                direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
-                sender_id=RESPONDER_ID,
-                now=replied,
-                reply_to=inbound.id,
-                metadata={},
-            )
-            for processed_reply in replies
-        ]
-        context.update(reply.context_updates)
-        session.context.Clear()
-        session.context.update(context)
-        self._sessions.touch(session, now=now)
-        return outbound, replies
-
-    async def _replies(
-        self, tenant_id: str, channel: int, contents: Sequence[common_pb2.Content]
-    ) -> list[ProcessedContent]:
-        """The responder's contents, processed for the channel; a content the channel cannot
-        take is left out (and logged) rather than failing the user's message."""
-        replies = []
-        for index, content in enumerate(contents[:MAX_REPLIES]):
-            try:
-                replies.append(
-                    await self._content.process_outbound(
-                        tenant_id, content, channel=channel, field=f"replies[{index}]"
-                    )
-                )
-            except (InvalidArgument, NotFound) as exc:
-                log.warning("reply left out", index=index, error=str(exc), reason=exc.reason)
-        return replies
-
     async def _open(
         self,
         tenant_id: str,
@@ -329,7 +221,7 @@ class MessageService:
         """The conversation the request names, or the user's active one on the channel (or a
         new one), with its session; True when the conversation was started now."""
         if not request.conversation_id:
-            return await self.open_active(
+            return await self._opener.open_active(
                 tenant_id,
                 actor_id,
                 user_id=request.user_id,
@@ -349,105 +241,7 @@ class MessageService:
             )
         if found.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
             raise FailedPrecondition("conversation is closed", reason=CONVERSATION_CLOSED)
-        return found, await self.session_for(tenant_id, actor_id, found, now=now), False
-
-    async def open_active(
-        self,
-        tenant_id: str,
-        actor_id: str,
-        *,
-        user_id: str,
-        channel: int,
-        channel_conversation_id: str,
-        now: dt.datetime,
-    ) -> tuple[common_pb2.Conversation, common_pb2.Session, bool]:
-        """The user's active conversation on the channel (or a new one) and its live session
-        (or a new one); True when the conversation was started now. A remembered conversation
-        whose session is live costs no MongoDB read (see ActiveConversations)."""
-        recalled = self._active.recall(tenant_id, user_id, channel)
-        if recalled is not None:
-            session = await self._sessions.current(tenant_id, recalled.id, now=now)
-            if session is not None:
-                return recalled, session, False
-            self._active.forget(tenant_id, recalled)
-        conversation, started = await self._find_or_start(
-            tenant_id,
-            actor_id,
-            user_id=user_id,
-            channel=channel,
-            channel_conversation_id=channel_conversation_id,
-            now=now,
-        )
-        session = await self.session_for(tenant_id, actor_id, conversation, now=now)
-        self._active.remember(tenant_id, conversation)
-        return conversation, session, started
-
-    def remember_active(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
-        """Keep a conversation's just-committed state for the user's next message."""
-        self._active.remember(tenant_id, conversation)
-
-    def closed_active(self, tenant_id: str, conversation: common_pb2.Conversation) -> None:
-        """A conversation was found closed: it is not the user's active one any more."""
-        self._active.closed(tenant_id, conversation)
-
-    async def _find_or_start(
-        self,
-        tenant_id: str,
-        actor_id: str,
-        *,
-        user_id: str,
-        channel: int,
-        channel_conversation_id: str,
-        now: dt.datetime,
-    ) -> tuple[common_pb2.Conversation, bool]:
-        """The user's active conversation on the channel, or a new one (ConversationStarted);
-        True when it was started now. A platform conversation needs its address to start."""
-        active = await self._conversations.find_active(tenant_id, user_id, channel)
-        if active is not None:
-            return active, False
-        if channel != WEB and not channel_conversation_id:
-            raise InvalidArgument(
-                "a new conversation on a platform channel needs its address",
-                field_violations=[
-                    FieldViolation("channel_conversation_id", "required for a new conversation")
-                ],
-            )
-
-        async def start(tx: Tx) -> common_pb2.Conversation:
-            conversation = await self._conversations.insert_active(
-                tenant_id,
-                user_id=user_id,
-                channel=channel,
-                channel_conversation_id=channel_conversation_id,
-                now=now,
-                tx=tx,
-            )
-            started = events_pb2.ConversationStarted(conversation=conversation)
-            await self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=actor_id,
-                        conversation_id=conversation.id,
-                        now=now,
-                        conversation_started=started,
-                    )
-                ],
-                now=now,
-                tx=tx,
-            )
-            return conversation
-
-        try:
-            conversation = await self._transactions.run(start)
-        except AlreadyExists:
-            # Another first message of this user started it a moment ago.
-            active = await self._conversations.find_active(tenant_id, user_id, channel)
-            if active is None:
-                raise
-            return active, False
-        self._on_events()
-        return conversation, True
+        return found, await self._opener.session_for(tenant_id, actor_id, found, now=now), False
 
     async def _store(
         self, exchanges: list[_Exchange]
@@ -531,15 +325,12 @@ class MessageService:
         response = chat_service_pb2.SendMessageResponse(
             message=inbound, replies=replies, conversation=updated, session=exchange.session
         )
-        if exchange.request.request_id:
-            await self._idempotency.put(
-                tenant_id,
-                SEND_MESSAGE,
-                exchange.request.request_id,
-                response.SerializeToString(),
-                now=now,
-                tx=tx,
-            )
+        await self._requests.record(
+            RequestKey(tenant_id, SEND_MESSAGE, exchange.request.request_id),
+            response,
+            now=now,
+            tx=tx,
+        )
         envelopes = [
             envelope(
                 tenant_id=tenant_id,

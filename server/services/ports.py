@@ -12,8 +12,11 @@ from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.conversations import ConversationFilter, Recording
+from server.domain.limits import Decision, Limit
 from server.domain.messages import Advance, MessageRow
+from server.domain.queues import Attempt, ClaimedReplyJob, Delivery, Finish, Outgoing, ReplyJob
 from server.domain.receipts import EarlyReceipt
+from server.domain.tenant import StoredTenant, Tenant
 
 T = TypeVar("T")
 Tx = Any
@@ -168,8 +171,10 @@ class IdempotencyStore(Protocol):
         response: bytes,
         *,
         now: dt.datetime,
-        tx: Tx,
-    ) -> None: ...
+        tx: Tx | None,
+    ) -> None:
+        """Record the response (in ``tx``, or on its own); AlreadyExists when recorded before."""
+        ...
 
 
 class SessionStore(Protocol):
@@ -246,3 +251,129 @@ class ConversationCache(Protocol):
     async def get(self, tenant_id: str, conversation_id: str) -> common_pb2.Conversation | None: ...
 
     async def fill(self, tenant_id: str, conversation: common_pb2.Conversation) -> bool: ...
+
+
+class RateLimiter(Protocol):
+    """Counts a request against its limits."""
+
+    async def check(self, limits: tuple[Limit, ...]) -> Decision:
+        """Charge every limit if all admit the request; raise if the store is unreachable."""
+        ...
+
+
+class DeliveryQueue(Protocol):
+    """The outbound delivery queue: one record per outbound message, leased to one process
+    at a time."""
+
+    async def enqueue(
+        self,
+        tenant_id: str,
+        messages: Sequence[common_pb2.Message],
+        *,
+        recipient_id: str,
+        service_url: str,
+        now: dt.datetime,
+        tx: Tx,
+    ) -> None: ...
+
+    async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: Tx) -> None: ...
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]: ...
+
+    async def claim(
+        self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> Delivery | None: ...
+
+    async def earlier_pending(
+        self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
+    ) -> dt.datetime | None: ...
+
+    async def finish_many(self, finishes: Sequence[Finish], *, tx: Tx) -> bool: ...
+
+    async def retry_later(
+        self,
+        delivery: Delivery,
+        attempt: Attempt,
+        *,
+        due: dt.datetime,
+        now: dt.datetime,
+        parts_sent: int = 0,
+        first_platform_id: str = "",
+    ) -> bool: ...
+
+    async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None: ...
+
+    async def hold(
+        self, tenant_id: str, channel: int, *, recipient_id: str | None, until: dt.datetime
+    ) -> int: ...
+
+    async def get(self, tenant_id: str, message_id: str) -> Delivery | None: ...
+
+    async def failed_page(
+        self,
+        tenant_id: str,
+        *,
+        channel: int,
+        updated_from: dt.datetime | None,
+        updated_to: dt.datetime | None,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[Delivery]: ...
+
+    async def requeue(
+        self, tenant_id: str, message_id: str, *, now: dt.datetime
+    ) -> Delivery | None: ...
+
+
+class ReplyJobQueue(Protocol):
+    """Inbound messages waiting for their reply, leased to one process at a time."""
+
+    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: Tx) -> None: ...
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]: ...
+
+    async def claim(
+        self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> ClaimedReplyJob | None: ...
+
+    async def earlier_waiting(self, job: ClaimedReplyJob) -> bool: ...
+
+    async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Tx) -> bool: ...
+
+    async def postpone(
+        self, job: ClaimedReplyJob, *, due: dt.datetime, counted: bool = True
+    ) -> None: ...
+
+    async def drop(self, job: ClaimedReplyJob) -> None: ...
+
+
+class IngestLog(Protocol):
+    """Platform events already ingested (the deduplication record), per tenant and channel."""
+
+    async def seen(self, tenant_id: str, channel: int, platform_event_id: str) -> bool: ...
+
+    async def record(
+        self, tenant_id: str, channel: int, platform_event_id: str, *, now: dt.datetime, tx: Tx
+    ) -> None: ...
+
+    async def record_many(
+        self, events: Sequence[tuple[str, int, str]], *, now: dt.datetime, tx: Tx
+    ) -> None: ...
+
+
+class TenantStore(Protocol):
+    """Tenants stored through TenantService (the tenants file's are read at start-up)."""
+
+    @property
+    def writable(self) -> bool:
+        """Whether secrets can be sealed (a key is configured)."""
+        ...
+
+    async def get(self, tenant_id: str) -> StoredTenant | None: ...
+
+    async def save(
+        self, tenant: Tenant, *, expected_revision: int | None, tx: Tx | None = None
+    ) -> StoredTenant:
+        """RevisionConflictError when another writer came first; AddressTakenError when
+        another tenant has the same platform address."""
+        ...

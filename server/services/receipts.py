@@ -22,6 +22,7 @@ import structlog
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.receipts import EarlyReceipt, receipt_ref
 from server.events.envelopes import envelope
+from server.services.live import QuietLiveEvents, timestamp_of
 from server.services.ports import (
     EarlyReceiptStore,
     MessageRepository,
@@ -29,7 +30,6 @@ from server.services.ports import (
     TransactionRunner,
     Tx,
 )
-from server.services.streams import QuietLiveEvents, timestamp_of
 
 log = structlog.get_logger("chat.receipts")
 

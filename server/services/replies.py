@@ -21,23 +21,23 @@ from server.domain.conversations import Recording
 from server.domain.messages import MessageRow
 from server.domain.queues import ClaimedReplyJob, Outgoing
 from server.events.envelopes import envelope
-from server.repositories.deliveries import MongoDeliveries
-from server.repositories.ingest import MongoReplyJobs
+from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
-from server.services.messages import MessageService
+from server.services.live import CommittedPush
+from server.services.opening import ConversationOpener
 from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver
 from server.services.ports import (
     ConversationRepository,
+    DeliveryQueue,
     MessageRepository,
     Outbox,
-    SessionStore,
+    ReplyJobQueue,
     TransactionRunner,
     Tx,
 )
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
-from server.services.streams import QuietLiveEvents
 
 log = structlog.get_logger("chat.replies")
 
@@ -71,17 +71,17 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
     def __init__(
         self,
         *,
-        jobs: MongoReplyJobs,
-        pipeline: MessageService,
+        jobs: ReplyJobQueue,
+        opener: ConversationOpener,
+        composer: ReplyComposer,
+        push: CommittedPush,
         conversations: ConversationRepository,
         messages: MessageRepository,
-        sessions: SessionStore,
         outbox: Outbox,
         transactions: TransactionRunner,
-        live: QuietLiveEvents,
         clock: Callable[[], dt.datetime],
         media: InboundMediaResolver | None = None,
-        deliveries: MongoDeliveries | None = None,
+        deliveries: DeliveryQueue | None = None,
         actions: PlatformActions | None = None,
         on_events: Callable[[], None] = lambda: None,
         on_delivery: Callable[[], None] = lambda: None,
@@ -94,13 +94,13 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         self._actions = actions
         self._on_delivery = on_delivery
         self._jobs = jobs
-        self._pipeline = pipeline
+        self._opener = opener
+        self._composer = composer
+        self._push = push
         self._conversations = conversations
         self._messages = messages
-        self._sessions = sessions
         self._outbox = outbox
         self._transactions = transactions
-        self._live = live
         self._clock = clock
         self._on_events = on_events
         self._commits: GroupCommit[_Reply, common_pb2.Conversation | None] = GroupCommit(
@@ -156,8 +156,8 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             # The user's media, fetched from the platform and stored, before the bot answers.
             await self._messages.replace(tenant_id, inbound)
         now = self._clock()
-        session = await self._pipeline.session_for(tenant_id, RESPONDER_ID, conversation, now=now)
-        outbound, replies = await self._pipeline.compose_replies(
+        session = await self._opener.session_for(tenant_id, RESPONDER_ID, conversation, now=now)
+        outbound, replies = await self._composer.compose(
             tenant_id, conversation, inbound, session, now=now
         )
         reply = _Reply(
@@ -244,7 +244,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         """Wake the relay and the delivery queue, push to the streams, keep the session."""
         self._on_events()
         self._on_delivery()
-        await self._pipeline.publish_committed(
+        await self._push.messages(
             reply.tenant_id, updated, reply.outbound, reply.session, now=reply.now
         )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 
+import structlog
 from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, events_pb2
@@ -14,6 +17,8 @@ from server.domain.session import is_live
 from server.events.envelopes import stable_event_id
 from server.services.event_writer import EventWriter
 from server.services.ports import SessionStore
+
+log = structlog.get_logger("chat.server")
 
 MAX_CONTEXT_BYTES = 64 * 1024
 SYSTEM_ACTOR = "system"
@@ -95,6 +100,17 @@ class SessionService:
         session = await self._sessions.current(tenant_id, conversation_id, now=self._clock())
         if session is not None and session.status == common_pb2.SESSION_STATUS_ACTIVE:
             await self._end(tenant_id, actor_id, session)
+
+    async def sweep(self, stopping: asyncio.Event, *, every_seconds: float) -> None:
+        """Report expired sessions (SessionEnded, once across every server process) until
+        ``stopping`` is set."""
+        while not stopping.is_set():
+            try:
+                await self.expire_due()
+            except Exception:
+                log.exception("session sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), every_seconds)
 
     async def expire_due(self, *, limit: int = 100) -> int:
         """End the sessions past their expiry (SessionEnded EXPIRED, once across processes);

@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import structlog
-from google.protobuf import timestamp_pb2
-from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.errors import (
-    AlreadyExists,
     FailedPrecondition,
+    HubClosingError,
     NotFound,
     ResourceExhausted,
+    StoreError,
+    SubscriberTooSlowError,
     Unauthenticated,
     Unavailable,
 )
 from server.events.envelopes import envelope
-from server.repositories.live import HubClosingError, SubscriberTooSlowError
+from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.live import QuietLiveEvents, closed_event, message_event, timestamp_of
 from server.services.ports import (
     ConversationRepository,
-    IdempotencyStore,
-    LiveEvents,
     LiveSubscription,
     LiveSubscriptions,
     MessageRepository,
@@ -51,59 +50,6 @@ IDLE_CHECK_SECONDS = 30.0
 ACTIVE = common_pb2.CONVERSATION_STATUS_ACTIVE
 
 
-def message_event(message: common_pb2.Message) -> Event:
-    """A message as a stream event, stamped with its creation time."""
-    return Event(event_time=message.create_time, message=message)
-
-
-def closed_event(conversation: common_pb2.Conversation) -> Event:
-    """The stream's last event: the conversation as closed."""
-    return Event(
-        event_time=conversation.close_time,
-        closed=chat_service_pb2.ConversationClosed(conversation=conversation),
-    )
-
-
-def timestamp_of(now: dt.datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(now)
-    return stamp
-
-
-class QuietLiveEvents:
-    """Publishes live events after the data is committed; a failure is logged, not raised:
-    the data is safe, streams catch up from storage, a cached conversation the failed call did
-    not update is replaced by the worker's cache handler or expires, and a session not saved
-    only lags (its context updates are lost, its expiry not extended)."""
-
-    def __init__(self, live: LiveEvents) -> None:
-        self._live = live
-
-    async def publish(
-        self,
-        tenant_id: str,
-        conversation_id: str,
-        events: Sequence[Event],
-        *,
-        conversation: common_pb2.Conversation | None = None,
-        session: common_pb2.Session | None = None,
-    ) -> None:
-        """Publish; with ``conversation``, also cache its new state; with ``session``, also
-        store it (touched by the caller)."""
-        try:
-            await self._live.publish(
-                tenant_id, conversation_id, events, conversation=conversation, session=session
-            )
-        except (RedisError, OSError) as exc:
-            log.warning(
-                "live events not published",
-                conversation_id=conversation_id,
-                count=len(events),
-                with_session=session is not None,
-                error=repr(exc),
-            )
-
-
 class StreamService:
     """Streams, typing and read receipts of a tenant's conversations."""
 
@@ -115,7 +61,7 @@ class StreamService:
         subscriptions: LiveSubscriptions,
         live: QuietLiveEvents,
         outbox: Outbox,
-        idempotency: IdempotencyStore,
+        requests: IdempotentRequests,
         transactions: TransactionRunner,
         clock: Callable[[], dt.datetime],
         on_events: Callable[[], None] = lambda: None,
@@ -125,7 +71,7 @@ class StreamService:
         self._subscriptions = subscriptions
         self._live = live
         self._outbox = outbox
-        self._idempotency = idempotency
+        self._requests = requests
         self._transactions = transactions
         self._clock = clock
         self._on_events = on_events
@@ -146,7 +92,7 @@ class StreamService:
         await self._conversation(tenant_id, conversation_id)
         try:
             subscription = await self._subscriptions.subscribe(tenant_id, conversation_id)
-        except (RedisError, OSError, TimeoutError):
+        except StoreError:
             raise Unavailable(
                 "live events are unavailable; retry shortly", reason="LIVE_EVENTS_UNAVAILABLE"
             ) from None
@@ -225,11 +171,17 @@ class StreamService:
     ) -> chat_service_pb2.MarkReadResponse:
         """Outbound messages up to the sequence become READ (MessageDelivered each), once."""
         # The key names the conversation: the same request id elsewhere is another request.
-        operation = f"{MARK_READ}:{conversation_id}"
-        if request_id:
-            stored = await self._idempotency.get(tenant_id, operation, request_id)
-            if stored is not None:
-                return chat_service_pb2.MarkReadResponse.FromString(stored)
+        key = RequestKey(tenant_id, f"{MARK_READ}:{conversation_id}", request_id)
+        return await self._requests.once(
+            key,
+            chat_service_pb2.MarkReadResponse.FromString,
+            lambda: self._mark_read(key, actor_id, conversation_id, up_to_sequence),
+        )
+
+    async def _mark_read(
+        self, key: RequestKey, actor_id: str, conversation_id: str, up_to_sequence: int
+    ) -> chat_service_pb2.MarkReadResponse:
+        tenant_id = key.tenant_id
         conversation = await self._conversation(tenant_id, conversation_id)
         now = self._clock()
 
@@ -260,15 +212,7 @@ class StreamService:
                 tx=tx,
             )
             response = chat_service_pb2.MarkReadResponse(updated_count=len(changed))
-            if request_id:
-                await self._idempotency.put(
-                    tenant_id,
-                    operation,
-                    request_id,
-                    response.SerializeToString(),
-                    now=now,
-                    tx=tx,
-                )
+            await self._requests.record(key, response, now=now, tx=tx)
             events = [
                 Event(
                     event_time=stamp,
@@ -282,13 +226,7 @@ class StreamService:
             ]
             return response, events
 
-        try:
-            response, events = await self._transactions.run(mark)
-        except AlreadyExists:
-            stored = await self._idempotency.get(tenant_id, operation, request_id)
-            if stored is None:
-                raise
-            return chat_service_pb2.MarkReadResponse.FromString(stored)
+        response, events = await self._transactions.run(mark)
         if events:
             self._on_events()
             await self._live.publish(tenant_id, conversation_id, events)

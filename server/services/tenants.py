@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
-from pymongo.asynchronous.client_session import AsyncClientSession
 
 from chat.v1 import tenant_service_pb2
 from server.domain.errors import (
@@ -17,21 +16,22 @@ from server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     PermissionDenied,
+    SecretUnreadableError,
 )
-from server.domain.tenant import Tenant
-from server.repositories.idempotency import MongoIdempotencyStore
-from server.repositories.mongo import MESSENGER_PAGE, WHATSAPP_NUMBER, Transactions
-from server.repositories.secrets import SecretUnreadableError
-from server.repositories.tenants import (
+from server.domain.tenant import (
+    MESSENGER_PAGE,
+    TENANT_ID,
+    WHATSAPP_NUMBER,
     AddressTakenError,
-    MongoTenantStore,
     RevisionConflictError,
     StoredTenant,
-    TenantDirectory,
+    Tenant,
     TenantDocumentError,
     with_kept_secrets,
 )
-from server.repositories.tenants_file import TENANT_ID
+from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.ports import TenantStore, TransactionRunner, Tx
+from server.tenancy.directory import TenantDirectory
 
 log = structlog.get_logger(__name__)
 
@@ -46,17 +46,17 @@ class TenantAdmin:
     def __init__(
         self,
         *,
-        store: MongoTenantStore,
+        store: TenantStore,
         directory: TenantDirectory,
-        transactions: Transactions,
-        idempotency: MongoIdempotencyStore,
+        transactions: TransactionRunner,
+        requests: IdempotentRequests,
         clock: Callable[[], dt.datetime],
     ) -> None:
         """``clock`` gives times at MongoDB's precision (milliseconds), as utc_now does."""
         self._store = store
         self._directory = directory
         self._transactions = transactions
-        self._idempotency = idempotency
+        self._requests = requests
         self._clock = clock
 
     async def upsert(
@@ -64,10 +64,16 @@ class TenantAdmin:
     ) -> tenant_service_pb2.UpsertTenantResponse:
         """Create or replace ``update.id``'s configuration; the stored tenant, secrets removed."""
         self._check_allowed(update)
-        if request_id:
-            replayed = await self._idempotency.get(update.id, UPSERT_TENANT, request_id)
-            if replayed is not None:
-                return tenant_service_pb2.UpsertTenantResponse.FromString(replayed)
+        key = RequestKey(update.id, UPSERT_TENANT, request_id)
+        return await self._requests.once(
+            key,
+            tenant_service_pb2.UpsertTenantResponse.FromString,
+            lambda: self._upsert(update, key),
+        )
+
+    async def _upsert(
+        self, update: Tenant, key: RequestKey
+    ) -> tenant_service_pb2.UpsertTenantResponse:
         self._check_addresses_free(update)
         for _ in range(_ATTEMPTS):
             current = await self._current(update.id)
@@ -79,7 +85,7 @@ class TenantAdmin:
             response = tenant_service_pb2.UpsertTenantResponse(tenant=tenant_to_proto(tenant))
 
             async def work(
-                tx: AsyncClientSession,
+                tx: Tx,
                 tenant: Tenant = tenant,
                 current: StoredTenant | None = current,
                 response: tenant_service_pb2.UpsertTenantResponse = response,
@@ -89,15 +95,9 @@ class TenantAdmin:
                     expected_revision=current.revision if current else None,
                     tx=tx,
                 )
-                if request_id:
-                    await self._idempotency.put(
-                        update.id,
-                        UPSERT_TENANT,
-                        request_id,
-                        response.SerializeToString(),
-                        now=tenant.update_time or self._clock(),
-                        tx=tx,
-                    )
+                await self._requests.record(
+                    key, response, now=tenant.update_time or self._clock(), tx=tx
+                )
                 return stored
 
             try:
@@ -106,12 +106,6 @@ class TenantAdmin:
                 continue
             except AddressTakenError as exc:
                 raise _address_taken(exc.field) from None
-            except AlreadyExists:
-                # The idempotency record: a racing retry of this request committed first.
-                replayed = await self._idempotency.get(update.id, UPSERT_TENANT, request_id)
-                if replayed is None:
-                    raise
-                return tenant_service_pb2.UpsertTenantResponse.FromString(replayed)
             self._directory.remember(stored)
             log.info("tenant_upserted", tenant_id=tenant.id, revision=stored.revision)
             return response

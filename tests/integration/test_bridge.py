@@ -25,8 +25,8 @@ from pymongo import AsyncMongoClient
 from chat.v1 import common_pb2 as c
 from devstack.processes import free_port
 from devstack.stack import Endpoints
-from server.repositories.tenants import TenantDirectory
 from server.repositories.tenants_file import load_tenants
+from server.tenancy.directory import TenantDirectory
 from tests.integration.bot_framework import SERVICE_URL, TEAMS_APP, TeamsKeys, no_defaults
 from tests.integration.chat_client import JWT_SETTINGS, SECRET
 from tests.integration.conftest import RunningServer, tenants_file

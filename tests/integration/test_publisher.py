@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 
 from chat.v1 import common_pb2, events_pb2
 from devstack.stack import Endpoints
-from server.events.publisher import KafkaEventPublisher
+from server.relay.publisher import KafkaEventPublisher
 
 
 async def test_a_published_envelope_is_consumed_intact(stack: Endpoints) -> None:

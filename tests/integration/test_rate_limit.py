@@ -19,7 +19,8 @@ from grpc_status import rpc_status
 
 from devstack.stack import EmbeddedStack, Endpoints
 from devstack.tokens import mint_dev_token
-from server.repositories.rate_limits import Limit, RedisRateLimiter, limit_key
+from server.domain.limits import Limit, limit_key
+from server.repositories.rate_limits import RedisRateLimiter
 from tests.integration.conftest import RunningServer, tenants_file
 from tests.integration.probe import ECHO, unary_call
 

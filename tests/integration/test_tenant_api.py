@@ -37,9 +37,10 @@ from server.domain.errors import PermissionDenied
 from server.repositories.idempotency import MongoIdempotencyStore
 from server.repositories.mongo import Transactions
 from server.repositories.secrets import SecretBox
-from server.repositories.tenants import MongoTenantStore, TenantDirectory
+from server.repositories.tenants import MongoTenantStore
 from server.repositories.tenants_file import load_tenants
 from server.services.tenants import TenantAdmin
+from server.tenancy.directory import TenantDirectory
 from tests.conftest import EXAMPLE_TENANTS
 from tests.integration.conftest import RunningServer
 from tests.integration.tcp_proxy import TcpProxy

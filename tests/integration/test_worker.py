@@ -39,15 +39,15 @@ from devstack.processes import script_path
 from devstack.stack import Endpoints
 from devstack.tokens import mint_dev_token
 from server.events.envelopes import envelope
-from server.events.notifier import Notifier
-from server.events.publisher import KafkaEventPublisher
-from server.events.router import Registration
 from server.events.topics import DEAD_LETTER_TOPIC
-from server.events.worker import CONSUMED_TOPICS, WorkerMetrics, replay_dead_letters, run
+from server.relay.publisher import KafkaEventPublisher
 from server.repositories.analytics import MongoAnalytics
 from server.repositories.conversation_cache import RedisConversationCache
 from server.settings import AlertSettings, Settings
 from server.stopping import EXIT_MARGIN_SECONDS
+from server.worker.main import CONSUMED_TOPICS, WorkerMetrics, replay_dead_letters, run
+from server.worker.notifier import Notifier
+from server.worker.router import Registration
 from tests.integration import waiting
 from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
 from tests.integration.conftest import RunningServer, tenants_file

@@ -8,7 +8,7 @@ import pytest
 
 from chat.v1 import events_pb2
 from server.events.envelopes import envelope
-from server.events.router import EventRouter, PermanentError, Registration, RetryPolicy
+from server.worker.router import EventRouter, PermanentError, Registration, RetryPolicy
 
 
 class Recorder:

@@ -16,7 +16,8 @@ from chat.v1 import common_pb2 as c
 from server.domain.errors import NotFound, ResourceExhausted
 from server.repositories.live import Subscription
 from server.services import streams
-from server.services.streams import QuietLiveEvents, StreamService, closed_event, message_event
+from server.services.live import QuietLiveEvents, closed_event, message_event
+from server.services.streams import StreamService
 
 Event = chat.StreamConversationEventsResponse
 

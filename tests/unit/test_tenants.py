@@ -14,19 +14,21 @@ import pytest
 from chat.v1 import tenant_service_pb2
 from server.api.tenants import tenant_from_proto
 from server.auth.principal import Principal, bind_principal, bind_tenant
-from server.domain.errors import InvalidArgument
+from server.domain.errors import InvalidArgument, SecretUnreadableError
 from server.domain.tenant import (
     ChannelCredentials,
     Quotas,
     SlackCredentials,
+    StoredTenant,
     Tenant,
     WhatsAppCredentials,
+    with_kept_secrets,
 )
 from server.interceptors.rate_limit import RateLimitInterceptor
 from server.metrics import Metrics
-from server.repositories.secrets import SecretBox, SecretKeyError, SecretUnreadableError
-from server.repositories.tenants import StoredTenant, TenantDirectory, with_kept_secrets
+from server.repositories.secrets import SecretBox, SecretKeyError
 from server.settings import Rate, RateLimitSettings
+from server.tenancy.directory import TenantDirectory
 
 
 def box() -> SecretBox:

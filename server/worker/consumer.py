@@ -27,8 +27,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from google.protobuf.message import DecodeError
 
 from chat.v1 import events_pb2
-from server.events.router import EventRouter, Failure
 from server.events.topics import DEAD_LETTER_TOPIC
+from server.worker.router import EventRouter, Failure
 
 log = structlog.get_logger("chat.worker.consumer")
 

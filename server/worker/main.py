@@ -23,18 +23,7 @@ from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chat.v1 import events_pb2
-from server.bootstrap import create_resources
-from server.events.consumer import EventConsumer
-from server.events.handlers import (
-    AnalyticsHandler,
-    AuditHandler,
-    CacheHandler,
-    NotificationHandler,
-    UserActivityHandler,
-    registrations,
-)
-from server.events.notifier import Notifier
-from server.events.router import EventRouter, Registration, RetryPolicy
+from server.clients import open_clients
 from server.events.topics import ALL_TOPICS, DEAD_LETTER_TOPIC
 from server.log import configure_logging
 from server.metrics import serve_registry
@@ -46,6 +35,17 @@ from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.users import MongoUserRepository
 from server.settings import Settings, SettingsError
 from server.stopping import stop_on_signals
+from server.worker.consumer import EventConsumer
+from server.worker.handlers import (
+    AnalyticsHandler,
+    AuditHandler,
+    CacheHandler,
+    NotificationHandler,
+    UserActivityHandler,
+    registrations,
+)
+from server.worker.notifier import Notifier
+from server.worker.router import EventRouter, Registration, RetryPolicy
 
 log = structlog.get_logger("chat.worker")
 
@@ -116,25 +116,23 @@ async def run(
 ) -> None:
     """Consume until ``stop`` is set. ``extra`` registers more handlers (tests)."""
     metrics = metrics or WorkerMetrics()
-    resources = await create_resources(settings, needs_tenants=False)
-    transactions = Transactions(client=resources.mongo)
-    analytics = MongoAnalytics(database=resources.database)
-    handled = MongoHandledEvents(database=resources.database, transactions=transactions)
+    clients = await open_clients(settings, needs_tenants=False)
+    transactions = Transactions(client=clients.mongo)
+    analytics = MongoAnalytics(database=clients.database)
+    handled = MongoHandledEvents(database=clients.database, transactions=transactions)
     notifier = Notifier(
-        database=resources.database, analytics=analytics, settings=settings.worker.alerts
+        database=clients.database, analytics=analytics, settings=settings.worker.alerts
     )
     router = EventRouter(
         [
             *registrations(
                 analytics=AnalyticsHandler(analytics=analytics, handled=handled),
                 users=UserActivityHandler(
-                    users=MongoUserRepository(database=resources.database), handled=handled
+                    users=MongoUserRepository(database=clients.database), handled=handled
                 ),
-                audit=AuditHandler(
-                    audit=MongoAuditLog(database=resources.database), handled=handled
-                ),
+                audit=AuditHandler(audit=MongoAuditLog(database=clients.database), handled=handled),
                 notification=NotificationHandler(notifier=notifier),
-                cache=CacheHandler(cache=RedisConversationCache(client=resources.redis)),
+                cache=CacheHandler(cache=RedisConversationCache(client=clients.redis)),
             ),
             *extra,
         ],
@@ -156,7 +154,7 @@ async def run(
     runner: web.AppRunner | None = None
     lag_task: asyncio.Task[None] | None = None
     try:
-        await create_indexes(resources.database)
+        await create_indexes(clients.database)
         if settings.worker.metrics_address:
             runner = await serve_registry(metrics.registry, settings.worker.metrics_address)
         lag_task = asyncio.create_task(_watch_lag(consumer, notifier, stop))
@@ -169,7 +167,7 @@ async def run(
         if runner is not None:
             await runner.cleanup()
         await notifier.close()
-        await resources.close()
+        await clients.close()
         log.info("worker stopped")
 
 

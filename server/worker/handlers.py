@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from chat.v1 import common_pb2, events_pb2
-from server.events.notifier import Notifier
-from server.events.router import PermanentError, Registration
 from server.repositories.analytics import MongoAnalytics
 from server.repositories.audit import AuditRecord, MongoAuditLog
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.handled import MongoHandledEvents
 from server.repositories.users import MongoUserRepository
+from server.worker.notifier import Notifier
+from server.worker.router import PermanentError, Registration
 
 _SUCCESS = (common_pb2.DELIVERY_STATUS_DELIVERED, common_pb2.DELIVERY_STATUS_READ)
 
