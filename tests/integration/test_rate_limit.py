@@ -20,8 +20,8 @@ from grpc_status import rpc_status
 from devstack.stack import EmbeddedStack, Endpoints
 from devstack.tokens import mint_dev_token
 from server.repositories.rate_limits import Limit, RedisRateLimiter, limit_key
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.probe import ECHO, unary_call
+from tests.support.probe import ECHO, unary_call
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 SECRET = "rate-limit-test-secret-long-enough-for-hs256"

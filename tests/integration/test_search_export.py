@@ -20,8 +20,8 @@ from devstack.stack import Endpoints
 from server.repositories.conversations import MongoConversationRepository, Recording
 from server.repositories.messages import MessageRow, MongoMessageRepository
 from server.repositories.mongo import Transactions
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 

@@ -40,11 +40,11 @@ from server.repositories.tenants import MongoTenantStore, TenantDirectory
 from server.repositories.tenants_file import load_tenants
 from server.services.messages import utc_now
 from server.services.tenants import TenantAdmin
-from tests.conftest import EXAMPLE_TENANTS
-from tests.integration.conftest import RunningServer
-from tests.integration.tcp_proxy import TcpProxy
-from tests.integration.test_error_boundary import details_of
-from tests.integration.waiting import eventually
+from tests.support.error_details import details_of
+from tests.support.paths import EXAMPLE_TENANTS
+from tests.support.servers import RunningServer
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 from webhook_bridge.app import create_app
 from webhook_bridge.tokens import ServiceTokens, SigningKey
 

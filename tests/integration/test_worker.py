@@ -48,9 +48,9 @@ from server.repositories.analytics import MongoAnalytics
 from server.repositories.conversation_cache import RedisConversationCache
 from server.settings import AlertSettings, Settings
 from server.stopping import EXIT_MARGIN_SECONDS
-from tests.integration import waiting
-from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.support import waiting
+from tests.support.chat_client import JWT_SETTINGS, SECRET, ChatClient
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncMongoClient[dict[str, Any]]

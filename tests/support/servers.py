@@ -1,4 +1,5 @@
-"""In-process chat servers on free ports, against the session's real servers."""
+"""In-process chat servers on free ports, against the session's real servers: the fixtures
+(registered in tests/conftest.py) and what the tests use with them."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from server.bootstrap import ChatServer, create_resources
 from server.repositories.mongo import OUTBOX, Document
 from server.repositories.outbox import Record, records
 from server.settings import Settings
-from tests.conftest import EXAMPLE_TENANTS
-from tests.integration.bot_framework import teams_keys  # noqa: F401 - a shared fixture
-from tests.integration.probe import PROBE_SCOPES, ProbeState, probe_handler
+from tests.support.paths import EXAMPLE_TENANTS
+from tests.support.probe import PROBE_SCOPES, ProbeState, probe_handler
 
 
 @pytest.fixture(scope="session")
@@ -98,13 +98,3 @@ def tenants_file(tmp_path: Path, body: str) -> str:
     path = tmp_path / "tenants.yaml"
     path.write_text(body)
     return str(path)
-
-
-# Last: the stand-ins' module imports RunningServer and tenants_file from this one.
-from tests.integration.stand_ins import (  # noqa: E402, F401 - shared fixtures
-    database_name,
-    delivery_mongo,
-    delivery_stack,
-    platforms,
-    stack_up,
-)
