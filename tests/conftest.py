@@ -2,20 +2,29 @@
 
 CHAT_MONGODB_URI, CHAT_REDIS_URL and CHAT_KAFKA_BOOTSTRAP, when set, point the tests at
 existing servers instead; the rest are started on free ports under a temporary directory.
+
+The fixtures the tests share live in tests/support and are registered here: pytest takes
+``pytest_plugins`` only from this, the root conftest.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from devstack.stack import EmbeddedStack, Endpoints
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_TENANTS = REPO_ROOT / "config" / "tenants.example.yaml"
+# The helpers' asserts report like the tests' own (pytest rewrites test modules and conftests
+# only); before anything imports tests.support.
+pytest.register_assert_rewrite("tests.support")
+
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.bot_framework",
+    "tests.support.stand_ins",
+]
 
 
 @pytest.fixture(scope="session")

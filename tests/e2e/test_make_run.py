@@ -25,7 +25,7 @@ from pymongo import MongoClient
 
 from chat.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 from server.workers import dying_with_parent
-from tests.conftest import EXAMPLE_TENANTS, REPO_ROOT
+from tests.support.paths import EXAMPLE_TENANTS, REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from server.auth.scopes import PUBLIC_METHODS, REQUIRED_SCOPES
-from tests.contract import served_methods
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.keys import AUDIENCE, ISSUER, JwksServer, KeyPair, standard_claims
-from tests.integration.probe import ECHO, UNLISTED, WRITE, unary_call
+from tests.support.contract import served_methods
+from tests.support.keys import AUDIENCE, ISSUER, JwksServer, KeyPair, standard_claims
+from tests.support.probe import ECHO, UNLISTED, WRITE, unary_call
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 RSA = KeyPair.rsa("rsa-1")

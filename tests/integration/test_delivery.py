@@ -33,20 +33,8 @@ from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.mongo import Transactions
 from server.repositories.tenants_file import load_tenants
-from tests.integration.bot_framework import TeamsKeys
-from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.server_process import chat_server_process
-from tests.integration.stand_ins import (
-    Mongo,
-    Platforms,
-    StartServer,
-    reply_of,
-    sent,
-    status_of,
-    whatsapp_text,
-)
-from tests.integration.test_bridge import (
+from tests.support.bot_framework import TeamsKeys
+from tests.support.bridge import (
     MESSENGER_SECRET,
     TENANTS,
     WHATSAPP_SECRET,
@@ -55,8 +43,20 @@ from tests.integration.test_bridge import (
     start_bridge,
     unique,
 )
-from tests.integration.test_streams import Stream
-from tests.integration.waiting import eventually
+from tests.support.chat_client import JWT_SETTINGS, SECRET, ChatClient
+from tests.support.server_process import chat_server_process
+from tests.support.servers import RunningServer, tenants_file
+from tests.support.stand_ins import (
+    Mongo,
+    Platforms,
+    StartServer,
+    reply_of,
+    sent,
+    status_of,
+    whatsapp_text,
+)
+from tests.support.streams import Stream
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

@@ -27,9 +27,10 @@ from server.channels.slack import SlackChannel
 from server.channels.teams import TeamsChannel
 from server.channels.whatsapp import WhatsAppChannel
 from server.repositories.tenants_file import load_tenants
-from tests.integration.chat_client import SECRET
-from tests.integration.conftest import tenants_file
-from tests.integration.stand_ins import (
+from tests.support.bridge import TENANTS, sample, unique
+from tests.support.chat_client import SECRET
+from tests.support.servers import tenants_file
+from tests.support.stand_ins import (
     DeliveryStack,
     Mongo,
     Platforms,
@@ -37,8 +38,7 @@ from tests.integration.stand_ins import (
     status_of,
     whatsapp_reply,
 )
-from tests.integration.test_bridge import TENANTS, sample, unique
-from tests.integration.waiting import eventually
+from tests.support.waiting import eventually
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
 

@@ -10,12 +10,11 @@ import pytest
 import structlog
 from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from structlog.testing import capture_logs
 
 from devstack.tokens import mint_dev_token
-from tests.integration.conftest import RunningServer
-from tests.integration.probe import (
+from tests.support.error_details import details_of
+from tests.support.probe import (
     FAIL,
     INVALID,
     SECRET_DETAIL,
@@ -24,6 +23,7 @@ from tests.integration.probe import (
     stream_call,
     unary_call,
 )
+from tests.support.servers import RunningServer
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 SECRET = "boundary-test-secret-long-enough-for-hs256"
@@ -38,24 +38,6 @@ async def server(start_server: StartServer) -> RunningServer:
 
 def auth() -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {mint_dev_token(secret=SECRET, tenant_id='acme')}"),)
-
-
-def details_of(exc: grpc.aio.AioRpcError) -> list[object]:
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    found: list[object] = []
-    for any_detail in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.RetryInfo,
-        ):
-            if any_detail.Is(kind.DESCRIPTOR):
-                detail = kind()
-                any_detail.Unpack(detail)
-                found.append(detail)
-    return found
 
 
 async def test_an_unexpected_error_is_internal_with_no_detail_and_a_request_id(

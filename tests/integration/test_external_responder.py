@@ -20,9 +20,9 @@ from chat.v1 import responder_service_pb2_grpc
 from devstack.processes import free_port
 from devstack.stack import Endpoints
 from server.services.external_responder import FALLBACK_TEXT
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.test_ingest import Bridge, conversation_of, history, replied, text_event
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.ingest import Bridge, conversation_of, history, replied, text_event
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 

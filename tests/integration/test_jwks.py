@@ -17,7 +17,7 @@ from server.auth.jwks import JwksKeySource
 from server.auth.tokens import TokenVerifier
 from server.domain.errors import Unauthenticated, Unavailable
 from server.settings import JwtSettings
-from tests.integration.keys import AUDIENCE, ISSUER, JwksServer, KeyPair
+from tests.support.keys import AUDIENCE, ISSUER, JwksServer, KeyPair
 
 
 class Clock:

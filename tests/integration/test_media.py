@@ -20,9 +20,9 @@ from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
 from server.processors.fetch import HttpMediaFetcher
 from server.processors.media import MediaFetchError
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.test_pipeline import violations
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.error_details import violations
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncMongoClient[dict[str, object]]

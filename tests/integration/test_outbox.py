@@ -26,9 +26,9 @@ from server.events.topics import ALL_TOPICS, record_key, topic_for
 from server.repositories import outbox as outbox_module
 from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.outbox import MongoOutbox, records
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, outbox_records, tenants_file
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.servers import RunningServer, outbox_records, tenants_file
+from tests.support.tcp_proxy import TcpProxy
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 

@@ -10,15 +10,14 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from pymongo import AsyncMongoClient
 
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.error_details import violations
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 
@@ -38,18 +37,6 @@ async def acme(server: RunningServer) -> AsyncIterator[ChatClient]:
 async def globex(server: RunningServer) -> AsyncIterator[ChatClient]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         yield ChatClient(channel, "globex")
-
-
-def violations(exc: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    fields: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
 
 
 async def test_a_text_message_is_stored_processed_and_answered(acme: ChatClient) -> None:

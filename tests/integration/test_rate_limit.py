@@ -21,8 +21,8 @@ from devstack.stack import EmbeddedStack, Endpoints
 from devstack.tokens import mint_dev_token
 from server.domain.limits import Limit, limit_key
 from server.repositories.rate_limits import RedisRateLimiter
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.probe import ECHO, unary_call
+from tests.support.probe import ECHO, unary_call
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 SECRET = "rate-limit-test-secret-long-enough-for-hs256"

@@ -8,7 +8,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.bootstrap import ChatServer, create_resources
+from server.clients import open_clients
+from server.grpc_server import ChatServer
 from server.settings import Settings
 
 pytestmark = pytest.mark.redis
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.redis
 
 async def redis_health(make_settings: Callable[..., Settings], **overrides: str) -> int:
     settings = make_settings(**overrides)
-    server = ChatServer(settings=settings, resources=await create_resources(settings))
+    server = ChatServer(settings=settings, clients=await open_clients(settings))
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

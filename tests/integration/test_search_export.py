@@ -22,8 +22,8 @@ from server.domain.messages import MessageRow
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.messages import MongoMessageRepository
 from server.repositories.mongo import Transactions
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 

@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from structlog.testing import capture_logs
 
 from chat.v1 import delivery_service_pb2
-from server.bootstrap import SERVED_SERVICES, ChatServer, create_resources
+from server.api.served import SERVED_SERVICES
+from server.clients import open_clients
+from server.grpc_server import ChatServer
 from server.settings import Settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -131,7 +133,7 @@ async def test_with_kafka_down_the_service_still_serves(
 ) -> None:
     # Nothing listens on port 1: the broker is unreachable.
     settings = make_settings(CHAT_KAFKA_BOOTSTRAP="127.0.0.1:1")
-    server = ChatServer(settings=settings, resources=await create_resources(settings))
+    server = ChatServer(settings=settings, clients=await open_clients(settings))
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -147,7 +149,7 @@ async def test_with_mongodb_down_the_service_is_not_serving(
     settings = make_settings(
         CHAT_MONGODB_URI="mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=300"
     )
-    server = ChatServer(settings=settings, resources=await create_resources(settings))
+    server = ChatServer(settings=settings, clients=await open_clients(settings))
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -163,7 +165,7 @@ async def test_shutdown_tells_watchers_not_serving_before_closing(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    server = ChatServer(settings=settings, resources=await create_resources(settings))
+    server = ChatServer(settings=settings, clients=await open_clients(settings))
     port = await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())

@@ -15,9 +15,9 @@ from chat.v1 import common_pb2 as c
 from chat.v1 import session_service_pb2 as pb
 from chat.v1 import session_service_pb2_grpc
 from devstack.stack import Endpoints
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.kafka_events import published
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.kafka_events import published
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 

@@ -39,13 +39,14 @@ from server.repositories.mongo import Transactions
 from server.repositories.secrets import SecretBox
 from server.repositories.tenants import MongoTenantStore
 from server.repositories.tenants_file import load_tenants
+from server.services.idempotency import IdempotentRequests
 from server.services.tenants import TenantAdmin
 from server.tenancy.directory import TenantDirectory
-from tests.conftest import EXAMPLE_TENANTS
-from tests.integration.conftest import RunningServer
-from tests.integration.tcp_proxy import TcpProxy
-from tests.integration.test_error_boundary import details_of
-from tests.integration.waiting import eventually
+from tests.support.error_details import details_of
+from tests.support.paths import EXAMPLE_TENANTS
+from tests.support.servers import RunningServer
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 from webhook_bridge.app import create_app
 from webhook_bridge.tokens import ServiceTokens, SigningKey
 
@@ -632,7 +633,7 @@ async def test_a_lagging_process_cannot_enable_a_disabled_tenant(
         store=MongoTenantStore(database=mongo["chat"], secrets=SecretBox.from_file(Path(key_file))),
         directory=TenantDirectory(file_tenants={}, store=None),
         transactions=Transactions(client=mongo),
-        idempotency=MongoIdempotencyStore(database=mongo["chat"]),
+        requests=IdempotentRequests(store=MongoIdempotencyStore(database=mongo["chat"])),
         clock=utc_now,
     )
     with pytest.raises(PermissionDenied):

@@ -34,9 +34,9 @@ from chat.v1 import (
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
 from devstack.tokens import mint_dev_token
-from tests.contract import served_methods
-from tests.integration.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.support.chat_client import JWT_SETTINGS, SECRET, TENANTS, ChatClient
+from tests.support.contract import served_methods
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 ALL_SCOPES = ("chat:read", "chat:write", "chat:ingest", "chat:admin")

@@ -48,9 +48,9 @@ from server.stopping import EXIT_MARGIN_SECONDS
 from server.worker.main import CONSUMED_TOPICS, WorkerMetrics, replay_dead_letters, run
 from server.worker.notifier import Notifier
 from server.worker.router import Registration
-from tests.integration import waiting
-from tests.integration.chat_client import JWT_SETTINGS, SECRET, ChatClient
-from tests.integration.conftest import RunningServer, tenants_file
+from tests.support import waiting
+from tests.support.chat_client import JWT_SETTINGS, SECRET, ChatClient
+from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncMongoClient[dict[str, Any]]

@@ -20,8 +20,8 @@ import pytest
 
 from devstack.processes import free_port, port_open, script_path
 from devstack.stack import Endpoints
-from tests.integration.chat_client import JWT_SETTINGS, TENANTS, ChatClient
-from tests.integration.conftest import tenants_file
+from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
+from tests.support.servers import tenants_file
 
 WORKERS = 2
 

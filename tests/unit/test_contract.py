@@ -8,8 +8,8 @@ import pkgutil
 from google.protobuf.internal import api_implementation
 
 import chat.v1
+from server.api.served import SERVED_SERVICES
 from server.auth.scopes import REQUIRED_SCOPES
-from server.bootstrap import SERVED_SERVICES
 
 #: Implemented by the customer's responder, called by this service.
 CLIENT_SIDE = {"chat.v1.ResponderService"}

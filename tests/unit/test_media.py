@@ -14,7 +14,7 @@ from chat.v1 import common_pb2 as c
 from server.domain.errors import InvalidArgument, NotFound
 from server.processors.media import MediaProcessor, ProcessedMedia
 from server.processors.sniff import sniff_mime
-from tests.unit.fakes import MemoryMediaStore, StaticFetcher
+from tests.support.fakes import MemoryMediaStore, StaticFetcher
 
 WEB, WHATSAPP, MESSENGER = c.CHANNEL_TYPE_WEB, c.CHANNEL_TYPE_WHATSAPP, c.CHANNEL_TYPE_MESSENGER
 

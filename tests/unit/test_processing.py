@@ -11,7 +11,7 @@ from server.processors.content import ContentProcessor
 from server.processors.location import process_location
 from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
-from tests.unit.fakes import MemoryMediaStore, StaticFetcher
+from tests.support.fakes import MemoryMediaStore, StaticFetcher
 
 E = common_pb2
 

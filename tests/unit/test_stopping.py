@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 # A process that stops the way chat-server and chat-worker do, then finishes its stop as told:
 # at once, waiting on the loop forever (a dependency that never answers), with the loop

@@ -79,7 +79,7 @@ def service(storage: Storage, subscriptions: Subscriptions) -> StreamService:
         subscriptions=subscriptions,
         live=QuietLiveEvents(NoLive()),
         outbox=None,  # type: ignore[arg-type]
-        idempotency=None,  # type: ignore[arg-type]
+        requests=None,  # type: ignore[arg-type]
         transactions=None,  # type: ignore[arg-type]
         clock=lambda: dt.datetime.now(dt.UTC),
     )

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from server.repositories.tenants_file import TenantsFileError, load_tenants
-from tests.conftest import EXAMPLE_TENANTS
+from tests.support.paths import EXAMPLE_TENANTS
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,4 +1,5 @@
-"""In-process chat servers on free ports, against the session's real servers."""
+"""In-process chat servers on free ports, against the session's real servers: the fixtures
+(registered in tests/conftest.py) and what the tests use with them."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from devstack.stack import Endpoints
-from server.bootstrap import ChatServer, create_resources
+from server.clients import open_clients
+from server.grpc_server import ChatServer
 from server.repositories.mongo import OUTBOX, Document
 from server.repositories.outbox import Record, records
 from server.settings import Settings
-from tests.conftest import EXAMPLE_TENANTS
-from tests.integration.bot_framework import teams_keys  # noqa: F401 - a shared fixture
-from tests.integration.probe import PROBE_SCOPES, ProbeState, probe_handler
+from tests.support.paths import EXAMPLE_TENANTS
+from tests.support.probe import PROBE_SCOPES, ProbeState, probe_handler
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ async def start_server(
         state = ProbeState()
         server = ChatServer(
             settings=settings,
-            resources=await create_resources(settings),
+            clients=await open_clients(settings),
             required_scopes=PROBE_SCOPES,
             extra_handlers=[probe_handler(state)],
         )
@@ -75,7 +76,7 @@ async def start_server(
 async def chat_server(make_settings: Callable[..., Settings]) -> AsyncIterator[str]:
     """The target (host:port) of a running chat server."""
     settings = make_settings()
-    server = ChatServer(settings=settings, resources=await create_resources(settings))
+    server = ChatServer(settings=settings, clients=await open_clients(settings))
     port = await server.start()
     yield f"127.0.0.1:{port}"
     await server.stop()
@@ -98,13 +99,3 @@ def tenants_file(tmp_path: Path, body: str) -> str:
     path = tmp_path / "tenants.yaml"
     path.write_text(body)
     return str(path)
-
-
-# Last: the stand-ins' module imports RunningServer and tenants_file from this one.
-from tests.integration.stand_ins import (  # noqa: E402, F401 - shared fixtures
-    database_name,
-    delivery_mongo,
-    delivery_stack,
-    platforms,
-    stack_up,
-)

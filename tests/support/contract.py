@@ -11,7 +11,7 @@ from chat.v1 import (
     session_service_pb2,
     tenant_service_pb2,
 )
-from server.bootstrap import SERVED_SERVICES
+from server.api.served import SERVED_SERVICES
 
 SERVICE_MODULES = (
     chat_service_pb2,

@@ -21,10 +21,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
-from tests.integration.bot_framework import TeamsKeys
-from tests.integration.chat_client import JWT_SETTINGS
-from tests.integration.conftest import RunningServer, tenants_file
-from tests.integration.test_bridge import (
+from tests.support.bot_framework import TeamsKeys
+from tests.support.bridge import (
     TENANTS,
     WHATSAPP_SECRET,
     Bridge,
@@ -32,7 +30,9 @@ from tests.integration.test_bridge import (
     start_bridge,
     unique,
 )
-from tests.integration.waiting import eventually
+from tests.support.chat_client import JWT_SETTINGS
+from tests.support.servers import RunningServer, tenants_file
+from tests.support.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncDatabase[dict[str, Any]]

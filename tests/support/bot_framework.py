@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.keys import KeyPair
+from tests.support.keys import KeyPair
 
 TEAMS_APP = "11111111-2222-3333-4444-555555555555"
 SERVICE_URL = "https://smba.trafficmanager.net/amer/"
