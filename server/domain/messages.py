@@ -41,6 +41,8 @@ def build_message(
     reply_to: str,
     metadata: dict[str, str],
 ) -> common_pb2.Message:
+    """A new message of ``conversation`` from processed content (its sequence is assigned when
+    it is stored); an outbound one starts SENT on the web, QUEUED for a platform."""
     message = common_pb2.Message(
         id=uuid.uuid4().hex,
         conversation_id=conversation.id,

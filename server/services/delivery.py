@@ -17,27 +17,30 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
-from chat.v1 import chat_service_pb2, common_pb2, events_pb2
+from chat.v1 import chat_service_pb2, common_pb2
 from server.channels.base import HOLD_DESTINATION, Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
 from server.domain.errors import StoreError
 from server.domain.limits import Limit, limit_key
 from server.domain.messages import Advance
 from server.domain.queues import FAILED, SENT, Attempt, Delivery, Finish
-from server.domain.receipts import receipt_ref
-from server.domain.tenant import Tenant, TenantLookup
-from server.events.envelopes import envelope
+from server.domain.tenant import TenantLookup
 from server.processors.media import MediaStore
 from server.services.delivery_guards import (
     PACING,
     CircuitBreaker,
     DeliveryPolicy,
     RateHolds,
+)
+from server.services.delivery_outcome import (
+    Outcome,
+    Recorded,
+    delivery_problem,
+    outcome_event,
+    receipt_ref_of,
 )
 from server.services.group_commit import GroupCommit
 from server.services.live import QuietLiveEvents, timestamp_of
@@ -51,99 +54,14 @@ from server.services.ports import (
 )
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.receipts import Receipts, StatusChange
-from server.services.responder import RESPONDER_ID
 
 log = structlog.get_logger("chat.delivery")
 
 _IN_ORDER_RETRY = dt.timedelta(milliseconds=200)
 
-#: Platforms whose receipts name messages by id (Slack has none; Messenger's watermarks name
-#: times, its delivery receipts ids).
-_RECEIPT_CHANNELS = frozenset(
-    {
-        common_pb2.CHANNEL_TYPE_WHATSAPP,
-        common_pb2.CHANNEL_TYPE_MESSENGER,
-        common_pb2.CHANNEL_TYPE_TEAMS,
-    }
-)
-
 
 class _LeaseLostError(Exception):
     """Another process took the delivery over: this attempt's outcome must not be recorded."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """A delivery's final attempt, ready to be recorded."""
-
-    delivery: Delivery
-    message: common_pb2.Message | None
-    response: ChannelResponse
-    status: common_pb2.DeliveryStatus.ValueType
-    now: dt.datetime
-
-
-@dataclass(slots=True)
-class _Recorded:
-    """What recording an outcome changed: the message's status, and the receipts the
-    platform sent before the outcome was recorded, applied with it."""
-
-    changed: list[common_pb2.Message]
-    receipts: list[StatusChange]
-
-
-def _receipt_ref(outcome: _Outcome) -> str:
-    """Where receipts for a sent message wait ("" when none can: a failure, or a platform
-    whose receipts name no message id)."""
-    delivery, response = outcome.delivery, outcome.response
-    if not response.success or not response.platform_message_id:
-        return ""
-    if delivery.channel not in _RECEIPT_CHANNELS:
-        return ""
-    return receipt_ref(delivery.tenant_id, delivery.channel, response.platform_message_id)
-
-
-def _event(outcome: _Outcome, message: common_pb2.Message) -> events_pb2.EventEnvelope:
-    """MessageSent, or MessageDelivered with the failure."""
-    response = outcome.response
-    payload: dict[str, Any]
-    if response.success:
-        sent = common_pb2.Message()
-        sent.CopyFrom(message)
-        sent.delivery_status = outcome.status
-        sent.platform_message_id = response.platform_message_id
-        payload = {"message_sent": events_pb2.MessageSent(message=sent)}
-    else:
-        payload = {
-            "message_delivered": events_pb2.MessageDelivered(
-                message_id=message.id,
-                conversation_id=message.conversation_id,
-                channel=message.channel,
-                status=outcome.status,
-                error=response.error,
-            )
-        }
-    return envelope(
-        tenant_id=outcome.delivery.tenant_id,
-        actor_id=RESPONDER_ID,
-        conversation_id=message.conversation_id,
-        now=outcome.now,
-        **payload,
-    )
-
-
-def _problem(
-    channel: Channel, tenant: Tenant, recipient_id: str, message: common_pb2.Message
-) -> str:
-    """What makes a delivery impossible before any request ("" when nothing): the tenant's
-    configuration, the address, the content."""
-    if problem := channel.validate_config(tenant):
-        return problem
-    if problem := channel.validate_recipient(recipient_id):
-        return f"invalid recipient: {problem}"
-    if problem := channel.validate_content(message):
-        return f"invalid content: {problem}"
-    return ""
 
 
 class DeliveryWorker(LeasedQueueWorker[Delivery]):
@@ -190,7 +108,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         self._holds = holds or RateHolds()
         #: Receipts that arrived before an outcome was recorded are applied after it.
         self._receipts = receipts
-        self._outcomes: GroupCommit[_Outcome, _Recorded] = GroupCommit(
+        self._outcomes: GroupCommit[Outcome, Recorded] = GroupCommit(
             self._record,
             key=lambda o: (o.delivery.tenant_id, o.delivery.conversation_id),
             on_batch=on_batch,
@@ -229,7 +147,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         problem = (
             "the tenant, message or channel is gone"
             if tenant is None or message is None or channel is None
-            else _problem(channel, tenant, delivery.recipient_id, message)
+            else delivery_problem(channel, tenant, delivery.recipient_id, message)
         )
         if problem or tenant is None or message is None or channel is None:
             failure = ChannelResponse.failed("INVALID_DELIVERY", problem, retryable=False)
@@ -376,7 +294,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         response: ChannelResponse,
     ) -> None:
         now = self._clock()
-        outcome = _Outcome(
+        outcome = Outcome(
             delivery=delivery,
             message=message,
             response=response,
@@ -397,14 +315,14 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             return  # another process has the delivery now and records its own outcome
         await self._recorded(outcome, changed)
 
-    async def _record(self, batch: list[_Outcome]) -> list[_Recorded | Exception]:
+    async def _record(self, batch: list[Outcome]) -> list[Recorded | Exception]:
         """Record the outcomes of deliveries of distinct conversations in one transaction: the
         deliveries' final states, the messages' statuses and the events, a bulk statement per
         collection (see GroupCommit), with the receipts the platforms sent before it. For
         each, the messages whose status moved and the receipts applied."""
-        refs = [ref for ref in map(_receipt_ref, batch) if ref]
+        refs = [ref for ref in map(receipt_ref_of, batch) if ref]
 
-        async def work(tx: Tx) -> list[_Recorded | Exception]:
+        async def work(tx: Tx) -> list[Recorded | Exception]:
             finishes = [
                 Finish(
                     delivery=o.delivery,
@@ -432,7 +350,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             )
             if with_message:
                 await self._outbox.add(
-                    [_event(o, m) for o, m in with_message],
+                    [outcome_event(o, m) for o, m in with_message],
                     now=max(o.now for o in batch),
                     tx=tx,
                 )
@@ -443,7 +361,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             )
             moved = {m.id: m for m in changed}
             return [
-                _Recorded(
+                Recorded(
                     changed=[moved[o.message.id]]
                     if o.message is not None and o.message.id in moved
                     else [],
@@ -462,7 +380,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         # parking, so one of the two finds the other).
         late = await self._settle_late(refs)
         for o, result in zip(batch, recorded, strict=True):
-            if isinstance(result, _Recorded) and o.message is not None:
+            if isinstance(result, Recorded) and o.message is not None:
                 result.receipts.extend(c for c in late if c.message.id == o.message.id)
         return recorded
 
@@ -476,7 +394,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             log.exception("early receipts not applied", receipts=len(refs))
             return []
 
-    async def _recorded(self, outcome: _Outcome, recorded: _Recorded) -> None:
+    async def _recorded(self, outcome: Outcome, recorded: Recorded) -> None:
         """After the commit: wake the relay, push the new statuses to the streams (the send's
         outcome first, then the receipts that came before it)."""
         if outcome.message is not None:
@@ -502,7 +420,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         if recorded.receipts and self._receipts is not None:
             await self._receipts.publish(tenant_id, recorded.receipts)
 
-    async def _finish_orphan(self, outcome: _Outcome, changed: _Recorded) -> None:
+    async def _finish_orphan(self, outcome: Outcome, changed: Recorded) -> None:
         """An outcome recorded after its worker slot gave up (shutdown): still pushed."""
         try:
             await self._recorded(outcome, changed)

@@ -20,6 +20,7 @@ import structlog
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2, ingest_service_pb2
 from server.domain.conversations import Recording
 from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
+from server.domain.inbound import check_event, conversation_user
 from server.domain.messages import MessageRow, ProcessedContent, build_message
 from server.domain.queues import ReplyJob
 from server.events.envelopes import envelope
@@ -46,13 +47,6 @@ DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
 IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
 DEFERRED = ingest_service_pb2.INGEST_OUTCOME_DEFERRED
 REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
-MAX_ID_CHARS = 256
-_STATUSES = (
-    common_pb2.DELIVERY_STATUS_SENT,
-    common_pb2.DELIVERY_STATUS_DELIVERED,
-    common_pb2.DELIVERY_STATUS_READ,
-    common_pb2.DELIVERY_STATUS_FAILED,
-)
 
 
 class IngestService:
@@ -113,7 +107,7 @@ class IngestService:
         return results
 
     async def _one(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
-        problem = _check(event)
+        problem = check_event(event)
         if problem:
             return _rejected(event, "INVALID_EVENT", problem)
         kind = event.WhichOneof("kind")
@@ -389,19 +383,6 @@ class IngestService:
         return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
 
 
-#: Platforms where one user talks to the bot in several chats (direct messages, channels):
-#: there a conversation is one user in one chat.
-_MULTI_CHAT = (common_pb2.CHANNEL_TYPE_SLACK, common_pb2.CHANNEL_TYPE_TEAMS)
-
-
-def conversation_user(event: ingest_service_pb2.InboundEvent) -> str:
-    """Whose conversation an event belongs to: the platform user, or on Slack and Teams the
-    user in that chat ("<chat id>/<user id>"), so replies go back to the chat they came from."""
-    if event.channel in _MULTI_CHAT and event.channel_conversation_id:
-        return f"{event.channel_conversation_id}/{event.platform_user_id}"
-    return event.platform_user_id
-
-
 @dataclass(frozen=True, slots=True)
 class _Inbound:
     """An inbound message ready to store (its sequence is assigned in the transaction)."""
@@ -425,48 +406,6 @@ class _Stored:
 
 class _NothingChangedError(Exception):
     """A status report that changed no message (aborts its transaction)."""
-
-
-def _check(event: ingest_service_pb2.InboundEvent) -> str:
-    """What is wrong with the event ("" when nothing)."""
-    kind = event.WhichOneof("kind")
-    problems = [
-        (
-            not event.platform_event_id or len(event.platform_event_id) > MAX_ID_CHARS,
-            f"platform_event_id: required, at most {MAX_ID_CHARS} characters",
-        ),
-        (
-            event.channel in (common_pb2.CHANNEL_TYPE_UNSPECIFIED, common_pb2.CHANNEL_TYPE_WEB)
-            or event.channel not in common_pb2.ChannelType.values(),
-            "channel: a platform channel",
-        ),
-        (
-            not event.platform_user_id or len(event.platform_user_id) > MAX_ID_CHARS,
-            f"platform_user_id: required, at most {MAX_ID_CHARS} characters",
-        ),
-        (kind is None, "one of message, status, typing is required"),
-        (
-            kind == "message"
-            and (
-                not event.channel_conversation_id
-                or len(event.channel_conversation_id) > MAX_ID_CHARS
-            ),
-            f"channel_conversation_id: required, at most {MAX_ID_CHARS} characters",
-        ),
-        (
-            kind == "message" and len(event.message.platform_message_id) > MAX_ID_CHARS,
-            f"message.platform_message_id: at most {MAX_ID_CHARS} characters",
-        ),
-        (
-            kind == "status" and event.status.status not in _STATUSES,
-            "status.status: SENT, DELIVERED, READ or FAILED",
-        ),
-        (
-            kind == "status" and len(event.status.platform_message_ids) > 1000,
-            "status.platform_message_ids: at most 1000",
-        ),
-    ]
-    return next((description for wrong, description in problems if wrong), "")
 
 
 def _rejected(event: ingest_service_pb2.InboundEvent, reason: str, message: str) -> Result:
