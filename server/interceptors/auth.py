@@ -6,24 +6,22 @@ not is refused, so a new RPC stays closed until its scope is decided.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import structlog
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from server.auth.principal import bind_principal
-from server.auth.scopes import PUBLIC_METHODS
 from server.auth.tokens import MAX_TOKEN_BYTES, TokenVerifier
 from server.domain.errors import DomainError, PermissionDenied, Unauthenticated
-from server.interceptors.proceed import proceed
+from server.interceptors.proceed import CallerCheck
 from server.metrics import Metrics
 
 _BEARER = "bearer "
 
 
-class AuthInterceptor(AsyncServerInterceptor):
+class AuthInterceptor(CallerCheck):
     """Verifies the token, checks the scope, binds the caller to the call."""
 
     def __init__(
@@ -33,20 +31,12 @@ class AuthInterceptor(AsyncServerInterceptor):
         self._scopes = required_scopes
         self._metrics = metrics
 
-    async def intercept(
-        self,
-        method: Callable[..., Any],
-        request_or_iterator: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
-        method_name: str,
-    ) -> Any:
-        if method_name not in PUBLIC_METHODS:
-            try:
-                await self._authorize(context, method_name)
-            except DomainError as exc:
-                self._metrics.auth_rejected.labels(reason=exc.reason).inc()
-                raise
-        return await proceed(method, request_or_iterator, context)
+    async def check(self, context: grpc.aio.ServicerContext[Any, Any], method_name: str) -> None:
+        try:
+            await self._authorize(context, method_name)
+        except DomainError as exc:
+            self._metrics.auth_rejected.labels(reason=exc.reason).inc()
+            raise
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         token = _bearer_token(context)

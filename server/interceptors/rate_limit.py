@@ -11,10 +11,9 @@ from typing import Any
 
 import grpc
 import structlog
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from server.auth.principal import current_principal, current_tenant
-from server.auth.scopes import CHAT_INGEST, PUBLIC_METHODS
+from server.auth.scopes import CHAT_INGEST
 from server.domain.errors import (
     QuotaViolation,
     ResourceExhausted,
@@ -23,7 +22,7 @@ from server.domain.errors import (
     Unavailable,
 )
 from server.domain.limits import Limit, limit_key
-from server.interceptors.proceed import proceed
+from server.interceptors.proceed import CallerCheck
 from server.metrics import Metrics
 from server.services.ports import RateLimiter
 from server.settings import Rate, RateLimitSettings
@@ -37,7 +36,7 @@ RETRY_STORE_AFTER_SECONDS = 1.0
 LOG_INTERVAL_SECONDS = 60.0
 
 
-class RateLimitInterceptor(AsyncServerInterceptor):
+class RateLimitInterceptor(CallerCheck):
     """Refuses calls over a limit with RESOURCE_EXHAUSTED, QuotaFailure and RetryInfo."""
 
     def __init__(
@@ -57,16 +56,12 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         self._last_logged = -LOG_INTERVAL_SECONDS
         self._let_through_since_log = 0
 
-    async def intercept(
+    async def check(
         self,
-        method: Callable[..., Any],
-        request_or_iterator: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - the base's signature
         method_name: str,
-    ) -> Any:
-        if method_name not in PUBLIC_METHODS:
-            await self._check(method_name)
-        return await proceed(method, request_or_iterator, context)
+    ) -> None:
+        await self._check(method_name)
 
     def limits(self, method_name: str) -> tuple[Limit, ...]:
         """The limits a call of ``method_name`` by the current caller counts against."""

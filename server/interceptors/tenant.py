@@ -2,47 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import structlog
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from server.auth.principal import bind_tenant, current_principal
-from server.auth.scopes import PUBLIC_METHODS, TENANT_CREATING_METHODS
+from server.auth.scopes import TENANT_CREATING_METHODS
 from server.domain.errors import PermissionDenied, Unavailable
 from server.domain.tenant import Tenant, TenantCatalog
-from server.interceptors.proceed import proceed
+from server.interceptors.proceed import CallerCheck
 
 
-class TenantInterceptor(AsyncServerInterceptor):
+class TenantInterceptor(CallerCheck):
     """Binds the caller's tenant to the call and its log lines."""
 
     def __init__(self, *, directory: TenantCatalog) -> None:
         self._directory = directory
 
-    async def intercept(
+    async def check(
         self,
-        method: Callable[..., Any],
-        request_or_iterator: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - the base's signature
         method_name: str,
-    ) -> Any:
-        if method_name not in PUBLIC_METHODS:
-            tenant_id = current_principal().tenant_id
-            tenant = self._directory.get(tenant_id)
-            if tenant is None and not self._directory.loaded:
-                raise Unavailable("tenants are still loading", reason="TENANTS_LOADING")
-            if tenant is None and method_name in TENANT_CREATING_METHODS:
-                # UpsertTenant creates the caller's tenant; until then it has default quotas.
-                tenant = Tenant(id=tenant_id)
-            # The same answer for unknown and disabled would hide which tenants exist, but an
-            # operator debugging a disabled tenant needs to tell them apart; ids are not secret.
-            if tenant is None:
-                raise PermissionDenied("tenant not known", reason="TENANT_UNKNOWN")
-            if not tenant.enabled:
-                raise PermissionDenied("tenant disabled", reason="TENANT_DISABLED")
-            structlog.contextvars.bind_contextvars(tenant_id=tenant.id)
-            bind_tenant(tenant)
-        return await proceed(method, request_or_iterator, context)
+    ) -> None:
+        tenant_id = current_principal().tenant_id
+        tenant = self._directory.get(tenant_id)
+        if tenant is None and not self._directory.loaded:
+            raise Unavailable("tenants are still loading", reason="TENANTS_LOADING")
+        if tenant is None and method_name in TENANT_CREATING_METHODS:
+            # UpsertTenant creates the caller's tenant; until then it has default quotas.
+            tenant = Tenant(id=tenant_id)
+        # The same answer for unknown and disabled would hide which tenants exist, but an
+        # operator debugging a disabled tenant needs to tell them apart; ids are not secret.
+        if tenant is None:
+            raise PermissionDenied("tenant not known", reason="TENANT_UNKNOWN")
+        if not tenant.enabled:
+            raise PermissionDenied("tenant disabled", reason="TENANT_DISABLED")
+        structlog.contextvars.bind_contextvars(tenant_id=tenant.id)
+        bind_tenant(tenant)
