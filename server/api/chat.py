@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 from google.protobuf import timestamp_pb2
 
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
-from server.api.pages import cursor_int, decode_token, encode_token, page_size
+from server.api.pages import (
+    cursor_int,
+    decode_time_cursor,
+    decode_token,
+    encode_time_cursor,
+    encode_token,
+    page_size,
+)
 from server.auth.principal import current_principal
 from server.channels.base import TYPING, TYPING_OFF
 from server.domain.conversations import ConversationFilter
@@ -84,11 +91,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             "status": request.status,
             "range": window.SerializeToString().hex(),
         }
-        cursor = decode_token(request.page_token, query)
         page = await self._conversations.list_page(
             current_principal().tenant_id,
             filters,
-            after=_cursor_position(cursor),
+            after=decode_time_cursor(request.page_token, query),
             limit=limit + 1,
         )
         page, token = _newest_first_page(page, limit, query)
@@ -159,7 +165,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             "channel": request.channel,
             "range": window.SerializeToString().hex(),
         }
-        cursor = decode_token(request.page_token, query)
+        after = decode_time_cursor(request.page_token, query)
         caller = current_principal()
         page = await self._conversations.search(
             caller.tenant_id,
@@ -170,7 +176,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             channel=request.channel,
             created_from=_start(window),
             created_to=_end(window),
-            after=_cursor_position(cursor),
+            after=after,
             limit=limit + 1,
         )
         page, token = _newest_first_page(page, limit, query)
@@ -292,22 +298,7 @@ def _newest_first_page(page: list[T], limit: int, query: dict[str, Any]) -> tupl
     page = page[:limit]
     last = page[-1]
     created: timestamp_pb2.Timestamp = last.create_time
-    return page, encode_token(
-        query,
-        {"t": created.ToDatetime(tzinfo=dt.UTC).isoformat(), "id": last.id},
-    )
-
-
-def _cursor_position(cursor: dict[str, Any] | None) -> tuple[dt.datetime, str] | None:
-    if cursor is None:
-        return None
-    try:
-        return dt.datetime.fromisoformat(str(cursor["t"])), str(cursor["id"])
-    except (KeyError, ValueError):
-        raise InvalidArgument(
-            "page_token is invalid",
-            field_violations=[FieldViolation("page_token", "not a token issued for this request")],
-        ) from None
+    return page, encode_time_cursor(query, created.ToDatetime(tzinfo=dt.UTC), last.id)
 
 
 def _require(field: str, value: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chat.v1 import common_pb2, delivery_service_pb2, delivery_service_pb2_grpc
-from server.api.pages import decode_token, encode_token, page_size
+from server.api.pages import decode_time_cursor, encode_time_cursor, page_size
 from server.auth.principal import current_principal
 from server.channels.factory import ChannelFactory
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -66,16 +66,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             "channel": request.channel,
             "range": window.SerializeToString().hex(),
         }
-        cursor = decode_token(request.page_token, query)
-        after = None
-        if cursor is not None:
-            try:
-                after = (dt.datetime.fromisoformat(cursor["t"]), str(cursor["id"]))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument(
-                    "page_token is invalid",
-                    field_violations=[FieldViolation("page_token", "not issued for this request")],
-                ) from None
+        after = decode_time_cursor(request.page_token, query)
         page = await self._deliveries.failed_page(
             current_principal().tenant_id,
             channel=request.channel,
@@ -92,7 +83,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         if len(page) > limit:
             page = page[:limit]
             last = page[-1]
-            token = encode_token(query, {"t": last.update_time.isoformat(), "id": last.id})
+            token = encode_time_cursor(query, last.update_time, last.id)
         return delivery_service_pb2.ListFailedDeliveriesResponse(
             deliveries=[to_proto(document) for document in page], next_page_token=token
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 from typing import Any
 
@@ -55,6 +56,24 @@ def decode_token(token: str, query: dict[str, Any]) -> dict[str, Any] | None:
         raise _invalid_token()
     cursor: dict[str, Any] = data["c"]
     return cursor
+
+
+def encode_time_cursor(query: dict[str, Any], moment: dt.datetime, record_id: str) -> str:
+    """A token continuing ``query`` after the record at (``moment``, ``record_id``), the
+    order of pages sorted newest first."""
+    return encode_token(query, {"t": moment.isoformat(), "id": record_id})
+
+
+def decode_time_cursor(token: str, query: dict[str, Any]) -> tuple[dt.datetime, str] | None:
+    """The (time, id) position a token of encode_time_cursor continues after (None for an
+    empty token)."""
+    cursor = decode_token(token, query)
+    if cursor is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(cursor["t"])), str(cursor["id"])
+    except (KeyError, TypeError, ValueError):
+        raise _invalid_token() from None
 
 
 def cursor_int(cursor: dict[str, Any], key: str) -> int:
