@@ -157,7 +157,6 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
     opener = ConversationOpener(
         conversations=conversations,
         sessions=session_store,
-        outbox=outbox,
         transactions=transactions,
         events=events,
         active=active,
@@ -248,7 +247,6 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             conversations=conversations,
             messages=messages,
             sessions=sessions,
-            outbox=outbox,
             transactions=transactions,
             live=live,
             cache=cache,

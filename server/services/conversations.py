@@ -13,7 +13,6 @@ from chat.v1 import common_pb2, events_pb2
 from server.domain.clock import utc_now
 from server.domain.conversations import ConversationFilter
 from server.domain.errors import NotFound, StoreError
-from server.events.envelopes import envelope
 from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.export import Chunk, chunks
@@ -22,7 +21,6 @@ from server.services.ports import (
     ConversationCache,
     ConversationRepository,
     MessageRepository,
-    Outbox,
     TransactionRunner,
     Tx,
 )
@@ -45,7 +43,6 @@ class ConversationService:
         conversations: ConversationRepository,
         messages: MessageRepository,
         sessions: SessionService,
-        outbox: Outbox,
         transactions: TransactionRunner,
         live: QuietLiveEvents,
         cache: ConversationCache,
@@ -61,7 +58,6 @@ class ConversationService:
         self._conversations = conversations
         self._messages = messages
         self._sessions = sessions
-        self._outbox = outbox
         self._transactions = transactions
         self._on_events = on_events
         self._clock = clock
@@ -122,18 +118,13 @@ class ConversationService:
                 message_count=closed.message_count,
                 reason=reason,
             )
-            await self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=actor_id,
-                        conversation_id=closed.id,
-                        now=now,
-                        conversation_ended=ended,
-                    )
-                ],
+            await self._events.within(
+                tx,
+                tenant_id=tenant_id,
+                actor_id=actor_id,
+                conversation_id=closed.id,
                 now=now,
-                tx=tx,
+                conversation_ended=ended,
             )
             return closed
 

@@ -1,4 +1,5 @@
-"""Writes events that stand alone (not part of a larger transaction) to the outbox."""
+"""Writes single events to the outbox: on their own (a small transaction), or inside the
+caller's transaction with the change they describe."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 
 from server.domain.errors import AlreadyExists
 from server.events.envelopes import envelope
-from server.services.ports import Outbox, TransactionRunner
+from server.services.ports import Outbox, TransactionRunner, Tx
 
 
 class EventWriter:
-    """One event, one small transaction, then a nudge to the relay."""
+    """One event: in its own small transaction (then a nudge to the relay), or in the
+    caller's (the caller nudges the relay after its commit)."""
 
     def __init__(
         self,
@@ -51,3 +53,24 @@ class EventWriter:
         except AlreadyExists:
             return  # written before: one event, whatever the number of writers
         self._on_events()
+
+    async def within(
+        self,
+        tx: Tx,
+        *,
+        tenant_id: str,
+        actor_id: str,
+        conversation_id: str,
+        now: dt.datetime,
+        **payload: Any,
+    ) -> None:
+        """Store the event in ``tx``, with the change it describes, e.g.
+        ``conversation_started=ConversationStarted(...)``."""
+        event = envelope(
+            tenant_id=tenant_id,
+            actor_id=actor_id,
+            conversation_id=conversation_id,
+            now=now,
+            **payload,
+        )
+        await self._outbox.add([event], now=now, tx=tx)

@@ -16,12 +16,11 @@ from server.domain.errors import (
     FieldViolation,
     InvalidArgument,
 )
-from server.events.envelopes import envelope, stable_event_id
+from server.events.envelopes import stable_event_id
 from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
 from server.services.ports import (
     ConversationRepository,
-    Outbox,
     SessionStore,
     TransactionRunner,
     Tx,
@@ -38,7 +37,6 @@ class ConversationOpener:
         *,
         conversations: ConversationRepository,
         sessions: SessionStore,
-        outbox: Outbox,
         transactions: TransactionRunner,
         events: EventWriter,
         active: ActiveConversations,
@@ -46,7 +44,6 @@ class ConversationOpener:
     ) -> None:
         self._conversations = conversations
         self._sessions = sessions
-        self._outbox = outbox
         self._transactions = transactions
         self._events = events
         self._active = active
@@ -144,19 +141,13 @@ class ConversationOpener:
                 now=now,
                 tx=tx,
             )
-            started = events_pb2.ConversationStarted(conversation=conversation)
-            await self._outbox.add(
-                [
-                    envelope(
-                        tenant_id=tenant_id,
-                        actor_id=actor_id,
-                        conversation_id=conversation.id,
-                        now=now,
-                        conversation_started=started,
-                    )
-                ],
+            await self._events.within(
+                tx,
+                tenant_id=tenant_id,
+                actor_id=actor_id,
+                conversation_id=conversation.id,
                 now=now,
-                tx=tx,
+                conversation_started=events_pb2.ConversationStarted(conversation=conversation),
             )
             return conversation
 
