@@ -25,30 +25,15 @@ from server.processors.fetch import HttpMediaFetcher
 from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 from server.relay.relay import OutboxRelay
-from server.repositories.analytics import MongoAnalytics
-from server.repositories.audit import MongoAuditLog
-from server.repositories.conversation_cache import RedisConversationCache
-from server.repositories.conversations import MongoConversationRepository
-from server.repositories.deliveries import MongoDeliveries
-from server.repositories.idempotency import MongoIdempotencyStore
-from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
-from server.repositories.live import LiveHub, RedisLiveEvents
 from server.repositories.locks import MongoLease
-from server.repositories.media import GridFsMediaStore
-from server.repositories.messages import MongoMessageRepository
-from server.repositories.mongo import Transactions
-from server.repositories.outbox import MongoOutbox
-from server.repositories.rate_limits import RedisRateLimiter
-from server.repositories.receipts import MongoEarlyReceipts
-from server.repositories.sessions import RedisSessionStore
-from server.repositories.tenants import MongoTenantStore
+from server.repositories.stores import Stores, open_stores
 from server.services.active_conversations import ActiveConversations
 from server.services.composing import ReplyComposer
 from server.services.conversations import ConversationService
 from server.services.delivery import DeliveryWorker
-from server.services.delivery_guards import MIN_SAFE_LEASE_SECONDS, DeliveryPolicy, RateHolds
+from server.services.delivery_guards import DeliveryPolicy, RateHolds, warn_if_lease_unsafe
 from server.services.event_writer import EventWriter
-from server.services.external_responder import GrpcResponder
+from server.services.external_responder import responder_for
 from server.services.idempotency import IdempotentRequests
 from server.services.ingest import IngestService
 from server.services.live import CommittedPush, QuietLiveEvents
@@ -58,7 +43,6 @@ from server.services.platform_actions import PlatformActions
 from server.services.platform_media import InboundMediaResolver, PlatformMediaSource
 from server.services.receipts import Receipts
 from server.services.replies import ReplyWorker
-from server.services.responder import Responder, RuleBasedResponder
 from server.services.sessions import SessionService
 from server.services.streams import StreamService
 from server.services.tenants import TenantAdmin
@@ -72,10 +56,9 @@ log = structlog.get_logger("chat.server")
 class Services:
     """Everything the gRPC API serves and every loop the server runs, wired."""
 
+    stores: Stores
     tenants: TenantDirectory
-    limiter: RedisRateLimiter
     channels: ChannelFactory
-    deliveries: MongoDeliveries
     requests: IdempotentRequests
     messages: MessageService
     conversations: ConversationService
@@ -83,14 +66,11 @@ class Services:
     sessions: SessionService
     ingest: IngestService
     tenant_admin: TenantAdmin
-    analytics: MongoAnalytics
-    audit: MongoAuditLog
     actions: PlatformActions
     #: The loops grpc_server.py starts and stops.
     relay: OutboxRelay
     replies: ReplyWorker
     delivery: DeliveryWorker
-    hub: LiveHub
     #: Closed at the end: the media fetcher's HTTP client, and the responder's channel.
     media_fetcher: HttpMediaFetcher
     responder_channel: grpc.aio.Channel | None
@@ -98,35 +78,31 @@ class Services:
 
 def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Services:
     """Wire the services over the clients."""
-    warn_if_lease_too_short(settings)
-    database, tenants = clients.database, clients.tenants
+    warn_if_lease_unsafe(settings.delivery_lease_seconds, settings.delivery_send_timeout_seconds)
+    tenants = clients.tenants
     batch = metrics.group_commit_batch
 
     # Stores
-    transactions = Transactions(client=clients.mongo)
-    outbox = MongoOutbox(database=database)
-    conversations = MongoConversationRepository(database=database)
-    messages = MongoMessageRepository(database=database)
-    deliveries = MongoDeliveries(database=database)
-    reply_jobs = MongoReplyJobs(database=database)
-    media_store = GridFsMediaStore(database=database)
-    session_store = RedisSessionStore(
-        client=clients.redis, ttl_seconds=settings.session_ttl_seconds
+    stores = open_stores(
+        mongo=clients.mongo,
+        database=clients.database,
+        client=clients.redis,
+        secrets=clients.secrets,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        stream_queue_limit=settings.stream_queue_limit,
     )
-    limiter = RedisRateLimiter(client=clients.redis)
-    hub = LiveHub(client=clients.redis, queue_limit=settings.stream_queue_limit)
-    cache = RedisConversationCache(client=clients.redis)
-    live = QuietLiveEvents(
-        RedisLiveEvents(client=clients.redis, cache=cache, sessions=session_store)
-    )
-    requests = IdempotentRequests(store=MongoIdempotencyStore(database=database))
+    transactions, outbox, messages = stores.transactions, stores.outbox, stores.messages
+    conversations, deliveries = stores.conversations, stores.deliveries
+    session_store = stores.sessions
+    live = QuietLiveEvents(stores.live)
+    requests = IdempotentRequests(store=stores.idempotency)
 
     # Events: committed with the data, published by the relay
     relay = OutboxRelay(
         outbox=outbox,
         publisher=clients.publisher,
         lease=MongoLease(
-            database=database,
+            database=clients.database,
             name="outbox-relay",
             owner=uuid.uuid4().hex,
             # Well beyond the slowest relay iteration (a publish is bounded at 15 s).
@@ -140,7 +116,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         timeout_seconds=settings.media_fetch_timeout_seconds,
         allow_private=settings.media_fetch_allow_private,
     )
-    media = MediaProcessor(store=media_store, fetcher=media_fetcher)
+    media = MediaProcessor(store=stores.media, fetcher=media_fetcher)
     content = ContentProcessor(
         text=TextProcessor(default_phone_region=settings.phone_default_region), media=media
     )
@@ -149,7 +125,9 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
     assert isinstance(teams, TeamsChannel)  # noqa: S101 - for_platforms registers it
     holds = RateHolds()
     actions = PlatformActions(channels=channels, tenants=tenants, messages=messages, holds=holds)
-    responder, responder_channel = _responder(settings, messages)
+    responder, responder_channel = responder_for(
+        settings.responder_target, messages, timeout_seconds=settings.responder_timeout_seconds
+    )
 
     # Conversations, sessions and messages
     sessions = SessionService(sessions=session_store, events=events)
@@ -166,7 +144,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
     push = CommittedPush(live=live, sessions=session_store)
     receipts = Receipts(
         messages=messages,
-        early=MongoEarlyReceipts(database=database),
+        early=stores.early_receipts,
         outbox=outbox,
         transactions=transactions,
         live=live,
@@ -177,13 +155,13 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
     delivery = DeliveryWorker(
         deliveries=deliveries,
         messages=messages,
-        media=media_store,
+        media=stores.media,
         channels=channels,
         tenants=tenants,
         outbox=outbox,
         transactions=transactions,
         live=live,
-        pacer=limiter,
+        pacer=stores.limiter,
         clock=utc_now,
         policy=DeliveryPolicy(
             max_attempts=settings.delivery_max_attempts,
@@ -198,7 +176,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         receipts=receipts,
     )
     replies = ReplyWorker(
-        jobs=reply_jobs,
+        jobs=stores.reply_jobs,
         opener=opener,
         composer=composer,
         push=push,
@@ -223,10 +201,9 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
 
     # What the API serves
     return Services(
+        stores=stores,
         tenants=tenants,
-        limiter=limiter,
         channels=channels,
-        deliveries=deliveries,
         requests=requests,
         messages=MessageService(
             opener=opener,
@@ -249,7 +226,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             sessions=sessions,
             transactions=transactions,
             live=live,
-            cache=cache,
+            cache=stores.cache,
             active=active,
             events=events,
             on_events=relay.wake,
@@ -257,7 +234,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         streams=StreamService(
             conversations=conversations,
             messages=messages,
-            subscriptions=hub,
+            subscriptions=stores.hub,
             live=live,
             outbox=outbox,
             requests=requests,
@@ -274,9 +251,9 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             outbox=outbox,
             transactions=transactions,
             content=content,
-            ingest_log=MongoIngestLog(database=database),
+            ingest_log=stores.ingest_log,
             receipts=receipts,
-            reply_jobs=reply_jobs,
+            reply_jobs=stores.reply_jobs,
             live=live,
             clock=utc_now,
             on_events=relay.wake,
@@ -284,45 +261,16 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             on_batch=batch.labels(call="ingest").observe,
         ),
         tenant_admin=TenantAdmin(
-            store=MongoTenantStore(database=database, secrets=clients.secrets),
+            store=stores.tenants,
             directory=tenants,
             transactions=transactions,
             requests=requests,
             clock=utc_now,
         ),
-        analytics=MongoAnalytics(database=database),
-        audit=MongoAuditLog(database=database),
         actions=actions,
         relay=relay,
         replies=replies,
         delivery=delivery,
-        hub=hub,
         media_fetcher=media_fetcher,
         responder_channel=responder_channel,
     )
-
-
-def _responder(
-    settings: Settings, messages: MongoMessageRepository
-) -> tuple[Responder, grpc.aio.Channel | None]:
-    """The external ResponderService when CHAT_RESPONDER_TARGET is set, else the rules; and
-    the channel to close at the end."""
-    if not settings.responder_target:
-        return RuleBasedResponder(), None
-    channel = grpc.aio.insecure_channel(settings.responder_target)
-    responder = GrpcResponder(
-        channel=channel, messages=messages, timeout_seconds=settings.responder_timeout_seconds
-    )
-    return responder, channel
-
-
-def warn_if_lease_too_short(settings: Settings) -> None:
-    """The slowest send is an upload and a few parts, each up to the send timeout."""
-    if settings.delivery_lease_seconds < max(
-        MIN_SAFE_LEASE_SECONDS, 6 * settings.delivery_send_timeout_seconds
-    ):
-        log.warning(
-            "CHAT_DELIVERY_LEASE_SECONDS is shorter than the slowest send: a live process "
-            "may lose a delivery to another mid-send, which then sends it twice",
-            lease_seconds=settings.delivery_lease_seconds,
-        )

@@ -16,7 +16,9 @@ import structlog
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.health import Dependency
 from server.relay.publisher import KafkaEventPublisher
+from server.repositories.mongo import create_indexes
 from server.repositories.secrets import SecretBox
 from server.repositories.tenants import MongoTenantStore
 from server.repositories.tenants_file import load_tenants
@@ -47,6 +49,32 @@ class Clients:
             stack.push_async_callback(self.tenants.close)
             stack.push_async_callback(self.redis.aclose)
             stack.push_async_callback(self.publisher.close)
+
+    def dependencies(self) -> list[Dependency]:
+        """What the health monitor checks: MongoDB (with the indexes and the stored tenants)
+        and Redis are required to serve; Kafka is not (events wait in the outbox)."""
+        indexed = False
+
+        async def ping_mongo() -> None:
+            nonlocal indexed
+            await self.mongo.admin.command("ping")
+            if not indexed:
+                # Unique indexes carry invariants (one active conversation per user and channel,
+                # idempotency): the server reports NOT_SERVING until they exist.
+                await create_indexes(self.database)
+                indexed = True
+            if not self.tenants.loaded:
+                # Until stored tenants are read, their callers would be refused as unknown.
+                raise RuntimeError("stored tenants not loaded yet")
+
+        async def ping_redis() -> None:
+            await self.redis.ping()
+
+        return [
+            Dependency("mongodb", ping_mongo, required=True),
+            Dependency("redis", ping_redis, required=True),
+            Dependency("kafka", self.publisher.probe, required=False),
+        ]
 
 
 async def open_clients(settings: Settings, *, needs_tenants: bool = True) -> Clients:

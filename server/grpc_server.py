@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
 import grpc
 import structlog
 from aiohttp import web
@@ -40,17 +39,15 @@ from server.api.ingest import IngestServicer
 from server.api.served import SERVED_SERVICES
 from server.api.sessions import SessionServicer
 from server.api.tenants import TenantServicer
-from server.auth.jwks import JwksKeySource
 from server.auth.scopes import REQUIRED_SCOPES
-from server.auth.tokens import TokenVerifier, load_public_key
+from server.auth.tokens import build_verifier
 from server.bootstrap import Services, bootstrap
 from server.clients import Clients
 from server.domain.clock import utc_now
 from server.domain.errors import StoreError
-from server.health import Dependency, HealthMonitor
+from server.health import HealthMonitor
 from server.interceptors.chain import ChainDependencies, build_interceptors
 from server.metrics import Metrics
-from server.repositories.mongo import create_indexes
 from server.settings import Settings
 from server.stopping import finish_task
 
@@ -80,9 +77,9 @@ class ChatServer:
         self._server = grpc.aio.server(
             interceptors=build_interceptors(
                 ChainDependencies(
-                    verifier=build_verifier(settings, clients.http),
+                    verifier=build_verifier(settings.jwt, clients.http),
                     tenants=clients.tenants,
-                    limiter=services.limiter,
+                    limiter=services.stores.limiter,
                     rate_limits=settings.rate_limits,
                     metrics=self.metrics,
                     required_scopes=required_scopes,
@@ -105,7 +102,7 @@ class ChatServer:
             self._server.add_generic_rpc_handlers(tuple(extra_handlers))
         self._monitor = HealthMonitor(
             servicer=self._health,
-            dependencies=_dependencies(clients),
+            dependencies=clients.dependencies(),
             service_names=SERVED_SERVICES,
             interval_seconds=settings.health_check_interval_seconds,
         )
@@ -127,7 +124,7 @@ class ChatServer:
             await asyncio.wait_for(services.tenants.wait_loaded(), 2)
         await self._monitor.check_once()
         try:
-            await services.limiter.load()
+            await services.stores.limiter.load()
         except StoreError as exc:
             log.warning("rate-limit script not preloaded", error=repr(exc))
         self.port = self._server.add_insecure_port(settings.grpc_address)
@@ -170,7 +167,7 @@ class ChatServer:
     @property
     def stream_subscribers(self) -> int:
         """Open StreamConversationEvents calls on this server."""
-        return self._services.hub.subscriber_count
+        return self._services.stores.hub.subscriber_count
 
     async def stop(self) -> None:
         """Report NOT_SERVING, drain in-flight calls within the grace period, close clients.
@@ -185,7 +182,7 @@ class ChatServer:
         if monitor is not None:
             await finish_task(monitor)
         await self._health.enter_graceful_shutdown()
-        services.hub.end_streams()
+        services.stores.hub.end_streams()
         await self._server.stop(self._settings.shutdown_grace_seconds)
         for task in filter(None, loops):
             # Replies in hand are stored; unclaimed jobs wait in MongoDB for the next process.
@@ -201,21 +198,9 @@ class ChatServer:
             await services.responder_channel.close(None)
         await services.actions.close()
         await services.media_fetcher.close()
-        await services.hub.close()
+        await services.stores.hub.close()
         await self._clients.close()
         log.info("stopped")
-
-
-def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier:
-    """The token verifier for the configured key source."""
-    jwt_settings = settings.jwt
-    return TokenVerifier(
-        settings=jwt_settings,
-        jwks=JwksKeySource(url=jwt_settings.jwks_url, http=http) if jwt_settings.jwks_url else None,
-        public_key=load_public_key(jwt_settings.public_key_file)
-        if jwt_settings.public_key_file
-        else None,
-    )
 
 
 def _add_servicers(
@@ -241,7 +226,7 @@ def _add_servicers(
     )
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(
-            deliveries=services.deliveries,
+            deliveries=services.stores.deliveries,
             requests=services.requests,
             clock=utc_now,
             channels=services.channels,
@@ -251,10 +236,10 @@ def _add_servicers(
         server,
     )
     analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(analytics=services.analytics), server
+        AnalyticsServicer(analytics=services.stores.analytics), server
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(audit=services.audit), server
+        AuditServicer(audit=services.stores.audit), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -265,28 +250,3 @@ def _add_servicers(
         ),
         server,
     )
-
-
-def _dependencies(clients: Clients) -> list[Dependency]:
-    indexed = False
-
-    async def ping_mongo() -> None:
-        nonlocal indexed
-        await clients.mongo.admin.command("ping")
-        if not indexed:
-            # Unique indexes carry invariants (one active conversation per user and channel,
-            # idempotency): the server reports NOT_SERVING until they exist.
-            await create_indexes(clients.database)
-            indexed = True
-        if not clients.tenants.loaded:
-            # Until stored tenants are read, their callers would be refused as unknown.
-            raise RuntimeError("stored tenants not loaded yet")
-
-    async def ping_redis() -> None:
-        await clients.redis.ping()
-
-    return [
-        Dependency("mongodb", ping_mongo, required=True),
-        Dependency("redis", ping_redis, required=True),
-        Dependency("kafka", clients.publisher.probe, required=False),
-    ]

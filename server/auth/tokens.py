@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -180,4 +181,13 @@ def _principal(claims: dict[str, Any]) -> Principal:
         raise Unauthenticated("token scope claim malformed", reason="TOKEN_MALFORMED")
     return Principal(
         subject=subject, tenant_id=tenant_id, scopes=scopes, expires_at=float(claims["exp"])
+    )
+
+
+def build_verifier(settings: JwtSettings, http: aiohttp.ClientSession) -> TokenVerifier:
+    """The token verifier for the configured key source."""
+    return TokenVerifier(
+        settings=settings,
+        jwks=JwksKeySource(url=settings.jwks_url, http=http) if settings.jwks_url else None,
+        public_key=load_public_key(settings.public_key_file) if settings.public_key_file else None,
     )

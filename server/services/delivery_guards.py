@@ -142,3 +142,14 @@ class RateHolds:
             del self._until[stale]
         key = (tenant_id, channel, recipient_id)
         self._until[key] = max(self._until.get(key, 0.0), now + seconds)
+
+
+def warn_if_lease_unsafe(lease_seconds: float, send_timeout_seconds: float) -> None:
+    """The slowest send is an upload and a few parts, each up to the send timeout: a lease
+    shorter than that may lapse mid-send."""
+    if lease_seconds < max(MIN_SAFE_LEASE_SECONDS, 6 * send_timeout_seconds):
+        log.warning(
+            "CHAT_DELIVERY_LEASE_SECONDS is shorter than the slowest send: a live process "
+            "may lose a delivery to another mid-send, which then sends it twice",
+            lease_seconds=lease_seconds,
+        )

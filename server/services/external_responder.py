@@ -14,7 +14,7 @@ from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, responder_service_pb2, responder_service_pb2_grpc
 from server.services.ports import MessageRepository
-from server.services.responder import Reply
+from server.services.responder import Reply, Responder, RuleBasedResponder
 
 log = structlog.get_logger("chat.responder")
 
@@ -79,3 +79,16 @@ def fallback() -> Reply:
 
 def _updates(updates: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(updates)
+
+
+def responder_for(
+    target: str | None, messages: MessageRepository, *, timeout_seconds: float
+) -> tuple[Responder, grpc.aio.Channel | None]:
+    """The external ResponderService at ``target`` (CHAT_RESPONDER_TARGET), or the rules when
+    none is set; and the channel to close at the end."""
+    if not target:
+        return RuleBasedResponder(), None
+    channel = grpc.aio.insecure_channel(target)
+    return GrpcResponder(
+        channel=channel, messages=messages, timeout_seconds=timeout_seconds
+    ), channel
