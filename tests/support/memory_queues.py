@@ -1,0 +1,343 @@
+"""In-memory queues: deliveries and reply jobs with their leases, and the ingest log."""
+
+# ruff: noqa: ARG002 - the fakes take the Protocols' full signatures and ignore what they need not
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from chat.v1 import common_pb2
+from server.domain.errors import AlreadyExists
+from server.domain.queues import (
+    FAILED,
+    QUEUED,
+    SENDING,
+    Attempt,
+    ClaimedReplyJob,
+    Delivery,
+    Finish,
+    Outgoing,
+    ReplyJob,
+)
+from tests.support.memory_db import Database
+
+
+class MemoryDeliveries:
+    """DeliveryQueue: one record per outbound message keyed by its id, leased by claim."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def all(self) -> list[Delivery]:
+        return sorted(self._db.deliveries.values(), key=lambda d: (d.conversation_id, d.sequence))
+
+    def put(self, delivery: Delivery) -> None:
+        """Seed or overwrite a record (a test's given state)."""
+        self._db.deliveries[delivery.id] = delivery
+
+    async def enqueue(
+        self,
+        tenant_id: str,
+        messages: Sequence[common_pb2.Message],
+        *,
+        recipient_id: str,
+        service_url: str,
+        now: dt.datetime,
+        tx: Any,
+    ) -> None:
+        await self.enqueue_many(
+            [Outgoing(tenant_id, messages, recipient_id, service_url, now)], tx=tx
+        )
+
+    async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: Any) -> None:
+        self._db.wrote(tx, "deliveries")
+        for item in outgoing:
+            for message in item.messages:
+                if message.id in self._db.deliveries:
+                    raise AlreadyExists("the message is queued already", reason="DUPLICATE_KEY")
+                self._db.deliveries[message.id] = Delivery(
+                    id=message.id,
+                    tenant_id=item.tenant_id,
+                    conversation_id=message.conversation_id,
+                    sequence=message.sequence,
+                    channel=message.channel,
+                    recipient_id=item.recipient_id,
+                    service_url=item.service_url,
+                    state=QUEUED,
+                    attempts=(),
+                    create_time=item.now,
+                    update_time=item.now,
+                    due_time=item.now,
+                )
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+        due = [
+            d
+            for d in self._db.deliveries.values()
+            if d.state in (QUEUED, SENDING) and d.due_time is not None and d.due_time <= now
+        ]
+        return [d.id for d in sorted(due, key=lambda d: d.due_time or now)][:limit]
+
+    async def claim(
+        self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> Delivery | None:
+        found = self._db.deliveries.get(delivery_id)
+        if (
+            found is None
+            or found.state not in (QUEUED, SENDING)
+            or found.due_time is None
+            or found.due_time > now
+        ):
+            return None
+        claimed = dataclasses.replace(found, state=SENDING, owner=owner, due_time=now + lease)
+        self._db.deliveries[delivery_id] = claimed
+        return claimed
+
+    def _leased(self, delivery: Delivery) -> Delivery | None:
+        found = self._db.deliveries.get(delivery.id)
+        if found is None or found.owner != delivery.owner or found.state != SENDING:
+            return None
+        return found
+
+    async def earlier_pending(
+        self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
+    ) -> dt.datetime | None:
+        waiting = sorted(
+            (
+                d
+                for d in self._db.deliveries.values()
+                if d.tenant_id == delivery.tenant_id
+                and d.conversation_id == delivery.conversation_id
+                and d.sequence < delivery.sequence
+                and d.state in (QUEUED, SENDING)
+            ),
+            key=lambda d: d.sequence,
+        )
+        if not waiting:
+            return None
+        first = waiting[0]
+        if first.state == SENDING or first.due_time is None:
+            return now + soon
+        return max(now + soon, first.due_time)
+
+    async def finish_many(self, finishes: Sequence[Finish], *, tx: Any) -> bool:
+        self._db.wrote(tx, "deliveries")
+        done = 0
+        for f in finishes:
+            found = self._leased(f.delivery)
+            if found is None:
+                continue
+            self._db.deliveries[found.id] = dataclasses.replace(
+                found,
+                state=f.state,
+                update_time=f.now,
+                platform_message_id=f.platform_message_id,
+                owner="",
+                due_time=None,
+                attempts=(*found.attempts, f.attempt),
+            )
+            done += 1
+        return done == len(finishes)
+
+    async def retry_later(
+        self,
+        delivery: Delivery,
+        attempt: Attempt,
+        *,
+        due: dt.datetime,
+        now: dt.datetime,
+        parts_sent: int = 0,
+        first_platform_id: str = "",
+    ) -> bool:
+        found = self._leased(delivery)
+        if found is None:
+            return False
+        self._db.deliveries[found.id] = dataclasses.replace(
+            found,
+            state=QUEUED,
+            due_time=due,
+            update_time=now,
+            parts_sent=parts_sent,
+            first_platform_id=first_platform_id,
+            owner="",
+            attempts=(*found.attempts, attempt),
+        )
+        return True
+
+    async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None:
+        found = self._leased(delivery)
+        if found is not None:
+            self._db.deliveries[found.id] = dataclasses.replace(
+                found, state=QUEUED, due_time=due, owner=""
+            )
+
+    async def hold(
+        self, tenant_id: str, channel: int, *, recipient_id: str | None, until: dt.datetime
+    ) -> int:
+        held = 0
+        for d in list(self._db.deliveries.values()):
+            if (
+                d.tenant_id == tenant_id
+                and d.channel == channel
+                and d.state == QUEUED
+                and d.due_time is not None
+                and d.due_time < until
+                and (recipient_id is None or d.recipient_id == recipient_id)
+            ):
+                self._db.deliveries[d.id] = dataclasses.replace(d, due_time=until)
+                held += 1
+        return held
+
+    async def get(self, tenant_id: str, message_id: str) -> Delivery | None:
+        found = self._db.deliveries.get(message_id)
+        return found if found is not None and found.tenant_id == tenant_id else None
+
+    async def failed_page(
+        self,
+        tenant_id: str,
+        *,
+        channel: int,
+        updated_from: dt.datetime | None,
+        updated_to: dt.datetime | None,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[Delivery]:
+        failed = [
+            d
+            for d in self._db.deliveries.values()
+            if d.tenant_id == tenant_id
+            and d.state == FAILED
+            and (not channel or d.channel == channel)
+            and (updated_from is None or d.update_time >= updated_from)
+            and (updated_to is None or d.update_time < updated_to)
+            and (after is None or (d.update_time, d.id) < after)
+        ]
+        return sorted(failed, key=lambda d: (d.update_time, d.id), reverse=True)[:limit]
+
+    async def requeue(
+        self, tenant_id: str, message_id: str, *, now: dt.datetime
+    ) -> Delivery | None:
+        found = await self.get(tenant_id, message_id)
+        if found is None or found.state != FAILED:
+            return None
+        requeued = dataclasses.replace(
+            found, state=QUEUED, due_time=now, update_time=now, budget_start=len(found.attempts)
+        )
+        self._db.deliveries[message_id] = requeued
+        return requeued
+
+
+class MemoryReplyJobs:
+    """ReplyJobQueue: jobs claimed with a lease; a claim counts an attempt."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def jobs(self) -> list[dict[str, Any]]:
+        return sorted(self._db.reply_jobs.values(), key=lambda j: j["sequence"])
+
+    def lose_lease(self, job_id: str) -> None:
+        """Another process took the job over (its lease lapsed and it claimed it)."""
+        self._db.reply_jobs[job_id]["owner"] = "another-process"
+        self._db.reply_jobs[job_id]["attempts"] += 1
+
+    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: Any) -> None:
+        self._db.wrote(tx, "reply_jobs")
+        for job in jobs:
+            job_id = uuid.uuid4().hex
+            self._db.reply_jobs[job_id] = {
+                "id": job_id,
+                "tenant_id": job.tenant_id,
+                "conversation_id": job.conversation_id,
+                "message_id": job.message_id,
+                "sequence": job.sequence,
+                "status": "pending",
+                "attempts": 0,
+                "due_time": job.now,
+                "owner": "",
+            }
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+        due = [j for j in self._db.reply_jobs.values() if j["due_time"] <= now]
+        return [j["id"] for j in sorted(due, key=lambda j: j["due_time"])][:limit]
+
+    async def claim(
+        self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> ClaimedReplyJob | None:
+        job = self._db.reply_jobs.get(job_id)
+        if job is None or job["due_time"] > now:
+            return None
+        job.update(status="running", owner=owner, due_time=now + lease)
+        job["attempts"] += 1
+        return ClaimedReplyJob(
+            id=job["id"],
+            tenant_id=job["tenant_id"],
+            conversation_id=job["conversation_id"],
+            message_id=job["message_id"],
+            sequence=job["sequence"],
+            attempts=job["attempts"],
+            owner=owner,
+        )
+
+    def _held(self, job: ClaimedReplyJob) -> dict[str, Any] | None:
+        found = self._db.reply_jobs.get(job.id)
+        if found is None or found["owner"] != job.owner or found["attempts"] != job.attempts:
+            return None
+        return found
+
+    async def earlier_waiting(self, job: ClaimedReplyJob) -> bool:
+        return any(
+            j["tenant_id"] == job.tenant_id
+            and j["conversation_id"] == job.conversation_id
+            and j["sequence"] < job.sequence
+            for j in self._db.reply_jobs.values()
+        )
+
+    async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Any) -> bool:
+        self._db.wrote(tx, "reply_jobs")
+        held = [job for job in jobs if self._held(job) is not None]
+        for job in held:
+            del self._db.reply_jobs[job.id]
+        return len(held) == len(jobs)
+
+    async def postpone(
+        self, job: ClaimedReplyJob, *, due: dt.datetime, counted: bool = True
+    ) -> None:
+        found = self._held(job)
+        if found is not None:
+            found.update(status="pending", due_time=due, owner="")
+            found["attempts"] -= 0 if counted else 1
+
+    async def drop(self, job: ClaimedReplyJob) -> None:
+        found = self._db.reply_jobs.get(job.id)
+        if found is not None and found["owner"] == job.owner:
+            del self._db.reply_jobs[job.id]
+
+
+class MemoryIngestLog:
+    """IngestLog: an event recorded before fails the recording transaction (unique key)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def seen(self, tenant_id: str, channel: int, platform_event_id: str) -> bool:
+        return (tenant_id, channel, platform_event_id) in self._db.ingested
+
+    async def record(
+        self, tenant_id: str, channel: int, platform_event_id: str, *, now: dt.datetime, tx: Any
+    ) -> None:
+        await self.record_many([(tenant_id, channel, platform_event_id)], now=now, tx=tx)
+
+    async def record_many(
+        self, events: Sequence[tuple[str, int, str]], *, now: dt.datetime, tx: Any
+    ) -> None:
+        self._db.wrote(tx, "ingested")
+        for key in events:
+            if key in self._db.ingested:
+                raise AlreadyExists("the event was ingested before", reason="DUPLICATE_KEY")
+            self._db.ingested.add(key)

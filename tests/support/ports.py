@@ -1,0 +1,121 @@
+"""In-memory fakes of the Protocols in server/services/ports.py, for unit tests of the
+services' rules.
+
+They keep the rules of the real repositories that the services rely on (tenant scoping,
+sequence numbers reserved only in active conversations, unique keys raising AlreadyExists,
+leases on claimed queue items, status moving forward only), and MemoryTransactions rolls every
+store back when the work raises, as a MongoDB transaction would.
+"""
+
+# ruff: noqa: ARG002 - the fakes take the Protocols' full signatures and ignore what they need not
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from chat.v1 import common_pb2
+from server.domain.limits import Decision, Limit
+from server.processors.content import ContentProcessor
+from server.processors.media import MediaProcessor
+from server.processors.text import TextProcessor
+from server.services.responder import Reply
+from tests.support.fakes import MemoryMediaStore, StaticFetcher
+from tests.support.memory_conversations import MemoryConversations, MemoryMessages
+from tests.support.memory_db import Database, MemoryTransactions
+from tests.support.memory_queues import MemoryDeliveries, MemoryIngestLog, MemoryReplyJobs
+from tests.support.memory_stores import (
+    MemoryEarlyReceipts,
+    MemoryIdempotencyStore,
+    MemoryOutbox,
+    MemorySessions,
+    RecordingLiveEvents,
+)
+
+
+class ScriptedRateLimiter:
+    """RateLimiter: admits everything unless given decisions to answer (in order)."""
+
+    def __init__(self, *decisions: Decision) -> None:
+        self.decisions = list(decisions)
+        self.checked: list[tuple[Limit, ...]] = []
+
+    async def check(self, limits: tuple[Limit, ...]) -> Decision:
+        self.checked.append(limits)
+        return self.decisions.pop(0) if self.decisions else Decision(allowed=True)
+
+
+class ScriptedResponder:
+    """Responder that answers every message with the same texts, or raises ``error``."""
+
+    def __init__(self, *texts: str, error: Exception | None = None) -> None:
+        self.texts = texts
+        self.error = error
+        self.asked: list[common_pb2.Message] = []
+
+    async def reply(
+        self,
+        *,
+        tenant_id: str,
+        conversation: common_pb2.Conversation,
+        message: common_pb2.Message,
+        context: dict[str, Any],
+    ) -> Reply:
+        self.asked.append(copy.deepcopy(message))
+        if self.error is not None:
+            raise self.error
+        return Reply(
+            tuple(common_pb2.Content(text=common_pb2.TextContent(text=t)) for t in self.texts)
+        )
+
+
+@dataclass
+class MemoryStores:
+    """Every fake over one Database, as bootstrap would hand the real ones out."""
+
+    db: Database = field(default_factory=Database)
+
+    def __post_init__(self) -> None:
+        db = self.db
+        self.transactions = MemoryTransactions(db)
+        self.conversations = MemoryConversations(db)
+        self.messages = MemoryMessages(db)
+        self.outbox = MemoryOutbox(db)
+        self.idempotency = MemoryIdempotencyStore(db)
+        self.sessions = MemorySessions()
+        self.live = RecordingLiveEvents(self.sessions)
+        self.deliveries = MemoryDeliveries(db)
+        self.reply_jobs = MemoryReplyJobs(db)
+        self.ingest_log = MemoryIngestLog(db)
+        self.early_receipts = MemoryEarlyReceipts(db)
+        self.limiter = ScriptedRateLimiter()
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: dt.datetime = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> dt.datetime:
+        self.now += dt.timedelta(**delta)
+        return self.now
+
+
+@functools.cache
+def _text_processor() -> TextProcessor:
+    return TextProcessor()
+
+
+def content_processor() -> ContentProcessor:
+    """The real content processing, with media stored in memory and no fetching."""
+    return ContentProcessor(
+        text=_text_processor(),
+        media=MediaProcessor(store=MemoryMediaStore(), fetcher=StaticFetcher()),
+    )

@@ -1,0 +1,292 @@
+"""IngestService's rules, over in-memory stores: deduplication, what an accepted message stores,
+rejections, whose conversation an event is, status reports and typing."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat.v1 import common_pb2, ingest_service_pb2
+from server.services.active_conversations import ActiveConversations
+from server.services.event_writer import EventWriter
+from server.services.ingest import IngestService
+from server.services.live import CommittedPush, QuietLiveEvents
+from server.services.opening import ConversationOpener
+from server.services.receipts import Receipts
+from tests.support.ports import Clock, MemoryStores, content_processor
+
+TENANT = "acme"
+WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
+SLACK = common_pb2.CHANNEL_TYPE_SLACK
+ACCEPTED = ingest_service_pb2.INGEST_OUTCOME_ACCEPTED
+DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
+IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
+DEFERRED = ingest_service_pb2.INGEST_OUTCOME_DEFERRED
+REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
+
+
+@pytest.fixture
+def stores() -> MemoryStores:
+    return MemoryStores()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def service(stores: MemoryStores, clock: Clock) -> IngestService:
+    live = QuietLiveEvents(stores.live)
+    return IngestService(
+        opener=ConversationOpener(
+            conversations=stores.conversations,
+            sessions=stores.sessions,
+            transactions=stores.transactions,
+            events=EventWriter(outbox=stores.outbox, transactions=stores.transactions),
+            active=ActiveConversations(),
+        ),
+        push=CommittedPush(live=live, sessions=stores.sessions),
+        conversations=stores.conversations,
+        messages=stores.messages,
+        outbox=stores.outbox,
+        transactions=stores.transactions,
+        content=content_processor(),
+        ingest_log=stores.ingest_log,
+        reply_jobs=stores.reply_jobs,
+        live=live,
+        clock=clock,
+        receipts=Receipts(
+            messages=stores.messages,
+            early=stores.early_receipts,
+            outbox=stores.outbox,
+            transactions=stores.transactions,
+            live=live,
+        ),
+    )
+
+
+def message_event(
+    event_id: str = "ev-1",
+    text: str = "hello",
+    *,
+    channel: int = WHATSAPP,
+    user: str = "15550001",
+    chat: str = "15550001",
+) -> ingest_service_pb2.InboundEvent:
+    return ingest_service_pb2.InboundEvent(
+        platform_event_id=event_id,
+        channel=channel,
+        platform_user_id=user,
+        channel_conversation_id=chat,
+        message=ingest_service_pb2.InboundMessage(
+            platform_message_id=f"wamid.{event_id}",
+            content=common_pb2.Content(text=common_pb2.TextContent(text=text)),
+        ),
+    )
+
+
+def status_event(
+    event_id: str, status: int, *ids: str, user: str = "15550001"
+) -> ingest_service_pb2.InboundEvent:
+    return ingest_service_pb2.InboundEvent(
+        platform_event_id=event_id,
+        channel=WHATSAPP,
+        platform_user_id=user,
+        status=ingest_service_pb2.StatusReport(status=status, platform_message_ids=ids),
+    )
+
+
+async def test_an_accepted_message_is_stored_recorded_and_queued_for_its_reply(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    [result] = await service.ingest(TENANT, [message_event()])
+
+    assert result.outcome == ACCEPTED
+    [stored] = stores.messages.all()
+    assert stored.id == result.message_id
+    assert stored.sequence == 1
+    assert stored.platform_message_id == "wamid.ev-1"
+    assert stored.direction == common_pb2.MESSAGE_DIRECTION_INBOUND
+    assert await stores.ingest_log.seen(TENANT, WHATSAPP, "ev-1")
+    [job] = stores.reply_jobs.jobs
+    assert (job["message_id"], job["sequence"]) == (stored.id, 1)
+    assert stores.outbox.kinds()[-2:] == ["message_received", "conversation_updated"]
+    # The message, its deduplication record, events and reply job commit together.
+    [message_tx] = {tx for tx, what in stores.db.writes if what == "messages"}
+    assert {what for tx, what in stores.db.writes if tx == message_tx} == {
+        "conversations",
+        "ingested",
+        "messages",
+        "outbox",
+        "reply_jobs",
+    }
+
+
+async def test_a_duplicate_event_is_reported_and_stores_nothing(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    await service.ingest(TENANT, [message_event()])
+    events = len(stores.outbox.envelopes)
+
+    [again] = await service.ingest(TENANT, [message_event(text="hello again")])
+
+    assert again.outcome == DUPLICATE
+    assert len(stores.messages.all()) == 1
+    assert len(stores.reply_jobs.jobs) == 1
+    assert len(stores.outbox.envelopes) == events
+
+
+async def test_a_retry_that_raced_the_check_is_a_duplicate_and_rolls_back(
+    service: IngestService, stores: MemoryStores, clock: Clock
+) -> None:
+    [first] = await service.ingest(TENANT, [message_event()])
+    # The platform's retry passed the seen() check before the first committed its record.
+    seen = stores.ingest_log.seen
+
+    async def not_yet(tenant_id: str, channel: int, event_id: str) -> bool:
+        return False
+
+    stores.ingest_log.seen = not_yet  # type: ignore[method-assign]
+    [again] = await service.ingest(TENANT, [message_event()])
+    stores.ingest_log.seen = seen  # type: ignore[method-assign]
+
+    assert again.outcome == DUPLICATE
+    [stored] = stores.messages.all()
+    conversation = await stores.conversations.get(TENANT, stored.conversation_id)
+    assert conversation is not None
+    assert conversation.last_sequence == 1
+    assert first.message_id == stored.id
+
+
+async def test_each_event_of_a_batch_is_judged_on_its_own(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    no_id = message_event(event_id="")
+    web = message_event(event_id="ev-web", channel=common_pb2.CHANNEL_TYPE_WEB)
+    blank = message_event(event_id="ev-blank", text="   ")
+
+    results = await service.ingest(TENANT, [no_id, message_event("ev-ok"), web, blank])
+
+    assert [r.outcome for r in results] == [REJECTED, ACCEPTED, REJECTED, REJECTED]
+    assert [r.error_reason for r in results] == [
+        "INVALID_EVENT",
+        "",
+        "INVALID_EVENT",
+        "INVALID_CONTENT",
+    ]
+    assert "platform_event_id" in results[0].error_message
+    assert [m.id for m in stores.messages.all()] == [results[1].message_id]
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "ev-blank")
+
+
+async def test_a_slack_conversation_is_one_user_in_one_chat(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    in_dm = message_event("e1", channel=SLACK, user="U1", chat="D1")
+    in_channel = message_event("e2", channel=SLACK, user="U1", chat="C9")
+
+    results = await service.ingest(TENANT, [in_dm, in_channel])
+
+    assert [r.outcome for r in results] == [ACCEPTED, ACCEPTED]
+    users = sorted(c.user_id for _, c in stores.db.conversations.values())
+    assert users == ["C9/U1", "D1/U1"]
+    assert {m.sender_id for m in stores.messages.all()} == {"U1"}
+
+
+async def test_messages_of_one_user_share_a_conversation_in_order(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    results = await service.ingest(TENANT, [message_event("e1"), message_event("e2", "more")])
+
+    [conversation] = [c for _, c in stores.db.conversations.values()]
+    assert conversation.last_sequence == 2
+    assert [m.id for m in stores.messages.of(TENANT, conversation.id)] == [
+        r.message_id for r in results
+    ]
+    assert [j["sequence"] for j in stores.reply_jobs.jobs] == [1, 2]
+
+
+async def test_a_status_for_an_unknown_message_is_parked_and_deferred(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    [result] = await service.ingest(
+        TENANT, [status_event("st-1", common_pb2.DELIVERY_STATUS_DELIVERED, "wamid.out-1")]
+    )
+
+    assert result.outcome == DEFERRED
+    [parked] = stores.early_receipts.parked
+    assert parked.platform_message_id == "wamid.out-1"
+    assert parked.status == common_pb2.DELIVERY_STATUS_DELIVERED
+    assert await stores.ingest_log.seen(TENANT, WHATSAPP, "st-1")
+
+
+async def test_a_status_moves_a_sent_message_forward_never_back(
+    service: IngestService, stores: MemoryStores, clock: Clock
+) -> None:
+    conversation = stores.conversations.add(
+        TENANT, user_id="15550001", channel=WHATSAPP, channel_conversation_id="1555", now=clock()
+    )
+    reply = common_pb2.Message(
+        id="reply-1",
+        conversation_id=conversation.id,
+        sequence=2,
+        channel=WHATSAPP,
+        direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+        delivery_status=common_pb2.DELIVERY_STATUS_SENT,
+        platform_message_id="wamid.out-1",
+    )
+    reply.create_time.FromDatetime(clock())
+    stores.messages.add(TENANT, reply)
+
+    [read] = await service.ingest(
+        TENANT, [status_event("st-read", common_pb2.DELIVERY_STATUS_READ, "wamid.out-1")]
+    )
+    [late] = await service.ingest(
+        TENANT, [status_event("st-dlv", common_pb2.DELIVERY_STATUS_DELIVERED, "wamid.out-1")]
+    )
+
+    assert read.outcome == ACCEPTED
+    assert late.outcome == IGNORED
+    stored = await stores.messages.get(TENANT, "reply-1")
+    assert stored is not None
+    assert stored.delivery_status == common_pb2.DELIVERY_STATUS_READ
+    assert stores.outbox.kinds() == ["message_delivered"]
+    [update] = stores.live.events("delivery_status")
+    assert update.delivery_status.status == common_pb2.DELIVERY_STATUS_READ
+    # Nothing changed: not recorded, so the platform's retry may still apply it.
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-dlv")
+
+
+async def test_a_status_naming_nothing_is_ignored(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    [result] = await service.ingest(TENANT, [status_event("st-0", common_pb2.DELIVERY_STATUS_READ)])
+
+    assert result.outcome == IGNORED
+    assert stores.early_receipts.parked == []
+
+
+async def test_typing_goes_to_the_conversations_streams_or_is_ignored(
+    service: IngestService, stores: MemoryStores, clock: Clock
+) -> None:
+    def typing(event_id: str) -> ingest_service_pb2.InboundEvent:
+        return ingest_service_pb2.InboundEvent(
+            platform_event_id=event_id,
+            channel=WHATSAPP,
+            platform_user_id="15550001",
+            typing=ingest_service_pb2.TypingReport(typing=True),
+        )
+
+    [nobody] = await service.ingest(TENANT, [typing("t-1")])
+    assert nobody.outcome == IGNORED
+    assert stores.live.published == []
+
+    conversation = stores.conversations.add(
+        TENANT, user_id="15550001", channel=WHATSAPP, channel_conversation_id="1555", now=clock()
+    )
+    [shown] = await service.ingest(TENANT, [typing("t-2")])
+
+    assert shown.outcome == ACCEPTED
+    [published] = stores.live.published
+    assert published.conversation_id == conversation.id
+    assert published.events[0].typing.participant_id == "15550001"
