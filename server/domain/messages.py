@@ -66,7 +66,8 @@ def build_message(
     return message
 
 
-def _took(inbound: common_pb2.Message, reply: common_pb2.Message) -> duration_pb2.Duration:
+def response_time(inbound: common_pb2.Message, reply: common_pb2.Message) -> duration_pb2.Duration:
+    """How long the bot took to answer: from the user's message to the reply."""
     took = duration_pb2.Duration()
     took.FromTimedelta(reply.create_time.ToDatetime() - inbound.create_time.ToDatetime())
     return took

@@ -13,13 +13,14 @@ import structlog
 from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, responder_service_pb2, responder_service_pb2_grpc
+from server.services.composing import MAX_REPLIES
 from server.services.ports import MessageRepository
 from server.services.responder import Reply, Responder, RuleBasedResponder
 
 log = structlog.get_logger("chat.responder")
 
 HISTORY = 20
-MAX_REPLIES = 5
+
 FALLBACK_TEXT = "Sorry, I can't answer right now. Please try again in a moment."
 
 

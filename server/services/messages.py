@@ -1,8 +1,11 @@
-"""SendMessage: the message pipeline.
+"""SendMessage: an end user's message and the answer to it, in one call.
 
-Validate and process the content, find or start the conversation, load or start the session,
-generate the reply, then store both messages, the counters, the events and the idempotency
-record in one transaction. Nothing is stored when any step before the commit fails.
+Validate and process the content, open the conversation and its session (ConversationOpener),
+compose the replies (ReplyComposer), then store both messages, the counters, the deliveries,
+the events and the idempotency record in one transaction (group-committed with the calls
+arriving meanwhile), and push them to the streams (CommittedPush). Nothing is stored when any
+step before the commit fails. Ingest and the reply queue are this service's peers over the same
+steps.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
 )
-from server.domain.messages import MessageRow, ProcessedContent, _took, build_message
+from server.domain.messages import MessageRow, ProcessedContent, build_message, response_time
 from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
 from server.services.composing import ReplyComposer
@@ -49,7 +52,6 @@ MAX_ID_CHARS = 128
 #: characters; a Slack or Teams conversation's user is "<chat id>/<user id>").
 MAX_ADDRESS_CHARS = 640
 MAX_METADATA_ENTRIES = 32
-MAX_REPLIES = 5
 WEB = common_pb2.CHANNEL_TYPE_WEB
 CONVERSATION_CLOSED = "CONVERSATION_CLOSED"
 
@@ -316,7 +318,11 @@ class MessageService:
         ]
         if updated.channel == WEB:  # handed to the channel: returned and pushed to subscribers
             events += [
-                {"message_sent": events_pb2.MessageSent(message=m, response_time=_took(inbound, m))}
+                {
+                    "message_sent": events_pb2.MessageSent(
+                        message=m, response_time=response_time(inbound, m)
+                    )
+                }
                 for m in replies
             ]
         events.append(
