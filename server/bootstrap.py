@@ -82,7 +82,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
     tenants = clients.tenants
     batch = metrics.group_commit_batch
 
-    # Stores
+    # Stores: one outbox and one transaction runner, shared by the relay and every service
     stores = open_stores(
         mongo=clients.mongo,
         database=clients.database,

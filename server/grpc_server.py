@@ -71,13 +71,15 @@ class ChatServer:
         self._settings = settings
         self._clients = clients
         self.metrics = Metrics()
+        # First: a bad key file fails here, before bootstrap opens the responder's channel.
+        verifier = build_verifier(settings.jwt, clients.http)
         self._services = services = bootstrap(
             settings=settings, clients=clients, metrics=self.metrics
         )
         self._server = grpc.aio.server(
             interceptors=build_interceptors(
                 ChainDependencies(
-                    verifier=build_verifier(settings.jwt, clients.http),
+                    verifier=verifier,
                     tenants=clients.tenants,
                     limiter=services.stores.limiter,
                     rate_limits=settings.rate_limits,

@@ -120,10 +120,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 raise NotFound("delivery not found", reason="DELIVERY_NOT_FOUND")
             raise FailedPrecondition("the delivery has not failed", reason="DELIVERY_NOT_FAILED")
         response = delivery_service_pb2.RetryDeliveryResponse(delivery=to_proto(requeued))
-        self._on_requeue()
         # Recorded after the requeue, on its own: a racing retry that recorded first is
         # answered with its response (IdempotentRequests).
         await self._requests.record(key, response, now=now, tx=None)
+        self._on_requeue()
         return response
 
     async def CheckChannel(

@@ -264,7 +264,7 @@ def _attempt(document: Document) -> Attempt:
         time=document["time"],
         success=document["success"],
         platform_message_id=document.get("platform_message_id", ""),
-        error=common_pb2.PlatformError(**error) if error else None,
+        error=common_pb2.PlatformError(**error) if error is not None else None,
     )
 
 

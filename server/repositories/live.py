@@ -61,7 +61,7 @@ class RedisLiveEvents:
     ) -> None:
         """Publish in order, in one round trip with the conversation's new state for the
         cache when it changed, and the session when it was touched (then as one MULTI).
-        Raises RedisError when Redis is unreachable."""
+        Raises StoreError when Redis fails or is unreachable."""
         if not events and conversation is None and session is None:
             return
         channel = live_channel(tenant_id, conversation_id)
