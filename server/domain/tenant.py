@@ -148,8 +148,6 @@ TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 #: The stored tenants' fields that identify them to a platform: one tenant each.
 WHATSAPP_NUMBER = "channels.whatsapp.phone_number_id"
-
-
 MESSENGER_PAGE = "channels.messenger.page_id"
 
 

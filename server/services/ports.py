@@ -1,7 +1,10 @@
 """What the services need from storage, as Protocols (the repositories implement them).
 
 ``tx`` is the transaction handle a TransactionRunner passes to its work function; services
-hand it on to the repositories without looking inside.
+hand it on to the repositories without looking inside. The rows the ports take and return are
+in server/domain/, and the repositories translate their drivers' errors into the domain's
+(AlreadyExists for a unique key, StoreError for Redis), so in-memory fakes can stand in for
+them in unit tests (tests/support/memory_*.py).
 """
 
 from __future__ import annotations
@@ -257,7 +260,8 @@ class RateLimiter(Protocol):
     """Counts a request against its limits."""
 
     async def check(self, limits: tuple[Limit, ...]) -> Decision:
-        """Charge every limit if all admit the request; raise if the store is unreachable."""
+        """Charge every limit if all admit the request. StoreUnavailableError when the store
+        cannot be reached, StoreError when it answers with an error."""
         ...
 
 

@@ -25,12 +25,8 @@ log = structlog.get_logger(__name__)
 #: How often recent changes are read, and how often everything is.
 POLL_SECONDS = 1.0
 FULL_RELOAD_SECONDS = 60.0
-
-
 #: Recent changes are read this far back from the newest seen, for writers whose clocks lag.
 CLOCK_SLACK = dt.timedelta(minutes=2)
-
-
 #: A tenant this process wrote is kept over a full reload that began before the write.
 _REMEMBERED_SECONDS = 30.0
 

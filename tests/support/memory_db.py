@@ -11,23 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chat.v1 import common_pb2, events_pb2
-from server.domain.queues import (
-    Delivery,
-)
+from server.domain.queues import Delivery
 from server.domain.receipts import EarlyReceipt
 
 T = TypeVar("T")
-
-
 ACTIVE = common_pb2.CONVERSATION_STATUS_ACTIVE
-
-
 CLOSED = common_pb2.CONVERSATION_STATUS_CLOSED
-
-
 OUTBOUND = common_pb2.MESSAGE_DIRECTION_OUTBOUND
-
-
 INBOUND = common_pb2.MESSAGE_DIRECTION_INBOUND
 
 
