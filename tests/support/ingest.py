@@ -17,6 +17,7 @@ from chat.v1 import ingest_service_pb2 as ingest
 from chat.v1 import ingest_service_pb2_grpc
 from devstack.tokens import mint_dev_token
 from tests.support.chat_client import SECRET, ChatClient
+from tests.support.waiting import eventually
 
 Mongo = AsyncMongoClient[dict[str, Any]]
 WHATSAPP = c.CHANNEL_TYPE_WHATSAPP
@@ -66,6 +67,20 @@ async def conversation_of(mongo: Mongo, message_id: str) -> str:
     document = await mongo["chat"]["messages"].find_one({"_id": message_id})
     assert document is not None
     return str(document["conversation_id"])
+
+
+async def deliveries_settled(mongo: Mongo, conversation_id: str) -> None:
+    """Until no delivery of the conversation waits. The tests' tenants have no WhatsApp
+    credentials, so each reply's delivery fails at once; its status goes to the streams open
+    at that moment, and a stream opened after this no longer receives it."""
+
+    async def settled() -> bool:
+        waiting = await mongo["chat"]["deliveries"].count_documents(
+            {"conversation_id": conversation_id, "state": {"$in": ["queued", "sending"]}}
+        )
+        return waiting == 0
+
+    await eventually(settled, "the replies' deliveries to settle", within=WAIT)
 
 
 async def replied(client: ChatClient, conversation_id: str, count: int) -> list[c.Message]:
