@@ -25,6 +25,7 @@ import aiohttp
 import grpc
 import structlog
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
@@ -179,6 +180,14 @@ async def _body(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise refuse(413, f"body over {limit} bytes") from None
+    except RequestPayloadError:
+        # aiohttp decompresses a gzip or deflate body as it reads it; one that is not what its
+        # Content-Encoding says (or that ends early) cannot be read at all.
+        encoding = request.headers.get("Content-Encoding")
+        reason = f"the body is not valid {encoding} (Content-Encoding)" if encoding else ""
+        refusal = refuse(400, reason or "the body could not be read")
+        refusal.force_close()  # the rest of the body cannot be read: this connection is done
+        raise refusal from None
 
 
 def _json(request: web.Request, raw: bytes) -> Any:

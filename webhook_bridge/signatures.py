@@ -7,6 +7,8 @@ import hmac
 
 #: Slack's replay window: a request signed longer ago than this is refused.
 SLACK_MAX_AGE_SECONDS = 300
+#: Seconds since the epoch stay at 10 digits until the year 2286.
+MAX_TIMESTAMP_DIGITS = 12
 
 
 def meta_signature_valid(app_secret: str, body: bytes, header: str | None) -> bool:
@@ -31,10 +33,10 @@ def slack_signature_valid(
     the replay window."""
     if not timestamp or not signature or not signing_secret:
         return False
-    try:
-        sent = int(timestamp)
-    except ValueError:
+    # Seconds since the epoch: a longer number is no time at all (and would overflow a float).
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > MAX_TIMESTAMP_DIGITS:
         return False
+    sent = int(timestamp)
     if abs(now - sent) > SLACK_MAX_AGE_SECONDS:
         return False
     base = b"v0:" + timestamp.encode() + b":" + body

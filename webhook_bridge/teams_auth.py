@@ -79,6 +79,8 @@ class BotFrameworkVerifier:
         token = authorization.removeprefix("Bearer ").strip()
         if len(token) > MAX_TOKEN_BYTES:
             raise TeamsAuthError(401, "token too large")
+        if not token.isascii():  # a JWT is base64url and dots; aiohttp keeps other bytes as-is
+            raise TeamsAuthError(401, "malformed token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

@@ -451,3 +451,61 @@ async def test_the_remaining_event_types_of_each_platform(
         activity.update(channelId="msteams", serviceUrl=SERVICE_URL)
         status, _ = await bridge.teams(activity, teams_keys.token())
         assert status == 200
+
+
+async def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.1 request written byte for byte (a client library would refuse to send a
+    header that is not UTF-8); the status and the body of the answer."""
+    parsed = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
+    try:
+        writer.write(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_requests_malformed_before_the_signature_get_a_4xx(bridge: Bridge) -> None:
+    """Anyone can send these: each is refused with a reason, never a 500 or a traceback."""
+    body = json.dumps(sample("whatsapp", "webhook_text_message.json")).encode()
+    signature = "sha256=" + hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    for encoding in ("gzip", "deflate"):
+        status, text = await bridge.post(
+            "/webhooks/whatsapp/acme",
+            body,
+            {
+                "Content-Type": "application/json",
+                "Content-Encoding": encoding,
+                "X-Hub-Signature-256": signature,
+            },
+        )
+        assert status == 400, (encoding, status, text)
+        assert "Content-Encoding" in json.loads(text)["error"]
+    # A Slack timestamp far too long to be a time: a stale request, not an overflow.
+    event, _ = unique(sample("slack", "event_message_text.json"), "Ev400")
+    status, text = await bridge.post(
+        "/webhooks/slack/acme",
+        json.dumps(event).encode(),
+        {
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": "9" * 400,
+            "X-Slack-Signature": "v0=" + "0" * 64,
+        },
+    )
+    assert status == 403, text
+    assert json.loads(text)["error"]
+    # A Teams Authorization header that is not UTF-8.
+    host = urllib.parse.urlsplit(bridge.url).netloc.encode()
+    status, answer = await raw_request(
+        bridge.url,
+        b"POST /webhooks/teams/acme HTTP/1.1\r\nHost: " + host + b"\r\n"
+        b"Content-Type: application/json\r\nAuthorization: Bearer \xff\xfe.abc.def\r\n",
+        b"{}",
+    )
+    assert status == 401, answer
+    assert json.loads(answer)["error"]
+    assert b"Traceback" not in answer
