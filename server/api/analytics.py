@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from chat.v1 import analytics_service_pb2, analytics_service_pb2_grpc, common_pb2
+from server.api.times import range_violations
 from server.auth.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.repositories.analytics import COUNTERS, MAXIMA, MongoAnalytics
@@ -27,10 +28,13 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         violations = []
         if not window.HasField("start_time") or not window.HasField("end_time"):
             violations.append(FieldViolation("time_range", "start_time and end_time required"))
+        elif out_of_range := range_violations(window, "time_range"):
+            violations += out_of_range
         else:
             start = window.start_time.ToDatetime(tzinfo=dt.UTC)
             end = window.end_time.ToDatetime(tzinfo=dt.UTC)
-            if not start < end <= start + MAX_WINDOW:
+            # end - start, not start + MAX_WINDOW: the sum overflows near year 9999.
+            if not (start < end and end - start <= MAX_WINDOW):
                 violations.append(
                     FieldViolation("time_range", "end_time after start_time, at most 24 h later")
                 )

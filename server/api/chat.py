@@ -18,6 +18,7 @@ from server.api.pages import (
     encode_token,
     page_size,
 )
+from server.api.times import checked_range
 from server.auth.principal import current_principal
 from server.channels.base import TYPING, TYPING_OFF
 from server.domain.conversations import ConversationFilter
@@ -77,12 +78,13 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         _check_filters(request.user_id, request.channel, request.status)
         limit = page_size(request.page_size)
         window = request.last_activity_time_range
+        activity_from, activity_to = checked_range(window, "last_activity_time_range")
         filters = ConversationFilter(
             user_id=request.user_id,
             channel=request.channel,
             status=request.status,
-            activity_from=_start(window),
-            activity_to=_end(window),
+            activity_from=activity_from,
+            activity_to=activity_to,
         )
         query = {
             "rpc": "ListConversations",
@@ -158,6 +160,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             )
         limit = page_size(request.page_size)
         window = request.create_time_range
+        created_from, created_to = checked_range(window, "create_time_range")
         query = {
             "rpc": "SearchMessages",
             "q": needle,
@@ -174,8 +177,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             first_page=not request.page_token,
             conversation_id=request.conversation_id,
             channel=request.channel,
-            created_from=_start(window),
-            created_to=_end(window),
+            created_from=created_from,
+            created_to=created_to,
             after=after,
             limit=limit + 1,
         )
@@ -280,14 +283,6 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             up_to_sequence=request.up_to_sequence,
             request_id=request.request_id,
         )
-
-
-def _start(window: common_pb2.TimeRange) -> dt.datetime | None:
-    return window.start_time.ToDatetime(tzinfo=dt.UTC) if window.HasField("start_time") else None
-
-
-def _end(window: common_pb2.TimeRange) -> dt.datetime | None:
-    return window.end_time.ToDatetime(tzinfo=dt.UTC) if window.HasField("end_time") else None
 
 
 def _newest_first_page(page: list[T], limit: int, query: dict[str, Any]) -> tuple[list[T], str]:

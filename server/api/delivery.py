@@ -9,6 +9,7 @@ from typing import Any
 
 from chat.v1 import common_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from server.api.pages import decode_time_cursor, encode_time_cursor, page_size
+from server.api.times import checked_range
 from server.auth.principal import current_principal
 from server.channels.factory import ChannelFactory
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -61,6 +62,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             )
         limit = page_size(request.page_size)
         window = request.update_time_range
+        updated_from, updated_to = checked_range(window, "update_time_range")
         query = {
             "rpc": "ListFailedDeliveries",
             "channel": request.channel,
@@ -70,12 +72,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         page = await self._deliveries.failed_page(
             current_principal().tenant_id,
             channel=request.channel,
-            updated_from=window.start_time.ToDatetime(tzinfo=dt.UTC)
-            if window.HasField("start_time")
-            else None,
-            updated_to=window.end_time.ToDatetime(tzinfo=dt.UTC)
-            if window.HasField("end_time")
-            else None,
+            updated_from=updated_from,
+            updated_to=updated_to,
             after=after,
             limit=limit + 1,
         )

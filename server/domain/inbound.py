@@ -4,6 +4,7 @@ it belongs to."""
 from __future__ import annotations
 
 from chat.v1 import common_pb2, ingest_service_pb2
+from server.domain.times import TIME_PROBLEM, time_problem
 
 MAX_ID_CHARS = 256
 _STATUSES = (
@@ -64,6 +65,16 @@ def check_event(event: ingest_service_pb2.InboundEvent) -> str:
         (
             kind == "status" and len(event.status.platform_message_ids) > 1000,
             "status.platform_message_ids: at most 1000",
+        ),
+        (
+            event.HasField("event_time") and bool(time_problem(event.event_time)),
+            f"event_time: {TIME_PROBLEM}",
+        ),
+        (
+            kind == "status"
+            and event.status.HasField("watermark_time")
+            and bool(time_problem(event.status.watermark_time)),
+            f"status.watermark_time: {TIME_PROBLEM}",
         ),
     ]
     return next((description for wrong, description in problems if wrong), "")
