@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support.servers",
     "tests.support.bot_framework",
     "tests.support.stand_ins",
+    "tests.support.ports",
 ]
 
 

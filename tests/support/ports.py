@@ -17,11 +17,16 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from chat.v1 import common_pb2
 from server.domain.limits import Decision, Limit
 from server.processors.content import ContentProcessor
 from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
+from server.services.active_conversations import ActiveConversations
+from server.services.event_writer import EventWriter
+from server.services.opening import ConversationOpener
 from server.services.responder import Reply
 from tests.support.fakes import MemoryMediaStore, StaticFetcher
 from tests.support.memory_conversations import MemoryConversations, MemoryMessages
@@ -119,3 +124,26 @@ def content_processor() -> ContentProcessor:
         text=_text_processor(),
         media=MediaProcessor(store=MemoryMediaStore(), fetcher=StaticFetcher()),
     )
+
+
+def conversation_opener(stores: MemoryStores) -> ConversationOpener:
+    """A ConversationOpener over the fakes, remembering active conversations afresh."""
+    return ConversationOpener(
+        conversations=stores.conversations,
+        sessions=stores.sessions,
+        transactions=stores.transactions,
+        events=EventWriter(outbox=stores.outbox, transactions=stores.transactions),
+        active=ActiveConversations(),
+    )
+
+
+@pytest.fixture
+def stores() -> MemoryStores:
+    """Every fake over one fresh in-memory database."""
+    return MemoryStores()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock that moves only when a test moves it."""
+    return Clock()

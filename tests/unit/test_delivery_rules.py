@@ -66,16 +66,6 @@ def retryable() -> ChannelResponse:
 
 
 @pytest.fixture
-def stores() -> MemoryStores:
-    return MemoryStores()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def channel() -> ScriptedChannel:
     return ScriptedChannel()
 

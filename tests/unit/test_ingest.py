@@ -6,13 +6,10 @@ from __future__ import annotations
 import pytest
 
 from chat.v1 import common_pb2, ingest_service_pb2
-from server.services.active_conversations import ActiveConversations
-from server.services.event_writer import EventWriter
 from server.services.ingest import IngestService
 from server.services.live import CommittedPush, QuietLiveEvents
-from server.services.opening import ConversationOpener
 from server.services.receipts import Receipts
-from tests.support.ports import Clock, MemoryStores, content_processor
+from tests.support.ports import Clock, MemoryStores, content_processor, conversation_opener
 
 TENANT = "acme"
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
@@ -25,26 +22,10 @@ REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
 
 
 @pytest.fixture
-def stores() -> MemoryStores:
-    return MemoryStores()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def service(stores: MemoryStores, clock: Clock) -> IngestService:
     live = QuietLiveEvents(stores.live)
     return IngestService(
-        opener=ConversationOpener(
-            conversations=stores.conversations,
-            sessions=stores.sessions,
-            transactions=stores.transactions,
-            events=EventWriter(outbox=stores.outbox, transactions=stores.transactions),
-            active=ActiveConversations(),
-        ),
+        opener=conversation_opener(stores),
         push=CommittedPush(live=live, sessions=stores.sessions),
         conversations=stores.conversations,
         messages=stores.messages,

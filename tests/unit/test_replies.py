@@ -9,26 +9,19 @@ import pytest
 
 from chat.v1 import common_pb2
 from server.domain.queues import ClaimedReplyJob, ReplyJob
-from server.services.active_conversations import ActiveConversations
 from server.services.composing import ReplyComposer
-from server.services.event_writer import EventWriter
 from server.services.live import CommittedPush, QuietLiveEvents
-from server.services.opening import ConversationOpener
 from server.services.replies import MAX_ATTEMPTS, ReplyWorker
-from tests.support.ports import Clock, MemoryStores, ScriptedResponder, content_processor
+from tests.support.ports import (
+    Clock,
+    MemoryStores,
+    ScriptedResponder,
+    content_processor,
+    conversation_opener,
+)
 
 TENANT = "acme"
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
-
-
-@pytest.fixture
-def stores() -> MemoryStores:
-    return MemoryStores()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
@@ -40,13 +33,7 @@ def responder() -> ScriptedResponder:
 def worker(stores: MemoryStores, clock: Clock, responder: ScriptedResponder) -> ReplyWorker:
     return ReplyWorker(
         jobs=stores.reply_jobs,
-        opener=ConversationOpener(
-            conversations=stores.conversations,
-            sessions=stores.sessions,
-            transactions=stores.transactions,
-            events=EventWriter(outbox=stores.outbox, transactions=stores.transactions),
-            active=ActiveConversations(),
-        ),
+        opener=conversation_opener(stores),
         composer=ReplyComposer(
             responder=responder, content=content_processor(), sessions=stores.sessions, clock=clock
         ),

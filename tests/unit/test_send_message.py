@@ -6,23 +6,21 @@ import pytest
 
 from chat.v1 import chat_service_pb2, common_pb2
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.services.active_conversations import ActiveConversations
 from server.services.composing import ReplyComposer
-from server.services.event_writer import EventWriter
 from server.services.idempotency import IdempotentRequests
 from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.messages import MessageService
-from server.services.opening import ConversationOpener
-from tests.support.ports import Clock, MemoryStores, ScriptedResponder, content_processor
+from tests.support.ports import (
+    Clock,
+    MemoryStores,
+    ScriptedResponder,
+    content_processor,
+    conversation_opener,
+)
 
 TENANT = "acme"
 WEB = common_pb2.CHANNEL_TYPE_WEB
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
-
-
-@pytest.fixture
-def stores() -> MemoryStores:
-    return MemoryStores()
 
 
 @pytest.fixture
@@ -31,23 +29,10 @@ def responder() -> ScriptedResponder:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def service(stores: MemoryStores, responder: ScriptedResponder, clock: Clock) -> MessageService:
     content = content_processor()
-    events = EventWriter(outbox=stores.outbox, transactions=stores.transactions)
-    opener = ConversationOpener(
-        conversations=stores.conversations,
-        sessions=stores.sessions,
-        transactions=stores.transactions,
-        events=events,
-        active=ActiveConversations(),
-    )
     return MessageService(
-        opener=opener,
+        opener=conversation_opener(stores),
         composer=ReplyComposer(
             responder=responder, content=content, sessions=stores.sessions, clock=clock
         ),
