@@ -110,7 +110,10 @@ class ChatServer:
         )
         self._metrics_runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._monitor_task: asyncio.Task[None] | None = None
+        #: The queues and the session sweep, finished after the calls drain.
+        self._loop_tasks: list[asyncio.Task[None]] = []
+        self._relay_task: asyncio.Task[None] | None = None
         self.metrics_port = 0
         self.port = 0
 
@@ -136,17 +139,16 @@ class ChatServer:
             # within the responder's deadline, and could get the fallback text.
             services.responder_channel.get_state(try_to_connect=True)
         stopping = self._stopping
-        # In the order they are finished at stop; the relay goes last.
+        self._monitor_task = asyncio.create_task(self._monitor.run(stopping), name="health-monitor")
         loops = {
-            "health-monitor": self._monitor.run(stopping),
             "session-sweep": services.sessions.sweep(
                 stopping, every_seconds=settings.session_sweep_seconds
             ),
             "reply-queue": self._after_tenants_load(services.replies.run),
             "delivery-queue": self._after_tenants_load(services.delivery.run),
-            "outbox-relay": services.relay.run(stopping),
         }
-        self._tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
+        self._loop_tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
+        self._relay_task = asyncio.create_task(services.relay.run(stopping), name="outbox-relay")
         log.info(
             "chat server listening",
             address=settings.grpc_address,
@@ -179,21 +181,19 @@ class ChatServer:
         services = self._services
         log.info("shutting down", grace_seconds=self._settings.shutdown_grace_seconds)
         self._stopping.set()
-        tasks: list[asyncio.Task[None] | None] = [*self._tasks] or [None, None]
-        monitor, *loops, relay = tasks
-        if monitor is not None:
-            await finish_task(monitor)
+        if self._monitor_task is not None:
+            await finish_task(self._monitor_task)
         await self._health.enter_graceful_shutdown()
         services.stores.hub.end_streams()
         await self._server.stop(self._settings.shutdown_grace_seconds)
-        for task in filter(None, loops):
+        for task in self._loop_tasks:
             # Replies in hand are stored; unclaimed jobs wait in MongoDB for the next process.
             await finish_task(task)
-        if relay is not None:
+        if self._relay_task is not None:
             # After the calls: their events are committed; what is not yet published waits in
             # the outbox for the next start (or another process's relay).
             services.relay.wake()
-            await finish_task(relay)
+            await finish_task(self._relay_task)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if services.responder_channel is not None:

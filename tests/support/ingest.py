@@ -16,6 +16,7 @@ from chat.v1 import common_pb2 as c
 from chat.v1 import ingest_service_pb2 as ingest
 from chat.v1 import ingest_service_pb2_grpc
 from devstack.tokens import mint_dev_token
+from server.domain.queues import QUEUED, SENDING
 from tests.support.chat_client import SECRET, ChatClient
 from tests.support.waiting import eventually
 
@@ -76,7 +77,7 @@ async def deliveries_settled(mongo: Mongo, conversation_id: str) -> None:
 
     async def settled() -> bool:
         waiting = await mongo["chat"]["deliveries"].count_documents(
-            {"conversation_id": conversation_id, "state": {"$in": ["queued", "sending"]}}
+            {"conversation_id": conversation_id, "state": {"$in": [QUEUED, SENDING]}}
         )
         return waiting == 0
 
