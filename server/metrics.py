@@ -24,6 +24,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.malformed_requests = Counter(
+            "chat_malformed_requests",
+            "Requests refused because their bytes were not a valid message, by method.",
+            ["method"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "chat_rate_limited",
             "Calls refused by a rate limit, by the kind of limit.",

@@ -11,6 +11,7 @@ import grpc
 from server.auth.tokens import TokenVerifier
 from server.domain.tenant import TenantCatalog
 from server.interceptors.auth import AuthInterceptor
+from server.interceptors.decoding import DecodingInterceptor
 from server.interceptors.error_boundary import ErrorBoundaryInterceptor
 from server.interceptors.rate_limit import RateLimitInterceptor
 from server.interceptors.request_context import RequestContextInterceptor
@@ -35,13 +36,17 @@ class ChainDependencies:
 def build_interceptors(deps: ChainDependencies) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """Request id + logging, then authentication, tenant and rate limit.
 
-    The error boundary sits right inside the request-id interceptor: around everything else
-    (interceptors and servicers alike), and inside the request id so that an INTERNAL error can
-    quote it and the access line records the final status.
+    The decoding interceptor comes first only because grpc decodes a request before any
+    interceptor runs: it swaps the decoder for one that never raises (interceptors/decoding.py),
+    and the error boundary answers what that could not decode. The error boundary sits right
+    inside the request-id interceptor: around everything else (interceptors and servicers
+    alike), and inside the request id so that an INTERNAL error can quote it and the access line
+    records the final status.
     """
     return [
+        DecodingInterceptor(),
         RequestContextInterceptor(),
-        ErrorBoundaryInterceptor(),
+        ErrorBoundaryInterceptor(metrics=deps.metrics),
         AuthInterceptor(
             verifier=deps.verifier, required_scopes=deps.required_scopes, metrics=deps.metrics
         ),

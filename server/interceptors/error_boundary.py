@@ -25,23 +25,33 @@ from server.domain.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
+from server.interceptors.decoding import Undecodable, malformed
 from server.interceptors.request_context import send_headers
+from server.metrics import Metrics
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 log = structlog.get_logger("chat.errors")
 
 
 class ErrorBoundaryInterceptor(AsyncServerInterceptor):
-    """Translates exceptions raised below it (interceptors and servicers)."""
+    """Translates exceptions raised below it (interceptors and servicers), and answers a
+    request that could not be decoded before anything else sees it."""
+
+    def __init__(self, *, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     async def intercept(
         self,
         method: Callable[..., Any],
         request_or_iterator: Any,
         context: grpc.aio.ServicerContext[Any, Any],
-        _method_name: str,
+        method_name: str,
     ) -> Any:
+        if isinstance(request_or_iterator, Undecodable):
+            await abort_with(context, self._malformed(request_or_iterator, method_name))
         try:
+            if hasattr(request_or_iterator, "__aiter__"):
+                request_or_iterator = self._decoded(request_or_iterator, method_name)
             response = method(request_or_iterator, context)
             if hasattr(response, "__aiter__"):
                 return self._stream(response, context)
@@ -58,6 +68,20 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
         except Exception as exc:  # noqa: BLE001 - this is the boundary
             await abort_with(context, exc)
 
+    async def _decoded(self, requests: AsyncIterator[Any], method_name: str) -> AsyncIterator[Any]:
+        """A client stream's messages, failing at the first one that could not be decoded."""
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                raise self._malformed(request, method_name)
+            yield request
+
+    def _malformed(self, request: Undecodable, method_name: str) -> InvalidArgument:
+        # Once, without a traceback: it says nothing about our code, and a client can send
+        # any number of them.
+        log.warning("request not decodable", problem=request.problem)
+        self._metrics.malformed_requests.labels(method=method_name).inc()
+        return malformed(request)
+
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the call with the status ``exc`` stands for."""
@@ -66,14 +90,11 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         # (ExecuteBatchError), or the server stopping. grpc ends the call itself, quietly
         # when the client has left; as INTERNAL with a traceback they would drown the log.
         raise exc
+    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
     if not isinstance(exc, DomainError):
-        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
         log.error("unexpected error", exc_info=exc)
-        exc = DomainError(
-            f"internal error; quote request id {request_id} when reporting it",
-            metadata={"request_id": request_id},
-        )
-    status, trailing = to_status(exc)
+        exc = DomainError(f"internal error; quote request id {request_id} when reporting it")
+    status, trailing = to_status(exc, request_id=request_id)
     await send_headers(context)  # a call that defers its headers still gets its request id
     await context.abort(
         exc.code,
@@ -82,12 +103,16 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     )
 
 
-def to_status(error: DomainError) -> tuple[status_pb2.Status, tuple[tuple[str, str], ...]]:
-    """The rich status for ``error``, and any extra trailing metadata."""
+def to_status(
+    error: DomainError, *, request_id: str = ""
+) -> tuple[status_pb2.Status, tuple[tuple[str, str], ...]]:
+    """The rich status for ``error``, and any extra trailing metadata. Its ErrorInfo carries
+    the call's request id, so an error passed on without its headers can still be quoted."""
+    metadata = dict(error.metadata)
+    if request_id:
+        metadata.setdefault("request_id", request_id)
     details = [
-        error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-        )
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     ]
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(error, InvalidArgument) and error.field_violations:
