@@ -8,7 +8,7 @@ from typing import Any
 from chat.v1 import analytics_service_pb2, analytics_service_pb2_grpc, common_pb2
 from server.api.times import range_violations
 from server.auth.principal import current_principal
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.violations import Violations
 from server.repositories.analytics import COUNTERS, MAXIMA, MongoAnalytics
 from server.repositories.mongo import Document
 
@@ -25,23 +25,19 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         self, request: analytics_service_pb2.GetTenantAnalyticsRequest, context: Any
     ) -> analytics_service_pb2.GetTenantAnalyticsResponse:
         window = request.time_range
-        violations = []
+        violations = Violations()
         if not window.HasField("start_time") or not window.HasField("end_time"):
-            violations.append(FieldViolation("time_range", "start_time and end_time required"))
+            violations.add("time_range", "start_time and end_time required")
         elif out_of_range := range_violations(window, "time_range"):
-            violations += out_of_range
+            violations.extend(out_of_range)
         else:
             start = window.start_time.ToDatetime(tzinfo=dt.UTC)
             end = window.end_time.ToDatetime(tzinfo=dt.UTC)
             # end - start, not start + MAX_WINDOW: the sum overflows near year 9999.
             if not (start < end and end - start <= MAX_WINDOW):
-                violations.append(
-                    FieldViolation("time_range", "end_time after start_time, at most 24 h later")
-                )
-        if request.channel not in common_pb2.ChannelType.values():
-            violations.append(FieldViolation("channel", "one of the ChannelType values"))
-        if violations:
-            raise InvalidArgument("the request is invalid", field_violations=violations)
+                violations.add("time_range", "end_time after start_time, at most 24 h later")
+        violations.enum("channel", request.channel, common_pb2.ChannelType.DESCRIPTOR)
+        violations.raise_any()
         documents = await self._analytics.minutes(
             current_principal().tenant_id, start=start, end=end, channel=request.channel
         )

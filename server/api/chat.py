@@ -18,11 +18,11 @@ from server.api.pages import (
     encode_token,
     page_size,
 )
-from server.api.times import checked_range
+from server.api.times import checked_range, range_violations
 from server.auth.principal import current_principal
 from server.channels.base import TYPING, TYPING_OFF
 from server.domain.conversations import ConversationFilter
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.violations import Violations
 from server.interceptors.request_context import send_headers
 from server.normalizers.text import normalize_text
 from server.services.conversations import ConversationService
@@ -66,7 +66,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def GetConversation(
         self, request: chat_service_pb2.GetConversationRequest, context: Any
     ) -> chat_service_pb2.GetConversationResponse:
-        _require("conversation_id", request.conversation_id)
+        _require_id("conversation_id", request.conversation_id)
         conversation = await self._conversations.get_cached(
             current_principal().tenant_id, request.conversation_id
         )
@@ -75,9 +75,22 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def ListConversations(
         self, request: chat_service_pb2.ListConversationsRequest, context: Any
     ) -> chat_service_pb2.ListConversationsResponse:
-        _check_filters(request.user_id, request.channel, request.status)
-        limit = page_size(request.page_size)
+        violations = Violations()
+        _check_filters(violations, request.user_id, request.channel, request.status)
+        limit = violations.attempt(lambda: page_size(request.page_size), fallback=0)
         window = request.last_activity_time_range
+        violations.extend(range_violations(window, "last_activity_time_range"))
+        query = {
+            "rpc": "ListConversations",
+            "user": request.user_id,
+            "channel": request.channel,
+            "status": request.status,
+            "range": window.SerializeToString().hex(),
+        }
+        after = violations.attempt(
+            lambda: decode_time_cursor(request.page_token, query), fallback=None
+        )
+        violations.raise_any()
         activity_from, activity_to = checked_range(window, "last_activity_time_range")
         filters = ConversationFilter(
             user_id=request.user_id,
@@ -86,18 +99,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             activity_from=activity_from,
             activity_to=activity_to,
         )
-        query = {
-            "rpc": "ListConversations",
-            "user": request.user_id,
-            "channel": request.channel,
-            "status": request.status,
-            "range": window.SerializeToString().hex(),
-        }
         page = await self._conversations.list_page(
-            current_principal().tenant_id,
-            filters,
-            after=decode_time_cursor(request.page_token, query),
-            limit=limit + 1,
+            current_principal().tenant_id, filters, after=after, limit=limit + 1
         )
         page, token = _newest_first_page(page, limit, query)
         return chat_service_pb2.ListConversationsResponse(conversations=page, next_page_token=token)
@@ -105,14 +108,12 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def CloseConversation(
         self, request: chat_service_pb2.CloseConversationRequest, context: Any
     ) -> chat_service_pb2.CloseConversationResponse:
-        _require("conversation_id", request.conversation_id)
-        if len(request.reason) > MAX_REASON_CHARS:
-            raise InvalidArgument(
-                "reason is too long",
-                field_violations=[
-                    FieldViolation("reason", f"at most {MAX_REASON_CHARS} characters")
-                ],
-            )
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
+        violations.text("reason", request.reason, limit=MAX_REASON_CHARS)
+        violations.raise_any()
         caller = current_principal()
         conversation = await self._conversations.close(
             caller.tenant_id, caller.subject, request.conversation_id, reason=request.reason
@@ -122,15 +123,20 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def ListMessages(
         self, request: chat_service_pb2.ListMessagesRequest, context: Any
     ) -> chat_service_pb2.ListMessagesResponse:
-        _require("conversation_id", request.conversation_id)
-        limit = page_size(request.page_size)
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
+        violations.enum("order", request.order, chat_service_pb2.MessageOrder.DESCRIPTOR)
+        limit = violations.attempt(lambda: page_size(request.page_size), fallback=0)
         newest_first = request.order == chat_service_pb2.MESSAGE_ORDER_NEWEST_FIRST
         query = {
             "rpc": "ListMessages",
             "conversation": request.conversation_id,
             "newest_first": newest_first,
         }
-        cursor = decode_token(request.page_token, query)
+        cursor = violations.attempt(lambda: decode_token(request.page_token, query), fallback=None)
+        violations.raise_any()
         page = await self._conversations.history(
             current_principal().tenant_id,
             request.conversation_id,
@@ -147,20 +153,15 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def SearchMessages(
         self, request: chat_service_pb2.SearchMessagesRequest, context: Any
     ) -> chat_service_pb2.SearchMessagesResponse:
+        violations = Violations()
         needle = normalize_text(request.query[: 4 * MAX_QUERY_CHARS + 1]).text
-        if request.conversation_id:
-            _require("conversation_id", request.conversation_id)
-        _check_filters("", request.channel, 0)
+        violations.text("conversation_id", request.conversation_id, limit=MAX_ID_CHARS)
+        _check_filters(violations, "", request.channel, 0)
         if not 1 <= len(needle) <= MAX_QUERY_CHARS:
-            raise InvalidArgument(
-                "query is invalid",
-                field_violations=[
-                    FieldViolation("query", f"1 to {MAX_QUERY_CHARS} visible characters")
-                ],
-            )
-        limit = page_size(request.page_size)
+            violations.add("query", f"1 to {MAX_QUERY_CHARS} visible characters")
+        limit = violations.attempt(lambda: page_size(request.page_size), fallback=0)
         window = request.create_time_range
-        created_from, created_to = checked_range(window, "create_time_range")
+        violations.extend(range_violations(window, "create_time_range"))
         query = {
             "rpc": "SearchMessages",
             "q": needle,
@@ -168,7 +169,11 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             "channel": request.channel,
             "range": window.SerializeToString().hex(),
         }
-        after = decode_time_cursor(request.page_token, query)
+        after = violations.attempt(
+            lambda: decode_time_cursor(request.page_token, query), fallback=None
+        )
+        violations.raise_any()
+        created_from, created_to = checked_range(window, "create_time_range")
         caller = current_principal()
         page = await self._conversations.search(
             caller.tenant_id,
@@ -188,12 +193,18 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def ExportConversation(
         self, request: chat_service_pb2.ExportConversationRequest, context: Any
     ) -> AsyncIterator[chat_service_pb2.ExportConversationResponse]:
-        _require("conversation_id", request.conversation_id)
-        if request.format not in _CONTENT_TYPES:
-            raise InvalidArgument(
-                "format is required",
-                field_violations=[FieldViolation("format", "EXPORT_FORMAT_JSONL or _CSV")],
-            )
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
+        violations.enum(
+            "format",
+            request.format,
+            chat_service_pb2.ExportFormat.DESCRIPTOR,
+            required=True,
+            allowed=_CONTENT_TYPES,
+        )
+        violations.raise_any()
         content_type = _CONTENT_TYPES[request.format]
         caller = current_principal()
         async for chunk in self._conversations.export(
@@ -213,13 +224,14 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         # Written with context.write rather than yielded: each interceptor wraps a yielding
         # handler in a generator of its own, and with a thousand streams those layers cost
         # more than the writes. A coroutine handler passes through them once.
-        _require("conversation_id", request.conversation_id)
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
         after = request.after_sequence if request.HasField("after_sequence") else None
         if after is not None and after < 0:
-            raise InvalidArgument(
-                "after_sequence is invalid",
-                field_violations=[FieldViolation("after_sequence", "0 or more")],
-            )
+            violations.add("after_sequence", "0 or more")
+        violations.raise_any()
         caller = current_principal()
         events = self._streams.stream(
             caller.tenant_id,
@@ -236,17 +248,13 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def SendTypingIndicator(
         self, request: chat_service_pb2.SendTypingIndicatorRequest, context: Any
     ) -> chat_service_pb2.SendTypingIndicatorResponse:
-        _require("conversation_id", request.conversation_id)
-        _require("participant_id", request.participant_id)
-        if request.direction not in (
-            common_pb2.MESSAGE_DIRECTION_UNSPECIFIED,
-            common_pb2.MESSAGE_DIRECTION_INBOUND,
-            common_pb2.MESSAGE_DIRECTION_OUTBOUND,
-        ):
-            raise InvalidArgument(
-                "direction is invalid",
-                field_violations=[FieldViolation("direction", "INBOUND or OUTBOUND")],
-            )
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
+        violations.text("participant_id", request.participant_id, limit=MAX_ID_CHARS, required=True)
+        violations.enum("direction", request.direction, common_pb2.MessageDirection.DESCRIPTOR)
+        violations.raise_any()
         tenant_id = current_principal().tenant_id
         # Unset means the end user, the usual caller of a web widget.
         direction = request.direction or common_pb2.MESSAGE_DIRECTION_INBOUND
@@ -267,14 +275,14 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def MarkRead(
         self, request: chat_service_pb2.MarkReadRequest, context: Any
     ) -> chat_service_pb2.MarkReadResponse:
-        _require("conversation_id", request.conversation_id)
-        violations = []
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
         if request.up_to_sequence <= 0:
-            violations.append(FieldViolation("up_to_sequence", "required, positive"))
-        if len(request.request_id) > MAX_ID_CHARS:
-            violations.append(FieldViolation("request_id", f"at most {MAX_ID_CHARS} characters"))
-        if violations:
-            raise InvalidArgument("the request is invalid", field_violations=violations)
+            violations.add("up_to_sequence", "required, positive")
+        violations.text("request_id", request.request_id, limit=MAX_ID_CHARS)
+        violations.raise_any()
         caller = current_principal()
         return await self._streams.mark_read(
             caller.tenant_id,
@@ -296,23 +304,13 @@ def _newest_first_page(page: list[T], limit: int, query: dict[str, Any]) -> tupl
     return page, encode_time_cursor(query, created.ToDatetime(tzinfo=dt.UTC), last.id)
 
 
-def _require(field: str, value: str) -> None:
-    if not value or len(value) > MAX_ID_CHARS:
-        raise InvalidArgument(
-            f"{field} is invalid",
-            field_violations=[
-                FieldViolation(field, f"required, at most {MAX_ID_CHARS} characters")
-            ],
-        )
+def _require_id(field: str, value: str) -> None:
+    violations = Violations()
+    violations.text(field, value, limit=MAX_ID_CHARS, required=True)
+    violations.raise_any()
 
 
-def _check_filters(user_id: str, channel: int, status: int) -> None:
-    violations = []
-    if len(user_id) > MAX_ADDRESS_CHARS:
-        violations.append(FieldViolation("user_id", f"at most {MAX_ADDRESS_CHARS} characters"))
-    if channel not in common_pb2.ChannelType.values():
-        violations.append(FieldViolation("channel", "not a ChannelType value"))
-    if status not in common_pb2.ConversationStatus.values():
-        violations.append(FieldViolation("status", "not a ConversationStatus value"))
-    if violations:
-        raise InvalidArgument("filters are invalid", field_violations=violations)
+def _check_filters(violations: Violations, user_id: str, channel: int, status: int) -> None:
+    violations.text("user_id", user_id, limit=MAX_ADDRESS_CHARS)
+    violations.enum("channel", channel, common_pb2.ChannelType.DESCRIPTOR)
+    violations.enum("status", status, common_pb2.ConversationStatus.DESCRIPTOR)

@@ -9,12 +9,13 @@ from typing import Any
 
 from chat.v1 import common_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from server.api.pages import decode_time_cursor, encode_time_cursor, page_size
-from server.api.times import checked_range
+from server.api.times import checked_range, range_violations
 from server.auth.principal import current_principal
 from server.channels.factory import ChannelFactory
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.queues import FAILED, QUEUED, SENDING, SENT, Delivery
 from server.domain.tenant import TenantLookup
+from server.domain.violations import Violations
 from server.services.idempotency import IdempotentRequests, RequestKey
 from server.services.live import timestamp_of
 from server.services.ports import DeliveryQueue
@@ -55,20 +56,21 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     async def ListFailedDeliveries(
         self, request: delivery_service_pb2.ListFailedDeliveriesRequest, context: Any
     ) -> delivery_service_pb2.ListFailedDeliveriesResponse:
-        if request.channel not in common_pb2.ChannelType.values():
-            raise InvalidArgument(
-                "channel is invalid",
-                field_violations=[FieldViolation("channel", "one of the ChannelType values")],
-            )
-        limit = page_size(request.page_size)
+        violations = Violations()
+        violations.enum("channel", request.channel, common_pb2.ChannelType.DESCRIPTOR)
+        limit = violations.attempt(lambda: page_size(request.page_size), fallback=0)
         window = request.update_time_range
-        updated_from, updated_to = checked_range(window, "update_time_range")
+        violations.extend(range_violations(window, "update_time_range"))
         query = {
             "rpc": "ListFailedDeliveries",
             "channel": request.channel,
             "range": window.SerializeToString().hex(),
         }
-        after = decode_time_cursor(request.page_token, query)
+        after = violations.attempt(
+            lambda: decode_time_cursor(request.page_token, query), fallback=None
+        )
+        violations.raise_any()
+        updated_from, updated_to = checked_range(window, "update_time_range")
         page = await self._deliveries.failed_page(
             current_principal().tenant_id,
             channel=request.channel,
@@ -89,12 +91,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     async def RetryDelivery(
         self, request: delivery_service_pb2.RetryDeliveryRequest, context: Any
     ) -> delivery_service_pb2.RetryDeliveryResponse:
-        _require_id(request.message_id)
-        if len(request.request_id) > MAX_ID_CHARS:
-            raise InvalidArgument(
-                "request_id is too long",
-                field_violations=[FieldViolation("request_id", f"at most {MAX_ID_CHARS}")],
-            )
+        violations = Violations()
+        violations.text("message_id", request.message_id, limit=MAX_ID_CHARS, required=True)
+        violations.text("request_id", request.request_id, limit=MAX_ID_CHARS)
+        violations.raise_any()
         # The key names the delivery: the same request id elsewhere is another request.
         key = RequestKey(
             current_principal().tenant_id,

@@ -29,7 +29,7 @@ def conversation_user(event: ingest_service_pb2.InboundEvent) -> str:
 
 
 def check_event(event: ingest_service_pb2.InboundEvent) -> str:
-    """What is wrong with the event ("" when nothing)."""
+    """Everything that is wrong with the event, "; "-separated ("" when nothing)."""
     kind = event.WhichOneof("kind")
     problems = [
         (
@@ -77,4 +77,4 @@ def check_event(event: ingest_service_pb2.InboundEvent) -> str:
             f"status.watermark_time: {TIME_PROBLEM}",
         ),
     ]
-    return next((description for wrong, description in problems if wrong), "")
+    return "; ".join(description for wrong, description in problems if wrong)

@@ -28,6 +28,7 @@ from server.domain.errors import (
     NotFound,
 )
 from server.domain.messages import MessageRow, ProcessedContent, build_message, response_time
+from server.domain.violations import Violations
 from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
 from server.services.composing import ReplyComposer
@@ -116,7 +117,17 @@ class MessageService:
         self, tenant_id: str, actor_id: str, request: chat_service_pb2.SendMessageRequest
     ) -> chat_service_pb2.SendMessageResponse:
         """Store the message, answer it, and return both; ``actor_id`` is the caller."""
-        _validate(request)
+        violations = _violations(request)
+        if violations and request.content.WhichOneof("kind") != "media":
+            # The content's problems in the same answer. Not media's: it may be fetched, so it
+            # is processed only for a request that is otherwise valid.
+            try:
+                await self._content.process_inbound(
+                    tenant_id, request.content, channel=request.channel, field="content"
+                )
+            except InvalidArgument as exc:
+                violations.extend(exc.field_violations)
+        violations.raise_any()
         return await self._requests.once(
             RequestKey(tenant_id, SEND_MESSAGE, request.request_id),
             chat_service_pb2.SendMessageResponse.FromString,
@@ -350,28 +361,20 @@ class MessageService:
         return response, envelopes
 
 
-def _validate(request: chat_service_pb2.SendMessageRequest) -> None:
-    violations: list[FieldViolation] = []
-    if not request.user_id:
-        violations.append(FieldViolation("user_id", "required"))
-    limits = {
-        "user_id": MAX_ADDRESS_CHARS,
-        "request_id": MAX_ID_CHARS,
-        "conversation_id": MAX_ID_CHARS,
-        "channel_conversation_id": MAX_ADDRESS_CHARS,
-        "reply_to_message_id": MAX_ID_CHARS,
-    }
-    for name, limit in limits.items():
-        if len(getattr(request, name)) > limit:
-            violations.append(FieldViolation(name, f"at most {limit} characters"))
-    if request.channel not in common_pb2.ChannelType.values() or not request.channel:
-        violations.append(FieldViolation("channel", "required: one of the ChannelType values"))
+def _violations(request: chat_service_pb2.SendMessageRequest) -> Violations:
+    """Every problem of the request's own fields (its content is checked when processed)."""
+    violations = Violations()
+    violations.text("user_id", request.user_id, limit=MAX_ADDRESS_CHARS, required=True)
+    violations.text("request_id", request.request_id, limit=MAX_ID_CHARS)
+    violations.text("conversation_id", request.conversation_id, limit=MAX_ID_CHARS)
+    violations.text(
+        "channel_conversation_id", request.channel_conversation_id, limit=MAX_ADDRESS_CHARS
+    )
+    violations.text("reply_to_message_id", request.reply_to_message_id, limit=MAX_ID_CHARS)
+    violations.enum("channel", request.channel, common_pb2.ChannelType.DESCRIPTOR, required=True)
     if len(request.metadata) > MAX_METADATA_ENTRIES:
-        violations.append(FieldViolation("metadata", f"at most {MAX_METADATA_ENTRIES} entries"))
+        violations.add("metadata", f"at most {MAX_METADATA_ENTRIES} entries")
     for key, value in request.metadata.items():
         if not key or len(key) > 64 or len(value) > 1024:
-            violations.append(
-                FieldViolation(f"metadata[{key[:64]}]", "keys 1-64 characters, values at most 1024")
-            )
-    if violations:
-        raise InvalidArgument("the request is invalid", field_violations=violations)
+            violations.add(f"metadata[{key[:64]}]", "keys 1-64 characters, values at most 1024")
+    return violations
