@@ -214,11 +214,12 @@ def _add_servicers(
             conversations=services.conversations,
             streams=services.streams,
             actions=services.actions,
+            requests=services.requests,
         ),
         server,
     )
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-        SessionServicer(sessions=services.sessions), server
+        SessionServicer(sessions=services.sessions, requests=services.requests), server
     )
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
         TenantServicer(admin=services.tenant_admin), server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
@@ -21,16 +21,19 @@ from server.api.pages import (
 from server.api.times import checked_range, range_violations
 from server.auth.principal import current_principal
 from server.channels.base import TYPING, TYPING_OFF
+from server.domain.clock import utc_now
 from server.domain.conversations import ConversationFilter
 from server.domain.violations import Violations
 from server.interceptors.request_context import send_headers
 from server.normalizers.text import normalize_text
 from server.services.conversations import ConversationService
+from server.services.idempotency import IdempotentRequests, idempotency_key
 from server.services.messages import MAX_ADDRESS_CHARS, MessageService
 from server.services.platform_actions import PlatformActions
 from server.services.streams import StreamService
 
 T = TypeVar("T", common_pb2.Conversation, common_pb2.Message)
+CLOSE_CONVERSATION = "CloseConversation"
 
 MAX_REASON_CHARS = 256
 MAX_QUERY_CHARS = 256
@@ -51,7 +54,11 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         conversations: ConversationService,
         streams: StreamService,
         actions: PlatformActions | None = None,
+        requests: IdempotentRequests,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
+        self._requests = requests
+        self._clock = clock
         self._messages = messages
         self._conversations = conversations
         self._streams = streams
@@ -115,10 +122,21 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         violations.text("reason", request.reason, limit=MAX_REASON_CHARS)
         violations.raise_any()
         caller = current_principal()
-        conversation = await self._conversations.close(
-            caller.tenant_id, caller.subject, request.conversation_id, reason=request.reason
+
+        async def close() -> chat_service_pb2.CloseConversationResponse:
+            conversation = await self._conversations.close(
+                caller.tenant_id, caller.subject, request.conversation_id, reason=request.reason
+            )
+            return chat_service_pb2.CloseConversationResponse(conversation=conversation)
+
+        # Closing is idempotent in effect (a closed conversation comes back as it is); the
+        # record makes a request_id used for another conversation or reason refused.
+        return await self._requests.once_then_record(
+            idempotency_key(caller.tenant_id, CLOSE_CONVERSATION, request),
+            chat_service_pb2.CloseConversationResponse.FromString,
+            close,
+            clock=self._clock,
         )
-        return chat_service_pb2.CloseConversationResponse(conversation=conversation)
 
     async def ListMessages(
         self, request: chat_service_pb2.ListMessagesRequest, context: Any

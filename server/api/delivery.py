@@ -16,7 +16,7 @@ from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgu
 from server.domain.queues import FAILED, QUEUED, SENDING, SENT, Delivery
 from server.domain.tenant import TenantLookup
 from server.domain.violations import Violations
-from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.idempotency import IdempotentRequests, RequestKey, fingerprint_of
 from server.services.live import timestamp_of
 from server.services.ports import DeliveryQueue
 
@@ -95,11 +95,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         violations.text("message_id", request.message_id, limit=MAX_ID_CHARS, required=True)
         violations.text("request_id", request.request_id, limit=MAX_ID_CHARS)
         violations.raise_any()
-        # The key names the delivery: the same request id elsewhere is another request.
         key = RequestKey(
             current_principal().tenant_id,
-            f"{RETRY_DELIVERY}:{request.message_id}",
+            RETRY_DELIVERY,
             request.request_id,
+            fingerprint_of(
+                delivery_service_pb2.RetryDeliveryRequest(message_id=request.message_id)
+            ),
         )
         return await self._requests.once(
             key,

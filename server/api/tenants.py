@@ -18,6 +18,7 @@ from server.domain.tenant import (
     Tenant,
     WhatsAppCredentials,
 )
+from server.services.idempotency import fingerprint_of
 from server.services.tenants import TenantAdmin, tenant_to_proto
 
 _DIGITS = re.compile(r"^[0-9]{1,32}$")
@@ -45,8 +46,8 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     async def UpsertTenant(
         self, request: tenant_service_pb2.UpsertTenantRequest, context: Any
     ) -> tenant_service_pb2.UpsertTenantResponse:
-        """Create or replace the caller's tenant. Replaying a request stores the same
-        configuration again, so request_id needs no record of its own."""
+        """Create or replace the caller's tenant; a retry with the same request_id is answered
+        from the first call's record."""
         if len(request.request_id) > _MAX_REQUEST_ID:
             raise InvalidArgument(
                 "request_id is too long",
@@ -55,7 +56,11 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
                 ],
             )
         tenant = tenant_from_proto(current_principal().tenant_id, request.tenant)
-        return await self._admin.upsert(tenant, request_id=request.request_id)
+        return await self._admin.upsert(
+            tenant,
+            request_id=request.request_id,
+            fingerprint=fingerprint_of(request.tenant) if request.request_id else "",
+        )
 
 
 def tenant_from_proto(tenant_id: str, message: tenant_service_pb2.Tenant) -> Tenant:

@@ -14,6 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from server.domain.errors import AlreadyExists
+from server.domain.idempotency import RecordedResponse
 from server.repositories.mongo import IDEMPOTENCY, Document
 
 RETENTION = dt.timedelta(days=1)
@@ -25,19 +26,23 @@ class MongoIdempotencyStore:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[IDEMPOTENCY]
 
-    async def get(self, tenant_id: str, operation: str, request_id: str) -> bytes | None:
+    async def get(self, tenant_id: str, operation: str, request_id: str) -> RecordedResponse | None:
         """The stored response, if this request already completed."""
         document = await self._collection.find_one(
             {"tenant_id": tenant_id, "operation": operation, "request_id": request_id}
         )
-        return bytes(document["response"]) if document else None
+        if document is None:
+            return None
+        return RecordedResponse(
+            response=bytes(document["response"]), fingerprint=document.get("fingerprint", "")
+        )
 
     async def put(
         self,
         tenant_id: str,
         operation: str,
         request_id: str,
-        response: bytes,
+        recorded: RecordedResponse,
         *,
         now: dt.datetime,
         tx: AsyncClientSession | None,
@@ -49,7 +54,8 @@ class MongoIdempotencyStore:
                     "tenant_id": tenant_id,
                     "operation": operation,
                     "request_id": request_id,
-                    "response": response,
+                    "response": recorded.response,
+                    "fingerprint": recorded.fingerprint,
                     "expire_time": now + RETENTION,
                 },
                 session=tx,

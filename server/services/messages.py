@@ -33,7 +33,7 @@ from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
 from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
-from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.idempotency import IdempotentRequests, idempotency_key
 from server.services.live import CommittedPush
 from server.services.opening import ConversationClosedError, ConversationOpener
 from server.services.ports import (
@@ -129,7 +129,7 @@ class MessageService:
                 violations.extend(exc.field_violations)
         violations.raise_any()
         return await self._requests.once(
-            RequestKey(tenant_id, SEND_MESSAGE, request.request_id),
+            idempotency_key(tenant_id, SEND_MESSAGE, request),
             chat_service_pb2.SendMessageResponse.FromString,
             lambda: self._send(tenant_id, actor_id, request),
         )
@@ -343,7 +343,7 @@ class MessageService:
             message=inbound, replies=replies, conversation=updated, session=exchange.session
         )
         await self._requests.record(
-            RequestKey(tenant_id, SEND_MESSAGE, exchange.request.request_id),
+            idempotency_key(tenant_id, SEND_MESSAGE, exchange.request),
             response,
             now=now,
             tx=tx,

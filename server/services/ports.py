@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.conversations import ConversationFilter, Recording
+from server.domain.idempotency import RecordedResponse
 from server.domain.limits import Decision, Limit
 from server.domain.messages import Advance, MessageRow
 from server.domain.queues import Attempt, ClaimedReplyJob, Delivery, Finish, Outgoing, ReplyJob
@@ -164,14 +165,16 @@ class Outbox(Protocol):
 class IdempotencyStore(Protocol):
     """Responses of completed idempotent requests."""
 
-    async def get(self, tenant_id: str, operation: str, request_id: str) -> bytes | None: ...
+    async def get(
+        self, tenant_id: str, operation: str, request_id: str
+    ) -> RecordedResponse | None: ...
 
     async def put(
         self,
         tenant_id: str,
         operation: str,
         request_id: str,
-        response: bytes,
+        recorded: RecordedResponse,
         *,
         now: dt.datetime,
         tx: Tx | None,

@@ -27,7 +27,7 @@ from server.domain.errors import (
     Unavailable,
 )
 from server.events.envelopes import envelope
-from server.services.idempotency import IdempotentRequests, RequestKey
+from server.services.idempotency import IdempotentRequests, RequestKey, fingerprint_of
 from server.services.live import QuietLiveEvents, closed_event, message_event, timestamp_of
 from server.services.ports import (
     ConversationRepository,
@@ -170,8 +170,10 @@ class StreamService:
         request_id: str,
     ) -> chat_service_pb2.MarkReadResponse:
         """Outbound messages up to the sequence become READ (MessageDelivered each), once."""
-        # The key names the conversation: the same request id elsewhere is another request.
-        key = RequestKey(tenant_id, f"{MARK_READ}:{conversation_id}", request_id)
+        request = chat_service_pb2.MarkReadRequest(
+            conversation_id=conversation_id, up_to_sequence=up_to_sequence
+        )
+        key = RequestKey(tenant_id, MARK_READ, request_id, fingerprint_of(request))
         return await self._requests.once(
             key,
             chat_service_pb2.MarkReadResponse.FromString,

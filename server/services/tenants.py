@@ -60,11 +60,12 @@ class TenantAdmin:
         self._clock = clock
 
     async def upsert(
-        self, update: Tenant, *, request_id: str = ""
+        self, update: Tenant, *, request_id: str = "", fingerprint: str = ""
     ) -> tenant_service_pb2.UpsertTenantResponse:
-        """Create or replace ``update.id``'s configuration; the stored tenant, secrets removed."""
+        """Create or replace ``update.id``'s configuration; the stored tenant, secrets removed.
+        ``fingerprint`` identifies the request (IdempotentRequests)."""
         self._check_allowed(update)
-        key = RequestKey(update.id, UPSERT_TENANT, request_id)
+        key = RequestKey(update.id, UPSERT_TENANT, request_id, fingerprint)
         return await self._requests.once(
             key,
             tenant_service_pb2.UpsertTenantResponse.FromString,

@@ -565,7 +565,7 @@ async def test_two_tenants_racing_for_one_number_get_one_each(
     assert {e.code() for e in lost} == {grpc.StatusCode.ALREADY_EXISTS}
 
 
-async def test_a_replayed_request_id_returns_the_first_answer(
+async def test_a_replayed_request_id_returns_the_first_answer_and_refuses_another_request(
     stored_server: RunningServer,
 ) -> None:
     tenant_id, number = new_tenant_id(), new_number()
@@ -582,7 +582,12 @@ async def test_a_replayed_request_id_returns_the_first_answer(
         return reply.tenant
 
     first = await call("first")
-    assert await call("second") == first
+    assert await call("first") == first
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call("second")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    [info] = [d for d in details_of(refused.value) if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert info.reason == "IDEMPOTENCY_KEY_REUSED"
     async with grpc.aio.insecure_channel(stored_server.target) as channel:
         got = await tenant_service_pb2_grpc.TenantServiceStub(channel).GetTenant(
             tenant_service_pb2.GetTenantRequest(), metadata=auth(tenant_id), timeout=5

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chat.v1 import common_pb2, events_pb2
+from server.domain.idempotency import RecordedResponse
 from server.domain.queues import Delivery
 from server.domain.receipts import EarlyReceipt
 
@@ -41,7 +42,7 @@ class Database:
     conversations: dict[str, tuple[str, common_pb2.Conversation]] = field(default_factory=dict)
     messages: dict[str, tuple[str, common_pb2.Message, str]] = field(default_factory=dict)
     outbox: list[events_pb2.EventEnvelope] = field(default_factory=list)
-    idempotency: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str, str], RecordedResponse] = field(default_factory=dict)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     reply_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     ingested: set[tuple[str, int, str]] = field(default_factory=set)

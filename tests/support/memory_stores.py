@@ -13,6 +13,7 @@ from typing import Any
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.errors import AlreadyExists, StoreError
+from server.domain.idempotency import RecordedResponse
 from server.domain.receipts import EarlyReceipt, receipt_ref
 from server.domain.session import is_live
 from tests.support.memory_db import Database
@@ -54,7 +55,7 @@ class MemoryIdempotencyStore:
     def miss_next_get(self) -> None:
         self._misses += 1
 
-    async def get(self, tenant_id: str, operation: str, request_id: str) -> bytes | None:
+    async def get(self, tenant_id: str, operation: str, request_id: str) -> RecordedResponse | None:
         if self._misses:
             self._misses -= 1
             return None
@@ -65,7 +66,7 @@ class MemoryIdempotencyStore:
         tenant_id: str,
         operation: str,
         request_id: str,
-        response: bytes,
+        recorded: RecordedResponse,
         *,
         now: dt.datetime,
         tx: Any,
@@ -75,7 +76,7 @@ class MemoryIdempotencyStore:
         key = (tenant_id, operation, request_id)
         if key in self._db.idempotency:
             raise AlreadyExists("the request was recorded before", reason="DUPLICATE_KEY")
-        self._db.idempotency[key] = response
+        self._db.idempotency[key] = recorded
 
 
 class MemorySessions:

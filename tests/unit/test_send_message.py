@@ -92,9 +92,29 @@ async def test_a_replayed_request_id_returns_the_first_response_and_stores_nothi
     stored = len(stores.messages.all())
     events = len(stores.outbox.envelopes)
 
-    again = await service.send(TENANT, "u1", request("something else", request_id="r-1"))
+    again = await service.send(TENANT, "u1", request(request_id="r-1"))
 
     assert again == first
+    assert len(stores.messages.all()) == stored
+    assert len(stores.outbox.envelopes) == events
+    assert len(responder.asked) == 1
+
+
+async def test_a_request_id_reused_for_another_request_is_refused_and_stores_nothing(
+    service: MessageService, stores: MemoryStores, responder: ScriptedResponder
+) -> None:
+    await service.send(TENANT, "u1", request(request_id="r-1"))
+    stored = len(stores.messages.all())
+    events = len(stores.outbox.envelopes)
+
+    for other in (
+        request("something else", request_id="r-1"),
+        request(request_id="r-1", user_id="u9"),
+    ):
+        with pytest.raises(FailedPrecondition) as refused:
+            await service.send(TENANT, "u1", other)
+        assert refused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
     assert len(stores.messages.all()) == stored
     assert len(stores.outbox.envelopes) == events
     assert len(responder.asked) == 1
@@ -107,9 +127,25 @@ async def test_a_racing_retry_answers_with_the_response_the_first_stored(
     # The retry's lookup ran before the first committed: its own commit hits the record.
     stores.idempotency.miss_next_get()
 
-    again = await service.send(TENANT, "u1", request("other text", request_id="r-1"))
+    again = await service.send(TENANT, "u1", request(request_id="r-1"))
 
     assert again == first
+    assert len(stores.messages.all()) == 3
+    conversation = await stores.conversations.get(TENANT, first.conversation.id)
+    assert conversation is not None
+    assert conversation.last_sequence == 3
+
+
+async def test_a_racing_request_reusing_the_id_is_refused_and_stores_nothing(
+    service: MessageService, stores: MemoryStores
+) -> None:
+    first = await service.send(TENANT, "u1", request(request_id="r-1"))
+    stores.idempotency.miss_next_get()
+
+    with pytest.raises(FailedPrecondition) as refused:
+        await service.send(TENANT, "u1", request("other text", request_id="r-1"))
+
+    assert refused.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert len(stores.messages.all()) == 3
     conversation = await stores.conversations.get(TENANT, first.conversation.id)
     assert conversation is not None
