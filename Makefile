@@ -11,7 +11,7 @@ BUF := node_modules/.bin/buf
 BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 
-.PHONY: install lock run test bench lint typecheck proto check-generated breaking format clean
+.PHONY: install lock run test fuzz bench lint typecheck proto check-generated breaking format clean
 
 install: $(VENV)/.installed $(BUF)
 
@@ -38,6 +38,11 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# The long property campaign (tests/property, random, 3000 examples per property; about an
+# hour on 2 cores). CI runs the same properties bounded and derandomized in `make test`.
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/property --timeout=7200 -q
 
 bench: install
 	.venv/bin/python -m bench.run

@@ -63,6 +63,10 @@ def load_public_key(path: Path) -> RSAPublicKey | EllipticCurvePublicKey:
     return key
 
 
+#: 9999-12-31T23:59:59Z: the last expiry a datetime (and a Timestamp) can hold.
+MAX_EXPIRY = 253_402_300_799
+
+
 class TokenVerifier:
     """Turns a bearer token into a Principal, or raises Unauthenticated."""
 
@@ -179,8 +183,12 @@ def _principal(claims: dict[str, Any]) -> Principal:
         scopes = frozenset(raw_scope)
     else:
         raise Unauthenticated("token scope claim malformed", reason="TOKEN_MALFORMED")
+    expires = claims["exp"]  # PyJWT checked it is an integer in the future
+    if not isinstance(expires, int | float) or not expires <= MAX_EXPIRY:
+        # Past year 9999 no time type holds it: streams cut at expiry would overflow.
+        raise Unauthenticated("token expiry out of range", reason="TOKEN_MALFORMED")
     return Principal(
-        subject=subject, tenant_id=tenant_id, scopes=scopes, expires_at=float(claims["exp"])
+        subject=subject, tenant_id=tenant_id, scopes=scopes, expires_at=float(expires)
     )
 
 
