@@ -29,6 +29,8 @@ _INT_RANGES = {
 _EDGES = (0, 1, -1, 2**31 - 1, -(2**31), 253_402_300_799, 253_402_300_800, -62_135_596_801)
 _TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)))
 MAX_DEPTH = 4
+#: Field name -> values that name real records.
+Known = dict[str, list[str]]
 
 
 def _integers(low: int, high: int) -> st.SearchStrategy[int]:
@@ -44,7 +46,14 @@ def _strings() -> st.SearchStrategy[str]:
     )
 
 
-def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+def _scalar(field: FieldDescriptor, known: Known) -> st.SearchStrategy[Any]:
+    if field.type == F.TYPE_STRING and known.get(field.name):
+        # Ids of records that exist, so calls get past "not found" into the code behind it.
+        return st.one_of(st.sampled_from(known[field.name]), _strings())
+    return _typed(field)
+
+
+def _typed(field: FieldDescriptor) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one per type
     kind = field.type
     if kind in _INT_RANGES:
         return _integers(*_INT_RANGES[kind])
@@ -66,8 +75,12 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     raise AssertionError(f"unhandled field type {kind}")
 
 
-def message_of(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
-    """Messages of ``descriptor``'s type with any subset of fields set to any value."""
+def message_of(
+    descriptor: Descriptor, known: Known | None = None, depth: int = 0
+) -> st.SearchStrategy[Message]:
+    """Messages of ``descriptor``'s type with any subset of fields set to any value; a string
+    field named in ``known`` often takes one of its values."""
+    known = known or {}
     cls = message_factory.GetMessageClass(descriptor)
 
     @st.composite
@@ -76,13 +89,15 @@ def message_of(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Mess
         for field in descriptor.fields:
             if not draw(st.booleans()):
                 continue
-            _set(draw, message, field, depth)
+            _set(draw, message, field, known, depth)
         return message
 
     return build()
 
 
-def _set(draw: st.DrawFn, message: Message, field: FieldDescriptor, depth: int) -> None:
+def _set(
+    draw: st.DrawFn, message: Message, field: FieldDescriptor, known: Known, depth: int
+) -> None:
     is_message = field.type == F.TYPE_MESSAGE
     if is_message and depth >= MAX_DEPTH:
         return
@@ -91,30 +106,32 @@ def _set(draw: st.DrawFn, message: Message, field: FieldDescriptor, depth: int) 
         value_field = field.message_type.fields_by_name["value"]
         target = getattr(message, field.name)
         for _ in range(draw(st.integers(0, 3))):
-            key = draw(_scalar(key_field))
+            key = draw(_scalar(key_field, known))
             if value_field.type == F.TYPE_MESSAGE:
-                target[key].CopyFrom(draw(message_of(value_field.message_type, depth + 1)))
+                target[key].CopyFrom(draw(message_of(value_field.message_type, known, depth + 1)))
             else:
-                target[key] = draw(_scalar(value_field))
+                target[key] = draw(_scalar(value_field, known))
         return
     if field.is_repeated:
         target = getattr(message, field.name)
         for _ in range(draw(st.integers(0, 3))):
             if is_message:
-                target.add().CopyFrom(draw(message_of(field.message_type, depth + 1)))
+                target.add().CopyFrom(draw(message_of(field.message_type, known, depth + 1)))
             else:
-                target.append(draw(_scalar(field)))
+                target.append(draw(_scalar(field, known)))
         return
     if is_message:
-        getattr(message, field.name).CopyFrom(draw(message_of(field.message_type, depth + 1)))
+        getattr(message, field.name).CopyFrom(
+            draw(message_of(field.message_type, known, depth + 1))
+        )
     else:
-        setattr(message, field.name, draw(_scalar(field)))
+        setattr(message, field.name, draw(_scalar(field, known)))
 
 
 @st.composite
-def mutated(draw: st.DrawFn, descriptor: Descriptor) -> bytes:
+def mutated(draw: st.DrawFn, descriptor: Descriptor, known: Known | None = None) -> bytes:
     """The encoding of a drawn message, damaged the ways a broken client damages it."""
-    data = bytearray(draw(message_of(descriptor)).SerializeToString())
+    data = bytearray(draw(message_of(descriptor, known)).SerializeToString())
     how = draw(st.sampled_from(["truncate", "flip", "insert", "invalid-utf8", "random"]))
     if how == "random":
         return draw(st.binary(max_size=256))

@@ -30,6 +30,7 @@ from chat.v1 import (
     analytics_service_pb2,
     audit_service_pb2,
     chat_service_pb2,
+    chat_service_pb2_grpc,
     delivery_service_pb2,
     ingest_service_pb2,
     session_service_pb2,
@@ -40,7 +41,7 @@ from devstack.tokens import mint_dev_token
 from server.api.served import SERVED_SERVICES
 from server.auth.scopes import CHAT_ADMIN, CHAT_INGEST, CHAT_READ, CHAT_WRITE
 from server.repositories.mongo import MESSAGES
-from tests.property.strategies import message_of, mutated
+from tests.property.strategies import Known, message_of, mutated
 from tests.support.chat_client import JWT_SETTINGS, SECRET
 from tests.support.servers import RunningServer, tenants_file
 
@@ -101,6 +102,24 @@ async def mongo(stack: Endpoints) -> AsyncIterator[AsyncMongoClient[dict[str, An
 
 
 @pytest.fixture
+async def known(channel: grpc.aio.Channel) -> Known:
+    """Ids of a real conversation, its session and messages, for the strategies to use."""
+    stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+    request = chat_service_pb2.SendMessageRequest(user_id="fuzz-user", channel=1)
+    request.content.text.text = "help"
+    sent = await stub.SendMessage(request, metadata=_metadata(token=True), timeout=10)
+    messages = [sent.message.id, *(reply.id for reply in sent.replies)]
+    return {
+        "conversation_id": [sent.conversation.id],
+        "session_id": [sent.session.id],
+        "message_id": messages,
+        "reply_to_message_id": messages,
+        "user_id": ["fuzz-user"],
+        "participant_id": ["fuzz-user"],
+    }
+
+
+@pytest.fixture
 def errors() -> Any:
     """Every error-level line the server logs during the test (there must be none)."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -154,14 +173,15 @@ async def test_any_request_gets_a_status_that_names_the_callers_mistake(
     channel: grpc.aio.Channel,
     mongo: AsyncMongoClient[dict[str, Any]],
     errors: Any,
+    known: Known,
     method: MethodDescriptor,
     data: st.DataObject,
 ) -> None:
     damaged = data.draw(st.booleans(), label="damaged")
     if damaged:
-        body = data.draw(mutated(method.input_type), label="bytes")
+        body = data.draw(mutated(method.input_type, known), label="bytes")
     else:
-        request: Message = data.draw(message_of(method.input_type), label="request")
+        request: Message = data.draw(message_of(method.input_type, known), label="request")
         body = request.SerializeToString()
     token = data.draw(st.sampled_from([True, True, True, False]), label="token")
     before = await _messages(mongo) if method.name == "SendMessage" else 0
