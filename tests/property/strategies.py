@@ -53,7 +53,7 @@ def _scalar(field: FieldDescriptor, known: Known) -> st.SearchStrategy[Any]:
     return _typed(field)
 
 
-def _typed(field: FieldDescriptor) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one per type
+def _typed(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     kind = field.type
     if kind in _INT_RANGES:
         return _integers(*_INT_RANGES[kind])
