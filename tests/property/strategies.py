@@ -82,6 +82,8 @@ def message_of(
     field named in ``known`` often takes one of its values."""
     known = known or {}
     cls = message_factory.GetMessageClass(descriptor)
+    if not descriptor.fields:
+        return st.just(cls())
 
     @st.composite
     def build(draw: st.DrawFn) -> Message:
