@@ -11,7 +11,7 @@ BUF := node_modules/.bin/buf
 BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 
-.PHONY: install lock run test bench lint typecheck proto check-generated breaking format clean
+.PHONY: install lock run test faults bench lint typecheck proto check-generated breaking format clean
 
 install: $(VENV)/.installed $(BUF)
 
@@ -38,6 +38,12 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# Kills and pauses servers of its own under load (a few minutes; docs/faults.md). Its figures
+# are printed at the end and written to build/faults.json.
+faults: install
+	rm -f build/faults.json
+	$(PY) -m pytest -m faults tests/faults
 
 bench: install
 	.venv/bin/python -m bench.run
