@@ -11,7 +11,7 @@ BUF := node_modules/.bin/buf
 BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 
-.PHONY: install lock run test fuzz bench lint typecheck proto check-generated breaking format clean
+.PHONY: install lock run test fuzz faults bench lint typecheck proto check-generated breaking format clean
 
 install: $(VENV)/.installed $(BUF)
 
@@ -43,6 +43,12 @@ test: install
 # hour on 2 cores). CI runs the same properties bounded and derandomized in `make test`.
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/property --timeout=7200 -q
+
+# Kills and pauses servers of its own under load (a few minutes; docs/faults.md). Its figures
+# are printed at the end and written to build/faults.json.
+faults: install
+	rm -f build/faults.json
+	$(PY) -m pytest -m faults tests/faults
 
 bench: install
 	.venv/bin/python -m bench.run

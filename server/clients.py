@@ -15,6 +15,9 @@ import redis.asyncio as redis
 import structlog
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.health import Dependency
 from server.relay.publisher import KafkaEventPublisher
@@ -98,7 +101,7 @@ async def open_clients(settings: Settings, *, needs_tenants: bool = True) -> Cli
     return Clients(
         mongo=mongo,
         database=database,
-        redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
+        redis=_redis_client(settings),
         publisher=KafkaEventPublisher(bootstrap_servers=settings.kafka_bootstrap),
         # One pooled HTTP client per process, for signing keys and the platforms' APIs; its
         # deadline is a platform send's (a send that times out is retried).
@@ -110,4 +113,20 @@ async def open_clients(settings: Settings, *, needs_tenants: bool = True) -> Cli
             store=MongoTenantStore(database=database, secrets=secrets),
         ),
         secrets=secrets,
+    )
+
+
+def _redis_client(settings: Settings) -> redis.Redis:
+    """The Redis client, every call of which is bounded: a stalled Redis (a pause, a full
+    network buffer) must not hold the calls on the request path, which either fail open (the
+    rate limiter, live pushes) or answer UNAVAILABLE (the session a message needs)."""
+    timeout = settings.redis_timeout_seconds
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        # Once more, at once, on a fresh connection when the pooled one was dropped (a restart,
+        # an idle cut). Never after a timeout: redis-py's default (three more tries, backing
+        # off) held every call for up to four timeouts when Redis stalled.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )

@@ -23,6 +23,9 @@ log = structlog.get_logger("chat.health")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: While a dependency is down it is probed this often (or at the interval, if shorter), so
+#: that health follows its recovery within about this long rather than a whole interval later.
+RECHECK_WHILE_DOWN_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,8 @@ class Dependency:
 
 
 class HealthMonitor:
-    """Probes dependencies on an interval and publishes the results to the health servicer."""
+    """Probes dependencies on an interval (more often while one is down) and publishes the
+    results to the health servicer."""
 
     def __init__(
         self,
@@ -45,12 +49,14 @@ class HealthMonitor:
         service_names: Sequence[str],
         interval_seconds: float,
         probe_timeout_seconds: float = 3.0,
+        recheck_while_down_seconds: float = RECHECK_WHILE_DOWN_SECONDS,
     ) -> None:
         self._servicer = servicer
         self._dependencies = tuple(dependencies)
         self._service_names = ("", *service_names)
         self._interval = interval_seconds
         self._timeout = probe_timeout_seconds
+        self._recheck = min(interval_seconds, recheck_while_down_seconds)
         self._up: dict[str, bool] = {}
 
     async def check_once(self) -> dict[str, bool]:
@@ -73,9 +79,10 @@ class HealthMonitor:
         than being cancelled inside one: a driver call cancelled mid-connect can leak its
         socket."""
         while not stopping.is_set():
-            await self.check_once()
+            up = await self.check_once()
+            wait = self._interval if all(up.values()) else self._recheck
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self._interval)
+                await asyncio.wait_for(stopping.wait(), wait)
 
     async def _probe(self, dependency: Dependency) -> bool:
         try:

@@ -110,6 +110,9 @@ class Settings:
     mongodb_uri: str
     mongodb_database: str
     redis_url: str
+    #: One Redis call's deadline (connect, or wait for the answer): a stalled Redis must not
+    #: hold the calls that need it (see server/clients.py).
+    redis_timeout_seconds: float
     kafka_bootstrap: str
     tenants_file: Path | None
     tenant_secrets_key_file: Path | None
@@ -170,6 +173,7 @@ class Settings:
             mongodb_uri=env.get("CHAT_MONGODB_URI", "mongodb://127.0.0.1:27017"),
             mongodb_database=env.get("CHAT_MONGODB_DATABASE", "chat"),
             redis_url=env.get("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_timeout_seconds=env.parse("CHAT_REDIS_TIMEOUT_MS", "500", _positive_float) / 1000,
             kafka_bootstrap=env.get("CHAT_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             tenants_file=Path(tenants_file) if tenants_file else None,
             tenant_secrets_key_file=Path(secrets_key_file) if secrets_key_file else None,

@@ -8,17 +8,36 @@ from typing import Any, ParamSpec, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from server.domain.errors import StoreError, StoreUnavailableError
+from server.domain.errors import StoreError, StoreUnavailableError, Unavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class RedisUnavailableError(StoreUnavailableError, Unavailable):
+    """Redis did not answer in time (CHAT_REDIS_TIMEOUT_MS) or could not be reached.
+
+    Callers that can do without Redis catch it as StoreUnavailableError (the rate limiter
+    fails open, live pushes are dropped: streams catch up from MongoDB). Where nothing catches
+    it (the session a message needs), the caller gets UNAVAILABLE and may retry with the same
+    request_id: nothing was stored. The message is the caller's; the detail is the log's."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("a store is unavailable; retry shortly", reason="STORE_UNAVAILABLE")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.detail}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
 
 
 def translate_redis_errors(
     method: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """An error Redis answered with becomes StoreError; an unreachable or slow server (a
-    connection error or a timeout) becomes StoreUnavailableError."""
+    connection error or a timeout) becomes RedisUnavailableError."""
 
     @functools.wraps(method)
     async def translated(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -27,6 +46,6 @@ def translate_redis_errors(
         except ResponseError as exc:
             raise StoreError(f"Redis answered with an error: {exc}") from exc
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailableError(f"Redis is unavailable: {exc!r}") from exc
+            raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     return translated

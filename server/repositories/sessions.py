@@ -5,6 +5,9 @@ KEEP_AFTER_EXPIRY_SECONDS so the expiry sweep can still read it to report Sessio
 the session itself (protobuf bytes) and the conversation's pointer to its current session,
 both carrying the tenant in braces (one Redis Cluster slot per tenant); plus one index of
 expiry times across tenants, from which each expiry is claimed exactly once (ZREM is atomic).
+
+Every call is bounded by the client's timeout (CHAT_REDIS_TIMEOUT_MS); a Redis that does not
+answer in time is RedisUnavailableError, which a message's caller sees as UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from redis.asyncio.client import Pipeline
 
 from chat.v1 import common_pb2
 from server.domain.session import is_live
+from server.repositories.redis_errors import translate_redis_errors
 
 KEEP_AFTER_EXPIRY_SECONDS = 3600
 EXPIRY_INDEX = "chat:session-expiry"
@@ -70,11 +74,13 @@ class RedisSessionStore:
         self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
         self._current = client.register_script(_CURRENT)
 
+    @translate_redis_errors
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
         """The session as stored (live, ended or expired), or None once its keys are gone."""
         raw = await self._redis.get(_session_key(tenant_id, session_id))
         return common_pb2.Session.FromString(raw) if isinstance(raw, bytes) and raw else None
 
+    @translate_redis_errors
     async def current(
         self, tenant_id: str, conversation_id: str, *, now: dt.datetime
     ) -> common_pb2.Session | None:
@@ -87,6 +93,7 @@ class RedisSessionStore:
         session = common_pb2.Session.FromString(raw)
         return session if is_live(session, now) else None
 
+    @translate_redis_errors
     async def get_or_create(
         self,
         tenant_id: str,
@@ -127,6 +134,7 @@ class RedisSessionStore:
                     await self._delete_if_equal(keys=[pointer], args=[stale])
         raise RuntimeError("could not create or read the session")  # three lost races in a row
 
+    @translate_redis_errors
     async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:
         """Store the session after activity, extending its expiry (one round trip)."""
         self.touch(session, now=now)
@@ -141,6 +149,7 @@ class RedisSessionStore:
         pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._key_ttl)
         pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
 
+    @translate_redis_errors
     async def end(
         self,
         tenant_id: str,
@@ -163,6 +172,7 @@ class RedisSessionStore:
         )
         return session
 
+    @translate_redis_errors
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]:
         """(tenant, session id) of sessions past their expiry, each claimed by exactly one
         caller across every process."""
@@ -178,6 +188,7 @@ class RedisSessionStore:
                 claimed.append((tenant_id, session_id))
         return claimed
 
+    @translate_redis_errors
     async def reindex(self, tenant_id: str, session: common_pb2.Session) -> None:
         """Put a claimed session back in the index (it was extended after all)."""
         await self._index(tenant_id, session)

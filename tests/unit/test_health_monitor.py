@@ -75,3 +75,34 @@ async def test_recovery_is_reported() -> None:
     state["probe"] = up
     await health.check_once()
     assert await status(servicer, "") == SERVING
+
+
+async def test_a_dependency_down_is_probed_again_soon_so_recovery_shows_within_the_recheck() -> (
+    None
+):
+    servicer = health_aio.HealthServicer()
+    state = {"probe": down}
+
+    async def flaky() -> None:
+        await state["probe"]()
+
+    health = HealthMonitor(
+        servicer=servicer,
+        dependencies=[Dependency("mongodb", flaky, required=True)],
+        service_names=[],
+        # A long interval: only the recheck while down can notice the recovery in time.
+        interval_seconds=60,
+        probe_timeout_seconds=0.2,
+        recheck_while_down_seconds=0.1,
+    )
+    stopping = asyncio.Event()
+    running = asyncio.create_task(health.run(stopping))
+    try:
+        await asyncio.sleep(0.05)
+        assert await status(servicer, "") == NOT_SERVING
+        state["probe"] = up
+        await asyncio.sleep(0.3)
+        assert await status(servicer, "") == SERVING
+    finally:
+        stopping.set()
+        await asyncio.wait_for(running, 1)
