@@ -187,9 +187,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
     if not isinstance(expires, int | float) or not expires <= MAX_EXPIRY:
         # Past year 9999 no time type holds it: streams cut at expiry would overflow.
         raise Unauthenticated("token expiry out of range", reason="TOKEN_MALFORMED")
-    return Principal(
-        subject=subject, tenant_id=tenant_id, scopes=scopes, expires_at=float(expires)
-    )
+    return Principal(subject=subject, tenant_id=tenant_id, scopes=scopes, expires_at=float(expires))
 
 
 def build_verifier(settings: JwtSettings, http: aiohttp.ClientSession) -> TokenVerifier:
