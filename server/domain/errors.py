@@ -130,10 +130,12 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
-    """A dependency is down; the call may be retried."""
+    """A dependency is down; the call may be retried (RetryInfo says after how long)."""
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+    #: What RetryInfo suggests: outages this server notices are short or are retried anyway.
+    retry_after_seconds = 1.0
 
 
 class Unimplemented(DomainError):

@@ -24,6 +24,7 @@ from server.domain.errors import (
     DomainError,
     InvalidArgument,
     ResourceExhausted,
+    Unavailable,
 )
 from server.interceptors.decoding import Undecodable, malformed
 from server.interceptors.request_context import send_headers
@@ -126,6 +127,10 @@ def to_status(
                 ]
             )
         )
+    if isinstance(error, Unavailable):
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_seconds))
+        )
     if isinstance(error, ResourceExhausted):
         if error.quota_violations:
             details.append(
@@ -138,9 +143,9 @@ def to_status(
                     ]
                 )
             )
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(max(0, round(error.retry_after_seconds * 1e9)))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_seconds))
+        )
         trailing = (("retry-after", str(max(1, math.ceil(error.retry_after_seconds)))),)
     packed = []
     for detail in details:
@@ -151,3 +156,9 @@ def to_status(
         status_pb2.Status(code=error.code.value[0], message=error.message, details=packed),
         trailing,
     )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(seconds * 1e9)))
+    return delay

@@ -6,10 +6,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc._cython import cygrpc
 
-from server.domain.errors import NotFound
-from server.interceptors.error_boundary import abort_with
+from server.domain.errors import NotFound, Unavailable
+from server.interceptors.error_boundary import abort_with, to_status
 
 
 class Context:
@@ -42,3 +43,17 @@ async def test_a_domain_error_becomes_its_status() -> None:
     with pytest.raises(grpc.aio.AbortError):
         await abort_with(context, NotFound("conversation not found"))  # type: ignore[arg-type]
     assert context.aborted == [(grpc.StatusCode.NOT_FOUND, "conversation not found")]
+
+
+def test_unavailable_says_when_to_retry() -> None:
+    status, _ = to_status(Unavailable("a store is unavailable; retry shortly"), request_id="r-1")
+    kinds = {detail.TypeName() for detail in status.details}
+    assert "google.rpc.RetryInfo" in kinds
+    [packed] = [d for d in status.details if d.TypeName() == "google.rpc.RetryInfo"]
+    retry = error_details_pb2.RetryInfo()
+    packed.Unpack(retry)
+    assert retry.retry_delay.seconds == 1
+    [info_any] = [d for d in status.details if d.TypeName() == "google.rpc.ErrorInfo"]
+    info = error_details_pb2.ErrorInfo()
+    info_any.Unpack(info)
+    assert info.metadata["request_id"] == "r-1"
