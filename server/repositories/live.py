@@ -58,21 +58,24 @@ class RedisLiveEvents:
         *,
         conversation: common_pb2.Conversation | None = None,
         session: common_pb2.Session | None = None,
-    ) -> None:
+    ) -> bool:
         """Publish in order, in one round trip with the conversation's new state for the
-        cache when it changed, and the session when it was touched (then as one MULTI).
+        cache when it changed, and the session when it was touched (then as one MULTI). False
+        when the session changed since it was read: it is then not written (the rest is).
         Raises StoreError when Redis fails or is unreachable."""
         if not events and conversation is None and session is None:
-            return
+            return True
         channel = live_channel(tenant_id, conversation_id)
+        saved = -1
         async with self._client.pipeline(transaction=session is not None) as pipe:
             if conversation is not None:
                 self._cache.queue_store(pipe, tenant_id, conversation)
             for event in events:
                 pipe.publish(channel, event.SerializeToString())
             if session is not None:
-                self._sessions.queue_save(pipe, tenant_id, session)
-            await pipe.execute()
+                saved = self._sessions.queue_save(pipe, tenant_id, session)
+            results = await pipe.execute()
+        return saved < 0 or results[saved] == 1
 
 
 # Markers, compared by identity, never sent.

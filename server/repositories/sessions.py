@@ -6,19 +6,29 @@ the session itself (protobuf bytes) and the conversation's pointer to its curren
 both carrying the tenant in braces (one Redis Cluster slot per tenant); plus one index of
 expiry times across tenants, from which each expiry is claimed exactly once (ZREM is atomic).
 
+Every change is a compare-and-set on the session's revision, kept beside it in a key of its
+own (a Lua script compares and writes both): a change made to a session that changed
+meanwhile is refused, and ``update`` applies it again to the newer one. So SendMessage's context
+updates, UpdateSessionContext, EndSession and the expiry sweep never overwrite each other, and
+an ended session is never revived by a message that read it before it ended.
+
 Every call is bounded by the client's timeout (CHAT_REDIS_TIMEOUT_MS); a Redis that does not
 answer in time is RedisUnavailableError, which a message's caller sees as UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import random
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from chat.v1 import common_pb2
+from server.domain.errors import Aborted
 from server.domain.session import is_live
 from server.repositories.redis_errors import translate_redis_errors
 
@@ -26,17 +36,40 @@ KEEP_AFTER_EXPIRY_SECONDS = 3600
 EXPIRY_INDEX = "chat:session-expiry"
 _SEPARATOR = "\x1f"
 
-# The session the pointer names, in one round trip. The session key is built here rather than
-# declared in KEYS (it depends on the pointer's value). A single Redis server does not mind;
-# on Redis Cluster it carries the same {tenant} hash tag as the pointer, so both are in one
-# slot and the script runs, though undeclared keys are outside Redis's documented contract
-# there.
+#: Attempts of ``update`` before a session that keeps changing is reported as contended.
+UPDATE_ATTEMPTS = 8
+
+# The session the pointer names, and its revision, in one round trip. Their keys are built
+# here rather than declared in KEYS (they depend on the pointer's value). A single Redis server
+# does not mind; on Redis Cluster they carry the same {tenant} hash tag as the pointer, so all
+# are in one slot and the script runs, though undeclared keys are outside Redis's documented
+# contract there.
 _CURRENT = """
 local id = redis.call('GET', KEYS[1])
 if not id then
   return false
 end
-return redis.call('GET', ARGV[1] .. id)
+return {redis.call('GET', ARGV[1] .. id) or '', redis.call('GET', ARGV[2] .. id) or '0'}
+"""
+
+# KEYS: session, revision, conversation pointer. ARGV: the revision the change was made to,
+# the session (at that revision + 1), the keys' time to live, and "keep" (point the
+# conversation at the session) or "end" (clear the pointer if it names the session).
+# 1 when stored; 0 when the session changed meanwhile.
+_STORE_IF_UNCHANGED = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], current + 1, 'EX', ARGV[3])
+local id = ARGV[5]
+if ARGV[4] == 'keep' then
+  redis.call('SET', KEYS[3], id, 'EX', ARGV[3])
+elseif redis.call('GET', KEYS[3]) == id then
+  redis.call('DEL', KEYS[3])
+end
+return 1
 """
 
 _DELETE_IF_EQUAL = """
@@ -54,6 +87,10 @@ def _text(value: bytes | str) -> str:
 
 def _session_key(tenant_id: str, session_id: str) -> str:
     return f"chat:{{{tenant_id}}}:session:{session_id}"
+
+
+def _revision_key(tenant_id: str, session_id: str) -> str:
+    return f"chat:{{{tenant_id}}}:session-revision:{session_id}"
 
 
 def _pointer_key(tenant_id: str, conversation_id: str) -> str:
@@ -77,21 +114,24 @@ class RedisSessionStore:
     @translate_redis_errors
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
         """The session as stored (live, ended or expired), or None once its keys are gone."""
-        raw = await self._redis.get(_session_key(tenant_id, session_id))
-        return common_pb2.Session.FromString(raw) if isinstance(raw, bytes) and raw else None
+        raw, revision = await self._redis.mget(
+            _session_key(tenant_id, session_id), _revision_key(tenant_id, session_id)
+        )
+        return _decoded(raw, revision)
 
     @translate_redis_errors
     async def current(
         self, tenant_id: str, conversation_id: str, *, now: dt.datetime
     ) -> common_pb2.Session | None:
         """The conversation's live session, if it has one."""
-        raw = await self._current(
-            keys=[_pointer_key(tenant_id, conversation_id)], args=[_session_key(tenant_id, "")]
+        found = await self._current(
+            keys=[_pointer_key(tenant_id, conversation_id)],
+            args=[_session_key(tenant_id, ""), _revision_key(tenant_id, "")],
         )
-        if not isinstance(raw, bytes) or not raw:
+        if not isinstance(found, list) or len(found) != 2:
             return None
-        session = common_pb2.Session.FromString(raw)
-        return session if is_live(session, now) else None
+        session = _decoded(*found)
+        return session if session is not None and is_live(session, now) else None
 
     @translate_redis_errors
     async def get_or_create(
@@ -135,19 +175,68 @@ class RedisSessionStore:
         raise RuntimeError("could not create or read the session")  # three lost races in a row
 
     @translate_redis_errors
-    async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:
-        """Store the session after activity, extending its expiry (one round trip)."""
-        self.touch(session, now=now)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            self.queue_save(pipe, tenant_id, session)
-            await pipe.execute()
+    async def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        change: Callable[[common_pb2.Session], common_pb2.Session | None],
+    ) -> common_pb2.Session | None:
+        """Read the session, ``change`` it and store the result unless the session changed
+        meanwhile; then read and change it again. ``change`` returns None to store nothing (it
+        may raise to refuse). The session as stored at the end; None when there is none.
+        SessionContendedError after UPDATE_ATTEMPTS lost races in a row."""
+        for attempt in range(UPDATE_ATTEMPTS):
+            if attempt:
+                # Lost a race: let the others through before reading again (jittered, so the
+                # losers do not collide again in step).
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - not a secret
+            session = await self.get(tenant_id, session_id)
+            if session is None:
+                return None
+            changed = change(session)
+            if changed is None:
+                return session
+            async with self._redis.pipeline(transaction=True) as pipe:
+                index = self.queue_save(pipe, tenant_id, changed)
+                stored = (await pipe.execute())[index] == 1
+            if stored:
+                changed.revision += 1
+                return changed
+        raise SessionContendedError("the session kept changing; retry")
 
-    def queue_save(self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session) -> None:
-        """Queue the store of a touched session on ``pipe`` (a MULTI pipeline: the session, its
-        conversation's pointer and its expiry go together)."""
-        pipe.set(_session_key(tenant_id, session.id), session.SerializeToString(), ex=self._key_ttl)
-        pipe.set(_pointer_key(tenant_id, session.conversation_id), session.id, ex=self._key_ttl)
-        pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
+    def queue_save(self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session) -> int:
+        """Queue the store of a changed session on ``pipe`` (a MULTI pipeline: the session, its
+        revision, its conversation's pointer and its expiry go together), unless it changed
+        since it was read: then nothing is written. ``session`` itself is left as it is (its
+        revision is the one it was read at). The index of the pipeline's result that is 1 when
+        stored, 0 when refused."""
+        index = self._queue_store(pipe, tenant_id, session, pointer="keep")
+        if session.status == common_pb2.SESSION_STATUS_ACTIVE:
+            pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
+        return index
+
+    def _queue_store(
+        self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session, *, pointer: str
+    ) -> int:
+        index = len(pipe)
+        stored = common_pb2.Session()
+        stored.CopyFrom(session)
+        stored.revision = session.revision + 1
+        # EVAL with the script's text, as the conversation cache does (queue_store there):
+        # no SCRIPT EXISTS round trip before the pipeline.
+        pipe.eval(
+            _STORE_IF_UNCHANGED,
+            3,
+            _session_key(tenant_id, session.id),
+            _revision_key(tenant_id, session.id),
+            _pointer_key(tenant_id, session.conversation_id),
+            session.revision,
+            stored.SerializeToString(),
+            self._key_ttl,
+            pointer,
+            session.id,
+        )
+        return index
 
     @translate_redis_errors
     async def end(
@@ -157,20 +246,21 @@ class RedisSessionStore:
         *,
         now: dt.datetime,
         status: common_pb2.SessionStatus.ValueType = common_pb2.SESSION_STATUS_ENDED,
-    ) -> common_pb2.Session:
-        """Mark the session ended (or expired); it stays readable until its keys run out."""
-        session.status = status
-        session.end_time.FromDatetime(now)
+    ) -> common_pb2.Session | None:
+        """Mark the session ended (or expired), unless it changed since it was read (then
+        None: the caller reads it again); it stays readable until its keys run out."""
+        ended = common_pb2.Session()
+        ended.CopyFrom(session)
+        ended.status = status
+        ended.end_time.FromDatetime(now)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(
-                _session_key(tenant_id, session.id), session.SerializeToString(), ex=self._key_ttl
-            )
-            pipe.zrem(EXPIRY_INDEX, _member(tenant_id, session.id))
-            await pipe.execute()
-        await self._delete_if_equal(
-            keys=[_pointer_key(tenant_id, session.conversation_id)], args=[session.id]
-        )
-        return session
+            index = self._queue_store(pipe, tenant_id, ended, pointer="end")
+            stored = (await pipe.execute())[index] == 1
+        if not stored:
+            return None
+        await self._redis.zrem(EXPIRY_INDEX, _member(tenant_id, session.id))
+        ended.revision += 1
+        return ended
 
     @translate_redis_errors
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]:
@@ -200,6 +290,21 @@ class RedisSessionStore:
 
     async def _index(self, tenant_id: str, session: common_pb2.Session) -> None:
         await self._redis.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
+
+
+class SessionContendedError(Aborted):
+    """The session changed under every attempt to change it."""
+
+    default_reason = "SESSION_CONTENDED"
+
+
+def _decoded(raw: object, revision: object) -> common_pb2.Session | None:
+    """A session as stored, with its revision (0 for one stored before revisions were)."""
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    session = common_pb2.Session.FromString(raw)
+    session.revision = int(revision) if isinstance(revision, bytes | str) and revision else 0
+    return session
 
 
 def _score(session: common_pb2.Session) -> float:

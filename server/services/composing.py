@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 from google.protobuf import json_format
@@ -49,9 +50,10 @@ class ReplyComposer:
         session: common_pb2.Session,
         *,
         now: dt.datetime,
-    ) -> tuple[list[common_pb2.Message], list[ProcessedContent]]:
+    ) -> tuple[list[common_pb2.Message], list[ProcessedContent], dict[str, Any]]:
         """Ask the responder, and build its replies (sequences not yet assigned); the
-        session's context is updated in place and touched."""
+        session's context is updated in place and touched. Also the responder's context
+        updates, for a session that changed meanwhile (CommittedPush applies them again)."""
         context = json_format.MessageToDict(session.context)
         reply = await self._responder.reply(
             tenant_id=tenant_id, conversation=conversation, message=inbound, context=context
@@ -75,7 +77,7 @@ class ReplyComposer:
         session.context.Clear()
         session.context.update(context)
         self._sessions.touch(session, now=now)
-        return outbound, replies
+        return outbound, replies, dict(reply.context_updates)
 
     async def _replies(
         self, tenant_id: str, channel: int, contents: Sequence[common_pb2.Content]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from chat.v1 import chat_service_pb2, common_pb2
-from server.domain.errors import StoreError
+from server.domain.errors import Aborted, StoreError
 from server.services.ports import LiveEvents, SessionStore
 
 log = structlog.get_logger("chat.streams")
@@ -53,11 +54,12 @@ class QuietLiveEvents:
         *,
         conversation: common_pb2.Conversation | None = None,
         session: common_pb2.Session | None = None,
-    ) -> None:
+    ) -> bool:
         """Publish; with ``conversation``, also cache its new state; with ``session``, also
-        store it (touched by the caller)."""
+        store it (touched by the caller) unless it changed since it was read: False then.
+        True too when Redis failed (logged): there is nothing to apply again."""
         try:
-            await self._live.publish(
+            return await self._live.publish(
                 tenant_id, conversation_id, events, conversation=conversation, session=session
             )
         except StoreError as exc:
@@ -68,6 +70,7 @@ class QuietLiveEvents:
                 with_session=session is not None,
                 error=repr(exc),
             )
+            return True
 
 
 class CommittedPush:
@@ -88,13 +91,41 @@ class CommittedPush:
         session: common_pb2.Session,
         *,
         now: dt.datetime,
+        context_updates: Mapping[str, Any] | None = None,
     ) -> None:
-        """Push ``messages`` of ``conversation`` and keep ``session``."""
+        """Push ``messages`` of ``conversation`` and keep ``session``, whose context got
+        ``context_updates`` (the responder's) since it was read."""
         self._sessions.touch(session, now=now)
-        await self._live.publish(
+        kept = await self._live.publish(
             tenant_id,
             conversation.id,
             [message_event(m) for m in messages],
             conversation=conversation,
             session=session,
         )
+        if not kept:
+            await self._apply_again(tenant_id, session.id, context_updates or {}, now=now)
+
+    async def _apply_again(
+        self, tenant_id: str, session_id: str, updates: Mapping[str, Any], *, now: dt.datetime
+    ) -> None:
+        """The session changed meanwhile (its context updated, the session ended or expired,
+        another message): this exchange's updates go onto the session as it is now, and an
+        ended one stays ended."""
+
+        def change(session: common_pb2.Session) -> common_pb2.Session | None:
+            if session.status != common_pb2.SESSION_STATUS_ACTIVE:
+                return None
+            if updates:
+                context = json_format.MessageToDict(session.context)
+                context.update(updates)
+                session.context.Clear()
+                session.context.update(context)
+            self._sessions.touch(session, now=now)
+            return session
+
+        try:
+            await self._sessions.update(tenant_id, session_id, change)
+        except (StoreError, Aborted) as exc:
+            # As when Redis fails: the messages are safe, the session only lags.
+            log.warning("session not kept", session_id=session_id, error=repr(exc))

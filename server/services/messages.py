@@ -69,6 +69,8 @@ class _Exchange:
     messages: list[common_pb2.Message]
     search_texts: list[str]
     now: dt.datetime
+    #: The responder's context updates (applied to the session already).
+    context_updates: dict[str, Any]
 
 
 class MessageService:
@@ -168,51 +170,48 @@ class MessageService:
             reply_to=request.reply_to_message_id,
             metadata=dict(request.metadata),
         )
-        outbound, replies = await self._composer.compose(
+        outbound, replies, context_updates = await self._composer.compose(
             tenant_id, conversation, inbound, session, now=now
         )
         texts = [processed.search_text] + [r.search_text for r in replies]
+        exchange = _Exchange(
+            tenant_id=tenant_id,
+            actor_id=actor_id,
+            request=request,
+            conversation=conversation,
+            session=session,
+            messages=[inbound, *outbound],
+            search_texts=texts,
+            now=now,
+            context_updates=context_updates,
+        )
         try:
-            response = await self._commits.submit(
-                _Exchange(
-                    tenant_id=tenant_id,
-                    actor_id=actor_id,
-                    request=request,
-                    conversation=conversation,
-                    session=session,
-                    messages=[inbound, *outbound],
-                    search_texts=texts,
-                    now=now,
-                )
-            )
+            response = await self._commits.submit(exchange)
         except FailedPrecondition as exc:
             if exc.reason != CONVERSATION_CLOSED or request.conversation_id or retried:
                 raise
             self._opener.closed(tenant_id, conversation)
             raise ConversationClosedError from exc
         self._opener.remember(tenant_id, response.conversation)
-        await self._after_commit(tenant_id, response, now=now)
+        await self._after_commit(exchange, response)
         if started:
             log.info("conversation started", conversation_id=conversation.id)
         return response
 
     async def _after_commit(
-        self,
-        tenant_id: str,
-        response: chat_service_pb2.SendMessageResponse,
-        *,
-        now: dt.datetime,
+        self, exchange: _Exchange, response: chat_service_pb2.SendMessageResponse
     ) -> None:
         """Wake the relay and the delivery queue, push to the streams, keep the session."""
         self._on_events()
         if response.conversation.channel != WEB:
             self._on_delivery()
         await self._push.messages(
-            tenant_id,
+            exchange.tenant_id,
             response.conversation,
             [response.message, *response.replies],
             response.session,
-            now=now,
+            now=exchange.now,
+            context_updates=exchange.context_updates,
         )
 
     async def _finish_orphan(
@@ -220,7 +219,7 @@ class MessageService:
     ) -> None:
         """An exchange committed after its caller gave up: its after-commit work still runs."""
         try:
-            await self._after_commit(exchange.tenant_id, response, now=exchange.now)
+            await self._after_commit(exchange, response)
         except Exception:
             log.exception("after-commit work failed", conversation_id=exchange.conversation.id)
 

@@ -198,9 +198,16 @@ class SessionStore(Protocol):
 
     def touch(self, session: common_pb2.Session, *, now: dt.datetime) -> None: ...
 
-    async def save(
-        self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime
-    ) -> None: ...
+    async def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        change: Callable[[common_pb2.Session], common_pb2.Session | None],
+    ) -> common_pb2.Session | None:
+        """Read, ``change`` (None: store nothing) and store unless the session changed
+        meanwhile, else again; the session as stored, None when there is none. Aborted when it
+        kept changing."""
+        ...
 
     async def end(
         self,
@@ -209,7 +216,10 @@ class SessionStore(Protocol):
         *,
         now: dt.datetime,
         status: common_pb2.SessionStatus.ValueType = ...,
-    ) -> common_pb2.Session: ...
+    ) -> common_pb2.Session | None:
+        """The session ended at ``now``; None when it changed since it was read (its
+        revision), and nothing was written."""
+        ...
 
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]: ...
 
@@ -227,7 +237,10 @@ class LiveEvents(Protocol):
         *,
         conversation: common_pb2.Conversation | None = None,
         session: common_pb2.Session | None = None,
-    ) -> None: ...
+    ) -> bool:
+        """Publish, cache ``conversation``, and store ``session`` unless it changed since it
+        was read: False then (nothing of the session written), True otherwise."""
+        ...
 
 
 class LiveSubscription(Protocol):

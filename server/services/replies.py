@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -63,6 +64,8 @@ class _Reply:
     outbound: list[common_pb2.Message]
     search_texts: list[str]
     now: dt.datetime
+    #: The responder's context updates (applied to the session already).
+    context_updates: dict[str, Any]
 
 
 class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
@@ -157,7 +160,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             await self._messages.replace(tenant_id, inbound)
         now = self._clock()
         session = await self._opener.session_for(tenant_id, RESPONDER_ID, conversation, now=now)
-        outbound, replies = await self._composer.compose(
+        outbound, replies, context_updates = await self._composer.compose(
             tenant_id, conversation, inbound, session, now=now
         )
         reply = _Reply(
@@ -169,6 +172,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             outbound=outbound,
             search_texts=[reply.search_text for reply in replies],
             now=now,
+            context_updates=context_updates,
         )
         try:
             updated = await self._commits.submit(reply)
@@ -245,7 +249,12 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         self._on_events()
         self._on_delivery()
         await self._push.messages(
-            reply.tenant_id, updated, reply.outbound, reply.session, now=reply.now
+            reply.tenant_id,
+            updated,
+            reply.outbound,
+            reply.session,
+            now=reply.now,
+            context_updates=reply.context_updates,
         )
 
     async def _finish_orphan(self, reply: _Reply, updated: common_pb2.Conversation | None) -> None:

@@ -12,7 +12,13 @@ from google.protobuf import json_format, struct_pb2
 
 from chat.v1 import common_pb2, events_pb2
 from server.domain.clock import utc_now
-from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.domain.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from server.domain.session import is_live
 from server.events.envelopes import stable_event_id
 from server.services.event_writer import EventWriter
@@ -21,6 +27,8 @@ from server.services.ports import SessionStore
 log = structlog.get_logger("chat.server")
 
 MAX_CONTEXT_BYTES = 64 * 1024
+#: Attempts to end a session that keeps changing meanwhile.
+UPDATE_ATTEMPTS = 5
 SYSTEM_ACTOR = "system"
 
 
@@ -65,28 +73,39 @@ class SessionService:
                 "a key is both set and removed",
                 field_violations=[FieldViolation("remove_keys", f"also set: {', '.join(both)}")],
             )
-        session = await self.get(tenant_id, session_id)
-        if session.status != common_pb2.SESSION_STATUS_ACTIVE:
-            raise FailedPrecondition("session has ended", reason="SESSION_ENDED")
-        context = json_format.MessageToDict(session.context)
         try:
-            context.update(json_format.MessageToDict(updates))
+            changes = json_format.MessageToDict(updates)
         except ValueError:  # NaN and infinities have no JSON form
             raise InvalidArgument(
                 "context is invalid",
                 field_violations=[FieldViolation("context", "numbers must be finite")],
             ) from None
-        for key in remove_keys:
-            context.pop(key, None)
-        session.context.Clear()
-        session.context.update(context)
-        if session.context.ByteSize() > MAX_CONTEXT_BYTES:
-            raise InvalidArgument(
-                "context too large",
-                field_violations=[FieldViolation("context", f"at most {MAX_CONTEXT_BYTES} bytes")],
-            )
-        await self._sessions.save(tenant_id, session, now=self._clock())
-        return session
+        now = self._clock()
+
+        def change(session: common_pb2.Session) -> common_pb2.Session:
+            # Applied to the session as stored: again, when it changed meanwhile.
+            if session.status != common_pb2.SESSION_STATUS_ACTIVE or not is_live(session, now):
+                raise FailedPrecondition("session has ended", reason="SESSION_ENDED")
+            context = json_format.MessageToDict(session.context)
+            context.update(changes)
+            for key in remove_keys:
+                context.pop(key, None)
+            session.context.Clear()
+            session.context.update(context)
+            if session.context.ByteSize() > MAX_CONTEXT_BYTES:
+                raise InvalidArgument(
+                    "context too large",
+                    field_violations=[
+                        FieldViolation("context", f"at most {MAX_CONTEXT_BYTES} bytes")
+                    ],
+                )
+            self._sessions.touch(session, now=now)
+            return session
+
+        updated = await self._sessions.update(tenant_id, session_id, change)
+        if updated is None:
+            raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+        return updated
 
     async def end(self, tenant_id: str, actor_id: str, session_id: str) -> common_pb2.Session:
         """End it (SessionEnded, once); an ended session comes back as it is."""
@@ -124,14 +143,14 @@ class SessionService:
             if is_live(session, now):
                 await self._sessions.reindex(tenant_id, session)  # extended after all
                 continue
-            await self._end(
+            ended = await self._end(
                 tenant_id,
                 SYSTEM_ACTOR,
                 session,
                 end_time=session.expire_time.ToDatetime(tzinfo=dt.UTC),
                 status=common_pb2.SESSION_STATUS_EXPIRED,
             )
-            expired += 1
+            expired += ended.status == common_pb2.SESSION_STATUS_EXPIRED
         return expired
 
     async def _end(
@@ -143,8 +162,23 @@ class SessionService:
         end_time: dt.datetime | None = None,
         status: common_pb2.SessionStatus.ValueType = common_pb2.SESSION_STATUS_ENDED,
     ) -> common_pb2.Session:
+        """End the session unless it changed meanwhile in a way that keeps it from ending:
+        ended by another caller (who reported it), or, for an expiry, extended by activity.
+        The session as it stands after."""
         now = end_time or self._clock()
-        ended = await self._sessions.end(tenant_id, session, now=now, status=status)
+        for _ in range(UPDATE_ATTEMPTS):
+            ended = await self._sessions.end(tenant_id, session, now=now, status=status)
+            if ended is not None:
+                break
+            fresh = await self._sessions.get(tenant_id, session.id)
+            if fresh is None or fresh.status != common_pb2.SESSION_STATUS_ACTIVE:
+                return fresh or session
+            if status == common_pb2.SESSION_STATUS_EXPIRED and is_live(fresh, self._clock()):
+                await self._sessions.reindex(tenant_id, fresh)  # extended after all
+                return fresh
+            session = fresh
+        else:
+            raise Aborted("the session kept changing; retry", reason="SESSION_CONTENDED")
         await self._events.write(
             tenant_id=tenant_id,
             actor_id=actor_id,

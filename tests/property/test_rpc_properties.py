@@ -41,9 +41,9 @@ from devstack.tokens import mint_dev_token
 from server.api.served import SERVED_SERVICES
 from server.auth.scopes import CHAT_ADMIN, CHAT_INGEST, CHAT_READ, CHAT_WRITE
 from server.repositories.mongo import MESSAGES
-from tests.property.strategies import Known, message_of, mutated
 from tests.support.chat_client import JWT_SETTINGS, SECRET
 from tests.support.servers import RunningServer, tenants_file
+from tests.support.strategies import Known, message_of, mutated
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 TENANT = "fuzz"

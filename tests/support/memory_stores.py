@@ -7,12 +7,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.domain.errors import AlreadyExists, StoreError
+from server.domain.errors import Aborted, AlreadyExists, StoreError
 from server.domain.idempotency import RecordedResponse
 from server.domain.receipts import EarlyReceipt, receipt_ref
 from server.domain.session import is_live
@@ -122,11 +122,37 @@ class MemorySessions:
         session.last_activity_time.FromDatetime(now)
         session.expire_time.FromDatetime(now + self._ttl)
 
-    async def save(self, tenant_id: str, session: common_pb2.Session, *, now: dt.datetime) -> None:
-        self.touch(session, now=now)
+    def store_if_unchanged(self, tenant_id: str, session: common_pb2.Session) -> bool:
+        """Store ``session`` unless the stored one's revision moved since it was read (the
+        compare-and-set the Redis store does in a script), one revision on."""
+        stored = self.sessions.get((tenant_id, session.id))
+        if (stored.revision if stored is not None else 0) != session.revision:
+            return False
         self.saved += 1
-        self.sessions[tenant_id, session.id] = copy.deepcopy(session)
-        self._current[tenant_id, session.conversation_id] = session.id
+        kept = copy.deepcopy(session)
+        kept.revision += 1
+        self.sessions[tenant_id, session.id] = kept
+        if session.status == common_pb2.SESSION_STATUS_ACTIVE:
+            self._current[tenant_id, session.conversation_id] = session.id
+        return True
+
+    async def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        change: Callable[[common_pb2.Session], common_pb2.Session | None],
+    ) -> common_pb2.Session | None:
+        for _ in range(5):
+            session = await self.get(tenant_id, session_id)
+            if session is None:
+                return None
+            changed = change(session)
+            if changed is None:
+                return session
+            if self.store_if_unchanged(tenant_id, changed):
+                changed.revision += 1
+                return changed
+        raise Aborted("the session kept changing; retry", reason="SESSION_CONTENDED")
 
     async def end(
         self,
@@ -135,13 +161,16 @@ class MemorySessions:
         *,
         now: dt.datetime,
         status: common_pb2.SessionStatus.ValueType = common_pb2.SESSION_STATUS_ENDED,
-    ) -> common_pb2.Session:
-        session.status = status
-        session.end_time.FromDatetime(now)
-        self.sessions[tenant_id, session.id] = copy.deepcopy(session)
+    ) -> common_pb2.Session | None:
+        ended = copy.deepcopy(session)
+        ended.status = status
+        ended.end_time.FromDatetime(now)
+        if not self.store_if_unchanged(tenant_id, ended):
+            return None
+        ended.revision += 1
         if self._current.get((tenant_id, session.conversation_id)) == session.id:
             del self._current[tenant_id, session.conversation_id]
-        return session
+        return ended
 
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]:
         return [
@@ -183,7 +212,7 @@ class RecordingLiveEvents:
         *,
         conversation: common_pb2.Conversation | None = None,
         session: common_pb2.Session | None = None,
-    ) -> None:
+    ) -> bool:
         if self.failing:
             raise StoreError("redis is down")
         self.published.append(
@@ -196,7 +225,8 @@ class RecordingLiveEvents:
             )
         )
         if session is not None and self._sessions is not None:
-            self._sessions.sessions[tenant_id, session.id] = copy.deepcopy(session)
+            return self._sessions.store_if_unchanged(tenant_id, session)
+        return True
 
     def events(self, kind: str) -> list[chat_service_pb2.StreamConversationEventsResponse]:
         """Every published event of one kind (message, typing, delivery_status...)."""

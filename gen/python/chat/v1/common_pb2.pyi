@@ -1167,6 +1167,7 @@ class Session(_message.Message):
     LAST_ACTIVITY_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id."""
     conversation_id: _builtins.str
@@ -1177,6 +1178,11 @@ class Session(_message.Message):
     """The channel."""
     status: Global___SessionStatus.ValueType
     """Life-cycle state."""
+    revision: _builtins.int
+    """Increases by one with every stored change. A change made to an older revision is applied
+    again to the newer one (the server's own) or retried, so concurrent changes never silently
+    overwrite each other.
+    """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """The responder's context: any JSON object."""
@@ -1210,10 +1216,11 @@ class Session(_message.Message):
         last_activity_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "last_activity_time", b"last_activity_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "context", b"context", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "id", b"id", "last_activity_time", b"last_activity_time", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "context", b"context", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "id", b"id", "last_activity_time", b"last_activity_time", "revision", b"revision", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

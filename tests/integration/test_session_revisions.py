@@ -1,0 +1,105 @@
+"""Session writes are compare-and-set on the session's revision, against a real Redis: a change
+made to a session that changed meanwhile is refused and applied again, never written over it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis_asyncio
+
+from chat.v1 import chat_service_pb2 as chat
+from chat.v1 import common_pb2 as c
+from devstack.stack import Endpoints
+from server.repositories.conversation_cache import RedisConversationCache
+from server.repositories.live import RedisLiveEvents
+from server.repositories.sessions import RedisSessionStore
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def client(stack: Endpoints) -> AsyncIterator[redis_asyncio.Redis]:
+    connection = redis_asyncio.Redis.from_url(stack.redis_url)
+    yield connection
+    await connection.aclose()
+
+
+def _conversation() -> c.Conversation:
+    return c.Conversation(id=uuid.uuid4().hex, user_id="u-1", channel=c.CHANNEL_TYPE_WEB)
+
+
+async def test_concurrent_updates_are_all_kept(client: redis_asyncio.Redis) -> None:
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    session, _ = await sessions.get_or_create(tenant, _conversation(), now=now)
+
+    def setting(key: str):  # type: ignore[no-untyped-def]
+        def change(current: c.Session) -> c.Session:
+            current.context.update({key: True})
+            return current
+
+        return change
+
+    await asyncio.gather(*(sessions.update(tenant, session.id, setting(f"k{n}")) for n in range(5)))
+
+    stored = await sessions.get(tenant, session.id)
+    assert stored is not None
+    assert sorted(stored.context.keys()) == sorted(f"k{n}" for n in range(5))
+    assert stored.revision == 5
+
+
+async def test_a_stale_save_is_refused_and_keeps_the_newer_session(
+    client: redis_asyncio.Redis,
+) -> None:
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    live = RedisLiveEvents(
+        client=client, cache=RedisConversationCache(client=client), sessions=sessions
+    )
+    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    conversation = _conversation()
+    stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
+
+    def set_step(current: c.Session) -> c.Session:
+        current.context.update({"step": "newer"})
+        return current
+
+    await sessions.update(tenant, stale.id, set_step)
+    stale.context.update({"step": "stale"})
+    typing = [chat.StreamConversationEventsResponse(typing=chat.TypingIndicator(typing=True))]
+
+    kept = await live.publish(tenant, conversation.id, typing, session=stale)
+
+    assert kept is False
+    stored = await sessions.get(tenant, stale.id)
+    assert stored is not None
+    assert stored.context["step"] == "newer"
+    assert stored.revision == 1
+
+
+async def test_an_ended_session_is_not_revived_by_a_stale_save(
+    client: redis_asyncio.Redis,
+) -> None:
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    live = RedisLiveEvents(
+        client=client, cache=RedisConversationCache(client=client), sessions=sessions
+    )
+    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    conversation = _conversation()
+    stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
+    ended = await sessions.end(tenant, stale, now=now)
+    assert ended is not None
+    assert ended.revision == 1
+
+    kept = await live.publish(tenant, conversation.id, [], session=stale)
+
+    assert kept is False
+    stored = await sessions.get(tenant, stale.id)
+    assert stored is not None
+    assert stored.status == c.SESSION_STATUS_ENDED
+    assert await sessions.current(tenant, conversation.id, now=now) is None
+    # Ending it again from the stale copy is refused too: the caller reads it again.
+    assert await sessions.end(tenant, stale, now=now) is None
