@@ -23,7 +23,7 @@ def parse(activity: Any) -> Parsed:
     if not isinstance(activity, dict) or not isinstance(activity.get("type"), str):
         raise MalformedPayloadError("not a Bot Framework activity")
     parsed = Parsed()
-    kind = activity["type"]
+    kind = text(activity["type"])
     sender = as_dict(activity.get("from"))
     user = text(sender.get("id"))
     if kind not in ("message", "invoke", "typing", "event") or not user:
