@@ -21,6 +21,7 @@ from tests.support.bot_framework import TEAMS_APP
 from tests.support.chat_client import JWT_SETTINGS, SECRET
 from tests.support.servers import RunningServer, tenants_file
 from webhook_bridge.app import create_app
+from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
 from webhook_bridge.tokens import ServiceTokens, SigningKey
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "platforms"
@@ -105,7 +106,12 @@ class Bridge:
 
 
 async def start_bridge(
-    target: str, tmp_path: Path, metadata_url: str, max_body: int = 64 * 1024
+    target: str,
+    tmp_path: Path,
+    metadata_url: str,
+    max_body: int = 64 * 1024,
+    *,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> tuple[web.AppRunner, str]:
     tokens = ServiceTokens(
         key=SigningKey(algorithm="HS256", key=SECRET),
@@ -119,6 +125,7 @@ async def start_bridge(
         tokens=tokens,
         teams_metadata_url=metadata_url,
         max_body_bytes=max_body,
+        body_timeout=body_timeout,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
