@@ -22,6 +22,7 @@ from tests.support.chat_client import JWT_SETTINGS, SECRET
 from tests.support.servers import RunningServer, tenants_file
 from webhook_bridge.app import create_app
 from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
+from webhook_bridge.http_server import HEADER_TIMEOUT_SECONDS, BridgeRunner
 from webhook_bridge.tokens import ServiceTokens, SigningKey
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "platforms"
@@ -111,8 +112,10 @@ async def start_bridge(
     metadata_url: str,
     max_body: int = 64 * 1024,
     *,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> tuple[web.AppRunner, str]:
+    """The bridge as chat-bridge runs it (its app, on its runner), on a free port."""
     tokens = ServiceTokens(
         key=SigningKey(algorithm="HS256", key=SECRET),
         issuer=JWT_SETTINGS["CHAT_JWT_ISSUER"],
@@ -127,7 +130,7 @@ async def start_bridge(
         max_body_bytes=max_body,
         body_timeout=body_timeout,
     )
-    runner = web.AppRunner(app, access_log=None)
+    runner = BridgeRunner(app, header_timeout=header_timeout, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
