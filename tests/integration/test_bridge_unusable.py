@@ -404,3 +404,20 @@ async def test_signed_bodies_of_the_wrong_kind_are_acknowledged_and_counted(
     assert 'chat_bridge_rejected_total{platform="whatsapp",reason="malformed-json"} 3.0' in page
     assert 'chat_bridge_rejected_total{platform="slack",reason="malformed-form"} 2.0' in page
     assert 'chat_bridge_webhooks_total{platform="teams",status="200"} 2.0' in page
+
+
+async def test_a_message_of_thousands_of_parts_is_rejected_whole(
+    bridge: Bridge, mongo: Mongo, teams_keys: TeamsKeys, quiet: Logs
+) -> None:
+    """Three thousand files of ``{}`` (9 KB) were three thousand events for the server: past
+    the forwarder's 2 s when the server was busy, a 503, retried by Slack to the same end."""
+    event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
+    event["event"]["ts"] = f"{time.time():.6f}"
+    event["event"]["files"] = [{}] * 3000
+    status, answer = await send_raw_json(bridge, "slack", escaped(event), teams_keys)
+    assert status == 200, answer
+    assert json.loads(answer) == {"received": 0, "ignored": 0, "rejected": 1}
+    assert await stored(mongo, event["event"]["ts"]) == []
+    assert 'chat_bridge_rejected_total{platform="slack",reason="message:too-many-parts"} 1.0' in (
+        await metrics(bridge)
+    )

@@ -11,6 +11,8 @@ import pytest
 from chat.v1 import common_pb2 as c
 from chat.v1 import ingest_service_pb2
 from webhook_bridge.adapters import (
+    MAX_NAME_CHARS,
+    MAX_PARTS,
     MalformedPayloadError,
     Parsed,
     entry,
@@ -314,3 +316,36 @@ def test_odd_values_in_every_adapter() -> None:
     [event] = whatsapp.parse(failed).events
     assert event.status.error.code == "\ufffd"
     assert not event.HasField("event_time")
+
+
+def test_a_message_of_more_parts_than_any_platform_sends_is_rejected_whole() -> None:
+    """Each part becomes an event carrying the message's ids: 3 bytes of ``{}`` each would
+    multiply a small body into thousands of events."""
+    event = sample("slack", "event_message_file_share_image.json")
+    event["type"] = "event_callback"
+    event["event_id"] = "Ev1"
+    event["event"].setdefault("user", "U1")
+    event["event"]["files"] = [{"id": f"F{i}"} for i in range(MAX_PARTS - 1)]
+    assert len(slack.parse_event(event).events) == MAX_PARTS  # the text is one
+    event["event"]["files"].append({"id": "F-last"})
+    parsed = slack.parse_event(event)
+    assert (parsed.events, parsed.rejected) == ([], ["message:too-many-parts"])
+    click = sample("slack", "interactivity_block_actions_button.json")
+    click["actions"] = click["actions"] * (MAX_PARTS + 1)
+    assert slack.parse_interaction(click).rejected == ["interaction:too-many-parts"]
+    item = sample("messenger", "event_message_attachment_entry.json")["messaging"][0]
+    item["message"]["attachments"] = item["message"]["attachments"] * (MAX_PARTS + 1)
+    good = sample("messenger", "event_message_reply_to.json")
+    parsed = messenger.parse(page(item, good))
+    assert (len(parsed.events), parsed.rejected) == (1, ["message:too-many-parts"])
+    activity = sample("teams", "activity_message_text_personal.json")
+    image = {"contentType": "image/png", "contentUrl": "https://example.com/a.png"}
+    activity["attachments"] = [image] * (MAX_PARTS + 1)
+    assert teams.parse(activity).rejected == ["message:too-many-parts"]
+
+
+def test_display_names_shared_by_a_batch_are_bounded() -> None:
+    payload = sample("whatsapp", "webhook_text_message.json")
+    payload["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = "n" * 10000
+    [event] = whatsapp.parse(payload).events
+    assert event.user_display_name == "n" * MAX_NAME_CHARS

@@ -24,6 +24,14 @@ from chat.v1 import ingest_service_pb2
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+#: Parts (text, files, attachments) of one platform message, each forwarded as an event that
+#: carries the message's ids and sender: Slack allows 10 files a message. A message of more
+#: parts is no platform's, and would multiply a small body into thousands of events.
+MAX_PARTS = 20
+#: A display name shared by every event of its sender in a batch (WhatsApp's contacts).
+MAX_NAME_CHARS = 256
+
+
 @dataclass(slots=True)
 class Parsed:
     """What a webhook body held."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
 from webhook_bridge.adapters import (
+    MAX_PARTS,
     MalformedPayloadError,
     Parsed,
     as_dict,
@@ -94,6 +95,9 @@ def _message(parsed: Parsed, message: dict[str, Any], base: dict[str, Any], mill
     attachments = as_list(message.get("attachments"))
     if not attachments:
         parsed.ignored.append("message:empty")
+    if len(attachments) > MAX_PARTS:
+        parsed.rejected.append("message:too-many-parts")
+        return
     for index, attachment in enumerate(attachments):
         # One event per attachment; the first keeps the message id.
         event_id = mid if index == 0 else f"{mid}:{index}"

@@ -6,6 +6,7 @@ from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
 from webhook_bridge.adapters import (
+    MAX_PARTS,
     MalformedPayloadError,
     Parsed,
     as_dict,
@@ -64,6 +65,9 @@ def parse_event(payload: Any) -> Parsed:
                 )
             )
         )
+    if len(contents) > MAX_PARTS:
+        parsed.rejected.append("message:too-many-parts")
+        return parsed
     for index, content in enumerate(contents):
         # A message with text and files becomes one event each; the first keeps the id.
         item_id = event_id if index == 0 else f"{event_id}:{index}"
@@ -96,7 +100,11 @@ def parse_interaction(payload: Any) -> Parsed:
     channel = text(as_dict(payload.get("channel")).get("id")) or text(container.get("channel_id"))
     if not user or not channel:
         raise MalformedPayloadError("block_actions without a user or channel")
-    for action in as_list(payload.get("actions")):
+    actions = as_list(payload.get("actions"))
+    if len(actions) > MAX_PARTS:  # Slack sends the one action clicked
+        parsed.rejected.append("interaction:too-many-parts")
+        return parsed
+    for action in actions:
         with entry(parsed, "action") as own:
             _action(own, payload, action, user=user, channel=channel, container=container)
     return parsed

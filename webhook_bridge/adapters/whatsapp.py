@@ -7,6 +7,7 @@ from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
 from webhook_bridge.adapters import (
+    MAX_NAME_CHARS,
     MalformedPayloadError,
     Parsed,
     as_dict,
@@ -45,7 +46,9 @@ def parse(payload: Any) -> Parsed:
                 continue
             account = text(as_dict(value.get("metadata")).get("phone_number_id"))
             names = {
-                text(contact.get("wa_id")): text(as_dict(contact.get("profile")).get("name"))
+                text(contact.get("wa_id")): text(
+                    as_dict(contact.get("profile")).get("name"), MAX_NAME_CHARS
+                )
                 for contact in as_list(value.get("contacts"))
             }
             for message in as_list(value.get("messages")):
