@@ -342,6 +342,14 @@ def _parsed(parse: Callable[[Any], Parsed], payload: Any) -> Parsed:
         raise UnusableBodyError("unusable", type(exc).__name__) from None
 
 
+def outcome_name(outcome: ingest_service_pb2.IngestOutcome.ValueType) -> str:
+    """The metrics label of a server's outcome; a value this bridge does not know yet (a
+    newer server's) is counted as such, not a 500 after the events were stored."""
+    if outcome not in _OUTCOMES.values():
+        return "unknown"
+    return _OUTCOMES.Name(outcome).removeprefix("INGEST_OUTCOME_").lower()
+
+
 def rejected(state: BridgeState, platform: str, reasons: list[str], *, detail: str = "") -> None:
     """Count and log (once, as a warning without a traceback) what could not be used."""
     for reason in reasons:
@@ -365,7 +373,7 @@ async def _forward(
         except ServerUnavailableError:
             raise refuse(503, "the chat server is unavailable; retry later") from None
         for result in results:
-            outcome = _OUTCOMES.Name(result.outcome).removeprefix("INGEST_OUTCOME_").lower()
+            outcome = outcome_name(result.outcome)
             state.metrics.events.labels(platform, outcome).inc()
             if result.outcome == ingest_service_pb2.INGEST_OUTCOME_REJECTED:
                 log.warning(
