@@ -3,7 +3,8 @@
 - A request that is not HTTP (a malformed request line, header or chunk) gets a 400 with a
   short fixed reason: aiohttp's own answer echoes the offending bytes back. Such requests, and
   clients gone mid-request, are logged as one info line without a traceback, at most
-  FAULT_LINES_PER_MINUTE a minute (aiohttp logs each at error level, with a traceback).
+  FAULT_LINES_PER_MINUTE a minute (aiohttp logs each at error level, with a traceback, and
+  once more in the access log).
 - The request head must arrive within the header timeout of the connection opening (or of
   the previous answer, on a kept-alive connection): aiohttp's keep-alive timer, which bytes
   arriving do not restart, closes a connection whose head is still incomplete. The body has
@@ -23,6 +24,8 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import access_logger
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_protocol import ERROR
 
 log = structlog.get_logger("chat.bridge.http")
 
@@ -59,6 +62,19 @@ class ClientFaults:
         error = type(exc).__name__ if exc is not None else ""
         log.info(what, remote=remote, error=error, left_out=self._left_out)
         self._left_out = 0
+
+
+class BridgeAccessLogger(AccessLogger):
+    """aiohttp's access log, without the requests that did not parse (ClientFaults logs them,
+    boundedly; aiohttp would log each as "UNKNOWN / HTTP/1.0" 400)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """One request's line, unless aiohttp answered it for a request that did not parse."""
+        # aiohttp's stand-in request for one that did not parse (a client sending this very
+        # request line, which no platform does, loses its access line too).
+        if (request.method, request.version) == (ERROR.method, ERROR.version):
+            return
+        super().log(request, response, time)
 
 
 class BridgeRequestHandler(web.RequestHandler):
@@ -125,6 +141,7 @@ class BridgeRunner(web.AppRunner):
             handle_signals=handle_signals,
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
+            access_log_class=BridgeAccessLogger,
             keepalive_timeout=header_timeout,
             lingering_time=LINGER_SECONDS,
         )

@@ -35,6 +35,7 @@ async def bridge(tmp_path: Path, teams_keys: TeamsKeys) -> AsyncIterator[tuple[s
         teams_keys.metadata_url,
         header_timeout=HEADER_TIMEOUT,
         body_timeout=BODY_TIMEOUT,
+        access_log=logging.getLogger("aiohttp.access"),
     )
     yield "127.0.0.1", int(url.rsplit(":", 1)[1])
     await runner.cleanup()
@@ -140,11 +141,19 @@ async def test_clients_gone_mid_body_are_quiet(bridge: tuple[str, int], quiet: L
     await asyncio.sleep(0.5)  # the bridge notices
 
 
-async def test_quiet_lines_are_bounded(bridge: tuple[str, int], quiet: Logs) -> None:
+async def test_quiet_lines_are_bounded(
+    bridge: tuple[str, int], quiet: Logs, caplog: pytest.LogCaptureFixture
+) -> None:
     for _ in range(3 * FAULT_LINES_PER_MINUTE):
         await exchange(bridge, MALFORMED[0])
     lines = [e for e in quiet if e["event"] == "malformed HTTP request"]
     assert len(lines) == FAULT_LINES_PER_MINUTE
+    # Nor one access line each (aiohttp's "UNKNOWN / HTTP/1.0" 400); requests that parse keep
+    # theirs.
+    await exchange(bridge, b"GET /healthz HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n")
+    access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(access) == 1, access
+    assert "GET /healthz" in access[0]
 
 
 async def test_trickling_clients_are_cut_off(bridge: tuple[str, int], quiet: Logs) -> None:

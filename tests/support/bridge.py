@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ async def start_bridge(
     *,
     header_timeout: float = HEADER_TIMEOUT_SECONDS,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
+    access_log: logging.Logger | None = None,
 ) -> tuple[web.AppRunner, str]:
     """The bridge as chat-bridge runs it (its app, on its runner), on a free port."""
     tokens = ServiceTokens(
@@ -130,7 +132,7 @@ async def start_bridge(
         max_body_bytes=max_body,
         body_timeout=body_timeout,
     )
-    runner = BridgeRunner(app, header_timeout=header_timeout, access_log=None)
+    runner = BridgeRunner(app, header_timeout=header_timeout, access_log=access_log)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
