@@ -89,6 +89,7 @@ MALFORMED = [
     HEAD + b"Content-Length: 12<script>\r\n\r\n",
     HEAD + b"X-Token: s3cr3t\x01<script>\r\nContent-Length: 0\r\n\r\n",
     HEAD + b"X-Long: " + b"<script>" * 2000 + b"\r\n\r\n",
+    HEAD + b"X-Many: <script>\r\n" * 200 + b"\r\n",
     CHUNKED + b"<script>\r\nabc\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03<script>",  # TLS to the HTTP port
 ]

@@ -182,6 +182,15 @@ async def test_lone_surrogates_on_meta_become_replacement_characters_and_are_kep
     assert message.content.text.text == expected
     [message] = await stored(mongo, second_id)
     assert message.content.text.text == "fine"
+    # A surrogate as raw UTF-8 bytes (ED A0 80): Python's JSON parser decodes bytes with
+    # surrogatepass, so it is a lone surrogate too.
+    raw, [third] = unique(original, wamid)
+    raw["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "caf@"
+    body = json.dumps(raw).encode().replace(b"caf@", b"caf\xed\xa0\x80")
+    status, _ = await send_raw_json(bridge, "whatsapp", body, teams_keys)
+    assert status == 200
+    [message] = await stored(mongo, third)
+    assert message.content.text.text == "caf\ufffd"
     # Messenger: in the text and in an id.
     item, [mid] = unique(
         sample("messenger", "event_message_reply_to.json"), "m_1457764197618:41d102a3e1ae206a38"
