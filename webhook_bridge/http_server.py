@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -43,7 +44,7 @@ class ClientFaults:
     """Logs clients' faults quietly: one info line each, at most FAULT_LINES_PER_MINUTE a
     minute (the next line says how many were left out)."""
 
-    def __init__(self, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._window_start = float("-inf")
         self._lines = 0
@@ -95,7 +96,9 @@ class BridgeRequestHandler(web.RequestHandler):
         client's fault stays aiohttp's, with its traceback logged)."""
         if status == HTTPStatus.INTERNAL_SERVER_ERROR and not isinstance(exc, CLIENT_FAULTS):
             return super().handle_error(request, status, exc, message)
-        self._faults.report("malformed HTTP request", exc, request.remote)
+        gone = isinstance(exc, ConnectionError)
+        what = "client disconnected mid-request" if gone else "malformed HTTP request"
+        self._faults.report(what, exc, request.remote)
         if request.writer.output_size > 0:
             raise ConnectionError("an answer was already under way")
         reason = "malformed HTTP request" if status == 400 else HTTPStatus(status).phrase
