@@ -5,18 +5,19 @@ aiohttp rather than Starlette+uvicorn: one dependency gives both the server and 
 client the adapters need (Teams keys), it reads the raw body bytes that signature checks
 require without an ASGI layer in between, and its server is among the fastest pure-asyncio ones.
 
-Order of every webhook: tenant (404), size (413), signature (401 without one, 403 with a
-wrong one), then content type and JSON (400), then parsing; nothing is forwarded or stored
-before the signature holds. The platform gets 200 only once the server stored the events;
-503 when it could not, so the platform retries (the server deduplicates the retry).
+Order of every webhook: tenant (404), size (413), the body within its time (408), signature
+(401 without one, 403 with a wrong one), then content type, JSON and parsing; nothing is
+forwarded or stored before the signature holds. A signed body the bridge cannot use (not
+JSON, nested too deep, not the platform's shape) is acknowledged with 200, counted and logged
+as rejected: the platform would retry anything else for hours, to the same end. A bad entry of
+a batch is dropped alone. The platform gets 200 only once the server stored the events; 503
+when it could not, so the platform retries (the server deduplicates the retry).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +26,29 @@ import aiohttp
 import grpc
 import structlog
 from aiohttp import web
-from aiohttp.web import RequestPayloadError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from chat.v1 import ingest_service_pb2
 from server.domain.errors import Unavailable
 from server.domain.tenant import Tenant, TenantCatalog
-from webhook_bridge.adapters import MalformedPayloadError, Parsed, messenger, slack, teams, whatsapp
+from webhook_bridge.adapters import (
+    MalformedPayloadError,
+    Parsed,
+    messenger,
+    slack,
+    teams,
+    text,
+    whatsapp,
+)
+from webhook_bridge.bodies import (
+    BODY_TIMEOUT_SECONDS,
+    UnusableBodyError,
+    form_payload,
+    json_body,
+    read_body,
+    refuse,
+)
 from webhook_bridge.forwarder import CHANNEL_OPTIONS, Forwarder, ServerUnavailableError
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
 from webhook_bridge.teams_auth import BotFrameworkVerifier, TeamsAuthError
@@ -52,6 +68,7 @@ class BridgeState:
     forwarder: Forwarder
     teams: BotFrameworkVerifier
     metrics: BridgeMetrics
+    body_timeout: float = BODY_TIMEOUT_SECONDS
     clock: Callable[[], float] = time.time
 
 
@@ -59,7 +76,7 @@ STATE = web.AppKey("bridge_state", BridgeState)
 
 
 class BridgeMetrics:
-    """Webhooks by platform and answer, events by outcome, ignored entries by kind."""
+    """Webhooks by platform and answer, events by outcome, ignored and rejected entries."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -81,6 +98,12 @@ class BridgeMetrics:
             ["platform", "kind"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "chat_bridge_rejected",
+            "Signed bodies, or entries of a batch, acknowledged but unusable, by reason.",
+            ["platform", "reason"],
+            registry=self.registry,
+        )
 
 
 def create_app(
@@ -90,6 +113,7 @@ def create_app(
     tokens: ServiceTokens,
     teams_metadata_url: str,
     max_body_bytes: int = 1024 * 1024,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
     metrics: BridgeMetrics | None = None,
 ) -> web.Application:
     """Build the application; the gRPC channel and HTTP client open on start-up."""
@@ -105,6 +129,7 @@ def create_app(
             forwarder=Forwarder(channel=channel, tokens=tokens),
             teams=BotFrameworkVerifier(metadata_url=teams_metadata_url, http=http),
             metrics=metrics,
+            body_timeout=body_timeout,
         )
         yield
         await http.close()
@@ -129,11 +154,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def counted(platform: str, handler: Handler) -> Handler:
-    """Count every answer (including refusals) by platform and status."""
+    """Count every answer (including refusals) by platform and status; acknowledge a signed
+    body the bridge cannot use."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
         try:
             response = await handler(request)
+        except UnusableBodyError as exc:
+            rejected(request.app[STATE], platform, [exc.reason], detail=exc.detail)
+            response = web.json_response({"received": 0, "ignored": 0, "rejected": 1})
         except web.HTTPException as exc:
             request.app[STATE].metrics.webhooks.labels(platform, str(exc.status)).inc()
             raise
@@ -141,24 +170,6 @@ def counted(platform: str, handler: Handler) -> Handler:
         return response
 
     return wrapper
-
-
-def refuse(status: int, reason: str) -> web.HTTPException:
-    """A refusal with its reason in a small JSON body (never a stack trace)."""
-    classes: dict[int, type[web.HTTPException]] = {
-        400: web.HTTPBadRequest,
-        401: web.HTTPUnauthorized,
-        403: web.HTTPForbidden,
-        404: web.HTTPNotFound,
-        413: web.HTTPRequestEntityTooLarge,
-        503: web.HTTPServiceUnavailable,
-    }
-    body = json.dumps({"error": reason})
-    if status == 413:
-        return web.HTTPRequestEntityTooLarge(
-            max_size=0, actual_size=0, text=body, content_type="application/json"
-        )
-    return classes[status](text=body, content_type="application/json")
 
 
 def _tenant(request: web.Request) -> Tenant:
@@ -173,30 +184,7 @@ def _tenant(request: web.Request) -> Tenant:
 
 
 async def _body(request: web.Request) -> bytes:
-    limit = request.app._client_max_size
-    if request.content_length is not None and request.content_length > limit:
-        raise refuse(413, f"body over {limit} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise refuse(413, f"body over {limit} bytes") from None
-    except RequestPayloadError:
-        # aiohttp decompresses a gzip or deflate body as it reads it; one that is not what its
-        # Content-Encoding says (or that ends early) cannot be read at all.
-        encoding = request.headers.get("Content-Encoding")
-        reason = f"the body is not valid {encoding} (Content-Encoding)" if encoding else ""
-        refusal = refuse(400, reason or "the body could not be read")
-        refusal.force_close()  # the rest of the body cannot be read: this connection is done
-        raise refusal from None
-
-
-def _json(request: web.Request, raw: bytes) -> Any:
-    if request.content_type != "application/json":
-        raise refuse(400, "expected application/json")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise refuse(400, "malformed JSON") from None
+    return await read_body(request, seconds=request.app[STATE].body_timeout)
 
 
 def meta_handshake(platform: str) -> Handler:
@@ -267,7 +255,7 @@ async def _meta_post(
         raise refuse(401, "X-Hub-Signature-256 missing")
     if not meta_signature_valid(app_secret, raw, signature):
         raise refuse(403, "signature does not match")
-    parsed = _parsed(parse, _json(request, raw))
+    parsed = _parsed(parse, json_body(request, raw))
     if account:
         # One Meta app can serve several tenants' numbers or pages: each tenant takes only
         # its own account's events.
@@ -299,9 +287,9 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     tenant = _tenant(request)
     raw = await _body(request)
     _slack_verified(request, tenant, raw)
-    payload = _json(request, raw)
+    payload = json_body(request, raw)
     if isinstance(payload, dict) and payload.get("type") == "url_verification":
-        return web.json_response({"challenge": str(payload.get("challenge", ""))})
+        return web.json_response({"challenge": text(payload.get("challenge"))})
     return await _forward(request, tenant, "slack", _parsed(slack.parse_event, payload))
 
 
@@ -309,13 +297,7 @@ async def slack_interactivity(request: web.Request) -> web.StreamResponse:
     tenant = _tenant(request)
     raw = await _body(request)
     _slack_verified(request, tenant, raw)
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise refuse(400, "expected application/x-www-form-urlencoded")
-    try:
-        form = urllib.parse.parse_qs(raw.decode(), strict_parsing=True)
-        payload = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError):
-        raise refuse(400, "expected a payload field holding JSON") from None
+    payload = form_payload(request, raw)
     return await _forward(request, tenant, "slack", _parsed(slack.parse_interaction, payload))
 
 
@@ -330,12 +312,12 @@ async def teams_post(request: web.Request) -> web.StreamResponse:
         verified = await verifier.authenticate(
             request.headers.get("Authorization"), app_id=credentials.app_id
         )
-        activity = _json(request, raw)
+        activity = json_body(request, raw)
         if not isinstance(activity, dict):
-            raise refuse(400, "expected an activity object")
+            raise UnusableBodyError("not-platform-shape", "expected an activity object")
         verified.check(
-            service_url=str(activity.get("serviceUrl", "")),
-            channel_id=str(activity.get("channelId", "")),
+            service_url=text(activity.get("serviceUrl")),
+            channel_id=text(activity.get("channelId")),
         )
     except TeamsAuthError as exc:
         raise refuse(exc.status, exc.reason) from None
@@ -354,7 +336,25 @@ def _parsed(parse: Callable[[Any], Parsed], payload: Any) -> Parsed:
     try:
         return parse(payload)
     except MalformedPayloadError as exc:
-        raise refuse(400, str(exc)) from None
+        raise UnusableBodyError("not-platform-shape", str(exc)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # Values the adapters' own checks let through: never a 5xx for a signed body.
+        raise UnusableBodyError("unusable", type(exc).__name__) from None
+
+
+def outcome_name(outcome: ingest_service_pb2.IngestOutcome.ValueType) -> str:
+    """The metrics label of a server's outcome; a value this bridge does not know yet (a
+    newer server's) is counted as such, not a 500 after the events were stored."""
+    if outcome not in _OUTCOMES.values():
+        return "unknown"
+    return _OUTCOMES.Name(outcome).removeprefix("INGEST_OUTCOME_").lower()
+
+
+def rejected(state: BridgeState, platform: str, reasons: list[str], *, detail: str = "") -> None:
+    """Count and log (once, as a warning without a traceback) what could not be used."""
+    for reason in reasons:
+        state.metrics.rejected.labels(platform, reason).inc()
+    log.warning("webhook rejected", platform=platform, reasons=reasons[:20], detail=detail)
 
 
 async def _forward(
@@ -365,13 +365,15 @@ async def _forward(
         state.metrics.ignored.labels(platform, kind.partition(":")[0]).inc()
     if parsed.ignored:
         log.info("webhook entries ignored", platform=platform, kinds=parsed.ignored[:20])
+    if parsed.rejected:
+        rejected(state, platform, parsed.rejected, detail="entries of a batch dropped")
     if parsed.events:
         try:
             results = await state.forwarder.forward(tenant.id, parsed.events)
         except ServerUnavailableError:
             raise refuse(503, "the chat server is unavailable; retry later") from None
         for result in results:
-            outcome = _OUTCOMES.Name(result.outcome).removeprefix("INGEST_OUTCOME_").lower()
+            outcome = outcome_name(result.outcome)
             state.metrics.events.labels(platform, outcome).inc()
             if result.outcome == ingest_service_pb2.INGEST_OUTCOME_REJECTED:
                 log.warning(
@@ -381,7 +383,13 @@ async def _forward(
                     reason=result.error_reason,
                     error=result.error_message,
                 )
-    return web.json_response({"received": len(parsed.events), "ignored": len(parsed.ignored)})
+    return web.json_response(
+        {
+            "received": len(parsed.events),
+            "ignored": len(parsed.ignored),
+            "rejected": len(parsed.rejected),
+        }
+    )
 
 
 async def metrics_page(request: web.Request) -> web.Response:

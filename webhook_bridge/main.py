@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +18,7 @@ from server.repositories.tenants_file import load_tenants
 from server.settings import SettingsError
 from server.tenancy.directory import TenantDirectory
 from webhook_bridge.app import create_app
+from webhook_bridge.http_server import BridgeRunner
 from webhook_bridge.settings import BridgeSettings
 from webhook_bridge.tokens import ServiceTokens
 
@@ -60,12 +63,21 @@ def main() -> None:
         tokens=tokens,
         teams_metadata_url=settings.teams_metadata_url,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout_seconds,
     )
     app.cleanup_ctx.append(follow_tenants)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10,
-    )
+    # SIGTERM and SIGINT raise GracefulExit (the runner's signal handlers), which ends
+    # asyncio.run: serve() is cancelled and cleans up, as web.run_app would.
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(serve(app, settings))
+
+
+async def serve(app: web.Application, settings: BridgeSettings) -> None:
+    """Serve ``app`` until cancelled (web.run_app's loop, on the bridge's runner)."""
+    runner = BridgeRunner(app, header_timeout=settings.header_timeout_seconds, handle_signals=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.settings import LogFormat, Settings, SettingsError
+from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
+from webhook_bridge.http_server import HEADER_TIMEOUT_SECONDS
 from webhook_bridge.tokens import SigningKey
+
+#: A time limit longer than this is a mistake (a platform gives up within seconds).
+MAX_TIMEOUT_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +27,8 @@ class BridgeSettings:
     log_format: LogFormat
     log_level: str
     max_body_bytes: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
     tenants_file: Path | None
     tenant_secrets_key_file: Path | None
     mongodb_uri: str
@@ -54,6 +62,12 @@ class BridgeSettings:
             log_format=shared.log_format,
             log_level=shared.log_level,
             max_body_bytes=int(raw_limit),
+            header_timeout_seconds=_seconds(
+                env, "CHAT_BRIDGE_HEADER_TIMEOUT_SECONDS", HEADER_TIMEOUT_SECONDS
+            ),
+            body_timeout_seconds=_seconds(
+                env, "CHAT_BRIDGE_BODY_TIMEOUT_SECONDS", BODY_TIMEOUT_SECONDS
+            ),
             tenants_file=shared.tenants_file,
             tenant_secrets_key_file=shared.tenant_secrets_key_file,
             mongodb_uri=shared.mongodb_uri,
@@ -63,6 +77,22 @@ class BridgeSettings:
             token_audience=shared.jwt.audience,
             teams_metadata_url=shared.platforms.teams_openid_metadata_url,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A time limit in seconds: more than 0, at most MAX_TIMEOUT_SECONDS."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:  # NaN fails too
+        raise SettingsError(
+            f"{name}={raw!r}: expected seconds, more than 0 and at most {MAX_TIMEOUT_SECONDS:g}"
+        )
+    return seconds
 
 
 def _token_key(env: Mapping[str, str]) -> SigningKey:

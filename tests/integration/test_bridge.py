@@ -171,12 +171,6 @@ async def test_every_refusal_stores_nothing(bridge: Bridge, mongo: Mongo) -> Non
         ("/webhooks/whatsapp/globex", body, {"X-Hub-Signature-256": good}, 404),  # not set up
         (
             "/webhooks/whatsapp/acme",
-            body,
-            {"Content-Type": "text/plain", "X-Hub-Signature-256": good},
-            400,
-        ),
-        (
-            "/webhooks/whatsapp/acme",
             b"x" * (70 * 1024),
             {"Content-Type": "application/json", "X-Hub-Signature-256": good},
             413,
@@ -187,15 +181,21 @@ async def test_every_refusal_stores_nothing(bridge: Bridge, mongo: Mongo) -> Non
         assert status == expected, (expected, text)
         assert "Traceback" not in text
         assert json.loads(text)["error"]
+    # Correctly signed but unusable (the wrong content type, JSON broken off): acknowledged,
+    # so the platform stops retrying, and counted as rejected; still nothing stored.
     broken = b'{"object": "whatsapp_business_account", '
     signature = "sha256=" + hmac.new(WHATSAPP_SECRET.encode(), broken, hashlib.sha256).hexdigest()
-    status, _ = await bridge.post(
-        "/webhooks/whatsapp/acme",
-        broken,
-        {"Content-Type": "application/json", "X-Hub-Signature-256": signature},
-    )
-    assert status == 400
+    for data, headers in (
+        (body, {"Content-Type": "text/plain", "X-Hub-Signature-256": good}),
+        (broken, {"Content-Type": "application/json", "X-Hub-Signature-256": signature}),
+    ):
+        status, text = await bridge.post("/webhooks/whatsapp/acme", data, headers)
+        assert (status, json.loads(text)["rejected"]) == (200, 1), text
     assert await stored(mongo, fresh) == []
+    async with bridge.http.get(bridge.url + "/metrics") as response:
+        metrics = await response.text()
+    for reason in ("content-type", "malformed-json"):
+        assert f'chat_bridge_rejected_total{{platform="whatsapp",reason="{reason}"}} 1.0' in metrics
     # Slack: a replayed (old) request is refused even with a valid signature.
     event, _ = unique(sample("slack", "event_message_text.json"), "Ev111")
     status, _ = await bridge.slack("/webhooks/slack/acme", json.dumps(event).encode(), age=301)

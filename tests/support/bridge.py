@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from tests.support.bot_framework import TEAMS_APP
 from tests.support.chat_client import JWT_SETTINGS, SECRET
 from tests.support.servers import RunningServer, tenants_file
 from webhook_bridge.app import create_app
+from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
+from webhook_bridge.http_server import HEADER_TIMEOUT_SECONDS, BridgeRunner
 from webhook_bridge.tokens import ServiceTokens, SigningKey
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "platforms"
@@ -105,8 +108,16 @@ class Bridge:
 
 
 async def start_bridge(
-    target: str, tmp_path: Path, metadata_url: str, max_body: int = 64 * 1024
+    target: str,
+    tmp_path: Path,
+    metadata_url: str,
+    max_body: int = 64 * 1024,
+    *,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
+    access_log: logging.Logger | None = None,
 ) -> tuple[web.AppRunner, str]:
+    """The bridge as chat-bridge runs it (its app, on its runner), on a free port."""
     tokens = ServiceTokens(
         key=SigningKey(algorithm="HS256", key=SECRET),
         issuer=JWT_SETTINGS["CHAT_JWT_ISSUER"],
@@ -119,8 +130,9 @@ async def start_bridge(
         tokens=tokens,
         teams_metadata_url=metadata_url,
         max_body_bytes=max_body,
+        body_timeout=body_timeout,
     )
-    runner = web.AppRunner(app, access_log=None)
+    runner = BridgeRunner(app, header_timeout=header_timeout, access_log=access_log)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"

@@ -9,7 +9,22 @@ from typing import Any
 import pytest
 
 from chat.v1 import common_pb2 as c
-from webhook_bridge.adapters import MalformedPayloadError, messenger, slack, teams, whatsapp
+from chat.v1 import ingest_service_pb2
+from webhook_bridge.adapters import (
+    MAX_NAME_CHARS,
+    MAX_PARTS,
+    MalformedPayloadError,
+    Parsed,
+    entry,
+    messenger,
+    set_time,
+    slack,
+    teams,
+    text,
+    time_of,
+    token,
+    whatsapp,
+)
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
 
 #: The platforms' official samples (copied from the shared fixtures; SOURCES.json says where
@@ -234,3 +249,103 @@ def test_teams_samples() -> None:
         "text": "<at>Bot</at> hello",
     }
     assert teams.parse(mention).events[0].message.content.text.text == "hello"
+
+
+def test_text_replaces_lone_surrogates_and_keeps_everything_else() -> None:
+    assert text("caf\ud800 \udfff!") == "caf\ufffd \ufffd!"
+    assert text(json.loads('"\\ud83d\\ude00 ok"')) == "\U0001f600 ok"  # a pair is one character
+    assert text("plain") == "plain"
+    for other in (None, 5, True, ["a"], {"a": "b"}):
+        assert text(other) == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [int("9" * 400), -int("9" * 400), 1e400, float("nan"), "NaN", "1e400", "x", None, True, [1]],
+)
+def test_odd_times_are_no_time(value: object) -> None:
+    assert time_of(value) is None
+    assert time_of(value, per_second=1000) is None
+    event = ingest_service_pb2.InboundEvent()
+    set_time(event, value, per_second=1000)
+    assert not event.HasField("event_time")
+
+
+def test_times_in_seconds_and_milliseconds() -> None:
+    assert time_of(1596183880) == time_of("1596183880.000000") == time_of(1596183880000, 1000)
+    stamp_ = time_of("1596183880.5")
+    assert stamp_ is not None
+    assert (stamp_.seconds, stamp_.nanos) == (1596183880, 500_000_000)
+    assert token(int("9" * 400)) == "9" * 400
+    assert token(True) == token(None) == token([1]) == ""
+    assert token("a\ud800") == "a\ufffd"
+
+
+def test_a_bad_entry_is_dropped_whole_and_the_batch_goes_on() -> None:
+    parsed = Parsed()
+    with entry(parsed, "message") as own:
+        own.events.append(ingest_service_pb2.InboundEvent(platform_event_id="kept"))
+    with entry(parsed, "message") as own:
+        own.events.append(ingest_service_pb2.InboundEvent(platform_event_id="half"))
+        own.ignored.append("half-ignored")
+        raise OverflowError  # a value the adapter's checks let through
+    assert [e.platform_event_id for e in parsed.events] == ["kept"]
+    assert parsed.ignored == []
+    assert parsed.rejected == ["message:OverflowError"]
+    with pytest.raises(KeyError), entry(parsed, "message"):  # a bug is no bad entry
+        raise KeyError
+
+
+def test_odd_values_in_every_adapter() -> None:
+    """A 400-digit Messenger timestamp (once an OverflowError) and the like."""
+    item = sample("messenger", "event_message_reply_to.json")
+    item["timestamp"] = int("9" * 400)
+    item["message"]["text"] = "a\ud800"
+    parsed = messenger.parse(page(item))
+    [event] = parsed.events
+    assert not event.HasField("event_time")
+    assert event.message.content.text.text == "a\ufffd"
+    receipt = sample("messenger", "event_message_deliveries.json")
+    receipt["delivery"]["watermark"] = int("9" * 400)
+    [event] = messenger.parse(page(receipt)).events
+    assert not event.status.HasField("watermark_time")
+    failed = sample("whatsapp", "webhook_status_failed_131049.json")
+    status = failed["entry"][0]["changes"][0]["value"]["statuses"][0]
+    status["errors"][0]["code"] = "\udfff"
+    status["timestamp"] = float("inf")
+    [event] = whatsapp.parse(failed).events
+    assert event.status.error.code == "\ufffd"
+    assert not event.HasField("event_time")
+
+
+def test_a_message_of_more_parts_than_any_platform_sends_is_rejected_whole() -> None:
+    """Each part becomes an event carrying the message's ids: 3 bytes of ``{}`` each would
+    multiply a small body into thousands of events."""
+    event = sample("slack", "event_message_file_share_image.json")
+    event["type"] = "event_callback"
+    event["event_id"] = "Ev1"
+    event["event"].setdefault("user", "U1")
+    event["event"]["files"] = [{"id": f"F{i}"} for i in range(MAX_PARTS - 1)]
+    assert len(slack.parse_event(event).events) == MAX_PARTS  # the text is one
+    event["event"]["files"].append({"id": "F-last"})
+    parsed = slack.parse_event(event)
+    assert (parsed.events, parsed.rejected) == ([], ["message:too-many-parts"])
+    click = sample("slack", "interactivity_block_actions_button.json")
+    click["actions"] = click["actions"] * (MAX_PARTS + 1)
+    assert slack.parse_interaction(click).rejected == ["interaction:too-many-parts"]
+    item = sample("messenger", "event_message_attachment_entry.json")["messaging"][0]
+    item["message"]["attachments"] = item["message"]["attachments"] * (MAX_PARTS + 1)
+    good = sample("messenger", "event_message_reply_to.json")
+    parsed = messenger.parse(page(item, good))
+    assert (len(parsed.events), parsed.rejected) == (1, ["message:too-many-parts"])
+    activity = sample("teams", "activity_message_text_personal.json")
+    image = {"contentType": "image/png", "contentUrl": "https://example.com/a.png"}
+    activity["attachments"] = [image] * (MAX_PARTS + 1)
+    assert teams.parse(activity).rejected == ["message:too-many-parts"]
+
+
+def test_display_names_shared_by_a_batch_are_bounded() -> None:
+    payload = sample("whatsapp", "webhook_text_message.json")
+    payload["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = "n" * 10000
+    [event] = whatsapp.parse(payload).events
+    assert event.user_display_name == "n" * MAX_NAME_CHARS

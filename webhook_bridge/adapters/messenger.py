@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
 from webhook_bridge.adapters import (
+    MAX_PARTS,
     MalformedPayloadError,
     Parsed,
     as_dict,
     as_list,
+    entry,
     number,
     set_time,
     text,
+    time_of,
+    token,
 )
 
 CHANNEL = common_pb2.CHANNEL_TYPE_MESSENGER
@@ -35,10 +37,11 @@ def parse(payload: Any) -> Parsed:
         # Another of the app's products (Instagram, ...): acknowledged, not ours to handle.
         parsed.ignored.append(f"object:{text(payload.get('object'))[:40]}")
         return parsed
-    for entry in as_list(payload.get("entry")):
-        page = text(entry.get("id"))
-        for item in as_list(entry.get("messaging")):
-            _item(parsed, item, page)
+    for page_entry in as_list(payload.get("entry")):
+        page = text(page_entry.get("id"))
+        for item in as_list(page_entry.get("messaging")):
+            with entry(parsed, "messaging") as own:
+                _item(own, item, page)
     return parsed
 
 
@@ -58,7 +61,7 @@ def _item(parsed: Parsed, item: dict[str, Any], page: str) -> None:
         _message(parsed, as_dict(item.get("message")), base, millis)
     elif "postback" in item:
         postback = as_dict(item.get("postback"))
-        event_id = text(postback.get("mid")) or f"postback:{sender}:{millis}"
+        event_id = text(postback.get("mid")) or f"postback:{sender}:{token(millis)}"
         reply = common_pb2.InteractiveReply(
             selected_id=text(postback.get("payload"))[:256], title=text(postback.get("title"))
         )
@@ -68,7 +71,7 @@ def _item(parsed: Parsed, item: dict[str, Any], page: str) -> None:
     elif "read" in item:
         _receipt(parsed, base, millis, as_dict(item.get("read")), delivered=False)
     else:
-        kinds = [key for key in item if key not in ("sender", "recipient", "timestamp")]
+        kinds = [text(key) for key in item if key not in ("sender", "recipient", "timestamp")]
         parsed.ignored.append(f"messaging:{(kinds or ['unknown'])[0][:40]}")
 
 
@@ -92,6 +95,9 @@ def _message(parsed: Parsed, message: dict[str, Any], base: dict[str, Any], mill
     attachments = as_list(message.get("attachments"))
     if not attachments:
         parsed.ignored.append("message:empty")
+    if len(attachments) > MAX_PARTS:
+        parsed.rejected.append("message:too-many-parts")
+        return
     for index, attachment in enumerate(attachments):
         # One event per attachment; the first keeps the message id.
         event_id = mid if index == 0 else f"{mid}:{index}"
@@ -132,7 +138,7 @@ def _receipt(
 ) -> None:
     watermark = body.get("watermark")
     raw_mids = body.get("mids")
-    mids = [mid for mid in raw_mids if isinstance(mid, str)] if isinstance(raw_mids, list) else []
+    mids = [text(m) for m in raw_mids if isinstance(m, str)] if isinstance(raw_mids, list) else []
     report = ingest_service_pb2.StatusReport(
         status=common_pb2.DELIVERY_STATUS_DELIVERED
         if delivered
@@ -140,11 +146,11 @@ def _receipt(
         platform_message_ids=mids,
     )
     # The watermark covers every message sent before it, named or not.
-    if isinstance(watermark, int | float):
-        with contextlib.suppress(ValueError, OverflowError, OSError):
-            report.watermark_time.FromDatetime(dt.datetime.fromtimestamp(watermark / 1000, dt.UTC))
+    when = time_of(watermark, per_second=1000)
+    if when is not None:
+        report.watermark_time.CopyFrom(when)
     kind = "delivery" if delivered else "read"
-    event_id = f"{kind}:{base['platform_user_id']}:{watermark}:{','.join(mids)}"[:256]
+    event_id = f"{kind}:{base['platform_user_id']}:{token(watermark)}:{','.join(mids)}"[:256]
     _add(parsed, base, millis, event_id, status=report)
 
 
@@ -158,6 +164,6 @@ def _inbound(mid: str, reply_to: str = "", **content: Any) -> ingest_service_pb2
 
 def _add(parsed: Parsed, base: dict[str, Any], millis: object, event_id: str, **kind: Any) -> None:
     event = ingest_service_pb2.InboundEvent(platform_event_id=event_id, **base, **kind)
-    if isinstance(millis, int | float):
-        set_time(event, millis / 1000)
+    if isinstance(millis, int | float):  # milliseconds (a string is no Messenger time)
+        set_time(event, millis, per_second=1000)
     parsed.events.append(event)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
-from webhook_bridge.adapters import MalformedPayloadError, Parsed, as_dict, as_list, set_time, text
+from webhook_bridge.adapters import (
+    MAX_PARTS,
+    MalformedPayloadError,
+    Parsed,
+    as_dict,
+    as_list,
+    entry,
+    set_time,
+    text,
+)
 
 CHANNEL = common_pb2.CHANNEL_TYPE_SLACK
 #: Message subtypes that are someone's message; every other subtype (edits, deletions,
@@ -56,6 +65,9 @@ def parse_event(payload: Any) -> Parsed:
                 )
             )
         )
+    if len(contents) > MAX_PARTS:
+        parsed.rejected.append("message:too-many-parts")
+        return parsed
     for index, content in enumerate(contents):
         # A message with text and files becomes one event each; the first keeps the id.
         item_id = event_id if index == 0 else f"{event_id}:{index}"
@@ -88,36 +100,52 @@ def parse_interaction(payload: Any) -> Parsed:
     channel = text(as_dict(payload.get("channel")).get("id")) or text(container.get("channel_id"))
     if not user or not channel:
         raise MalformedPayloadError("block_actions without a user or channel")
-    for action in as_list(payload.get("actions")):
-        action_ts = text(action.get("action_ts"))
-        selected = as_dict(action.get("selected_option"))
-        value = (
-            text(action.get("value"))
-            or text(selected.get("value"))
-            or text(action.get("action_id"))
-        )
-        title = text(as_dict(action.get("text")).get("text")) or text(
-            as_dict(selected.get("text")).get("text")
-        )
-        event_id = (
-            f"action:{text(payload.get('trigger_id'))}:{text(action.get('action_id'))}:{action_ts}"
-        )
-        event = ingest_service_pb2.InboundEvent(
-            platform_event_id=event_id[:256],
-            channel=CHANNEL,
-            platform_user_id=user,
-            channel_conversation_id=channel,
-            platform_account_id=text(as_dict(payload.get("team")).get("id")),
-            message=ingest_service_pb2.InboundMessage(
-                platform_message_id=event_id[:256],
-                content=common_pb2.Content(
-                    interactive_reply=common_pb2.InteractiveReply(
-                        selected_id=value[:256], title=title[:1024]
-                    )
-                ),
-                reply_to_platform_message_id=text(container.get("message_ts")),
-            ),
-        )
-        set_time(event, action_ts)
-        parsed.events.append(event)
+    actions = as_list(payload.get("actions"))
+    if len(actions) > MAX_PARTS:  # Slack sends the one action clicked
+        parsed.rejected.append("interaction:too-many-parts")
+        return parsed
+    for action in actions:
+        with entry(parsed, "action") as own:
+            _action(own, payload, action, user=user, channel=channel, container=container)
     return parsed
+
+
+def _action(
+    parsed: Parsed,
+    payload: dict[str, Any],
+    action: dict[str, Any],
+    *,
+    user: str,
+    channel: str,
+    container: dict[str, Any],
+) -> None:
+    """One block action: the user's choice."""
+    action_ts = text(action.get("action_ts"))
+    selected = as_dict(action.get("selected_option"))
+    value = (
+        text(action.get("value")) or text(selected.get("value")) or text(action.get("action_id"))
+    )
+    title = text(as_dict(action.get("text")).get("text")) or text(
+        as_dict(selected.get("text")).get("text")
+    )
+    event_id = (
+        f"action:{text(payload.get('trigger_id'))}:{text(action.get('action_id'))}:{action_ts}"
+    )
+    event = ingest_service_pb2.InboundEvent(
+        platform_event_id=event_id[:256],
+        channel=CHANNEL,
+        platform_user_id=user,
+        channel_conversation_id=channel,
+        platform_account_id=text(as_dict(payload.get("team")).get("id")),
+        message=ingest_service_pb2.InboundMessage(
+            platform_message_id=event_id[:256],
+            content=common_pb2.Content(
+                interactive_reply=common_pb2.InteractiveReply(
+                    selected_id=value[:256], title=title[:1024]
+                )
+            ),
+            reply_to_platform_message_id=text(container.get("message_ts")),
+        ),
+    )
+    set_time(event, action_ts)
+    parsed.events.append(event)

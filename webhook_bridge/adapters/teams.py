@@ -9,7 +9,15 @@ import re
 from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
-from webhook_bridge.adapters import MalformedPayloadError, Parsed, as_dict, as_list, text
+from webhook_bridge.adapters import (
+    MAX_NAME_CHARS,
+    MAX_PARTS,
+    MalformedPayloadError,
+    Parsed,
+    as_dict,
+    as_list,
+    text,
+)
 
 CHANNEL = common_pb2.CHANNEL_TYPE_TEAMS
 READ_RECEIPT = "application/vnd.microsoft.readReceipt"
@@ -23,7 +31,7 @@ def parse(activity: Any) -> Parsed:
     if not isinstance(activity, dict) or not isinstance(activity.get("type"), str):
         raise MalformedPayloadError("not a Bot Framework activity")
     parsed = Parsed()
-    kind = activity["type"]
+    kind = text(activity["type"])
     sender = as_dict(activity.get("from"))
     user = text(sender.get("id"))
     if kind not in ("message", "invoke", "typing", "event") or not user:
@@ -32,7 +40,7 @@ def parse(activity: Any) -> Parsed:
     base: dict[str, Any] = {
         "channel": CHANNEL,
         "platform_user_id": user,
-        "user_display_name": text(sender.get("name")),
+        "user_display_name": text(sender.get("name"), MAX_NAME_CHARS),
         "channel_conversation_id": text(as_dict(activity.get("conversation")).get("id")),
         "platform_account_id": text(as_dict(activity.get("recipient")).get("id")),
         "service_url": text(activity.get("serviceUrl")),
@@ -86,6 +94,9 @@ def _messages(
             contents.append({"media": media})
     if not contents:
         parsed.ignored.append("message:empty")
+    if len(contents) > MAX_PARTS:
+        parsed.rejected.append("message:too-many-parts")
+        return
     for index, content in enumerate(contents):
         event_id = activity_id if index == 0 else f"{activity_id}:{index}"
         _message(parsed, activity, event_id, base, **content)

@@ -7,13 +7,16 @@ from typing import Any
 
 from chat.v1 import common_pb2, ingest_service_pb2
 from webhook_bridge.adapters import (
+    MAX_NAME_CHARS,
     MalformedPayloadError,
     Parsed,
     as_dict,
     as_list,
+    entry,
     number,
     set_time,
     text,
+    token,
 )
 
 CHANNEL = common_pb2.CHANNEL_TYPE_WHATSAPP
@@ -35,21 +38,25 @@ def parse(payload: Any) -> Parsed:
     if payload.get("object") != "whatsapp_business_account":
         parsed.ignored.append(f"object:{text(payload.get('object'))[:40]}")
         return parsed
-    for entry in as_list(payload.get("entry")):
-        for change in as_list(entry.get("changes")):
+    for account_entry in as_list(payload.get("entry")):
+        for change in as_list(account_entry.get("changes")):
             value = change.get("value")
             if change.get("field") != "messages" or not isinstance(value, dict):
                 parsed.ignored.append(f"field:{text(change.get('field'))[:40]}")
                 continue
             account = text(as_dict(value.get("metadata")).get("phone_number_id"))
             names = {
-                text(contact.get("wa_id")): text(as_dict(contact.get("profile")).get("name"))
+                text(contact.get("wa_id")): text(
+                    as_dict(contact.get("profile")).get("name"), MAX_NAME_CHARS
+                )
                 for contact in as_list(value.get("contacts"))
             }
             for message in as_list(value.get("messages")):
-                _message(parsed, message, account, names)
+                with entry(parsed, "message") as own:
+                    _message(own, message, account, names)
             for status in as_list(value.get("statuses")):
-                _status(parsed, status, account)
+                with entry(parsed, "status") as own:
+                    _status(own, status, account)
             for _error in as_list(value.get("errors")):
                 parsed.ignored.append("error")
     return parsed
@@ -168,7 +175,7 @@ def _status(parsed: Parsed, status: dict[str, Any], account: str) -> None:
         retryable = code in (130429, 131056, 4, 80007)
         report.error.CopyFrom(
             common_pb2.PlatformError(
-                code=str(code),
+                code=token(code),
                 message=text(errors[0].get("title") or errors[0].get("message"))[:500],
                 retryable=retryable,
             )
