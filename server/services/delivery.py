@@ -304,7 +304,10 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             now=now,
         )
         if not response.success:
-            log.error(
+            # A warning, not an error: the platform refused it or the tenant cannot send on
+            # the channel (a caller's doing, as often as not); ListFailedDeliveries and the
+            # delivery metrics hold every one for the operator to retry.
+            log.warning(
                 "delivery failed for good",
                 message_id=delivery.id,
                 error=response.error.code if response.error else "",
