@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
@@ -21,6 +23,8 @@ from webhook_bridge.app import create_app
 from webhook_bridge.http_server import BridgeRunner
 from webhook_bridge.settings import BridgeSettings
 from webhook_bridge.tokens import ServiceTokens
+
+log = structlog.get_logger("chat.bridge")
 
 
 def main() -> None:
@@ -66,18 +70,26 @@ def main() -> None:
         body_timeout=settings.body_timeout_seconds,
     )
     app.cleanup_ctx.append(follow_tenants)
-    # SIGTERM and SIGINT raise GracefulExit (the runner's signal handlers), which ends
-    # asyncio.run: serve() is cancelled and cleans up, as web.run_app would.
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(app, settings))
 
 
 async def serve(app: web.Application, settings: BridgeSettings) -> None:
-    """Serve ``app`` until cancelled (web.run_app's loop, on the bridge's runner)."""
-    runner = BridgeRunner(app, header_timeout=settings.header_timeout_seconds, handle_signals=True)
+    """Serve ``app`` until SIGTERM or SIGINT, then stop taking connections and let the
+    webhooks in flight finish (the runner's shutdown_timeout) before cleaning up.
+
+    The signals set an event rather than raise (the runner's own handle_signals raises
+    GracefulExit, which ends asyncio.run, and asyncio.run then cancels every task at once:
+    the webhooks in flight were cut, and their platforms saw resets on every deploy)."""
+    runner = BridgeRunner(app, header_timeout=settings.header_timeout_seconds)
     await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
-        await asyncio.Event().wait()
+        await stopping.wait()
+        log.info("stopping: finishing the webhooks in flight")
     finally:
         await runner.cleanup()

@@ -123,3 +123,34 @@ async def test_a_bridge_killed_before_answering_leaves_the_platforms_retry_store
     assert statuses == [200] * WEBHOOKS
     assert all(len(stored[w]) == 1 for w in wamids), dict(stored)
     assert all(len(events.get(w, ())) == 1 for w in wamids), dict(events)
+
+
+async def test_a_bridge_stopped_mid_webhook_answers_it_before_exiting(
+    endpoints: Endpoints, server_settings: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM (a deploy) while a webhook is being forwarded: the bridge stops taking new
+    connections, the webhook in flight gets its answer, then the bridge exits 0."""
+    server = await chat_server(endpoints, server_settings, tmp_path, "server")
+    proxy = HoldingProxy(server.port)
+    await proxy.start()
+    bridge = await start_bridge(endpoints, server_settings, proxy.target, tmp_path / "bridge.log")
+    try:
+        async with aiohttp.ClientSession() as http:
+            client = Bridge(f"http://{bridge.target}", http, None)
+            warm, _ = whatsapp_text("16505558888")
+            assert await client.meta("whatsapp", warm, WHATSAPP_SECRET) == 200
+            proxy.hold()  # the server's answer is held: the webhook stays in flight
+            payload, _ = whatsapp_text("16505558889")
+            in_flight = asyncio.create_task(client.meta("whatsapp", payload, WHATSAPP_SECRET))
+            await asyncio.sleep(0.5)
+            bridge.terminate()
+            await asyncio.sleep(0.3)
+            proxy.release()
+            status = await asyncio.wait_for(in_flight, 15)
+            exit_code = await bridge.wait(15)
+    finally:
+        bridge.stop()
+        await proxy.stop()
+        server.stop()
+    assert status == 200
+    assert exit_code == 0

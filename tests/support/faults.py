@@ -103,6 +103,20 @@ class Process:
         assert self._child.pid is not None
         os.kill(self._child.pid, signal.SIGKILL)
 
+    def terminate(self) -> None:
+        """SIGTERM: a deploy's stop, with time to finish what is in flight."""
+        assert self._child is not None
+        assert self._child.pid is not None
+        os.kill(self._child.pid, signal.SIGTERM)
+
+    async def wait(self, within: float) -> int | None:
+        """Its exit code once it exits (None if it has not within ``within`` seconds)."""
+        assert self._child is not None
+        deadline = time.monotonic() + within
+        while (code := self._child.exit_code()) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return code
+
     def stop(self) -> None:
         if self._child is not None:
             self._child.stop()
