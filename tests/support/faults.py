@@ -113,9 +113,12 @@ class Process:
         """Its exit code once it exits (None if it has not within ``within`` seconds)."""
         assert self._child is not None
         deadline = time.monotonic() + within
-        while (code := self._child.exit_code()) is None and time.monotonic() < deadline:
+        for _ in range(int(within * 10) + 1):  # polled: a child process has no event to await
+            code = self._child.exit_code()
+            if code is not None or time.monotonic() >= deadline:
+                return code
             await asyncio.sleep(0.1)
-        return code
+        return self._child.exit_code()
 
     def stop(self) -> None:
         if self._child is not None:
