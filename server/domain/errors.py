@@ -129,6 +129,12 @@ class ResourceExhausted(DomainError):
         self.quota_violations = tuple(quota_violations)
 
 
+class SessionContendedError(Aborted):
+    """A session changed under every attempt to change it; the caller may retry."""
+
+    default_reason = "SESSION_CONTENDED"
+
+
 class Unavailable(DomainError):
     """A dependency is down; the call may be retried (RetryInfo says after how long)."""
 

@@ -28,7 +28,7 @@ import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from chat.v1 import common_pb2
-from server.domain.errors import Aborted
+from server.domain.errors import SessionContendedError
 from server.domain.session import is_live
 from server.repositories.redis_errors import translate_redis_errors
 
@@ -52,25 +52,39 @@ end
 return {redis.call('GET', ARGV[1] .. id) or '', redis.call('GET', ARGV[2] .. id) or '0'}
 """
 
-# KEYS: session, revision, conversation pointer. ARGV: the revision the change was made to,
-# the session (at that revision + 1), the keys' time to live, and "keep" (point the
-# conversation at the session) or "end" (clear the pointer if it names the session).
-# 1 when stored; 0 when the session changed meanwhile.
+# KEYS: session, revision, conversation pointer, expiry index. ARGV: the revision the change
+# was made to, the session (at that revision + 1), the keys' time to live, "keep" (point the
+# conversation at the session, index its expiry) or "end" (clear the pointer if it names the
+# session, unindex it), the session id, its index member and its expiry score. 1 when stored;
+# 0 when the session changed meanwhile; -1 (keep) when the conversation has moved on to
+# another session (this one expired and a new one started): nothing is written then, so a
+# message that read the old session does not point the conversation back at it. (The index
+# has no tenant hash tag: on Redis Cluster the script would need it in the tenant's slot.)
 _STORE_IF_UNCHANGED = """
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current ~= tonumber(ARGV[1]) then
   return 0
 end
+local id = ARGV[5]
+local pointed = redis.call('GET', KEYS[3])
+if ARGV[4] == 'keep' and pointed and pointed ~= id then
+  return -1
+end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], current + 1, 'EX', ARGV[3])
-local id = ARGV[5]
 if ARGV[4] == 'keep' then
   redis.call('SET', KEYS[3], id, 'EX', ARGV[3])
-elseif redis.call('GET', KEYS[3]) == id then
-  redis.call('DEL', KEYS[3])
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+else
+  if pointed == id then
+    redis.call('DEL', KEYS[3])
+  end
+  redis.call('ZREM', KEYS[4], ARGV[6])
 end
 return 1
 """
+#: _STORE_IF_UNCHANGED's answers.
+STORED, CHANGED, REPLACED = 1, 0, -1
 
 _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -198,22 +212,21 @@ class RedisSessionStore:
                 return session
             async with self._redis.pipeline(transaction=True) as pipe:
                 index = self.queue_save(pipe, tenant_id, changed)
-                stored = (await pipe.execute())[index] == 1
-            if stored:
+                answer = (await pipe.execute())[index]
+            if answer == STORED:
                 changed.revision += 1
                 return changed
+            if answer == REPLACED:
+                return session  # no longer its conversation's session: nothing to change
         raise SessionContendedError("the session kept changing; retry")
 
     def queue_save(self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session) -> int:
         """Queue the store of a changed session on ``pipe`` (a MULTI pipeline: the session, its
         revision, its conversation's pointer and its expiry go together), unless it changed
         since it was read: then nothing is written. ``session`` itself is left as it is (its
-        revision is the one it was read at). The index of the pipeline's result that is 1 when
-        stored, 0 when refused."""
-        index = self._queue_store(pipe, tenant_id, session, pointer="keep")
-        if session.status == common_pb2.SESSION_STATUS_ACTIVE:
-            pipe.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
-        return index
+        revision is the one it was read at). The index of the pipeline's result: STORED,
+        CHANGED or REPLACED."""
+        return self._queue_store(pipe, tenant_id, session, pointer="keep")
 
     def _queue_store(
         self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session, *, pointer: str
@@ -226,15 +239,18 @@ class RedisSessionStore:
         # no SCRIPT EXISTS round trip before the pipeline.
         pipe.eval(
             _STORE_IF_UNCHANGED,
-            3,
+            4,
             _session_key(tenant_id, session.id),
             _revision_key(tenant_id, session.id),
             _pointer_key(tenant_id, session.conversation_id),
+            EXPIRY_INDEX,
             session.revision,
             stored.SerializeToString(),
             self._key_ttl,
             pointer,
             session.id,
+            _member(tenant_id, session.id),
+            _score(session),
         )
         return index
 
@@ -255,10 +271,9 @@ class RedisSessionStore:
         ended.end_time.FromDatetime(now)
         async with self._redis.pipeline(transaction=True) as pipe:
             index = self._queue_store(pipe, tenant_id, ended, pointer="end")
-            stored = (await pipe.execute())[index] == 1
+            stored = (await pipe.execute())[index] == STORED
         if not stored:
             return None
-        await self._redis.zrem(EXPIRY_INDEX, _member(tenant_id, session.id))
         ended.revision += 1
         return ended
 
@@ -290,12 +305,6 @@ class RedisSessionStore:
 
     async def _index(self, tenant_id: str, session: common_pb2.Session) -> None:
         await self._redis.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
-
-
-class SessionContendedError(Aborted):
-    """The session changed under every attempt to change it."""
-
-    default_reason = "SESSION_CONTENDED"
 
 
 def _decoded(raw: object, revision: object) -> common_pb2.Session | None:

@@ -11,6 +11,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from chat.v1 import chat_service_pb2, common_pb2
 from server.domain.errors import Aborted, StoreError
+from server.domain.session import is_live
 from server.services.ports import LiveEvents, SessionStore
 
 log = structlog.get_logger("chat.streams")
@@ -114,7 +115,8 @@ class CommittedPush:
         ended one stays ended."""
 
         def change(session: common_pb2.Session) -> common_pb2.Session | None:
-            if session.status != common_pb2.SESSION_STATUS_ACTIVE:
+            # Ended, or expired meanwhile (the sweep reports it): not brought back.
+            if session.status != common_pb2.SESSION_STATUS_ACTIVE or not is_live(session, now):
                 return None
             if updates:
                 context = json_format.MessageToDict(session.context)

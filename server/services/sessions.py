@@ -13,11 +13,11 @@ from google.protobuf import json_format, struct_pb2
 from chat.v1 import common_pb2, events_pb2
 from server.domain.clock import utc_now
 from server.domain.errors import (
-    Aborted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    SessionContendedError,
 )
 from server.domain.session import is_live
 from server.events.envelopes import stable_event_id
@@ -111,6 +111,9 @@ class SessionService:
         """End it (SessionEnded, once); an ended session comes back as it is."""
         session = await self.get(tenant_id, session_id)
         if session.status != common_pb2.SESSION_STATUS_ACTIVE:
+            # Its event again (the same id: written once): the call that ended it may have
+            # failed between storing the session and writing the event.
+            await self._report(tenant_id, actor_id, session)
             return session
         return await self._end(tenant_id, actor_id, session)
 
@@ -137,21 +140,35 @@ class SessionService:
         now = self._clock()
         expired = 0
         for tenant_id, session_id in await self._sessions.claim_expired(now=now, limit=limit):
-            session = await self._sessions.get(tenant_id, session_id)
-            if session is None or session.status != common_pb2.SESSION_STATUS_ACTIVE:
-                continue  # ended explicitly meanwhile, or long gone
-            if is_live(session, now):
-                await self._sessions.reindex(tenant_id, session)  # extended after all
-                continue
-            ended = await self._end(
-                tenant_id,
-                SYSTEM_ACTOR,
-                session,
-                end_time=session.expire_time.ToDatetime(tzinfo=dt.UTC),
-                status=common_pb2.SESSION_STATUS_EXPIRED,
-            )
-            expired += ended.status == common_pb2.SESSION_STATUS_EXPIRED
+            # One at a time: a failure leaves this session for a later sweep, not the batch.
+            try:
+                expired += await self._expire(tenant_id, session_id, now=now)
+            except Exception:
+                log.exception("session not expired; a later sweep retries", session_id=session_id)
+                with contextlib.suppress(Exception):
+                    session = await self._sessions.get(tenant_id, session_id)
+                    if session is not None:
+                        await self._sessions.reindex(tenant_id, session)
         return expired
+
+    async def _expire(self, tenant_id: str, session_id: str, *, now: dt.datetime) -> bool:
+        session = await self._sessions.get(tenant_id, session_id)
+        if session is None:
+            return False  # long gone
+        if session.status != common_pb2.SESSION_STATUS_ACTIVE:
+            await self._report(tenant_id, SYSTEM_ACTOR, session)  # its event, again: once
+            return False
+        if is_live(session, now):
+            await self._sessions.reindex(tenant_id, session)  # extended after all
+            return False
+        ended = await self._end(
+            tenant_id,
+            SYSTEM_ACTOR,
+            session,
+            end_time=session.expire_time.ToDatetime(tzinfo=dt.UTC),
+            status=common_pb2.SESSION_STATUS_EXPIRED,
+        )
+        return ended.status == common_pb2.SESSION_STATUS_EXPIRED
 
     async def _end(
         self,
@@ -165,31 +182,41 @@ class SessionService:
         """End the session unless it changed meanwhile in a way that keeps it from ending:
         ended by another caller (who reported it), or, for an expiry, extended by activity.
         The session as it stands after."""
-        now = end_time or self._clock()
         for _ in range(UPDATE_ATTEMPTS):
-            ended = await self._sessions.end(tenant_id, session, now=now, status=status)
+            expiring = status == common_pb2.SESSION_STATUS_EXPIRED
+            # An expiry ends at the expiry time of the session as read (again, when extended).
+            now = session.expire_time.ToDatetime(tzinfo=dt.UTC) if expiring else self._clock()
+            ended = await self._sessions.end(tenant_id, session, now=end_time or now, status=status)
             if ended is not None:
                 break
             fresh = await self._sessions.get(tenant_id, session.id)
-            if fresh is None or fresh.status != common_pb2.SESSION_STATUS_ACTIVE:
-                return fresh or session
-            if status == common_pb2.SESSION_STATUS_EXPIRED and is_live(fresh, self._clock()):
+            if fresh is None:
+                return session
+            if fresh.status != common_pb2.SESSION_STATUS_ACTIVE:
+                await self._report(tenant_id, actor_id, fresh)  # its event, again: once
+                return fresh
+            if expiring and is_live(fresh, self._clock()):
                 await self._sessions.reindex(tenant_id, fresh)  # extended after all
                 return fresh
-            session = fresh
+            session, end_time = fresh, None
         else:
-            raise Aborted("the session kept changing; retry", reason="SESSION_CONTENDED")
+            raise SessionContendedError("the session kept changing; retry")
+        await self._report(tenant_id, actor_id, ended)
+        return ended
+
+    async def _report(self, tenant_id: str, actor_id: str, ended: common_pb2.Session) -> None:
+        """SessionEnded for an ended or expired session. Its id is the session's, so a second
+        report (after a failure, or by a second caller) is the same event, written once."""
         await self._events.write(
             tenant_id=tenant_id,
             actor_id=actor_id,
             conversation_id=ended.conversation_id,
-            now=now,
+            now=ended.end_time.ToDatetime(tzinfo=dt.UTC),
             event_id=stable_event_id(tenant_id, ended.id, "ended"),
             session_ended=events_pb2.SessionEnded(
                 session=ended,
                 reason=events_pb2.SESSION_END_REASON_EXPIRED
-                if status == common_pb2.SESSION_STATUS_EXPIRED
+                if ended.status == common_pb2.SESSION_STATUS_EXPIRED
                 else events_pb2.SESSION_END_REASON_ENDED,
             ),
         )
-        return ended

@@ -16,7 +16,7 @@ from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.live import RedisLiveEvents
-from server.repositories.sessions import RedisSessionStore
+from server.repositories.sessions import EXPIRY_INDEX, RedisSessionStore
 
 pytestmark = pytest.mark.redis
 
@@ -103,3 +103,50 @@ async def test_an_ended_session_is_not_revived_by_a_stale_save(
     assert await sessions.current(tenant, conversation.id, now=now) is None
     # Ending it again from the stale copy is refused too: the caller reads it again.
     assert await sessions.end(tenant, stale, now=now) is None
+
+
+async def test_a_stale_save_does_not_point_the_conversation_back_at_an_expired_session(
+    client: redis_asyncio.Redis,
+) -> None:
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    live = RedisLiveEvents(
+        client=client, cache=RedisConversationCache(client=client), sessions=sessions
+    )
+    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    conversation = _conversation()
+    # A message read the session, which expired before the message was done with it...
+    old, _ = await sessions.get_or_create(tenant, conversation, now=now - dt.timedelta(minutes=5))
+    # ...and the next message started a new one.
+    new, created = await sessions.get_or_create(tenant, conversation, now=now)
+    assert created
+    assert new.id != old.id
+    score = await client.zscore(EXPIRY_INDEX, f"{tenant}\x1f{old.id}")
+    sessions.touch(old, now=now)
+
+    kept = await live.publish(tenant, conversation.id, [], session=old)
+
+    assert kept is False
+    current = await sessions.current(tenant, conversation.id, now=now)
+    assert current is not None
+    assert current.id == new.id
+    stored_old = await sessions.get(tenant, old.id)
+    assert stored_old is not None
+    assert stored_old.revision == 0  # not written
+    assert await client.zscore(EXPIRY_INDEX, f"{tenant}\x1f{old.id}") == score
+
+
+async def test_a_refused_save_leaves_the_expiry_index_alone(client: redis_asyncio.Redis) -> None:
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    live = RedisLiveEvents(
+        client=client, cache=RedisConversationCache(client=client), sessions=sessions
+    )
+    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    conversation = _conversation()
+    stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
+    assert await sessions.end(tenant, stale, now=now) is not None
+    member = f"{tenant}\x1f{stale.id}"
+    assert await client.zscore(EXPIRY_INDEX, member) is None  # ended: out of the index
+
+    assert await live.publish(tenant, conversation.id, [], session=stale) is False
+
+    assert await client.zscore(EXPIRY_INDEX, member) is None

@@ -87,6 +87,8 @@ class MemorySessions:
         self.sessions: dict[tuple[str, str], common_pb2.Session] = {}
         self._current: dict[tuple[str, str], str] = {}
         self.saved = 0
+        #: The expiry index: (tenant, session id) -> expiry, as the Redis store's sorted set.
+        self.index: dict[tuple[str, str], dt.datetime] = {}
 
     async def get(self, tenant_id: str, session_id: str) -> common_pb2.Session | None:
         found = self.sessions.get((tenant_id, session_id))
@@ -116,6 +118,7 @@ class MemorySessions:
         self.touch(session, now=now)
         self.sessions[tenant_id, session.id] = copy.deepcopy(session)
         self._current[tenant_id, conversation.id] = session.id
+        self.index[tenant_id, session.id] = session.expire_time.ToDatetime(tzinfo=dt.UTC)
         return session, True
 
     def touch(self, session: common_pb2.Session, *, now: dt.datetime) -> None:
@@ -132,6 +135,10 @@ class MemorySessions:
         kept = copy.deepcopy(session)
         kept.revision += 1
         self.sessions[tenant_id, session.id] = kept
+        if session.status == common_pb2.SESSION_STATUS_ACTIVE:
+            self.index[tenant_id, session.id] = session.expire_time.ToDatetime(tzinfo=dt.UTC)
+        else:
+            self.index.pop((tenant_id, session.id), None)
         if session.status == common_pb2.SESSION_STATUS_ACTIVE:
             self._current[tenant_id, session.conversation_id] = session.id
         return True
@@ -173,15 +180,14 @@ class MemorySessions:
         return ended
 
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]:
-        return [
-            key
-            for key, session in self.sessions.items()
-            if session.status == common_pb2.SESSION_STATUS_ACTIVE
-            and session.expire_time.ToDatetime(tzinfo=dt.UTC) <= now
-        ][:limit]
+        """Each due session once: it leaves the index, as the Redis store's ZREM does."""
+        due = [key for key, expiry in self.index.items() if expiry <= now][:limit]
+        for key in due:
+            del self.index[key]
+        return due
 
     async def reindex(self, tenant_id: str, session: common_pb2.Session) -> None:
-        return None
+        self.index[tenant_id, session.id] = session.expire_time.ToDatetime(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
