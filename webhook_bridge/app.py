@@ -255,7 +255,7 @@ async def _meta_post(
         raise refuse(401, "X-Hub-Signature-256 missing")
     if not meta_signature_valid(app_secret, raw, signature):
         raise refuse(403, "signature does not match")
-    parsed = _parsed(parse, json_body(request, raw))
+    parsed = _parsed(parse, json_body(raw))
     if account:
         # One Meta app can serve several tenants' numbers or pages: each tenant takes only
         # its own account's events.
@@ -287,7 +287,7 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     tenant = _tenant(request)
     raw = await _body(request)
     _slack_verified(request, tenant, raw)
-    payload = json_body(request, raw)
+    payload = json_body(raw)
     if isinstance(payload, dict) and payload.get("type") == "url_verification":
         return web.json_response({"challenge": text(payload.get("challenge"))})
     return await _forward(request, tenant, "slack", _parsed(slack.parse_event, payload))
@@ -312,7 +312,7 @@ async def teams_post(request: web.Request) -> web.StreamResponse:
         verified = await verifier.authenticate(
             request.headers.get("Authorization"), app_id=credentials.app_id
         )
-        activity = json_body(request, raw)
+        activity = json_body(raw)
         if not isinstance(activity, dict):
             raise UnusableBodyError("not-platform-shape", "expected an activity object")
         verified.check(
