@@ -18,7 +18,6 @@ from server.domain.tenant import (
     Tenant,
     WhatsAppCredentials,
 )
-from server.services.idempotency import fingerprint_of
 from server.services.tenants import TenantAdmin, tenant_to_proto
 
 _DIGITS = re.compile(r"^[0-9]{1,32}$")
@@ -59,7 +58,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         return await self._admin.upsert(
             tenant,
             request_id=request.request_id,
-            fingerprint=fingerprint_of(request.tenant) if request.request_id else "",
+            request=request.tenant.SerializeToString(deterministic=True),
         )
 
 

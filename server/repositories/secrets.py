@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 from pathlib import Path
 
@@ -33,6 +34,10 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise SecretKeyError(f"the tenant secrets key must be {KEY_BYTES} bytes")
         self._aead = AESGCM(key)
+        # A key of its own for fingerprints, derived: never the sealing key itself.
+        self._fingerprint_key = hmac.new(
+            key, b"chat-service request fingerprint", "sha256"
+        ).digest()
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:
@@ -48,6 +53,11 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise SecretKeyError(f"{path}: expected 32 bytes, found {len(key)}")
         return cls(key)
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed digest of ``data`` (HMAC-SHA256): what identifies a request that holds
+        secrets, without letting whoever reads the digest test guesses of them."""
+        return hmac.new(self._fingerprint_key, data, "sha256").hexdigest()
 
     def seal(self, plaintext: str, *, context: str) -> str:
         """``plaintext`` encrypted and bound to ``context`` (tenant and field)."""

@@ -72,6 +72,11 @@ class MongoTenantStore:
         """Whether secrets can be sealed (a key is configured)."""
         return self._secrets is not None
 
+    def fingerprint(self, request: bytes) -> str:
+        """A keyed digest of a request that holds secrets ("" without a key: such requests
+        are refused anyway)."""
+        return self._secrets.fingerprint(request) if self._secrets is not None else ""
+
     async def get(self, tenant_id: str) -> StoredTenant | None:
         """The stored tenant; None when it was never stored."""
         document = await self._collection.find_one({"_id": tenant_id})

@@ -389,6 +389,10 @@ class TenantStore(Protocol):
         """Whether secrets can be sealed (a key is configured)."""
         ...
 
+    def fingerprint(self, request: bytes) -> str:
+        """A keyed digest of a request that holds secrets (IdempotentRequests' fingerprint)."""
+        ...
+
     async def get(self, tenant_id: str) -> StoredTenant | None: ...
 
     async def save(

@@ -60,11 +60,13 @@ class TenantAdmin:
         self._clock = clock
 
     async def upsert(
-        self, update: Tenant, *, request_id: str = "", fingerprint: str = ""
+        self, update: Tenant, *, request_id: str = "", request: bytes = b""
     ) -> tenant_service_pb2.UpsertTenantResponse:
         """Create or replace ``update.id``'s configuration; the stored tenant, secrets removed.
-        ``fingerprint`` identifies the request (IdempotentRequests)."""
+        ``request`` is the request's deterministic encoding: its keyed digest, not a plain
+        hash (it holds the tenant's secrets), identifies it to IdempotentRequests."""
         self._check_allowed(update)
+        fingerprint = self._store.fingerprint(request) if request_id else ""
         key = RequestKey(update.id, UPSERT_TENANT, request_id, fingerprint)
         return await self._requests.once(
             key,

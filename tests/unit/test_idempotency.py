@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
 from google.protobuf import wrappers_pb2
@@ -10,6 +11,7 @@ from google.protobuf import wrappers_pb2
 from chat.v1 import chat_service_pb2
 from server.domain.errors import FailedPrecondition
 from server.domain.idempotency import RecordedResponse
+from server.repositories.secrets import SecretBox
 from server.services.idempotency import IdempotentRequests, RequestKey, fingerprint_of
 from tests.support.memory_db import Database
 from tests.support.memory_stores import MemoryIdempotencyStore
@@ -67,8 +69,20 @@ async def test_a_record_from_before_fingerprints_still_answers_its_retry() -> No
 
 
 def test_the_fingerprint_ignores_map_order_and_sees_every_field() -> None:
-    one = chat_service_pb2.SendMessageRequest(user_id="u", metadata={"a": "1", "b": "2"})
-    two = chat_service_pb2.SendMessageRequest(user_id="u", metadata={"b": "2", "a": "1"})
-    other = chat_service_pb2.SendMessageRequest(user_id="u", metadata={"a": "1", "b": "3"})
+    # Enough keys that a map's encoding order differs unless it is made deterministic.
+    pairs = [(f"key-{n}", str(n)) for n in range(30)]
+    one = chat_service_pb2.SendMessageRequest(user_id="u", metadata=dict(pairs))
+    two = chat_service_pb2.SendMessageRequest(user_id="u", metadata=dict(reversed(pairs)))
+    other = chat_service_pb2.SendMessageRequest(user_id="u", metadata=dict(pairs) | {"key-0": "x"})
+    assert one.SerializeToString() != two.SerializeToString()  # what the fingerprint must absorb
     assert fingerprint_of(one) == fingerprint_of(two)
     assert fingerprint_of(one) != fingerprint_of(other)
+
+
+def test_a_tenants_fingerprint_is_keyed_not_a_plain_hash_of_its_secrets() -> None:
+    request = b"tenant with verify_token=guessable"
+    box = SecretBox(b"k" * 32)
+    other = SecretBox(b"j" * 32)
+    assert box.fingerprint(request) == box.fingerprint(request)
+    assert box.fingerprint(request) != other.fingerprint(request)
+    assert box.fingerprint(request) != hashlib.sha256(request).hexdigest()
