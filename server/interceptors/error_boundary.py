@@ -95,6 +95,9 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     if not isinstance(exc, DomainError):
         log.error("unexpected error", exc_info=exc)
         exc = DomainError(f"internal error; quote request id {request_id} when reporting it")
+    elif isinstance(exc, Unavailable):
+        # The caller gets the reason; what failed underneath (a store's error) is the log's.
+        log.warning("unavailable", reason=exc.reason, detail=str(exc))
     status, trailing = to_status(exc, request_id=request_id)
     await send_headers(context)  # a call that defers its headers still gets its request id
     await context.abort(
