@@ -19,7 +19,7 @@ import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2, ingest_service_pb2
 from server.domain.conversations import Recording
-from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
+from server.domain.errors import AlreadyExists, DomainError, InvalidArgument, StoreError
 from server.domain.inbound import check_event, conversation_user
 from server.domain.messages import MessageRow, ProcessedContent, build_message
 from server.domain.queues import ReplyJob
@@ -47,6 +47,8 @@ DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
 IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
 DEFERRED = ingest_service_pb2.INGEST_OUTCOME_DEFERRED
 REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
+#: The reason an event is rejected for when applying it failed on a bug of ours (logged).
+UNPROCESSABLE = "UNPROCESSABLE_EVENT"
 
 
 class IngestService:
@@ -70,8 +72,12 @@ class IngestService:
         on_reply_job: Callable[[], None] = lambda: None,
         receipts: Receipts,
         on_batch: Callable[[int], None] = lambda _size: None,
+        is_outage: Callable[[Exception], bool] = lambda exc: isinstance(exc, StoreError),
     ) -> None:
+        """``is_outage`` tells a store that cannot be reached (the whole call fails, and the
+        platform retries it) from a bug in applying one event (that event alone is rejected)."""
         self._opener = opener
+        self._is_outage = is_outage
         self._push = push
         self._receipts = receipts
         self._conversations = conversations
@@ -98,13 +104,30 @@ class IngestService:
     ) -> list[Result]:
         """One result per event, in order. Store outages propagate (the bridge retries the
         batch; deduplication makes that safe)."""
-        results = []
-        for event in events:
-            try:
-                results.append(await self._one(tenant_id, event))
-            except InvalidArgument as exc:
-                results.append(_rejected(event, exc.reason, str(exc)))
-        return results
+        return [await self._guarded(tenant_id, event) for event in events]
+
+    async def _guarded(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        """One event's result. An event this server fails on (our bug) is rejected alone, so it
+        cannot hold back the rest of its batch on every retry of the platform's; its writes
+        share one transaction, which the error rolls back. Store outages and deliberate errors
+        (DomainError) fail the whole call."""
+        try:
+            return await self._one(tenant_id, event)
+        except InvalidArgument as exc:
+            return _rejected(event, exc.reason, str(exc))
+        except DomainError:
+            raise
+        except Exception as exc:
+            if self._is_outage(exc):
+                raise
+            log.exception(
+                "event not applied",
+                tenant_id=tenant_id,
+                channel=event.channel,
+                platform_event_id=event.platform_event_id,
+                kind=event.WhichOneof("kind"),
+            )
+            return _rejected(event, UNPROCESSABLE, "the server could not apply this event")
 
     async def _one(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
         problem = check_event(event)
@@ -341,6 +364,7 @@ class IngestService:
                 error=error,
                 status_time=status_time,
                 actor_id=event.platform_user_id,
+                now=now,
                 tx=tx,
             )
             if not parked and not changes:

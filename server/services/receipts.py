@@ -118,6 +118,7 @@ class Receipts:
         error: common_pb2.PlatformError | None,
         status_time: dt.datetime,
         actor_id: str,
+        now: dt.datetime,
         tx: Tx,
     ) -> list[str]:
         """Park the receipt for the ids no stored message has yet; those ids."""
@@ -140,6 +141,7 @@ class Receipts:
                     )
                     for pid in unknown
                 ],
+                now=now,
                 tx=tx,
             )
         return unknown

@@ -3,9 +3,18 @@ rejections, whose conversation an event is, status reports and typing."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
+from structlog.testing import capture_logs
 
 from chat.v1 import common_pb2, ingest_service_pb2
+from server.domain.errors import StoreUnavailableError
+from server.domain.receipts import EarlyReceipt
+from server.repositories.stores import is_outage
 from server.services.ingest import IngestService
 from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.receipts import Receipts
@@ -271,3 +280,65 @@ async def test_typing_goes_to_the_conversations_streams_or_is_ignored(
     [published] = stores.live.published
     assert published.conversation_id == conversation.id
     assert published.events[0].typing.participant_id == "15550001"
+
+
+def poisoned_parking(stores: MemoryStores, error: Exception) -> None:
+    """Parking a receipt for ``wamid.poison`` raises ``error`` (after the event's record was
+    written in the same transaction)."""
+    park = stores.early_receipts.park
+
+    async def failing(receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: Any) -> None:
+        await park(receipts, now=now, tx=tx)
+        if any(r.platform_message_id == "wamid.poison" for r in receipts):
+            raise error
+
+    stores.early_receipts.park = failing  # type: ignore[method-assign]
+
+
+async def test_an_event_that_fails_on_our_bug_is_rejected_alone_and_stores_nothing(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    poisoned_parking(stores, OverflowError("date value out of range"))
+    batch = [
+        status_event("st-poison", common_pb2.DELIVERY_STATUS_READ, "wamid.poison"),
+        message_event("ev-ok"),
+        status_event("st-ok", common_pb2.DELIVERY_STATUS_READ, "wamid.other"),
+    ]
+
+    with capture_logs() as logs:
+        results = await service.ingest(TENANT, batch)
+
+    assert [r.outcome for r in results] == [REJECTED, ACCEPTED, DEFERRED]
+    assert results[0].error_reason == "UNPROCESSABLE_EVENT"
+    assert "date value" not in results[0].error_message  # our bug's detail goes to the log
+    [entry] = [e for e in logs if e["event"] == "event not applied"]
+    assert entry["log_level"] == "error"
+    assert entry["exc_info"] is True
+    assert entry["platform_event_id"] == "st-poison"
+    # Its record and its parked receipt rolled back with it; the others are stored.
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-poison")
+    assert [r.platform_message_id for r in stores.early_receipts.parked] == ["wamid.other"]
+    assert [m.id for m in stores.messages.all()] == [results[1].message_id]
+
+
+async def test_a_store_outage_still_fails_the_whole_call(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    poisoned_parking(stores, StoreUnavailableError("redis timed out"))
+
+    with pytest.raises(StoreUnavailableError):
+        await service.ingest(
+            TENANT,
+            [
+                message_event("ev-ok"),
+                status_event("st-poison", common_pb2.DELIVERY_STATUS_READ, "wamid.poison"),
+            ],
+        )
+
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-poison")
+
+
+def test_an_unreachable_store_is_an_outage_and_a_bug_is_not() -> None:
+    assert is_outage(ServerSelectionTimeoutError("no primary"))
+    assert is_outage(StoreUnavailableError("redis timed out"))
+    assert not is_outage(OverflowError("date value out of range"))
