@@ -166,7 +166,7 @@ class Receipts:
                         StatusChange(snapshot, report.status, report.error, report.status_time)
                     )
             ids = report.platform_message_ids
-            # As apply then park_unknown: a single id that moved needs no parking.
+            # A single id that moved needs no parking; of several, the unknown ones wait.
             unknown = (
                 []
                 if changes and len(ids) <= 1
@@ -198,45 +198,6 @@ class Receipts:
         if parked:
             await self._early.park(parked, now=now, tx=tx)
         return applied
-
-    async def park_unknown(
-        self,
-        tenant_id: str,
-        *,
-        channel: common_pb2.ChannelType.ValueType,
-        status: common_pb2.DeliveryStatus.ValueType,
-        platform_message_ids: Sequence[str],
-        conversation_id: str,
-        error: common_pb2.PlatformError | None,
-        status_time: dt.datetime,
-        actor_id: str,
-        now: dt.datetime,
-        tx: Tx,
-    ) -> list[str]:
-        """Park the receipt for the ids no stored message has yet; those ids."""
-        known = await self._messages.known_platform_ids(
-            tenant_id, channel, platform_message_ids, tx=tx
-        )
-        unknown = [pid for pid in platform_message_ids if pid not in known]
-        if unknown:
-            await self._early.park(
-                [
-                    EarlyReceipt(
-                        tenant_id=tenant_id,
-                        channel=channel,
-                        platform_message_id=pid,
-                        conversation_id=conversation_id,
-                        status=status,
-                        error=error,
-                        status_time=status_time,
-                        actor_id=actor_id,
-                    )
-                    for pid in unknown
-                ],
-                now=now,
-                tx=tx,
-            )
-        return unknown
 
     async def take_and_apply(
         self, refs: Sequence[str], *, now: dt.datetime, tx: Tx
