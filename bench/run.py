@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.internal import api_implementation
 from pymongo import AsyncMongoClient
 
-from bench import fanout, history, ingest
+from bench import fanout, history, ingest, ingest_batch
 from bench.common import (
     DURATION_SECONDS,
     SECRET,
@@ -41,7 +41,7 @@ from devstack.stack import EmbeddedStack
 from devstack.tokens import mint_dev_token
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-PARTS = ("send_message", "ingest", "fanout", "history")
+PARTS = ("send_message", "ingest", "ingest_batch", "fanout", "history")
 DATABASE = "chat_bench"
 
 
@@ -95,6 +95,9 @@ async def bench(stack_env: dict[str, str], tmp: Path, parts: frozenset[str]) -> 
                 figures.append(
                     ingest.replied_figure(ingested, drain_seconds=time.monotonic() - started)
                 )
+            if "ingest_batch" in parts:
+                figures += await ingest_batch.measure(env, target)
+                await drained(stack_env["CHAT_MONGODB_URI"])
             if "fanout" in parts:
                 figures += await fanout.measure(target, metadata, chat.pid)
             if "history" in parts:

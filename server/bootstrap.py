@@ -26,7 +26,7 @@ from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 from server.relay.relay import OutboxRelay
 from server.repositories.locks import MongoLease
-from server.repositories.stores import Stores, open_stores
+from server.repositories.stores import Stores, is_outage, open_stores
 from server.services.active_conversations import ActiveConversations
 from server.services.composing import ReplyComposer
 from server.services.conversations import ConversationService
@@ -259,6 +259,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             on_events=relay.wake,
             on_reply_job=replies.wake,
             on_batch=batch.labels(call="ingest").observe,
+            is_outage=is_outage,
         ),
         tenant_admin=TenantAdmin(
             store=stores.tenants,

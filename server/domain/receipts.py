@@ -22,6 +22,45 @@ class EarlyReceipt:
     actor_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """A status a platform reports, ready to apply: on messages by their platform ids, and
+    with a watermark on every message of a conversation the platform had by a time."""
+
+    channel: int
+    status: common_pb2.DeliveryStatus.ValueType
+    platform_message_ids: tuple[str, ...]
+    #: (conversation id, time): the messages of the conversation handed over by then.
+    watermark: tuple[str, dt.datetime] | None
+    #: The reporting user's active conversation, if any: ids are matched within it.
+    conversation_id: str | None
+    error: common_pb2.PlatformError | None
+    status_time: dt.datetime
+    actor_id: str
+
+
 def receipt_ref(tenant_id: str, channel: int, platform_message_id: str) -> str:
     """What names one platform message of a tenant's channel."""
     return f"{tenant_id}|{channel}|{platform_message_id}"
+
+
+_S = common_pb2
+#: For each status, the statuses a message may move to it from: never backwards (SENT <
+#: DELIVERED < READ); FAILED only before delivery, and a later success (a replayed send, a
+#: DELIVERED or READ report) proves a FAILED one wrong.
+FORWARD_FROM: dict[int, list[int]] = {
+    # FAILED -> SENT: a replayed delivery (RetryDelivery) that went through after all.
+    _S.DELIVERY_STATUS_SENT: [_S.DELIVERY_STATUS_QUEUED, _S.DELIVERY_STATUS_FAILED],
+    _S.DELIVERY_STATUS_DELIVERED: [
+        _S.DELIVERY_STATUS_QUEUED,
+        _S.DELIVERY_STATUS_SENT,
+        _S.DELIVERY_STATUS_FAILED,
+    ],
+    _S.DELIVERY_STATUS_READ: [
+        _S.DELIVERY_STATUS_QUEUED,
+        _S.DELIVERY_STATUS_SENT,
+        _S.DELIVERY_STATUS_DELIVERED,
+        _S.DELIVERY_STATUS_FAILED,
+    ],
+    _S.DELIVERY_STATUS_FAILED: [_S.DELIVERY_STATUS_QUEUED, _S.DELIVERY_STATUS_SENT],
+}

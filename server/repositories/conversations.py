@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pymongo import DESCENDING, UpdateOne
@@ -45,6 +45,28 @@ class MongoConversationRepository:
             {"tenant_id": tenant_id, "user_id": user_id, "channel": channel, "status": ACTIVE}
         )
         return to_proto(document) if document else None
+
+    async def find_active_many(
+        self, tenant_id: str, users: Iterable[tuple[int, str]]
+    ) -> dict[tuple[int, str], common_pb2.Conversation]:
+        """The active conversations of these (channel, user id) pairs that have one, in one
+        read."""
+        wanted = set(users)
+        if not wanted:
+            return {}
+        cursor = self._collection.find(
+            {
+                "tenant_id": tenant_id,
+                "user_id": {"$in": sorted({user for _, user in wanted})},
+                "status": ACTIVE,
+            }
+        )
+        found = {}
+        async for document in cursor:
+            key = (document["channel"], document["user_id"])
+            if key in wanted:
+                found[key] = to_proto(document)
+        return found
 
     async def insert_active(
         self,

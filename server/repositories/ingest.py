@@ -33,6 +33,19 @@ class MongoIngestLog:
         key = self._key(tenant_id, channel, platform_event_id)
         return await self._collection.find_one({"_id": key}, {"_id": 1}) is not None
 
+    async def seen_many(
+        self, tenant_id: str, events: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        """Which of these (channel, platform event id) were ingested before, in one read."""
+        if not events:
+            return set()
+        keys = {
+            self._key(tenant_id, channel, event_id): (channel, event_id)
+            for channel, event_id in events
+        }
+        cursor = self._collection.find({"_id": {"$in": list(keys)}}, {"_id": 1})
+        return {keys[document["_id"]] async for document in cursor}
+
     async def record(
         self,
         tenant_id: str,

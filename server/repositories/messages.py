@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
 from server.domain.messages import Advance, MessageRow
+from server.domain.receipts import FORWARD_FROM
 from server.repositories.mongo import MESSAGES, Document
 
 #: What to_proto reads of a stored message.
@@ -266,6 +267,68 @@ class MongoMessageRepository:
             message.delivery_status = status
         return changed
 
+    async def by_platform_ids(
+        self,
+        tenant_id: str,
+        channel: int,
+        platform_message_ids: Sequence[str],
+        *,
+        tx: AsyncClientSession,
+    ) -> list[common_pb2.Message]:
+        """The tenant's messages on the channel with these platform ids, in one read."""
+        cursor = self._collection.find(
+            {
+                "tenant_id": tenant_id,
+                "channel": channel,
+                "platform_message_id": {"$in": list(platform_message_ids)},
+            },
+            _AS_MESSAGE,
+            session=tx,
+        )
+        return [to_proto(document) async for document in cursor]
+
+    async def watermarked(
+        self, tenant_id: str, conversation_id: str, before: dt.datetime, *, tx: AsyncClientSession
+    ) -> list[common_pb2.Message]:
+        """The conversation's outbound messages handed to the platform (they have its id)
+        up to ``before``: what a watermark covers."""
+        cursor = self._collection.find(
+            {
+                "tenant_id": tenant_id,
+                "conversation_id": conversation_id,
+                "direction": common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+                "create_time": {"$lte": before},
+                "platform_message_id": {"$gt": ""},
+            },
+            _AS_MESSAGE,
+            session=tx,
+        )
+        return [to_proto(document) async for document in cursor]
+
+    async def set_statuses(
+        self,
+        tenant_id: str,
+        statuses: Sequence[tuple[str, common_pb2.DeliveryStatus.ValueType]],
+        *,
+        tx: AsyncClientSession,
+    ) -> None:
+        """Set messages' delivery status (message id, status), in one round trip; the caller
+        read them in the same transaction, so a change committed since conflicts (and the
+        transaction is retried)."""
+        if not statuses:
+            return
+        await self._collection.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": message_id, "tenant_id": tenant_id},
+                    {"$set": {"delivery_status": status}},
+                )
+                for message_id, status in statuses
+            ],
+            ordered=False,
+            session=tx,
+        )
+
     async def mark_read(
         self,
         tenant_id: str,
@@ -302,27 +365,6 @@ class MongoMessageRepository:
         ).sort("sequence", ASCENDING)
         return await cursor.limit(50).explain()
 
-
-_S = common_pb2
-#: For each status, the statuses a message may move to it from: never backwards (SENT <
-#: DELIVERED < READ); FAILED only before delivery, and a later success (a replayed send, a
-#: DELIVERED or READ report) proves a FAILED one wrong.
-FORWARD_FROM: dict[int, list[int]] = {
-    # FAILED -> SENT: a replayed delivery (RetryDelivery) that went through after all.
-    _S.DELIVERY_STATUS_SENT: [_S.DELIVERY_STATUS_QUEUED, _S.DELIVERY_STATUS_FAILED],
-    _S.DELIVERY_STATUS_DELIVERED: [
-        _S.DELIVERY_STATUS_QUEUED,
-        _S.DELIVERY_STATUS_SENT,
-        _S.DELIVERY_STATUS_FAILED,
-    ],
-    _S.DELIVERY_STATUS_READ: [
-        _S.DELIVERY_STATUS_QUEUED,
-        _S.DELIVERY_STATUS_SENT,
-        _S.DELIVERY_STATUS_DELIVERED,
-        _S.DELIVERY_STATUS_FAILED,
-    ],
-    _S.DELIVERY_STATUS_FAILED: [_S.DELIVERY_STATUS_QUEUED, _S.DELIVERY_STATUS_SENT],
-}
 
 #: The statuses READ moves forward from.
 #: A queued message is not on the user's screen yet: it can be read only once sent.

@@ -17,7 +17,9 @@ from server.domain.receipts import EarlyReceipt, receipt_ref
 from server.repositories.mongo import EARLY_RECEIPTS, Document
 
 #: How long a receipt waits for its message (the parts of a split message after the first,
-#: whose ids name no message, go then).
+#: whose ids name no message, go then), from when it was parked: by the server's clock, not
+#: the platform's status time, which a payload may set anywhere from year 1 (gone before its
+#: message is sent) to year 9999 (past the last datetime, an OverflowError).
 KEEP = dt.timedelta(days=1)
 
 
@@ -27,9 +29,11 @@ class MongoEarlyReceipts:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[EARLY_RECEIPTS]
 
-    async def park(self, receipts: Sequence[EarlyReceipt], *, tx: AsyncClientSession) -> None:
-        """Keep the receipts; one per ref and status (a repeat of one is the same document,
-        and two statuses for one message never write the same one)."""
+    async def park(
+        self, receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: AsyncClientSession
+    ) -> None:
+        """Keep the receipts until ``now`` + KEEP; one per ref and status (a repeat of one is
+        the same document, and two statuses for one message never write the same one)."""
         await self._collection.bulk_write(
             [
                 UpdateOne(
@@ -45,7 +49,7 @@ class MongoEarlyReceipts:
                             "error": r.error.SerializeToString() if r.error else b"",
                             "status_time": r.status_time,
                             "actor_id": r.actor_id,
-                            "expire_time": r.status_time + KEEP,
+                            "expire_time": now + KEEP,
                         }
                     },
                     upsert=True,

@@ -12,7 +12,9 @@ from typing import Any
 import redis.asyncio as redis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
 
+from server.domain.errors import StoreError
 from server.repositories.analytics import MongoAnalytics
 from server.repositories.audit import MongoAuditLog
 from server.repositories.conversation_cache import RedisConversationCache
@@ -88,3 +90,9 @@ def open_stores(
         cache=cache,
         live=RedisLiveEvents(client=client, cache=cache, sessions=sessions),
     )
+
+
+def is_outage(exc: Exception) -> bool:
+    """Whether ``exc`` says a store could not do its part (MongoDB unreachable or timed out,
+    Redis failing) rather than something being wrong with what was asked of it."""
+    return isinstance(exc, ConnectionFailure | StoreError)

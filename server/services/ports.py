@@ -10,7 +10,7 @@ them in unit tests (tests/support/memory_*.py).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
@@ -45,6 +45,10 @@ class ConversationRepository(Protocol):
         self, tenant_id: str, user_id: str, channel: int
     ) -> common_pb2.Conversation | None: ...
 
+    async def find_active_many(
+        self, tenant_id: str, users: Iterable[tuple[int, str]]
+    ) -> dict[tuple[int, str], common_pb2.Conversation]: ...
+
     async def insert_active(
         self,
         tenant_id: str,
@@ -77,7 +81,7 @@ class ConversationRepository(Protocol):
 class EarlyReceiptStore(Protocol):
     """Receipts waiting for their message's send to be recorded (refs: receipt_ref)."""
 
-    async def park(self, receipts: Sequence[EarlyReceipt], *, tx: Tx) -> None: ...
+    async def park(self, receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: Tx) -> None: ...
 
     async def waiting(self, refs: Sequence[str]) -> bool: ...
 
@@ -127,6 +131,22 @@ class MessageRepository(Protocol):
         *,
         tx: Tx | None = None,
     ) -> set[str]: ...
+
+    async def by_platform_ids(
+        self, tenant_id: str, channel: int, platform_message_ids: Sequence[str], *, tx: Tx
+    ) -> list[common_pb2.Message]: ...
+
+    async def watermarked(
+        self, tenant_id: str, conversation_id: str, before: dt.datetime, *, tx: Tx
+    ) -> list[common_pb2.Message]: ...
+
+    async def set_statuses(
+        self,
+        tenant_id: str,
+        statuses: Sequence[tuple[str, common_pb2.DeliveryStatus.ValueType]],
+        *,
+        tx: Tx,
+    ) -> None: ...
 
     async def apply_status(
         self,
@@ -371,6 +391,10 @@ class IngestLog(Protocol):
     """Platform events already ingested (the deduplication record), per tenant and channel."""
 
     async def seen(self, tenant_id: str, channel: int, platform_event_id: str) -> bool: ...
+
+    async def seen_many(
+        self, tenant_id: str, events: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]: ...
 
     async def record(
         self, tenant_id: str, channel: int, platform_event_id: str, *, now: dt.datetime, tx: Tx

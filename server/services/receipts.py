@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.domain.receipts import EarlyReceipt, receipt_ref
+from server.domain.receipts import FORWARD_FROM, EarlyReceipt, StatusReport, receipt_ref
 from server.events.envelopes import envelope
 from server.services.live import QuietLiveEvents, timestamp_of
 from server.services.ports import (
@@ -50,6 +50,14 @@ class StatusChange:
     status: common_pb2.DeliveryStatus.ValueType
     error: common_pb2.PlatformError | None
     status_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one status report did: the messages it moved, and the ids it was parked for."""
+
+    changes: list[StatusChange]
+    parked: list[str]
 
 
 class Receipts:
@@ -107,42 +115,89 @@ class Receipts:
             )
         return changes
 
-    async def park_unknown(
-        self,
-        tenant_id: str,
-        *,
-        channel: common_pb2.ChannelType.ValueType,
-        status: common_pb2.DeliveryStatus.ValueType,
-        platform_message_ids: Sequence[str],
-        conversation_id: str,
-        error: common_pb2.PlatformError | None,
-        status_time: dt.datetime,
-        actor_id: str,
-        tx: Tx,
-    ) -> list[str]:
-        """Park the receipt for the ids no stored message has yet; those ids."""
-        known = await self._messages.known_platform_ids(
-            tenant_id, channel, platform_message_ids, tx=tx
-        )
-        unknown = [pid for pid in platform_message_ids if pid not in known]
-        if unknown:
-            await self._early.park(
-                [
-                    EarlyReceipt(
-                        tenant_id=tenant_id,
-                        channel=channel,
-                        platform_message_id=pid,
-                        conversation_id=conversation_id,
-                        status=status,
-                        error=error,
-                        status_time=status_time,
-                        actor_id=actor_id,
+    async def apply_reports(
+        self, tenant_id: str, reports: Sequence[StatusReport], *, now: dt.datetime, tx: Tx
+    ) -> list[Applied]:
+        """Apply a batch's reports in the caller's transaction, in a few statements whatever
+        their number: the messages they name are read at once, each report is applied in
+        memory, in order, to what the reports before it left (forward only, as ``apply``),
+        then every status is written, every event added and every receipt for a message not
+        recorded yet parked, together. What each report did, in order; a report that moved
+        and parked nothing changed nothing."""
+        current: dict[str, common_pb2.Message] = {}
+        named: dict[tuple[int, str], list[common_pb2.Message]] = {}
+        wanted: dict[int, set[str]] = {}
+        for report in reports:
+            wanted.setdefault(report.channel, set()).update(report.platform_message_ids)
+        for channel, names in wanted.items():
+            if not names:
+                continue
+            for found in await self._messages.by_platform_ids(
+                tenant_id, channel, sorted(names), tx=tx
+            ):
+                message = current.setdefault(found.id, found)
+                named.setdefault((channel, message.platform_message_id), []).append(message)
+        applied: list[Applied] = []
+        moved: dict[str, common_pb2.Message] = {}
+        events: list[events_pb2.EventEnvelope] = []
+        parked: list[EarlyReceipt] = []
+        for report in reports:
+            targets = {
+                message.id: message
+                for pid in report.platform_message_ids
+                for message in named.get((report.channel, pid), [])
+                if message.direction == common_pb2.MESSAGE_DIRECTION_OUTBOUND
+                and (
+                    not report.conversation_id or message.conversation_id == report.conversation_id
+                )
+            }
+            if report.watermark is not None:
+                for found in await self._messages.watermarked(tenant_id, *report.watermark, tx=tx):
+                    message = current.setdefault(found.id, found)
+                    targets[message.id] = message
+            changes = []
+            for message in sorted(targets.values(), key=lambda m: m.sequence):
+                if message.delivery_status in FORWARD_FROM[report.status]:
+                    message.delivery_status = report.status
+                    moved[message.id] = message
+                    snapshot = common_pb2.Message()
+                    snapshot.CopyFrom(message)
+                    changes.append(
+                        StatusChange(snapshot, report.status, report.error, report.status_time)
                     )
-                    for pid in unknown
-                ],
-                tx=tx,
+            ids = report.platform_message_ids
+            # A single id that moved needs no parking; of several, the unknown ones wait.
+            unknown = (
+                []
+                if changes and len(ids) <= 1
+                else [pid for pid in ids if (report.channel, pid) not in named]
             )
-        return unknown
+            events += [
+                _delivered(tenant_id, report.actor_id, report.channel, change, now)  # type: ignore[arg-type]
+                for change in changes
+            ]
+            parked += [
+                EarlyReceipt(
+                    tenant_id=tenant_id,
+                    channel=report.channel,
+                    platform_message_id=pid,
+                    conversation_id=report.conversation_id or "",
+                    status=report.status,
+                    error=report.error,
+                    status_time=report.status_time,
+                    actor_id=report.actor_id,
+                )
+                for pid in unknown
+            ]
+            applied.append(Applied(changes=changes, parked=unknown))
+        await self._messages.set_statuses(
+            tenant_id, [(m.id, m.delivery_status) for m in moved.values()], tx=tx
+        )
+        if events:
+            await self._outbox.add(events, now=now, tx=tx)
+        if parked:
+            await self._early.park(parked, now=now, tx=tx)
+        return applied
 
     async def take_and_apply(
         self, refs: Sequence[str], *, now: dt.datetime, tx: Tx

@@ -316,6 +316,39 @@ async def test_bad_events_are_rejected_one_by_one(clients: tuple[Bridge, ChatCli
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_statuses_timed_at_the_ends_of_time_are_parked_beside_a_message(
+    clients: tuple[Bridge, ChatClient], mongo: Mongo
+) -> None:
+    """A receipt timed in year 9999 (or year 1) for a message not sent yet is parked for a day
+    by the server's clock, and the message in the same batch is stored: it once overflowed the
+    receipt's keep time and failed the whole batch on every retry."""
+    bridge, _ = clients
+    user = "1555" + uuid.uuid4().hex[:7]
+    late, early = (
+        status_event(user, c.DELIVERY_STATUS_DELIVERED, f"wamid.{uuid.uuid4().hex}")
+        for _ in range(2)
+    )
+    late.event_time.FromDatetime(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC))
+    early.event_time.FromDatetime(dt.datetime(1, 1, 1, tzinfo=dt.UTC))
+    before = dt.datetime.now(dt.UTC)
+    results = await bridge.ingest(late, text_event(user, "hi"), early)
+    assert [r.outcome for r in results] == [
+        ingest.INGEST_OUTCOME_DEFERRED,
+        ingest.INGEST_OUTCOME_ACCEPTED,
+        ingest.INGEST_OUTCOME_DEFERRED,
+    ]
+    await conversation_of(mongo, results[1].message_id)
+    for event in (late, early):
+        [parked] = (
+            await mongo["chat"]["early_receipts"]
+            .find({"platform_message_id": event.status.platform_message_ids[0]})
+            .to_list()
+        )
+        assert parked["status_time"] == event.event_time.ToDatetime(tzinfo=dt.UTC)
+        assert before + dt.timedelta(hours=23) < parked["expire_time"]
+        assert parked["expire_time"] < dt.datetime.now(dt.UTC) + dt.timedelta(hours=25)
+
+
 async def test_a_job_left_by_a_dead_process_is_answered_once(
     clients: tuple[Bridge, ChatClient], mongo: Mongo
 ) -> None:

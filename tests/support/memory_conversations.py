@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from chat.v1 import common_pb2
@@ -83,6 +83,16 @@ class MemoryConversations:
             ):
                 return copy.deepcopy(conversation)
         return None
+
+    async def find_active_many(
+        self, tenant_id: str, users: Iterable[tuple[int, str]]
+    ) -> dict[tuple[int, str], common_pb2.Conversation]:
+        found = {}
+        for channel, user_id in set(users):
+            conversation = await self.find_active(tenant_id, user_id, channel)
+            if conversation is not None:
+                found[channel, user_id] = conversation
+        return found
 
     async def insert_active(
         self,
@@ -300,6 +310,44 @@ class MemoryMessages:
             for owner, m, _ in self._db.messages.values()
             if owner == tenant_id and m.channel == channel and m.platform_message_id in wanted
         }
+
+    async def by_platform_ids(
+        self, tenant_id: str, channel: int, platform_message_ids: Sequence[str], *, tx: Any
+    ) -> list[common_pb2.Message]:
+        wanted = set(platform_message_ids)
+        return [
+            copy.deepcopy(m)
+            for owner, m, _ in self._db.messages.values()
+            if owner == tenant_id and m.channel == channel and m.platform_message_id in wanted
+        ]
+
+    async def watermarked(
+        self, tenant_id: str, conversation_id: str, before: dt.datetime, *, tx: Any
+    ) -> list[common_pb2.Message]:
+        return [
+            copy.deepcopy(m)
+            for owner, m, _ in self._db.messages.values()
+            if owner == tenant_id
+            and m.conversation_id == conversation_id
+            and m.direction == OUTBOUND
+            and m.create_time.ToDatetime(tzinfo=dt.UTC) <= before
+            and m.platform_message_id > ""
+        ]
+
+    async def set_statuses(
+        self,
+        tenant_id: str,
+        statuses: Sequence[tuple[str, common_pb2.DeliveryStatus.ValueType]],
+        *,
+        tx: Any,
+    ) -> None:
+        if not statuses:
+            return
+        self._db.wrote(tx, "messages")
+        for message_id, status in statuses:
+            owner, message, _ = self._db.messages[message_id]
+            assert owner == tenant_id
+            message.delivery_status = status
 
     async def apply_status(
         self,

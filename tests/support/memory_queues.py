@@ -328,6 +328,11 @@ class MemoryIngestLog:
     async def seen(self, tenant_id: str, channel: int, platform_event_id: str) -> bool:
         return (tenant_id, channel, platform_event_id) in self._db.ingested
 
+    async def seen_many(
+        self, tenant_id: str, events: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        return {(c, e) for c, e in events if (tenant_id, c, e) in self._db.ingested}
+
     async def record(
         self, tenant_id: str, channel: int, platform_event_id: str, *, now: dt.datetime, tx: Any
     ) -> None:

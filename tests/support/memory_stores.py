@@ -249,7 +249,7 @@ class MemoryEarlyReceipts:
     def parked(self) -> list[EarlyReceipt]:
         return list(self._db.early_receipts.values())
 
-    async def park(self, receipts: Sequence[EarlyReceipt], *, tx: Any) -> None:
+    async def park(self, receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: Any) -> None:
         self._db.wrote(tx, "early_receipts")
         for r in receipts:
             key = f"{receipt_ref(r.tenant_id, r.channel, r.platform_message_id)}|{int(r.status)}"

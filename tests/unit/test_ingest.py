@@ -3,9 +3,18 @@ rejections, whose conversation an event is, status reports and typing."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
+from structlog.testing import capture_logs
 
 from chat.v1 import common_pb2, ingest_service_pb2
+from server.domain.errors import StoreUnavailableError
+from server.domain.receipts import EarlyReceipt
+from server.repositories.stores import is_outage
 from server.services.ingest import IngestService
 from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.receipts import Receipts
@@ -121,15 +130,15 @@ async def test_a_retry_that_raced_the_check_is_a_duplicate_and_rolls_back(
     service: IngestService, stores: MemoryStores, clock: Clock
 ) -> None:
     [first] = await service.ingest(TENANT, [message_event()])
-    # The platform's retry passed the seen() check before the first committed its record.
-    seen = stores.ingest_log.seen
+    # The platform's retry passed the seen_many() check before the first committed its record.
+    seen_many = stores.ingest_log.seen_many
 
-    async def not_yet(tenant_id: str, channel: int, event_id: str) -> bool:
-        return False
+    async def not_yet(tenant_id: str, events: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        return set()
 
-    stores.ingest_log.seen = not_yet  # type: ignore[method-assign]
+    stores.ingest_log.seen_many = not_yet  # type: ignore[method-assign]
     [again] = await service.ingest(TENANT, [message_event()])
-    stores.ingest_log.seen = seen  # type: ignore[method-assign]
+    stores.ingest_log.seen_many = seen_many  # type: ignore[method-assign]
 
     assert again.outcome == DUPLICATE
     [stored] = stores.messages.all()
@@ -271,3 +280,129 @@ async def test_typing_goes_to_the_conversations_streams_or_is_ignored(
     [published] = stores.live.published
     assert published.conversation_id == conversation.id
     assert published.events[0].typing.participant_id == "15550001"
+
+
+def poisoned_parking(stores: MemoryStores, error: Exception) -> None:
+    """Parking a receipt for ``wamid.poison`` raises ``error`` (after the event's record was
+    written in the same transaction)."""
+    park = stores.early_receipts.park
+
+    async def failing(receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: Any) -> None:
+        await park(receipts, now=now, tx=tx)
+        if any(r.platform_message_id == "wamid.poison" for r in receipts):
+            raise error
+
+    stores.early_receipts.park = failing  # type: ignore[method-assign]
+
+
+async def test_an_event_that_fails_on_our_bug_is_rejected_alone_and_stores_nothing(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    poisoned_parking(stores, OverflowError("date value out of range"))
+    batch = [
+        status_event("st-poison", common_pb2.DELIVERY_STATUS_READ, "wamid.poison"),
+        message_event("ev-ok"),
+        status_event("st-ok", common_pb2.DELIVERY_STATUS_READ, "wamid.other"),
+    ]
+
+    with capture_logs() as logs:
+        results = await service.ingest(TENANT, batch)
+
+    assert [r.outcome for r in results] == [REJECTED, ACCEPTED, DEFERRED]
+    assert results[0].error_reason == "UNPROCESSABLE_EVENT"
+    assert "date value" not in results[0].error_message  # our bug's detail goes to the log
+    [entry] = [e for e in logs if e["event"] == "event not applied"]
+    assert entry["log_level"] == "error"
+    assert isinstance(entry["exc_info"], OverflowError)  # logged with its traceback
+    assert entry["platform_event_id"] == "st-poison"
+    # Its record and its parked receipt rolled back with it; the others are stored.
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-poison")
+    assert [r.platform_message_id for r in stores.early_receipts.parked] == ["wamid.other"]
+    assert [m.id for m in stores.messages.all()] == [results[1].message_id]
+
+
+async def test_a_store_outage_still_fails_the_whole_call(
+    service: IngestService, stores: MemoryStores
+) -> None:
+    poisoned_parking(stores, StoreUnavailableError("redis timed out"))
+
+    with pytest.raises(StoreUnavailableError):
+        await service.ingest(
+            TENANT,
+            [
+                message_event("ev-ok"),
+                status_event("st-poison", common_pb2.DELIVERY_STATUS_READ, "wamid.poison"),
+            ],
+        )
+
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-poison")
+
+
+def test_an_unreachable_store_is_an_outage_and_a_bug_is_not() -> None:
+    assert is_outage(ServerSelectionTimeoutError("no primary"))
+    assert is_outage(StoreUnavailableError("redis timed out"))
+    assert not is_outage(OverflowError("date value out of range"))
+
+
+async def test_a_batchs_statuses_apply_in_order_in_one_transaction(
+    service: IngestService, stores: MemoryStores, clock: Clock
+) -> None:
+    conversation = stores.conversations.add(
+        TENANT, user_id="15550001", channel=WHATSAPP, channel_conversation_id="1555", now=clock()
+    )
+    for n, status in enumerate((common_pb2.DELIVERY_STATUS_SENT, common_pb2.DELIVERY_STATUS_SENT)):
+        reply = common_pb2.Message(
+            id=f"reply-{n}",
+            conversation_id=conversation.id,
+            sequence=n + 2,
+            channel=WHATSAPP,
+            direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+            delivery_status=status,
+            platform_message_id=f"wamid.out-{n}",
+        )
+        reply.create_time.FromDatetime(clock())
+        stores.messages.add(TENANT, reply)
+    commits = stores.transactions.commits
+
+    results = await service.ingest(
+        TENANT,
+        [
+            # A failure, then a replayed send that went through after all: SENT in the end.
+            status_event("st-1", common_pb2.DELIVERY_STATUS_FAILED, "wamid.out-0"),
+            status_event("st-2", common_pb2.DELIVERY_STATUS_SENT, "wamid.out-0"),
+            # Read, then a late delivered: READ stays.
+            status_event("st-3", common_pb2.DELIVERY_STATUS_READ, "wamid.out-1"),
+            status_event("st-4", common_pb2.DELIVERY_STATUS_DELIVERED, "wamid.out-1"),
+            status_event("st-3", common_pb2.DELIVERY_STATUS_READ, "wamid.out-1"),  # sent twice
+            status_event("st-5", common_pb2.DELIVERY_STATUS_READ, "wamid.later"),
+        ],
+    )
+
+    assert [r.platform_event_id for r in results] == [
+        "st-1",
+        "st-2",
+        "st-3",
+        "st-4",
+        "st-3",
+        "st-5",
+    ]
+    assert [r.outcome for r in results] == [
+        ACCEPTED,
+        ACCEPTED,
+        ACCEPTED,
+        IGNORED,
+        DUPLICATE,
+        DEFERRED,
+    ]
+    assert stores.transactions.commits == commits + 1  # all of them in one transaction
+    first = await stores.messages.get(TENANT, "reply-0")
+    second = await stores.messages.get(TENANT, "reply-1")
+    assert first is not None
+    assert second is not None
+    assert (first.delivery_status, second.delivery_status) == (
+        common_pb2.DELIVERY_STATUS_SENT,
+        common_pb2.DELIVERY_STATUS_READ,
+    )
+    assert stores.outbox.kinds() == ["message_delivered"] * 3
+    assert [r.platform_message_id for r in stores.early_receipts.parked] == ["wamid.later"]
+    assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-4")

@@ -1,0 +1,163 @@
+"""Batched webhooks: WhatsApp webhooks carrying many statuses or many messages, one at a time
+into the bridge, timed until its answer. A platform retries anything but a 200, so the figures
+are whether every one was answered 200 and the slowest answer; the bridge gives each of its
+IngestEvents calls FORWARD_TIMEOUT_SECONDS (2 s) before it answers 503."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from bench.common import Figure, start
+from bench.ingest import APP_SECRET, PHONE_NUMBER_ID
+from devstack.processes import free_port, script_path
+
+#: The bridge's default CHAT_BRIDGE_MAX_BODY_BYTES.
+MAX_BODY = 1024 * 1024
+REPEATS = 3
+#: (name, kind, events or None for as many as the body limit admits, senders)
+SHAPES: tuple[tuple[str, str, int | None, int], ...] = (
+    ("statuses_100", "statuses", 100, 100),
+    ("statuses_1000", "statuses", 1000, 500),
+    ("statuses_body_limit", "statuses", None, 500),
+    ("messages_100", "messages", 100, 10),
+    # WhatsApp batches at most 1,000 updates in one POST.
+    ("messages_1000", "messages", 1000, 100),
+)
+
+
+def _webhook(value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": PHONE_NUMBER_ID,
+                            },
+                            **value,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _fill(
+    make: Callable[[int], dict[str, Any]], count: int | None, around: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``count`` items, or as many as fit in MAX_BODY with the webhook ``around`` them."""
+    if count is not None:
+        return [make(n) for n in range(count)]
+    items: list[dict[str, Any]] = []
+    size = len(json.dumps(around))
+    while True:
+        item = make(len(items))
+        size += len(json.dumps(item)) + 2
+        if size > MAX_BODY:
+            return items
+        items.append(item)
+
+
+def batch(kind: str, count: int | None, senders: int) -> tuple[bytes, int]:
+    """A webhook body of fresh statuses (for messages not recorded: each is parked) or text
+    messages, and how many it carries."""
+    tag = uuid.uuid4().hex[:8]
+    users = [f"1{tag[:4]}{n:06d}" for n in range(senders)]
+    if kind == "statuses":
+        items = _fill(
+            lambda n: {
+                "id": f"wamid.{tag}{n:06d}",
+                "status": "delivered",
+                "timestamp": "1750030073",
+                "recipient_id": users[n % senders],
+            },
+            count,
+            _webhook({"statuses": []}),
+        )
+        value: dict[str, Any] = {"statuses": items}
+    else:
+        contacts = [{"profile": {"name": "Bench"}, "wa_id": user} for user in users]
+        items = _fill(
+            lambda n: {
+                "from": users[n % senders],
+                "id": f"wamid.{tag}{n:06d}",
+                "timestamp": "1750030073",
+                "text": {"body": f"hello {n}"},
+                "type": "text",
+            },
+            count,
+            _webhook({"contacts": contacts, "messages": []}),
+        )
+        value = {"contacts": contacts, "messages": items}
+    return json.dumps(_webhook(value)).encode(), len(items)
+
+
+async def measure(env: dict[str, str], server_target: str) -> list[Figure]:
+    """Each shape REPEATS times (fresh ids each time), the slowest answer of each."""
+    port = free_port()
+    bridge = start(
+        [script_path("chat-bridge")],
+        {
+            **env,
+            "CHAT_BRIDGE_HOST": "127.0.0.1",
+            "CHAT_BRIDGE_PORT": str(port),
+            "CHAT_SERVER_TARGET": server_target,
+        },
+        port,
+    )
+    figures: list[Figure] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name, kind, count, senders in SHAPES:
+                slowest, refused, events = 0.0, 0, 0
+                for _ in range(REPEATS):
+                    body, events = batch(kind, count, senders)
+                    signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+                    started = time.perf_counter()
+                    async with http.post(
+                        f"http://127.0.0.1:{port}/webhooks/whatsapp/bench",
+                        data=body,
+                        headers={
+                            "Content-Type": "application/json",
+                            "X-Hub-Signature-256": f"sha256={signature}",
+                        },
+                        timeout=aiohttp.ClientTimeout(total=120),
+                    ) as response:
+                        await response.read()
+                        refused += response.status != 200
+                    slowest = max(slowest, time.perf_counter() - started)
+                figures += [
+                    Figure(
+                        f"webhook_batch_{name}_slowest",
+                        round(slowest * 1000, 1),
+                        "ms",
+                        f"({events} events)",
+                        None,
+                    ),
+                    Figure(
+                        f"webhook_batch_{name}_refused",
+                        refused,
+                        f"of {REPEATS}",
+                        "0 (each answered 200)",
+                        refused == 0,
+                    ),
+                ]
+    finally:
+        bridge.terminate()
+        bridge.wait(20)
+    return figures

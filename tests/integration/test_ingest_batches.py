@@ -1,0 +1,183 @@
+"""Webhooks that batch many events, through the running bridge into the running server: a batch
+of 30, of 100 and one as large as the bridge's body limit admits, of WhatsApp statuses and of
+messages, each answered 200 and stored once, also when the platform retries it. (Such batches
+once passed the bridge's forward deadline: the server applied their events one at a time.)"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from chat.v1 import common_pb2 as c
+from devstack.processes import free_port
+from devstack.stack import Endpoints
+from tests.support.bot_framework import TeamsKeys
+from tests.support.bridge import TENANTS, WHATSAPP_SECRET, Bridge, start_bridge
+from tests.support.chat_client import JWT_SETTINGS
+from tests.support.servers import RunningServer, tenants_file
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+Database = AsyncDatabase[dict[str, Any]]
+#: The bridge's default CHAT_BRIDGE_MAX_BODY_BYTES.
+MAX_BODY = 1024 * 1024
+PHONE_NUMBER_ID = "106540352242922"
+
+
+@pytest.fixture
+async def setup(
+    start_server: StartServer, tmp_path: Path, teams_keys: TeamsKeys, stack: Endpoints
+) -> AsyncIterator[tuple[Bridge, Database]]:
+    """A bridge with the default body limit before a server with a database of its own (the
+    replies to its messages stay out of the other tests' way). The database is left to the
+    session's stack: dropping it while the server's workers still use it can wait for ever."""
+    name = f"batches_{uuid.uuid4().hex[:8]}"
+    server = await start_server(
+        CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS),
+        CHAT_MONGODB_DATABASE=name,
+        # Nothing listens there: the replies' sends fail at once, without the internet.
+        CHAT_WHATSAPP_API_BASE=f"http://127.0.0.1:{free_port()}",
+        **JWT_SETTINGS,
+    )
+    runner, url = await start_bridge(
+        server.target, tmp_path, teams_keys.metadata_url, max_body=MAX_BODY
+    )
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Bridge(url, http, server), mongo[name]
+    finally:
+        await runner.cleanup()
+        await mongo.close()
+
+
+def webhook(value: dict[str, Any]) -> dict[str, Any]:
+    """A WhatsApp webhook with one change carrying ``value`` (its messages or statuses)."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": PHONE_NUMBER_ID,
+                            },
+                            **value,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def fill(
+    make: Callable[[int], dict[str, Any]], count: int | None, around: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``count`` items, or as many as fit in a body of MAX_BODY with the webhook ``around``
+    them."""
+    if count is not None:
+        return [make(n) for n in range(count)]
+    items: list[dict[str, Any]] = []
+    size = len(json.dumps(around))
+    while True:
+        item = make(len(items))
+        size += len(json.dumps(item)) + 2
+        if size > MAX_BODY:
+            return items
+        items.append(item)
+
+
+def statuses(count: int | None) -> tuple[dict[str, Any], list[str]]:
+    """A webhook of ``count`` statuses (or a body-limit's worth), each for a message of ours
+    not recorded yet; their message ids."""
+    batch = uuid.uuid4().hex[:8]
+
+    def status(n: int) -> dict[str, Any]:
+        return {
+            "id": f"wamid.{batch}{n:06d}",
+            "status": "delivered",
+            "timestamp": "1750030073",
+            "recipient_id": f"1650{n % 500:07d}",
+        }
+
+    items = fill(status, count, webhook({"statuses": []}))
+    return webhook({"statuses": items}), [item["id"] for item in items]
+
+
+def messages(count: int | None, users: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A webhook of ``count`` text messages (or a body-limit's worth) from ``users`` users,
+    each user's numbered in order; the messages."""
+    batch = uuid.uuid4().hex[:8]
+    senders = [f"1{batch[:4]}{n:06d}" for n in range(users)]
+
+    def message(n: int) -> dict[str, Any]:
+        return {
+            "from": senders[n % users],
+            "id": f"wamid.{batch}{n:06d}",
+            "timestamp": "1750030073",
+            "text": {"body": f"m{n // users}"},
+            "type": "text",
+        }
+
+    contacts = [{"profile": {"name": "Ana"}, "wa_id": sender} for sender in senders]
+    items = fill(message, count, webhook({"contacts": contacts, "messages": []}))
+    return webhook({"contacts": contacts, "messages": items}), items
+
+
+@pytest.mark.parametrize("count", [30, 100, None], ids=["30", "100", "body-limit"])
+async def test_a_batch_of_statuses_is_answered_and_each_is_parked_once(
+    setup: tuple[Bridge, Database], count: int | None
+) -> None:
+    bridge, db = setup
+    payload, ids = statuses(count)
+    assert len(ids) >= (count or 5000)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    assert await db["early_receipts"].count_documents({}) == len(ids)
+    assert await db["ingested_events"].count_documents({}) == len(ids)
+    # The platform's retry (our 200 lost on the way): deduplicated, answered all the same.
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    parked = await db["early_receipts"].distinct("platform_message_id")
+    assert sorted(parked) == sorted(ids)
+    assert await db["early_receipts"].count_documents({}) == len(ids)
+    assert await db["ingested_events"].count_documents({}) == len(ids)
+
+
+@pytest.mark.parametrize(("count", "users"), [(30, 3), (100, 10)], ids=["30", "100"])
+async def test_a_batch_of_messages_is_answered_and_each_is_stored_once_in_order(
+    setup: tuple[Bridge, Database], count: int | None, users: int
+) -> None:
+    bridge, db = setup
+    payload, sent = messages(count, users)
+    assert len(sent) >= (count or 5000)
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200
+    assert await bridge.meta("whatsapp", payload, WHATSAPP_SECRET) == 200  # the retry
+    stored = [
+        c.Message.FromString(document["pb"])
+        async for document in db["messages"].find(
+            {"direction": c.MESSAGE_DIRECTION_INBOUND}, {"pb": 1}
+        )
+    ]
+    assert sorted(m.platform_message_id for m in stored) == sorted(m["id"] for m in sent)
+    for sender in {m["from"] for m in sent}:
+        theirs = sorted((m for m in stored if m.sender_id == sender), key=lambda m: m.sequence)
+        texts = [m.content.text.text for m in theirs]
+        assert texts == [m["text"]["body"] for m in sent if m["from"] == sender]
+        assert len({m.conversation_id for m in theirs}) == 1
+
+    # Each message has its reply job, or its reply already (the job goes with the reply).
+    jobs = await db["reply_jobs"].count_documents({})
+    replies = await db["messages"].count_documents({"direction": c.MESSAGE_DIRECTION_OUTBOUND})
+    assert jobs + replies == len(sent)
