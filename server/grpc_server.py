@@ -48,6 +48,7 @@ from server.domain.errors import StoreError
 from server.health import HealthMonitor
 from server.interceptors.chain import ChainDependencies, build_interceptors
 from server.metrics import Metrics
+from server.repositories.stores import is_outage
 from server.settings import Settings
 from server.stopping import finish_task
 
@@ -85,6 +86,7 @@ class ChatServer:
                     rate_limits=settings.rate_limits,
                     metrics=self.metrics,
                     required_scopes=required_scopes,
+                    is_outage=is_outage,
                 )
             ),
             options=[

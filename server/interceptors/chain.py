@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ class ChainDependencies:
     rate_limits: RateLimitSettings
     metrics: Metrics
     required_scopes: Mapping[str, str]
+    #: Whether an exception says a store is down (answered UNAVAILABLE, not INTERNAL).
+    is_outage: Callable[[Exception], bool] = lambda _exc: False
 
 
 def build_interceptors(deps: ChainDependencies) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
@@ -46,7 +48,7 @@ def build_interceptors(deps: ChainDependencies) -> list[grpc.aio.ServerIntercept
     return [
         DecodingInterceptor(),
         RequestContextInterceptor(),
-        ErrorBoundaryInterceptor(metrics=deps.metrics),
+        ErrorBoundaryInterceptor(metrics=deps.metrics, is_outage=deps.is_outage),
         AuthInterceptor(
             verifier=deps.verifier, required_scopes=deps.required_scopes, metrics=deps.metrics
         ),

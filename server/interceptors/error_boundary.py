@@ -38,8 +38,14 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
     """Translates exceptions raised below it (interceptors and servicers), and answers a
     request that could not be decoded before anything else sees it."""
 
-    def __init__(self, *, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        is_outage: Callable[[Exception], bool] = lambda _exc: False,
+    ) -> None:
         self._metrics = metrics
+        self._is_outage = is_outage
 
     async def intercept(
         self,
@@ -58,7 +64,7 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
                 return self._stream(response, context)
             return await response
         except Exception as exc:  # noqa: BLE001 - this is the boundary
-            await abort_with(context, exc)
+            await abort_with(context, exc, is_outage=self._is_outage)
 
     async def _stream(
         self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -67,7 +73,7 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
             async for response in responses:
                 yield response
         except Exception as exc:  # noqa: BLE001 - this is the boundary
-            await abort_with(context, exc)
+            await abort_with(context, exc, is_outage=self._is_outage)
 
     async def _decoded(self, requests: AsyncIterator[Any], method_name: str) -> AsyncIterator[Any]:
         """A client stream's messages, failing at the first one that could not be decoded."""
@@ -84,15 +90,24 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
         return malformed(request)
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
-    """End the call with the status ``exc`` stands for."""
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: Exception,
+    *,
+    is_outage: Callable[[Exception], bool] = lambda _exc: False,
+) -> NoReturn:
+    """End the call with the status ``exc`` stands for; a store's outage (``is_outage``) is
+    UNAVAILABLE with RetryInfo, logged without a traceback."""
     if isinstance(exc, grpc.aio.BaseError | asyncio.CancelledError):
         # grpc's own: already a status (AbortError), the client gone mid-write
         # (ExecuteBatchError), or the server stopping. grpc ends the call itself, quietly
         # when the client has left; as INTERNAL with a traceback they would drown the log.
         raise exc
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
-    if not isinstance(exc, DomainError):
+    if not isinstance(exc, DomainError) and is_outage(exc):
+        log.warning("store unavailable", detail=f"{type(exc).__name__}: {exc}")
+        exc = Unavailable("a store is unavailable; retry shortly", reason="STORE_UNAVAILABLE")
+    elif not isinstance(exc, DomainError):
         log.error("unexpected error", exc_info=exc)
         exc = DomainError(f"internal error; quote request id {request_id} when reporting it")
     elif isinstance(exc, Unavailable):

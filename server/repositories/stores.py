@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as redis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
 
 from server.domain.errors import StoreError
 from server.repositories.analytics import MongoAnalytics
@@ -93,6 +93,11 @@ def open_stores(
 
 
 def is_outage(exc: Exception) -> bool:
-    """Whether ``exc`` says a store could not do its part (MongoDB unreachable or timed out,
-    Redis failing) rather than something being wrong with what was asked of it."""
-    return isinstance(exc, ConnectionFailure | StoreError)
+    """Whether ``exc`` says a store could not do its part (MongoDB unreachable, timed out or
+    between primaries; Redis failing) rather than something being wrong with what was asked of
+    it. The error boundary answers these UNAVAILABLE, which a caller retries."""
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError | StoreError):
+        return True
+    return isinstance(exc, PyMongoError) and any(
+        exc.has_error_label(label) for label in ("TransientTransactionError", "RetryableWriteError")
+    )

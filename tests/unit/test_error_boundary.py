@@ -8,9 +8,17 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc._cython import cygrpc
+from pymongo.errors import (
+    AutoReconnect,
+    ExecutionTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+from structlog.testing import capture_logs
 
 from server.domain.errors import NotFound, Unavailable
 from server.interceptors.error_boundary import abort_with, to_status
+from server.repositories.stores import is_outage
 
 
 class Context:
@@ -57,3 +65,25 @@ def test_unavailable_says_when_to_retry() -> None:
     info = error_details_pb2.ErrorInfo()
     info_any.Unpack(info)
     assert info.metadata["request_id"] == "r-1"
+
+
+async def test_a_stores_outage_is_unavailable_not_internal() -> None:
+    context = Context()
+    down = ServerSelectionTimeoutError("no primary reachable")
+    with capture_logs() as logs, pytest.raises(grpc.aio.AbortError):
+        await abort_with(context, down, is_outage=is_outage)  # type: ignore[arg-type]
+    assert context.aborted == [
+        (grpc.StatusCode.UNAVAILABLE, "a store is unavailable; retry shortly")
+    ]
+    assert [line["event"] for line in logs] == ["store unavailable"]
+    assert "exc_info" not in logs[0]
+
+
+def test_outages_are_told_from_bugs() -> None:
+    stepped_down = OperationFailure("not primary", code=10107)
+    stepped_down._add_error_label("TransientTransactionError")
+    assert is_outage(stepped_down)
+    assert is_outage(AutoReconnect("connection reset"))
+    assert is_outage(ExecutionTimeout("operation exceeded time limit"))
+    assert not is_outage(OperationFailure("bad query", code=2))
+    assert not is_outage(ValueError("a bug"))
