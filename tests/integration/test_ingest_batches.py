@@ -177,7 +177,15 @@ async def test_a_batch_of_messages_is_answered_and_each_is_stored_once_in_order(
         assert texts == [m["text"]["body"] for m in sent if m["from"] == sender]
         assert len({m.conversation_id for m in theirs}) == 1
 
-    # Each message has its reply job, or its reply already (the job goes with the reply).
-    jobs = await db["reply_jobs"].count_documents({})
-    replies = await db["messages"].count_documents({"direction": c.MESSAGE_DIRECTION_OUTBOUND})
-    assert jobs + replies == len(sent)
+    # Each message has its reply job, or its reply already: the job goes in the transaction
+    # that stores the reply, so reading the jobs first and then the replies misses none (a
+    # message answered between the two reads is found in both).
+    waiting = [document["message_id"] async for document in db["reply_jobs"].find({})]
+    answered = {
+        c.Message.FromString(document["pb"]).reply_to_message_id
+        async for document in db["messages"].find(
+            {"direction": c.MESSAGE_DIRECTION_OUTBOUND}, {"pb": 1}
+        )
+    }
+    assert len(waiting) == len(set(waiting))  # one job per message
+    assert set(waiting) | answered == {m.id for m in stored}

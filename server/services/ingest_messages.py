@@ -1,0 +1,387 @@
+"""Inbound messages of IngestEvents: each conversation's messages of a batch stored together,
+in their order, with their deduplication records, events and reply jobs, in one transaction
+shared with the messages arriving meanwhile (group commit). The reply is generated afterwards
+from the durable reply queue (services/replies.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from chat.v1 import common_pb2, events_pb2, ingest_service_pb2
+from server.domain.conversations import Recording
+from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
+from server.domain.inbound import conversation_user
+from server.domain.messages import MessageRow, ProcessedContent, build_message
+from server.domain.queues import ReplyJob
+from server.events.envelopes import envelope
+from server.processors.content import ContentProcessor
+from server.services.group_commit import GroupCommit
+from server.services.ingest_outcomes import (
+    ACCEPTED,
+    DUPLICATE,
+    UNPROCESSABLE,
+    UNPROCESSABLE_MESSAGE,
+    Result,
+    log_bug,
+    outcome,
+    rejected,
+)
+from server.services.live import CommittedPush
+from server.services.opening import ConversationClosedError, ConversationOpener
+from server.services.ports import (
+    ConversationRepository,
+    IngestLog,
+    MessageRepository,
+    Outbox,
+    ReplyJobQueue,
+    TransactionRunner,
+    Tx,
+)
+
+log = structlog.get_logger("chat.ingest")
+
+
+class MessageIngest:
+    """Inbound messages of IngestEvents."""
+
+    def __init__(
+        self,
+        *,
+        opener: ConversationOpener,
+        push: CommittedPush,
+        conversations: ConversationRepository,
+        messages: MessageRepository,
+        outbox: Outbox,
+        transactions: TransactionRunner,
+        content: ContentProcessor,
+        ingest_log: IngestLog,
+        reply_jobs: ReplyJobQueue,
+        clock: Callable[[], dt.datetime],
+        on_events: Callable[[], None],
+        on_reply_job: Callable[[], None],
+        on_batch: Callable[[int], None],
+        is_outage: Callable[[Exception], bool],
+    ) -> None:
+        self._opener = opener
+        self._push = push
+        self._conversations = conversations
+        self._messages = messages
+        self._outbox = outbox
+        self._transactions = transactions
+        self._content = content
+        self._log = ingest_log
+        self._jobs = reply_jobs
+        self._clock = clock
+        self._on_events = on_events
+        self._on_reply_job = on_reply_job
+        self._is_outage = is_outage
+        self._commits: GroupCommit[_Inbound, _Stored] = GroupCommit(
+            self._store,
+            key=lambda item: (item.tenant_id, item.conversation.id),
+            on_batch=on_batch,
+            on_orphan=self._finish_orphan,
+            divisible=(AlreadyExists,),
+        )
+
+    async def _one(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
+        """One message's result. One this server fails on (our bug) is rejected alone, so it
+        cannot hold back the rest of its batch on every retry of the platform's; its writes
+        share one transaction, which the error rolls back. Store outages and deliberate errors
+        (DomainError) fail the whole call."""
+        try:
+            [result] = await self._messages_together(tenant_id, [event])
+        except InvalidArgument as exc:
+            return rejected(event, exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug of ours; outages are raised again
+            self._raise_unless_a_bug(exc)
+            log_bug(exc, [event], tenant_id)
+            return rejected(event, UNPROCESSABLE, UNPROCESSABLE_MESSAGE)
+        return result
+
+    def _raise_unless_a_bug(self, exc: Exception) -> None:
+        if isinstance(exc, DomainError) or self._is_outage(exc):
+            raise exc
+
+    async def run(
+        self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
+    ) -> list[Result]:
+        """Consecutive messages of one conversation in a batch, stored in one item of the group
+        commit; when that fails on a bug of ours, each alone (and the one that fails is
+        rejected alone)."""
+        if len(events) == 1:
+            return [await self._one(tenant_id, events[0])]
+        try:
+            return await self._messages_together(tenant_id, events)
+        except InvalidArgument as exc:
+            return [rejected(event, exc.reason, str(exc)) for event in events]
+        except Exception as exc:
+            self._raise_unless_a_bug(exc)
+            log.warning("messages failed together; storing each alone", exc_info=exc)
+            return [await self._one(tenant_id, event) for event in events]
+
+    async def _messages_together(
+        self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
+    ) -> list[Result]:
+        results: list[Result | None] = [None] * len(events)
+        parts: list[tuple[int, ProcessedContent]] = []
+        for index, event in enumerate(events):
+            try:
+                processed = await self._content.process_inbound(
+                    tenant_id, event.message.content, channel=event.channel, field="message.content"
+                )
+            except DomainError as exc:
+                results[index] = rejected(event, "INVALID_CONTENT", str(exc))
+                continue
+            parts.append((index, processed))
+        if parts:
+            stored = await self._store_in_an_open_conversation(
+                tenant_id, [(events[i], processed) for i, processed in parts]
+            )
+            for (index, _), result in zip(parts, stored, strict=True):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    async def _store_in_an_open_conversation(
+        self,
+        tenant_id: str,
+        parts: list[tuple[ingest_service_pb2.InboundEvent, ProcessedContent]],
+    ) -> list[Result]:
+        for _ in range(2):  # a conversation closing meanwhile: once more, in a new one
+            try:
+                return await self._store_messages(tenant_id, parts)
+            except ConversationClosedError:
+                continue
+        raise InvalidArgument("the conversation closed while the message was stored")
+
+    async def _store_messages(
+        self,
+        tenant_id: str,
+        parts: list[tuple[ingest_service_pb2.InboundEvent, ProcessedContent]],
+    ) -> list[Result]:
+        """Messages of one conversation (in their order), stored together."""
+        now = self._clock()
+        first = parts[0][0]
+        conversation, session, _ = await self._opener.open_active(
+            tenant_id,
+            first.platform_user_id,
+            user_id=conversation_user(first),
+            channel=first.channel,
+            channel_conversation_id=first.channel_conversation_id,
+            now=now,
+        )
+        inbound = _Inbound(
+            tenant_id=tenant_id,
+            conversation=conversation,
+            session=session,
+            parts=tuple(
+                _Part(event, _built(conversation, event, processed, now), processed.search_text)
+                for event, processed in parts
+            ),
+            now=now,
+        )
+        try:
+            stored = await self._commits.submit(inbound)
+        except AlreadyExists:
+            if len(parts) == 1:
+                return [outcome(parts[0][0], DUPLICATE)]
+            # A retry of the platform's, racing this call, stored one of them first: each
+            # alone, so that one is the duplicate and the others are stored.
+            return [r for part in parts for r in await self._store_messages(tenant_id, [part])]
+        except ConversationClosedError:
+            self._opener.closed(tenant_id, conversation)
+            raise
+        self._opener.remember(tenant_id, stored.conversation)
+        await self._after_commit(inbound, stored)
+        return [
+            Result(
+                platform_event_id=part.event.platform_event_id,
+                outcome=ACCEPTED,
+                message_id=message.id,
+            )
+            for part, message in zip(inbound.parts, stored.messages, strict=True)
+        ]
+
+    async def _store(self, batch: list[_Inbound]) -> list[_Stored | Exception]:
+        """Store inbound messages of distinct conversations in one transaction, a bulk
+        statement per collection (see GroupCommit): each with its deduplication record, its
+        events and its reply job. A message whose conversation closed meanwhile is left out. A
+        retry that raced the check in _message fails the batch on the log's unique key; the
+        batch is then stored item by item and the retry alone gets AlreadyExists."""
+
+        async def work(tx: Tx) -> list[_Stored | Exception]:
+            states = await self._conversations.record_messages_many(
+                [
+                    Recording(
+                        tenant_id=item.tenant_id,
+                        conversation_id=item.conversation.id,
+                        inbound=len(item.parts),
+                        outbound=0,
+                        now=item.now,
+                        service_url=item.parts[-1].event.service_url,
+                    )
+                    for item in batch
+                ],
+                tx=tx,
+            )
+            outcomes: list[_Stored | Exception] = []
+            stored: list[tuple[_Inbound, _Stored]] = []
+            for item, updated in zip(batch, states, strict=True):
+                if updated is None:
+                    outcomes.append(ConversationClosedError())
+                    continue
+                messages = []
+                # The conversation's last sequence is its last message's.
+                first = updated.last_sequence - len(item.parts) + 1
+                for sequence, part in enumerate(item.parts, start=first):
+                    message = common_pb2.Message()
+                    message.CopyFrom(part.message)
+                    message.sequence = sequence
+                    messages.append(message)
+                done = _Stored(messages=messages, conversation=updated)
+                outcomes.append(done)
+                stored.append((item, done))
+            if not stored:
+                return outcomes
+            newest = max(i.now for i, _ in stored)
+            await self._log.record_many(
+                [
+                    (i.tenant_id, part.event.channel, part.event.platform_event_id)
+                    for i, _ in stored
+                    for part in i.parts
+                ],
+                now=newest,
+                tx=tx,
+            )
+            await self._messages.insert_rows(
+                [
+                    MessageRow(i.tenant_id, message, part.search_text)
+                    for i, o in stored
+                    for part, message in zip(i.parts, o.messages, strict=True)
+                ],
+                tx=tx,
+            )
+            events: list[events_pb2.EventEnvelope] = []
+            for i, o in stored:
+                actor = i.parts[-1].event.platform_user_id
+                events += [
+                    _envelope(i.tenant_id, actor, o.conversation.id, i.now, message_received=m)
+                    for m in map(_received, o.messages)
+                ]
+                after = events_pb2.ConversationUpdated(conversation=o.conversation)
+                events.append(
+                    _envelope(
+                        i.tenant_id, actor, o.conversation.id, i.now, conversation_updated=after
+                    )
+                )
+            await self._outbox.add(events, now=newest, tx=tx)
+            await self._jobs.enqueue_many(
+                [
+                    ReplyJob(
+                        tenant_id=i.tenant_id,
+                        conversation_id=o.conversation.id,
+                        message_id=m.id,
+                        sequence=m.sequence,
+                        now=i.now,
+                    )
+                    for i, o in stored
+                    for m in o.messages
+                ],
+                tx=tx,
+            )
+            return outcomes
+
+        return await self._transactions.run(work)
+
+    async def _after_commit(self, item: _Inbound, stored: _Stored) -> None:
+        """Wake the relay and the reply queue, push to the streams, keep the session."""
+        self._on_events()
+        self._on_reply_job()
+        await self._push.messages(
+            item.tenant_id, stored.conversation, stored.messages, item.session, now=item.now
+        )
+
+    async def _finish_orphan(self, item: _Inbound, stored: _Stored) -> None:
+        """A message stored after its caller gave up: its after-commit work still runs."""
+        try:
+            await self._after_commit(item, stored)
+        except Exception:
+            log.exception("after-commit work failed", conversation_id=stored.conversation.id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One inbound message of an item (its sequence is assigned in the transaction)."""
+
+    event: ingest_service_pb2.InboundEvent
+    message: common_pb2.Message
+    search_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """Inbound messages of one conversation, in their order, ready to store together."""
+
+    tenant_id: str
+    conversation: common_pb2.Conversation
+    session: common_pb2.Session
+    parts: tuple[_Part, ...]
+    now: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """Inbound messages as stored, and their conversation after them."""
+
+    messages: list[common_pb2.Message]
+    conversation: common_pb2.Conversation
+
+
+def _built(
+    conversation: common_pb2.Conversation,
+    event: ingest_service_pb2.InboundEvent,
+    processed: ProcessedContent,
+    now: dt.datetime,
+) -> common_pb2.Message:
+    """The inbound message an event carries, in its conversation (no sequence yet)."""
+    metadata = {
+        key: value
+        for key, value in (
+            ("platform_account_id", event.platform_account_id),
+            ("service_url", event.service_url),
+            ("user_display_name", event.user_display_name),
+            ("reply_to_platform_message_id", event.message.reply_to_platform_message_id),
+        )
+        if value
+    }
+    message = build_message(
+        conversation,
+        processed,
+        direction=common_pb2.MESSAGE_DIRECTION_INBOUND,
+        sender_id=event.platform_user_id,
+        now=now,
+        reply_to="",
+        metadata=metadata,
+    )
+    message.platform_message_id = event.message.platform_message_id
+    return message
+
+
+def _received(message: common_pb2.Message) -> events_pb2.MessageReceived:
+    return events_pb2.MessageReceived(message=message)
+
+
+def _envelope(
+    tenant_id: str, actor_id: str, conversation_id: str, now: dt.datetime, **payload: Any
+) -> events_pb2.EventEnvelope:
+    return envelope(
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        conversation_id=conversation_id,
+        now=now,
+        **payload,
+    )
