@@ -9,6 +9,7 @@ import copy
 import hashlib
 import hmac
 import json
+import socket
 import time
 import urllib.parse
 import uuid
@@ -340,7 +341,13 @@ async def test_teams_tokens_are_verified_against_the_bot_framework_keys(
 async def test_the_server_down_is_503_so_the_platform_retries(
     tmp_path: Path, teams_keys: TeamsKeys, mongo: Mongo
 ) -> None:
-    runner, url = await start_bridge(f"127.0.0.1:{free_port()}", tmp_path, teams_keys.metadata_url)
+    # A port held bound but not listening: connections to it are refused for the whole test,
+    # where a port merely free when picked may be taken meanwhile by any server binding port 0
+    # (a 200 from another server once failed this test in CI).
+    reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserved.bind(("127.0.0.1", 0))
+    down_target = f"127.0.0.1:{reserved.getsockname()[1]}"
+    runner, url = await start_bridge(down_target, tmp_path, teams_keys.metadata_url)
     try:
         async with aiohttp.ClientSession() as http:
             down = Bridge(url, http, None)
@@ -355,6 +362,7 @@ async def test_the_server_down_is_503_so_the_platform_retries(
                 assert response.status == 503
     finally:
         await runner.cleanup()
+        reserved.close()
     assert await stored(mongo, fresh) == []
 
 
