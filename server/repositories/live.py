@@ -25,7 +25,7 @@ from chat.v1 import chat_service_pb2, common_pb2
 from server.domain.errors import HubClosingError, SubscriberTooSlowError
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.redis_errors import translate_redis_errors
-from server.repositories.sessions import RedisSessionStore
+from server.repositories.sessions import STORED, RedisSessionStore
 
 log = structlog.get_logger("chat.live")
 
@@ -75,7 +75,7 @@ class RedisLiveEvents:
             if session is not None:
                 saved = self._sessions.queue_save(pipe, tenant_id, session)
             results = await pipe.execute()
-        return saved < 0 or results[saved] == 1
+        return saved < 0 or results[saved] == STORED
 
 
 # Markers, compared by identity, never sent.

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, ingest_service_pb2
-from server.domain.errors import DomainError, StoreError
+from server.domain.errors import StoreError
 from server.domain.inbound import check_event, conversation_user
 from server.processors.content import ContentProcessor
 from server.services.ingest_messages import MessageIngest
@@ -30,6 +30,7 @@ from server.services.ingest_outcomes import (
     Result,
     log_bug,
     outcome,
+    raise_unless_a_bug,
     rejected,
 )
 from server.services.ingest_statuses import StatusIngest
@@ -178,13 +179,9 @@ class IngestService:
         try:
             return await self._typing(tenant_id, event)
         except Exception as exc:  # noqa: BLE001 - a bug of ours; outages are raised again
-            self._raise_unless_a_bug(exc)
+            raise_unless_a_bug(exc, self._is_outage)
             log_bug(exc, [event], tenant_id)
             return rejected(event, UNPROCESSABLE, UNPROCESSABLE_MESSAGE)
-
-    def _raise_unless_a_bug(self, exc: Exception) -> None:
-        if isinstance(exc, DomainError) or self._is_outage(exc):
-            raise exc
 
     async def _typing(self, tenant_id: str, event: ingest_service_pb2.InboundEvent) -> Result:
         conversation = await self._conversations.find_active(

@@ -29,6 +29,7 @@ from server.services.ingest_outcomes import (
     Result,
     log_bug,
     outcome,
+    raise_unless_a_bug,
     rejected,
 )
 from server.services.live import CommittedPush
@@ -98,14 +99,10 @@ class MessageIngest:
         except InvalidArgument as exc:
             return rejected(event, exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug of ours; outages are raised again
-            self._raise_unless_a_bug(exc)
+            raise_unless_a_bug(exc, self._is_outage)
             log_bug(exc, [event], tenant_id)
             return rejected(event, UNPROCESSABLE, UNPROCESSABLE_MESSAGE)
         return result
-
-    def _raise_unless_a_bug(self, exc: Exception) -> None:
-        if isinstance(exc, DomainError) or self._is_outage(exc):
-            raise exc
 
     async def run(
         self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
@@ -120,7 +117,7 @@ class MessageIngest:
         except InvalidArgument as exc:
             return [rejected(event, exc.reason, str(exc)) for event in events]
         except Exception as exc:
-            self._raise_unless_a_bug(exc)
+            raise_unless_a_bug(exc, self._is_outage)
             log.warning("messages failed together; storing each alone", exc_info=exc)
             return [await self._one(tenant_id, event) for event in events]
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from chat.v1 import ingest_service_pb2
+from server.domain.errors import DomainError
 
 log = structlog.get_logger("chat.ingest")
 
@@ -48,3 +49,11 @@ def log_bug(
         platform_event_id=events[0].platform_event_id,
         kind=events[0].WhichOneof("kind"),
     )
+
+
+def raise_unless_a_bug(exc: Exception, is_outage: Callable[[Exception], bool]) -> None:
+    """Raise ``exc`` again when it is a store's outage or a deliberate error (DomainError):
+    those fail the whole call, so the platform retries it. Anything else is a bug of ours in
+    applying one event, which the caller rejects alone."""
+    if isinstance(exc, DomainError) or is_outage(exc):
+        raise exc

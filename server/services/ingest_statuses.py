@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from chat.v1 import common_pb2, ingest_service_pb2
-from server.domain.errors import AlreadyExists, DomainError
+from server.domain.errors import AlreadyExists
 from server.domain.inbound import conversation_user
 from server.domain.receipts import StatusReport
 from server.services.ingest_outcomes import (
@@ -22,6 +22,7 @@ from server.services.ingest_outcomes import (
     Result,
     log_bug,
     outcome,
+    raise_unless_a_bug,
     rejected,
 )
 from server.services.ports import ConversationRepository, IngestLog, TransactionRunner, Tx
@@ -60,7 +61,7 @@ class StatusIngest:
         try:
             return await self._apply_statuses(tenant_id, events)
         except Exception as exc:
-            self._raise_unless_a_bug(exc)
+            raise_unless_a_bug(exc, self._is_outage)
             if len(events) == 1:
                 log_bug(exc, events, tenant_id)
                 return [rejected(events[0], UNPROCESSABLE, UNPROCESSABLE_MESSAGE)]
@@ -157,10 +158,6 @@ class StatusIngest:
             except Exception:
                 # Parked and acknowledged: a later delivery outcome or receipt still applies.
                 log.exception("parked receipts not settled", tenant_id=tenant_id)
-
-    def _raise_unless_a_bug(self, exc: Exception) -> None:
-        if isinstance(exc, DomainError) or self._is_outage(exc):
-            raise exc
 
 
 def status_report(

@@ -33,7 +33,7 @@ from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
 from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
-from server.services.idempotency import IdempotentRequests, idempotency_key
+from server.services.idempotency import IdempotentRequests, RequestKey, idempotency_key
 from server.services.live import CommittedPush
 from server.services.opening import ConversationClosedError, ConversationOpener
 from server.services.ports import (
@@ -61,6 +61,8 @@ CONVERSATION_CLOSED = "CONVERSATION_CLOSED"
 class _Exchange:
     """A user's message and the replies to it, ready to be stored."""
 
+    #: The request's idempotency key, recorded with the exchange.
+    key: RequestKey
     tenant_id: str
     actor_id: str
     request: chat_service_pb2.SendMessageRequest
@@ -130,28 +132,31 @@ class MessageService:
             except InvalidArgument as exc:
                 violations.extend(exc.field_violations)
         violations.raise_any()
+        # Once per call: the fingerprint encodes and hashes the whole request.
+        key = idempotency_key(tenant_id, SEND_MESSAGE, request)
         return await self._requests.once(
-            idempotency_key(tenant_id, SEND_MESSAGE, request),
+            key,
             chat_service_pb2.SendMessageResponse.FromString,
-            lambda: self._send(tenant_id, actor_id, request),
+            lambda: self._send(key, actor_id, request),
         )
 
     async def _send(
-        self, tenant_id: str, actor_id: str, request: chat_service_pb2.SendMessageRequest
+        self, key: RequestKey, actor_id: str, request: chat_service_pb2.SendMessageRequest
     ) -> chat_service_pb2.SendMessageResponse:
+        tenant_id = key.tenant_id
         processed = await self._content.process_inbound(
             tenant_id, request.content, channel=request.channel, field="content"
         )
         try:
-            return await self._exchange(tenant_id, actor_id, request, processed)
+            return await self._exchange(key, actor_id, request, processed)
         except ConversationClosedError:
             # Found by its user and channel, and closed before the message was stored (by
             # another process, say): once more, in a new conversation.
-            return await self._exchange(tenant_id, actor_id, request, processed, retried=True)
+            return await self._exchange(key, actor_id, request, processed, retried=True)
 
     async def _exchange(
         self,
-        tenant_id: str,
+        key: RequestKey,
         actor_id: str,
         request: chat_service_pb2.SendMessageRequest,
         processed: ProcessedContent,
@@ -159,6 +164,7 @@ class MessageService:
         retried: bool = False,
     ) -> chat_service_pb2.SendMessageResponse:
         """One try at storing and answering the message."""
+        tenant_id = key.tenant_id
         now = self._clock()
         conversation, session, started = await self._open(tenant_id, actor_id, request, now)
         inbound = build_message(
@@ -175,6 +181,7 @@ class MessageService:
         )
         texts = [processed.search_text] + [r.search_text for r in replies]
         exchange = _Exchange(
+            key=key,
             tenant_id=tenant_id,
             actor_id=actor_id,
             request=request,
@@ -342,7 +349,7 @@ class MessageService:
             message=inbound, replies=replies, conversation=updated, session=exchange.session
         )
         await self._requests.record(
-            idempotency_key(tenant_id, SEND_MESSAGE, exchange.request),
+            exchange.key,
             response,
             now=now,
             tx=tx,

@@ -28,13 +28,24 @@ async def client(stack: Endpoints) -> AsyncIterator[redis_asyncio.Redis]:
     await connection.aclose()
 
 
+def _stores(
+    client: redis_asyncio.Redis,
+) -> tuple[RedisSessionStore, RedisLiveEvents, str, dt.datetime]:
+    """The session store and the live publisher over ``client``, a tenant of the test's own,
+    and now."""
+    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    live = RedisLiveEvents(
+        client=client, cache=RedisConversationCache(client=client), sessions=sessions
+    )
+    return sessions, live, f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+
+
 def _conversation() -> c.Conversation:
     return c.Conversation(id=uuid.uuid4().hex, user_id="u-1", channel=c.CHANNEL_TYPE_WEB)
 
 
 async def test_concurrent_updates_are_all_kept(client: redis_asyncio.Redis) -> None:
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
-    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    sessions, _, tenant, now = _stores(client)
     session, _ = await sessions.get_or_create(tenant, _conversation(), now=now)
 
     def setting(key: str):  # type: ignore[no-untyped-def]
@@ -55,11 +66,7 @@ async def test_concurrent_updates_are_all_kept(client: redis_asyncio.Redis) -> N
 async def test_a_stale_save_is_refused_and_keeps_the_newer_session(
     client: redis_asyncio.Redis,
 ) -> None:
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
-    live = RedisLiveEvents(
-        client=client, cache=RedisConversationCache(client=client), sessions=sessions
-    )
-    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    sessions, live, tenant, now = _stores(client)
     conversation = _conversation()
     stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
 
@@ -83,11 +90,7 @@ async def test_a_stale_save_is_refused_and_keeps_the_newer_session(
 async def test_an_ended_session_is_not_revived_by_a_stale_save(
     client: redis_asyncio.Redis,
 ) -> None:
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
-    live = RedisLiveEvents(
-        client=client, cache=RedisConversationCache(client=client), sessions=sessions
-    )
-    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    sessions, live, tenant, now = _stores(client)
     conversation = _conversation()
     stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
     ended = await sessions.end(tenant, stale, now=now)
@@ -108,11 +111,7 @@ async def test_an_ended_session_is_not_revived_by_a_stale_save(
 async def test_a_stale_save_does_not_point_the_conversation_back_at_an_expired_session(
     client: redis_asyncio.Redis,
 ) -> None:
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
-    live = RedisLiveEvents(
-        client=client, cache=RedisConversationCache(client=client), sessions=sessions
-    )
-    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    sessions, live, tenant, now = _stores(client)
     conversation = _conversation()
     # A message read the session, which expired before the message was done with it...
     old, _ = await sessions.get_or_create(tenant, conversation, now=now - dt.timedelta(minutes=5))
@@ -136,11 +135,7 @@ async def test_a_stale_save_does_not_point_the_conversation_back_at_an_expired_s
 
 
 async def test_a_refused_save_leaves_the_expiry_index_alone(client: redis_asyncio.Redis) -> None:
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
-    live = RedisLiveEvents(
-        client=client, cache=RedisConversationCache(client=client), sessions=sessions
-    )
-    tenant, now = f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
+    sessions, live, tenant, now = _stores(client)
     conversation = _conversation()
     stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
     assert await sessions.end(tenant, stale, now=now) is not None
