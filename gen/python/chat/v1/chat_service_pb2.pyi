@@ -114,7 +114,8 @@ class SendMessageRequest(_message.Message):
     request_id: _builtins.str
     """Optional client-chosen id (at most 128 characters) that makes the call idempotent: a retry
     with the same request_id within the tenant returns the first call's response and stores
-    nothing twice.
+    nothing twice. The same request_id with a different request is refused with
+    FAILED_PRECONDITION, reason IDEMPOTENCY_KEY_REUSED, and changes nothing.
     """
     user_id: _builtins.str
     """The end user who wrote the message (at most 128 characters). Required."""
