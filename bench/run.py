@@ -96,7 +96,9 @@ async def bench(stack_env: dict[str, str], tmp: Path, parts: frozenset[str]) -> 
                     ingest.replied_figure(ingested, drain_seconds=time.monotonic() - started)
                 )
             if "ingest_batch" in parts:
-                figures += await ingest_batch.measure(env, target)
+                figures += await ingest_batch.measure(
+                    env, target, stack_env["CHAT_MONGODB_URI"], DATABASE
+                )
                 await drained(stack_env["CHAT_MONGODB_URI"])
             if "fanout" in parts:
                 figures += await fanout.measure(target, metadata, chat.pid)
@@ -113,13 +115,15 @@ async def bench(stack_env: dict[str, str], tmp: Path, parts: frozenset[str]) -> 
 
 
 async def drained(mongodb_uri: str, within: float = 180) -> None:
-    """Until the reply and delivery queues are empty (or ``within`` seconds)."""
+    """Until the ingest inbox and the reply and delivery queues are empty (or ``within``
+    seconds)."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
     try:
         database = client[DATABASE]
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            waiting = await database["reply_jobs"].count_documents({})
+            waiting = await database["ingest_inbox"].count_documents({})
+            waiting += await database["reply_jobs"].count_documents({})
             waiting += await database["deliveries"].count_documents(
                 {"state": {"$in": ["queued", "sending"]}}
             )

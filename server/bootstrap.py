@@ -36,6 +36,7 @@ from server.services.event_writer import EventWriter
 from server.services.external_responder import responder_for
 from server.services.idempotency import IdempotentRequests
 from server.services.ingest import IngestService
+from server.services.ingest_inbox import InboxWorker
 from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.messages import MessageService
 from server.services.opening import ConversationOpener
@@ -71,6 +72,7 @@ class Services:
     relay: OutboxRelay
     replies: ReplyWorker
     delivery: DeliveryWorker
+    inbox: InboxWorker
     #: Closed at the end: the media fetcher's HTTP client, and the responder's channel.
     media_fetcher: HttpMediaFetcher
     responder_channel: grpc.aio.Channel | None
@@ -199,6 +201,35 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         on_batch=batch.labels(call="reply").observe,
     )
 
+    # Platform events: applied within IngestEvents, or queued in the inbox and applied after
+    ingest = IngestService(
+        opener=opener,
+        push=push,
+        conversations=conversations,
+        messages=messages,
+        outbox=outbox,
+        transactions=transactions,
+        content=content,
+        ingest_log=stores.ingest_log,
+        inbox=stores.ingest_inbox,
+        receipts=receipts,
+        reply_jobs=stores.reply_jobs,
+        live=live,
+        clock=utc_now,
+        on_events=relay.wake,
+        on_reply_job=replies.wake,
+        on_batch=batch.labels(call="ingest").observe,
+        on_queued=lambda: inbox.wake(),  # noqa: PLW0108 - late bound: the worker comes next
+        is_outage=is_outage,
+    )
+    inbox = InboxWorker(
+        inbox=stores.ingest_inbox,
+        ingest=ingest,
+        clock=utc_now,
+        is_outage=is_outage,
+        on_applied=lambda outcome, count: metrics.ingest_applied_later.labels(outcome).inc(count),
+    )
+
     # What the API serves
     return Services(
         stores=stores,
@@ -243,24 +274,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             on_events=relay.wake,
         ),
         sessions=sessions,
-        ingest=IngestService(
-            opener=opener,
-            push=push,
-            conversations=conversations,
-            messages=messages,
-            outbox=outbox,
-            transactions=transactions,
-            content=content,
-            ingest_log=stores.ingest_log,
-            receipts=receipts,
-            reply_jobs=stores.reply_jobs,
-            live=live,
-            clock=utc_now,
-            on_events=relay.wake,
-            on_reply_job=replies.wake,
-            on_batch=batch.labels(call="ingest").observe,
-            is_outage=is_outage,
-        ),
+        ingest=ingest,
         tenant_admin=TenantAdmin(
             store=stores.tenants,
             directory=tenants,
@@ -272,6 +286,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         relay=relay,
         replies=replies,
         delivery=delivery,
+        inbox=inbox,
         media_fetcher=media_fetcher,
         responder_channel=responder_channel,
     )

@@ -148,6 +148,7 @@ class ChatServer:
             ),
             "reply-queue": self._after_tenants_load(services.replies.run),
             "delivery-queue": self._after_tenants_load(services.delivery.run),
+            "ingest-inbox": self._after_tenants_load(services.inbox.run),
         }
         self._loop_tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         self._relay_task = asyncio.create_task(services.relay.run(stopping), name="outbox-relay")

@@ -41,6 +41,13 @@ class Metrics:
             "Calls let through unchecked because the rate-limit store was unreachable.",
             registry=self.registry,
         )
+        self.ingest_applied_later = Counter(
+            "chat_ingest_applied_later",
+            "Platform events stored in the inbox by IngestEvents (apply_later) and applied "
+            "after the call, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.group_commit_batch = Histogram(
             "chat_group_commit_batch_size",
             "Writes per transaction (group commit), by call: send_message exchanges, ingest "

@@ -17,11 +17,14 @@ FORWARD_TIMEOUT_SECONDS = 2.0
 #: Events per IngestEvents call (the server takes up to 1,000), and messages among them. The
 #: server applies a call's statuses together, at about a millisecond each on the embedded
 #: store; a message from a new user starts a conversation, near 10 ms each. These sizes keep
-#: the slowest call near a quarter of FORWARD_TIMEOUT_SECONDS on a slow machine, whatever a
-#: webhook's size (a 1 MiB WhatsApp webhook holds some 9,000 statuses); the calls are made one
-#: after another, so a user's events keep their order.
+#: the slowest call near a quarter of FORWARD_TIMEOUT_SECONDS on a slow machine.
 MAX_BATCH = 500
 MAX_MESSAGES = 50
+#: A webhook that one call of that size does not hold (a 1 MiB WhatsApp webhook holds some
+#: 9,000 statuses or 8,000 messages) would take many such calls, longer than the platform
+#: waits: its events go instead with ``apply_later``, MAX_BATCH at a time, each call a single
+#: write to the server's inbox, and are applied shortly after the platform's 200. The calls
+#: are made one after another, so a user's events keep their order.
 #: The channel's reconnect backoff after the server went away: gRPC's default grows from 1 s
 #: to 120 s, so after a long outage the bridge would go on refusing webhooks for up to two
 #: minutes once the server is back. Attempts at most a second apart (plus gRPC's 20% jitter)
@@ -39,7 +42,8 @@ class ServerUnavailableError(Exception):
 
 
 class Forwarder:
-    """IngestEvents calls of at most MAX_BATCH events, MAX_MESSAGES of them messages."""
+    """One IngestEvents call applied within it when the webhook fits (at most MAX_BATCH
+    events, MAX_MESSAGES of them messages), else calls of MAX_BATCH events applied later."""
 
     def __init__(self, *, channel: grpc.aio.Channel, tokens: ServiceTokens) -> None:
         self._stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
@@ -52,8 +56,9 @@ class Forwarder:
         not store them (the platform's retry is then deduplicated by the server)."""
         metadata = (("authorization", f"Bearer {self._tokens.for_tenant(tenant_id)}"),)
         results: list[ingest_service_pb2.IngestResult] = []
-        for chunk in _calls(events):
-            request = ingest_service_pb2.IngestEventsRequest(events=chunk)
+        calls, apply_later = _calls(events)
+        for chunk in calls:
+            request = ingest_service_pb2.IngestEventsRequest(events=chunk, apply_later=apply_later)
             try:
                 # wait_for_ready: a server back after a restart is reached within the deadline,
                 # not refused because the connection is still waiting out its reconnect backoff.
@@ -77,16 +82,11 @@ class Forwarder:
 
 def _calls(
     events: Sequence[ingest_service_pb2.InboundEvent],
-) -> list[list[ingest_service_pb2.InboundEvent]]:
-    """The events in order, cut into calls of at most MAX_BATCH events and MAX_MESSAGES
-    messages."""
-    calls: list[list[ingest_service_pb2.InboundEvent]] = []
-    messages = MAX_MESSAGES
-    for event in events:
-        message = event.WhichOneof("kind") == "message"
-        if not calls or len(calls[-1]) == MAX_BATCH or (message and messages == MAX_MESSAGES):
-            calls.append([])
-            messages = 0
-        calls[-1].append(event)
-        messages += message
-    return calls
+) -> tuple[list[list[ingest_service_pb2.InboundEvent]], bool]:
+    """The events in order, cut into calls, and whether the calls are to be applied later:
+    one call when they fit in MAX_BATCH events and MAX_MESSAGES messages, else calls of
+    MAX_BATCH events applied later."""
+    messages = sum(event.WhichOneof("kind") == "message" for event in events)
+    if len(events) <= MAX_BATCH and messages <= MAX_MESSAGES:
+        return [list(events)], False
+    return [list(events[i : i + MAX_BATCH]) for i in range(0, len(events), MAX_BATCH)], True

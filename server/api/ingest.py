@@ -26,5 +26,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 "the batch is malformed",
                 field_violations=[FieldViolation("events", f"1 to {MAX_EVENTS} events")],
             )
-        results = await self._ingest.ingest(current_principal().tenant_id, request.events)
+        results = await self._ingest.ingest(
+            current_principal().tenant_id, request.events, apply_later=request.apply_later
+        )
         return ingest_service_pb2.IngestEventsResponse(results=results)

@@ -108,3 +108,18 @@ class ClaimedReplyJob:
     sequence: int
     attempts: int
     owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedInboxBatch:
+    """A batch of platform events stored to be applied after the call (IngestEvents'
+    ``apply_later``), leased to this process; ``attempts`` counts this claim. A tenant's
+    batches are applied in the order they were stored (``enqueue_time``)."""
+
+    id: str
+    tenant_id: str
+    #: The events: a serialized IngestEventsRequest.
+    events: bytes
+    enqueue_time: dt.datetime
+    attempts: int
+    owner: str

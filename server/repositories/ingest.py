@@ -1,5 +1,6 @@
-"""What ingestion stores beside messages: the log of platform events already ingested, and
-the durable queue of inbound messages waiting for their reply."""
+"""What ingestion stores beside messages: the log of platform events already ingested, the
+inbox of batches to be applied after the call, and the durable queue of inbound messages
+waiting for their reply."""
 
 from __future__ import annotations
 
@@ -7,15 +8,25 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 
+from bson import Binary
 from pymongo import ASCENDING, DeleteOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.domain.queues import ClaimedReplyJob, ReplyJob
-from server.repositories.mongo import INGESTED_EVENTS, REPLY_JOBS, Document, update_and_get
+from server.domain.queues import ClaimedInboxBatch, ClaimedReplyJob, ReplyJob
+from server.repositories.mongo import (
+    INGEST_INBOX,
+    INGESTED_EVENTS,
+    REPLY_JOBS,
+    Document,
+    update_and_get,
+)
 
 PENDING = "pending"
 RUNNING = "running"
+#: An inbox batch given up after repeated failures: kept for an operator, never due again,
+#: and no longer holding its tenant's later batches back.
+SET_ASIDE = "set_aside"
 
 
 class MongoIngestLog:
@@ -183,3 +194,106 @@ class MongoReplyJobs:
     async def drop(self, job: ClaimedReplyJob) -> None:
         """Remove a job that can never be done (its message or conversation is gone)."""
         await self._collection.delete_one({"_id": job.id, "owner": job.owner})
+
+
+class MongoIngestInbox:
+    """Batches of platform events stored whole in one write, then claimed with a lease and
+    applied; removed once applied. Applying twice is harmless (the ingest log deduplicates),
+    so a crash between applying and removing costs only a second pass."""
+
+    def __init__(self, *, database: AsyncDatabase[Document]) -> None:
+        self._collection = database[INGEST_INBOX]
+
+    async def enqueue(self, tenant_id: str, events: bytes, *, count: int, now: dt.datetime) -> None:
+        """Store a batch (a serialized IngestEventsRequest of ``count`` events), due now."""
+        await self._collection.insert_one(
+            {
+                "_id": uuid.uuid4().hex,
+                "tenant_id": tenant_id,
+                "events": Binary(events),
+                "count": count,
+                "status": PENDING,
+                "attempts": 0,
+                "enqueue_time": now,
+                "due_time": now,
+            }
+        )
+
+    async def waiting(self, tenant_id: str) -> bool:
+        """Whether any batch of the tenant waits to be applied (or is being applied)."""
+        found = await self._collection.find_one(
+            {"tenant_id": tenant_id, "status": {"$ne": SET_ASIDE}}, {"_id": 1}
+        )
+        return found is not None
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+        """Ids of the oldest due batches (a lapsed lease makes a batch due again)."""
+        cursor = self._collection.find({"due_time": {"$lte": now}}, {"_id": 1})
+        return [d["_id"] for d in await cursor.sort("due_time", ASCENDING).limit(limit).to_list()]
+
+    async def claim(
+        self, batch_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> ClaimedInboxBatch | None:
+        """The batch leased to ``owner``, if it is (still) due."""
+        document = await update_and_get(
+            self._collection,
+            {"_id": batch_id, "due_time": {"$lte": now}},
+            {
+                "$set": {"status": RUNNING, "owner": owner, "due_time": now + lease},
+                "$inc": {"attempts": 1},
+            },
+            read={"_id": batch_id, "owner": owner},
+        )
+        if document is None:
+            return None
+        return ClaimedInboxBatch(
+            id=document["_id"],
+            tenant_id=document["tenant_id"],
+            events=bytes(document["events"]),
+            enqueue_time=document["enqueue_time"],
+            attempts=document["attempts"],
+            owner=document["owner"],
+        )
+
+    async def earlier_waiting(self, batch: ClaimedInboxBatch) -> bool:
+        """Whether a batch of the same tenant stored before this one still waits."""
+        found = await self._collection.find_one(
+            {
+                "tenant_id": batch.tenant_id,
+                "enqueue_time": {"$lt": batch.enqueue_time},
+                "status": {"$ne": SET_ASIDE},
+            },
+            {"_id": 1},
+        )
+        return found is not None
+
+    async def complete(self, batch: ClaimedInboxBatch) -> bool:
+        """Remove the applied batch; False when its lease was lost."""
+        removed = await self._collection.delete_one(
+            {"_id": batch.id, "owner": batch.owner, "attempts": batch.attempts}
+        )
+        return removed.deleted_count == 1
+
+    async def postpone(
+        self, batch: ClaimedInboxBatch, *, due: dt.datetime, counted: bool = True
+    ) -> None:
+        """Give the batch back, to be claimed again at ``due``; ``counted=False`` when this
+        claim was no attempt (it waited for an earlier batch, or the store was out)."""
+        await self._collection.update_one(
+            {"_id": batch.id, "owner": batch.owner, "attempts": batch.attempts},
+            {
+                "$set": {"status": PENDING, "due_time": due},
+                "$unset": {"owner": ""},
+                "$inc": {"attempts": 0 if counted else -1},
+            },
+        )
+
+    async def set_aside(self, batch: ClaimedInboxBatch, *, error: str) -> None:
+        """Keep a batch that failed every attempt for an operator, never due again."""
+        await self._collection.update_one(
+            {"_id": batch.id, "owner": batch.owner, "attempts": batch.attempts},
+            {
+                "$set": {"status": SET_ASIDE, "error": error[:1000]},
+                "$unset": {"owner": "", "due_time": ""},
+            },
+        )

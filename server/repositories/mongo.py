@@ -27,6 +27,9 @@ USERS = "users"
 INGESTED_EVENTS = "ingested_events"
 #: The durable queue of inbound messages waiting for their reply.
 REPLY_JOBS = "reply_jobs"
+#: Batches of platform events stored whole, to be applied after the call (IngestEvents'
+#: apply_later: a webhook too large to apply within the platform's deadline).
+INGEST_INBOX = "ingest_inbox"
 #: The durable outbound delivery queue (and its dead letters: status FAILED).
 DELIVERIES = "deliveries"
 #: Receipts that arrived before their message was recorded as sent (see services/receipts).
@@ -109,6 +112,11 @@ INDEXES: dict[str, list[IndexModel]] = {
     INGESTED_EVENTS: [
         # Platforms retry for days (Meta up to 7): a month covers every retry.
         IndexModel([("ingest_time", ASCENDING)], expireAfterSeconds=30 * 86400, name="expiry"),
+    ],
+    INGEST_INBOX: [
+        IndexModel([("due_time", ASCENDING)], name="due"),
+        # A tenant's batches are applied in the order they were stored.
+        IndexModel([("tenant_id", ASCENDING), ("enqueue_time", ASCENDING)], name="tenant_order"),
     ],
     REPLY_JOBS: [
         IndexModel([("due_time", ASCENDING)], name="due"),

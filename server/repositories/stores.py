@@ -21,7 +21,7 @@ from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.idempotency import MongoIdempotencyStore
-from server.repositories.ingest import MongoIngestLog, MongoReplyJobs
+from server.repositories.ingest import MongoIngestInbox, MongoIngestLog, MongoReplyJobs
 from server.repositories.live import LiveHub, RedisLiveEvents
 from server.repositories.media import GridFsMediaStore
 from server.repositories.messages import MongoMessageRepository
@@ -46,6 +46,7 @@ class Stores:
     deliveries: MongoDeliveries
     reply_jobs: MongoReplyJobs
     ingest_log: MongoIngestLog
+    ingest_inbox: MongoIngestInbox
     early_receipts: MongoEarlyReceipts
     idempotency: MongoIdempotencyStore
     tenants: MongoTenantStore
@@ -79,6 +80,7 @@ def open_stores(
         deliveries=MongoDeliveries(database=database),
         reply_jobs=MongoReplyJobs(database=database),
         ingest_log=MongoIngestLog(database=database),
+        ingest_inbox=MongoIngestInbox(database=database),
         early_receipts=MongoEarlyReceipts(database=database),
         idempotency=MongoIdempotencyStore(database=database),
         tenants=MongoTenantStore(database=database, secrets=secrets),

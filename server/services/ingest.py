@@ -1,5 +1,11 @@
 """IngestService: normalized platform events from the webhook bridge, a batch at a time.
 
+A batch is applied within the call, or, when the bridge asks (``apply_later``: a webhook too
+large to apply within the platform's deadline), stored whole in the inbox in one write and
+applied shortly after by the InboxWorker (ingest_inbox.py), a tenant's batches in the order
+they were stored. While a tenant's batches wait there, a batch carrying messages joins them
+rather than overtake them, so a user's messages keep their order.
+
 Inbound messages are stored with their deduplication records, events and reply jobs in
 group-committed transactions (ingest_messages.py), and the call returns then, so the bridge
 can acknowledge the platform quickly; the reply comes afterwards from the durable reply queue.
@@ -25,6 +31,7 @@ from server.services.ingest_outcomes import (
     ACCEPTED,
     DUPLICATE,
     IGNORED,
+    QUEUED,
     UNPROCESSABLE,
     UNPROCESSABLE_MESSAGE,
     Result,
@@ -38,6 +45,7 @@ from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.opening import ConversationOpener
 from server.services.ports import (
     ConversationRepository,
+    IngestInbox,
     IngestLog,
     MessageRepository,
     Outbox,
@@ -67,6 +75,7 @@ class IngestService:
         transactions: TransactionRunner,
         content: ContentProcessor,
         ingest_log: IngestLog,
+        inbox: IngestInbox,
         reply_jobs: ReplyJobQueue,
         live: QuietLiveEvents,
         clock: Callable[[], dt.datetime],
@@ -74,11 +83,16 @@ class IngestService:
         on_reply_job: Callable[[], None] = lambda: None,
         receipts: Receipts,
         on_batch: Callable[[int], None] = lambda _size: None,
+        on_queued: Callable[[], None] = lambda: None,
         is_outage: Callable[[Exception], bool] = lambda exc: isinstance(exc, StoreError),
     ) -> None:
         """``is_outage`` tells a store that cannot be reached (the whole call fails, and the
-        platform retries it) from a bug in applying one event (that event alone is rejected)."""
+        platform retries it) from a bug in applying one event (that event alone is rejected).
+        ``on_queued`` wakes the inbox's worker."""
         self._is_outage = is_outage
+        self._inbox = inbox
+        self._clock = clock
+        self._on_queued = on_queued
         self._conversations_at_once = asyncio.Semaphore(CONVERSATIONS_AT_ONCE)
         self._conversations = conversations
         self._log = ingest_log
@@ -109,26 +123,46 @@ class IngestService:
         )
 
     async def ingest(
+        self,
+        tenant_id: str,
+        events: Sequence[ingest_service_pb2.InboundEvent],
+        *,
+        apply_later: bool = False,
+    ) -> list[Result]:
+        """One result per event, in order: applied now, or QUEUED in the inbox when the
+        caller asks, or when messages would overtake the tenant's batches waiting there.
+        Store outages propagate (the bridge retries the batch; deduplication makes that
+        safe)."""
+        if apply_later or (
+            any(event.WhichOneof("kind") == "message" for event in events)
+            and await self._inbox.waiting(tenant_id)
+        ):
+            return await self._queue(tenant_id, events)
+        return await self.apply(tenant_id, events)
+
+    async def _queue(
+        self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
+    ) -> list[Result]:
+        """Store the valid events in the inbox in one write; invalid ones are rejected now."""
+        results, todo = _screen(events)
+        if todo:
+            request = ingest_service_pb2.IngestEventsRequest(events=[events[i] for i in todo])
+            await self._inbox.enqueue(
+                tenant_id, request.SerializeToString(), count=len(todo), now=self._clock()
+            )
+            self._on_queued()
+        for index in todo:
+            results[index] = outcome(events[index], QUEUED)
+        return [result for result in results if result is not None]
+
+    async def apply(
         self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
     ) -> list[Result]:
         """One result per event, in order. The batch is applied as a whole: one read for the
         events ingested before, the status reports in one transaction, and each
         conversation's messages (and typing) in their order, the conversations concurrently
-        so their messages share group-committed transactions. Store outages propagate (the
-        bridge retries the batch; deduplication makes that safe)."""
-        results: list[Result | None] = [None] * len(events)
-        todo: list[int] = []
-        firsts: set[tuple[int, str]] = set()
-        for index, event in enumerate(events):
-            problem = check_event(event)
-            key = (event.channel, event.platform_event_id)
-            if problem:
-                results[index] = rejected(event, "INVALID_EVENT", problem)
-            elif key in firsts:  # twice in one batch: the first counts
-                results[index] = outcome(event, DUPLICATE)
-            else:
-                firsts.add(key)
-                todo.append(index)
+        so their messages share group-committed transactions. Store outages propagate."""
+        results, todo = _screen(events)
         # A platform's retry stops here, before its media is fetched or a conversation or a
         # session is started for it; one racing this read is caught when stored.
         seen = await self._log.seen_many(
@@ -199,6 +233,27 @@ class IngestService:
         )
         await self._live.publish(tenant_id, conversation.id, [typing])
         return Result(platform_event_id=event.platform_event_id, outcome=ACCEPTED)
+
+
+def _screen(
+    events: Sequence[ingest_service_pb2.InboundEvent],
+) -> tuple[list[Result | None], list[int]]:
+    """The results of the events that are invalid or repeated within the batch, and the
+    indexes of the others, in order."""
+    results: list[Result | None] = [None] * len(events)
+    todo: list[int] = []
+    firsts: set[tuple[int, str]] = set()
+    for index, event in enumerate(events):
+        problem = check_event(event)
+        key = (event.channel, event.platform_event_id)
+        if problem:
+            results[index] = rejected(event, "INVALID_EVENT", problem)
+        elif key in firsts:  # twice in one batch: the first counts
+            results[index] = outcome(event, DUPLICATE)
+        else:
+            firsts.add(key)
+            todo.append(index)
+    return results, todo
 
 
 def _runs(indexes: list[int], events: Sequence[ingest_service_pb2.InboundEvent]) -> list[list[int]]:

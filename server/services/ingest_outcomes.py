@@ -17,6 +17,7 @@ DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
 IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
 DEFERRED = ingest_service_pb2.INGEST_OUTCOME_DEFERRED
 REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
+QUEUED = ingest_service_pb2.INGEST_OUTCOME_QUEUED
 #: The reason an event is rejected for when applying it failed on a bug of ours (logged).
 UNPROCESSABLE = "UNPROCESSABLE_EVENT"
 UNPROCESSABLE_MESSAGE = "the server could not apply this event"

@@ -18,7 +18,15 @@ from server.domain.conversations import ConversationFilter, Recording
 from server.domain.idempotency import RecordedResponse
 from server.domain.limits import Decision, Limit
 from server.domain.messages import Advance, MessageRow
-from server.domain.queues import Attempt, ClaimedReplyJob, Delivery, Finish, Outgoing, ReplyJob
+from server.domain.queues import (
+    Attempt,
+    ClaimedInboxBatch,
+    ClaimedReplyJob,
+    Delivery,
+    Finish,
+    Outgoing,
+    ReplyJob,
+)
 from server.domain.receipts import EarlyReceipt
 from server.domain.tenant import StoredTenant, Tenant
 
@@ -385,6 +393,33 @@ class ReplyJobQueue(Protocol):
     ) -> None: ...
 
     async def drop(self, job: ClaimedReplyJob) -> None: ...
+
+
+class IngestInbox(Protocol):
+    """Batches of platform events stored whole, applied after the call in each tenant's
+    order, leased to one process at a time."""
+
+    async def enqueue(
+        self, tenant_id: str, events: bytes, *, count: int, now: dt.datetime
+    ) -> None: ...
+
+    async def waiting(self, tenant_id: str) -> bool: ...
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]: ...
+
+    async def claim(
+        self, batch_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> ClaimedInboxBatch | None: ...
+
+    async def earlier_waiting(self, batch: ClaimedInboxBatch) -> bool: ...
+
+    async def complete(self, batch: ClaimedInboxBatch) -> bool: ...
+
+    async def postpone(
+        self, batch: ClaimedInboxBatch, *, due: dt.datetime, counted: bool = True
+    ) -> None: ...
+
+    async def set_aside(self, batch: ClaimedInboxBatch, *, error: str) -> None: ...
 
 
 class IngestLog(Protocol):

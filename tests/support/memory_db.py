@@ -45,6 +45,7 @@ class Database:
     idempotency: dict[tuple[str, str, str], RecordedResponse] = field(default_factory=dict)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     reply_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ingest_inbox: dict[str, dict[str, Any]] = field(default_factory=dict)
     ingested: set[tuple[str, int, str]] = field(default_factory=set)
     early_receipts: dict[str, EarlyReceipt] = field(default_factory=dict)
     #: (transaction number, what was written), in order: which writes shared a transaction.

@@ -1,4 +1,5 @@
-"""In-memory queues: deliveries and reply jobs with their leases, and the ingest log."""
+"""In-memory queues: deliveries, reply jobs and the ingest inbox with their leases, and the
+ingest log."""
 
 # ruff: noqa: ARG002 - the fakes take the Protocols' full signatures and ignore what they need not
 
@@ -17,6 +18,7 @@ from server.domain.queues import (
     QUEUED,
     SENDING,
     Attempt,
+    ClaimedInboxBatch,
     ClaimedReplyJob,
     Delivery,
     Finish,
@@ -317,6 +319,92 @@ class MemoryReplyJobs:
         found = self._db.reply_jobs.get(job.id)
         if found is not None and found["owner"] == job.owner:
             del self._db.reply_jobs[job.id]
+
+
+class MemoryIngestInbox:
+    """IngestInbox: batches claimed with a lease, each tenant's in the order stored."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        return sorted(self._db.ingest_inbox.values(), key=lambda b: b["enqueue_time"])
+
+    async def enqueue(self, tenant_id: str, events: bytes, *, count: int, now: dt.datetime) -> None:
+        batch_id = uuid.uuid4().hex
+        self._db.ingest_inbox[batch_id] = {
+            "id": batch_id,
+            "tenant_id": tenant_id,
+            "events": events,
+            "count": count,
+            "status": "pending",
+            "attempts": 0,
+            "enqueue_time": now,
+            "due_time": now,
+            "owner": "",
+        }
+
+    async def waiting(self, tenant_id: str) -> bool:
+        return any(
+            b["tenant_id"] == tenant_id and b["status"] != "set_aside"
+            for b in self._db.ingest_inbox.values()
+        )
+
+    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+        due = [b for b in self._db.ingest_inbox.values() if b["due_time"] is not None]
+        due = [b for b in due if b["due_time"] <= now]
+        return [b["id"] for b in sorted(due, key=lambda b: b["due_time"])][:limit]
+
+    async def claim(
+        self, batch_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> ClaimedInboxBatch | None:
+        batch = self._db.ingest_inbox.get(batch_id)
+        if batch is None or batch["due_time"] is None or batch["due_time"] > now:
+            return None
+        batch.update(status="running", owner=owner, due_time=now + lease)
+        batch["attempts"] += 1
+        return ClaimedInboxBatch(
+            id=batch["id"],
+            tenant_id=batch["tenant_id"],
+            events=batch["events"],
+            enqueue_time=batch["enqueue_time"],
+            attempts=batch["attempts"],
+            owner=owner,
+        )
+
+    def _held(self, batch: ClaimedInboxBatch) -> dict[str, Any] | None:
+        found = self._db.ingest_inbox.get(batch.id)
+        if found is None or found["owner"] != batch.owner or found["attempts"] != batch.attempts:
+            return None
+        return found
+
+    async def earlier_waiting(self, batch: ClaimedInboxBatch) -> bool:
+        return any(
+            b["tenant_id"] == batch.tenant_id
+            and b["enqueue_time"] < batch.enqueue_time
+            and b["status"] != "set_aside"
+            for b in self._db.ingest_inbox.values()
+        )
+
+    async def complete(self, batch: ClaimedInboxBatch) -> bool:
+        if self._held(batch) is None:
+            return False
+        del self._db.ingest_inbox[batch.id]
+        return True
+
+    async def postpone(
+        self, batch: ClaimedInboxBatch, *, due: dt.datetime, counted: bool = True
+    ) -> None:
+        found = self._held(batch)
+        if found is not None:
+            found.update(status="pending", due_time=due, owner="")
+            found["attempts"] -= 0 if counted else 1
+
+    async def set_aside(self, batch: ClaimedInboxBatch, *, error: str) -> None:
+        found = self._held(batch)
+        if found is not None:
+            found.update(status="set_aside", due_time=None, owner="", error=error)
 
 
 class MemoryIngestLog:

@@ -26,12 +26,20 @@ from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 from server.services.active_conversations import ActiveConversations
 from server.services.event_writer import EventWriter
+from server.services.ingest import IngestService
+from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.opening import ConversationOpener
+from server.services.receipts import Receipts
 from server.services.responder import Reply
 from tests.support.fakes import MemoryMediaStore, StaticFetcher
 from tests.support.memory_conversations import MemoryConversations, MemoryMessages
 from tests.support.memory_db import Database, MemoryTransactions
-from tests.support.memory_queues import MemoryDeliveries, MemoryIngestLog, MemoryReplyJobs
+from tests.support.memory_queues import (
+    MemoryDeliveries,
+    MemoryIngestInbox,
+    MemoryIngestLog,
+    MemoryReplyJobs,
+)
 from tests.support.memory_stores import (
     MemoryEarlyReceipts,
     MemoryIdempotencyStore,
@@ -95,6 +103,7 @@ class MemoryStores:
         self.deliveries = MemoryDeliveries(db)
         self.reply_jobs = MemoryReplyJobs(db)
         self.ingest_log = MemoryIngestLog(db)
+        self.ingest_inbox = MemoryIngestInbox(db)
         self.early_receipts = MemoryEarlyReceipts(db)
         self.limiter = ScriptedRateLimiter()
 
@@ -134,6 +143,33 @@ def conversation_opener(stores: MemoryStores) -> ConversationOpener:
         transactions=stores.transactions,
         events=EventWriter(outbox=stores.outbox, transactions=stores.transactions),
         active=ActiveConversations(),
+    )
+
+
+def ingest_service(stores: MemoryStores, clock: Clock, **options: Any) -> IngestService:
+    """An IngestService over the fakes; ``options`` are its callbacks and ``is_outage``."""
+    live = QuietLiveEvents(stores.live)
+    return IngestService(
+        opener=conversation_opener(stores),
+        push=CommittedPush(live=live, sessions=stores.sessions),
+        conversations=stores.conversations,
+        messages=stores.messages,
+        outbox=stores.outbox,
+        transactions=stores.transactions,
+        content=content_processor(),
+        ingest_log=stores.ingest_log,
+        inbox=stores.ingest_inbox,
+        reply_jobs=stores.reply_jobs,
+        live=live,
+        clock=clock,
+        receipts=Receipts(
+            messages=stores.messages,
+            early=stores.early_receipts,
+            outbox=stores.outbox,
+            transactions=stores.transactions,
+            live=live,
+        ),
+        **options,
     )
 
 

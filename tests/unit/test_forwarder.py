@@ -1,5 +1,6 @@
-"""The bridge's forwarder cuts a webhook's events into IngestEvents calls the server answers
-well inside the forward deadline, keeping their order."""
+"""The bridge's forwarder sends a webhook's events in one IngestEvents call the server applies
+well inside the forward deadline, or, when they do not fit in one, in calls the server stores
+whole and applies after answering; the order is kept either way."""
 
 from __future__ import annotations
 
@@ -16,20 +17,36 @@ def event(n: int, kind: str) -> ingest_service_pb2.InboundEvent:
     return made
 
 
-def test_calls_keep_the_order_and_hold_at_most_their_share_of_events_and_messages() -> None:
+def test_a_webhook_that_fits_one_call_is_applied_within_it() -> None:
+    events = [event(n, "message" if n < MAX_MESSAGES else "status") for n in range(MAX_BATCH)]
+
+    calls, apply_later = _calls(events)
+
+    assert calls == [events]
+    assert apply_later is False
+
+
+def test_more_messages_than_one_call_holds_go_in_order_to_be_applied_later() -> None:
     events = [event(n, "message" if n % 3 == 0 else "status") for n in range(5000)]
 
-    calls = _calls(events)
+    calls, apply_later = _calls(events)
 
+    assert apply_later is True
     assert [e.platform_event_id for call in calls for e in call] == [
         e.platform_event_id for e in events
     ]
-    assert all(len(call) <= MAX_BATCH for call in calls)
-    assert all(sum(e.HasField("message") for e in call) <= MAX_MESSAGES for call in calls)
-    assert len(calls) == -(-len([e for e in events if e.HasField("message")]) // MAX_MESSAGES)
+    assert [len(call) for call in calls] == [MAX_BATCH] * 10
 
 
-def test_statuses_alone_go_max_batch_at_a_time() -> None:
-    calls = _calls([event(n, "status") for n in range(1001)])
+def test_one_message_too_many_is_enough_to_apply_later() -> None:
+    calls, apply_later = _calls([event(n, "message") for n in range(MAX_MESSAGES + 1)])
 
+    assert apply_later is True
+    assert [len(call) for call in calls] == [MAX_MESSAGES + 1]
+
+
+def test_statuses_beyond_one_call_go_max_batch_at_a_time_to_be_applied_later() -> None:
+    calls, apply_later = _calls([event(n, "status") for n in range(2 * MAX_BATCH + 1)])
+
+    assert apply_later is True
     assert [len(call) for call in calls] == [MAX_BATCH, MAX_BATCH, 1]

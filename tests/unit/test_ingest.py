@@ -16,9 +16,7 @@ from server.domain.errors import StoreUnavailableError
 from server.domain.receipts import EarlyReceipt
 from server.repositories.stores import is_outage
 from server.services.ingest import IngestService
-from server.services.live import CommittedPush, QuietLiveEvents
-from server.services.receipts import Receipts
-from tests.support.ports import Clock, MemoryStores, content_processor, conversation_opener
+from tests.support.ports import Clock, MemoryStores, ingest_service
 
 TENANT = "acme"
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
@@ -32,27 +30,7 @@ REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
 
 @pytest.fixture
 def service(stores: MemoryStores, clock: Clock) -> IngestService:
-    live = QuietLiveEvents(stores.live)
-    return IngestService(
-        opener=conversation_opener(stores),
-        push=CommittedPush(live=live, sessions=stores.sessions),
-        conversations=stores.conversations,
-        messages=stores.messages,
-        outbox=stores.outbox,
-        transactions=stores.transactions,
-        content=content_processor(),
-        ingest_log=stores.ingest_log,
-        reply_jobs=stores.reply_jobs,
-        live=live,
-        clock=clock,
-        receipts=Receipts(
-            messages=stores.messages,
-            early=stores.early_receipts,
-            outbox=stores.outbox,
-            transactions=stores.transactions,
-            live=live,
-        ),
-    )
+    return ingest_service(stores, clock)
 
 
 def message_event(

@@ -42,6 +42,10 @@ class _IngestOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IngestO
     applied if a send recorded later turns out to have that id (platforms may report a
     message before the service has recorded sending it).
     """
+    INGEST_OUTCOME_QUEUED: _IngestOutcome.ValueType  # 6
+    """Stored durably, to be applied shortly after the call, in order (see
+    IngestEventsRequest.apply_later); its own outcome is logged and counted then.
+    """
 
 class IngestOutcome(_IngestOutcome, metaclass=_IngestOutcomeEnumTypeWrapper):
     """IngestOutcome is what happened to one event."""
@@ -61,6 +65,10 @@ INGEST_OUTCOME_DEFERRED: IngestOutcome.ValueType  # 5
 applied if a send recorded later turns out to have that id (platforms may report a
 message before the service has recorded sending it).
 """
+INGEST_OUTCOME_QUEUED: IngestOutcome.ValueType  # 6
+"""Stored durably, to be applied shortly after the call, in order (see
+IngestEventsRequest.apply_later); its own outcome is logged and counted then.
+"""
 Global___IngestOutcome: _TypeAlias = IngestOutcome  # noqa: Y015
 
 @_typing.final
@@ -70,6 +78,14 @@ class IngestEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    APPLY_LATER_FIELD_NUMBER: _builtins.int
+    apply_later: _builtins.bool
+    """Store the events durably and apply them shortly after the call, rather than within it: for
+    a webhook too large to apply within the platform's deadline. Each valid event's result is
+    then QUEUED; an invalid one is REJECTED at once. A tenant's queued batches are applied one
+    after another in the order they were stored, and while any waits, a call carrying messages
+    is queued behind them even without this flag, so a user's messages keep their order.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___InboundEvent]:
         """The events, 1 to 1000, in the order the platform sent them."""
@@ -78,10 +94,11 @@ class IngestEventsRequest(_message.Message):
         self,
         *,
         events: _abc.Iterable[Global___InboundEvent] | None = ...,
+        apply_later: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_later", b"apply_later", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

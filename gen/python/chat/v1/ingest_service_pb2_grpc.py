@@ -54,7 +54,8 @@ class IngestServiceServicer:
         """IngestEvents processes a batch of events, each independently: one bad event does not fail
         the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
         the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-        deduplication makes that safe).
+        deduplication makes that safe). A batch too large to apply within a platform's deadline is
+        sent with `apply_later`: it is stored durably in one write and applied shortly after.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,8 @@ class IngestServiceStub:
     """IngestEvents processes a batch of events, each independently: one bad event does not fail
     the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
     the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-    deduplication makes that safe).
+    deduplication makes that safe). A batch too large to apply within a platform's deadline is
+    sent with `apply_later`: it is stored durably in one write and applied shortly after.
     """
 
 @_typing.type_check_only
@@ -55,7 +56,8 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """IngestEvents processes a batch of events, each independently: one bad event does not fail
     the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
     the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-    deduplication makes that safe).
+    deduplication makes that safe). A batch too large to apply within a platform's deadline is
+    sent with `apply_later`: it is stored durably in one write and applied shortly after.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -73,7 +75,8 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """IngestEvents processes a batch of events, each independently: one bad event does not fail
         the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
         the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-        deduplication makes that safe).
+        deduplication makes that safe). A batch too large to apply within a platform's deadline is
+        sent with `apply_later`: it is stored durably in one write and applied shortly after.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
