@@ -22,9 +22,10 @@ MAX_BATCH = 500
 MAX_MESSAGES = 50
 #: A webhook that one call of that size does not hold (a 1 MiB WhatsApp webhook holds some
 #: 9,000 statuses or 8,000 messages) would take many such calls, longer than the platform
-#: waits: its events go instead with ``apply_later``, MAX_BATCH at a time, each call a single
-#: write to the server's inbox, and are applied shortly after the platform's 200. The calls
-#: are made one after another, so a user's events keep their order.
+#: waits: its events go instead with ``apply_later``, as many as the server takes in one call
+#: (1,000), each call a single write to the server's inbox, and are applied shortly after the
+#: platform's 200. The calls are made one after another, so a user's events keep their order.
+MAX_QUEUED_BATCH = 1000
 #: The channel's reconnect backoff after the server went away: gRPC's default grows from 1 s
 #: to 120 s, so after a long outage the bridge would go on refusing webhooks for up to two
 #: minutes once the server is back. Attempts at most a second apart (plus gRPC's 20% jitter)
@@ -43,7 +44,8 @@ class ServerUnavailableError(Exception):
 
 class Forwarder:
     """One IngestEvents call applied within it when the webhook fits (at most MAX_BATCH
-    events, MAX_MESSAGES of them messages), else calls of MAX_BATCH events applied later."""
+    events, MAX_MESSAGES of them messages), else calls of MAX_QUEUED_BATCH events applied
+    later."""
 
     def __init__(self, *, channel: grpc.aio.Channel, tokens: ServiceTokens) -> None:
         self._stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
@@ -85,8 +87,9 @@ def _calls(
 ) -> tuple[list[list[ingest_service_pb2.InboundEvent]], bool]:
     """The events in order, cut into calls, and whether the calls are to be applied later:
     one call when they fit in MAX_BATCH events and MAX_MESSAGES messages, else calls of
-    MAX_BATCH events applied later."""
+    MAX_QUEUED_BATCH events applied later."""
     messages = sum(event.WhichOneof("kind") == "message" for event in events)
     if len(events) <= MAX_BATCH and messages <= MAX_MESSAGES:
         return [list(events)], False
-    return [list(events[i : i + MAX_BATCH]) for i in range(0, len(events), MAX_BATCH)], True
+    size = MAX_QUEUED_BATCH
+    return [list(events[i : i + size]) for i in range(0, len(events), size)], True

@@ -5,7 +5,8 @@ whole and applies after answering; the order is kept either way."""
 from __future__ import annotations
 
 from chat.v1 import ingest_service_pb2
-from webhook_bridge.forwarder import MAX_BATCH, MAX_MESSAGES, _calls
+from server.api.ingest import MAX_EVENTS
+from webhook_bridge.forwarder import MAX_BATCH, MAX_MESSAGES, MAX_QUEUED_BATCH, _calls
 
 
 def event(n: int, kind: str) -> ingest_service_pb2.InboundEvent:
@@ -35,7 +36,7 @@ def test_more_messages_than_one_call_holds_go_in_order_to_be_applied_later() -> 
     assert [e.platform_event_id for call in calls for e in call] == [
         e.platform_event_id for e in events
     ]
-    assert [len(call) for call in calls] == [MAX_BATCH] * 10
+    assert [len(call) for call in calls] == [MAX_QUEUED_BATCH] * 5
 
 
 def test_one_message_too_many_is_enough_to_apply_later() -> None:
@@ -45,8 +46,9 @@ def test_one_message_too_many_is_enough_to_apply_later() -> None:
     assert [len(call) for call in calls] == [MAX_MESSAGES + 1]
 
 
-def test_statuses_beyond_one_call_go_max_batch_at_a_time_to_be_applied_later() -> None:
-    calls, apply_later = _calls([event(n, "status") for n in range(2 * MAX_BATCH + 1)])
+def test_statuses_beyond_one_call_go_in_calls_as_large_as_the_server_takes() -> None:
+    calls, apply_later = _calls([event(n, "status") for n in range(2 * MAX_QUEUED_BATCH + 1)])
 
     assert apply_later is True
-    assert [len(call) for call in calls] == [MAX_BATCH, MAX_BATCH, 1]
+    assert [len(call) for call in calls] == [MAX_QUEUED_BATCH, MAX_QUEUED_BATCH, 1]
+    assert MAX_QUEUED_BATCH == MAX_EVENTS  # as many as the server takes in one call
