@@ -16,11 +16,10 @@ import pytest
 from devstack.stack import Endpoints
 from tests.support.client_tests import (
     DEBIAN_GOPATH,
-    GO,
     TENANTS,
     TYPESCRIPT,
     client_env,
-    go_env,
+    go_workspace,
     require_path,
     require_tool,
     run,
@@ -73,12 +72,16 @@ async def test_the_go_client_against_the_server(
         DEBIAN_GOPATH / "src" / "google.golang.org" / "grpc",
         "apt-get install golang-google-grpc-dev",
     )
+    workdir, env = go_workspace(tmp_path)
+    vetted = await run([go, "vet", "./..."], cwd=workdir, env=env, limit_seconds=120)
+    assert vetted.returncode == 0, vetted.output
     outcome = await run(
         [go, "test", "-count=1", "-v", "./..."],
-        cwd=GO,
-        env={**client_env_for_tests, **go_env(tmp_path)},
-        limit_seconds=270,
+        cwd=workdir,
+        env={**client_env_for_tests, **env},
+        limit_seconds=150,
     )
     sys.stdout.write(outcome.output)  # shown with -s or -rP: what each client test did
     assert outcome.returncode == 0, outcome.output
-    assert "--- PASS" in outcome.output, outcome.output
+    assert "--- PASS: TestSendMessageAndStream" in outcome.output, outcome.output
+    assert "--- PASS: TestErrorDetails" in outcome.output, outcome.output

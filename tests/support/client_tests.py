@@ -109,18 +109,23 @@ async def run(
     )
 
 
-def go_env(work_dir: Path) -> dict[str, str]:
-    """Go in GOPATH mode over Debian's sources (/usr/share/gocode), offline: the generated
-    package is found through a GOPATH entry that links chat-service/gen/go to gen/go."""
+def go_workspace(work_dir: Path) -> tuple[Path, dict[str, str]]:
+    """Where to run go, and its environment: GOPATH mode over Debian's sources
+    (/usr/share/gocode), offline. A GOPATH entry links chat-service/gen/go and
+    chat-service/clients/go to the checkout, so their import paths resolve as in module mode."""
     gopath = work_dir / "gopath"
-    link = gopath / "src" / "chat-service" / "gen" / "go"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(REPO_ROOT / "gen" / "go", target_is_directory=True)
-    return {
+    for name in ("gen", "clients"):
+        link = gopath / "src" / "chat-service" / name / "go"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(REPO_ROOT / name / "go", target_is_directory=True)
+    env = {
         "GO111MODULE": "off",
         "GOPATH": f"{gopath}{os.pathsep}{DEBIAN_GOPATH}",
         "GOPROXY": "off",
         "GOFLAGS": "",
         "GOTOOLCHAIN": "local",
     }
+    workdir = gopath / "src" / "chat-service" / "clients" / "go"
+    # go takes the import path from $PWD (the linked path), not from the resolved directory.
+    return workdir, {**env, "PWD": str(workdir)}
