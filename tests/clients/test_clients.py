@@ -16,10 +16,11 @@ import pytest
 from devstack.stack import Endpoints
 from tests.support.client_tests import (
     DEBIAN_GOPATH,
+    GO,
+    OFFLINE_GO,
     TENANTS,
     TYPESCRIPT,
     client_env,
-    go_workspace,
     require_path,
     require_tool,
     run,
@@ -67,17 +68,17 @@ async def test_the_typescript_client_against_the_server(
 async def test_the_go_client_against_the_server(
     client_env_for_tests: dict[str, str], tmp_path: Path
 ) -> None:
-    go = require_tool("go", "Go client")
+    require_tool("go", "Go client")
     require_path(
         DEBIAN_GOPATH / "src" / "google.golang.org" / "grpc",
         "apt-get install golang-google-grpc-dev",
     )
-    workdir, env = go_workspace(tmp_path)
-    vetted = await run([go, "vet", "./..."], cwd=workdir, env=env, limit_seconds=120)
+    env = {"CHAT_GO_WORKSPACE": str(tmp_path / "gopath")}
+    vetted = await run([str(OFFLINE_GO), "vet", "./..."], cwd=GO, env=env, limit_seconds=120)
     assert vetted.returncode == 0, vetted.output
     outcome = await run(
-        [go, "test", "-count=1", "-v", "./..."],
-        cwd=workdir,
+        [str(OFFLINE_GO), "test", "-count=1", "-v", "./..."],
+        cwd=GO,
         env={**client_env_for_tests, **env},
         limit_seconds=150,
     )

@@ -23,6 +23,8 @@ from tests.support.paths import REPO_ROOT
 
 TYPESCRIPT = REPO_ROOT / "clients" / "typescript"
 GO = REPO_ROOT / "clients" / "go"
+#: Runs go on clients/go offline over Debian's packages (GOPATH mode; see the script).
+OFFLINE_GO = GO / "offline-go"
 #: A tenant whose quota allows one call, then one every 20 s: RESOURCE_EXHAUSTED on demand.
 LIMITED_TENANT = "client-tests-limited"
 TENANTS = (
@@ -79,7 +81,8 @@ def require_tool(name: str, what: str) -> str:
 def require_path(path: Path, hint: str) -> None:
     """Like require_tool, for something `make install` builds."""
     if not path.exists():
-        message = f"{path.relative_to(REPO_ROOT)} is missing ({hint}): the client tests did not run"
+        shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+        message = f"{shown} is missing ({hint}): the client tests did not run"
         if REQUIRED:
             pytest.fail(message)
         pytest.skip(message)
@@ -107,25 +110,3 @@ async def run(
     return Outcome(
         process.returncode or 0, output.decode(errors="replace"), time.monotonic() - started
     )
-
-
-def go_workspace(work_dir: Path) -> tuple[Path, dict[str, str]]:
-    """Where to run go, and its environment: GOPATH mode over Debian's sources
-    (/usr/share/gocode), offline. A GOPATH entry links chat-service/gen/go and
-    chat-service/clients/go to the checkout, so their import paths resolve as in module mode."""
-    gopath = work_dir / "gopath"
-    for name in ("gen", "clients"):
-        link = gopath / "src" / "chat-service" / name / "go"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to(REPO_ROOT / name / "go", target_is_directory=True)
-    env = {
-        "GO111MODULE": "off",
-        "GOPATH": f"{gopath}{os.pathsep}{DEBIAN_GOPATH}",
-        "GOPROXY": "off",
-        "GOFLAGS": "",
-        "GOTOOLCHAIN": "local",
-    }
-    workdir = gopath / "src" / "chat-service" / "clients" / "go"
-    # go takes the import path from $PWD (the linked path), not from the resolved directory.
-    return workdir, {**env, "PWD": str(workdir)}
