@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,13 @@ class Outcome:
 
 
 def server_settings(tenants_file: Path) -> dict[str, str]:
-    """The chat-server's settings for the client tests."""
-    return {**JWT_SETTINGS, "CHAT_TENANTS_FILE": str(tenants_file)}
+    """The chat-server's settings for the client tests: a database of their own, so what they
+    store is no other test's business."""
+    return {
+        **JWT_SETTINGS,
+        "CHAT_TENANTS_FILE": str(tenants_file),
+        "CHAT_MONGODB_DATABASE": f"client_tests_{uuid.uuid4().hex[:8]}",
+    }
 
 
 def client_env(target: str) -> dict[str, str]:
