@@ -85,7 +85,7 @@ def require_tool(name: str, what: str) -> str:
 
 
 def require_path(path: Path, hint: str) -> None:
-    """Like require_tool, for something `make install` builds."""
+    """Like require_tool, for a file or directory (``hint``: what provides it)."""
     if not path.exists():
         shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
         message = f"{shown} is missing ({hint}): the client tests did not run"
