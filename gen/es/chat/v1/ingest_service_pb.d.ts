@@ -24,6 +24,17 @@ export declare type IngestEventsRequest = Message<"chat.v1.IngestEventsRequest">
    * @generated from field: repeated chat.v1.InboundEvent events = 1;
    */
   events: InboundEvent[];
+
+  /**
+   * Store the events durably and apply them shortly after the call, rather than within it: for
+   * a webhook too large to apply within the platform's deadline. Each valid event's result is
+   * then QUEUED; an invalid one is REJECTED at once. A tenant's queued batches are applied one
+   * after another in the order they were stored, and while any waits, a call carrying messages
+   * is queued behind them even without this flag, so a user's messages keep their order.
+   *
+   * @generated from field: bool apply_later = 2;
+   */
+  applyLater: boolean;
 };
 
 /**
@@ -349,6 +360,14 @@ export enum IngestOutcome {
    * @generated from enum value: INGEST_OUTCOME_DEFERRED = 5;
    */
   DEFERRED = 5,
+
+  /**
+   * Stored durably, to be applied shortly after the call, in order (see
+   * IngestEventsRequest.apply_later); its own outcome is logged and counted then.
+   *
+   * @generated from enum value: INGEST_OUTCOME_QUEUED = 6;
+   */
+  QUEUED = 6,
 }
 
 /**
@@ -368,7 +387,8 @@ export declare const IngestService: GenService<{
    * IngestEvents processes a batch of events, each independently: one bad event does not fail
    * the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
    * the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-   * deduplication makes that safe).
+   * deduplication makes that safe). A batch too large to apply within a platform's deadline is
+   * sent with `apply_later`: it is stored durably in one write and applied shortly after.
    *
    * @generated from rpc chat.v1.IngestService.IngestEvents
    */

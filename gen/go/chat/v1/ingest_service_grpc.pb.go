@@ -20,7 +20,8 @@ type IngestServiceClient interface {
 	// IngestEvents processes a batch of events, each independently: one bad event does not fail
 	// the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
 	// the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-	// deduplication makes that safe).
+	// deduplication makes that safe). A batch too large to apply within a platform's deadline is
+	// sent with `apply_later`: it is stored durably in one write and applied shortly after.
 	IngestEvents(ctx context.Context, in *IngestEventsRequest, opts ...grpc.CallOption) (*IngestEventsResponse, error)
 }
 
@@ -48,7 +49,8 @@ type IngestServiceServer interface {
 	// IngestEvents processes a batch of events, each independently: one bad event does not fail
 	// the others. The call fails as a whole only for a malformed batch (INVALID_ARGUMENT) or when
 	// the service cannot store anything (UNAVAILABLE: the bridge retries the whole batch, and
-	// deduplication makes that safe).
+	// deduplication makes that safe). A batch too large to apply within a platform's deadline is
+	// sent with `apply_later`: it is stored durably in one write and applied shortly after.
 	IngestEvents(context.Context, *IngestEventsRequest) (*IngestEventsResponse, error)
 	mustEmbedUnimplementedIngestServiceServer()
 }
