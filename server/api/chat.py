@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from google.protobuf import timestamp_pb2
 
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
+from server.api import visitors
 from server.api.pages import (
     cursor_int,
     decode_time_cursor,
@@ -68,20 +69,25 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self, request: chat_service_pb2.SendMessageRequest, context: Any
     ) -> chat_service_pb2.SendMessageResponse:
         caller = current_principal()
+        visitors.own_send(caller, request)
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
         return await self._messages.send(caller.tenant_id, caller.subject, request)
 
     async def GetConversation(
         self, request: chat_service_pb2.GetConversationRequest, context: Any
     ) -> chat_service_pb2.GetConversationResponse:
         _require_id("conversation_id", request.conversation_id)
+        caller = current_principal()
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
         conversation = await self._conversations.get_cached(
-            current_principal().tenant_id, request.conversation_id
+            caller.tenant_id, request.conversation_id
         )
         return chat_service_pb2.GetConversationResponse(conversation=conversation)
 
     async def ListConversations(
         self, request: chat_service_pb2.ListConversationsRequest, context: Any
     ) -> chat_service_pb2.ListConversationsResponse:
+        visitors.own_filters(current_principal(), request)
         violations = Violations()
         _check_filters(violations, request.user_id, request.channel, request.status)
         limit = violations.attempt(lambda: page_size(request.page_size), fallback=0)
@@ -155,8 +161,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         }
         cursor = violations.attempt(lambda: decode_token(request.page_token, query), fallback=None)
         violations.raise_any()
+        caller = current_principal()
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
         page = await self._conversations.history(
-            current_principal().tenant_id,
+            caller.tenant_id,
             request.conversation_id,
             after_sequence=cursor_int(cursor, "seq") if cursor is not None else None,
             newest_first=newest_first,
@@ -251,6 +259,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             violations.add("after_sequence", "0 or more")
         violations.raise_any()
         caller = current_principal()
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
         events = self._streams.stream(
             caller.tenant_id,
             request.conversation_id,
@@ -273,7 +282,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         violations.text("participant_id", request.participant_id, limit=MAX_ID_CHARS, required=True)
         violations.enum("direction", request.direction, common_pb2.MessageDirection.DESCRIPTOR)
         violations.raise_any()
-        tenant_id = current_principal().tenant_id
+        caller = current_principal()
+        visitors.own_typing(caller, request)
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
+        tenant_id = caller.tenant_id
         # Unset means the end user, the usual caller of a web widget.
         direction = request.direction or common_pb2.MESSAGE_DIRECTION_INBOUND
         conversation = await self._streams.typing(
@@ -302,6 +314,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         violations.text("request_id", request.request_id, limit=MAX_ID_CHARS)
         violations.raise_any()
         caller = current_principal()
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
         return await self._streams.mark_read(
             caller.tenant_id,
             caller.subject,

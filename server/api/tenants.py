@@ -16,7 +16,9 @@ from server.domain.tenant import (
     SlackCredentials,
     TeamsCredentials,
     Tenant,
+    WebChannel,
     WhatsAppCredentials,
+    web_channel_problems,
 )
 from server.services.tenants import TenantAdmin, tenant_to_proto
 
@@ -97,7 +99,7 @@ def tenant_from_proto(tenant_id: str, message: tenant_service_pb2.Tenant) -> Ten
                 "at most 1024 visible ASCII characters, no spaces",
             )
 
-    whatsapp = messenger = slack = teams = None
+    whatsapp = messenger = slack = teams = web = None
     if channels.HasField("whatsapp"):
         w = channels.whatsapp
         check(
@@ -146,6 +148,17 @@ def tenant_from_proto(tenant_id: str, message: tenant_service_pb2.Tenant) -> Ten
         teams = TeamsCredentials(
             app_id=t.app_id, app_tenant_id=t.app_tenant_id, app_password=t.app_password
         )
+    if channels.HasField("web"):
+        wb = channels.web
+        secrets("web", wb, ("identity_secret",))
+        web = WebChannel(
+            site_key=wb.site_key,
+            allowed_origins=tuple(wb.allowed_origins),
+            identity_secret=wb.identity_secret,
+            visitor_messages_per_minute=wb.visitor_messages_per_minute,
+        )
+        for field, problem in web_channel_problems(web):
+            check(False, f"channels.web.{field}", problem)
     if violations:
         raise InvalidArgument("the tenant configuration is invalid", field_violations=violations)
     return Tenant(
@@ -153,7 +166,7 @@ def tenant_from_proto(tenant_id: str, message: tenant_service_pb2.Tenant) -> Ten
         enabled=message.enabled,
         display_name=message.display_name,
         channels=ChannelCredentials(
-            whatsapp=whatsapp, messenger=messenger, slack=slack, teams=teams
+            whatsapp=whatsapp, messenger=messenger, slack=slack, teams=teams, web=web
         ),
         quotas=Quotas(requests_per_second=rate, burst=burst),
     )

@@ -6,6 +6,7 @@ import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from server.auth.scopes import CHAT_WEB
 from server.domain.errors import Unauthenticated
 from server.domain.tenant import Tenant
 
@@ -19,6 +20,11 @@ class Principal:
     scopes: frozenset[str]
     #: The token's ``exp`` (seconds since the epoch): long streams end when it passes.
     expires_at: float = math.inf
+
+    @property
+    def visitor(self) -> bool:
+        """A web chat visitor: held to its own WEB conversations whatever else it carries."""
+        return CHAT_WEB in self.scopes
 
 
 _principal: ContextVar[Principal | None] = ContextVar("principal", default=None)

@@ -8,6 +8,8 @@ CHAT_READ = "chat:read"
 CHAT_WRITE = "chat:write"
 CHAT_INGEST = "chat:ingest"
 CHAT_ADMIN = "chat:admin"
+#: A web chat visitor (minted by the bridge's gateway): its own WEB conversations only.
+CHAT_WEB = "chat:web"
 
 #: Methods anyone may call without a token: probes and tooling.
 PUBLIC_METHODS: frozenset[str] = frozenset(
@@ -49,3 +51,18 @@ REQUIRED_SCOPES: Mapping[str, str] = {
     "/chat.v1.AuditService/ListAuditEntries": CHAT_ADMIN,
     "/chat.v1.AuditService/VerifyAuditChain": CHAT_ADMIN,
 }
+
+#: What a ``chat:web`` token may call, whatever scope the table above names; ChatServicer
+#: then holds it to its own user on the WEB channel and its own conversations
+#: (server/api/visitors.py). Everything else is refused.
+WEB_METHODS: frozenset[str] = frozenset(
+    {
+        "/chat.v1.ChatService/SendMessage",
+        "/chat.v1.ChatService/GetConversation",
+        "/chat.v1.ChatService/ListConversations",
+        "/chat.v1.ChatService/ListMessages",
+        "/chat.v1.ChatService/StreamConversationEvents",
+        "/chat.v1.ChatService/SendTypingIndicator",
+        "/chat.v1.ChatService/MarkRead",
+    }
+)

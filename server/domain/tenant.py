@@ -46,6 +46,20 @@ class TeamsCredentials:
 
 
 @dataclass(frozen=True, slots=True)
+class WebChannel:
+    """The web chat widget of one tenant (the gateway in the webhook bridge)."""
+
+    #: Public: the embed snippet carries it.
+    site_key: str = ""
+    #: Exact origins (scheme://host[:port]) of the pages that may embed the widget.
+    allowed_origins: tuple[str, ...] = ()
+    #: Signs logged-in users' ids (HMAC-SHA256); empty: every visitor is anonymous.
+    identity_secret: str = field(default="", repr=False)
+    #: Messages a visitor may send per minute; 0: the gateway's default.
+    visitor_messages_per_minute: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelCredentials:
     """Each platform's configuration; None where the tenant has not configured it."""
 
@@ -53,6 +67,7 @@ class ChannelCredentials:
     messenger: MessengerCredentials | None = None
     slack: SlackCredentials | None = None
     teams: TeamsCredentials | None = None
+    web: WebChannel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,4 +171,42 @@ CHANNEL_TYPES: dict[str, type[Any]] = {
     "messenger": MessengerCredentials,
     "slack": SlackCredentials,
     "teams": TeamsCredentials,
+    "web": WebChannel,
 }
+
+#: Fields of a channel record that are not strings: stored and read as they are.
+NON_STRING_FIELDS: dict[str, type] = {
+    "allowed_origins": tuple,
+    "visitor_messages_per_minute": int,
+}
+
+#: A site key: public, in the embed snippet.
+SITE_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+#: An exact web origin: scheme, host, optional port; nothing after.
+WEB_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
+MAX_ALLOWED_ORIGINS = 32
+
+#: The most messages per minute a tenant may allow one visitor.
+MAX_VISITOR_MESSAGES_PER_MINUTE = 600
+
+
+def web_channel_problems(web: WebChannel) -> list[tuple[str, str]]:
+    """What is wrong with a web channel configuration: (field, description) pairs."""
+    problems = []
+    if not SITE_KEY.match(web.site_key):
+        problems.append(("site_key", "required: 8 to 128 of A-Z, a-z, 0-9, '_' and '-'"))
+    if not 1 <= len(web.allowed_origins) <= MAX_ALLOWED_ORIGINS or not all(
+        WEB_ORIGIN.match(origin) for origin in web.allowed_origins
+    ):
+        problems.append(
+            (
+                "allowed_origins",
+                f"1 to {MAX_ALLOWED_ORIGINS} exact origins such as https://example.com "
+                "(scheme, host, optional port; no path)",
+            )
+        )
+    if not 0 <= web.visitor_messages_per_minute <= MAX_VISITOR_MESSAGES_PER_MINUTE:
+        problems.append(
+            ("visitor_messages_per_minute", f"0 (the default) to {MAX_VISITOR_MESSAGES_PER_MINUTE}")
+        )
+    return problems

@@ -13,6 +13,7 @@ import grpc
 import structlog
 
 from server.auth.principal import bind_principal
+from server.auth.scopes import WEB_METHODS
 from server.auth.tokens import MAX_TOKEN_BYTES, TokenVerifier
 from server.domain.errors import DomainError, PermissionDenied, Unauthenticated
 from server.interceptors.proceed import CallerCheck
@@ -45,6 +46,16 @@ class AuthInterceptor(CallerCheck):
         required = self._scopes.get(method)
         if required is None:
             raise PermissionDenied("method not open to callers", reason="METHOD_NOT_ALLOWED")
+        if principal.visitor:
+            # A visitor token reaches the web chat's methods only, even if it also carries
+            # another scope: the servicer holds it to its own conversations.
+            if method not in WEB_METHODS:
+                raise PermissionDenied(
+                    "a web visitor's token may only chat in its own conversations",
+                    reason="VISITOR_METHOD_NOT_ALLOWED",
+                )
+            bind_principal(principal)
+            return
         if required not in principal.scopes:
             raise PermissionDenied(
                 f"token lacks scope {required}",

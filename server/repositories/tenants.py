@@ -32,6 +32,7 @@ from server.domain.errors import SecretUnreadableError
 from server.domain.tenant import (
     CHANNEL_TYPES,
     MESSENGER_PAGE,
+    NON_STRING_FIELDS,
     WHATSAPP_NUMBER,
     AddressTakenError,
     ChannelCredentials,
@@ -53,6 +54,21 @@ def _mapping(value: object, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise TenantDocumentError(f"{where} is not a document")
+    return value
+
+
+def _plain_field(name: str, value: object, where: str) -> Any:
+    """A channel field stored as itself (a list of strings, a count), checked."""
+    if NON_STRING_FIELDS[name] is tuple:
+        if value == "":
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TenantDocumentError(f"{where} is not a list of strings")
+        return tuple(value)
+    if value == "":
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TenantDocumentError(f"{where} is not a non-negative integer")
     return value
 
 
@@ -139,18 +155,8 @@ class MongoTenantStore:
         channels: dict[str, Any] = {}
         for name, raw in _mapping(document.get("channels"), "channels").items():
             cls = CHANNEL_TYPES.get(name)
-            if cls is None:
-                continue
-            secrets = secret_fields(cls)
-            values = {}
-            for f in fields(cls):
-                value = _mapping(raw, f"channels.{name}").get(f.name, "")
-                if not isinstance(value, str):
-                    raise TenantDocumentError(f"channels.{name}.{f.name} is not a string")
-                if f.name in secrets and value:
-                    value = self._open(value, context=f"{tenant_id}/{name}/{f.name}")
-                values[f.name] = value
-            channels[name] = cls(**values)
+            if cls is not None:
+                channels[name] = self._channel(tenant_id, name, cls, raw)
         quotas = _mapping(document.get("quotas"), "quotas")
         rate = quotas.get("requests_per_second", 0.0)
         burst = quotas.get("burst", 0)
@@ -179,6 +185,22 @@ class MongoTenantStore:
             update_time=update_time,
         )
         return StoredTenant(tenant=tenant, revision=revision)
+
+    def _channel(self, tenant_id: str, name: str, cls: type[Any], raw: object) -> Any:
+        """One channel's record, its secrets opened."""
+        secrets = secret_fields(cls)
+        values = {}
+        for f in fields(cls):
+            value = _mapping(raw, f"channels.{name}").get(f.name, "")
+            if f.name in NON_STRING_FIELDS:
+                values[f.name] = _plain_field(f.name, value, f"channels.{name}.{f.name}")
+                continue
+            if not isinstance(value, str):
+                raise TenantDocumentError(f"channels.{name}.{f.name} is not a string")
+            if f.name in secrets and value:
+                value = self._open(value, context=f"{tenant_id}/{name}/{f.name}")
+            values[f.name] = value
+        return cls(**values)
 
     def try_decode(self, document: Document) -> StoredTenant | None:
         """The tenant in ``document``, or None (logged) when this process cannot read it: one
@@ -219,6 +241,8 @@ class MongoTenantStore:
             values = {}
             for f in fields(record):
                 value = getattr(record, f.name)
+                if isinstance(value, tuple):
+                    value = list(value)
                 if f.name in secrets and value:
                     value = self._secrets.seal(value, context=f"{tenant.id}/{name}/{f.name}")
                 values[f.name] = value

@@ -24,7 +24,9 @@ from server.domain.tenant import (
     SlackCredentials,
     TeamsCredentials,
     Tenant,
+    WebChannel,
     WhatsAppCredentials,
+    web_channel_problems,
 )
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -33,6 +35,7 @@ _CHANNEL_TYPES: dict[str, type[Any]] = {
     "messenger": MessengerCredentials,
     "slack": SlackCredentials,
     "teams": TeamsCredentials,
+    "web": WebChannel,
 }
 _TENANT_KEYS = {"id", "enabled", "display_name", "channels", "quotas"}
 
@@ -96,7 +99,29 @@ def _tenant(raw: object, where: str, env: Mapping[str, str]) -> Tenant:
 def _record(cls: type[T], raw: object, where: str, env: Mapping[str, str]) -> T:
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     data = _mapping(raw, where, names)
+    if cls is WebChannel:
+        return _web(data, where, env)  # type: ignore[return-value]
     return cls(**{key: _string(value, f"{where}.{key}", env) for key, value in data.items()})
+
+
+def _web(data: dict[str, Any], where: str, env: Mapping[str, str]) -> WebChannel:
+    origins = data.get("allowed_origins", [])
+    if not isinstance(origins, list):
+        raise TenantsFileError(f"{where}.allowed_origins: expected a list of origins")
+    quota = data.get("visitor_messages_per_minute", 0)
+    if not isinstance(quota, int) or isinstance(quota, bool):
+        raise TenantsFileError(f"{where}.visitor_messages_per_minute: expected an integer")
+    web = WebChannel(
+        site_key=_string(data.get("site_key", ""), f"{where}.site_key", env),
+        allowed_origins=tuple(
+            _string(o, f"{where}.allowed_origins[{i}]", env) for i, o in enumerate(origins)
+        ),
+        identity_secret=_string(data.get("identity_secret", ""), f"{where}.identity_secret", env),
+        visitor_messages_per_minute=quota,
+    )
+    for field, problem in web_channel_problems(web):
+        raise TenantsFileError(f"{where}.{field}: {problem}")
+    return web
 
 
 def _quotas(raw: object, where: str) -> Quotas:

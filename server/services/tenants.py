@@ -240,4 +240,14 @@ def tenant_to_proto(tenant: Tenant) -> tenant_service_pb2.Tenant:
                 app_password_set=bool(t.app_password),
             )
         )
+    if channels.web is not None:
+        wb = channels.web
+        message.channels.web.CopyFrom(
+            tenant_service_pb2.WebConfig(
+                site_key=wb.site_key,
+                allowed_origins=list(wb.allowed_origins),
+                visitor_messages_per_minute=wb.visitor_messages_per_minute,
+                identity_secret_set=bool(wb.identity_secret),
+            )
+        )
     return message

@@ -643,3 +643,48 @@ async def test_a_lagging_process_cannot_enable_a_disabled_tenant(
     )
     with pytest.raises(PermissionDenied):
         await admin.upsert(tenant_from_proto(tenant_id, whatsapp_tenant(number)))
+
+
+async def test_the_web_channel_is_stored_with_its_identity_secret_sealed(
+    stored_server: RunningServer, key_file: str, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    tenant_id = new_tenant_id()
+    tenant = tenant_service_pb2.Tenant(enabled=True)
+    tenant.channels.web.CopyFrom(
+        tenant_service_pb2.WebConfig(
+            site_key="site-key-1234",
+            allowed_origins=["https://shop.example", "http://localhost:3000"],
+            identity_secret="web-identity-secret",
+            visitor_messages_per_minute=12,
+        )
+    )
+    created = await upsert(stored_server.target, tenant_id, tenant)
+    web = created.channels.web
+    assert web.site_key == "site-key-1234"
+    assert list(web.allowed_origins) == ["https://shop.example", "http://localhost:3000"]
+    assert web.identity_secret_set
+    assert not web.identity_secret
+    assert web.visitor_messages_per_minute == 12
+    document = await mongo["chat"]["tenants"].find_one({"_id": tenant_id})
+    assert document is not None
+    assert "web-identity-secret" not in repr(document)
+    # An empty secret keeps the stored one.
+    tenant.channels.web.identity_secret = ""
+    await upsert(stored_server.target, tenant_id, tenant)
+    store = MongoTenantStore(database=mongo["chat"], secrets=SecretBox.from_file(Path(key_file)))
+    stored = await store.get(tenant_id)
+    assert stored is not None
+    assert stored.tenant.channels.web is not None
+    assert stored.tenant.channels.web.identity_secret == "web-identity-secret"
+    assert stored.tenant.channels.web.allowed_origins == (
+        "https://shop.example",
+        "http://localhost:3000",
+    )
+    # Origins are exact: no path, no wildcard; a site key is required.
+    bad = tenant_service_pb2.Tenant(enabled=True)
+    bad.channels.web.CopyFrom(
+        tenant_service_pb2.WebConfig(allowed_origins=["https://shop.example/page", "*"])
+    )
+    code, _, fields = await upsert_error(stored_server.target, new_tenant_id(), bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(fields) == {"tenant.channels.web.site_key", "tenant.channels.web.allowed_origins"}

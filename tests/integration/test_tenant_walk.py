@@ -339,3 +339,93 @@ def _empty_request(method: str) -> Any:
     module = modules[service]
     descriptor = module.DESCRIPTOR.services_by_name[service.split(".")[-1]].methods_by_name[rpc]
     return getattr(module, descriptor.input_type.name)()
+
+
+#: What a visitor token may call at all; its other calls are refused before any data is read.
+VISITOR_METHODS = {
+    "/chat.v1.ChatService/SendMessage",
+    "/chat.v1.ChatService/GetConversation",
+    "/chat.v1.ChatService/ListConversations",
+    "/chat.v1.ChatService/ListMessages",
+    "/chat.v1.ChatService/StreamConversationEvents",
+    "/chat.v1.ChatService/SendTypingIndicator",
+    "/chat.v1.ChatService/MarkRead",
+}
+
+
+async def test_a_web_visitor_reaches_only_its_own_web_conversations(
+    channel: grpc.aio.Channel,
+) -> None:
+    # The victim is another user of the visitor's own tenant, on the web channel: the token
+    # is globex's, so only the chat:web rules stand between them.
+    victim = Victim(await ChatClient(channel, "globex").send("globex secret: merger on friday"))
+    token = mint_dev_token(
+        secret=SECRET, tenant_id="globex", subject="visitor-walk", scopes=("chat:web",)
+    )
+    metadata = (("authorization", f"Bearer {token}"),)
+    stubs = {
+        "chat": chat_service_pb2_grpc.ChatServiceStub(channel),
+        "session": session_service_pb2_grpc.SessionServiceStub(channel),
+        "tenant": tenant_service_pb2_grpc.TenantServiceStub(channel),
+        "ingest": ingest_service_pb2_grpc.IngestServiceStub(channel),
+        "delivery": delivery_service_pb2_grpc.DeliveryServiceStub(channel),
+        "analytics": analytics_service_pb2_grpc.AnalyticsServiceStub(channel),
+        "audit": audit_service_pb2_grpc.AuditServiceStub(channel),
+    }
+    secrets = (victim.conversation_id, victim.session_id, victim.message_id, "merger")
+    for method, (stub_name, rpc, request) in walks(victim).items():
+        code, details, replies = await outcome(getattr(stubs[stub_name], rpc), request, metadata)
+        text = details + "".join(r.SerializeToString().decode("utf-8", "replace") for r in replies)
+        assert not [s for s in secrets if s in text], method
+        if method not in VISITOR_METHODS:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (method, code)
+            assert "visitor" in details, details
+        elif method == "/chat.v1.ChatService/ListConversations":
+            assert code == grpc.StatusCode.OK, code  # its own: none yet
+            assert not replies[0].conversations
+        elif method in (
+            "/chat.v1.ChatService/SendMessage",
+            "/chat.v1.ChatService/SendTypingIndicator",
+        ):
+            # Written as another user ("attacker"): refused before the conversation is read.
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (method, code)
+        else:
+            assert code == grpc.StatusCode.NOT_FOUND, (method, code)
+
+    chat_stub = stubs["chat"]
+    # Not as another user, nor on another channel, nor into another's conversation.
+    for request in (
+        chat.SendMessageRequest(user_id="someone-else", content={"text": {"text": "x"}}),  # type: ignore[arg-type]
+        chat.SendMessageRequest(channel=c.CHANNEL_TYPE_SLACK, content={"text": {"text": "x"}}),  # type: ignore[arg-type]
+    ):
+        code, _, _ = await outcome(chat_stub.SendMessage, request, metadata)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, _, _ = await outcome(
+        chat_stub.SendMessage,
+        chat.SendMessageRequest(
+            conversation_id=victim.conversation_id,
+            content={"text": {"text": "x"}},  # type: ignore[arg-type]
+        ),
+        metadata,
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    # Its own conversation, as its own web user, works.
+    own = await chat_stub.SendMessage(
+        chat.SendMessageRequest(content={"text": {"text": "hello"}}),  # type: ignore[arg-type]
+        metadata=metadata,
+        timeout=10,
+    )
+    assert own.conversation.user_id == "visitor-walk"
+    assert own.conversation.channel == c.CHANNEL_TYPE_WEB
+    listed = await chat_stub.ListConversations(
+        chat.ListConversationsRequest(), metadata=metadata, timeout=10
+    )
+    assert [x.id for x in listed.conversations] == [own.conversation.id]
+    history = await chat_stub.ListMessages(
+        chat.ListMessagesRequest(conversation_id=own.conversation.id), metadata=metadata, timeout=10
+    )
+    assert [m.sequence for m in history.messages] == [1, 2]
+    still = await ChatClient(channel, "globex").call(
+        "GetConversation", chat.GetConversationRequest(conversation_id=victim.conversation_id)
+    )
+    assert still.conversation.message_count == 2

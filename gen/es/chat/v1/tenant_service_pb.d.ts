@@ -99,6 +99,13 @@ export declare type ChannelConfigs = Message<"chat.v1.ChannelConfigs"> & {
    * @generated from field: chat.v1.TeamsConfig teams = 4;
    */
   teams?: TeamsConfig | undefined;
+
+  /**
+   * The web chat widget and its gateway in the webhook bridge (/web/v1/...).
+   *
+   * @generated from field: chat.v1.WebConfig web = 5;
+   */
+  web?: WebConfig | undefined;
 };
 
 /**
@@ -312,6 +319,58 @@ export declare type TeamsConfig = Message<"chat.v1.TeamsConfig"> & {
  * Use `create(TeamsConfigSchema)` to create a new message.
  */
 export declare const TeamsConfigSchema: GenMessage<TeamsConfig>;
+
+/**
+ * WebConfig is a tenant's web chat: who may embed the widget, and how visitors are known.
+ *
+ * @generated from message chat.v1.WebConfig
+ */
+export declare type WebConfig = Message<"chat.v1.WebConfig"> & {
+  /**
+   * The public key the embed snippet carries (data-site-key): 8 to 128 of A-Z, a-z, 0-9, "_"
+   * and "-". Required. Not a secret: it names the site, the origins below guard it.
+   *
+   * @generated from field: string site_key = 1;
+   */
+  siteKey: string;
+
+  /**
+   * The exact origins (scheme://host[:port]) of the pages that may embed the widget; every
+   * HTTP and WebSocket request's Origin header must be one of them. At least one, at most 32.
+   *
+   * @generated from field: repeated string allowed_origins = 2;
+   */
+  allowedOrigins: string[];
+
+  /**
+   * Optional: the secret the tenant's backend signs a logged-in user's id with
+   * (HMAC-SHA256, hex), so that the visitor is that user. Without it every visitor is
+   * anonymous. Secret.
+   *
+   * @generated from field: string identity_secret = 3;
+   */
+  identitySecret: string;
+
+  /**
+   * Messages a visitor may send per minute (0: the gateway's default).
+   *
+   * @generated from field: int32 visitor_messages_per_minute = 4;
+   */
+  visitorMessagesPerMinute: number;
+
+  /**
+   * Output only: whether identity_secret is stored.
+   *
+   * @generated from field: bool identity_secret_set = 5;
+   */
+  identitySecretSet: boolean;
+};
+
+/**
+ * Describes the message chat.v1.WebConfig.
+ * Use `create(WebConfigSchema)` to create a new message.
+ */
+export declare const WebConfigSchema: GenMessage<WebConfig>;
 
 /**
  * Quotas are a tenant's rate limits.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hat/v1/tenant_service.proto\x12\x07\x63hat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\x06Tenant\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07\x65nabled\x18\x02 \x01(\x08R\x07\x65nabled\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12\x33\n\x08\x63hannels\x18\x04 \x01(\x0b\x32\x17.chat.v1.ChannelConfigsR\x08\x63hannels\x12\'\n\x06quotas\x18\x05 \x01(\x0b\x32\x0f.chat.v1.QuotasR\x06quotas\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"\xd5\x01\n\x0e\x43hannelConfigs\x12\x33\n\x08whatsapp\x18\x01 \x01(\x0b\x32\x17.chat.v1.WhatsAppConfigR\x08whatsapp\x12\x36\n\tmessenger\x18\x02 \x01(\x0b\x32\x18.chat.v1.MessengerConfigR\tmessenger\x12*\n\x05slack\x18\x03 \x01(\x0b\x32\x14.chat.v1.SlackConfigR\x05slack\x12*\n\x05teams\x18\x04 \x01(\x0b\x32\x14.chat.v1.TeamsConfigR\x05teams\"\x97\x02\n\x0eWhatsAppConfig\x12!\n\x0cverify_token\x18\x01 \x01(\tR\x0bverifyToken\x12\x1d\n\napp_secret\x18\x02 \x01(\tR\tappSecret\x12!\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\tR\x0b\x61\x63\x63\x65ssToken\x12&\n\x0fphone_number_id\x18\x04 \x01(\tR\rphoneNumberId\x12(\n\x10verify_token_set\x18\x05 \x01(\x08R\x0everifyTokenSet\x12$\n\x0e\x61pp_secret_set\x18\x06 \x01(\x08R\x0c\x61ppSecretSet\x12(\n\x10\x61\x63\x63\x65ss_token_set\x18\x07 \x01(\x08R\x0e\x61\x63\x63\x65ssTokenSet\"\x9b\x02\n\x0fMessengerConfig\x12!\n\x0cverify_token\x18\x01 \x01(\tR\x0bverifyToken\x12\x1d\n\napp_secret\x18\x02 \x01(\tR\tappSecret\x12*\n\x11page_access_token\x18\x03 \x01(\tR\x0fpageAccessToken\x12\x17\n\x07page_id\x18\x04 \x01(\tR\x06pageId\x12(\n\x10verify_token_set\x18\x05 \x01(\x08R\x0everifyTokenSet\x12$\n\x0e\x61pp_secret_set\x18\x06 \x01(\x08R\x0c\x61ppSecretSet\x12\x31\n\x15page_access_token_set\x18\x07 \x01(\x08R\x12pageAccessTokenSet\"\xa3\x01\n\x0bSlackConfig\x12%\n\x0esigning_secret\x18\x01 \x01(\tR\rsigningSecret\x12\x1b\n\tbot_token\x18\x02 \x01(\tR\x08\x62otToken\x12,\n\x12signing_secret_set\x18\x03 \x01(\x08R\x10signingSecretSet\x12\"\n\rbot_token_set\x18\x04 \x01(\x08R\x0b\x62otTokenSet\"\x95\x01\n\x0bTeamsConfig\x12\x15\n\x06\x61pp_id\x18\x01 \x01(\tR\x05\x61ppId\x12!\n\x0c\x61pp_password\x18\x02 \x01(\tR\x0b\x61ppPassword\x12\"\n\rapp_tenant_id\x18\x03 \x01(\tR\x0b\x61ppTenantId\x12(\n\x10\x61pp_password_set\x18\x04 \x01(\x08R\x0e\x61ppPasswordSet\"N\n\x06Quotas\x12.\n\x13requests_per_second\x18\x01 \x01(\x01R\x11requestsPerSecond\x12\x14\n\x05\x62urst\x18\x02 \x01(\x05R\x05\x62urst\"\x12\n\x10GetTenantRequest\"<\n\x11GetTenantResponse\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x0f.chat.v1.TenantR\x06tenant\"]\n\x13UpsertTenantRequest\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x0f.chat.v1.TenantR\x06tenant\x12\x1d\n\nrequest_id\x18\x02 \x01(\tR\trequestId\"?\n\x14UpsertTenantResponse\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x0f.chat.v1.TenantR\x06tenant2\xa0\x01\n\rTenantService\x12\x42\n\tGetTenant\x12\x19.chat.v1.GetTenantRequest\x1a\x1a.chat.v1.GetTenantResponse\x12K\n\x0cUpsertTenant\x12\x1c.chat.v1.UpsertTenantRequest\x1a\x1d.chat.v1.UpsertTenantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hat/v1/tenant_service.proto\x12\x07\x63hat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\x06Tenant\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07\x65nabled\x18\x02 \x01(\x08R\x07\x65nabled\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12\x33\n\x08\x63hannels\x18\x04 \x01(\x0b\x32\x17.chat.v1.ChannelConfigsR\x08\x63hannels\x12\'\n\x06quotas\x18\x05 \x01(\x0b\x32\x0f.chat.v1.QuotasR\x06quotas\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"\xfb\x01\n\x0e\x43hannelConfigs\x12\x33\n\x08whatsapp\x18\x01 \x01(\x0b\x32\x17.chat.v1.WhatsAppConfigR\x08whatsapp\x12\x36\n\tmessenger\x18\x02 \x01(\x0b\x32\x18.chat.v1.MessengerConfigR\tmessenger\x12*\n\x05slack\x18\x03 \x01(\x0b\x32\x14.chat.v1.SlackConfigR\x05slack\x12*\n\x05teams\x18\x04 \x01(\x0b\x32\x14.chat.v1.TeamsConfigR\x05teams\x12$\n\x03web\x18\x05 \x01(\x0b\x32\x12.chat.v1.WebConfigR\x03web\"\x97\x02\n\x0eWhatsAppConfig\x12!\n\x0cverify_token\x18\x01 \x01(\tR\x0bverifyToken\x12\x1d\n\napp_secret\x18\x02 \x01(\tR\tappSecret\x12!\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\tR\x0b\x61\x63\x63\x65ssToken\x12&\n\x0fphone_number_id\x18\x04 \x01(\tR\rphoneNumberId\x12(\n\x10verify_token_set\x18\x05 \x01(\x08R\x0everifyTokenSet\x12$\n\x0e\x61pp_secret_set\x18\x06 \x01(\x08R\x0c\x61ppSecretSet\x12(\n\x10\x61\x63\x63\x65ss_token_set\x18\x07 \x01(\x08R\x0e\x61\x63\x63\x65ssTokenSet\"\x9b\x02\n\x0fMessengerConfig\x12!\n\x0cverify_token\x18\x01 \x01(\tR\x0bverifyToken\x12\x1d\n\napp_secret\x18\x02 \x01(\tR\tappSecret\x12*\n\x11page_access_token\x18\x03 \x01(\tR\x0fpageAccessToken\x12\x17\n\x07page_id\x18\x04 \x01(\tR\x06pageId\x12(\n\x10verify_token_set\x18\x05 \x01(\x08R\x0everifyTokenSet\x12$\n\x0e\x61pp_secret_set\x18\x06 \x01(\x08R\x0c\x61ppSecretSet\x12\x31\n\x15page_access_token_set\x18\x07 \x01(\x08R\x12pageAccessTokenSet\"\xa3\x01\n\x0bSlackConfig\x12%\n\x0esigning_secret\x18\x01 \x01(\tR\rsigningSecret\x12\x1b\n\tbot_token\x18\x02 \x01(\tR\x08\x62otToken\x12,\n\x12signing_secret_set\x18\x03 \x01(\x08R\x10signingSecretSet\x12\"\n\rbot_token_set\x18\x04 \x01(\x08R\x0b\x62otTokenSet\"\x95\x01\n\x0bTeamsConfig\x12\x15\n\x06\x61pp_id\x18\x01 \x01(\tR\x05\x61ppId\x12!\n\x0c\x61pp_password\x18\x02 \x01(\tR\x0b\x61ppPassword\x12\"\n\rapp_tenant_id\x18\x03 \x01(\tR\x0b\x61ppTenantId\x12(\n\x10\x61pp_password_set\x18\x04 \x01(\x08R\x0e\x61ppPasswordSet\"\xe7\x01\n\tWebConfig\x12\x19\n\x08site_key\x18\x01 \x01(\tR\x07siteKey\x12\'\n\x0f\x61llowed_origins\x18\x02 \x03(\tR\x0e\x61llowedOrigins\x12\'\n\x0fidentity_secret\x18\x03 \x01(\tR\x0eidentitySecret\x12=\n\x1bvisitor_messages_per_minute\x18\x04 \x01(\x05R\x18visitorMessagesPerMinute\x12.\n\x13identity_secret_set\x18\x05 \x01(\x08R\x11identitySecretSet\"N\n\x06Quotas\x12.\n\x13requests_per_second\x18\x01 \x01(\x01R\x11requestsPerSecond\x12\x14\n\x05\x62urst\x18\x02 \x01(\x05R\x05\x62urst\"\x12\n\x10GetTenantRequest\"<\n\x11GetTenantResponse\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x0f.chat.v1.TenantR\x06tenant\"]\n\x13UpsertTenantRequest\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x0f.chat.v1.TenantR\x06tenant\x12\x1d\n\nrequest_id\x18\x02 \x01(\tR\trequestId\"?\n\x14UpsertTenantResponse\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x0f.chat.v1.TenantR\x06tenant2\xa0\x01\n\rTenantService\x12\x42\n\tGetTenant\x12\x19.chat.v1.GetTenantRequest\x1a\x1a.chat.v1.GetTenantResponse\x12K\n\x0cUpsertTenant\x12\x1c.chat.v1.UpsertTenantRequest\x1a\x1d.chat.v1.UpsertTenantResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANT']._serialized_start=75
   _globals['_TENANT']._serialized_end=315
   _globals['_CHANNELCONFIGS']._serialized_start=318
-  _globals['_CHANNELCONFIGS']._serialized_end=531
-  _globals['_WHATSAPPCONFIG']._serialized_start=534
-  _globals['_WHATSAPPCONFIG']._serialized_end=813
-  _globals['_MESSENGERCONFIG']._serialized_start=816
-  _globals['_MESSENGERCONFIG']._serialized_end=1099
-  _globals['_SLACKCONFIG']._serialized_start=1102
-  _globals['_SLACKCONFIG']._serialized_end=1265
-  _globals['_TEAMSCONFIG']._serialized_start=1268
-  _globals['_TEAMSCONFIG']._serialized_end=1417
-  _globals['_QUOTAS']._serialized_start=1419
-  _globals['_QUOTAS']._serialized_end=1497
-  _globals['_GETTENANTREQUEST']._serialized_start=1499
-  _globals['_GETTENANTREQUEST']._serialized_end=1517
-  _globals['_GETTENANTRESPONSE']._serialized_start=1519
-  _globals['_GETTENANTRESPONSE']._serialized_end=1579
-  _globals['_UPSERTTENANTREQUEST']._serialized_start=1581
-  _globals['_UPSERTTENANTREQUEST']._serialized_end=1674
-  _globals['_UPSERTTENANTRESPONSE']._serialized_start=1676
-  _globals['_UPSERTTENANTRESPONSE']._serialized_end=1739
-  _globals['_TENANTSERVICE']._serialized_start=1742
-  _globals['_TENANTSERVICE']._serialized_end=1902
+  _globals['_CHANNELCONFIGS']._serialized_end=569
+  _globals['_WHATSAPPCONFIG']._serialized_start=572
+  _globals['_WHATSAPPCONFIG']._serialized_end=851
+  _globals['_MESSENGERCONFIG']._serialized_start=854
+  _globals['_MESSENGERCONFIG']._serialized_end=1137
+  _globals['_SLACKCONFIG']._serialized_start=1140
+  _globals['_SLACKCONFIG']._serialized_end=1303
+  _globals['_TEAMSCONFIG']._serialized_start=1306
+  _globals['_TEAMSCONFIG']._serialized_end=1455
+  _globals['_WEBCONFIG']._serialized_start=1458
+  _globals['_WEBCONFIG']._serialized_end=1689
+  _globals['_QUOTAS']._serialized_start=1691
+  _globals['_QUOTAS']._serialized_end=1769
+  _globals['_GETTENANTREQUEST']._serialized_start=1771
+  _globals['_GETTENANTREQUEST']._serialized_end=1789
+  _globals['_GETTENANTRESPONSE']._serialized_start=1791
+  _globals['_GETTENANTRESPONSE']._serialized_end=1851
+  _globals['_UPSERTTENANTREQUEST']._serialized_start=1853
+  _globals['_UPSERTTENANTREQUEST']._serialized_end=1946
+  _globals['_UPSERTTENANTRESPONSE']._serialized_start=1948
+  _globals['_UPSERTTENANTRESPONSE']._serialized_end=2011
+  _globals['_TENANTSERVICE']._serialized_start=2014
+  _globals['_TENANTSERVICE']._serialized_end=2174
 # @@protoc_insertion_point(module_scope)

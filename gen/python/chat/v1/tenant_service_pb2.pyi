@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -75,6 +77,7 @@ class ChannelConfigs(_message.Message):
     MESSENGER_FIELD_NUMBER: _builtins.int
     SLACK_FIELD_NUMBER: _builtins.int
     TEAMS_FIELD_NUMBER: _builtins.int
+    WEB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def whatsapp(self) -> Global___WhatsAppConfig:
         """WhatsApp Business Cloud API."""
@@ -91,6 +94,10 @@ class ChannelConfigs(_message.Message):
     def teams(self) -> Global___TeamsConfig:
         """Microsoft Teams (Bot Framework)."""
 
+    @_builtins.property
+    def web(self) -> Global___WebConfig:
+        """The web chat widget and its gateway in the webhook bridge (/web/v1/...)."""
+
     def __init__(
         self,
         *,
@@ -98,10 +105,11 @@ class ChannelConfigs(_message.Message):
         messenger: Global___MessengerConfig | None = ...,
         slack: Global___SlackConfig | None = ...,
         teams: Global___TeamsConfig | None = ...,
+        web: Global___WebConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["messenger", b"messenger", "slack", b"slack", "teams", b"teams", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["messenger", b"messenger", "slack", b"slack", "teams", b"teams", "web", b"web", "whatsapp", b"whatsapp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messenger", b"messenger", "slack", b"slack", "teams", b"teams", "whatsapp", b"whatsapp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messenger", b"messenger", "slack", b"slack", "teams", b"teams", "web", b"web", "whatsapp", b"whatsapp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +274,53 @@ class TeamsConfig(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TeamsConfig: _TypeAlias = TeamsConfig  # noqa: Y015
+
+@_typing.final
+class WebConfig(_message.Message):
+    """WebConfig is a tenant's web chat: who may embed the widget, and how visitors are known."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_KEY_FIELD_NUMBER: _builtins.int
+    ALLOWED_ORIGINS_FIELD_NUMBER: _builtins.int
+    IDENTITY_SECRET_FIELD_NUMBER: _builtins.int
+    VISITOR_MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    IDENTITY_SECRET_SET_FIELD_NUMBER: _builtins.int
+    site_key: _builtins.str
+    """The public key the embed snippet carries (data-site-key): 8 to 128 of A-Z, a-z, 0-9, "_"
+    and "-". Required. Not a secret: it names the site, the origins below guard it.
+    """
+    identity_secret: _builtins.str
+    """Optional: the secret the tenant's backend signs a logged-in user's id with
+    (HMAC-SHA256, hex), so that the visitor is that user. Without it every visitor is
+    anonymous. Secret.
+    """
+    visitor_messages_per_minute: _builtins.int
+    """Messages a visitor may send per minute (0: the gateway's default)."""
+    identity_secret_set: _builtins.bool
+    """Output only: whether identity_secret is stored."""
+    @_builtins.property
+    def allowed_origins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The exact origins (scheme://host[:port]) of the pages that may embed the widget; every
+        HTTP and WebSocket request's Origin header must be one of them. At least one, at most 32.
+        """
+
+    def __init__(
+        self,
+        *,
+        site_key: _builtins.str = ...,
+        allowed_origins: _abc.Iterable[_builtins.str] | None = ...,
+        identity_secret: _builtins.str = ...,
+        visitor_messages_per_minute: _builtins.int = ...,
+        identity_secret_set: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_origins", b"allowed_origins", "identity_secret", b"identity_secret", "identity_secret_set", b"identity_secret_set", "site_key", b"site_key", "visitor_messages_per_minute", b"visitor_messages_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebConfig: _TypeAlias = WebConfig  # noqa: Y015
 
 @_typing.final
 class Quotas(_message.Message):
