@@ -53,6 +53,10 @@ from webhook_bridge.forwarder import CHANNEL_OPTIONS, Forwarder, ServerUnavailab
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
 from webhook_bridge.teams_auth import BotFrameworkVerifier, TeamsAuthError
 from webhook_bridge.tokens import ServiceTokens
+from webhook_bridge.web.config import WebSettings
+from webhook_bridge.web.gateway import WEB_STATE
+from webhook_bridge.web.routes import add_web_routes, web_state
+from webhook_bridge.web.visitors import VisitorTokens
 
 log = structlog.get_logger("chat.bridge")
 
@@ -115,8 +119,11 @@ def create_app(
     max_body_bytes: int = 1024 * 1024,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
     metrics: BridgeMetrics | None = None,
+    visitor_tokens: VisitorTokens | None = None,
+    web_settings: WebSettings | None = None,
 ) -> web.Application:
-    """Build the application; the gRPC channel and HTTP client open on start-up."""
+    """Build the application; the gRPC channel and HTTP client open on start-up. With
+    ``visitor_tokens``, the web chat gateway too (webhook_bridge/web)."""
     app = web.Application(client_max_size=max_body_bytes)
     metrics = metrics or BridgeMetrics()
 
@@ -131,6 +138,13 @@ def create_app(
             metrics=metrics,
             body_timeout=body_timeout,
         )
+        if visitor_tokens is not None:
+            app[WEB_STATE] = web_state(
+                channel=channel,
+                tenants=tenants,
+                tokens=visitor_tokens,
+                settings=web_settings or WebSettings(),
+            )
         yield
         await http.close()
         await channel.close(None)
@@ -147,6 +161,8 @@ def create_app(
         "/webhooks/slack/{tenant_id}/interactivity", counted("slack", slack_interactivity)
     )
     app.router.add_post("/webhooks/teams/{tenant_id}", counted("teams", teams_post))
+    if visitor_tokens is not None:
+        add_web_routes(app)
     return app
 
 

@@ -23,6 +23,7 @@ from webhook_bridge.app import create_app
 from webhook_bridge.http_server import BridgeRunner
 from webhook_bridge.settings import BridgeSettings
 from webhook_bridge.tokens import ServiceTokens
+from webhook_bridge.web.visitors import VisitorTokens
 
 log = structlog.get_logger("chat.bridge")
 
@@ -68,6 +69,13 @@ def main() -> None:
         teams_metadata_url=settings.teams_metadata_url,
         max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.body_timeout_seconds,
+        visitor_tokens=VisitorTokens(
+            key=settings.token_key,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            lifetime_seconds=settings.web.token_seconds,
+        ),
+        web_settings=settings.web,
     )
     app.cleanup_ctx.append(follow_tenants)
     with contextlib.suppress(KeyboardInterrupt):

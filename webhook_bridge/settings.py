@@ -12,6 +12,7 @@ from server.settings import LogFormat, Settings, SettingsError
 from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
 from webhook_bridge.http_server import HEADER_TIMEOUT_SECONDS
 from webhook_bridge.tokens import SigningKey
+from webhook_bridge.web.config import WebSettings
 
 #: A time limit longer than this is a mistake (a platform gives up within seconds).
 MAX_TIMEOUT_SECONDS = 3600.0
@@ -37,6 +38,7 @@ class BridgeSettings:
     token_issuer: str
     token_audience: str
     teams_metadata_url: str
+    web: WebSettings
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeSettings:
@@ -76,6 +78,7 @@ class BridgeSettings:
             token_issuer=shared.jwt.issuer,
             token_audience=shared.jwt.audience,
             teams_metadata_url=shared.platforms.teams_openid_metadata_url,
+            web=WebSettings.from_env(env),
         )
 
 
