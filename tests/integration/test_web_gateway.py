@@ -138,7 +138,7 @@ async def test_a_token_is_refreshed_for_the_same_visitor_before_expiry(gateway: 
     again = await gateway.token(token=first["token"])
     assert again["visitor_id"] == first["visitor_id"]
     expired = VisitorTokens(
-        key=visitor_tokens()._key,  # noqa: SLF001 - the same key, an old clock
+        key=visitor_tokens()._key,
         issuer=JWT_SETTINGS["CHAT_JWT_ISSUER"],
         audience=JWT_SETTINGS["CHAT_JWT_AUDIENCE"],
         lifetime_seconds=60,

@@ -125,10 +125,10 @@ class VisitorSocket:
     frames: list[dict[str, Any]] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
 
-    async def next(self, kind: str, timeout: float = 15) -> dict[str, Any]:
+    async def next(self, kind: str, seconds: float = 15) -> dict[str, Any]:
         """The next frame of ``kind`` (others are kept in ``frames``)."""
         while True:
-            msg = await self.ws.receive(timeout=timeout)
+            msg = await self.ws.receive(timeout=seconds)
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise AssertionError(f"socket closed: {msg.type} {msg.data} {msg.extra}")
             frame = json.loads(msg.data)
@@ -141,10 +141,10 @@ class VisitorSocket:
         await self.ws.send_json({"type": "send", "client_id": client_id, "text": text, **extra})
         return client_id
 
-    async def messages_until(self, count: int, timeout: float = 15) -> list[dict[str, Any]]:
+    async def messages_until(self, count: int, seconds: float = 15) -> list[dict[str, Any]]:
         """Message frames until ``count`` have arrived (all of them, in order)."""
         while len(self.messages()) < count:
-            await self.next("message", timeout)
+            await self.next("message", seconds)
         return self.messages()
 
     def messages(self) -> list[dict[str, Any]]:
