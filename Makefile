@@ -11,6 +11,7 @@ BUF := node_modules/.bin/buf
 BREAKING_AGAINST ?= $(shell cat proto/BREAKING_BASELINE)
 GEN_INITS := gen/python/chat/__init__.py gen/python/chat/v1/__init__.py
 TS_CLIENT := clients/typescript
+WIDGET := clients/web-widget
 # The Go generators are Debian's packages (.ci/run installs them); gen/go is generated and
 # checked only with these versions, since another version writes other code.
 GO_PLUGINS_PINNED := protoc-gen-go v1.28.1|protoc-gen-go-grpc 1.0
@@ -18,7 +19,7 @@ GO_PLUGINS_FOUND = $(shell { protoc-gen-go --version && protoc-gen-go-grpc --ver
 
 .PHONY: install lock run test test-clients fuzz faults bench lint typecheck proto proto-go check-generated breaking format clean
 
-install: $(VENV)/.installed $(BUF) $(TS_CLIENT)/dist/index.js
+install: $(VENV)/.installed $(BUF) $(TS_CLIENT)/dist/index.js $(WIDGET)/dist/widget.js
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,15 @@ $(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package.json $(TS_CLI
 
 $(TS_CLIENT)/dist/index.js: $(TS_CLIENT)/node_modules/.package-lock.json $(TS_CLIENT)/build.mjs $(TS_CLIENT)/tsconfig.json $(wildcard $(TS_CLIENT)/src/*.ts) $(shell find gen/es -type f 2>/dev/null)
 	npm --prefix $(TS_CLIENT) run --silent build
+
+# The web chat widget (clients/web-widget): TypeScript compiled by tsc into one script, which
+# the bridge serves at /web/v1/widget.js.
+$(WIDGET)/node_modules/.package-lock.json: $(WIDGET)/package.json $(WIDGET)/package-lock.json
+	npm --prefix $(WIDGET) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WIDGET)/dist/widget.js: $(WIDGET)/node_modules/.package-lock.json $(WIDGET)/build.mjs $(WIDGET)/tsconfig.json $(wildcard $(WIDGET)/src/*.ts)
+	npm --prefix $(WIDGET) run --silent build
 
 run: install
 	$(VENV)/bin/chat-dev
@@ -79,6 +89,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 	npm --prefix $(TS_CLIENT) run --silent typecheck
+	npm --prefix $(WIDGET) run --silent typecheck
 
 format: install
 	$(VENV)/bin/ruff check --fix .
@@ -121,4 +132,4 @@ breaking: install
 	$(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST)'
 
 clean:
-	rm -rf build .pytest_cache .mypy_cache .ruff_cache $(TS_CLIENT)/dist $(TS_CLIENT)/gen
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache $(TS_CLIENT)/dist $(TS_CLIENT)/gen $(WIDGET)/dist
