@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -35,6 +36,8 @@ class WebState:
     sockets: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Every open socket, to close them when the bridge stops.
     open_sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    #: The built widget once read (routes.Widget).
+    widget: Any = None
 
 
 WEB_STATE = web.AppKey("web_state", WebState)

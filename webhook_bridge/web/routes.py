@@ -29,9 +29,6 @@ class Widget:
     digest: str
 
 
-WIDGET = web.AppKey("web_widget", Widget)
-
-
 def add_web_routes(app: web.Application) -> None:
     """The gateway's endpoints under /web/v1."""
     app.router.add_post("/web/v1/{tenant_id}/sessions", guarded(create_session))
@@ -68,11 +65,10 @@ def load_widget(directory: Path) -> Widget | None:
 
 
 def _widget(request: web.Request) -> Widget | None:
-    widget = request.app.get(WIDGET)
-    if widget is None:
-        widget = load_widget(request.app[WEB_STATE].settings.widget_dir)
-        if widget is not None:
-            request.app[WIDGET] = widget
+    state = request.app[WEB_STATE]
+    if state.widget is None:
+        state.widget = load_widget(state.settings.widget_dir)
+    widget: Widget | None = state.widget
     return widget
 
 
