@@ -62,6 +62,8 @@ class RunningService:
     tenants_file: str
     dev_tenant: str
     dev_token: str
+    #: The bridge's demo page of the web chat widget, for the dev tenant.
+    web_chat_url: str = ""
 
 
 class Launcher:
@@ -121,6 +123,7 @@ class Launcher:
             dev_token=mint_dev_token(secret=env["CHAT_JWT_SECRET"], tenant_id=config.dev_tenant)
             if env.get("CHAT_JWT_SECRET") and env.get("CHAT_JWT_ISSUER") == DEV_ISSUER
             else "",
+            web_chat_url=f"{bridge_url}/web/v1/demo/{env['CHAT_WEB_DEMO_TENANT']}",
         )
         (config.data_dir / "run.json").write_text(json.dumps(asdict(running), indent=2))
         return running
@@ -146,6 +149,8 @@ class Launcher:
             }
         )
         env.setdefault("CHAT_LOG_FORMAT", "console")
+        # The bridge serves a demo page of the web chat widget for the dev tenant.
+        env.setdefault("CHAT_WEB_DEMO_TENANT", self._config.dev_tenant)
         if not env.get("CHAT_TENANT_SECRETS_KEY_FILE"):
             env["CHAT_TENANT_SECRETS_KEY_FILE"] = str(dev_tenant_secrets_key(self._config.data_dir))
         if not any(

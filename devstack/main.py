@@ -56,6 +56,7 @@ chat-service is running. Ctrl-C stops everything.
 
   chat server (gRPC)     {running.grpc_target}
   webhook bridge (HTTP)  {running.bridge_url}
+  web chat (demo page)   {running.web_chat_url}
   MongoDB wire server    {running.mongodb_uri}
   Redis                  {running.redis_url}
   Kafka                  {running.kafka_bootstrap}

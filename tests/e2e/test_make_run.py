@@ -161,6 +161,12 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
     }
     with urllib.request.urlopen(f"{info['bridge_url']}/healthz", timeout=5) as response:
         assert json.loads(response.read()) == {"status": "ok", "server": "SERVING"}
+    # The web chat's demo page, embedding the widget for the dev tenant.
+    assert info["web_chat_url"] == f"{info['bridge_url']}/web/v1/demo/acme"
+    with urllib.request.urlopen(info["web_chat_url"], timeout=5) as response:
+        assert b'data-site-key="dev-acme-site-key"' in response.read()
+    with urllib.request.urlopen(f"{info['bridge_url']}/web/v1/widget.js", timeout=5) as response:
+        assert response.headers["ETag"]
 
     secret = (dev_run.data_dir / "dev-jwt-secret").read_text().strip()
     claims = jwt.decode(
@@ -192,6 +198,7 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
     code, output = dev_run.stop(signal.SIGINT)
     assert code == 0, output
     assert "chat-dev: stopped" in output
+    assert "web chat (demo page)   http://" in output
     assert _alive(dev_run.children) == {}
     assert "stopped" in (dev_run.data_dir / "logs" / "chat-server.log").read_text()
 
