@@ -108,6 +108,7 @@ DEMO_PAGE = """<!doctype html>
   body {{ font: 16px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 40rem;
          padding: 0 1rem; color: #222; }}
   code {{ background: #f3f3f3; padding: 0 .2em; }}
+  pre {{ white-space: pre-wrap; word-break: break-all; background: #f3f3f3; padding: .5em; }}
 </style>
 </head>
 <body>

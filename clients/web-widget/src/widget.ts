@@ -71,14 +71,14 @@
   host.setAttribute("data-chat-widget", tenant);
   const root = host.attachShadow({ mode: "open" });
   root.innerHTML = `<style>${CSS()}</style>
-<button class="launcher" type="button" aria-label="Open chat" aria-expanded="false">💬</button>
+<button class="launcher" type="button" aria-label="Open chat" aria-expanded="false"><svg viewBox="0 0 24 24" width="26" height="26" aria-hidden="true"><path fill="currentColor" d="M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z"/></svg></button>
 <section class="panel" role="dialog" aria-label="Chat" hidden>
   <header><span class="title"></span><span class="state" role="status" aria-live="polite">Connecting…</span>
     <button class="close" type="button" aria-label="Close chat">×</button></header>
   <div class="log" role="log" aria-live="polite" aria-label="Conversation" tabindex="0"></div>
   <div class="typing" aria-live="polite" hidden>typing…</div>
   <form class="composer">
-    <label class="attach" aria-label="Attach a file" tabindex="0">📎<input type="file" hidden></label>
+    <label class="attach" aria-label="Attach a file" tabindex="0" role="button"><svg viewBox="0 0 24 24" width="20" height="20" aria-hidden="true"><path fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" d="M21 11.5l-8.5 8.5a5 5 0 0 1-7-7L14 4.5a3.5 3.5 0 0 1 5 5L10.5 18a2 2 0 0 1-3-3L15 7.5"/></svg><input type="file" hidden></label>
     <textarea rows="1" aria-label="Message" placeholder="Write a message…"></textarea>
     <button class="send" type="submit" aria-label="Send">➤</button>
   </form>
@@ -481,7 +481,7 @@
     } else if (content.interactive_reply) {
       bubble(el, content.interactive_reply.title || content.interactive_reply.selected_id);
     } else if (content.location) {
-      bubble(el, `📍 ${content.location.name || `${content.location.latitude}, ${content.location.longitude}`}`);
+      bubble(el, `Location: ${content.location.name || `${content.location.latitude}, ${content.location.longitude}`}`);
     }
     const row: Row = { el, direction: frame.direction };
     if (frame.direction === "in") {
@@ -515,7 +515,7 @@
       box.appendChild(img);
     } else {
       const label = document.createElement("span");
-      label.textContent = `📎 ${m.file_name || m.mime_type || "file"}`;
+      label.textContent = `File: ${m.file_name || m.mime_type || "file"}`;
       box.appendChild(label);
     }
     if (m.caption) {
@@ -585,7 +585,7 @@
 
   function CSS(): string {
     return `:host{all:initial;font:14px/1.4 system-ui,sans-serif;color:#1d1d1f}
-.launcher{position:fixed;right:20px;bottom:20px;width:56px;height:56px;border-radius:50%;border:0;background:#2456d6;color:#fff;font-size:24px;cursor:pointer;box-shadow:0 4px 14px #0003;z-index:2147483646}
+.launcher{position:fixed;right:20px;bottom:20px;width:56px;height:56px;border-radius:50%;border:0;background:#2456d6;color:#fff;display:grid;place-items:center;cursor:pointer;box-shadow:0 4px 14px #0003;z-index:2147483646}
 .panel{position:fixed;right:20px;bottom:88px;width:340px;max-width:calc(100vw - 40px);height:480px;max-height:calc(100vh - 120px);display:flex;flex-direction:column;background:#fff;border-radius:12px;box-shadow:0 8px 30px #0004;overflow:hidden;z-index:2147483647}
 .panel[hidden]{display:none}
 header{display:flex;align-items:center;gap:8px;padding:10px 12px;background:#2456d6;color:#fff}
@@ -597,7 +597,7 @@ header{display:flex;align-items:center;gap:8px;padding:10px 12px;background:#245
 .in .bubble{background:#2456d6;color:#fff}.failed .bubble{background:#b3261e}
 .bubble strong{display:block}.footer{font-size:12px;opacity:.7}
 .tick{font-size:11px;color:#667}.tick.read{color:#2456d6}
-.media{display:flex;flex-direction:column;gap:4px}.thumbnail{max-width:200px;max-height:160px;border-radius:8px}
+.media{display:flex;flex-direction:column;gap:4px}.in .media{background:#e8edfb;color:#1d1d1f}.thumbnail{max-width:200px;max-height:160px;border-radius:8px}
 .choices{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}
 .choice{border:1px solid #2456d6;background:#fff;color:#2456d6;border-radius:16px;padding:4px 12px;cursor:pointer;font:inherit}
 .choice:focus,.launcher:focus,.send:focus,.attach:focus,textarea:focus{outline:2px solid #f5a623;outline-offset:1px}
@@ -606,7 +606,7 @@ header{display:flex;align-items:center;gap:8px;padding:10px 12px;background:#245
 .typing{padding:2px 12px;font-size:12px;color:#667;background:#f6f7f9}
 .composer{display:flex;gap:6px;padding:8px;border-top:1px solid #e3e5ea;align-items:flex-end}
 textarea{flex:1;resize:none;border:1px solid #ccd;border-radius:8px;padding:6px 8px;font:inherit;max-height:96px}
-.send,.attach{border:0;background:none;font-size:20px;cursor:pointer;color:#2456d6;padding:4px}`;
+.send,.attach{border:0;background:none;font-size:20px;cursor:pointer;color:#2456d6;padding:4px;display:grid;place-items:center}`;
   }
 
   for (const item of pending) showPending(item); // from before a reload: sent again on ready
