@@ -27,6 +27,8 @@ class WebSettings:
     widget_dir: Path = DEFAULT_WIDGET_DIR
     #: Sessions a client IP may create per minute.
     sessions_per_ip_per_minute: int = 30
+    #: Sockets a client IP may open per minute.
+    sockets_per_ip_per_minute: int = 60
     #: Messages a visitor may send per minute, unless its tenant says otherwise.
     messages_per_minute: int = 30
     #: Uploads a visitor may make per minute.
@@ -53,6 +55,9 @@ class WebSettings:
             widget_dir=Path(widget) if widget else default.widget_dir,
             sessions_per_ip_per_minute=_int(
                 env, "CHAT_WEB_SESSIONS_PER_IP_PER_MINUTE", default.sessions_per_ip_per_minute
+            ),
+            sockets_per_ip_per_minute=_int(
+                env, "CHAT_WEB_SOCKETS_PER_IP_PER_MINUTE", default.sockets_per_ip_per_minute
             ),
             messages_per_minute=_int(
                 env, "CHAT_WEB_MESSAGES_PER_MINUTE", default.messages_per_minute

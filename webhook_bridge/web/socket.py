@@ -53,8 +53,6 @@ EXPIRY_NOTICE_SECONDS = 120
 MAX_PENDING_SENDS = 16
 #: Between two typing calls of one socket.
 TYPING_INTERVAL_SECONDS = 1.0
-#: Socket openings per client IP and minute.
-SOCKETS_PER_IP_PER_MINUTE = 60
 STREAM_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -82,7 +80,9 @@ async def socket_handler(request: web.Request) -> web.StreamResponse:
 
 
 def _within_limit(request: web.Request, state: WebState) -> None:
-    wait = state.limits.hit(f"sockets:{client_ip(request)}", SOCKETS_PER_IP_PER_MINUTE)
+    wait = state.limits.hit(
+        f"sockets:{client_ip(request)}", state.settings.sockets_per_ip_per_minute
+    )
     if wait:
         raise Refused(429, "too many connections from this address", retry_after=wait)
 
