@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.internal import api_implementation
 from pymongo import AsyncMongoClient
 
-from bench import fanout, history, ingest, ingest_batch
+from bench import fanout, history, ingest, ingest_batch, web
 from bench.common import (
     DURATION_SECONDS,
     SECRET,
@@ -41,7 +41,7 @@ from devstack.stack import EmbeddedStack
 from devstack.tokens import mint_dev_token
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-PARTS = ("send_message", "ingest", "ingest_batch", "fanout", "history")
+PARTS = ("send_message", "ingest", "ingest_batch", "fanout", "history", "web")
 DATABASE = "chat_bench"
 
 
@@ -57,6 +57,7 @@ async def bench(stack_env: dict[str, str], tmp: Path, parts: frozenset[str]) -> 
         "        access_token: bench-token\n"
         "        verify_token: bench-verify\n"
         f'        phone_number_id: "{ingest.PHONE_NUMBER_ID}"\n'
+        + web.TENANT_WEB.replace("    channels:\n", "")
     )
     figures: list[Figure] = []
     async with ingest.graph_stand_in() as graph_url:
@@ -102,6 +103,8 @@ async def bench(stack_env: dict[str, str], tmp: Path, parts: frozenset[str]) -> 
                 await drained(stack_env["CHAT_MONGODB_URI"])
             if "fanout" in parts:
                 figures += await fanout.measure(target, metadata, chat.pid)
+            if "web" in parts:
+                figures += await web.measure(env, target, metadata, chat.pid)
             if "history" in parts:
                 async with grpc.aio.insecure_channel(target) as channel:
                     figures += await history.measure(

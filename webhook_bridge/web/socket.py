@@ -395,6 +395,7 @@ class VisitorSocket:
             self._conversation_id = conversation
             self._last_sequence = 0
             self._restart_stream()
+        self._forward_in_order([response.message, *response.replies])
         self._emit(
             {
                 "type": "ack",
@@ -403,6 +404,17 @@ class VisitorSocket:
                 "conversation_id": conversation,
             }
         )
+
+    def _forward_in_order(self, messages: list[common_pb2.Message]) -> None:
+        """The send's own message and replies, at once rather than after their round trip
+        through the stream, when they are the very next sequences (else the stream, which
+        carries every message in order, brings them: forwarding past a gap would skip it)."""
+        expected = self._last_sequence + 1
+        if [m.sequence for m in messages] != list(range(expected, expected + len(messages))):
+            return
+        for message in messages:
+            self._emit(frames.message(message))
+        self._last_sequence = messages[-1].sequence
 
     def _restart_stream(self) -> None:
         if self._stream is not None:
