@@ -29,6 +29,14 @@ def own_send(caller: Principal, request: chat_service_pb2.SendMessageRequest) ->
         raise PermissionDenied(
             "a web visitor writes on the web channel only", reason="VISITOR_CHANNEL_NOT_WEB"
         )
+    if request.content.WhichOneof("kind") == "media" and (
+        request.content.media.WhichOneof("source") != "data"
+    ):
+        # Stored media ids name other users' files, and URLs make the server fetch for a
+        # browser: a visitor uploads bytes (through the gateway) only.
+        raise PermissionDenied(
+            "a web visitor sends media as bytes only", reason="VISITOR_MEDIA_SOURCE"
+        )
     request.user_id = caller.subject
     request.channel = WEB
 

@@ -393,8 +393,11 @@ async def test_a_web_visitor_reaches_only_its_own_web_conversations(
             assert code == grpc.StatusCode.NOT_FOUND, (method, code)
 
     chat_stub = stubs["chat"]
-    # Not as another user, nor on another channel, nor into another's conversation.
+    # Not as another user, nor on another channel, nor into another's conversation, nor with
+    # media stored earlier (another user's) or fetched from a URL.
     for request in (
+        chat.SendMessageRequest(content={"media": {"media_id": "m-1"}}),  # type: ignore[arg-type]
+        chat.SendMessageRequest(content={"media": {"url": "http://127.0.0.1/x"}}),  # type: ignore[arg-type]
         chat.SendMessageRequest(user_id="someone-else", content={"text": {"text": "x"}}),  # type: ignore[arg-type]
         chat.SendMessageRequest(channel=c.CHANNEL_TYPE_SLACK, content={"text": {"text": "x"}}),  # type: ignore[arg-type]
     ):

@@ -153,6 +153,6 @@ async def demo_page(request: web.Request) -> web.Response:
 def _csp(origin: str) -> str:
     ws = "ws" + origin.removeprefix("http")
     return (
-        f"default-src 'none'; script-src {origin} 'unsafe-inline'; style-src 'unsafe-inline'; "
+        f"default-src 'none'; script-src {origin}; style-src 'unsafe-inline'; "
         f"connect-src {origin} {ws}; img-src {origin} blob: data:"
     )
