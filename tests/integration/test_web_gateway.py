@@ -358,3 +358,30 @@ async def test_the_widget_is_served_with_cache_headers(gateway: Gateway) -> None
         assert 'data-site-key="shop-site-key-1"' in await response.text()
     async with gateway.http.get(f"{gateway.url}/web/v1/demo/initech") as response:
         assert response.status == 404
+
+
+async def test_a_socket_is_told_before_its_token_expires_and_takes_a_fresh_one(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # A 60-second token is inside the two-minute notice at once.
+    runner, url = await start_web_bridge(server.target, tmp_path, lifetime=60)
+    try:
+        async with aiohttp.ClientSession() as http:
+            gateway = Gateway(url=url, http=http)
+            session = await gateway.token()
+            socket = await gateway.socket(session["token"])
+            notice = await socket.next("token_expiring")
+            assert notice["expires_at"] == session["expires_at"]
+            fresh = await gateway.token(token=session["token"])
+            assert fresh["visitor_id"] == session["visitor_id"]
+            other = await gateway.token()
+            await socket.ws.send_json({"type": "auth", "token": other["token"]})
+            refused = await socket.next("error")
+            assert refused["reason"] == "the token names another visitor"
+            await socket.ws.send_json({"type": "auth", "token": fresh["token"]})
+            assert (await socket.next("auth_ok"))["expires_at"] == fresh["expires_at"]
+            await socket.send("still here")
+            assert (await socket.next("ack"))["sequence"] == 1
+            await socket.ws.close()
+    finally:
+        await runner.cleanup()
