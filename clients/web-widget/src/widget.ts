@@ -53,7 +53,8 @@
   const MAX_BACKOFF_MS = 30_000;
 
   let session: Stored | null = load<Stored>(storeKey);
-  let pending: Pending[] = load<Pending[]>(pendingKey) || [];
+  // An object URL (an upload's preview) does not outlive the page that made it.
+  let pending: Pending[] = (load<Pending[]>(pendingKey) || []).map((p) => ({ ...p, preview: undefined }));
   let socket: WebSocket | null = null;
   let attempts = 0;
   let lastSequence = 0;
