@@ -3,6 +3,7 @@ held uploads, settings."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
@@ -219,3 +220,44 @@ def test_the_tenants_file_checks_the_web_channel(tmp_path: Path) -> None:
     )
     with pytest.raises(TenantsFileError, match="allowed_origins"):
         load_tenants(path, {})
+
+
+class _StuckSocket:
+    """A WebSocket whose peer reads nothing: every send waits forever."""
+
+    def __init__(self) -> None:
+        self.closed_with: tuple[int, bytes] | None = None
+
+    async def send_str(self, _data: str) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, *, code: int, message: bytes) -> None:
+        self.closed_with = (code, message)
+
+
+async def test_a_socket_that_does_not_read_is_closed_not_queued_without_bound() -> None:
+    from server.domain.tenant import Tenant, WebChannel  # noqa: PLC0415
+    from webhook_bridge.web.gateway import WebState  # noqa: PLC0415
+    from webhook_bridge.web.visitor_socket import TOO_SLOW, VisitorSocket  # noqa: PLC0415
+
+    ws = _StuckSocket()
+    state = WebState(
+        tenants={},  # type: ignore[arg-type]
+        tokens=tokens(),
+        chat=None,  # type: ignore[arg-type]
+        settings=WebSettings(max_queued_frames=8),
+    )
+    socket = VisitorSocket(
+        ws=ws,  # type: ignore[arg-type]
+        state=state,
+        tenant=Tenant(id="acme"),
+        channel=WebChannel(),
+    )
+    writer = asyncio.create_task(socket._write())
+    for _ in range(20):
+        socket._emit({"type": "pong"})
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert ws.closed_with is not None
+    assert ws.closed_with[0] == TOO_SLOW
+    writer.cancel()

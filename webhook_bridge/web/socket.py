@@ -42,7 +42,9 @@ async def socket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     state.open_sockets.add(ws)
     try:
-        await VisitorSocket(ws=ws, state=state, tenant=tenant, channel=channel).serve()
+        await VisitorSocket(
+            ws=ws, state=state, tenant=tenant, channel=channel, transport=request.transport
+        ).serve()
     finally:
         state.open_sockets.discard(ws)
     return ws

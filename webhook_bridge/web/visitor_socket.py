@@ -67,9 +67,16 @@ class VisitorSocket:
     """One open socket of one visitor."""
 
     def __init__(
-        self, *, ws: web.WebSocketResponse, state: WebState, tenant: Tenant, channel: WebChannel
+        self,
+        *,
+        ws: web.WebSocketResponse,
+        state: WebState,
+        tenant: Tenant,
+        channel: WebChannel,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self._ws = ws
+        self._transport = transport
         self._state = state
         self._tenant = tenant
         self._channel = channel
@@ -83,6 +90,7 @@ class VisitorSocket:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_typing = 0.0
         self._closing = False
+        self._closer: asyncio.Task[None] | None = None
 
     @property
     def _me(self) -> Visitor:
@@ -204,9 +212,18 @@ class VisitorSocket:
         except asyncio.QueueFull:
             log.info("web socket too slow: closed", tenant_id=self._tenant.id)
             self._closing = True
-            asyncio.get_running_loop().create_task(
-                self._close(TOO_SLOW, "the socket does not read its frames fast enough")
-            )
+            # Kept apart from the tasks the end of serve() cancels: the close must go out.
+            self._closer = asyncio.create_task(self._close_slow())
+
+    async def _close_slow(self) -> None:
+        """Close a socket that does not read; a peer that does not even take the close frame
+        within a few seconds is cut."""
+        try:
+            async with asyncio.timeout(5):
+                await self._close(TOO_SLOW, "the socket does not read its frames fast enough")
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
 
     async def _write(self) -> None:
         while True:
