@@ -152,3 +152,115 @@ async def test_exit_codes_and_one_line_errors(ctl: Chatctl, tmp_path: Path) -> N
     assert no_secret.code == 1
     one_line_error(no_secret, "no development secret", "make run")
     assert no_secret.stdout == ""
+
+
+async def test_tail_prints_a_message_sent_by_another_call(ctl: Chatctl) -> None:
+    someone = user()
+    first = await ctl("send", "--user", someone, "first")
+    conversation = first.json()["conversation"]["id"]
+    tail_args = (
+        "conversations",
+        "tail",
+        conversation,
+        "--from-start",
+        "--count",
+        "4",
+        "-o",
+        "jsonl",
+    )
+    async with ctl.running(*tail_args) as tail:
+        assert tail.stdout is not None
+        replayed = [json.loads(await asyncio.wait_for(tail.stdout.readline(), 20)) for _ in "ab"]
+        assert [event["message"]["sequence"] for event in replayed] == ["1", "2"]
+
+        second = await ctl("send", "--user", someone, "--conversation", conversation, "second")
+        assert second.code == 0, second.stderr
+        assert await asyncio.wait_for(tail.wait(), 20) == 0  # --count 4: done
+        rest = [json.loads(line) for line in (await tail.stdout.read()).decode().splitlines()]
+    messages = [event["message"] for event in rest if "message" in event]
+    assert [m["sequence"] for m in messages] == ["3", "4"]
+    assert messages[0]["content"]["text"]["text"] == "second"
+    assert messages[1]["direction"] == "MESSAGE_DIRECTION_OUTBOUND"
+
+
+async def test_tail_stops_cleanly_on_ctrl_c(ctl: Chatctl) -> None:
+    conversation = (await ctl("send", "--user", user(), "hi")).json()["conversation"]["id"]
+    async with ctl.running("conversations", "tail", conversation, "--from-start") as tail:
+        assert tail.stdout is not None
+        assert await asyncio.wait_for(tail.stdout.readline(), 20)  # following by now
+        tail.send_signal(2)  # SIGINT, as Ctrl-C sends
+        assert await asyncio.wait_for(tail.wait(), 20) == 0
+        assert tail.stderr is not None
+        assert b"Traceback" not in await tail.stderr.read()
+
+
+async def test_export_of_a_large_conversation_with_its_progress_bar_off_stdout(
+    ctl: Chatctl, stack: Endpoints, tmp_path: Path
+) -> None:
+    conversation = await seed_conversation(stack, "acme", 3000)
+    out = tmp_path / "exports" / "conversation.jsonl"
+    out.parent.mkdir()
+
+    # stderr on a terminal draws the bar; stdout, piped, holds only the JSON summary.
+    result, terminal = await ctl.with_terminal_stderr("export", conversation, "--out", str(out))
+    assert result.code == 0, terminal
+    assert result.json() == {
+        "file": str(out),
+        "format": "jsonl",
+        "messages": 3000,
+        "bytes": out.stat().st_size,
+    }
+    assert "3000/3000" in terminal
+    assert "exporting" in terminal
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [int(r["sequence"]) for r in records] == list(range(1, 3001))
+
+    # Rerun, as CSV by --format: the file is replaced whole.
+    out.write_text("stale\n")
+    again = await ctl("export", conversation, "--out", str(out), "--format", "csv", "-o", "jsonl")
+    assert again.code == 0, again.stderr
+    assert again.jsonl()[0]["messages"] == 3000
+    rows = list(csv.reader(io.StringIO(out.read_text())))
+    assert len(rows) == 3001
+    assert rows[0][:2] == ["id", "sequence"]
+
+    # A failed export leaves the file as it was, and nothing beside it.
+    before = out.read_bytes()
+    missing = await ctl("export", "no-such-conversation", "--out", str(out))
+    assert missing.code == 3
+    one_line_error(missing, "NOT_FOUND")
+    assert out.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir()] == ["conversation.jsonl"]
+
+    guess = await ctl("export", conversation, "--out", str(tmp_path / "conversation.txt"))
+    assert guess.code == 2
+    one_line_error(guess, ".jsonl or .csv")
+
+
+async def test_profiles_and_shell_completion(ctl: Chatctl, tmp_path: Path) -> None:
+    config = tmp_path / "config" / "chatctl" / "config.toml"
+    config.parent.mkdir(parents=True)
+    token_file = tmp_path / "token"
+    token_file.write_text(ctl.env["CHAT_TOKEN"] + "\n")
+    config.write_text(
+        'default = "dev"\n'
+        f'[profiles.dev]\naddress = "{ctl.env["CHAT_ADDRESS"]}"\ntoken_file = "{token_file}"\n'
+        '[profiles.down]\naddress = "127.0.0.1:9"\ntoken_env = "DOWN_TOKEN"\n'
+    )
+    no_env = {"CHAT_ADDRESS": "", "CHAT_TOKEN": ""}
+    listed = await ctl("conversations", "list", "--limit", "1", "-o", "json", env=no_env)
+    assert listed.code == 0, listed.stderr  # the default profile's address and token
+    unset = await ctl("--profile", "down", "conversations", "list", env=no_env)
+    assert unset.code == 1
+    one_line_error(unset, "DOWN_TOKEN", "not set")
+    unknown = await ctl("--profile", "prod", "conversations", "list", env=no_env)
+    assert unknown.code == 2
+    one_line_error(unknown, "no profile 'prod'", "dev, down")
+
+    script = await ctl("completion", "bash")
+    assert script.code == 0
+    assert "_CHATCTL_COMPLETE" in script.stdout
+    completed = await ctl(
+        env={"_CHATCTL_COMPLETE": "bash_complete", "COMP_WORDS": "chatctl conv", "COMP_CWORD": "1"}
+    )
+    assert "conversations" in completed.stdout
