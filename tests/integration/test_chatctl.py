@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
+from tests.support.bridge import Bridge
 from tests.support.chat_client import JWT_SETTINGS, SECRET, TENANTS
 from tests.support.chatctl import Chatctl, Result
 from tests.support.seeding import seed_conversation
 from tests.support.servers import RunningServer, tenants_file
+from tests.support.stand_ins import Mongo, Platforms, sent, status_of, whatsapp_reply
+from tests.support.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 
@@ -264,3 +268,79 @@ async def test_profiles_and_shell_completion(ctl: Chatctl, tmp_path: Path) -> No
         env={"_CHATCTL_COMPLETE": "bash_complete", "COMP_WORDS": "chatctl conv", "COMP_CWORD": "1"}
     )
     assert "conversations" in completed.stdout
+
+
+async def test_failed_deliveries_listed_then_all_retried_with_a_summary(
+    stack_up: tuple[RunningServer, Bridge],
+    platforms: Platforms,
+    delivery_mongo: Mongo,
+    tmp_path: Path,
+) -> None:
+    """Replies the WhatsApp stand-in refuses for good are dead-lettered; `deliveries retry
+    --all` queues them again and they go out."""
+    server, bridge = stack_up
+    ctl = Chatctl({"CHAT_ADDRESS": server.target, "XDG_CONFIG_HOME": str(tmp_path / "config")})
+    minted = await ctl("token", "mint", "--data-dir", str(dev_data_dir(tmp_path)))
+    ctl.env["CHAT_TOKEN"] = minted.stdout.strip()
+    refused = (400, {"error": {"code": 131047, "message": "Re-engagement message"}}, {})
+    users = ["1650777" + str(uuid.uuid4().int)[:4] for _ in range(3)]
+    replies = []
+    for number in users:
+        platforms.script[number] = [refused]
+        replies.append(await whatsapp_reply(bridge, delivery_mongo, number))
+    failed_ids = {reply.id for reply in replies}
+
+    async def all_failed() -> bool:
+        statuses = {await status_of(delivery_mongo, r.id) for r in replies}
+        return statuses == {c.DELIVERY_STATUS_FAILED}
+
+    await eventually(all_failed, "the refused deliveries to fail")
+
+    listed = await ctl("deliveries", "failed", "--channel", "whatsapp", "-o", "json")
+    assert listed.code == 0, listed.stderr
+    assert {d["messageId"] for d in listed.json()} == failed_ids
+    assert {d["lastError"]["code"] for d in listed.json()} == {"131047"}
+    status = await ctl("deliveries", "status", replies[0].id, "-o", "csv")
+    assert status.code == 0, status.stderr
+    [row] = list(csv.DictReader(io.StringIO(status.stdout)))
+    assert (row["status"], row["channel"], row["last error"]) == (
+        "failed",
+        "whatsapp",
+        "131047 Re-engagement message",
+    )
+
+    # The platform takes them now; the bar is drawn on the terminal, stdout stays JSON Lines.
+    result, terminal = await ctl.with_terminal_stderr("deliveries", "retry", "--all", "-o", "jsonl")
+    assert result.code == 0, terminal
+    outcomes = result.jsonl()
+    assert {o["message_id"] for o in outcomes} == failed_ids
+    assert {o["outcome"] for o in outcomes} == {"queued"}
+    assert "3/3" in terminal
+    assert "retried 3 deliveries: 3 queued" in terminal
+    await sent(delivery_mongo, *failed_ids, what="the retried deliveries")
+
+    # Retrying what was sent (or does not exist) fails, says so per message, exit status 1.
+    again = await ctl("deliveries", "retry", replies[0].id, "no-such-message", "-o", "json")
+    assert again.code == 1
+    assert {o["message_id"]: o["outcome"] for o in again.json()} == {
+        replies[0].id: "not failed",
+        "no-such-message": "not found",
+    }
+    assert "1 not failed, 1 not found" in again.stderr
+    nothing = await ctl("deliveries", "retry")
+    assert nothing.code == 2
+
+    checked = await ctl("channels", "check", "-o", "json")
+    assert checked.code == 0, checked.stderr
+    assert [(c["channel"], c["healthy"]) for c in checked.json()] == [
+        ("whatsapp", True),
+        ("messenger", True),
+        ("slack", True),
+        ("teams", True),
+    ]
+    assert all(isinstance(c["latency_ms"], int) for c in checked.json())
+    platforms.script["health"] = [(401, {"error": {"code": 190, "message": "bad token"}}, {})]
+    unhealthy = await ctl("channels", "check", "--channel", "whatsapp", "-o", "table")
+    assert unhealthy.code == 1
+    assert "whatsapp" in unhealthy.stdout
+    assert "190" in unhealthy.stdout
