@@ -4,17 +4,25 @@ output formats, the exit codes and one-line errors."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
+import datetime as dt
 import io
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
+from server.repositories.analytics import MongoAnalytics
+from server.repositories.audit import AuditRecord, MongoAuditLog
+from server.repositories.mongo import Transactions
 from tests.support.bridge import Bridge
 from tests.support.chat_client import JWT_SETTINGS, SECRET, TENANTS
 from tests.support.chatctl import Chatctl, Result
@@ -48,7 +56,16 @@ def dev_data_dir(tmp_path: Path) -> Path:
 async def ctl(start_server: StartServer, tmp_path: Path) -> Chatctl:
     """chatctl pointed at a fresh server by CHAT_ADDRESS, with a token minted by chatctl
     itself from the dev secret, in CHAT_TOKEN."""
-    server = await start_server(CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS)
+    return await chatctl_for(start_server, tmp_path)
+
+
+async def chatctl_for(
+    start_server: StartServer, tmp_path: Path, tenant: str = "acme", **settings: str
+) -> Chatctl:
+    """chatctl for a new server with these settings, as ``tenant``."""
+    server = await start_server(
+        CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS), **JWT_SETTINGS, **settings
+    )
     base = Chatctl(
         {
             "CHAT_ADDRESS": server.target,
@@ -56,7 +73,7 @@ async def ctl(start_server: StartServer, tmp_path: Path) -> Chatctl:
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
         }
     )
-    minted = await base("token", "mint", "--tenant", "acme", "--lifetime", "1h")
+    minted = await base("token", "mint", "--tenant", tenant, "--lifetime", "1h")
     assert minted.code == 0, minted.stderr
     base.env["CHAT_TOKEN"] = minted.stdout.strip()
     return base
@@ -344,3 +361,169 @@ async def test_failed_deliveries_listed_then_all_retried_with_a_summary(
     assert unhealthy.code == 1
     assert "whatsapp" in unhealthy.stdout
     assert "190" in unhealthy.stdout
+
+
+async def test_audit_list_and_verify_failing_on_a_tampered_entry(
+    start_server: StartServer, stack: Endpoints, tmp_path: Path
+) -> None:
+    database = "chatctl_" + uuid.uuid4().hex[:10]
+    ctl = await chatctl_for(start_server, tmp_path, CHAT_MONGODB_DATABASE=database)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    try:
+        log = MongoAuditLog(database=client[database])
+        transactions = Transactions(client=client)
+        now = dt.datetime.now(dt.UTC)
+        for n in range(1, 5):
+            record = AuditRecord(
+                now, f"u{n % 2}", "message.received", "message", f"m{n}", "", f"e{n}"
+            )
+            await transactions.run(lambda tx, record=record: log.append("acme", record, tx=tx))  # type: ignore[misc]
+
+        listed = await ctl("audit", "list", "-o", "json")
+        assert listed.code == 0, listed.stderr
+        assert [int(e["sequence"]) for e in listed.json()] == [4, 3, 2, 1]
+        only = await ctl("audit", "list", "--actor", "u1", "-o", "csv")
+        assert [r["resource"] for r in csv.DictReader(io.StringIO(only.stdout))] == [
+            "message/m3",
+            "message/m1",
+        ]
+        intact = await ctl("audit", "verify", "-o", "json")
+        assert intact.code == 0, intact.stderr
+        assert intact.json()["intact"] is True
+        assert intact.json()["entriesChecked"] == "4"
+
+        await client[database]["audit_log"].update_one(
+            {"tenant_id": "acme", "sequence": 2}, {"$set": {"detail": "rewritten"}}
+        )
+        broken = await ctl("audit", "verify", "-o", "table")
+        assert broken.code == 1
+        one_line_error(broken, "broken at entry 2")
+        assert "no" in broken.stdout  # intact: no
+    finally:
+        await client.drop_database(database)
+        await client.close()
+
+
+async def test_analytics_figures_and_chart(
+    start_server: StartServer, stack: Endpoints, tmp_path: Path
+) -> None:
+    database = "chatctl_" + uuid.uuid4().hex[:10]
+    ctl = await chatctl_for(start_server, tmp_path, CHAT_MONGODB_DATABASE=database)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
+    try:
+        analytics = MongoAnalytics(database=client[database])
+        transactions = Transactions(client=client)
+        now = dt.datetime.now(dt.UTC)
+        for minutes_ago, channel, inbound, outbound in (
+            (20, c.CHANNEL_TYPE_WEB, 3, 3),
+            (10, c.CHANNEL_TYPE_WEB, 8, 7),
+            (5, c.CHANNEL_TYPE_WHATSAPP, 2, 1),
+        ):
+            increments = {"messages_in": inbound, "messages_out": outbound}
+
+            async def add(
+                tx: Any,
+                when: dt.datetime = now - dt.timedelta(minutes=minutes_ago),
+                channel: int = channel,
+                increments: dict[str, float] = increments,
+            ) -> None:
+                await analytics.add(
+                    "acme", moment=when, channel=channel, increments=increments, tx=tx
+                )
+
+            await transactions.run(add)
+
+        table = await ctl("analytics", "--since", "30m", "-o", "table")
+        assert table.code == 0, table.stderr
+        lines = table.stdout.splitlines()
+        web_in = next(line for line in lines if line.startswith("web in "))
+        assert web_in.rstrip().endswith("| 11")
+        assert "█" in web_in  # the busiest bucket is a full bar
+        assert (
+            next(line for line in lines if line.startswith("whatsapp out "))
+            .rstrip()
+            .endswith("| 1")
+        )
+        totals = next(line for line in lines if line.split()[:1] == ["all"])
+        assert [cell.strip() for cell in totals.split("│")][:3] == ["all", "13", "11"]
+
+        minutes = await ctl("analytics", "--since", "30m", "-o", "csv")
+        rows = list(csv.DictReader(io.StringIO(minutes.stdout)))
+        assert [(r["channel"], r["in"], r["out"]) for r in rows] == [
+            ("web", "3", "3"),
+            ("web", "8", "7"),
+            ("whatsapp", "2", "1"),
+        ]
+        document = await ctl("analytics", "--since", "30m", "--channel", "web", "-o", "json")
+        assert document.json()["totals"]["messagesIn"] == "11"
+        too_long = await ctl("analytics", "--since", "3d")
+        assert too_long.code == 2
+        one_line_error(too_long, "INVALID_ARGUMENT")
+    finally:
+        await client.drop_database(database)
+        await client.close()
+
+
+async def test_tenants_apply_reads_secrets_from_the_environment_and_never_prints_them(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    key = tmp_path / "tenant-secrets.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode())
+    tenant = "t-" + uuid.uuid4().hex[:10]
+    ctl = await chatctl_for(
+        start_server,
+        tmp_path,
+        tenant=tenant,
+        CHAT_TENANT_SECRETS_KEY_FILE=str(key),
+        # Its own database: servers of other tests (without this key) stay out of it.
+        CHAT_MONGODB_DATABASE="chatctl_" + uuid.uuid4().hex[:10],
+    )
+    secret = "wa-secret-" + uuid.uuid4().hex
+    spec = tmp_path / "tenant.yaml"
+    spec.write_text(
+        f"id: {tenant}\n"
+        "display_name: Stored Co\n"
+        "enabled: true\n"
+        "channels:\n"
+        "  whatsapp:\n"
+        '    phone_number_id: "100000000000777"\n'
+        "    access_token: ${WA_ACCESS_TOKEN}\n"
+        "    app_secret: ${WA_APP_SECRET}\n"
+        "quotas: {requests_per_second: 5, burst: 10}\n"
+    )
+    missing = await ctl("tenants", "apply", "-f", str(spec), env={"WA_ACCESS_TOKEN": secret})
+    assert missing.code == 2
+    one_line_error(missing, "channels.whatsapp.app_secret", "${WA_APP_SECRET}", "not set")
+    assert secret not in missing.stdout + missing.stderr
+
+    secrets = {"WA_ACCESS_TOKEN": secret, "WA_APP_SECRET": secret + "-app"}
+    applied = await ctl("tenants", "apply", "-f", str(spec), "-o", "table", env=secrets)
+    assert applied.code == 0, applied.stderr
+    assert secret not in applied.stdout + applied.stderr
+    assert "100000000000777" in applied.stdout
+
+    got = await ctl("tenants", "get", "-o", "json")
+    assert got.code == 0, got.stderr
+    whatsapp = got.json()["tenant"]["channels"]["whatsapp"]
+    assert (whatsapp["accessTokenSet"], whatsapp["appSecretSet"]) == (True, True)
+    assert secret not in got.stdout
+
+    spec.write_text("id: [unclosed\n")
+    broken = await ctl("tenants", "apply", "-f", str(spec))
+    assert broken.code == 2
+    one_line_error(broken, "not YAML")
+    spec.write_text(f"id: {tenant}\nquotas: {{burst: {secret!r}}}\n")
+    wrong = await ctl("tenants", "apply", "-f", str(spec))
+    assert wrong.code == 2
+    assert secret not in wrong.stderr
+    one_line_error(wrong)
+
+
+async def test_dlq_replay_reads_the_dead_letters(ctl: Chatctl, stack: Endpoints) -> None:
+    kafka = stack.kafka_bootstrap
+    counted = await ctl("dlq", "replay", "--kafka", kafka, "--tenant", "nobody", "--dry-run")
+    assert counted.code == 0, counted.stderr
+    assert counted.stdout == "matched 0 dead letters\n"
+    down = await ctl("dlq", "replay", "--kafka", "127.0.0.1:9", "--dry-run")
+    assert down.code == 5
+    one_line_error(down, "Kafka at 127.0.0.1:9")

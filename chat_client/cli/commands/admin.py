@@ -117,7 +117,11 @@ def _resolve(value: Any, environ: dict[str, str], path: Path, where: str) -> Any
 
 
 def _without_values(message: str) -> str:
-    return re.sub(r'"[^"]*"', '"..."', message.split(" at ", maxsplit=1)[0])
+    """The parser's complaint without any value it quotes (a value may be a secret)."""
+    field = re.search(r"Failed to parse (\w+) field", message)
+    if field:
+        return f"the value of {field.group(1)} is not of its type"
+    return re.sub(r"""("[^"]*"|'[^']*')""", "...", message.split(" at ", maxsplit=1)[0])
 
 
 @tenants.command("apply")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections import Counter
 from typing import Any
 
@@ -213,7 +214,11 @@ def replay(
     from server.worker.main import replay_dead_letters  # noqa: PLC0415
 
     # Each replayed letter is logged (to stderr): warnings only, stdout keeps the count.
+    # The Kafka client's own complaints about an unreachable broker repeat the one line
+    # this command prints.
     configure_logging(log_format="console", level="WARNING")
+    for noisy in ("aiokafka", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         count = asyncio.run(
             replay_dead_letters(
