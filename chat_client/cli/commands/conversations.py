@@ -322,7 +322,7 @@ def tail(
         return  # Ctrl-C is how a tail ends
 
 
-@cli.command()
+@cli.command(short_help="Search messages by text.")
 @click.argument("query")
 @click.option("--conversation", "conversation_id", help="Only in this conversation.")
 @click.option("--channel", type=CHANNEL, help="Only on this channel.")

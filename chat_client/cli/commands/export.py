@@ -51,7 +51,7 @@ def format_of(out: Path, requested: str | None) -> str:
     )
 
 
-@cli.command("export")
+@cli.command("export", short_help="Export a conversation to a .jsonl or .csv file.")
 @click.argument("conversation_id")
 @click.option(
     "--out",

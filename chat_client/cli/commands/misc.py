@@ -63,7 +63,7 @@ def per_channel(response: analytics.GetTenantAnalyticsResponse) -> list[dict[str
     return rows
 
 
-@cli.command("analytics")
+@cli.command("analytics", short_help="Figures of a period, per channel, with a chart.")
 @click.option(
     "--since",
     type=WHEN,
@@ -179,7 +179,7 @@ def mint(
     )
 
 
-@cli.command()
+@cli.command(short_help="Print the shell completion script.")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
     """Print the shell completion script, e.g. `eval "$(chatctl completion bash)"`
