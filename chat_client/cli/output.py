@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from chat.v1 import common_pb2 as common
 
@@ -30,6 +31,8 @@ class Column:
 
     title: str
     value: Callable[[Any], object]
+    #: Ids are kept on one line (a terminal too narrow for the table then crops them).
+    wrap: bool = True
 
 
 def choose_format(requested: str | None, stream: TextIO | None = None) -> str:
@@ -75,9 +78,10 @@ def emit(
     else:
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
         for column in columns:
-            table.add_column(column.title, overflow="fold")
+            table.add_column(column.title, overflow="fold", no_wrap=not column.wrap)
         for record in records:
-            table.add_row(*(cell(column.value(record)) for column in columns))
+            # Text, not markup: a message's "[brackets]" are shown as they are.
+            table.add_row(*(Text(cell(column.value(record))) for column in columns))
         Console(file=out, soft_wrap=False).print(table)
     out.flush()
 
@@ -142,6 +146,8 @@ def direction_name(value: int) -> str:
 
 
 def delivery_name(value: int) -> str:
+    if value == common.DELIVERY_STATUS_UNSPECIFIED:
+        return ""  # inbound messages have no delivery
     return short_enum(common.DeliveryStatus.Name(value), "DELIVERY_STATUS_")  # type: ignore[arg-type]
 
 
@@ -178,7 +184,7 @@ MESSAGE_COLUMNS: Sequence[Column] = (
 )
 
 CONVERSATION_COLUMNS: Sequence[Column] = (
-    Column("id", lambda c: c.id),
+    Column("id", lambda c: c.id, wrap=False),
     Column("user", lambda c: c.user_id),
     Column("channel", lambda c: channel_name(c.channel)),
     Column("status", lambda c: conversation_status_name(c.status)),

@@ -82,7 +82,7 @@ def media(path: Path) -> common.MediaContent:
 
 
 SENT_COLUMNS = (
-    Column("conversation", lambda m: m.conversation_id),
+    Column("conversation", lambda m: m.conversation_id, wrap=False),
     *MESSAGE_COLUMNS,
 )
 
@@ -358,7 +358,7 @@ def search(
 
 
 SEARCH_COLUMNS = (
-    Column("conversation", lambda m: m.conversation_id),
+    Column("conversation", lambda m: m.conversation_id, wrap=False),
     Column("seq", lambda m: m.sequence),
     Column("time", lambda m: m.create_time),
     Column("channel", lambda m: channel_name(m.channel)),

@@ -31,7 +31,7 @@ from chat_client.client import ChatClient, new_request_id
 from chat_client.errors import ChatError
 
 DELIVERY_COLUMNS = (
-    Column("message", lambda d: d.message_id),
+    Column("message", lambda d: d.message_id, wrap=False),
     Column("conversation", lambda d: d.conversation_id),
     Column("channel", lambda d: channel_name(d.channel)),
     Column("recipient", lambda d: d.recipient_id),
@@ -102,7 +102,7 @@ def failed(
 
 
 OUTCOME_COLUMNS = (
-    Column("message", lambda o: o["message_id"]),
+    Column("message", lambda o: o["message_id"], wrap=False),
     Column("outcome", lambda o: o["outcome"]),
     Column("detail", lambda o: o["detail"]),
 )

@@ -92,10 +92,11 @@ def analytics_command(
         return
     emit(per_channel(response), SUMMARY_COLUMNS, chosen)
     totals = response.totals
+    attempted = totals.deliveries_succeeded + totals.deliveries_failed
+    success = f"{totals.delivery_success_rate:.0%}" if attempted else "n/a (no deliveries)"
     click.echo(
         f"\nresponse time mean {totals.response_time_mean_ms:.0f} ms, "
-        f"max {totals.response_time_max_ms:.0f} ms; "
-        f"delivery success {totals.delivery_success_rate:.0%}\n"
+        f"max {totals.response_time_max_ms:.0f} ms; delivery success {success}\n"
     )
     for line in chart(list(response.minutes), since, end):
         click.echo(line)
