@@ -233,6 +233,7 @@ async def test_export_of_a_large_conversation_with_its_progress_bar_off_stdout(
     }
     assert "3000/3000" in terminal
     assert "exporting" in terminal
+    assert f"{out.stat().st_size / 1000:.1f} kB" in terminal  # the bytes written
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [int(r["sequence"]) for r in records] == list(range(1, 3001))
 

@@ -11,9 +11,9 @@ from typing import IO
 
 import click
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
@@ -100,16 +100,16 @@ def export(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("messages"),
-                DownloadColumn(),
+                TextColumn("{task.fields[size]}"),
                 TimeElapsedColumn(),
             ) as bar,
         ):
-            task = bar.add_task("export", total=total)
+            task = bar.add_task("export", total=total, size=decimal(0))
             async for chunk in client.stream(client.chat.ExportConversation, request):
                 sink.write(chunk.data)
                 written += len(chunk.data)
                 messages = chunk.message_count  # so far, this chunk included
-                bar.update(task, completed=min(messages, total or messages))
+                bar.update(task, completed=min(messages, total or messages), size=decimal(written))
         return messages, written
 
     messages, written = app.run(download)
