@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from pymongo import AsyncMongoClient
 
 from chat.v1 import common_pb2 as c
+from devstack.processes import free_port
 from devstack.stack import Endpoints
 from server.repositories.analytics import MongoAnalytics
 from server.repositories.audit import AuditRecord, MongoAuditLog
@@ -29,6 +31,7 @@ from tests.support.chatctl import Chatctl, Result
 from tests.support.seeding import seed_conversation
 from tests.support.servers import RunningServer, tenants_file
 from tests.support.stand_ins import Mongo, Platforms, sent, status_of, whatsapp_reply
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -83,7 +86,9 @@ def user() -> str:
     return "ctl-" + uuid.uuid4().hex[:10]
 
 
-async def test_send_then_list_show_search_close_in_every_format(ctl: Chatctl) -> None:
+async def test_send_then_list_show_search_close_in_every_format(
+    ctl: Chatctl, tmp_path: Path
+) -> None:
     someone = user()
     marker = uuid.uuid4().hex[:8]
     sent = await ctl("send", "--user", someone, f"hello {marker}")
@@ -123,6 +128,18 @@ async def test_send_then_list_show_search_close_in_every_format(ctl: Chatctl) ->
     located = await ctl("send", "--user", someone, "--location", "52.37,4.89", "-o", "jsonl")
     assert located.code == 0, located.stderr
     assert located.jsonl()[0]["content"]["location"]["latitude"] == pytest.approx(52.37)
+
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), "teal").save(picture)
+    media = await ctl("send", "--user", someone, "--file", str(picture), "a caption", "-o", "json")
+    assert media.code == 0, media.stderr
+    stored = media.json()["message"]["content"]["media"]
+    assert (stored["mimeType"], stored["caption"], stored["width"]) == (
+        "image/png",
+        "a caption",
+        40,
+    )
+    assert "mediaId" in stored  # the bytes were stored; the id comes back, not the bytes
 
     closed = await ctl("conversations", "close", conversation, "--reason", "done", "-o", "json")
     assert closed.code == 0, closed.stderr
@@ -528,3 +545,29 @@ async def test_dlq_replay_reads_the_dead_letters(ctl: Chatctl, stack: Endpoints)
     down = await ctl("dlq", "replay", "--kafka", "127.0.0.1:9", "--dry-run")
     assert down.code == 5
     one_line_error(down, "Kafka at 127.0.0.1:9")
+
+
+async def test_tail_resumes_after_a_lost_connection_without_gap_or_repeat(ctl: Chatctl) -> None:
+    someone = user()
+    conversation = (await ctl("send", "--user", someone, "one")).json()["conversation"]["id"]
+    server_port = int(ctl.env["CHAT_ADDRESS"].rsplit(":", 1)[1])
+    proxy = TcpProxy(listen_port=free_port(), target_port=server_port)
+    await proxy.start()
+    proxied = {"CHAT_ADDRESS": f"127.0.0.1:{proxy.listen_port}"}
+    args = ("conversations", "tail", conversation, "--from-start", "--count", "6", "-o", "jsonl")
+    try:
+        async with ctl.running(*args, env=proxied) as tail:
+            assert tail.stdout is not None
+            for _ in "ab":  # the replay: the connection is up
+                await asyncio.wait_for(tail.stdout.readline(), 20)
+            await proxy.stop()  # the network drops the stream
+            await ctl("send", "--user", someone, "two")  # stored while the tail is cut off
+            await asyncio.sleep(0.5)
+            await proxy.start()
+            await ctl("send", "--user", someone, "three")
+            assert await asyncio.wait_for(tail.wait(), 30) == 0
+            rest = (await tail.stdout.read()).decode().splitlines()
+    finally:
+        await proxy.stop()
+    sequences = [json.loads(line)["message"]["sequence"] for line in rest if '"message"' in line]
+    assert sequences == ["3", "4", "5", "6"]
