@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import grpc
 
 from chat_client.cli import exits
 from chat_client.cli.config import Connection, config_path, resolve
@@ -54,7 +55,16 @@ class App:
             ) as client:
                 return await work(client)
 
-        return asyncio.run(session())
+        try:
+            return asyncio.run(session())
+        except ChatError as error:
+            if error.code == grpc.StatusCode.UNAVAILABLE and not error.reason:
+                # Not the server's answer (it always gives a reason): it was not reached.
+                raise CommandError(
+                    f"cannot reach the server at {connection.address}: {error}",
+                    code=exits.UNAVAILABLE,
+                ) from None
+            raise
 
 
 pass_app = click.make_pass_decorator(App)

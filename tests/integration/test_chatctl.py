@@ -172,7 +172,7 @@ async def test_exit_codes_and_one_line_errors(ctl: Chatctl, tmp_path: Path) -> N
         "--deadline", "1", "conversations", "list", env={"CHAT_ADDRESS": "127.0.0.1:9"}
     )
     assert down.code == 5
-    one_line_error(down, "UNAVAILABLE")
+    one_line_error(down, "cannot reach the server at 127.0.0.1:9", "UNAVAILABLE")
 
     usage = await ctl("send", "--user", user())
     assert usage.code == 2
