@@ -110,10 +110,18 @@ class ChatClient:
         self.audit: AuditServiceAsyncStub = audit_grpc.AuditServiceStub(channel)
 
     @classmethod
-    def connect(cls, address: str, *, tls: bool | None = None, **options: object) -> Self:
+    def connect(
+        cls,
+        address: str,
+        *,
+        tls: bool | None = None,
+        token: Token | None = None,
+        deadline: float | None = DEFAULT_DEADLINE,
+        retry: RetryPolicy | None = None,
+    ) -> Self:
         """A client on a new channel to ``address`` (see ``open_channel``); close it, or use
         it as ``async with``."""
-        return cls(open_channel(address, tls=tls), **options)  # type: ignore[arg-type]
+        return cls(open_channel(address, tls=tls), token=token, deadline=deadline, retry=retry)
 
     async def close(self) -> None:
         await self.channel.close(None)
