@@ -11,6 +11,7 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
+import devstack
 from chat.v1 import analytics_service_pb2 as analytics
 from chat.v1 import common_pb2 as common
 from chat_client.cli.app import WHEN, App, cli, fmt_of, output_option, pass_app, usage
@@ -102,6 +103,9 @@ def analytics_command(
         click.echo(line)
 
 
+#: Where `make run` keeps its data when run from the checkout (`make` runs in its root):
+#: chatctl is installed editable from that checkout, next to devstack.
+CHECKOUT_DATA_DIR = Path(devstack.__file__).resolve().parent.parent / ".data"
 _LIFETIME = re.compile(r"^(\d+)([smhd]?)$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -133,9 +137,8 @@ def token() -> None:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="CHAT_DEV_DATA_DIR",
-    default=".data",
-    show_default=True,
-    help="make run's data directory, which holds its secret. Env CHAT_DEV_DATA_DIR.",
+    help="make run's data directory, which holds its secret (default: .data/ of the "
+    "checkout chatctl is installed from). Env CHAT_DEV_DATA_DIR, as for make run.",
 )
 @click.option(
     "--secret-file",
@@ -147,7 +150,7 @@ def mint(
     subject: str,
     scopes: tuple[str, ...],
     lifetime: str,
-    data_dir: Path,
+    data_dir: Path | None,
     secret_file: Path | None,
 ) -> None:
     """Print a development token signed with the secret `make run` keeps.
@@ -156,14 +159,13 @@ def mint(
     accepts it; production verifies tokens from your identity provider.
     """
     seconds = lifetime_seconds(lifetime)
-    path = secret_file or data_dir / "dev-jwt-secret"
+    path = secret_file or (data_dir or CHECKOUT_DATA_DIR) / "dev-jwt-secret"
     try:
         secret = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise CommandError(
             f"no development secret at {path}: `make run` creates it in its data directory "
-            "(.data/ of the checkout); run it once, run chatctl from the checkout, or give "
-            "--data-dir or --secret-file"
+            "on its first start (run it once), or give --data-dir or --secret-file"
         ) from None
     except OSError as exc:
         raise CommandError(f"cannot read the development secret {path}: {exc.strerror}") from None
