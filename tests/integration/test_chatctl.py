@@ -178,6 +178,9 @@ async def test_exit_codes_and_one_line_errors(ctl: Chatctl, tmp_path: Path) -> N
     assert usage.code == 2
     assert "nothing to send" in usage.stderr
     assert "Traceback" not in usage.stderr
+    both = await ctl("send", "--user", user(), "--location", "1,2", "text too")
+    assert both.code == 2
+    one_line_error(both, "not with --location")
     unknown = await ctl("conversations", "frobnicate")
     assert unknown.code == 2
     bad_time = await ctl("conversations", "list", "--since", "yesterday")

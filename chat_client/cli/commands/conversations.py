@@ -117,6 +117,8 @@ def send(
     message and the bot's replies."""
     if media_file is not None and where is not None:
         raise usage("give --file or --location, not both")
+    if where is not None and text:
+        raise usage("TEXT goes with --file (as its caption), not with --location")
     if media_file is not None:
         item = media(media_file)
         item.caption = text or ""
