@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def banner(running: RunningService, data_dir: Path) -> str:
     """What a new user needs to start talking to the service."""
     token = running.dev_token or "(none: CHAT_JWT_* points at your own keys)"
+    # One line to paste: where chatctl is, the server, the token.
+    exports = f"  export CHAT_ADDRESS={running.grpc_target}"
+    if running.dev_token:
+        exports += f" CHAT_TOKEN={running.dev_token}"
+    exports += f' PATH="{Path(sys.executable).parent}:$PATH"'
     return f"""
 chat-service is running. Ctrl-C stops everything.
 
@@ -67,9 +72,11 @@ Development token (tenant {running.dev_tenant}, scopes {" ".join(DEV_SCOPES)}, v
 
   {token}
 
-Try:
+Try, in another terminal (chatctl: docs/chatctl.md):
+{exports}
+  chatctl send --user u1 "hello"
+  chatctl conversations tail <conversation id from the reply> --from-start
   grpcurl -plaintext {running.grpc_target} list
-  grpcurl -plaintext {running.grpc_target} grpc.health.v1.Health/Check
   curl {running.bridge_url}/healthz
 """.rstrip()
 

@@ -195,12 +195,53 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
     names = " ".join(dev_run.children.values())
     for program in ("secantusd-py", "valkey-server", "tansu", "chat-server", "chat-worker"):
         assert program in names
+    conversation = chatctl_quick_start(dev_run)
     code, output = dev_run.stop(signal.SIGINT)
     assert code == 0, output
     assert "chat-dev: stopped" in output
     assert "web chat (demo page)   http://" in output
+    # The banner's line to paste, which the quick start's chatctl calls above used.
+    assert f"export CHAT_ADDRESS={info['grpc_target']} CHAT_TOKEN={info['dev_token']}" in output
+    assert conversation
     assert _alive(dev_run.children) == {}
     assert "stopped" in (dev_run.data_dir / "logs" / "chat-server.log").read_text()
+
+
+def chatctl_quick_start(dev_run: DevRun) -> str:
+    """The README's quick start: `chatctl send`, then `chatctl conversations tail`, with the
+    printed address and token; and `chatctl token mint` with make run's secret. Returns the
+    conversation's id."""
+    chatctl = str(Path(sys.executable).parent / "chatctl")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CHAT")},
+        "CHAT_ADDRESS": dev_run.info["grpc_target"],
+        "CHAT_TOKEN": dev_run.info["dev_token"],
+    }
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [chatctl, *args],
+            check=False,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    sent = json.loads(run("send", "--user", "u1", "hello").stdout)
+    conversation = str(sent["conversation"]["id"])
+    tail = run("conversations", "tail", conversation, "--from-start", "--count", "2", "-o", "jsonl")
+    texts = [
+        json.loads(line)["message"]["content"]["text"]["text"] for line in tail.stdout.splitlines()
+    ]
+    assert texts[0] == "hello"
+    assert len(texts) == 2  # and the bot's reply
+    minted = run("token", "mint", "--tenant", "acme", "--data-dir", str(dev_run.data_dir))
+    tenant = run("tenants", "get", "-o", "json", CHAT_TOKEN=minted.stdout.strip())
+    assert json.loads(tenant.stdout)["tenant"]["id"] == "acme"
+    return conversation
 
 
 def test_a_crashed_child_stops_everything(dev_run: DevRun) -> None:

@@ -127,34 +127,41 @@ async def test_replies_answered_together_store_all_but_a_job_taken_over(
     not answered here too."""
     servicer, port = bot
     servicer.gate = asyncio.Event()
+    # A database of its own: another test's server working the same reply queue could answer
+    # one of these jobs itself, or hand this server's bot a job of its own.
+    name = f"taken_over_{uuid.uuid4().hex[:8]}"
     server = await start_server(
         CHAT_TENANTS_FILE=tenants_file(tmp_path, TENANTS),
         CHAT_RESPONDER_TARGET=f"127.0.0.1:{port}",
         CHAT_RESPONDER_TIMEOUT_MS="20000",
+        CHAT_MONGODB_DATABASE=name,
         **JWT_SETTINGS,
     )
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri)
+    jobs = mongo[name]["reply_jobs"]
     try:
         async with grpc.aio.insecure_channel(server.target) as channel:
             bridge, client = Bridge(channel, "acme"), ChatClient(channel, "acme")
             users = ["1555" + uuid.uuid4().hex[:7] for _ in range(2)]
             results = [r for u in users for r in await bridge.ingest(text_event(u, "hi"))]
-            kept, taken = [await conversation_of(mongo, r.message_id) for r in results]
+            kept, taken = [await conversation_of(mongo, r.message_id, name) for r in results]
             deadline = time.monotonic() + 20
-            while len(servicer.requests) < 2:  # both jobs claimed, both waiting for the bot
+            # Both jobs claimed, both waiting for the bot.
+            while {r.conversation.id for r in servicer.requests} != {kept, taken}:
                 assert time.monotonic() < deadline, "the jobs were not both taken"
                 await asyncio.sleep(0.05)
-            await mongo["chat"]["reply_jobs"].update_one(
+            taken_over = await jobs.update_one(
                 {"conversation_id": taken}, {"$set": {"owner": "another-process"}}
             )
+            assert taken_over.modified_count == 1
             servicer.gate.set()
 
             answered = await replied(client, kept, 2)
             assert answered[1].content.text.text == "echo: hi (1 earlier)"
             await asyncio.sleep(1.0)  # the other job's attempt has ended by now
             assert len(await history(client, taken)) == 1  # the user's message, no reply
-            assert await mongo["chat"]["reply_jobs"].count_documents({"conversation_id": kept}) == 0
-            job = await mongo["chat"]["reply_jobs"].find_one({"conversation_id": taken})
+            assert await jobs.count_documents({"conversation_id": kept}) == 0
+            job = await jobs.find_one({"conversation_id": taken})
             assert job is not None
             assert job["owner"] == "another-process"
     finally:

@@ -64,8 +64,8 @@ async def history(client: ChatClient, conversation_id: str) -> list[c.Message]:
     return list(page.messages)
 
 
-async def conversation_of(mongo: Mongo, message_id: str) -> str:
-    document = await mongo["chat"]["messages"].find_one({"_id": message_id})
+async def conversation_of(mongo: Mongo, message_id: str, database: str = "chat") -> str:
+    document = await mongo[database]["messages"].find_one({"_id": message_id})
     assert document is not None
     return str(document["conversation_id"])
 
