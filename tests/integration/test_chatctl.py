@@ -510,14 +510,28 @@ async def test_tenants_apply_reads_secrets_from_the_environment_and_never_prints
         '    phone_number_id: "100000000000777"\n'
         "    access_token: ${WA_ACCESS_TOKEN}\n"
         "    app_secret: ${WA_APP_SECRET}\n"
+        "  web:\n"
+        "    site_key: stored-site-key\n"
+        "    allowed_origins: [https://shop.example]\n"
+        "    identity_secret: ${WEB_IDENTITY_SECRET}\n"
         "quotas: {requests_per_second: 5, burst: 10}\n"
     )
-    missing = await ctl("tenants", "apply", "-f", str(spec), env={"WA_ACCESS_TOKEN": secret})
+    missing = await ctl(
+        "tenants",
+        "apply",
+        "-f",
+        str(spec),
+        env={"WA_ACCESS_TOKEN": secret, "WEB_IDENTITY_SECRET": secret + "-web"},
+    )
     assert missing.code == 2
     one_line_error(missing, "channels.whatsapp.app_secret", "${WA_APP_SECRET}", "not set")
     assert secret not in missing.stdout + missing.stderr
 
-    secrets = {"WA_ACCESS_TOKEN": secret, "WA_APP_SECRET": secret + "-app"}
+    secrets = {
+        "WA_ACCESS_TOKEN": secret,
+        "WA_APP_SECRET": secret + "-app",
+        "WEB_IDENTITY_SECRET": secret + "-web",
+    }
     applied = await ctl("tenants", "apply", "-f", str(spec), "-o", "table", env=secrets)
     assert applied.code == 0, applied.stderr
     assert secret not in applied.stdout + applied.stderr
@@ -527,7 +541,13 @@ async def test_tenants_apply_reads_secrets_from_the_environment_and_never_prints
     assert got.code == 0, got.stderr
     whatsapp = got.json()["tenant"]["channels"]["whatsapp"]
     assert (whatsapp["accessTokenSet"], whatsapp["appSecretSet"]) == (True, True)
+    assert got.json()["tenant"]["channels"]["web"]["identitySecretSet"] is True
     assert secret not in got.stdout
+    table = await ctl("tenants", "get", "-o", "csv")
+    assert table.code == 0, table.stderr
+    assert "web.site_key,stored-site-key" in table.stdout  # the web channel shown too
+    assert "web.allowed_origins" in table.stdout
+    assert secret not in table.stdout
 
     spec.write_text("id: [unclosed\n")
     broken = await ctl("tenants", "apply", "-f", str(spec))

@@ -26,6 +26,7 @@ SECRETS = {
     "messenger": ("verify_token", "app_secret", "page_access_token"),
     "slack": ("signing_secret", "bot_token"),
     "teams": ("app_password",),
+    "web": ("identity_secret",),
 }
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
