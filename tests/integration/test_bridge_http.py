@@ -158,8 +158,9 @@ async def test_quiet_lines_are_bounded(
 
 
 async def test_trickling_clients_are_cut_off(bridge: tuple[str, int], quiet: Logs) -> None:
-    async def trickle(head: bytes, body: bytes) -> tuple[float, bytes]:
-        """Send ``head`` at once, then ``body`` a byte every 0.2 s, until the bridge closes."""
+    async def trickle(head: bytes, body: bytes) -> tuple[float, bytes | None]:
+        """Send ``head`` at once, then ``body`` a byte every 0.2 s, until the bridge closes;
+        the answer, or None when the connection was reset."""
         started = time.monotonic()
         reader, writer = await asyncio.open_connection(*bridge)
         writer.write(head)
@@ -171,7 +172,10 @@ async def test_trickling_clients_are_cut_off(bridge: tuple[str, int], quiet: Log
                 if done:
                     break
                 writer.write(bytes([byte]))
-            return time.monotonic() - started, await asyncio.wait_for(answer, 10)
+            try:
+                return time.monotonic() - started, await asyncio.wait_for(answer, 10)
+            except ConnectionResetError:
+                return time.monotonic() - started, None
         finally:
             writer.close()
 
@@ -184,11 +188,14 @@ async def test_trickling_clients_are_cut_off(bridge: tuple[str, int], quiet: Log
     # drained a moment, so the client reads its answer rather than a reset).
     elapsed, answer = await trickle(HEAD + b"Content-Length: 200\r\n\r\n", b"x" * 200)
     assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + LINGER_SECONDS + 1.5, elapsed
+    assert answer is not None, "reset: the 408 was not read"
     status, body = answer_of(answer)
     assert status == 408
     assert json.loads(body)["error"]
-    # Many at once: every one is cut off within the bound.
+    # Many at once: every one is cut off within the bound, without an answer. (A byte the
+    # client sends as the bridge closes may make the kernel reset the connection: under load
+    # some are cut off that way, which is no answer either.)
     started = time.monotonic()
     results = await asyncio.gather(*(trickle(b"", slow_head) for _ in range(200)))
-    assert all(answer == b"" for _, answer in results)
+    assert all(answer in (b"", None) for _, answer in results)
     assert time.monotonic() - started < HEADER_TIMEOUT + 3
