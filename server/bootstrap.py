@@ -38,6 +38,7 @@ from server.services.idempotency import IdempotentRequests
 from server.services.ingest import IngestService
 from server.services.ingest_inbox import InboxWorker
 from server.services.live import CommittedPush, QuietLiveEvents
+from server.services.message_media import MessageMediaService
 from server.services.messages import MessageService
 from server.services.opening import ConversationOpener
 from server.services.platform_actions import PlatformActions
@@ -64,6 +65,7 @@ class Services:
     messages: MessageService
     conversations: ConversationService
     streams: StreamService
+    media: MessageMediaService
     sessions: SessionService
     ingest: IngestService
     tenant_admin: TenantAdmin
@@ -273,6 +275,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
             clock=utc_now,
             on_events=relay.wake,
         ),
+        media=MessageMediaService(messages=messages, media=stores.media),
         sessions=sessions,
         ingest=ingest,
         tenant_admin=TenantAdmin(

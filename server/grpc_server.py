@@ -216,6 +216,7 @@ def _add_servicers(
             messages=services.messages,
             conversations=services.conversations,
             streams=services.streams,
+            media=services.media,
             actions=services.actions,
             requests=services.requests,
         ),

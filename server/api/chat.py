@@ -29,6 +29,7 @@ from server.interceptors.request_context import send_headers
 from server.normalizers.text import normalize_text
 from server.services.conversations import ConversationService
 from server.services.idempotency import IdempotentRequests, idempotency_key
+from server.services.message_media import MessageMediaService
 from server.services.messages import MAX_ADDRESS_CHARS, MessageService
 from server.services.platform_actions import PlatformActions
 from server.services.streams import StreamService
@@ -54,6 +55,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         messages: MessageService,
         conversations: ConversationService,
         streams: StreamService,
+        media: MessageMediaService,
         actions: PlatformActions | None = None,
         requests: IdempotentRequests,
         clock: Callable[[], dt.datetime] = utc_now,
@@ -63,6 +65,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self._messages = messages
         self._conversations = conversations
         self._streams = streams
+        self._media = media
         self._actions = actions
 
     async def SendMessage(
@@ -322,6 +325,25 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             up_to_sequence=request.up_to_sequence,
             request_id=request.request_id,
         )
+
+    async def GetMessageMedia(
+        self, request: chat_service_pb2.GetMessageMediaRequest, context: Any
+    ) -> AsyncIterator[chat_service_pb2.GetMessageMediaResponse]:
+        violations = Violations()
+        violations.text(
+            "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True
+        )
+        violations.text("message_id", request.message_id, limit=MAX_ID_CHARS, required=True)
+        violations.raise_any()
+        caller = current_principal()
+        await visitors.own_conversation(caller, self._conversations, request.conversation_id)
+        media = await self._media.get(caller.tenant_id, request.conversation_id, request.message_id)
+        # The description goes first, alone: a gateway can answer its headers before the bytes.
+        yield chat_service_pb2.GetMessageMediaResponse(
+            mime_type=media.mime_type, file_name=media.file_name, size_bytes=len(media.data)
+        )
+        for chunk in media.chunks():
+            yield chat_service_pb2.GetMessageMediaResponse(data=chunk)
 
 
 def _newest_first_page(page: list[T], limit: int, query: dict[str, Any]) -> tuple[list[T], str]:

@@ -37,6 +37,7 @@ REQUIRED_SCOPES: Mapping[str, str] = {
     "/chat.v1.ChatService/StreamConversationEvents": CHAT_READ,
     "/chat.v1.ChatService/SendTypingIndicator": CHAT_WRITE,
     "/chat.v1.ChatService/MarkRead": CHAT_WRITE,
+    "/chat.v1.ChatService/GetMessageMedia": CHAT_READ,
     "/chat.v1.SessionService/GetSession": CHAT_READ,
     "/chat.v1.SessionService/UpdateSessionContext": CHAT_WRITE,
     "/chat.v1.SessionService/EndSession": CHAT_WRITE,
@@ -64,5 +65,6 @@ WEB_METHODS: frozenset[str] = frozenset(
         "/chat.v1.ChatService/StreamConversationEvents",
         "/chat.v1.ChatService/SendTypingIndicator",
         "/chat.v1.ChatService/MarkRead",
+        "/chat.v1.ChatService/GetMessageMedia",
     }
 )

@@ -175,6 +175,29 @@ async def test_chat_quick_replies_reload_restart_and_upload(
     await page.screenshot(path=str(shot))
     print(f"screenshot: {shot}")  # noqa: T201 - for a person to look at
 
+    await shows_the_upload_after_a_reload(page)
+
+
+async def shows_the_upload_after_a_reload(page: Any) -> None:
+    """After a reload the upload's preview is gone: the widget fetches the stored image with
+    the visitor's token and shows it as a thumbnail again (an object URL, not a file name)."""
+    await page.reload()
+    await online(page)
+    await bot_says(page, "Thanks for your message")
+    thumbnail = page.locator(".msg.in img.thumbnail")
+    await thumbnail.wait_for(timeout=20_000)
+    await page.wait_for_function(
+        "() => { const w = document.querySelector('[data-chat-widget]').shadowRoot"
+        ".querySelector('.msg.in img.thumbnail'); return w && w.complete && w.naturalWidth > 0 }",
+        timeout=20_000,
+    )
+    assert await thumbnail.evaluate("img => img.naturalWidth") == 120
+    assert await thumbnail.evaluate("img => img.src.startsWith('blob:')")
+    assert await page.locator(".msg.in .media span", has_text="File:").count() == 0
+    shot = OUTPUT / "web-widget-reloaded.png"
+    await page.screenshot(path=str(shot))
+    print(f"screenshot: {shot}")  # noqa: T201 - for a person to look at
+
 
 async def stored_texts(bridge: BridgeProcess, token: str) -> list[str]:
     """The conversation as the server stored it (text and chosen titles)."""

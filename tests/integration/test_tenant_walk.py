@@ -118,6 +118,11 @@ def walks(victim: Victim) -> dict[str, tuple[str, str, Any]]:
             "MarkRead",
             chat.MarkReadRequest(conversation_id=cid, up_to_sequence=2),
         ),
+        "/chat.v1.ChatService/GetMessageMedia": (
+            "chat",
+            "GetMessageMedia",
+            chat.GetMessageMediaRequest(conversation_id=cid, message_id=victim.message_id),
+        ),
         "/chat.v1.SessionService/GetSession": (
             "session",
             "GetSession",
@@ -350,6 +355,7 @@ VISITOR_METHODS = {
     "/chat.v1.ChatService/StreamConversationEvents",
     "/chat.v1.ChatService/SendTypingIndicator",
     "/chat.v1.ChatService/MarkRead",
+    "/chat.v1.ChatService/GetMessageMedia",
 }
 
 
@@ -428,6 +434,18 @@ async def test_a_web_visitor_reaches_only_its_own_web_conversations(
         chat.ListMessagesRequest(conversation_id=own.conversation.id), metadata=metadata, timeout=10
     )
     assert [m.sequence for m in history.messages] == [1, 2]
+    # Another's message through its own conversation is not there either; its own text has
+    # no media to give.
+    for message_id, expected in (
+        (victim.message_id, grpc.StatusCode.NOT_FOUND),
+        (own.message.id, grpc.StatusCode.FAILED_PRECONDITION),
+    ):
+        code, _, _ = await outcome(
+            chat_stub.GetMessageMedia,
+            chat.GetMessageMediaRequest(conversation_id=own.conversation.id, message_id=message_id),
+            metadata,
+        )
+        assert code == expected, (message_id, code)
     still = await ChatClient(channel, "globex").call(
         "GetConversation", chat.GetConversationRequest(conversation_id=victim.conversation_id)
     )

@@ -4,7 +4,7 @@ translated once into what a browser may see."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -14,6 +14,8 @@ from webhook_bridge.web.visitors import Visitor
 #: SendMessage waits for the responder's replies; a slow responder is answered within this.
 SEND_TIMEOUT_SECONDS = 30.0
 CALL_TIMEOUT_SECONDS = 5.0
+#: A media download, bytes included (a slow browser holds the call open while it reads).
+MEDIA_TIMEOUT_SECONDS = 60.0
 #: Codes a client may retry (the widget keeps the message pending and sends it again).
 RETRYABLE = frozenset(
     {
@@ -125,6 +127,25 @@ class VisitorChat:
             )
         except grpc.aio.AioRpcError as exc:
             raise call_error(exc) from None
+
+    async def media(
+        self, visitor: Visitor, conversation_id: str, message_id: str
+    ) -> AsyncGenerator[chat_service_pb2.GetMessageMediaResponse]:
+        """GetMessageMedia as the visitor: the description first, then the bytes."""
+        call = self._stub.GetMessageMedia(
+            chat_service_pb2.GetMessageMediaRequest(
+                conversation_id=conversation_id, message_id=message_id
+            ),
+            metadata=_metadata(visitor),
+            timeout=MEDIA_TIMEOUT_SECONDS,
+        )
+        try:
+            async for part in call:
+                yield part
+        except grpc.aio.AioRpcError as exc:
+            raise call_error(exc) from None
+        finally:
+            call.cancel()
 
     async def events(
         self, visitor: Visitor, conversation_id: str, after_sequence: int

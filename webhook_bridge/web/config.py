@@ -34,6 +34,8 @@ class WebSettings:
     #: Uploads a visitor may make per minute.
     uploads_per_minute: int = 10
     max_upload_bytes: int = 10 * 1024 * 1024
+    #: Media downloads a visitor may make per minute (a reload fetches every media shown).
+    media_per_minute: int = 120
     #: Open sockets one visitor may hold (tabs).
     max_sockets_per_visitor: int = 5
     #: The largest frame a client may send.
@@ -63,6 +65,7 @@ class WebSettings:
                 env, "CHAT_WEB_MESSAGES_PER_MINUTE", default.messages_per_minute
             ),
             uploads_per_minute=_int(env, "CHAT_WEB_UPLOADS_PER_MINUTE", default.uploads_per_minute),
+            media_per_minute=_int(env, "CHAT_WEB_MEDIA_PER_MINUTE", default.media_per_minute),
             max_upload_bytes=_int(
                 env, "CHAT_WEB_MAX_UPLOAD_BYTES", default.max_upload_bytes, 1024, MAX_MEDIA_BYTES
             ),

@@ -110,6 +110,7 @@ def message(message: common_pb2.Message) -> dict[str, Any]:
         "type": "message",
         "sequence": message.sequence,
         "id": message.id,
+        "conversation_id": message.conversation_id,
         "direction": "in" if message.direction == common_pb2.MESSAGE_DIRECTION_INBOUND else "out",
         "content": MessageToDict(message.content, preserving_proto_field_name=True),
         "time": message.create_time.ToJsonString(),

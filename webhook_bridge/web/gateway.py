@@ -89,6 +89,14 @@ def own_origin(request: web.Request) -> str:
 def allowed_origin(request: web.Request, tenant: Tenant, channel: WebChannel) -> str:
     """The request's Origin when the tenant allows it exactly; Refused 403 otherwise."""
     origin = request.headers.get("Origin", "")
+    if (
+        not origin
+        and request.method == "GET"
+        and request.headers.get("Sec-Fetch-Site") == "same-origin"
+    ):
+        # Browsers send no Origin on a same-origin GET (the demo page fetching media); the
+        # fetch metadata says where it came from, and the bridge's own origin must still pass.
+        origin = own_origin(request)
     if not origin:
         raise Refused(403, "an Origin header is required")
     if origin in channel.allowed_origins:
@@ -108,7 +116,7 @@ def cors_headers(origin: str) -> dict[str, str]:
     """The CORS answer for an allowed origin."""
     return {
         "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
         "Access-Control-Allow-Headers": "Content-Type, Authorization",
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",

@@ -15,6 +15,7 @@ from webhook_bridge.web.chat import VisitorChat
 from webhook_bridge.web.config import WebSettings
 from webhook_bridge.web.gateway import WEB_STATE, WebState, refusal
 from webhook_bridge.web.http import create_session, guarded, preflight, upload
+from webhook_bridge.web.media import message_media
 from webhook_bridge.web.socket import close_all, socket_handler
 from webhook_bridge.web.visitors import VisitorTokens
 
@@ -35,6 +36,9 @@ def add_web_routes(app: web.Application) -> None:
     app.router.add_route("OPTIONS", "/web/v1/{tenant_id}/sessions", guarded(preflight))
     app.router.add_post("/web/v1/{tenant_id}/uploads", guarded(upload))
     app.router.add_route("OPTIONS", "/web/v1/{tenant_id}/uploads", guarded(preflight))
+    media = "/web/v1/{tenant_id}/media/{conversation_id}/{message_id}"
+    app.router.add_get(media, guarded(message_media), allow_head=False)
+    app.router.add_route("OPTIONS", media, guarded(preflight))
     app.router.add_get("/web/v1/{tenant_id}/socket", socket_handler)
     app.router.add_get("/web/v1/widget.js", widget_script)
     app.router.add_get("/web/v1/widget.{digest:[0-9a-f]{16}}.js", widget_script)

@@ -66,6 +66,10 @@
   let typingShown = 0;
   const rows = new Map<number, Row>();
   const pendingRows = new Map<string, Row>();
+  // Object URLs of shown media (fetched or previewed): revoked when the view is cleared or
+  // the page goes, so the blobs they pin are freed.
+  const objectUrls = new Set<string>();
+  addEventListener("pagehide", revokeAll);
 
   // ---- the DOM, in a shadow root ----
   const host = document.createElement("div");
@@ -385,7 +389,7 @@
       text: "",
       media_id: answer.media_id,
       file_name: chosen.name,
-      preview: chosen.type.startsWith("image/") ? URL.createObjectURL(chosen) : undefined,
+      preview: chosen.type.startsWith("image/") ? track(URL.createObjectURL(chosen)) : undefined,
     });
   }
 
@@ -438,7 +442,18 @@
     }
   }
 
+  function track(url: string): string {
+    objectUrls.add(url);
+    return url;
+  }
+
+  function revokeAll() {
+    objectUrls.forEach((url) => URL.revokeObjectURL(url));
+    objectUrls.clear();
+  }
+
   function clearConversation() {
+    revokeAll();
     log.textContent = "";
     rows.clear();
     pendingRows.clear();
@@ -476,7 +491,7 @@
     if (content.text) {
       bubble(el, content.text.text);
     } else if (content.media) {
-      media(el, content.media, item);
+      media(el, content.media, item, frame);
     } else if (content.interactive) {
       interactive(el, content.interactive);
     } else if (content.interactive_reply) {
@@ -505,19 +520,17 @@
     return el;
   }
 
-  function media(parent: HTMLElement, m: Json, item?: Pending) {
+  function media(parent: HTMLElement, m: Json, item?: Pending, frame?: Json) {
     const box = document.createElement("figure");
     box.className = "bubble media";
+    const name = m.file_name || m.mime_type || "file";
     if (item && item.preview) {
-      const img = document.createElement("img");
-      img.className = "thumbnail";
-      img.src = item.preview;
-      img.alt = item.file_name || "image";
-      box.appendChild(img);
+      box.appendChild(thumbnail(item.preview, name));
     } else {
       const label = document.createElement("span");
-      label.textContent = `File: ${m.file_name || m.mime_type || "file"}`;
+      label.textContent = `File: ${name}`;
       box.appendChild(label);
+      if (frame && frame.id && frame.conversation_id && m.media_id) void fetchMedia(label, frame, name);
     }
     if (m.caption) {
       const caption = document.createElement("figcaption");
@@ -525,6 +538,40 @@
       box.appendChild(caption);
     }
     parent.appendChild(box);
+  }
+
+  function thumbnail(url: string, name: string): HTMLImageElement {
+    const img = document.createElement("img");
+    img.className = "thumbnail";
+    img.src = url;
+    img.alt = name;
+    return img;
+  }
+
+  // Stored media come from the gateway with the visitor's token (never in the URL); images
+  // become thumbnails, other files a download link. On failure the file name stays.
+  async function fetchMedia(label: HTMLElement, frame: Json, name: string) {
+    if (!session) return;
+    const path = [frame.conversation_id, frame.id].map(encodeURIComponent).join("/");
+    const response = await fetch(`${api}/media/${path}`, {
+      headers: { Authorization: `Bearer ${session.token}` },
+    }).catch(() => null);
+    const blob = response && response.ok ? await response.blob().catch(() => null) : null;
+    if (!blob || !label.isConnected) return;
+    const url = track(URL.createObjectURL(blob));
+    if (/^image\/(png|jpeg|gif|webp)$/.test(blob.type)) {
+      // A reader at the end of the log stays there once the image has its height.
+      const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+      const img = thumbnail(url, name);
+      img.onload = () => atEnd && (log.scrollTop = log.scrollHeight);
+      label.replaceWith(img);
+    } else {
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = frame.content.media.file_name || "download";
+      link.textContent = `Download ${name}`;
+      label.replaceWith(link);
+    }
   }
 
   function interactive(parent: HTMLElement, i: Json) {

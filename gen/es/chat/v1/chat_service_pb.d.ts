@@ -813,6 +813,75 @@ export declare type MarkReadResponse = Message<"chat.v1.MarkReadResponse"> & {
 export declare const MarkReadResponseSchema: GenMessage<MarkReadResponse>;
 
 /**
+ * GetMessageMediaRequest names the message whose media bytes to fetch.
+ *
+ * @generated from message chat.v1.GetMessageMediaRequest
+ */
+export declare type GetMessageMediaRequest = Message<"chat.v1.GetMessageMediaRequest"> & {
+  /**
+   * The conversation the message belongs to. Required.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The message id. Required.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message chat.v1.GetMessageMediaRequest.
+ * Use `create(GetMessageMediaRequestSchema)` to create a new message.
+ */
+export declare const GetMessageMediaRequestSchema: GenMessage<GetMessageMediaRequest>;
+
+/**
+ * GetMessageMediaResponse is one part of the media: the first carries its description (and
+ * may carry bytes), the following ones bytes only.
+ *
+ * @generated from message chat.v1.GetMessageMediaResponse
+ */
+export declare type GetMessageMediaResponse = Message<"chat.v1.GetMessageMediaResponse"> & {
+  /**
+   * The sniffed MIME type. Set on the first response only.
+   *
+   * @generated from field: string mime_type = 1;
+   */
+  mimeType: string;
+
+  /**
+   * The original file name, when known. Set on the first response only.
+   *
+   * @generated from field: string file_name = 2;
+   */
+  fileName: string;
+
+  /**
+   * The total size of the media in bytes. Set on the first response only.
+   *
+   * @generated from field: int64 size_bytes = 3;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * The next chunk of the bytes (at most 64 KiB); empty on a first response that carries none.
+   *
+   * @generated from field: bytes data = 4;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message chat.v1.GetMessageMediaResponse.
+ * Use `create(GetMessageMediaResponseSchema)` to create a new message.
+ */
+export declare const GetMessageMediaResponseSchema: GenMessage<GetMessageMediaResponse>;
+
+/**
  * MessageOrder is the order of a history page.
  *
  * @generated from enum chat.v1.MessageOrder
@@ -1003,6 +1072,21 @@ export declare const ChatService: GenService<{
     methodKind: "unary";
     input: typeof MarkReadRequestSchema;
     output: typeof MarkReadResponseSchema;
+  },
+  /**
+   * GetMessageMedia streams the stored bytes of a message's media: the first response carries
+   * the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+   * the bytes (at most 64 KiB each) in order.
+   * Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+   * tenant's, or for a web visitor another visitor's), or a message of another conversation;
+   * FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+   *
+   * @generated from rpc chat.v1.ChatService.GetMessageMedia
+   */
+  getMessageMedia: {
+    methodKind: "server_streaming";
+    input: typeof GetMessageMediaRequestSchema;
+    output: typeof GetMessageMediaResponseSchema;
   },
 }>;
 

@@ -53,6 +53,13 @@ type ChatServiceClient interface {
 	SendTypingIndicator(ctx context.Context, in *SendTypingIndicatorRequest, opts ...grpc.CallOption) (*SendTypingIndicatorResponse, error)
 	// MarkRead marks the conversation's outbound messages up to a sequence as READ.
 	MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*MarkReadResponse, error)
+	// GetMessageMedia streams the stored bytes of a message's media: the first response carries
+	// the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+	// the bytes (at most 64 KiB each) in order.
+	// Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+	// tenant's, or for a web visitor another visitor's), or a message of another conversation;
+	// FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+	GetMessageMedia(ctx context.Context, in *GetMessageMediaRequest, opts ...grpc.CallOption) (ChatService_GetMessageMediaClient, error)
 }
 
 type chatServiceClient struct {
@@ -199,6 +206,38 @@ func (c *chatServiceClient) MarkRead(ctx context.Context, in *MarkReadRequest, o
 	return out, nil
 }
 
+func (c *chatServiceClient) GetMessageMedia(ctx context.Context, in *GetMessageMediaRequest, opts ...grpc.CallOption) (ChatService_GetMessageMediaClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ChatService_serviceDesc.Streams[2], "/chat.v1.ChatService/GetMessageMedia", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &chatServiceGetMessageMediaClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ChatService_GetMessageMediaClient interface {
+	Recv() (*GetMessageMediaResponse, error)
+	grpc.ClientStream
+}
+
+type chatServiceGetMessageMediaClient struct {
+	grpc.ClientStream
+}
+
+func (x *chatServiceGetMessageMediaClient) Recv() (*GetMessageMediaResponse, error) {
+	m := new(GetMessageMediaResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // ChatServiceServer is the server API for ChatService service.
 // All implementations must embed UnimplementedChatServiceServer
 // for forward compatibility
@@ -239,6 +278,13 @@ type ChatServiceServer interface {
 	SendTypingIndicator(context.Context, *SendTypingIndicatorRequest) (*SendTypingIndicatorResponse, error)
 	// MarkRead marks the conversation's outbound messages up to a sequence as READ.
 	MarkRead(context.Context, *MarkReadRequest) (*MarkReadResponse, error)
+	// GetMessageMedia streams the stored bytes of a message's media: the first response carries
+	// the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+	// the bytes (at most 64 KiB each) in order.
+	// Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+	// tenant's, or for a web visitor another visitor's), or a message of another conversation;
+	// FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+	GetMessageMedia(*GetMessageMediaRequest, ChatService_GetMessageMediaServer) error
 	mustEmbedUnimplementedChatServiceServer()
 }
 
@@ -275,6 +321,9 @@ func (UnimplementedChatServiceServer) SendTypingIndicator(context.Context, *Send
 }
 func (UnimplementedChatServiceServer) MarkRead(context.Context, *MarkReadRequest) (*MarkReadResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method MarkRead not implemented")
+}
+func (UnimplementedChatServiceServer) GetMessageMedia(*GetMessageMediaRequest, ChatService_GetMessageMediaServer) error {
+	return status.Errorf(codes.Unimplemented, "method GetMessageMedia not implemented")
 }
 func (UnimplementedChatServiceServer) mustEmbedUnimplementedChatServiceServer() {}
 
@@ -475,6 +524,27 @@ func _ChatService_MarkRead_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChatService_GetMessageMedia_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetMessageMediaRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ChatServiceServer).GetMessageMedia(m, &chatServiceGetMessageMediaServer{stream})
+}
+
+type ChatService_GetMessageMediaServer interface {
+	Send(*GetMessageMediaResponse) error
+	grpc.ServerStream
+}
+
+type chatServiceGetMessageMediaServer struct {
+	grpc.ServerStream
+}
+
+func (x *chatServiceGetMessageMediaServer) Send(m *GetMessageMediaResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _ChatService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "chat.v1.ChatService",
 	HandlerType: (*ChatServiceServer)(nil),
@@ -521,6 +591,11 @@ var _ChatService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamConversationEvents",
 			Handler:       _ChatService_StreamConversationEvents_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetMessageMedia",
+			Handler:       _ChatService_GetMessageMedia_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -849,3 +849,65 @@ class MarkReadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkReadResponse: _TypeAlias = MarkReadResponse  # noqa: Y015
+
+@_typing.final
+class GetMessageMediaRequest(_message.Message):
+    """GetMessageMediaRequest names the message whose media bytes to fetch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation the message belongs to. Required."""
+    message_id: _builtins.str
+    """The message id. Required."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageMediaRequest: _TypeAlias = GetMessageMediaRequest  # noqa: Y015
+
+@_typing.final
+class GetMessageMediaResponse(_message.Message):
+    """GetMessageMediaResponse is one part of the media: the first carries its description (and
+    may carry bytes), the following ones bytes only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    mime_type: _builtins.str
+    """The sniffed MIME type. Set on the first response only."""
+    file_name: _builtins.str
+    """The original file name, when known. Set on the first response only."""
+    size_bytes: _builtins.int
+    """The total size of the media in bytes. Set on the first response only."""
+    data: _builtins.bytes
+    """The next chunk of the bytes (at most 64 KiB); empty on a first response that carries none."""
+    def __init__(
+        self,
+        *,
+        mime_type: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_name", b"file_name", "mime_type", b"mime_type", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageMediaResponse: _TypeAlias = GetMessageMediaResponse  # noqa: Y015

@@ -87,6 +87,11 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__service__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__service__pb2.MarkReadResponse.FromString,
                 _registered_method=True)
+        self.GetMessageMedia = channel.unary_stream(
+                '/chat.v1.ChatService/GetMessageMedia',
+                request_serializer=chat_dot_v1_dot_chat__service__pb2.GetMessageMediaRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__service__pb2.GetMessageMediaResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -181,6 +186,18 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMessageMedia(self, request, context):
+        """GetMessageMedia streams the stored bytes of a message's media: the first response carries
+        the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+        the bytes (at most 64 KiB each) in order.
+        Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+        tenant's, or for a web visitor another visitor's), or a message of another conversation;
+        FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +250,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=chat_dot_v1_dot_chat__service__pb2.MarkReadRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__service__pb2.MarkReadResponse.SerializeToString,
+            ),
+            'GetMessageMedia': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetMessageMedia,
+                    request_deserializer=chat_dot_v1_dot_chat__service__pb2.GetMessageMediaRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__service__pb2.GetMessageMediaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -508,6 +530,33 @@ class ChatService:
             '/chat.v1.ChatService/MarkRead',
             chat_dot_v1_dot_chat__service__pb2.MarkReadRequest.SerializeToString,
             chat_dot_v1_dot_chat__service__pb2.MarkReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessageMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chat.v1.ChatService/GetMessageMedia',
+            chat_dot_v1_dot_chat__service__pb2.GetMessageMediaRequest.SerializeToString,
+            chat_dot_v1_dot_chat__service__pb2.GetMessageMediaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,14 @@ class ChatServiceStub:
     """
     MarkRead: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.MarkReadRequest, _chat_service_pb2.MarkReadResponse]
     """MarkRead marks the conversation's outbound messages up to a sequence as READ."""
+    GetMessageMedia: _grpc.UnaryStreamMultiCallable[_chat_service_pb2.GetMessageMediaRequest, _chat_service_pb2.GetMessageMediaResponse]
+    """GetMessageMedia streams the stored bytes of a message's media: the first response carries
+    the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+    the bytes (at most 64 KiB each) in order.
+    Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+    tenant's, or for a web visitor another visitor's), or a message of another conversation;
+    FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -131,6 +139,14 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
     MarkRead: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.MarkReadRequest, _chat_service_pb2.MarkReadResponse]  # type: ignore[assignment]
     """MarkRead marks the conversation's outbound messages up to a sequence as READ."""
+    GetMessageMedia: _aio.UnaryStreamMultiCallable[_chat_service_pb2.GetMessageMediaRequest, _chat_service_pb2.GetMessageMediaResponse]  # type: ignore[assignment]
+    """GetMessageMedia streams the stored bytes of a message's media: the first response carries
+    the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+    the bytes (at most 64 KiB each) in order.
+    Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+    tenant's, or for a web visitor another visitor's), or a message of another conversation;
+    FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+    """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChatService is the API internal platforms call to hold conversations with end users.
@@ -240,5 +256,19 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_service_pb2.MarkReadResponse, _abc.Awaitable[_chat_service_pb2.MarkReadResponse]]:
         """MarkRead marks the conversation's outbound messages up to a sequence as READ."""
+
+    @_abc_1.abstractmethod
+    def GetMessageMedia(
+        self,
+        request: _chat_service_pb2.GetMessageMediaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_service_pb2.GetMessageMediaResponse], _abc.AsyncIterator[_chat_service_pb2.GetMessageMediaResponse]]:
+        """GetMessageMedia streams the stored bytes of a message's media: the first response carries
+        the media's mime_type, file_name and size_bytes, then every response carries a chunk of
+        the bytes (at most 64 KiB each) in order.
+        Errors: NOT_FOUND for a conversation or message that does not exist (or is another
+        tenant's, or for a web visitor another visitor's), or a message of another conversation;
+        FAILED_PRECONDITION, reason MESSAGE_HAS_NO_MEDIA, for a message without stored media.
+        """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,61 @@
+"""The stored media of a message, for callers that show it (the web widget above all)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from server.domain.errors import FailedPrecondition, NotFound
+from server.processors.media import MediaStore
+from server.services.ports import MessageRepository
+
+#: Bytes per streamed chunk: well under gRPC's 4 MiB message limit, small enough to keep a
+#: slow reader from holding many of them in flight.
+CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMedia:
+    """A message's media bytes and what a browser needs to show them."""
+
+    mime_type: str
+    file_name: str
+    data: bytes
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The bytes in order, in pieces of at most ``size``."""
+        view = memoryview(self.data)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+
+
+class MessageMediaService:
+    """Reads a message's media from the store, within one tenant and one conversation."""
+
+    def __init__(self, *, messages: MessageRepository, media: MediaStore) -> None:
+        self._messages = messages
+        self._media = media
+
+    async def get(self, tenant_id: str, conversation_id: str, message_id: str) -> MessageMedia:
+        """NOT_FOUND unless the message is in this conversation of this tenant;
+        FAILED_PRECONDITION (MESSAGE_HAS_NO_MEDIA) unless it carries stored media."""
+        message = await self._messages.get(tenant_id, message_id)
+        if message is None or message.conversation_id != conversation_id:
+            # A message of another conversation reads as missing: ids never prove existence.
+            raise NotFound("message not found", reason="MESSAGE_NOT_FOUND")
+        content = message.content
+        if content.WhichOneof("kind") != "media" or content.media.WhichOneof("source") != (
+            "media_id"
+        ):
+            raise FailedPrecondition(
+                "the message carries no stored media", reason="MESSAGE_HAS_NO_MEDIA"
+            )
+        found = await self._media.get(tenant_id, content.media.media_id)
+        if found is None:
+            raise FailedPrecondition(
+                "the message's media is no longer stored", reason="MESSAGE_HAS_NO_MEDIA"
+            )
+        stored, data = found
+        return MessageMedia(
+            mime_type=stored.mime_type, file_name=content.media.file_name, data=data
+        )
