@@ -19,7 +19,7 @@ from webhook_bridge.web.chat import VisitorChat
 from webhook_bridge.web.config import WebSettings
 from webhook_bridge.web.limits import WindowLimiter
 from webhook_bridge.web.uploads import UploadStore
-from webhook_bridge.web.visitors import VisitorTokens
+from webhook_bridge.web.visitors import Visitor, VisitorTokenError, VisitorTokens
 
 
 @dataclass(slots=True)
@@ -121,3 +121,15 @@ def cors_headers(origin: str) -> dict[str, str]:
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
     }
+
+
+def bearer_visitor(request: web.Request, tenant: Tenant) -> Visitor:
+    """The visitor named by the Authorization header; Refused 401 otherwise."""
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise Refused(401, "expected 'Authorization: Bearer <visitor token>'")
+    try:
+        visitor: Visitor = request.app[WEB_STATE].tokens.verify(header[7:].strip(), tenant.id)
+    except VisitorTokenError as exc:
+        raise Refused(401, str(exc)) from None
+    return visitor

@@ -15,6 +15,7 @@ from webhook_bridge.web.gateway import (
     WEB_STATE,
     Refused,
     allowed_origin,
+    bearer_visitor,
     client_ip,
     cors_headers,
     web_tenant,
@@ -136,13 +137,7 @@ async def upload(request: web.Request, tenant: Tenant, channel: WebChannel) -> w
     """A file for the next send frame: checked, held, its id returned."""
     del channel
     state = request.app[WEB_STATE]
-    header = request.headers.get("Authorization", "")
-    if not header.lower().startswith("bearer "):
-        raise Refused(401, "expected 'Authorization: Bearer <visitor token>'")
-    try:
-        visitor = state.tokens.verify(header[7:].strip(), tenant.id)
-    except VisitorTokenError as exc:
-        raise Refused(401, str(exc)) from None
+    visitor = bearer_visitor(request, tenant)
     wait = state.limits.hit(
         f"uploads:{tenant.id}:{visitor.subject}", state.settings.uploads_per_minute
     )

@@ -12,8 +12,13 @@ from aiohttp import web
 
 from server.domain.tenant import Tenant, WebChannel
 from webhook_bridge.web.chat import ChatCallError
-from webhook_bridge.web.gateway import WEB_STATE, Refused, allowed_origin, cors_headers
-from webhook_bridge.web.visitors import Visitor, VisitorTokenError
+from webhook_bridge.web.gateway import (
+    WEB_STATE,
+    Refused,
+    allowed_origin,
+    bearer_visitor,
+    cors_headers,
+)
 
 #: Shown inline: raster images a browser renders without running anything. Everything else
 #: (SVG included, which can carry script) is served as an attachment.
@@ -29,18 +34,6 @@ _STATUS = {
     "UNAUTHENTICATED": 401,
     "RESOURCE_EXHAUSTED": 429,
 }
-
-
-def bearer_visitor(request: web.Request, tenant: Tenant) -> Visitor:
-    """The visitor named by the Authorization header; Refused 401 otherwise."""
-    header = request.headers.get("Authorization", "")
-    if not header.lower().startswith("bearer "):
-        raise Refused(401, "expected 'Authorization: Bearer <visitor token>'")
-    try:
-        visitor: Visitor = request.app[WEB_STATE].tokens.verify(header[7:].strip(), tenant.id)
-    except VisitorTokenError as exc:
-        raise Refused(401, str(exc)) from None
-    return visitor
 
 
 async def message_media(
@@ -64,7 +57,7 @@ async def message_media(
     except ChatCallError as exc:
         status = 503 if exc.retryable and exc.code != "RESOURCE_EXHAUSTED" else None
         raise Refused(status or _STATUS.get(exc.code, 502), exc.reason, retry_after=2) from None
-    response = web.StreamResponse(headers=_headers(first.mime_type, first.file_name))
+    response = web.StreamResponse(headers=media_headers(first.mime_type, first.file_name))
     # ``guarded`` adds these after the handler, too late for a response already prepared.
     response.headers.update(cors_headers(allowed_origin(request, tenant, channel)))
     response.content_length = first.size_bytes
@@ -81,7 +74,8 @@ async def message_media(
     return response
 
 
-def _headers(mime_type: str, file_name: str) -> dict[str, str]:
+def media_headers(mime_type: str, file_name: str) -> dict[str, str]:
+    """The response headers for media of this type and name."""
     inline = mime_type in INLINE_TYPES
     headers = {
         "Content-Type": mime_type if inline else (mime_type or "application/octet-stream"),
