@@ -340,10 +340,12 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         media = await self._media.get(caller.tenant_id, request.conversation_id, request.message_id)
         # The description goes first, alone: a gateway can answer its headers before the bytes.
         yield chat_service_pb2.GetMessageMediaResponse(
-            mime_type=media.mime_type, file_name=media.file_name, size_bytes=len(media.data)
+            mime_type=media.mime_type, file_name=media.file_name, size_bytes=media.size_bytes
         )
-        for chunk in media.chunks():
-            yield chat_service_pb2.GetMessageMediaResponse(data=chunk)
+        # Closed on every exit, a cancelled call included: the GridFS cursor goes with it.
+        async with contextlib.aclosing(media.chunks) as chunks:
+            async for chunk in chunks:
+                yield chat_service_pb2.GetMessageMediaResponse(data=chunk)
 
 
 def _newest_first_page(page: list[T], limit: int, query: dict[str, Any]) -> tuple[list[T], str]:

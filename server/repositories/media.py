@@ -7,6 +7,7 @@ their hash); deleting them could pull them from under a concurrent message with 
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from bson import ObjectId
@@ -48,6 +49,31 @@ class GridFsMediaStore:
         except NoFile:
             return None
         return _stored(document), await stream.read()
+
+    async def open_chunks(
+        self, tenant_id: str, media_id: str, *, chunk_bytes: int
+    ) -> tuple[StoredMedia, AsyncGenerator[bytes]] | None:
+        """The media and its bytes read in pieces of at most ``chunk_bytes`` (a large file is
+        never held whole); None when the tenant has no such media."""
+        object_id = _object_id(media_id)
+        if object_id is None:
+            return None
+        document = await self._files.find_one({"_id": object_id, "metadata.tenant_id": tenant_id})
+        if document is None:
+            return None
+        try:
+            stream = await self._bucket.open_download_stream(object_id)
+        except NoFile:
+            return None
+
+        async def read() -> AsyncGenerator[bytes]:
+            try:
+                while chunk := await stream.read(chunk_bytes):
+                    yield chunk
+            finally:
+                await stream.close()
+
+        return _stored(document), read()
 
     async def put(
         self, tenant_id: str, media: NewMedia, *, thumbnail: common_pb2.Thumbnail | None

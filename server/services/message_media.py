@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Protocol
 
 from server.domain.errors import FailedPrecondition, NotFound
-from server.processors.media import MediaStore
+from server.processors.media import StoredMedia
 from server.services.ports import MessageRepository
 
 #: Bytes per streamed chunk: well under gRPC's 4 MiB message limit, small enough to keep a
@@ -14,25 +15,31 @@ from server.services.ports import MessageRepository
 CHUNK_BYTES = 64 * 1024
 
 
+class MediaReader(Protocol):
+    """Stored media bytes read in pieces, scoped by tenant."""
+
+    async def open_chunks(
+        self, tenant_id: str, media_id: str, *, chunk_bytes: int
+    ) -> tuple[StoredMedia, AsyncGenerator[bytes]] | None:
+        """The media and its bytes in pieces of at most ``chunk_bytes``; None when the
+        tenant has no such media."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessageMedia:
-    """A message's media bytes and what a browser needs to show them."""
+    """A message's media: what a browser needs to show it, and its bytes in chunks."""
 
     mime_type: str
     file_name: str
-    data: bytes
-
-    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """The bytes in order, in pieces of at most ``size``."""
-        view = memoryview(self.data)
-        for start in range(0, len(view), size):
-            yield bytes(view[start : start + size])
+    size_bytes: int
+    chunks: AsyncGenerator[bytes]
 
 
 class MessageMediaService:
     """Reads a message's media from the store, within one tenant and one conversation."""
 
-    def __init__(self, *, messages: MessageRepository, media: MediaStore) -> None:
+    def __init__(self, *, messages: MessageRepository, media: MediaReader) -> None:
         self._messages = messages
         self._media = media
 
@@ -50,12 +57,17 @@ class MessageMediaService:
             raise FailedPrecondition(
                 "the message carries no stored media", reason="MESSAGE_HAS_NO_MEDIA"
             )
-        found = await self._media.get(tenant_id, content.media.media_id)
+        found = await self._media.open_chunks(
+            tenant_id, content.media.media_id, chunk_bytes=CHUNK_BYTES
+        )
         if found is None:
             raise FailedPrecondition(
                 "the message's media is no longer stored", reason="MESSAGE_HAS_NO_MEDIA"
             )
-        stored, data = found
+        stored, chunks = found
         return MessageMedia(
-            mime_type=stored.mime_type, file_name=content.media.file_name, data=data
+            mime_type=stored.mime_type,
+            file_name=content.media.file_name,
+            size_bytes=stored.size_bytes,
+            chunks=chunks,
         )

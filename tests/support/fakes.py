@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 from chat.v1 import common_pb2
 from server.processors.media import MediaFetchError, NewMedia, StoredMedia
 
@@ -24,6 +26,20 @@ class MemoryMediaStore:
         if found is None or found[0] != tenant_id:
             return None
         return found[1], found[2]
+
+    async def open_chunks(
+        self, tenant_id: str, media_id: str, *, chunk_bytes: int
+    ) -> tuple[StoredMedia, AsyncGenerator[bytes]] | None:
+        found = await self.get(tenant_id, media_id)
+        if found is None:
+            return None
+        stored, data = found
+
+        async def read() -> AsyncGenerator[bytes]:
+            for start in range(0, len(data), chunk_bytes):
+                yield data[start : start + chunk_bytes]
+
+        return stored, read()
 
     async def put(
         self, tenant_id: str, media: NewMedia, *, thumbnail: common_pb2.Thumbnail | None

@@ -11,7 +11,7 @@ import pytest
 from chat.v1 import common_pb2
 from server.domain.errors import DomainError
 from server.processors.media import NewMedia
-from server.services.message_media import CHUNK_BYTES, MessageMedia, MessageMediaService
+from server.services.message_media import CHUNK_BYTES, MessageMediaService
 from tests.support.fakes import MemoryMediaStore
 from tests.support.memory_conversations import MemoryMessages
 from tests.support.memory_db import Database
@@ -53,8 +53,12 @@ async def _service() -> tuple[MessageMediaService, MemoryMessages, bytes]:
 async def test_a_messages_media_comes_back_whole_with_its_type_and_name() -> None:
     service, _, data = await _service()
     media = await service.get("acme", "c-1", "m-media")
-    assert (media.mime_type, media.file_name) == ("application/pdf", "invoice.pdf")
-    chunks = list(media.chunks())
+    assert (media.mime_type, media.file_name, media.size_bytes) == (
+        "application/pdf",
+        "invoice.pdf",
+        len(data),
+    )
+    chunks = [chunk async for chunk in media.chunks]
     assert [len(c) for c in chunks] == [CHUNK_BYTES, CHUNK_BYTES, len(data) - 2 * CHUNK_BYTES]
     assert b"".join(chunks) == data
 
@@ -83,7 +87,3 @@ async def test_a_message_without_stored_media_is_a_failed_precondition(message: 
         await service.get("acme", "c-1", message)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.reason == "MESSAGE_HAS_NO_MEDIA"
-
-
-def test_empty_media_has_no_chunks() -> None:
-    assert list(MessageMedia(mime_type="text/plain", file_name="", data=b"").chunks()) == []
