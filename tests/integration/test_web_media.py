@@ -80,14 +80,10 @@ async def visitor_with_media(gateway: Gateway, data: bytes) -> dict[str, Any]:
     text = next(f for f in frames if f["content"].get("text", {}).get("text") == "just text")
     return {
         "token": token,
-        "conversation_id": socket.ready["conversation_id"] or _conversation(socket.frames),
+        "conversation_id": image["conversation_id"],
         "image": image,
         "text": text,
     }
-
-
-def _conversation(frames: list[dict[str, Any]]) -> str:
-    return str(next(f["conversation_id"] for f in frames if f["type"] == "ack"))
 
 
 async def get_media(
@@ -187,3 +183,19 @@ async def test_the_gateway_serves_media_to_its_visitor_only(gateway: Gateway) ->
         status, _headers, body = await fetch(gateway, target, **options)
         assert status == expected, (target, options, body)
         assert b'"error"' in body, body
+
+
+async def test_a_document_is_served_as_an_attachment(gateway: Gateway) -> None:
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    token = (await gateway.token())["token"]
+    socket = await gateway.socket(token)
+    await socket.send("the invoice", media_id=await upload(gateway, token, pdf, "invoice.pdf"))
+    (message, _reply) = await socket.messages_until(2)
+    await socket.ws.close()
+    path = f"/web/v1/acme/media/{message['conversation_id']}/{message['id']}"
+    status, headers, body = await fetch(gateway, path, token=token)
+    assert status == 200, body
+    assert body == pdf
+    assert headers["Content-Type"] == "application/pdf"
+    assert headers["Content-Disposition"].startswith('attachment; filename="invoice.pdf"')
+    assert headers["X-Content-Type-Options"] == "nosniff"
