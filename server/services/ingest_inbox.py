@@ -70,10 +70,11 @@ class InboxWorker(LeasedQueueWorker[ClaimedInboxBatch]):
         return await self._inbox.claim(item_id, owner=self._owner, now=self._clock(), lease=LEASE)
 
     async def handle(self, item: ClaimedInboxBatch) -> None:
-        if await self._inbox.earlier_waiting(item):
-            await self._inbox.postpone(item, due=self._clock() + _IN_ORDER_RETRY, counted=False)
-            return
         try:
+            if await self._inbox.earlier_waiting(item):
+                due = self._clock() + _IN_ORDER_RETRY
+                await self._inbox.postpone(item, due=due, counted=False)
+                return
             events = ingest_service_pb2.IngestEventsRequest.FromString(item.events).events
             results = await self._ingest.apply(item.tenant_id, events)
         except Exception as exc:  # noqa: BLE001 - every failure gives the batch back
@@ -103,7 +104,19 @@ class InboxWorker(LeasedQueueWorker[ClaimedInboxBatch]):
             waited_seconds=round((self._clock() - item.enqueue_time).total_seconds(), 3),
             **outcomes,
         )
-        if not await self._inbox.complete(item):
+        try:
+            completed = await self._inbox.complete(item)
+        except Exception as exc:  # noqa: BLE001 - applied; removing it is tried again later
+            # Applied but not removed: once its lease lapses it is applied again, and every
+            # event is a duplicate then.
+            log.warning(
+                "queued batch applied but not removed",
+                tenant_id=item.tenant_id,
+                batch_id=item.id,
+                error=repr(exc),
+            )
+            return
+        if not completed:
             # Another process took the batch over and applies it again: nothing changes.
             log.warning("queued batch's lease lost", tenant_id=item.tenant_id, batch_id=item.id)
 

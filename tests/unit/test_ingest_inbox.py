@@ -276,3 +276,53 @@ async def test_an_invalid_event_in_a_queued_batch_is_rejected_and_logged_when_ap
     assert applied.counts == {"rejected": 1, "accepted": 1}
     [entry] = [e for e in logs if e["event"] == "queued event rejected"]
     assert entry["reason"] == "INVALID_EVENT"
+
+
+async def test_a_batch_applied_but_not_removed_is_applied_again_without_effect(
+    service: IngestService,
+    worker: InboxWorker,
+    stores: MemoryStores,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await service.ingest(TENANT, [message(1), message(2)], apply_later=True)
+
+    async def unavailable(*_args: object) -> bool:
+        raise StoreUnavailableError("the store timed out")
+
+    monkeypatch.setattr(stores.ingest_inbox, "complete", unavailable)
+    with capture_logs() as logs:
+        await run_once(worker)
+
+    assert texts(stores) == ["m1", "m2"]
+    assert len(stores.ingest_inbox.batches) == 1  # kept: due again once its lease lapses
+    [entry] = [e for e in logs if e["event"] == "queued batch applied but not removed"]
+    assert entry["log_level"] == "warning"
+    monkeypatch.undo()
+    clock.now += LEASE
+    await run_once(worker)
+    assert texts(stores) == ["m1", "m2"]
+    assert stores.ingest_inbox.batches == []
+
+
+async def test_a_store_outage_before_applying_gives_the_batch_back(
+    service: IngestService,
+    worker: InboxWorker,
+    stores: MemoryStores,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await service.ingest(TENANT, [message(1)], apply_later=True)
+
+    async def unavailable(*_args: object) -> bool:
+        raise StoreUnavailableError("the store timed out")
+
+    monkeypatch.setattr(stores.ingest_inbox, "earlier_waiting", unavailable)
+    await run_once(worker)
+
+    [batch] = stores.ingest_inbox.batches
+    assert (batch["status"], batch["attempts"]) == ("pending", 0)
+    monkeypatch.undo()
+    clock.now += dt.timedelta(seconds=2)
+    await run_once(worker)
+    assert texts(stores) == ["m1"]
