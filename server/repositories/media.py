@@ -12,7 +12,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from gridfs import AsyncGridFSBucket, NoFile
+from gridfs import AsyncGridFSBucket, AsyncGridOut, NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
@@ -38,33 +38,21 @@ class GridFsMediaStore:
         return None if document is None else _stored(document)
 
     async def get(self, tenant_id: str, media_id: str) -> tuple[StoredMedia, bytes] | None:
-        object_id = _object_id(media_id)
-        if object_id is None:
+        opened = await self._open(tenant_id, media_id)
+        if opened is None:
             return None
-        document = await self._files.find_one({"_id": object_id, "metadata.tenant_id": tenant_id})
-        if document is None:
-            return None
-        try:
-            stream = await self._bucket.open_download_stream(object_id)
-        except NoFile:
-            return None
-        return _stored(document), await stream.read()
+        stored, stream = opened
+        return stored, await stream.read()
 
     async def open_chunks(
         self, tenant_id: str, media_id: str, *, chunk_bytes: int
     ) -> tuple[StoredMedia, AsyncGenerator[bytes]] | None:
         """The media and its bytes read in pieces of at most ``chunk_bytes`` (a large file is
         never held whole); None when the tenant has no such media."""
-        object_id = _object_id(media_id)
-        if object_id is None:
+        opened = await self._open(tenant_id, media_id)
+        if opened is None:
             return None
-        document = await self._files.find_one({"_id": object_id, "metadata.tenant_id": tenant_id})
-        if document is None:
-            return None
-        try:
-            stream = await self._bucket.open_download_stream(object_id)
-        except NoFile:
-            return None
+        stored, stream = opened
 
         async def read() -> AsyncGenerator[bytes]:
             try:
@@ -73,7 +61,21 @@ class GridFsMediaStore:
             finally:
                 await stream.close()
 
-        return _stored(document), read()
+        return stored, read()
+
+    async def _open(self, tenant_id: str, media_id: str) -> tuple[StoredMedia, AsyncGridOut] | None:
+        """The tenant's media and a stream of its bytes; None when the tenant has none such."""
+        object_id = _object_id(media_id)
+        if object_id is None:
+            return None
+        document = await self._files.find_one({"_id": object_id, "metadata.tenant_id": tenant_id})
+        if document is None:
+            return None
+        try:
+            stream = await self._bucket.open_download_stream(object_id)
+        except NoFile:
+            return None
+        return _stored(document), stream
 
     async def put(
         self, tenant_id: str, media: NewMedia, *, thumbnail: common_pb2.Thumbnail | None

@@ -5,11 +5,14 @@ translated once into what a browser may see."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, TypeVar
 
 import grpc
 
 from chat.v1 import chat_service_pb2, chat_service_pb2_grpc, common_pb2
 from webhook_bridge.web.visitors import Visitor
+
+ResponseT = TypeVar("ResponseT")
 
 #: SendMessage waits for the responder's replies; a slow responder is answered within this.
 SEND_TIMEOUT_SECONDS = 30.0
@@ -139,13 +142,8 @@ class VisitorChat:
             metadata=_metadata(visitor),
             timeout=MEDIA_TIMEOUT_SECONDS,
         )
-        try:
-            async for part in call:
-                yield part
-        except grpc.aio.AioRpcError as exc:
-            raise call_error(exc) from None
-        finally:
-            call.cancel()
+        async for part in _relayed(call):
+            yield part
 
     async def events(
         self, visitor: Visitor, conversation_id: str, after_sequence: int
@@ -158,10 +156,19 @@ class VisitorChat:
             metadata=_metadata(visitor),
             wait_for_ready=True,
         )
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise call_error(exc) from None
-        finally:
-            call.cancel()
+        async for event in _relayed(call):
+            yield event
+
+
+async def _relayed(
+    call: grpc.aio.UnaryStreamCall[Any, ResponseT],
+) -> AsyncGenerator[ResponseT]:
+    """A server stream's responses, its failure as a ChatCallError; the call is cancelled when
+    the consumer stops early."""
+    try:
+        async for response in call:
+            yield response
+    except grpc.aio.AioRpcError as exc:
+        raise call_error(exc) from None
+    finally:
+        call.cancel()
