@@ -17,7 +17,7 @@ WIDGET := clients/web-widget
 GO_PLUGINS_PINNED := protoc-gen-go v1.28.1|protoc-gen-go-grpc 1.0
 GO_PLUGINS_FOUND = $(shell { protoc-gen-go --version && protoc-gen-go-grpc --version; } 2>/dev/null | paste -sd'|')
 
-.PHONY: install lock run test test-clients fuzz faults bench lint typecheck proto proto-go check-generated breaking format clean
+.PHONY: install lock run test test-redis-cluster test-clients fuzz faults bench lint typecheck proto proto-go check-generated breaking format clean
 
 install: $(VENV)/.installed $(BUF) $(TS_CLIENT)/dist/index.js $(WIDGET)/dist/widget.js
 
@@ -62,6 +62,11 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# The Redis tests (-m redis) again, on a Redis Cluster of three primaries the run starts
+# (valkey-server in cluster mode), or on the cluster CHAT_REDIS_URL names (docs/scale-out.md).
+test-redis-cluster: install
+	CHAT_REDIS_CLUSTER=true $(PY) -m pytest -m redis
 
 # The TypeScript and Go clients' tests alone, against a chat-server the run starts.
 test-clients: install

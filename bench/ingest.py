@@ -15,7 +15,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.common import DURATION_SECONDS, Figure, Load, client_figure, drive, start
+from bench.common import (
+    DURATION_SECONDS,
+    DatabaseWatch,
+    Figure,
+    Load,
+    client_figure,
+    drive,
+    start,
+)
 from devstack.processes import free_port, script_path
 
 APP_SECRET = "bench-whatsapp-app-secret"
@@ -78,7 +86,9 @@ async def graph_stand_in() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def measure(env: dict[str, str], server_target: str, server_pid: int) -> list[Figure]:
+async def measure(
+    env: dict[str, str], server_target: str, server_pid: int, database: DatabaseWatch
+) -> list[Figure]:
     """Start the bridge (forwarding to the running chat server) and the bare handler."""
     bridge_port, bare_port = free_port(), free_port()
     bridge = start(
@@ -130,19 +140,49 @@ async def measure(env: dict[str, str], server_target: str, server_pid: int) -> l
                 in_flight=IN_FLIGHT,
                 seconds=DURATION_SECONDS,
                 server_pids=(bridge.pid, server_pid),
+                database=database,
             )
     finally:
         for process in (bridge, bare):
             process.terminate()
             process.wait(20)
-    return figures(base, real, refused.get(bridge_port, 0))
+    return figures(base, real, refused.get(bridge_port, 0), bridge=bridge.pid, server=server_pid)
 
 
-def figures(base: Load, real: Load, refused: int) -> list[Figure]:
-    """Throughput counts only webhooks answered 200 (stored)."""
+def figures(base: Load, real: Load, refused: int, *, bridge: int, server: int) -> list[Figure]:
+    """Throughput counts only webhooks answered 200 (stored). Each webhook carries one
+    message: the server's CPU per webhook is per ingested event, and holds what the server
+    did meanwhile for earlier ones too (replies, deliveries, receipts)."""
     real.requests -= refused
     ratio = real.rps / base.rps
+    bare_ms = base.cpu_ms_per_request
+    bridge_ms = real.cpu_seconds_by_pid[bridge] / real.requests * 1000
+    server_ms = real.cpu_seconds_by_pid[server] / real.requests * 1000
+    db_cpu_ms, db_requests = real.database_per_request()
     return [
+        Figure(
+            "webhook_bridge_cpu_per_webhook",
+            round(bridge_ms, 3),
+            "ms",
+            "",
+            None,
+            round(bare_ms, 3),
+        ),
+        Figure(
+            "webhook_bridge_cpu_ratio",
+            round(bridge_ms / bare_ms, 2),
+            "x bare aiohttp",
+            "<= 3x",
+            bridge_ms / bare_ms <= 3,
+            round(bare_ms, 3),
+        ),
+        Figure("webhook_server_cpu_per_event", round(server_ms, 3), "ms", "", None),
+        *(
+            [Figure("webhook_db_cpu_per_webhook", round(db_cpu_ms, 3), "ms", "", None)]
+            if real.database_cpu_seconds  # zero: a database elsewhere, whose CPU is not seen
+            else []
+        ),
+        Figure("webhook_db_requests_per_webhook", round(db_requests, 2), "requests", "", None),
         Figure(
             "webhook_ingest_rps", round(real.rps, 1), "requests/s", "", None, round(base.rps, 1)
         ),

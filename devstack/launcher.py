@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.processes import ChildProcess, free_port, script_path, wait_until
+from devstack.sandbox.plan import SandboxPlan, plan
 from devstack.stack import HOST, EmbeddedStack, Endpoints, StackPorts
 from devstack.tokens import (
     DEV_AUDIENCE,
@@ -45,6 +46,8 @@ class LaunchConfig:
     grpc_port: int = 8001
     bridge_port: int = 8080
     metrics_port: int = 9464
+    #: The platform sandbox's page and APIs (devstack/sandbox); 0: any free port.
+    sandbox_port: int = 8090
     stack_ports: StackPorts = field(default_factory=StackPorts)
     #: None: services log to this terminal; else one file per service in this directory.
     service_log_dir: Path | None = None
@@ -64,6 +67,11 @@ class RunningService:
     dev_token: str
     #: The bridge's demo page of the web chat widget, for the dev tenant.
     web_chat_url: str = ""
+    #: The platform sandbox's page ("" when it plays no platform), the platforms it plays,
+    #: and why each other platform is left real.
+    sandbox_url: str = ""
+    sandbox_platforms: tuple[str, ...] = ()
+    real_platforms: dict[str, str] = field(default_factory=dict)
 
 
 class Launcher:
@@ -92,20 +100,22 @@ class Launcher:
         grpc_port = free_port(config.grpc_port)
         bridge_port = free_port(config.bridge_port)
         env = self._service_env(endpoints, grpc_port, bridge_port)
+        bridge_url = f"http://{HOST}:{bridge_port}"
+        sandbox = plan(env, config.tenants_file, config.dev_tenant)
+        sandbox_url = self._start_sandbox(sandbox, env, bridge_url) if sandbox.platforms else ""
         grpc_target = f"{HOST}:{grpc_port}"
         server = self._spawn("chat-server", env)
         wait_until(
             # Ready: the service, and each server started here (Kafka is not needed for the
             # service to be SERVING, but an embedded stack reported ready should have it; an
             # external one given by URL is the user's to watch).
-            lambda: _grpc_serving(grpc_target, ("", *(c.name for c in self._stack.children))),
+            lambda: _grpc_serving(grpc_target, ("", *self._stack.started)),
             child=server,
             timeout=SERVICE_START_TIMEOUT_SECONDS,
             what="reporting SERVING",
         )
         self._spawn("chat-worker", env)
         bridge = self._spawn("chat-bridge", env)
-        bridge_url = f"http://{HOST}:{bridge_port}"
         wait_until(
             lambda: _http_ok(f"{bridge_url}/healthz"),
             child=bridge,
@@ -124,6 +134,9 @@ class Launcher:
             if env.get("CHAT_JWT_SECRET") and env.get("CHAT_JWT_ISSUER") == DEV_ISSUER
             else "",
             web_chat_url=f"{bridge_url}/web/v1/demo/{env['CHAT_WEB_DEMO_TENANT']}",
+            sandbox_url=f"{sandbox_url}/" if sandbox_url else "",
+            sandbox_platforms=sandbox.platforms,
+            real_platforms=sandbox.real,
         )
         (config.data_dir / "run.json").write_text(json.dumps(asdict(running), indent=2))
         return running
@@ -166,11 +179,40 @@ class Launcher:
             )
         return env
 
-    def _spawn(self, name: str, env: dict[str, str]) -> ChildProcess:
+    def _start_sandbox(self, sandbox: SandboxPlan, env: dict[str, str], bridge_url: str) -> str:
+        """Start chat-sandbox and point the service's platform settings at it (in ``env``)."""
+        port = free_port(self._config.sandbox_port)
+        url = f"http://{HOST}:{port}"
+        child = self._spawn(
+            "chat-sandbox",
+            env,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--bridge-url",
+            bridge_url,
+            "--tenants-file",
+            str(self._config.tenants_file),
+            "--tenant",
+            self._config.dev_tenant,
+        )
+        wait_until(
+            lambda: _http_ok(f"{url}/healthz"),
+            child=child,
+            timeout=SERVICE_START_TIMEOUT_SECONDS,
+            what="answering /healthz",
+        )
+        for key, value in sandbox.service_env(url).items():
+            if not env.get(key):  # the plan left set platform settings alone; so is any other
+                env[key] = value
+        return url
+
+    def _spawn(self, name: str, env: dict[str, str], *args: str) -> ChildProcess:
         log_dir = self._config.service_log_dir
         child = ChildProcess(
             name=name,
-            argv=[script_path(name)],
+            argv=[script_path(name), *args],
             env=env,
             log_path=log_dir / f"{name}.log" if log_dir else None,
         )

@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=_env_int("CHAT_DEV_GRPC_PORT", 8001))
     parser.add_argument("--bridge-port", type=int, default=_env_int("CHAT_DEV_BRIDGE_PORT", 8080))
     parser.add_argument("--metrics-port", type=int, default=_env_int("CHAT_DEV_METRICS_PORT", 9464))
+    parser.add_argument("--sandbox-port", type=int, default=_env_int("CHAT_DEV_SANDBOX_PORT", 8090))
     parser.add_argument(
         "--mongodb-port", type=int, default=_env_int("CHAT_DEV_MONGODB_PORT", 27027)
     )
@@ -62,6 +63,7 @@ chat-service is running. Ctrl-C stops everything.
   chat server (gRPC)     {running.grpc_target}
   webhook bridge (HTTP)  {running.bridge_url}
   web chat (demo page)   {running.web_chat_url}
+{_sandbox_lines(running)}
   MongoDB wire server    {running.mongodb_uri}
   Redis                  {running.redis_url}
   Kafka                  {running.kafka_bootstrap}
@@ -81,6 +83,17 @@ Try, in another terminal (chatctl: docs/chatctl.md):
 """.rstrip()
 
 
+def _sandbox_lines(running: RunningService) -> str:
+    """Where the platform sandbox is, what it plays, and which platforms are real and why."""
+    lines = []
+    if running.sandbox_url:
+        played = ", ".join(running.sandbox_platforms)
+        lines.append(f"  platform sandbox       {running.sandbox_url} (chat as a user of {played})")
+    for platform, reason in running.real_platforms.items():
+        lines.append(f"  {platform:<22} the real API ({reason})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``chat-dev``."""
     args = parse_args(argv)
@@ -93,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             grpc_port=args.grpc_port,
             bridge_port=args.bridge_port,
             metrics_port=args.metrics_port,
+            sandbox_port=args.sandbox_port,
             stack_ports=StackPorts(
                 mongodb=args.mongodb_port, redis=args.redis_port, kafka=args.kafka_port
             ),

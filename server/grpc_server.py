@@ -41,13 +41,15 @@ from server.api.sessions import SessionServicer
 from server.api.tenants import TenantServicer
 from server.auth.scopes import REQUIRED_SCOPES
 from server.auth.tokens import build_verifier
+from server.backlog_sampler import BacklogSampler
 from server.bootstrap import Services, bootstrap
 from server.clients import Clients
 from server.domain.clock import utc_now
 from server.domain.errors import StoreError
-from server.health import HealthMonitor
+from server.health import LIVENESS, SERVING, HealthMonitor
 from server.interceptors.chain import ChainDependencies, build_interceptors
 from server.metrics import Metrics
+from server.repositories.backlog import MongoBacklog
 from server.repositories.stores import is_outage
 from server.settings import Settings
 from server.stopping import finish_task
@@ -111,6 +113,9 @@ class ChatServer:
             interval_seconds=settings.health_check_interval_seconds,
         )
         self._metrics_runner: web.AppRunner | None = None
+        self._sampler = BacklogSampler(
+            reader=MongoBacklog(database=clients.database), metrics=self.metrics, clock=utc_now
+        )
         self._stopping = asyncio.Event()
         self._monitor_task: asyncio.Task[None] | None = None
         #: The queues and the session sweep, finished after the calls drain.
@@ -136,6 +141,7 @@ class ChatServer:
             log.warning("rate-limit script not preloaded", error=repr(exc))
         self.port = self._server.add_insecure_port(settings.grpc_address)
         await self._server.start()
+        await self._health.set(LIVENESS, SERVING)
         if services.responder_channel is not None:
             # Connect now: the first message's reply would otherwise pay for the connection
             # within the responder's deadline, and could get the fallback text.
@@ -150,6 +156,8 @@ class ChatServer:
             "delivery-queue": self._after_tenants_load(services.delivery.run),
             "ingest-inbox": self._after_tenants_load(services.inbox.run),
         }
+        if self._metrics_runner is not None:
+            loops["backlog-sampler"] = self._sampler.run(stopping)
         self._loop_tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         self._relay_task = asyncio.create_task(services.relay.run(stopping), name="outbox-relay")
         log.info(

@@ -21,6 +21,9 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 log = structlog.get_logger("chat.health")
 
+#: A health name SERVING from the moment the server serves until it stops, whatever its
+#: dependencies: a liveness probe (a restart cures a stuck process, not a database outage).
+LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 #: While a dependency is down it is probed this often (or at the interval, if shorter), so

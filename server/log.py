@@ -1,7 +1,8 @@
 """structlog set-up, done once at process start: JSON in production, console in development.
 
 Request-scoped fields (request id, method, later tenant) are bound with contextvars by the
-interceptors, so every line logged while handling a call carries them.
+interceptors, so every line logged while handling a call carries them; with tracing on, the
+current trace and span ids too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import structlog
 
 from server.settings import LogFormat
+from server.tracing.spans import add_trace_ids
 
 
 def configure_logging(*, log_format: LogFormat, level: str) -> None:
@@ -19,6 +21,8 @@ def configure_logging(*, log_format: LogFormat, level: str) -> None:
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        # With tracing on, a line logged inside a span names it (trace_id, span_id).
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -30,6 +34,9 @@ def configure_logging(*, log_format: LogFormat, level: str) -> None:
     )
     structlog.configure(
         processors=[
+            # First: a line below the level (the access line of every call, at "warning") is
+            # dropped before the processors below build it, not after, by logging.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

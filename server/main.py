@@ -16,6 +16,7 @@ from server.repositories.secrets import SecretKeyError
 from server.repositories.tenants_file import TenantsFileError
 from server.settings import Settings, SettingsError
 from server.stopping import stop_on_signals
+from server.tracing.setup import configure_tracing
 from server.workers import WORKER_INDEX, supervise, worker_settings
 
 #: Allocations between collections of the youngest generation (CPython's default is 700).
@@ -65,6 +66,11 @@ def main() -> None:
     if index is not None:
         settings = worker_settings(settings, int(index))
         structlog.contextvars.bind_contextvars(worker=int(index))
+    try:
+        # Before any client exists: the instrumentations patch the classes they are made from.
+        configure_tracing(service_name="chat-server")
+    except SettingsError as exc:
+        sys.exit(f"chat-server: {exc}")
     try:
         asyncio.run(serve(settings))
     # RuntimeError: grpc could not bind the address.

@@ -110,9 +110,15 @@ class Settings:
     mongodb_uri: str
     mongodb_database: str
     redis_url: str
+    #: CHAT_REDIS_URL names one node of a Redis Cluster (the client discovers the rest);
+    #: docs/scale-out.md says which keys share a slot and why.
+    redis_cluster: bool
     #: One Redis call's deadline (connect, or wait for the answer): a stalled Redis must not
     #: hold the calls that need it (see server/clients.py).
     redis_timeout_seconds: float
+    #: Connections to each Redis server, at most: a call beyond them waits for a free one
+    #: (one server: up to the call's deadline; a cluster's nodes refuse at once).
+    redis_max_connections: int
     kafka_bootstrap: str
     tenants_file: Path | None
     tenant_secrets_key_file: Path | None
@@ -173,7 +179,9 @@ class Settings:
             mongodb_uri=env.get("CHAT_MONGODB_URI", "mongodb://127.0.0.1:27017"),
             mongodb_database=env.get("CHAT_MONGODB_DATABASE", "chat"),
             redis_url=env.get("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_cluster=env.parse("CHAT_REDIS_CLUSTER", "false", _boolean),
             redis_timeout_seconds=env.parse("CHAT_REDIS_TIMEOUT_MS", "500", _positive_float) / 1000,
+            redis_max_connections=env.parse("CHAT_REDIS_MAX_CONNECTIONS", "256", _positive_int),
             kafka_bootstrap=env.get("CHAT_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             tenants_file=Path(tenants_file) if tenants_file else None,
             tenant_secrets_key_file=Path(secrets_key_file) if secrets_key_file else None,

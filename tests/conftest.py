@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.support.bot_framework",
     "tests.support.stand_ins",
     "tests.support.ports",
+    "tests.support.mongo_commands",
 ]
 
 

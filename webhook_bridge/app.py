@@ -27,7 +27,6 @@ import grpc
 import structlog
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from chat.v1 import ingest_service_pb2
 from server.domain.errors import Unavailable
@@ -50,9 +49,12 @@ from webhook_bridge.bodies import (
     refuse,
 )
 from webhook_bridge.forwarder import CHANNEL_OPTIONS, Forwarder, ServerUnavailableError
+from webhook_bridge.metrics import BridgeMetrics
+from webhook_bridge.metrics import metrics_page as registry_page
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
 from webhook_bridge.teams_auth import BotFrameworkVerifier, TeamsAuthError
 from webhook_bridge.tokens import ServiceTokens
+from webhook_bridge.tracing import tracing_middlewares
 from webhook_bridge.web.config import WebSettings
 from webhook_bridge.web.gateway import WEB_STATE
 from webhook_bridge.web.routes import add_web_routes, web_state
@@ -79,37 +81,6 @@ class BridgeState:
 STATE = web.AppKey("bridge_state", BridgeState)
 
 
-class BridgeMetrics:
-    """Webhooks by platform and answer, events by outcome, ignored and rejected entries."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.webhooks = Counter(
-            "chat_bridge_webhooks",
-            "Webhook requests, by platform and HTTP status answered.",
-            ["platform", "status"],
-            registry=self.registry,
-        )
-        self.events = Counter(
-            "chat_bridge_events",
-            "Normalized events forwarded, by platform and the server's outcome.",
-            ["platform", "outcome"],
-            registry=self.registry,
-        )
-        self.ignored = Counter(
-            "chat_bridge_ignored",
-            "Entries acknowledged without effect (unsupported types, echoes), by kind.",
-            ["platform", "kind"],
-            registry=self.registry,
-        )
-        self.rejected = Counter(
-            "chat_bridge_rejected",
-            "Signed bodies, or entries of a batch, acknowledged but unusable, by reason.",
-            ["platform", "reason"],
-            registry=self.registry,
-        )
-
-
 def create_app(
     *,
     server_target: str,
@@ -124,7 +95,7 @@ def create_app(
 ) -> web.Application:
     """Build the application; the gRPC channel and HTTP client open on start-up. With
     ``visitor_tokens``, the web chat gateway too (webhook_bridge/web)."""
-    app = web.Application(client_max_size=max_body_bytes)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=tracing_middlewares())
     metrics = metrics or BridgeMetrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -145,6 +116,8 @@ def create_app(
                 tokens=visitor_tokens,
                 settings=web_settings or WebSettings(),
             )
+            sockets = app[WEB_STATE].open_sockets
+            metrics.watch_sockets(lambda: len(sockets))
         yield
         await http.close()
         await channel.close(None)
@@ -170,19 +143,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def counted(platform: str, handler: Handler) -> Handler:
-    """Count every answer (including refusals) by platform and status; acknowledge a signed
-    body the bridge cannot use."""
+    """Count and time every answer (including refusals) by platform and status; acknowledge a
+    signed body the bridge cannot use."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        metrics = request.app[STATE].metrics
         try:
             response = await handler(request)
         except UnusableBodyError as exc:
             rejected(request.app[STATE], platform, [exc.reason], detail=exc.detail)
             response = web.json_response({"received": 0, "ignored": 0, "rejected": 1})
         except web.HTTPException as exc:
-            request.app[STATE].metrics.webhooks.labels(platform, str(exc.status)).inc()
+            metrics.answered(platform, exc.status, time.perf_counter() - started)
             raise
-        request.app[STATE].metrics.webhooks.labels(platform, str(response.status)).inc()
+        metrics.answered(platform, response.status, time.perf_counter() - started)
         return response
 
     return wrapper
@@ -410,8 +385,7 @@ async def _forward(
 
 async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    body = generate_latest(request.app[STATE].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return await registry_page(request.app[STATE].metrics.registry)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -28,6 +28,8 @@ from aiohttp.log import access_logger
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import ERROR
 
+from webhook_bridge.tracing import TRACE_IDS
+
 log = structlog.get_logger("chat.bridge.http")
 
 #: What the request head may take, by default (and how long an idle connection is kept).
@@ -75,7 +77,12 @@ class BridgeAccessLogger(AccessLogger):
         # request line, which no platform does, loses its access line too).
         if (request.method, request.version) == (ERROR.method, ERROR.version):
             return
-        super().log(request, response, time)
+        ids = request.get(TRACE_IDS) if isinstance(request, web.Request) else None
+        if not ids:
+            super().log(request, response, time)
+            return
+        with structlog.contextvars.bound_contextvars(**ids):
+            super().log(request, response, time)
 
 
 class BridgeRequestHandler(web.RequestHandler):

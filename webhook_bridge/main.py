@@ -19,6 +19,7 @@ from server.repositories.tenants import MongoTenantStore
 from server.repositories.tenants_file import load_tenants
 from server.settings import SettingsError
 from server.tenancy.directory import TenantDirectory
+from server.tracing.setup import configure_tracing
 from webhook_bridge.app import create_app
 from webhook_bridge.http_server import BridgeRunner
 from webhook_bridge.settings import BridgeSettings
@@ -35,6 +36,11 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"chat-bridge: {exc}")
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    try:
+        # Before the app and its clients exist: the instrumentations patch their classes.
+        configure_tracing(service_name="chat-bridge", http_server=True)
+    except SettingsError as exc:
+        sys.exit(f"chat-bridge: {exc}")
     try:
         file_tenants = load_tenants(settings.tenants_file) if settings.tenants_file else {}
         secrets = (

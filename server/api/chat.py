@@ -250,9 +250,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def StreamConversationEvents(  # type: ignore[override]  # writes, returns None
         self, request: chat_service_pb2.StreamConversationEventsRequest, context: Any
     ) -> None:
-        # Written with context.write rather than yielded: each interceptor wraps a yielding
-        # handler in a generator of its own, and with a thousand streams those layers cost
-        # more than the writes. A coroutine handler passes through them once.
+        # Written with context.write rather than yielded: each yielded response would be
+        # handed up through the interceptor chain's generators (interceptors/call_chain.py)
+        # on its way out; a written one goes straight to the call, and with a thousand
+        # streams that hand-up costs more than the writes.
         violations = Violations()
         violations.text(
             "conversation_id", request.conversation_id, limit=MAX_ID_CHARS, required=True

@@ -20,6 +20,15 @@ FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
+class Due:
+    """An item found due in a queue, to be claimed: its tenant and id (a claim names both, so
+    a sharded store routes it to the tenant's shard)."""
+
+    tenant_id: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try at sending a delivery."""
 
@@ -27,6 +36,16 @@ class Attempt:
     success: bool
     platform_message_id: str = ""
     error: common_pb2.PlatformError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedFailure:
+    """A platform's report (a status webhook) that a message it had accepted failed after
+    all: WhatsApp's 131026, say, arrives so."""
+
+    message_id: str
+    time: dt.datetime
+    error: common_pb2.PlatformError | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +75,8 @@ class Delivery:
     parts_sent: int = 0
     first_platform_id: str = ""
     platform_message_id: str = ""
+    #: The trace of the call that queued it (a W3C traceparent; "" when not traced).
+    trace: str = ""
 
     @property
     def budget_used(self) -> int:
@@ -108,6 +129,8 @@ class ClaimedReplyJob:
     sequence: int
     attempts: int
     owner: str
+    #: The trace of the call that stored the message (a W3C traceparent; "" when not traced).
+    trace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +146,5 @@ class ClaimedInboxBatch:
     enqueue_time: dt.datetime
     attempts: int
     owner: str
+    #: The trace of the call that stored it (a W3C traceparent; "" when not traced).
+    trace: str = ""

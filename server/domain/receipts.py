@@ -39,9 +39,22 @@ class StatusReport:
     actor_id: str
 
 
-def receipt_ref(tenant_id: str, channel: int, platform_message_id: str) -> str:
-    """What names one platform message of a tenant's channel."""
-    return f"{tenant_id}|{channel}|{platform_message_id}"
+@dataclass(frozen=True, slots=True)
+class ReceiptRef:
+    """What names one platform message of a tenant's channel: where its early receipts wait."""
+
+    tenant_id: str
+    channel: int
+    platform_message_id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant_id}|{self.channel}|{self.platform_message_id}"
+
+
+def receipt_ref(tenant_id: str, channel: int, platform_message_id: str) -> ReceiptRef:
+    """The ref of one platform message of a tenant's channel."""
+    return ReceiptRef(tenant_id, channel, platform_message_id)
 
 
 _S = common_pb2

@@ -16,7 +16,7 @@ from server.auth.principal import bind_principal
 from server.auth.scopes import WEB_METHODS
 from server.auth.tokens import MAX_TOKEN_BYTES, TokenVerifier
 from server.domain.errors import DomainError, PermissionDenied, Unauthenticated
-from server.interceptors.proceed import CallerCheck
+from server.interceptors.checks import CallerCheck
 from server.metrics import Metrics
 
 _BEARER = "bearer "

@@ -11,14 +11,16 @@ import grpc
 from server.auth.tokens import TokenVerifier
 from server.domain.tenant import TenantCatalog
 from server.interceptors.auth import AuthInterceptor
-from server.interceptors.decoding import DecodingInterceptor
+from server.interceptors.call_chain import CallChain
 from server.interceptors.error_boundary import ErrorBoundaryInterceptor
 from server.interceptors.rate_limit import RateLimitInterceptor
 from server.interceptors.request_context import RequestContextInterceptor
+from server.interceptors.rpc_metrics import RpcMetrics
 from server.interceptors.tenant import TenantInterceptor
 from server.metrics import Metrics
 from server.services.ports import RateLimiter
 from server.settings import RateLimitSettings
+from server.tracing.spans import server_interceptors
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,22 +38,33 @@ class ChainDependencies:
 
 
 def build_interceptors(deps: ChainDependencies) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-    """Request id + logging, then authentication, tenant and rate limit.
+    """Request id + logging, then the error boundary, then authentication, tenant and rate
+    limit, then the servicer; all of them run by one interceptor (call_chain.py).
 
-    The decoding interceptor comes first only because grpc decodes a request before any
-    interceptor runs: it swaps the decoder for one that never raises (interceptors/decoding.py),
-    and the error boundary answers what that could not decode. The error boundary sits right
-    inside the request-id interceptor: around everything else (interceptors and servicers
-    alike), and inside the request id so that an INTERNAL error can quote it and the access line
-    records the final status.
+    The error boundary sits right inside the request id: around everything else (the checks
+    and the servicers alike), and inside the request id so that an INTERNAL error can quote it
+    and the access line records the final status (and the RPC metrics, reported by the
+    request-id step, the code the caller gets). The same interceptor gives each method a
+    decoder that never raises (interceptors/decoding.py), since grpc decodes a request before
+    any interceptor runs; the error boundary answers what it could not decode. The tracing
+    interceptor (only while tracing is on) comes before it, so the access line and everything
+    within the call carry the call's span.
     """
     return [
-        DecodingInterceptor(),
-        RequestContextInterceptor(),
-        ErrorBoundaryInterceptor(metrics=deps.metrics, is_outage=deps.is_outage),
-        AuthInterceptor(
-            verifier=deps.verifier, required_scopes=deps.required_scopes, metrics=deps.metrics
+        *server_interceptors(),
+        CallChain(
+            request_context=RequestContextInterceptor(rpc_metrics=RpcMetrics(metrics=deps.metrics)),
+            error_boundary=ErrorBoundaryInterceptor(metrics=deps.metrics, is_outage=deps.is_outage),
+            checks=(
+                AuthInterceptor(
+                    verifier=deps.verifier,
+                    required_scopes=deps.required_scopes,
+                    metrics=deps.metrics,
+                ),
+                TenantInterceptor(directory=deps.tenants),
+                RateLimitInterceptor(
+                    limiter=deps.limiter, settings=deps.rate_limits, metrics=deps.metrics
+                ),
+            ),
         ),
-        TenantInterceptor(directory=deps.tenants),
-        RateLimitInterceptor(limiter=deps.limiter, settings=deps.rate_limits, metrics=deps.metrics),
     ]

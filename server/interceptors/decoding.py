@@ -2,7 +2,7 @@
 
 grpc decodes a request before any interceptor runs, and an exception there becomes UNKNOWN
 with the exception's class in its message and a traceback in the log, past every boundary. So
-the outermost interceptor swaps each method's decoder for one that never raises: bytes that do
+the chain (call_chain.py) gives each method's handler a decoder that never raises: bytes that do
 not decode (truncated, invalid UTF-8 in a string, nesting past the parser's limit) become an
 ``Undecodable`` in place of the request, which the error boundary answers as INVALID_ARGUMENT
 (``MALFORMED_REQUEST``) with the request id, like any other bad request.
@@ -10,11 +10,9 @@ not decode (truncated, invalid UTF-8 in a string, nesting past the parser's limi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
-
-import grpc
+from typing import Any
 
 from server.domain.errors import InvalidArgument
 
@@ -22,10 +20,6 @@ MALFORMED_REQUEST = "MALFORMED_REQUEST"
 TOO_DEEP = "it is nested too deeply (at most 100 levels of messages)"
 
 Decoder = Callable[[bytes], Any]
-# Strings: grpc's stubs make these generic, the runtime classes are not subscriptable.
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-# The stubs promise a handler; at run time it is None for a method no service has.
-Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,31 +51,3 @@ def tolerant(decode: Decoder) -> Decoder:
             return Undecodable("its bytes are not a valid message of this method's type")
 
     return decoded
-
-
-class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc's stubs make it generic; it has no parameters at runtime
-    """Gives every method a decoder that never raises (see the module docstring)."""
-
-    async def intercept_service(  # type: ignore[override]  # None: see Continuation
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        factory, behaviour = _factory_and_behaviour(handler)
-        rebuilt: Handler = factory(
-            behaviour,
-            request_deserializer=tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-        return rebuilt
-
-
-def _factory_and_behaviour(handler: Handler) -> tuple[Any, Any]:
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler, handler.unary_unary
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler, handler.unary_stream
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler, handler.stream_unary
-    return grpc.stream_stream_rpc_method_handler, handler.stream_stream

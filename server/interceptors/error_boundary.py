@@ -17,7 +17,6 @@ import grpc
 import structlog
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from server.domain.errors import (
     ERROR_DOMAIN,
@@ -34,9 +33,10 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 log = structlog.get_logger("chat.errors")
 
 
-class ErrorBoundaryInterceptor(AsyncServerInterceptor):
-    """Translates exceptions raised below it (interceptors and servicers), and answers a
-    request that could not be decoded before anything else sees it."""
+class ErrorBoundaryInterceptor:
+    """Translates exceptions raised below it (the checks and the servicers), and answers a
+    request that could not be decoded before anything else sees it. The chain
+    (call_chain.py) runs the steps below inside its ``try``, and ``abort`` in its ``except``."""
 
     def __init__(
         self,
@@ -47,42 +47,19 @@ class ErrorBoundaryInterceptor(AsyncServerInterceptor):
         self._metrics = metrics
         self._is_outage = is_outage
 
-    async def intercept(
-        self,
-        method: Callable[..., Any],
-        request_or_iterator: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
-        method_name: str,
-    ) -> Any:
-        if isinstance(request_or_iterator, Undecodable):
-            await abort_with(context, self._malformed(request_or_iterator, method_name))
-        try:
-            if hasattr(request_or_iterator, "__aiter__"):
-                request_or_iterator = self._decoded(request_or_iterator, method_name)
-            response = method(request_or_iterator, context)
-            if hasattr(response, "__aiter__"):
-                return self._stream(response, context)
-            return await response
-        except Exception as exc:  # noqa: BLE001 - this is the boundary
-            await abort_with(context, exc, is_outage=self._is_outage)
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+        """End the call with the status ``exc`` stands for (``abort_with``)."""
+        await abort_with(context, exc, is_outage=self._is_outage)
 
-    async def _stream(
-        self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        try:
-            async for response in responses:
-                yield response
-        except Exception as exc:  # noqa: BLE001 - this is the boundary
-            await abort_with(context, exc, is_outage=self._is_outage)
-
-    async def _decoded(self, requests: AsyncIterator[Any], method_name: str) -> AsyncIterator[Any]:
+    async def decoded(self, requests: AsyncIterator[Any], method_name: str) -> AsyncIterator[Any]:
         """A client stream's messages, failing at the first one that could not be decoded."""
         async for request in requests:
             if isinstance(request, Undecodable):
-                raise self._malformed(request, method_name)
+                raise self.malformed(request, method_name)
             yield request
 
-    def _malformed(self, request: Undecodable, method_name: str) -> InvalidArgument:
+    def malformed(self, request: Undecodable, method_name: str) -> InvalidArgument:
+        """The error for an undecodable request, counted and logged."""
         # Once, without a traceback: it says nothing about our code, and a client can send
         # any number of them.
         log.warning("request not decodable", problem=request.problem)

@@ -10,17 +10,18 @@ before then sends them just before its status.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import structlog
-from grpc_interceptor.server import AsyncServerInterceptor
+
+from server.interceptors.codes import final_code
+from server.interceptors.rpc_metrics import RpcMetrics
 
 REQUEST_ID_KEY = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -53,8 +54,13 @@ async def send_headers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     await context.send_initial_metadata(headers)
 
 
-class RequestContextInterceptor(AsyncServerInterceptor):
-    """Binds request id and method to the log context and writes one access line per call."""
+class RequestContextInterceptor:
+    """Binds request id and method to the log context, writes one access line per call and
+    reports it to the RPC metrics (calls in flight, open streams, durations by final code).
+    The chain's outermost step (call_chain.py): ``method`` is the rest of the call."""
+
+    def __init__(self, *, rpc_metrics: RpcMetrics | None = None) -> None:
+        self._rpc = rpc_metrics
 
     async def intercept(
         self,
@@ -71,15 +77,19 @@ class RequestContextInterceptor(AsyncServerInterceptor):
         else:
             await context.send_initial_metadata(headers)
         started = time.perf_counter()
+        counted = False
         try:
             response = method(request_or_iterator, context)
             if hasattr(response, "__aiter__"):
                 return self._stream(response, context, method_name, started)
+            if self._rpc is not None:
+                self._rpc.call_started(method_name)
+                counted = True
             result = await response
         except BaseException as exc:
-            self._access(context, method_name, started, exc)
+            self._access(context, method_name, started, exc, counted=counted)
             raise
-        self._access(context, method_name, started, None)
+        self._access(context, method_name, started, None, counted=counted)
         return result
 
     async def _stream(
@@ -89,32 +99,34 @@ class RequestContextInterceptor(AsyncServerInterceptor):
         method_name: str,
         started: float,
     ) -> AsyncIterator[Any]:
+        # Counted from its first step on: a stream never iterated (cancelled first) leaves no
+        # count behind.
+        if self._rpc is not None:
+            self._rpc.stream_started(method_name)
         try:
             async for response in responses:
                 yield response
         except BaseException as exc:
-            self._access(context, method_name, started, exc)
+            self._access(context, method_name, started, exc, counted=True)
             raise
-        self._access(context, method_name, started, None)
+        finally:
+            if self._rpc is not None:
+                self._rpc.stream_stopped(method_name)
+        self._access(context, method_name, started, None, counted=True)
 
-    @staticmethod
     def _access(
+        self,
         context: grpc.aio.ServicerContext[Any, Any],
         method_name: str,
         started: float,
         error: BaseException | None,
+        *,
+        counted: bool,
     ) -> None:
-        # The stubs promise a StatusCode, but it is None until a handler sets one.
-        code = cast("grpc.StatusCode | None", context.code())
-        if isinstance(code, grpc.StatusCode):
-            status = code.name
-        elif error is None:
-            status = "OK"
-        elif isinstance(error, asyncio.CancelledError):
-            status = "CANCELLED"
-        else:
-            status = "UNKNOWN"  # what grpc answers for an exception no boundary translated
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        status = final_code(context, error)
+        seconds = time.perf_counter() - started
+        if counted and self._rpc is not None:
+            self._rpc.call_ended(method_name, status, seconds)
         level = "debug" if method_name.startswith(_QUIET_PREFIXES) else "info"
-        getattr(log, level)("rpc finished", code=status, duration_ms=duration_ms)
+        getattr(log, level)("rpc finished", code=status, duration_ms=round(seconds * 1000, 2))
         structlog.contextvars.clear_contextvars()

@@ -11,7 +11,7 @@ from server.auth.principal import bind_tenant, current_principal
 from server.auth.scopes import TENANT_CREATING_METHODS
 from server.domain.errors import PermissionDenied, Unavailable
 from server.domain.tenant import Tenant, TenantCatalog
-from server.interceptors.proceed import CallerCheck
+from server.interceptors.checks import CallerCheck
 
 
 class TenantInterceptor(CallerCheck):

@@ -19,6 +19,9 @@ from aiokafka import AIOKafkaProducer
 from chat.v1 import events_pb2
 from server.events.topics import record_key, topic_for
 
+#: (topic, key, value, headers): headers carry the trace (W3C traceparent) when there is one.
+OutgoingRecord = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+
 
 class KafkaEventPublisher:
     """Sends envelopes to their topics, keyed by tenant and conversation."""
@@ -53,13 +56,13 @@ class KafkaEventPublisher:
     async def publish(self, envelope: events_pb2.EventEnvelope) -> None:
         """Send one envelope and wait for the broker's acknowledgement."""
         await self.publish_records(
-            [(topic_for(envelope), record_key(envelope), envelope.SerializeToString())]
+            [(topic_for(envelope), record_key(envelope), envelope.SerializeToString(), [])]
         )
 
     async def publish_records(
-        self, records: Sequence[tuple[str, bytes, bytes]], *, within: float = 15.0
+        self, records: Sequence[OutgoingRecord], *, within: float = 15.0
     ) -> None:
-        """Send (topic, key, value) records in order and wait until the broker has them all.
+        """Send (topic, key, value, headers) records in order; wait until the broker has them all.
 
         aiokafka retries a batch for as long as the broker is away; ``within`` bounds that,
         and a failed producer is replaced, so the next attempt starts with fresh metadata (a
@@ -69,7 +72,8 @@ class KafkaEventPublisher:
         try:
             async with asyncio.timeout(within):
                 pending = [
-                    await producer.send(topic, value, key=key) for topic, key, value in records
+                    await producer.send(topic, value, key=key, headers=headers or None)
+                    for topic, key, value, headers in records
                 ]
                 await asyncio.gather(*pending)
         except Exception:

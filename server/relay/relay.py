@@ -19,6 +19,7 @@ import structlog
 
 from server.repositories.mongo import Document
 from server.repositories.outbox import records
+from server.tracing.spans import producing
 
 log = structlog.get_logger("chat.outbox")
 
@@ -43,7 +44,9 @@ class PendingEvents(Protocol):
 class RecordPublisher(Protocol):
     """Sends records to Kafka."""
 
-    async def publish_records(self, records: Sequence[tuple[str, bytes, bytes]]) -> None: ...
+    async def publish_records(
+        self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
+    ) -> None: ...
 
 
 class Lease(Protocol):
@@ -109,9 +112,13 @@ class OutboxRelay:
             return 0
         events = [record for document in batch for record in records(document)]
         try:
-            await self._publisher.publish_records(
-                [(record.topic, record.key, record.payload) for record in events]
-            )
+            with producing([(record.topic, record.trace) for record in events]) as headers:
+                await self._publisher.publish_records(
+                    [
+                        (record.topic, record.key, record.payload, record_headers)
+                        for record, record_headers in zip(events, headers, strict=True)
+                    ]
+                )
         except Exception as exc:  # noqa: BLE001 - any broker failure: keep the events, retry later
             self._failed(exc, len(events))
             return 0

@@ -48,13 +48,14 @@ class MongoAnalytics:
         """Add to the minute's counters (created on first use)."""
         minute = minute_of(moment)
         update: Document = {
-            "$setOnInsert": {"tenant_id": tenant_id, "minute": minute, "channel": channel},
+            "$setOnInsert": {"minute": minute, "channel": channel},
             "$inc": increments,
         }
         if maxima:
             update["$max"] = maxima
         await self._collection.update_one(
-            {"_id": f"{tenant_id}:{channel}:{minute:%Y%m%d%H%M}"},
+            # An upsert takes tenant_id from the filter.
+            {"_id": f"{tenant_id}:{channel}:{minute:%Y%m%d%H%M}", "tenant_id": tenant_id},
             update,
             upsert=True,
             session=tx,

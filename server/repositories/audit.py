@@ -74,12 +74,12 @@ class MongoAuditLog:
         record = replace(
             record, occur_time=moment.replace(microsecond=moment.microsecond // 1000 * 1000)
         )
-        head = await self._heads.find_one({"_id": tenant_id}, session=tx)
+        head = await self._heads.find_one({"_id": tenant_id, "tenant_id": tenant_id}, session=tx)
         sequence = (head["sequence"] if head else 0) + 1
         previous = head["hash"] if head else GENESIS_HASH
         digest = entry_hash(tenant_id, sequence, record, previous)
         moved = await self._heads.update_one(
-            {"_id": tenant_id, "sequence": sequence - 1},
+            {"_id": tenant_id, "tenant_id": tenant_id, "sequence": sequence - 1},
             {"$set": {"sequence": sequence, "hash": digest}},
             upsert=head is None,
             session=tx,
@@ -136,7 +136,7 @@ class MongoAuditLog:
 
     async def head(self, tenant_id: str) -> Document | None:
         """The tenant's head record (last sequence and hash), if any."""
-        return await self._heads.find_one({"_id": tenant_id})
+        return await self._heads.find_one({"_id": tenant_id, "tenant_id": tenant_id})
 
 
 def record_of(document: Document) -> AuditRecord:

@@ -14,10 +14,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as redis
-from redis.asyncio.client import Pipeline
-
 from chat.v1 import common_pb2
+from server.repositories.redis_client import RedisClient, RedisPipeline
 from server.repositories.redis_errors import translate_redis_errors
 
 _SCRIPT = resources.files("server.repositories").joinpath("conversation_cache.lua").read_text()
@@ -25,8 +23,9 @@ TTL_SECONDS = 300
 
 
 def cache_key(tenant_id: str, conversation_id: str) -> str:
-    """The entry of one conversation (tenant first, like every key)."""
-    return f"chat:{tenant_id}:conversation:{conversation_id}"
+    """The entry of one conversation; the tenant in braces, as in every key (one Redis
+    Cluster slot per tenant: a publish writes it in one MULTI with the session's keys)."""
+    return f"chat:{{{tenant_id}}}:conversation:{conversation_id}"
 
 
 def _version(conversation: common_pb2.Conversation) -> tuple[int, int]:
@@ -39,7 +38,7 @@ def _version(conversation: common_pb2.Conversation) -> tuple[int, int]:
 class RedisConversationCache:
     """Cached conversations of every tenant; each call names one."""
 
-    def __init__(self, *, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+    def __init__(self, *, client: RedisClient, ttl_seconds: int = TTL_SECONDS) -> None:
         self._client = client
         self._store = client.register_script(_SCRIPT)
         self._ttl = ttl_seconds
@@ -62,7 +61,7 @@ class RedisConversationCache:
         return await self._put(tenant_id, conversation, create=False)
 
     def queue_store(
-        self, pipe: Pipeline, tenant_id: str, conversation: common_pb2.Conversation
+        self, pipe: RedisPipeline, tenant_id: str, conversation: common_pb2.Conversation
     ) -> None:
         """Queue the store of a just-committed state on ``pipe`` (one round trip with the
         rest). The script goes as EVAL with its text: a registered script would make the

@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import bson
+from bson.codec_options import CodecOptions
 from pymongo import DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from chat.v1 import common_pb2
-from server.domain.conversations import ConversationFilter, Recording
-from server.repositories.mongo import ACTIVE, CLOSED, CONVERSATIONS, Document, update_and_get
+from server.domain.conversations import (
+    ALREADY_ACTIVE,
+    ConversationFilter,
+    Recording,
+    new_conversation,
+)
+from server.domain.errors import AlreadyExists
+from server.repositories.mongo import (
+    ACTIVE,
+    CLOSED,
+    CONVERSATIONS,
+    DUPLICATE_KEY_CODE,
+    Document,
+    update_and_get,
+)
 
 _STATUS = {
     ACTIVE: common_pb2.CONVERSATION_STATUS_ACTIVE,
     CLOSED: common_pb2.CONVERSATION_STATUS_CLOSED,
 }
+#: How the store's documents are read (tz_aware, as every client is made): times in UTC.
+_AS_STORED: CodecOptions[Document] = CodecOptions(tz_aware=True)
 _STATUS_NAME: dict[int, str] = {int(value): name for name, value in _STATUS.items()}
 
 
@@ -49,24 +67,21 @@ class MongoConversationRepository:
     async def find_active_many(
         self, tenant_id: str, users: Iterable[tuple[int, str]]
     ) -> dict[tuple[int, str], common_pb2.Conversation]:
-        """The active conversations of these (channel, user id) pairs that have one, in one
-        read."""
-        wanted = set(users)
-        if not wanted:
-            return {}
-        cursor = self._collection.find(
-            {
-                "tenant_id": tenant_id,
-                "user_id": {"$in": sorted({user for _, user in wanted})},
-                "status": ACTIVE,
-            }
+        """The active conversations of these (channel, user id) pairs that have one.
+
+        One point read a pair, concurrently: each is served by the one-active-conversation
+        index. One read with ``user_id: {$in: ...}`` reads every conversation of the tenant
+        on the embedded store (76 ms for 8 users among 3,000 conversations, against 0.5 ms a
+        pair), and status webhooks come three to a message."""
+        wanted = sorted(set(users))
+        found = await asyncio.gather(
+            *(self.find_active(tenant_id, user_id, channel) for channel, user_id in wanted)
         )
-        found = {}
-        async for document in cursor:
-            key = (document["channel"], document["user_id"])
-            if key in wanted:
-                found[key] = to_proto(document)
-        return found
+        return {
+            key: conversation
+            for key, conversation in zip(wanted, found, strict=True)
+            if conversation is not None
+        }
 
     async def insert_active(
         self,
@@ -79,83 +94,121 @@ class MongoConversationRepository:
         tx: AsyncClientSession,
     ) -> common_pb2.Conversation:
         """Start a conversation; DuplicateKeyError when the user already has an active one."""
-        document: Document = {
-            "_id": uuid.uuid4().hex,
-            "tenant_id": tenant_id,
-            "user_id": user_id,
-            "channel": channel,
-            "status": ACTIVE,
-            "channel_conversation_id": channel_conversation_id,
-            "message_count": 0,
-            "inbound_message_count": 0,
-            "outbound_message_count": 0,
-            "last_sequence": 0,
-            "create_time": now,
-            "update_time": now,
-            "last_activity_time": now,
-            "metadata": {},
-        }
-        await self._collection.insert_one(document, session=tx)
-        return to_proto(document)
+        conversation = new_conversation(
+            user_id=user_id,
+            channel=channel,
+            channel_conversation_id=channel_conversation_id,
+            now=now,
+        )
+        await self._collection.insert_one(to_document(tenant_id, conversation), session=tx)
+        return conversation
 
     async def record_messages_many(
         self, recordings: Sequence[Recording], *, tx: AsyncClientSession
     ) -> list[common_pb2.Conversation | None]:
         """Reserve sequence numbers for new messages of several conversations (each at most
-        once) and update their counters, in three round trips whatever their number: the current
-        states, every update in one bulk write, then the new states (the transaction sees its own
-        writes; a state's last_sequence is the last number reserved). None for a conversation
-        that is not active or not the tenant's. Concurrent writers serialize on the documents.
-        A ``service_url`` (Teams, from a verified activity) is kept in the metadata: replies are
-        posted there.
+        once) and update their counters, in at most three statements whatever their number:
+        the new conversations inserted with their counters, the others' updates in one bulk
+        write, then their new states (the transaction sees its own writes; a state's
+        last_sequence is the last number reserved). None for a conversation that is not active
+        or not the tenant's. Concurrent writers serialize on the documents. A ``service_url``
+        (Teams, from a verified activity) is kept in the metadata: replies are posted there.
 
-        The updates select by ``_id`` alone, which the embedded store serves as a point lookup
-        (a filter with more fields costs it index planning per document); the read before them
-        checks tenant and status in the same snapshot, and a close committed in between makes
-        the update a write conflict, which retries the transaction."""
+        Every statement names ``_id`` first and then the tenant: the embedded store serves a
+        filter that starts with ``_id`` as a point lookup (one that starts with ``tenant_id``
+        scans the tenant's index). An update applies only to an active conversation (its
+        filter says so), and the read after it tells which were; a close committed after the
+        transaction's snapshot makes the update a write conflict, which retries the
+        transaction.
+
+        A recording with ``start`` inserts that new conversation, its counters already
+        counting the messages (one insert for all of them; no read or update of it). When its
+        user has an active conversation on the channel already (another first message started
+        it), the unique index fails the whole call with AlreadyExists, reason ALREADY_ACTIVE
+        (the group commit then stores the batch item by item)."""
         ids = [r.conversation_id for r in recordings]
         if len(set(ids)) != len(ids):
             raise ValueError("a conversation may appear once per call")
-        current = await self._states(ids, tx)
-        active = [
-            r
-            for r in recordings
-            if (document := current.get(r.conversation_id)) is not None
-            and document.get("tenant_id") == r.tenant_id
-            and document.get("status") == ACTIVE
-        ]
-        if not active:
-            return [None] * len(recordings)
-        await self._collection.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": r.conversation_id},
-                    {
-                        "$inc": {
-                            "last_sequence": r.inbound + r.outbound,
-                            "message_count": r.inbound + r.outbound,
-                            "inbound_message_count": r.inbound,
-                            "outbound_message_count": r.outbound,
+        started = await self._start(recordings, tx)
+        existing = [r for r in recordings if r.start is None]
+        updated: dict[str, Document] = {}
+        if existing:
+            await self._collection.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": r.conversation_id, "tenant_id": r.tenant_id, "status": ACTIVE},
+                        {
+                            "$inc": {
+                                "last_sequence": r.inbound + r.outbound,
+                                "message_count": r.inbound + r.outbound,
+                                "inbound_message_count": r.inbound,
+                                "outbound_message_count": r.outbound,
+                            },
+                            "$set": {"update_time": r.now}
+                            | ({"metadata.service_url": r.service_url} if r.service_url else {}),
+                            # $max: a slower request committing later must not move activity
+                            # back.
+                            "$max": {"last_activity_time": r.now},
                         },
-                        "$set": {"update_time": r.now}
-                        | ({"metadata.service_url": r.service_url} if r.service_url else {}),
-                        # $max: a slower request committing later must not move activity back.
-                        "$max": {"last_activity_time": r.now},
-                    },
-                )
-                for r in active
-            ],
-            ordered=False,
-            session=tx,
-        )
-        updated = await self._states([r.conversation_id for r in active], tx)
+                    )
+                    for r in existing
+                ],
+                ordered=False,
+                session=tx,
+            )
+            states = await self._states(
+                [r.conversation_id for r in existing], {r.tenant_id for r in existing}, tx
+            )
+            updated = {
+                r.conversation_id: document
+                for r in existing
+                if (document := states.get(r.conversation_id)) is not None
+                and document.get("tenant_id") == r.tenant_id
+                and document.get("status") == ACTIVE
+            }
         return [
-            to_proto(updated[r.conversation_id]) if r.conversation_id in updated else None
+            to_proto(started[r.conversation_id])
+            if r.conversation_id in started
+            else to_proto(updated[r.conversation_id])
+            if r.conversation_id in updated
+            else None
             for r in recordings
         ]
 
-    async def _states(self, ids: Sequence[str], tx: AsyncClientSession) -> dict[str, Document]:
-        cursor = self._collection.find({"_id": {"$in": list(ids)}}, session=tx)
+    async def _start(
+        self, recordings: Sequence[Recording], tx: AsyncClientSession
+    ) -> dict[str, Document]:
+        """Insert the recordings' new conversations with their messages counted, in one
+        statement, and return them as stored (by id). No read first: a start that lost to
+        another first message (rare) fails the transaction on the unique index, and the group
+        commit retries the others without it."""
+        documents = [_started(r, r.start) for r in recordings if r.start is not None]
+        if not documents:
+            return {}
+        try:
+            await self._collection.insert_many(documents, session=tx)
+        except DuplicateKeyError:
+            raise _already_active() from None
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if errors and all(error.get("code") == DUPLICATE_KEY_CODE for error in errors):
+                raise _already_active() from None
+            raise
+        # As the store keeps them (times to the millisecond), so this state is the one a
+        # later read returns.
+        return {
+            document["_id"]: bson.decode(bson.encode(document), codec_options=_AS_STORED)
+            for document in documents
+        }
+
+    async def _states(
+        self, ids: Sequence[str], tenants: set[str], tx: AsyncClientSession
+    ) -> dict[str, Document]:
+        # One $in per field, not an $or of (tenant, ids) branches: the embedded store scans
+        # the collection for an $or. Each document's tenant is checked against its recording.
+        cursor = self._collection.find(
+            {"_id": {"$in": list(ids)}, "tenant_id": {"$in": sorted(tenants)}}, session=tx
+        )
         return {document["_id"]: document async for document in cursor}
 
     async def close(
@@ -216,6 +269,50 @@ class MongoConversationRepository:
             [("create_time", DESCENDING), ("_id", DESCENDING)]
         )
         return [to_proto(document) async for document in cursor.limit(limit)]
+
+
+def _already_active() -> AlreadyExists:
+    return AlreadyExists(
+        "the user has an active conversation on the channel", reason=ALREADY_ACTIVE
+    )
+
+
+def _started(recording: Recording, start: common_pb2.Conversation) -> Document:
+    """A recording's new conversation (``start``) as inserted: its messages counted, as the
+    update of an existing one counts them."""
+    document = to_document(recording.tenant_id, start)
+    count = recording.inbound + recording.outbound
+    document.update(
+        last_sequence=count,
+        message_count=count,
+        inbound_message_count=recording.inbound,
+        outbound_message_count=recording.outbound,
+        update_time=recording.now,
+        last_activity_time=max(document["last_activity_time"], recording.now),
+    )
+    if recording.service_url:
+        document["metadata"]["service_url"] = recording.service_url
+    return document
+
+
+def to_document(tenant_id: str, conversation: common_pb2.Conversation) -> Document:
+    """A new conversation (no messages yet, not closed) as stored."""
+    return {
+        "_id": conversation.id,
+        "tenant_id": tenant_id,
+        "user_id": conversation.user_id,
+        "channel": conversation.channel,
+        "status": ACTIVE,
+        "channel_conversation_id": conversation.channel_conversation_id,
+        "message_count": 0,
+        "inbound_message_count": 0,
+        "outbound_message_count": 0,
+        "last_sequence": 0,
+        "create_time": conversation.create_time.ToDatetime(tzinfo=dt.UTC),
+        "update_time": conversation.update_time.ToDatetime(tzinfo=dt.UTC),
+        "last_activity_time": conversation.last_activity_time.ToDatetime(tzinfo=dt.UTC),
+        "metadata": dict(conversation.metadata),
+    }
 
 
 def to_proto(document: Document) -> common_pb2.Conversation:

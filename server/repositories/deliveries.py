@@ -17,12 +17,30 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from server.domain.queues import FAILED, QUEUED, SENDING, Attempt, Delivery, Finish, Outgoing
-from server.repositories.mongo import DELIVERIES, Document, update_and_get
+from server.domain.queues import (
+    FAILED,
+    QUEUED,
+    SENDING,
+    SENT,
+    Attempt,
+    Delivery,
+    Due,
+    Finish,
+    Outgoing,
+    ReportedFailure,
+)
+from server.repositories.mongo import (
+    DELIVERIES,
+    Document,
+    claim_items,
+    due_items,
+    update_and_get,
+)
+from server.tracing.spans import trace_fields
 
 
 class MongoDeliveries:
-    """Deliveries of every tenant; each call names one (the worker's claim excepted)."""
+    """Deliveries of every tenant; each call names one (the poll for due deliveries excepted)."""
 
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[DELIVERIES]
@@ -59,6 +77,8 @@ class MongoDeliveries:
                 "create_time": item.now,
                 "update_time": item.now,
                 "due_time": item.now,
+                # The send continues the trace of the call or reply that queued it.
+                **trace_fields(item.tenant_id, message.conversation_id),
             }
             for item in outgoing
             for message in item.messages
@@ -66,24 +86,25 @@ class MongoDeliveries:
         if documents:
             await self._collection.insert_many(documents, session=tx)
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
-        """Ids of the oldest due deliveries (a lapsed lease makes one due again)."""
-        cursor = self._collection.find(
-            {"state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}}, {"_id": 1}
-        )
-        return [d["_id"] for d in await cursor.sort("due_time", ASCENDING).limit(limit).to_list()]
-
-    async def claim(
-        self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> Delivery | None:
-        """The delivery leased to ``owner``, if it is (still) due."""
-        document = await update_and_get(
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
+        """The oldest due deliveries (a lapsed lease makes one due again), of every tenant."""
+        return await due_items(
             self._collection,
-            {"_id": delivery_id, "state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}},
-            {"$set": {"state": SENDING, "owner": owner, "due_time": now + lease}},
-            read={"_id": delivery_id, "owner": owner, "state": SENDING},
+            {"state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}},
+            limit=limit,
         )
-        return _delivery(document) if document is not None else None
+
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[Delivery]:
+        """The deliveries among ``items`` leased to ``owner`` by this claim (those still due)."""
+        documents = await claim_items(
+            self._collection,
+            items,
+            due={"state": {"$in": [QUEUED, SENDING]}, "due_time": {"$lte": now}},
+            update={"$set": {"state": SENDING, "owner": owner, "due_time": now + lease}},
+        )
+        return [_delivery(document) for document in documents]
 
     async def earlier_pending(
         self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
@@ -92,12 +113,15 @@ class MongoDeliveries:
         keep order), else None: when the earliest waiting one is due (a retry's backoff, a
         rate limit), or ``soon`` when it is due now or being sent. The earliest one counts:
         every later one waits for it too."""
+        # The state leads: the embedded store then reads only the waiting deliveries (the
+        # "due" index) where, led by the tenant, it read every delivery of the collection
+        # (50 ms at 3,000 against 1.3 ms). MongoDB plans either order the same.
         first = await self._collection.find_one(
             {
+                "state": {"$in": [QUEUED, SENDING]},
                 "tenant_id": delivery.tenant_id,
                 "conversation_id": delivery.conversation_id,
                 "sequence": {"$lt": delivery.sequence},
-                "state": {"$in": [QUEUED, SENDING]},
             },
             {"state": 1, "due_time": 1},
             sort=[("sequence", ASCENDING)],
@@ -115,7 +139,7 @@ class MongoDeliveries:
         done = await self._collection.bulk_write(
             [
                 UpdateOne(
-                    {"_id": f.delivery.id, "owner": f.delivery.owner, "state": SENDING},
+                    _leased(f.delivery),
                     {
                         "$set": {
                             "state": f.state,
@@ -146,7 +170,7 @@ class MongoDeliveries:
         """Record a failed attempt and put the delivery back in the queue for ``due``, with
         the parts of a split message the platform has already (not sent again)."""
         done = await self._collection.update_one(
-            {"_id": delivery.id, "owner": delivery.owner, "state": SENDING},
+            _leased(delivery),
             {
                 "$set": {
                     "state": QUEUED,
@@ -164,7 +188,7 @@ class MongoDeliveries:
     async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None:
         """Give the claim back unchanged (an earlier message goes first)."""
         await self._collection.update_one(
-            {"_id": delivery.id, "owner": delivery.owner, "state": SENDING},
+            _leased(delivery),
             {"$set": {"state": QUEUED, "due_time": due}, "$unset": {"owner": ""}},
         )
 
@@ -220,6 +244,33 @@ class MongoDeliveries:
             [("update_time", DESCENDING), ("_id", DESCENDING)]
         )
         return [_delivery(document) async for document in cursor.limit(limit)]
+
+    async def fail_sent(
+        self, tenant_id: str, failures: Sequence[ReportedFailure], *, tx: AsyncClientSession
+    ) -> None:
+        """The platform reported messages it had accepted as failed after all (a status
+        webhook): their sent deliveries become FAILED, with the report as their last attempt,
+        so they are listed and retried like any failed delivery."""
+        if not failures:
+            return
+        await self._collection.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": failure.message_id, "tenant_id": tenant_id, "state": SENT},
+                    {
+                        "$set": {"state": FAILED, "update_time": failure.time},
+                        "$push": {
+                            "attempts": _attempt_document(
+                                Attempt(time=failure.time, success=False, error=failure.error)
+                            )
+                        },
+                    },
+                )
+                for failure in failures
+            ],
+            ordered=False,
+            session=tx,
+        )
 
     async def requeue(
         self, tenant_id: str, message_id: str, *, now: dt.datetime
@@ -287,4 +338,15 @@ def _delivery(document: Document) -> Delivery:
         parts_sent=document.get("parts_sent", 0),
         first_platform_id=document.get("first_platform_id", ""),
         platform_message_id=document.get("platform_message_id", ""),
+        trace=document.get("traceparent", ""),
     )
+
+
+def _leased(delivery: Delivery) -> Document:
+    """The filter of a delivery still leased by this claim."""
+    return {
+        "_id": delivery.id,
+        "tenant_id": delivery.tenant_id,
+        "owner": delivery.owner,
+        "state": SENDING,
+    }

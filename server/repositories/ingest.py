@@ -9,18 +9,20 @@ import uuid
 from collections.abc import Sequence
 
 from bson import Binary
-from pymongo import ASCENDING, DeleteOne
+from pymongo import DeleteOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.domain.queues import ClaimedInboxBatch, ClaimedReplyJob, ReplyJob
+from server.domain.queues import ClaimedInboxBatch, ClaimedReplyJob, Due, ReplyJob
 from server.repositories.mongo import (
     INGEST_INBOX,
     INGESTED_EVENTS,
     REPLY_JOBS,
     Document,
-    update_and_get,
+    claim_items,
+    due_items,
 )
+from server.tracing.spans import trace_fields
 
 PENDING = "pending"
 RUNNING = "running"
@@ -42,7 +44,8 @@ class MongoIngestLog:
     async def seen(self, tenant_id: str, channel: int, platform_event_id: str) -> bool:
         """Whether the event was ingested before."""
         key = self._key(tenant_id, channel, platform_event_id)
-        return await self._collection.find_one({"_id": key}, {"_id": 1}) is not None
+        found = await self._collection.find_one({"_id": key, "tenant_id": tenant_id}, {"_id": 1})
+        return found is not None
 
     async def seen_many(
         self, tenant_id: str, events: Sequence[tuple[int, str]]
@@ -54,7 +57,9 @@ class MongoIngestLog:
             self._key(tenant_id, channel, event_id): (channel, event_id)
             for channel, event_id in events
         }
-        cursor = self._collection.find({"_id": {"$in": list(keys)}}, {"_id": 1})
+        cursor = self._collection.find(
+            {"_id": {"$in": list(keys)}, "tenant_id": tenant_id}, {"_id": 1}
+        )
         return {keys[document["_id"]] async for document in cursor}
 
     async def record(
@@ -113,41 +118,44 @@ class MongoReplyJobs:
                     "attempts": 0,
                     "enqueue_time": job.now,
                     "due_time": job.now,
+                    # The reply continues the trace of the call that stored the message.
+                    **trace_fields(job.tenant_id, job.conversation_id),
                 }
                 for job in jobs
             ],
             session=tx,
         )
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
-        """Ids of the oldest due jobs (a lapsed lease makes a job due again)."""
-        cursor = self._collection.find({"due_time": {"$lte": now}}, {"_id": 1})
-        return [d["_id"] for d in await cursor.sort("due_time", ASCENDING).limit(limit).to_list()]
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
+        """The oldest due jobs (a lapsed lease makes a job due again), of every tenant."""
+        return await due_items(self._collection, {"due_time": {"$lte": now}}, limit=limit)
 
-    async def claim(
-        self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> ClaimedReplyJob | None:
-        """The job leased to ``owner``, if it is (still) due."""
-        document = await update_and_get(
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[ClaimedReplyJob]:
+        """The jobs among ``items`` leased to ``owner`` by this claim (those still due)."""
+        documents = await claim_items(
             self._collection,
-            {"_id": job_id, "due_time": {"$lte": now}},
-            {
+            items,
+            due={"due_time": {"$lte": now}},
+            update={
                 "$set": {"status": RUNNING, "owner": owner, "due_time": now + lease},
                 "$inc": {"attempts": 1},
             },
-            read={"_id": job_id, "owner": owner},
         )
-        if document is None:
-            return None
-        return ClaimedReplyJob(
-            id=document["_id"],
-            tenant_id=document["tenant_id"],
-            conversation_id=document["conversation_id"],
-            message_id=document["message_id"],
-            sequence=document.get("sequence", 0),
-            attempts=document["attempts"],
-            owner=document["owner"],
-        )
+        return [
+            ClaimedReplyJob(
+                id=document["_id"],
+                tenant_id=document["tenant_id"],
+                conversation_id=document["conversation_id"],
+                message_id=document["message_id"],
+                sequence=document.get("sequence", 0),
+                attempts=document["attempts"],
+                owner=document["owner"],
+                trace=document.get("traceparent", ""),
+            )
+            for document in documents
+        ]
 
     async def earlier_waiting(self, job: ClaimedReplyJob) -> bool:
         """Whether an earlier message of the conversation still waits for its reply (replies
@@ -168,10 +176,7 @@ class MongoReplyJobs:
         """Remove the jobs in the caller's transaction, in one round trip; False when the
         lease of any was lost."""
         removed = await self._collection.bulk_write(
-            [
-                DeleteOne({"_id": job.id, "owner": job.owner, "attempts": job.attempts})
-                for job in jobs
-            ],
+            [DeleteOne(_leased(job)) for job in jobs],
             ordered=False,
             session=tx,
         )
@@ -183,7 +188,7 @@ class MongoReplyJobs:
         """Give the job back, to be claimed again at ``due``; ``counted=False`` when this claim
         was no attempt (it waited for an earlier job), so it does not use up the budget."""
         await self._collection.update_one(
-            {"_id": job.id, "owner": job.owner, "attempts": job.attempts},
+            _leased(job),
             {
                 "$set": {"status": PENDING, "due_time": due},
                 "$unset": {"owner": ""},
@@ -193,7 +198,9 @@ class MongoReplyJobs:
 
     async def drop(self, job: ClaimedReplyJob) -> None:
         """Remove a job that can never be done (its message or conversation is gone)."""
-        await self._collection.delete_one({"_id": job.id, "owner": job.owner})
+        await self._collection.delete_one(
+            {"_id": job.id, "tenant_id": job.tenant_id, "owner": job.owner}
+        )
 
 
 class MongoIngestInbox:
@@ -216,6 +223,8 @@ class MongoIngestInbox:
                 "attempts": 0,
                 "enqueue_time": now,
                 "due_time": now,
+                # Applied later, in the trace of the call that stored it.
+                **trace_fields(tenant_id, ""),
             }
         )
 
@@ -226,34 +235,35 @@ class MongoIngestInbox:
         )
         return found is not None
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
-        """Ids of the oldest due batches (a lapsed lease makes a batch due again)."""
-        cursor = self._collection.find({"due_time": {"$lte": now}}, {"_id": 1})
-        return [d["_id"] for d in await cursor.sort("due_time", ASCENDING).limit(limit).to_list()]
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
+        """The oldest due batches (a lapsed lease makes a batch due again), of every tenant."""
+        return await due_items(self._collection, {"due_time": {"$lte": now}}, limit=limit)
 
-    async def claim(
-        self, batch_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> ClaimedInboxBatch | None:
-        """The batch leased to ``owner``, if it is (still) due."""
-        document = await update_and_get(
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[ClaimedInboxBatch]:
+        """The batches among ``items`` leased to ``owner`` by this claim (those still due)."""
+        documents = await claim_items(
             self._collection,
-            {"_id": batch_id, "due_time": {"$lte": now}},
-            {
+            items,
+            due={"due_time": {"$lte": now}},
+            update={
                 "$set": {"status": RUNNING, "owner": owner, "due_time": now + lease},
                 "$inc": {"attempts": 1},
             },
-            read={"_id": batch_id, "owner": owner},
         )
-        if document is None:
-            return None
-        return ClaimedInboxBatch(
-            id=document["_id"],
-            tenant_id=document["tenant_id"],
-            events=bytes(document["events"]),
-            enqueue_time=document["enqueue_time"],
-            attempts=document["attempts"],
-            owner=document["owner"],
-        )
+        return [
+            ClaimedInboxBatch(
+                id=document["_id"],
+                tenant_id=document["tenant_id"],
+                events=bytes(document["events"]),
+                enqueue_time=document["enqueue_time"],
+                attempts=document["attempts"],
+                owner=document["owner"],
+                trace=document.get("traceparent", ""),
+            )
+            for document in documents
+        ]
 
     async def earlier_waiting(self, batch: ClaimedInboxBatch) -> bool:
         """Whether a batch of the same tenant stored before this one still waits."""
@@ -269,9 +279,7 @@ class MongoIngestInbox:
 
     async def complete(self, batch: ClaimedInboxBatch) -> bool:
         """Remove the applied batch; False when its lease was lost."""
-        removed = await self._collection.delete_one(
-            {"_id": batch.id, "owner": batch.owner, "attempts": batch.attempts}
-        )
+        removed = await self._collection.delete_one(_leased(batch))
         return removed.deleted_count == 1
 
     async def postpone(
@@ -280,7 +288,7 @@ class MongoIngestInbox:
         """Give the batch back, to be claimed again at ``due``; ``counted=False`` when this
         claim was no attempt (it waited for an earlier batch, or the store was out)."""
         await self._collection.update_one(
-            {"_id": batch.id, "owner": batch.owner, "attempts": batch.attempts},
+            _leased(batch),
             {
                 "$set": {"status": PENDING, "due_time": due},
                 "$unset": {"owner": ""},
@@ -291,9 +299,19 @@ class MongoIngestInbox:
     async def set_aside(self, batch: ClaimedInboxBatch, *, error: str) -> None:
         """Keep a batch that failed every attempt for an operator, never due again."""
         await self._collection.update_one(
-            {"_id": batch.id, "owner": batch.owner, "attempts": batch.attempts},
+            _leased(batch),
             {
                 "$set": {"status": SET_ASIDE, "error": error[:1000]},
                 "$unset": {"owner": "", "due_time": ""},
             },
         )
+
+
+def _leased(item: ClaimedReplyJob | ClaimedInboxBatch) -> Document:
+    """The filter of a job or batch still leased by this claim."""
+    return {
+        "_id": item.id,
+        "tenant_id": item.tenant_id,
+        "owner": item.owner,
+        "attempts": item.attempts,
+    }

@@ -6,6 +6,12 @@ process: a single pub/sub connection, subscribed to each conversation that has a
 stream, fanning every event out to the local streams' bounded queues. Pub/sub keeps
 nothing: the streams recover what they missed from MongoDB (by sequence), and the hub tells
 them to when its connection was lost and came back.
+
+On Redis Cluster the channels are sharded (SPUBLISH, SSUBSCRIBE): an event goes only to the
+primary owning its channel's slot, the tenant's (where the keys published with it live, so a
+publish stays one MULTI), instead of every node of the cluster; the hub then holds one
+connection per primary that owns a subscribed channel. redis-py refuses plain PUBLISH in a
+cluster pipeline anyway.
 """
 
 from __future__ import annotations
@@ -16,14 +22,17 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-import redis.asyncio as redis
 import structlog
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import RedisError
 
 from chat.v1 import chat_service_pb2, common_pb2
 from server.domain.errors import HubClosingError, SubscriberTooSlowError
 from server.repositories.conversation_cache import RedisConversationCache
+from server.repositories.redis_client import RedisClient
 from server.repositories.redis_errors import translate_redis_errors
 from server.repositories.sessions import STORED, RedisSessionStore
 
@@ -32,22 +41,28 @@ log = structlog.get_logger("chat.live")
 Event = chat_service_pb2.StreamConversationEventsResponse
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 _RECONNECT_DELAY_SECONDS = 0.5
+# How long one read of the sharded hub waits: a subscription waits for the read on its node to
+# end (they share the connection), so this bounds what a new stream waits on a quiet hub.
+_SHARDED_READ_SECONDS = 0.1
 
 
 def live_channel(tenant_id: str, conversation_id: str) -> str:
-    """The pub/sub channel of one conversation (tenant first, like every key)."""
-    return f"chat:{tenant_id}:live:{conversation_id}"
+    """The pub/sub channel of one conversation; the tenant in braces, as in every key: on
+    Redis Cluster the channel is sharded (SPUBLISH), in the slot of the keys it is published
+    with."""
+    return f"chat:{{{tenant_id}}}:live:{conversation_id}"
 
 
 class RedisLiveEvents:
     """Publishes a conversation's live events."""
 
     def __init__(
-        self, *, client: redis.Redis, cache: RedisConversationCache, sessions: RedisSessionStore
+        self, *, client: RedisClient, cache: RedisConversationCache, sessions: RedisSessionStore
     ) -> None:
         self._client = client
         self._cache = cache
         self._sessions = sessions
+        self._sharded = isinstance(client, RedisCluster)
 
     @translate_redis_errors
     async def publish(
@@ -70,8 +85,9 @@ class RedisLiveEvents:
         async with self._client.pipeline(transaction=session is not None) as pipe:
             if conversation is not None:
                 self._cache.queue_store(pipe, tenant_id, conversation)
+            publish = pipe.spublish if self._sharded else pipe.publish
             for event in events:
-                pipe.publish(channel, event.SerializeToString())
+                publish(channel, event.SerializeToString())
             if session is not None:
                 saved = self._sessions.queue_save(pipe, tenant_id, session)
             results = await pipe.execute()
@@ -170,10 +186,14 @@ class Subscription:
 class LiveHub:
     """This process's subscriptions, over one pub/sub connection."""
 
-    def __init__(self, *, client: redis.Redis, queue_limit: int) -> None:
+    def __init__(self, *, client: RedisClient, queue_limit: int) -> None:
         self._client = client
         self._queue_limit = queue_limit
-        self._pubsub = client.pubsub()
+        self._pubsub: PubSub = client.pubsub()
+        # On Redis Cluster: sharded channels, read from every primary owning one.
+        self._sharded: ClusterPubSub | None = (
+            self._pubsub if isinstance(self._pubsub, ClusterPubSub) else None
+        )
         self._local: dict[str, set[Subscription]] = {}
         # SUBSCRIBE commands sent and confirmed per channel with local subscribers: a
         # subscriber waits until its own SUBSCRIBE is confirmed, so nothing published after
@@ -210,7 +230,7 @@ class LiveHub:
                 self._sent[channel] = self._sent.get(channel, 0) + 1
                 target = self._sent[channel]
                 try:
-                    await self._pubsub.subscribe(channel)
+                    await self._send_subscribe(channel)
                 except BaseException:
                     self._remove(subscription)
                     raise
@@ -227,7 +247,7 @@ class LiveHub:
         async with self._lock:
             if self._remove(subscription):
                 with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(subscription.channel)
+                    await self._send_unsubscribe(subscription.channel)
 
     def end_streams(self) -> None:
         """Tell every local stream to end (at shutdown, before the server drains calls)."""
@@ -259,24 +279,46 @@ class LiveHub:
         self._confirmed.pop(subscription.channel, None)
         return True
 
+    async def _send_subscribe(self, channel: str) -> None:
+        if self._sharded is not None:
+            await self._sharded.ssubscribe(channel)
+        else:
+            await self._pubsub.subscribe(channel)
+
+    async def _send_unsubscribe(self, channel: str) -> None:
+        if self._sharded is not None:
+            await self._sharded.sunsubscribe(channel)
+        else:
+            await self._pubsub.unsubscribe(channel)
+
     async def _start(self) -> None:
         if self._reader is None:
-            # A channel of its own gives the connection a subscription before the first
-            # stream's, so the reader always has a connection to read.
-            await self._pubsub.subscribe(self._control)
+            if self._sharded is None:
+                # A channel of its own gives the connection a subscription before the first
+                # stream's, so the reader always has a connection to read. (The sharded
+                # reader waits out its timeout when it has no node to read.)
+                await self._pubsub.subscribe(self._control)
             self._reader = asyncio.create_task(self._read(), name="live-hub-reader")
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        message: dict[str, Any] | None
+        if self._sharded is not None:
+            message = await self._sharded.get_sharded_message(timeout=_SHARDED_READ_SECONDS)
+        else:
+            message = await self._pubsub.get_message(timeout=1.0)
+        return message
 
     async def _read(self) -> None:
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                message = await self._next_message()
                 if message is None:
                     continue
                 kind = message["type"]
                 channel = _text(message["channel"])
-                if kind == "message":
+                if kind in ("message", "smessage"):
                     self._dispatch(channel, message["data"])
-                elif kind == "subscribe":
+                elif kind in ("subscribe", "ssubscribe"):
                     await self._on_subscribed(channel)
             except (RedisError, OSError) as exc:
                 log.warning("live events connection lost", error=repr(exc))
@@ -303,7 +345,7 @@ class LiveHub:
                 # redis-py subscribed again, after a reconnection, to a channel whose streams
                 # ended while the connection was down: leave it now.
                 with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+                    await self._send_unsubscribe(channel)
             self._changed.notify_all()
 
     def _dispatch(self, channel: str, data: bytes) -> None:

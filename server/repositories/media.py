@@ -12,7 +12,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from gridfs import AsyncGridFSBucket, AsyncGridOut, NoFile
+from gridfs import AsyncGridFSBucket, AsyncGridOut
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
@@ -26,6 +26,7 @@ class GridFsMediaStore:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._bucket = AsyncGridFSBucket(database, bucket_name=MEDIA_BUCKET)
         self._files = database[MEDIA_FILES]
+        self._root = database[MEDIA_BUCKET]
 
     async def find(self, tenant_id: str, sha256: str) -> StoredMedia | None:
         document = await self._files.find_one(
@@ -71,11 +72,9 @@ class GridFsMediaStore:
         document = await self._files.find_one({"_id": object_id, "metadata.tenant_id": tenant_id})
         if document is None:
             return None
-        try:
-            stream = await self._bucket.open_download_stream(object_id)
-        except NoFile:
-            return None
-        return _stored(document), stream
+        # Opened from the file document just read: the bucket's own open would read it again
+        # by _id alone, a command that does not name the tenant.
+        return _stored(document), AsyncGridOut(self._root, file_document=document)
 
     async def put(
         self, tenant_id: str, media: NewMedia, *, thumbnail: common_pb2.Thumbnail | None

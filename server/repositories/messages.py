@@ -175,13 +175,19 @@ class MongoMessageRepository:
         """Move outbound messages (each at most once) to their ``status`` where that is
         forward, and record their platform ids; returns those that moved, as they are now.
         Two round trips whatever their number: the messages, read in the caller's transaction,
-        then the updates by ``_id`` alone (point lookups on the embedded store); a change
-        committed in between makes an update a write conflict, which retries the transaction."""
+        then the updates by ``_id`` and tenant (``_id`` first: point lookups on the embedded
+        store); a change committed in between makes an update a write conflict, which retries
+        the transaction."""
         ids = [change.message_id for change in changes]
         if len(set(ids)) != len(ids):
             raise ValueError("a message may appear once per call")
+        # One $in per field (the embedded store scans for an $or of tenants); each document's
+        # tenant is checked against its change below.
+        tenants = sorted({change.tenant_id for change in changes})
         cursor = self._collection.find(
-            {"_id": {"$in": ids}}, {**_AS_MESSAGE, "tenant_id": 1}, session=tx
+            {"_id": {"$in": ids}, "tenant_id": {"$in": tenants}},
+            {**_AS_MESSAGE, "tenant_id": 1},
+            session=tx,
         )
         current = {document["_id"]: document async for document in cursor}
         moved: list[tuple[str, Document, Document]] = []  # id, $set, the document after
@@ -199,8 +205,10 @@ class MongoMessageRepository:
         if moved:
             await self._collection.bulk_write(
                 [
-                    UpdateOne({"_id": message_id}, {"$set": update})
-                    for message_id, update, _ in moved
+                    UpdateOne(
+                        {"_id": message_id, "tenant_id": after["tenant_id"]}, {"$set": update}
+                    )
+                    for message_id, update, after in moved
                 ],
                 ordered=False,
                 session=tx,

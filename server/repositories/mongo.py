@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -12,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.domain.errors import AlreadyExists
+from server.domain.queues import Due
 from server.domain.tenant import MESSENGER_PAGE, WHATSAPP_NUMBER
 
 Document = dict[str, Any]
@@ -214,23 +216,97 @@ async def update_and_get(
     The embedded store (SecantusDB) runs findAndModify as a scan of the whole collection: 26 ms
     at 3,000 documents, against 3 ms for update_one and 1 ms for the read, so a queue or a
     conversation that grows made every claim and every message slower. ``filter`` names one
-    document by ``_id``. In a transaction the read sees the update; outside one the read's own
-    filter (``read``, default the ``_id``) says which state counts as the result, such as a
-    claim still held by its owner.
+    document by ``_id`` and its tenant. In a transaction the read sees the update; outside one
+    the read's own filter (``read``, default the tenant and ``_id``) says which state counts as
+    the result, such as a claim still held by its owner.
     """
     result = await collection.update_one(filter, update, session=tx)
     if result.matched_count == 0:
         return None
-    return await collection.find_one(
-        read if read is not None else {"_id": filter["_id"]}, projection, session=tx
-    )
+    if read is None:
+        read = {key: filter[key] for key in ("_id", "tenant_id") if key in filter}
+    return await collection.find_one(read, projection, session=tx)
+
+
+#: The comment that marks a command spanning tenants by design (a queue's poll for due work):
+#: in a sharded cluster it goes to every shard. Every other command names its tenant.
+CROSS_TENANT_POLL = "cross-tenant: a queue's poll for due work"
+
+
+async def due_items(
+    collection: AsyncCollection[Document], filter: Document, *, limit: int
+) -> list[Due]:
+    """The oldest due items of a queue, of every tenant (each claim then names its tenant)."""
+    cursor = collection.find(filter, {"_id": 1, "tenant_id": 1}, comment=CROSS_TENANT_POLL)
+    documents = await cursor.sort("due_time", ASCENDING).limit(limit).to_list()
+    return [Due(tenant_id=document["tenant_id"], id=document["_id"]) for document in documents]
+
+
+async def claim_items(
+    collection: AsyncCollection[Document],
+    items: Sequence[Due],
+    *,
+    due: Document,
+    update: Document,
+) -> list[Document]:
+    """Lease those of ``items`` that are still due (``due``: the rest of the filter) with one
+    update of them all, then read back exactly those this claim took, in the items' order.
+
+    Each claim marks what it took with an id of its own (``claim``): items another process
+    took meanwhile, or this process took in an earlier claim, are not among those read back.
+    Each document's update is atomic, so an item goes to one claim only. ``_id`` leads the
+    filter, which the embedded store serves as point lookups.
+    """
+    if not items:
+        return []
+    ids = [item.id for item in items]
+    tenants = sorted({item.tenant_id for item in items})
+    scope: Document = {
+        "_id": ids[0] if len(ids) == 1 else {"$in": ids},
+        "tenant_id": tenants[0] if len(tenants) == 1 else {"$in": tenants},
+    }
+    claim = uuid.uuid4().hex
+    marked = {**update, "$set": {**update.get("$set", {}), "claim": claim}}
+    result = await collection.update_many({**scope, **due}, marked)
+    if result.modified_count == 0:
+        return []
+    documents = await collection.find({**scope, "claim": claim}).to_list()
+    order = {item_id: n for n, item_id in enumerate(ids)}
+    return sorted(documents, key=lambda document: order[document["_id"]])
 
 
 async def create_indexes(database: AsyncDatabase[Document]) -> None:
     """Create every index (a no-op for those that exist)."""
     await _retire_marked_outbox(database)
+    await _name_tenants(database)
     for collection, indexes in INDEXES.items():
         await database[collection].create_indexes(indexes)
+
+
+#: The comment that marks a start-up migration's commands: they find the documents an older
+#: version wrote without ``tenant_id`` and give it to them, once.
+MIGRATION = "migration: documents of an older version get their tenant_id"
+
+
+async def _name_tenants(database: AsyncDatabase[Document]) -> None:
+    """Audit heads (keyed by the tenant id) and alert claims (keyed ``<tenant>:<condition>``)
+    were once written without ``tenant_id``; every command now names it (a shard key's first
+    field, and the filter of each claim), so those of an older database get it. Until then an
+    old alert claim would match no claim again and the alert would never be sent."""
+    legacies: list[tuple[str, Callable[[str], str]]] = [
+        (AUDIT_HEADS, str),
+        (ALERTS, lambda key: key.rsplit(":", 1)[0]),
+    ]
+    for collection, tenant_of in legacies:
+        legacy = database[collection].find(
+            {"tenant_id": {"$exists": False}}, {"_id": 1}, comment=MIGRATION
+        )
+        async for document in legacy:
+            await database[collection].update_one(
+                {"_id": document["_id"], "tenant_id": {"$exists": False}},
+                {"$set": {"tenant_id": tenant_of(document["_id"])}},
+                comment=MIGRATION,
+            )
 
 
 async def _retire_marked_outbox(database: AsyncDatabase[Document]) -> None:

@@ -20,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from chat.v1 import events_pb2
 from server.events.topics import record_key, topic_for
 from server.repositories.mongo import OUTBOX, Document
+from server.tracing.spans import trace_fields
 
 #: Every document, except events an earlier version kept after publishing them (marked
 #: ``published``): until the start-up migration has removed those, they must not go out again.
@@ -35,6 +36,8 @@ class Record(NamedTuple):
     topic: str
     key: bytes
     payload: bytes
+    #: The trace of the call that wrote it (W3C traceparent; "" when not traced).
+    trace: str = ""
 
 
 def records(document: Document) -> list[Record]:
@@ -43,7 +46,16 @@ def records(document: Document) -> list[Record]:
     events = document.get("events")
     if events is None:
         events = [{**document, "event_id": document["_id"]}]
-    return [Record(e["event_id"], e["topic"], bytes(e["key"]), bytes(e["payload"])) for e in events]
+    return [
+        Record(
+            e["event_id"],
+            e["topic"],
+            bytes(e["key"]),
+            bytes(e["payload"]),
+            e.get("traceparent", ""),
+        )
+        for e in events
+    ]
 
 
 class MongoOutbox:
@@ -98,14 +110,15 @@ def _chunks(envelopes: Sequence[events_pb2.EventEnvelope]) -> Iterator[list[Docu
         if chunk and size + len(payload) > MAX_DOCUMENT_PAYLOAD:
             yield chunk
             chunk, size = [], 0
-        chunk.append(
-            {
-                "event_id": envelope.event_id,
-                "topic": topic_for(envelope),
-                "key": record_key(envelope),
-                "payload": payload,
-            }
-        )
+        event = {
+            "event_id": envelope.event_id,
+            "topic": topic_for(envelope),
+            "key": record_key(envelope),
+            "payload": payload,
+        }
+        # Written with the event, so the relay, in whichever process, continues the trace.
+        event.update(trace_fields(envelope.tenant_id, envelope.conversation_id))
+        chunk.append(event)
         size += len(payload)
     if chunk:
         yield chunk

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-import redis.asyncio as redis
-
 from server.domain.limits import Decision, Limit
+from server.repositories.redis_client import RedisClient
 from server.repositories.redis_errors import translate_redis_errors
 
 _SCRIPT = resources.files("server.repositories").joinpath("gcra.lua").read_text()
@@ -21,7 +20,7 @@ _SCRIPT = resources.files("server.repositories").joinpath("gcra.lua").read_text(
 class RedisRateLimiter:
     """GCRA over Redis; one EVALSHA per check."""
 
-    def __init__(self, *, client: redis.Redis) -> None:
+    def __init__(self, *, client: RedisClient) -> None:
         self._client = client
         self._script = client.register_script(_SCRIPT)
 

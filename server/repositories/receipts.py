@@ -13,7 +13,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from server.domain.receipts import EarlyReceipt, receipt_ref
+from server.domain.receipts import EarlyReceipt, ReceiptRef, receipt_ref
 from server.repositories.mongo import EARLY_RECEIPTS, Document
 
 #: How long a receipt waits for its message (the parts of a split message after the first,
@@ -37,11 +37,11 @@ class MongoEarlyReceipts:
         await self._collection.bulk_write(
             [
                 UpdateOne(
-                    {"_id": f"{_ref(r)}|{int(r.status)}"},
+                    # An upsert takes tenant_id from the filter.
+                    {"_id": f"{_ref(r)}|{int(r.status)}", "tenant_id": r.tenant_id},
                     {
                         "$setOnInsert": {
                             "ref": _ref(r),
-                            "tenant_id": r.tenant_id,
                             "channel": r.channel,
                             "platform_message_id": r.platform_message_id,
                             "conversation_id": r.conversation_id,
@@ -60,22 +60,28 @@ class MongoEarlyReceipts:
             session=tx,
         )
 
-    async def waiting(self, refs: Sequence[str]) -> bool:
+    async def waiting(self, refs: Sequence[ReceiptRef]) -> bool:
         """Whether any receipt waits under these refs (a read outside any transaction)."""
         if not refs:
             return False
-        found = await self._collection.find_one({"ref": {"$in": list(refs)}}, {"_id": 1})
+        found = await self._collection.find_one(_under(refs), {"_id": 1})
         return found is not None
 
-    async def take(self, refs: Sequence[str], *, tx: AsyncClientSession) -> list[EarlyReceipt]:
+    async def take(
+        self, refs: Sequence[ReceiptRef], *, tx: AsyncClientSession
+    ) -> list[EarlyReceipt]:
         """Remove the receipts waiting under these refs and return them."""
         if not refs:
             return []
-        cursor = self._collection.find({"ref": {"$in": list(refs)}}, session=tx)
+        cursor = self._collection.find(_under(refs), session=tx)
         found = [document async for document in cursor]
         if found:
             await self._collection.delete_many(
-                {"_id": {"$in": [document["_id"] for document in found]}}, session=tx
+                {
+                    "_id": {"$in": [document["_id"] for document in found]},
+                    "tenant_id": {"$in": sorted({document["tenant_id"] for document in found})},
+                },
+                session=tx,
             )
         return [
             EarlyReceipt(
@@ -95,4 +101,13 @@ class MongoEarlyReceipts:
 
 
 def _ref(receipt: EarlyReceipt) -> str:
-    return receipt_ref(receipt.tenant_id, receipt.channel, receipt.platform_message_id)
+    return receipt_ref(receipt.tenant_id, receipt.channel, receipt.platform_message_id).key
+
+
+def _under(refs: Sequence[ReceiptRef]) -> Document:
+    """The receipts under these refs (each ref names its tenant; one $in per field, which the
+    embedded store serves from the ref index, where an $or would scan)."""
+    return {
+        "ref": {"$in": [ref.key for ref in refs]},
+        "tenant_id": {"$in": sorted({ref.tenant_id for ref in refs})},
+    }

@@ -6,7 +6,15 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from server.domain.errors import StoreError, StoreUnavailableError, Unavailable
 
@@ -43,9 +51,23 @@ def translate_redis_errors(
     async def translated(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
+        except (ClusterDownError, TryAgainError) as exc:
+            # Answers, but of a cluster that cannot serve the slot just now (a failover, a
+            # slot moving): the call may succeed once it is over.
+            raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         except ResponseError as exc:
             raise StoreError(f"Redis answered with an error: {exc}") from exc
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (
+            RedisError,
+            RedisClusterUnreachableError,
+            SlotNotCoveredError,
+            OSError,
+            TimeoutError,
+        ) as exc:
             raise RedisUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        except RedisClusterException as exc:
+            # The client's own refusal (keys of one call in several slots): a defect here,
+            # never the caller's to retry.
+            raise StoreError(f"Redis Cluster refused the call: {exc}") from exc
 
     return translated

@@ -2,9 +2,11 @@
 
 A session is live until its ``expire_time``, which activity extends. Its keys outlive that by
 KEEP_AFTER_EXPIRY_SECONDS so the expiry sweep can still read it to report SessionEnded. Keys:
-the session itself (protobuf bytes) and the conversation's pointer to its current session,
-both carrying the tenant in braces (one Redis Cluster slot per tenant); plus one index of
-expiry times across tenants, from which each expiry is claimed exactly once (ZREM is atomic).
+the session itself (protobuf bytes), its revision, the conversation's pointer to its current
+session and the tenant's index of expiry times, all carrying the tenant in braces (one Redis
+Cluster slot per tenant, so one script writes them together); plus one set naming the tenants
+that have an index, which the expiry sweep walks. Each expiry is claimed exactly once (ZREM is
+atomic).
 
 Every change is a compare-and-set on the session's revision, kept beside it in a key of its
 own (a Lua script compares and writes both): a change made to a session that changed
@@ -24,16 +26,20 @@ import random
 import uuid
 from collections.abc import Callable
 
-import redis.asyncio as redis
-from redis.asyncio.client import Pipeline
-
 from chat.v1 import common_pb2
 from server.domain.errors import SessionContendedError
 from server.domain.session import is_live
+from server.repositories.redis_client import RedisClient, RedisPipeline
 from server.repositories.redis_errors import translate_redis_errors
 
 KEEP_AFTER_EXPIRY_SECONDS = 3600
-EXPIRY_INDEX = "chat:session-expiry"
+#: The tenants whose expiry index may hold sessions (a tenant stays once added: the set is as
+#: small as the tenant count, and a stale member costs the sweep one empty read).
+EXPIRY_TENANTS = "chat:session-expiry-tenants"
+#: The one index of every tenant's sessions that came before the per-tenant ones (its keys
+#: were in no tenant's slot, which Redis Cluster refuses in a script). The sweep still drains
+#: it, so sessions indexed there before an upgrade still end; it stays empty after that.
+LEGACY_EXPIRY_INDEX = "chat:session-expiry"
 _SEPARATOR = "\x1f"
 
 #: Attempts of ``update`` before a session that keeps changing is reported as contended.
@@ -58,8 +64,8 @@ return {redis.call('GET', ARGV[1] .. id) or '', redis.call('GET', ARGV[2] .. id)
 # session, unindex it), the session id, its index member and its expiry score. 1 when stored;
 # 0 when the session changed meanwhile; -1 (keep) when the conversation has moved on to
 # another session (this one expired and a new one started): nothing is written then, so a
-# message that read the old session does not point the conversation back at it. (The index
-# has no tenant hash tag: on Redis Cluster the script would need it in the tenant's slot.)
+# message that read the old session does not point the conversation back at it. Every key is
+# in the tenant's slot, as Redis Cluster needs of a script.
 _STORE_IF_UNCHANGED = """
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current ~= tonumber(ARGV[1]) then
@@ -111,6 +117,11 @@ def _pointer_key(tenant_id: str, conversation_id: str) -> str:
     return f"chat:{{{tenant_id}}}:conversation-session:{conversation_id}"
 
 
+def expiry_index(tenant_id: str) -> str:
+    """The tenant's sessions by expiry time."""
+    return f"chat:{{{tenant_id}}}:session-expiry"
+
+
 def _member(tenant_id: str, session_id: str) -> str:
     return f"{tenant_id}{_SEPARATOR}{session_id}"
 
@@ -118,7 +129,7 @@ def _member(tenant_id: str, session_id: str) -> str:
 class RedisSessionStore:
     """Create, read, extend, end and expire sessions."""
 
-    def __init__(self, *, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, *, client: RedisClient, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
         self._key_ttl = ttl_seconds + KEEP_AFTER_EXPIRY_SECONDS
@@ -189,6 +200,19 @@ class RedisSessionStore:
         raise RuntimeError("could not create or read the session")  # three lost races in a row
 
     @translate_redis_errors
+    async def discard(self, tenant_id: str, session: common_pb2.Session) -> None:
+        """Remove a session that was never used: created for a conversation whose first
+        message was not stored, so no one else knows the conversation. No SessionEnded is
+        reported for it (its SessionStarted was never written)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.eval(
+                _DELETE_IF_EQUAL, 1, _pointer_key(tenant_id, session.conversation_id), session.id
+            )
+            pipe.delete(_session_key(tenant_id, session.id), _revision_key(tenant_id, session.id))
+            pipe.zrem(expiry_index(tenant_id), _member(tenant_id, session.id))
+            await pipe.execute()
+
+    @translate_redis_errors
     async def update(
         self,
         tenant_id: str,
@@ -220,7 +244,7 @@ class RedisSessionStore:
                 return session  # no longer its conversation's session: nothing to change
         raise SessionContendedError("the session kept changing; retry")
 
-    def queue_save(self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session) -> int:
+    def queue_save(self, pipe: RedisPipeline, tenant_id: str, session: common_pb2.Session) -> int:
         """Queue the store of a changed session on ``pipe`` (a MULTI pipeline: the session, its
         revision, its conversation's pointer and its expiry go together), unless it changed
         since it was read: then nothing is written. ``session`` itself is left as it is (its
@@ -229,7 +253,7 @@ class RedisSessionStore:
         return self._queue_store(pipe, tenant_id, session, pointer="keep")
 
     def _queue_store(
-        self, pipe: Pipeline, tenant_id: str, session: common_pb2.Session, *, pointer: str
+        self, pipe: RedisPipeline, tenant_id: str, session: common_pb2.Session, *, pointer: str
     ) -> int:
         index = len(pipe)
         stored = common_pb2.Session()
@@ -243,7 +267,7 @@ class RedisSessionStore:
             _session_key(tenant_id, session.id),
             _revision_key(tenant_id, session.id),
             _pointer_key(tenant_id, session.conversation_id),
-            EXPIRY_INDEX,
+            expiry_index(tenant_id),
             session.revision,
             stored.SerializeToString(),
             self._key_ttl,
@@ -281,16 +305,23 @@ class RedisSessionStore:
     async def claim_expired(self, *, now: dt.datetime, limit: int) -> list[tuple[str, str]]:
         """(tenant, session id) of sessions past their expiry, each claimed by exactly one
         caller across every process."""
-        due = await self._redis.zrangebyscore(
-            EXPIRY_INDEX, "-inf", now.timestamp(), start=0, num=limit
-        )
         claimed: list[tuple[str, str]] = []
-        for raw in due:
-            if not isinstance(raw, bytes | str):
-                continue  # zrangebyscore without scores yields members only
-            if await self._redis.zrem(EXPIRY_INDEX, raw) == 1:
-                tenant_id, _, session_id = _text(raw).partition(_SEPARATOR)
-                claimed.append((tenant_id, session_id))
+        tenants = sorted(_text(raw) for raw in await self._redis.smembers(EXPIRY_TENANTS))
+        # A random first tenant: with more due than ``limit``, no tenant waits behind others.
+        start = random.randrange(len(tenants)) if tenants else 0  # noqa: S311 - not a secret
+        indexes = [LEGACY_EXPIRY_INDEX, *map(expiry_index, tenants[start:] + tenants[:start])]
+        for index in indexes:
+            if len(claimed) >= limit:
+                break
+            due = await self._redis.zrangebyscore(
+                index, "-inf", now.timestamp(), start=0, num=limit - len(claimed)
+            )
+            for raw in due:
+                if not isinstance(raw, bytes | str):
+                    continue  # zrangebyscore without scores yields members only
+                if await self._redis.zrem(index, raw) == 1:
+                    tenant_id, _, session_id = _text(raw).partition(_SEPARATOR)
+                    claimed.append((tenant_id, session_id))
         return claimed
 
     @translate_redis_errors
@@ -304,7 +335,12 @@ class RedisSessionStore:
         session.expire_time.FromDatetime(now + dt.timedelta(seconds=self._ttl))
 
     async def _index(self, tenant_id: str, session: common_pb2.Session) -> None:
-        await self._redis.zadd(EXPIRY_INDEX, {_member(tenant_id, session.id): _score(session)})
+        # The tenant is named before its index holds the session, so the sweep finds every
+        # indexed session (the script's later ZADDs are for sessions indexed here first).
+        await self._redis.sadd(EXPIRY_TENANTS, tenant_id)
+        await self._redis.zadd(
+            expiry_index(tenant_id), {_member(tenant_id, session.id): _score(session)}
+        )
 
 
 def _decoded(raw: object, revision: object) -> common_pb2.Session | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as redis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
@@ -29,6 +28,7 @@ from server.repositories.mongo import Transactions
 from server.repositories.outbox import MongoOutbox
 from server.repositories.rate_limits import RedisRateLimiter
 from server.repositories.receipts import MongoEarlyReceipts
+from server.repositories.redis_client import RedisClient
 from server.repositories.secrets import SecretBox
 from server.repositories.sessions import RedisSessionStore
 from server.repositories.tenants import MongoTenantStore
@@ -63,7 +63,7 @@ def open_stores(
     *,
     mongo: AsyncMongoClient[dict[str, Any]],
     database: AsyncDatabase[dict[str, Any]],
-    client: redis.Redis,
+    client: RedisClient,
     secrets: SecretBox | None,
     session_ttl_seconds: int,
     stream_queue_limit: int,

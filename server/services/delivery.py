@@ -26,13 +26,16 @@ from server.channels.factory import ChannelFactory
 from server.domain.errors import StoreError
 from server.domain.limits import Limit, limit_key
 from server.domain.messages import Advance
-from server.domain.queues import FAILED, SENT, Attempt, Delivery, Finish
+from server.domain.queues import FAILED, SENT, Attempt, Delivery, Due, Finish
+from server.domain.receipts import ReceiptRef
 from server.domain.tenant import TenantLookup
 from server.processors.media import MediaStore
 from server.services.delivery_guards import (
     PACING,
     CircuitBreaker,
+    DeliveryObserver,
     DeliveryPolicy,
+    NoObserver,
     RateHolds,
 )
 from server.services.delivery_outcome import (
@@ -54,6 +57,7 @@ from server.services.ports import (
 )
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.receipts import Receipts, StatusChange
+from server.tracing.spans import span
 
 log = structlog.get_logger("chat.delivery")
 
@@ -86,8 +90,10 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         concurrency: int = 16,
         holds: RateHolds | None = None,
         receipts: Receipts | None = None,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         super().__init__(name="deliveries", concurrency=concurrency)
+        self._observer = observer = observer or NoObserver()
         self._deliveries = deliveries
         self._messages = messages
         self._media = media
@@ -101,7 +107,9 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         self._policy = policy = policy or DeliveryPolicy()
         self._on_events = on_events
         self._breaker = CircuitBreaker(
-            threshold=policy.breaker_threshold, open_seconds=policy.breaker_open_seconds
+            threshold=policy.breaker_threshold,
+            open_seconds=policy.breaker_open_seconds,
+            on_open=observer.breaker_opened,
         )
         #: Rate limits the platforms reported; queued deliveries are held in MongoDB too, for
         #: every process.
@@ -111,24 +119,36 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         self._outcomes: GroupCommit[Outcome, Recorded] = GroupCommit(
             self._record,
             key=lambda o: (o.delivery.tenant_id, o.delivery.conversation_id),
+            name="delivery.record",
             on_batch=on_batch,
             on_orphan=self._finish_orphan,
             divisible=(_LeaseLostError,),
         )
 
-    async def due(self, limit: int) -> list[str]:
+    def open_breakers(self) -> dict[int, int]:
+        """Breakers of this process not closed, by channel (the metrics read it)."""
+        return self._breaker.open_counts()
+
+    async def due(self, limit: int) -> list[Due]:
         return await self._deliveries.due(now=self._clock(), limit=limit)
 
-    async def claim(self, item_id: str) -> Delivery | None:
-        return await self._deliveries.claim(
-            item_id,
+    async def claim_many(self, items: list[Due]) -> list[Delivery]:
+        return await self._deliveries.claim_many(
+            items,
             owner=self._owner,
             now=self._clock(),
             lease=dt.timedelta(seconds=self._policy.lease_seconds),
         )
 
     async def handle(self, item: Delivery) -> None:
-        await self.deliver(item)
+        # Claimed by a loop of its own: the delivery's traceparent ties the platform's HTTP
+        # call to the call or reply that queued it.
+        with span(
+            "delivery.send",
+            parent=item.trace,
+            attributes={"chat.channel": item.channel, "chat.attempt": item.budget_used + 1},
+        ):
+            await self.deliver(item)
 
     async def deliver(self, delivery: Delivery) -> None:
         """One attempt at one delivery."""
@@ -140,6 +160,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         )
         if later is not None:
             await self._deliveries.postpone(delivery, due=later)
+            self._observer.delivery_outcome(delivery.channel, "postponed")
             return
         tenant = self._tenants.get(tenant_id)
         message = await self._messages.get(tenant_id, delivery.id)
@@ -159,6 +180,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             await self._deliveries.postpone(
                 delivery, due=self._clock() + dt.timedelta(seconds=wait)
             )
+            self._observer.delivery_outcome(delivery.channel, "postponed")
             return
         media = None
         if message.content.WhichOneof("kind") == "media" and message.content.media.media_id:
@@ -207,6 +229,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
                 parts_sent=max(response.parts_sent, delivery.parts_sent),
                 first_platform_id=response.platform_message_id,
             )
+            self._observer.delivery_outcome(delivery.channel, "retried")
             return
         await self._finish(delivery, message, response)
 
@@ -232,6 +255,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         tenant_id, channel = delivery.tenant_id, delivery.channel
         recipient = delivery.recipient_id if scope == HOLD_DESTINATION else ""
         self._holds.hold(tenant_id, channel, recipient, seconds)
+        self._observer.delivery_held(channel, scope)
         held = await self._deliveries.hold(
             tenant_id,
             channel,
@@ -316,6 +340,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
             changed = await self._outcomes.submit(outcome)
         except _LeaseLostError:
             return  # another process has the delivery now and records its own outcome
+        self._observer.delivery_outcome(delivery.channel, "sent" if response.success else "failed")
         await self._recorded(outcome, changed)
 
     async def _record(self, batch: list[Outcome]) -> list[Recorded | Exception]:
@@ -323,7 +348,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         deliveries' final states, the messages' statuses and the events, a bulk statement per
         collection (see GroupCommit), with the receipts the platforms sent before it. For
         each, the messages whose status moved and the receipts applied."""
-        refs = [ref for ref in map(receipt_ref_of, batch) if ref]
+        refs = [ref for ref in map(receipt_ref_of, batch) if ref is not None]
 
         async def work(tx: Tx) -> list[Recorded | Exception]:
             finishes = [
@@ -387,7 +412,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
                 result.receipts.extend(c for c in late if c.message.id == o.message.id)
         return recorded
 
-    async def _settle_late(self, refs: list[str]) -> list[StatusChange]:
+    async def _settle_late(self, refs: list[ReceiptRef]) -> list[StatusChange]:
         if self._receipts is None or not refs:
             return []
         try:

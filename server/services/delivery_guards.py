@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -64,6 +65,32 @@ class DeliveryPolicy:
         return max(backoff, retry_after or 0.0)
 
 
+class DeliveryObserver(Protocol):
+    """What the delivery worker reports (the server's metrics)."""
+
+    def delivery_outcome(self, channel: int, outcome: str) -> None:
+        """An attempt ended: sent, failed, retried or postponed."""
+
+    def delivery_held(self, channel: int, scope: str) -> None:
+        """A platform reported a rate limit over a destination or the account."""
+
+    def breaker_opened(self, channel: int) -> None:
+        """A tenant's breaker for this channel opened."""
+
+
+class NoObserver:
+    """Reports nothing (tests, and a worker built without metrics)."""
+
+    def delivery_outcome(self, channel: int, outcome: str) -> None:
+        pass
+
+    def delivery_held(self, channel: int, scope: str) -> None:
+        pass
+
+    def breaker_opened(self, channel: int) -> None:
+        pass
+
+
 class CircuitBreaker:
     """Per tenant and channel: after ``threshold`` transient failures in a row, sends wait
     ``open_seconds``. Then exactly one send goes through as a probe (the others keep waiting):
@@ -77,8 +104,10 @@ class CircuitBreaker:
         open_seconds: float,
         probe_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[int], None] = lambda _channel: None,
     ) -> None:
         self._threshold = threshold
+        self._on_open = on_open
         self._open_seconds = open_seconds
         self._probe_seconds = probe_seconds
         self._clock = clock
@@ -116,7 +145,15 @@ class CircuitBreaker:
         self._failures[key] = count
         if self._probing.pop(key, None) is not None or count >= self._threshold:
             self._open_until[key] = self._clock() + self._open_seconds
+            self._on_open(key[1])
             log.warning("circuit open", tenant_id=key[0], channel=key[1], failures=count)
+
+    def open_counts(self) -> dict[int, int]:
+        """Breakers not closed (open, or half-open until a probe succeeds), by channel."""
+        counts: dict[int, int] = {}
+        for _tenant_id, channel in self._open_until:
+            counts[channel] = counts.get(channel, 0) + 1
+        return counts
 
 
 class RateHolds:

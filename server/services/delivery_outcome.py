@@ -10,7 +10,7 @@ from typing import Any
 from chat.v1 import common_pb2, events_pb2
 from server.channels.base import Channel, ChannelResponse
 from server.domain.queues import Delivery
-from server.domain.receipts import receipt_ref
+from server.domain.receipts import ReceiptRef, receipt_ref
 from server.domain.tenant import Tenant
 from server.events.envelopes import envelope
 from server.services.receipts import StatusChange
@@ -47,14 +47,14 @@ class Recorded:
     receipts: list[StatusChange]
 
 
-def receipt_ref_of(outcome: Outcome) -> str:
-    """Where receipts for a sent message wait ("" when none can: a failure, or a platform
+def receipt_ref_of(outcome: Outcome) -> ReceiptRef | None:
+    """Where receipts for a sent message wait (None when none can: a failure, or a platform
     whose receipts name no message id)."""
     delivery, response = outcome.delivery, outcome.response
     if not response.success or not response.platform_message_id:
-        return ""
+        return None
     if delivery.channel not in _RECEIPT_CHANNELS:
-        return ""
+        return None
     return receipt_ref(delivery.tenant_id, delivery.channel, response.platform_message_id)
 
 

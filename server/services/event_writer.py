@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from chat.v1 import events_pb2
 from server.domain.errors import AlreadyExists
 from server.events.envelopes import envelope
 from server.services.ports import Outbox, TransactionRunner, Tx
@@ -48,6 +49,11 @@ class EventWriter:
             event_id=event_id,
             **payload,
         )
+        await self.write_envelope(event)
+
+    async def write_envelope(self, event: events_pb2.EventEnvelope) -> None:
+        """Store an event built already (see ``write``), in its own small transaction."""
+        now = event.occur_time.ToDatetime(tzinfo=dt.UTC)
         try:
             await self._transactions.run(lambda tx: self._outbox.add([event], now=now, tx=tx))
         except AlreadyExists:

@@ -6,8 +6,10 @@ bulk statement per collection and one commit for all of them. Each caller is ans
 after the transaction holding its write has committed, so the durability promise is the one
 a transaction per call gives. Without contention a batch holds one item and adds no wait.
 
-Items with the same key (a conversation) never share a batch: the second waits for the next,
-so each item's writes see the state the one before it left.
+Items with the same key (a user's channel: its active conversation, or the one its first
+message starts) never share a batch: the second waits for the next, so each item's writes see
+the state the one before it left, and two starts for one user's channel are never written
+together.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
 import structlog
+
+from server.tracing.spans import committing, current_traceparent
+from server.tracing.state import STATE
 
 log = structlog.get_logger("chat.group_commit")
 
@@ -34,22 +39,34 @@ class GroupCommit(Generic[I, R]):
         commit: Callable[[list[I]], Awaitable[list[R | Exception]]],
         *,
         key: Callable[[I], Hashable],
+        trace_key: Callable[[I], Hashable] | None = None,
         max_batch: int = 64,
         on_batch: Callable[[int], None] = lambda _size: None,
         on_orphan: Callable[[I, R], Coroutine[Any, Any, None]] | None = None,
+        on_abandoned: Callable[[I], Coroutine[Any, Any, None]] | None = None,
         divisible: tuple[type[Exception], ...] = (),
+        name: str = "group_commit",
     ) -> None:
         """``on_orphan`` finishes an item committed after its caller gave up (the caller's
-        after-commit work would otherwise never run). ``divisible``: errors one item can
+        after-commit work would otherwise never run); ``on_abandoned`` settles an item that
+        will never be committed and whose caller gave up (skipped before its batch, or its
+        batch failed), since that caller cannot. ``divisible``: errors one item can
         cause (a duplicate key); a batch failing with one is retried item by item, any other
-        error goes to every item of the batch."""
+        error goes to every item of the batch. ``name``: the transaction's span (tracing);
+        ``trace_key``: what names an item's writes to the tracing (traceparent_for), by
+        default its ``key``."""
         self._commit = commit
+        self._name = name
         self._key = key
+        self._trace_key = trace_key or key
         self._max_batch = max_batch
         self._on_batch = on_batch
         self._on_orphan = on_orphan
+        self._on_abandoned = on_abandoned
         self._divisible = divisible
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
+        #: While tracing: each waiting item's caller's span (a traceparent), by the item's id.
+        self._traces: dict[int, str] = {}
         self._drainer: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[None]] = set()
 
@@ -57,6 +74,9 @@ class GroupCommit(Generic[I, R]):
         """Commit ``item`` with whatever else is waiting; its own outcome."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
+        if STATE.enabled:
+            # The batch runs in a task of its own; what it writes continues the caller's trace.
+            self._traces[id(item)] = current_traceparent()
         if self._drainer is None or self._drainer.done():
             # A context of its own: batch logs must not carry the first caller's request id.
             self._drainer = asyncio.create_task(
@@ -75,6 +95,8 @@ class GroupCommit(Generic[I, R]):
                 keys: set[Hashable] = set()
                 for entry in self._queue:
                     if entry[1].done():
+                        self._traces.pop(id(entry[0]), None)
+                        self._abandon(entry[0])
                         continue  # its caller gave up before it was written
                     key = self._key(entry[0])
                     if key in keys or len(batch) >= self._max_batch:
@@ -85,17 +107,22 @@ class GroupCommit(Generic[I, R]):
                 self._queue = later
                 if batch:
                     await self._run(batch)
+                    for item, _ in batch:
+                        self._traces.pop(id(item), None)
         except Exception:
             log.exception("group commit failed")
         finally:
             # Whatever went wrong here, no caller is left waiting for ever.
-            for _, future in [*batch, *self._queue]:
+            for item, future in [*batch, *self._queue]:
+                if future.cancelled():
+                    self._abandon(item)
                 _settle(future, RuntimeError("the group commit stopped"))
             self._queue = []
+            self._traces.clear()
 
     async def _run(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         try:
-            outcomes = await self._commit([item for item, _ in batch])
+            outcomes = await self._traced_commit([item for item, _ in batch])
         except self._divisible as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
@@ -106,17 +133,38 @@ class GroupCommit(Generic[I, R]):
             for entry in batch:
                 if not entry[1].done():
                     await self._run([entry])
+                else:
+                    self._abandon(entry[0])
             return
         except Exception as exc:  # noqa: BLE001 - an outage: every caller gets it
-            for _, future in batch:
+            for item, future in batch:
+                if future.cancelled():
+                    self._abandon(item)
                 _settle(future, exc)
             return
         with contextlib.suppress(Exception):
             self._on_batch(len(batch))
         for (item, future), outcome in zip(batch, outcomes, strict=True):
-            if future.cancelled() and not isinstance(outcome, Exception):
-                self._orphan(item, outcome)
+            if future.cancelled():
+                if isinstance(outcome, Exception):
+                    self._abandon(item)
+                else:
+                    self._orphan(item, outcome)
             _settle(future, outcome)
+
+    async def _traced_commit(self, items: list[I]) -> list[R | Exception]:
+        if not STATE.enabled:
+            return await self._commit(items)
+        traces = [(self._trace_key(item), self._traces.get(id(item), "")) for item in items]
+        with committing(self._name, traces):
+            return await self._commit(items)
+
+    def _abandon(self, item: I) -> None:
+        if self._on_abandoned is None:
+            return
+        task = asyncio.create_task(self._on_abandoned(item))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     def _orphan(self, item: I, outcome: R) -> None:
         if self._on_orphan is None:

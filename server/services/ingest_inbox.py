@@ -21,11 +21,12 @@ from collections.abc import Callable
 import structlog
 
 from chat.v1 import ingest_service_pb2
-from server.domain.queues import ClaimedInboxBatch
+from server.domain.queues import ClaimedInboxBatch, Due
 from server.services.ingest import IngestService
 from server.services.ingest_outcomes import REJECTED
 from server.services.ports import IngestInbox
 from server.services.queue_worker import LeasedQueueWorker
+from server.tracing.spans import span
 
 log = structlog.get_logger("chat.ingest.inbox")
 
@@ -63,13 +64,20 @@ class InboxWorker(LeasedQueueWorker[ClaimedInboxBatch]):
         self._is_outage = is_outage
         self._on_applied = on_applied
 
-    async def due(self, limit: int) -> list[str]:
+    async def due(self, limit: int) -> list[Due]:
         return await self._inbox.due(now=self._clock(), limit=limit)
 
-    async def claim(self, item_id: str) -> ClaimedInboxBatch | None:
-        return await self._inbox.claim(item_id, owner=self._owner, now=self._clock(), lease=LEASE)
+    async def claim_many(self, items: list[Due]) -> list[ClaimedInboxBatch]:
+        return await self._inbox.claim_many(
+            items, owner=self._owner, now=self._clock(), lease=LEASE
+        )
 
     async def handle(self, item: ClaimedInboxBatch) -> None:
+        # Applied after the call: the batch's traceparent ties it to the webhook's trace.
+        with span("ingest.inbox", parent=item.trace, attributes={"chat.attempt": item.attempts}):
+            await self._apply(item)
+
+    async def _apply(self, item: ClaimedInboxBatch) -> None:
         try:
             if await self._inbox.earlier_waiting(item):
                 due = self._clock() + _IN_ORDER_RETRY

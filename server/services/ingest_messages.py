@@ -33,7 +33,12 @@ from server.services.ingest_outcomes import (
     rejected,
 )
 from server.services.live import CommittedPush
-from server.services.opening import ConversationClosedError, ConversationOpener
+from server.services.opening import (
+    ConversationClosedError,
+    ConversationOpener,
+    Opened,
+    lost_start,
+)
 from server.services.ports import (
     ConversationRepository,
     IngestLog,
@@ -83,9 +88,14 @@ class MessageIngest:
         self._is_outage = is_outage
         self._commits: GroupCommit[_Inbound, _Stored] = GroupCommit(
             self._store,
-            key=lambda item: (item.tenant_id, item.conversation.id),
+            # A user's channel, not the conversation: two starts for one user never share a
+            # batch (see record_messages_many).
+            key=lambda item: (item.tenant_id, item.conversation.user_id, item.conversation.channel),
+            trace_key=lambda item: (item.tenant_id, item.conversation.id),
+            name="ingest.apply",
             on_batch=on_batch,
             on_orphan=self._finish_orphan,
+            on_abandoned=self._abandoned,
             divisible=(AlreadyExists,),
         )
 
@@ -163,7 +173,7 @@ class MessageIngest:
         """Messages of one conversation (in their order), stored together."""
         now = self._clock()
         first = parts[0][0]
-        conversation, session, _ = await self._opener.open_active(
+        opened = await self._opener.open_active(
             tenant_id,
             first.platform_user_id,
             user_id=conversation_user(first),
@@ -171,28 +181,36 @@ class MessageIngest:
             channel_conversation_id=first.channel_conversation_id,
             now=now,
         )
-        inbound = _Inbound(
-            tenant_id=tenant_id,
-            conversation=conversation,
-            session=session,
-            parts=tuple(
-                _Part(event, _built(conversation, event, processed, now), processed.search_text)
-                for event, processed in parts
-            ),
-            now=now,
-        )
+        conversation = opened.conversation
         try:
-            stored = await self._commits.submit(inbound)
-        except AlreadyExists:
+            async with self._opener.held(tenant_id, opened):
+                inbound = _Inbound(
+                    tenant_id=tenant_id,
+                    opened=opened,
+                    parts=tuple(
+                        _Part(
+                            event,
+                            _built(conversation, event, processed, now),
+                            processed.search_text,
+                        )
+                        for event, processed in parts
+                    ),
+                    now=now,
+                )
+                opened.submitted = True  # from here the group commit settles it
+                stored = await self._commits.submit(inbound)
+                self._opener.remember(tenant_id, stored.conversation)
+        except Exception as exc:
+            if isinstance(exc, ConversationClosedError) or lost_start(exc):
+                self._opener.closed(tenant_id, conversation)
+                raise ConversationClosedError from exc
+            if not isinstance(exc, AlreadyExists):
+                raise
             if len(parts) == 1:
                 return [outcome(parts[0][0], DUPLICATE)]
             # A retry of the platform's, racing this call, stored one of them first: each
             # alone, so that one is the duplicate and the others are stored.
             return [r for part in parts for r in await self._store_messages(tenant_id, [part])]
-        except ConversationClosedError:
-            self._opener.closed(tenant_id, conversation)
-            raise
-        self._opener.remember(tenant_id, stored.conversation)
         await self._after_commit(inbound, stored)
         return [
             Result(
@@ -208,7 +226,10 @@ class MessageIngest:
         statement per collection (see GroupCommit): each with its deduplication record, its
         events and its reply job. A message whose conversation closed meanwhile is left out. A
         retry that raced the check in _message fails the batch on the log's unique key; the
-        batch is then stored item by item and the retry alone gets AlreadyExists."""
+        batch is then stored item by item and the retry alone gets AlreadyExists. A new
+        conversation is inserted with its first messages, after its ConversationStarted and
+        SessionStarted events; one whose user started another meanwhile fails alone, with
+        AlreadyExists (ALREADY_ACTIVE), the same way."""
 
         async def work(tx: Tx) -> list[_Stored | Exception]:
             states = await self._conversations.record_messages_many(
@@ -220,6 +241,7 @@ class MessageIngest:
                         outbound=0,
                         now=item.now,
                         service_url=item.parts[-1].event.service_url,
+                        start=item.conversation if item.opened.started else None,
                     )
                     for item in batch
                 ],
@@ -265,6 +287,7 @@ class MessageIngest:
             events: list[events_pb2.EventEnvelope] = []
             for i, o in stored:
                 actor = i.parts[-1].event.platform_user_id
+                events += i.opened.events
                 events += [
                     _envelope(i.tenant_id, actor, o.conversation.id, i.now, message_received=m)
                     for m in map(_received, o.messages)
@@ -299,8 +322,13 @@ class MessageIngest:
         self._on_events()
         self._on_reply_job()
         await self._push.messages(
-            item.tenant_id, stored.conversation, stored.messages, item.session, now=item.now
+            item.tenant_id, stored.conversation, stored.messages, item.opened.session, now=item.now
         )
+
+    async def _abandoned(self, item: _Inbound) -> None:
+        """A message the group commit dropped after its caller gave up: what opening left
+        for it (a new conversation's session) is settled."""
+        await self._opener.abandoned(item.tenant_id, item.opened)
 
     async def _finish_orphan(self, item: _Inbound, stored: _Stored) -> None:
         """A message stored after its caller gave up: its after-commit work still runs."""
@@ -324,10 +352,13 @@ class _Inbound:
     """Inbound messages of one conversation, in their order, ready to store together."""
 
     tenant_id: str
-    conversation: common_pb2.Conversation
-    session: common_pb2.Session
+    opened: Opened
     parts: tuple[_Part, ...]
     now: dt.datetime
+
+    @property
+    def conversation(self) -> common_pb2.Conversation:
+        return self.opened.conversation
 
 
 @dataclass(frozen=True, slots=True)

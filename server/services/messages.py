@@ -35,7 +35,12 @@ from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
 from server.services.idempotency import IdempotentRequests, RequestKey, idempotency_key
 from server.services.live import CommittedPush
-from server.services.opening import ConversationClosedError, ConversationOpener
+from server.services.opening import (
+    ConversationClosedError,
+    ConversationOpener,
+    Opened,
+    lost_start,
+)
 from server.services.ports import (
     ConversationRepository,
     DeliveryQueue,
@@ -66,13 +71,17 @@ class _Exchange:
     tenant_id: str
     actor_id: str
     request: chat_service_pb2.SendMessageRequest
-    conversation: common_pb2.Conversation
-    session: common_pb2.Session
+    #: The conversation and session (a new conversation is inserted with the exchange).
+    opened: Opened
     messages: list[common_pb2.Message]
     search_texts: list[str]
     now: dt.datetime
     #: The responder's context updates (applied to the session already).
     context_updates: dict[str, Any]
+
+    @property
+    def conversation(self) -> common_pb2.Conversation:
+        return self.opened.conversation
 
 
 class MessageService:
@@ -111,9 +120,14 @@ class MessageService:
         self._clock = clock
         self._commits: GroupCommit[_Exchange, chat_service_pb2.SendMessageResponse] = GroupCommit(
             self._store,
-            key=lambda e: (e.tenant_id, e.conversation.id),
+            # A user's channel, not the conversation: two starts for one user never share a
+            # batch (see record_messages_many).
+            key=lambda e: (e.tenant_id, e.conversation.user_id, e.conversation.channel),
+            trace_key=lambda e: (e.tenant_id, e.conversation.id),
+            name="message.store",
             on_batch=on_batch,
             on_orphan=self._finish_orphan,
+            on_abandoned=self._abandoned,
             divisible=(AlreadyExists,),
         )
 
@@ -166,7 +180,38 @@ class MessageService:
         """One try at storing and answering the message."""
         tenant_id = key.tenant_id
         now = self._clock()
-        conversation, session, started = await self._open(tenant_id, actor_id, request, now)
+        opened = await self._open(tenant_id, actor_id, request, now)
+        try:
+            async with self._opener.held(tenant_id, opened):
+                exchange = await self._composed(
+                    key, actor_id, request, processed, opened=opened, now=now
+                )
+                opened.submitted = True  # from here the group commit settles it
+                response = await self._commits.submit(exchange)
+                self._opener.remember(tenant_id, response.conversation)
+        except Exception as exc:
+            closed = isinstance(exc, FailedPrecondition) and exc.reason == CONVERSATION_CLOSED
+            if not (closed or lost_start(exc)) or request.conversation_id or retried:
+                raise
+            self._opener.closed(tenant_id, opened.conversation)
+            raise ConversationClosedError from exc
+        await self._after_commit(exchange, response)
+        if opened.started:
+            log.info("conversation started", conversation_id=opened.conversation.id)
+        return response
+
+    async def _composed(
+        self,
+        key: RequestKey,
+        actor_id: str,
+        request: chat_service_pb2.SendMessageRequest,
+        processed: ProcessedContent,
+        *,
+        opened: Opened,
+        now: dt.datetime,
+    ) -> _Exchange:
+        """The user's message and the responder's replies to it, ready to be stored."""
+        conversation, session = opened.conversation, opened.session
         inbound = build_message(
             conversation,
             processed,
@@ -177,33 +222,20 @@ class MessageService:
             metadata=dict(request.metadata),
         )
         outbound, replies, context_updates = await self._composer.compose(
-            tenant_id, conversation, inbound, session, now=now
+            key.tenant_id, conversation, inbound, session, now=now
         )
         texts = [processed.search_text] + [r.search_text for r in replies]
-        exchange = _Exchange(
+        return _Exchange(
             key=key,
-            tenant_id=tenant_id,
+            tenant_id=key.tenant_id,
             actor_id=actor_id,
             request=request,
-            conversation=conversation,
-            session=session,
+            opened=opened,
             messages=[inbound, *outbound],
             search_texts=texts,
             now=now,
             context_updates=context_updates,
         )
-        try:
-            response = await self._commits.submit(exchange)
-        except FailedPrecondition as exc:
-            if exc.reason != CONVERSATION_CLOSED or request.conversation_id or retried:
-                raise
-            self._opener.closed(tenant_id, conversation)
-            raise ConversationClosedError from exc
-        self._opener.remember(tenant_id, response.conversation)
-        await self._after_commit(exchange, response)
-        if started:
-            log.info("conversation started", conversation_id=conversation.id)
-        return response
 
     async def _after_commit(
         self, exchange: _Exchange, response: chat_service_pb2.SendMessageResponse
@@ -221,6 +253,11 @@ class MessageService:
             context_updates=exchange.context_updates,
         )
 
+    async def _abandoned(self, exchange: _Exchange) -> None:
+        """A message the group commit dropped after its caller gave up: what opening left
+        for it (a new conversation's session) is settled."""
+        await self._opener.abandoned(exchange.tenant_id, exchange.opened)
+
     async def _finish_orphan(
         self, exchange: _Exchange, response: chat_service_pb2.SendMessageResponse
     ) -> None:
@@ -236,9 +273,9 @@ class MessageService:
         actor_id: str,
         request: chat_service_pb2.SendMessageRequest,
         now: dt.datetime,
-    ) -> tuple[common_pb2.Conversation, common_pb2.Session, bool]:
+    ) -> Opened:
         """The conversation the request names, or the user's active one on the channel (or a
-        new one), with its session; True when the conversation was started now."""
+        new one), with its session."""
         if not request.conversation_id:
             return await self._opener.open_active(
                 tenant_id,
@@ -260,13 +297,14 @@ class MessageService:
             )
         if found.status != common_pb2.CONVERSATION_STATUS_ACTIVE:
             raise FailedPrecondition("conversation is closed", reason=CONVERSATION_CLOSED)
-        return found, await self._opener.session_for(tenant_id, actor_id, found, now=now), False
+        return await self._opener.open_found(tenant_id, actor_id, found, now=now)
 
     async def _store(
         self, exchanges: list[_Exchange]
     ) -> list[chat_service_pb2.SendMessageResponse | Exception]:
         """Store exchanges of distinct conversations in one transaction: a bulk statement per
-        collection, whatever their number (see GroupCommit)."""
+        collection, whatever their number (see GroupCommit). A new conversation is inserted
+        with its first exchange, after its ConversationStarted and SessionStarted events."""
 
         async def work(tx: Tx) -> list[chat_service_pb2.SendMessageResponse | Exception]:
             states = await self._conversations.record_messages_many(
@@ -277,6 +315,7 @@ class MessageService:
                         inbound=1,
                         outbound=len(e.messages) - 1,
                         now=e.now,
+                        start=e.conversation if e.opened.started else None,
                     )
                     for e in exchanges
                 ],
@@ -346,7 +385,7 @@ class MessageService:
             {"conversation_updated": events_pb2.ConversationUpdated(conversation=updated)}
         )
         response = chat_service_pb2.SendMessageResponse(
-            message=inbound, replies=replies, conversation=updated, session=exchange.session
+            message=inbound, replies=replies, conversation=updated, session=exchange.opened.session
         )
         await self._requests.record(
             exchange.key,
@@ -355,14 +394,17 @@ class MessageService:
             tx=tx,
         )
         envelopes = [
-            envelope(
-                tenant_id=tenant_id,
-                actor_id=exchange.actor_id,
-                conversation_id=updated.id,
-                now=now,
-                **e,
-            )
-            for e in events
+            *exchange.opened.events,
+            *(
+                envelope(
+                    tenant_id=tenant_id,
+                    actor_id=exchange.actor_id,
+                    conversation_id=updated.id,
+                    now=now,
+                    **e,
+                )
+                for e in events
+            ),
         ]
         return response, envelopes
 

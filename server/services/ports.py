@@ -23,11 +23,13 @@ from server.domain.queues import (
     ClaimedInboxBatch,
     ClaimedReplyJob,
     Delivery,
+    Due,
     Finish,
     Outgoing,
     ReplyJob,
+    ReportedFailure,
 )
-from server.domain.receipts import EarlyReceipt
+from server.domain.receipts import EarlyReceipt, ReceiptRef
 from server.domain.tenant import StoredTenant, Tenant
 
 T = TypeVar("T")
@@ -87,13 +89,13 @@ class ConversationRepository(Protocol):
 
 
 class EarlyReceiptStore(Protocol):
-    """Receipts waiting for their message's send to be recorded (refs: receipt_ref)."""
+    """Receipts waiting for their message's send to be recorded (under the ref of their message)."""
 
     async def park(self, receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: Tx) -> None: ...
 
-    async def waiting(self, refs: Sequence[str]) -> bool: ...
+    async def waiting(self, refs: Sequence[ReceiptRef]) -> bool: ...
 
-    async def take(self, refs: Sequence[str], *, tx: Tx) -> list[EarlyReceipt]: ...
+    async def take(self, refs: Sequence[ReceiptRef], *, tx: Tx) -> list[EarlyReceipt]: ...
 
 
 class MessageRepository(Protocol):
@@ -226,6 +228,10 @@ class SessionStore(Protocol):
 
     def touch(self, session: common_pb2.Session, *, now: dt.datetime) -> None: ...
 
+    async def discard(self, tenant_id: str, session: common_pb2.Session) -> None:
+        """Remove a session no one used (its conversation was never stored)."""
+        ...
+
     async def update(
         self,
         tenant_id: str,
@@ -326,11 +332,11 @@ class DeliveryQueue(Protocol):
 
     async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: Tx) -> None: ...
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]: ...
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]: ...
 
-    async def claim(
-        self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> Delivery | None: ...
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[Delivery]: ...
 
     async def earlier_pending(
         self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
@@ -372,17 +378,21 @@ class DeliveryQueue(Protocol):
         self, tenant_id: str, message_id: str, *, now: dt.datetime
     ) -> Delivery | None: ...
 
+    async def fail_sent(
+        self, tenant_id: str, failures: Sequence[ReportedFailure], *, tx: Tx
+    ) -> None: ...
+
 
 class ReplyJobQueue(Protocol):
     """Inbound messages waiting for their reply, leased to one process at a time."""
 
     async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: Tx) -> None: ...
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]: ...
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]: ...
 
-    async def claim(
-        self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> ClaimedReplyJob | None: ...
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[ClaimedReplyJob]: ...
 
     async def earlier_waiting(self, job: ClaimedReplyJob) -> bool: ...
 
@@ -405,11 +415,11 @@ class IngestInbox(Protocol):
 
     async def waiting(self, tenant_id: str) -> bool: ...
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]: ...
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]: ...
 
-    async def claim(
-        self, batch_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
-    ) -> ClaimedInboxBatch | None: ...
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[ClaimedInboxBatch]: ...
 
     async def earlier_waiting(self, batch: ClaimedInboxBatch) -> bool: ...
 

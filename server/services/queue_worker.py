@@ -2,9 +2,11 @@
 MongoDB while there are free slots, handle each in its own task, sleep until woken (or a
 second passes) when there is nothing to do, and finish the items in hand when stopping.
 
-The due items are found a batch at a time (the oldest first) and then claimed one by one by
-id. Finding is the costly query (a range over every due item, which the store reads whole);
-claiming by id is cheap, and a claim another process made first simply fails."""
+The due items are found a batch at a time (the oldest first) and then claimed by id, as many
+at once as there are free slots: one claim (an update of those ids, then one read of what it
+took) for a batch rather than two round trips an item. Finding is the costly query (a range
+over every due item, which the store reads whole); claiming by id is cheap, and an item
+another process claimed first is simply not among those taken."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from abc import ABC, abstractmethod
 from typing import Generic, Protocol, TypeVar
 
 import structlog
+
+from server.domain.queues import Due
 
 log = structlog.get_logger("chat.queue")
 
@@ -40,10 +44,13 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         self._name = name
         #: This process's lease owner id.
         self._owner = uuid.uuid4().hex
-        self._slots = asyncio.Semaphore(concurrency)
+        #: Free slots: items are claimed only for these, so none waits leased and idle.
+        self._free = concurrency
+        self._room = asyncio.Event()
+        self._room.set()
         self._batch = concurrency * _CANDIDATES_PER_SLOT
-        #: Ids found due and not yet tried, oldest first.
-        self._candidates: list[str] = []
+        #: Items found due and not yet tried, oldest first.
+        self._candidates: list[Due] = []
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
 
@@ -68,49 +75,52 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             await asyncio.gather(*self._running, return_exceptions=True)
 
     @abstractmethod
-    async def due(self, limit: int) -> list[str]:
-        """The ids of up to ``limit`` due items, the oldest first."""
+    async def due(self, limit: int) -> list[Due]:
+        """Up to ``limit`` due items, the oldest first."""
 
     @abstractmethod
-    async def claim(self, item_id: str) -> ItemT | None:
-        """Lease this item to this process if it is still due, or None."""
+    async def claim_many(self, items: list[Due]) -> list[ItemT]:
+        """Lease to this process those of ``items`` still due (in one claim), in their order."""
 
-    async def _next(self) -> ItemT | None:
-        """The next due item claimed, or None when none is due."""
+    async def _next(self, limit: int) -> list[ItemT]:
+        """Up to ``limit`` due items claimed, the oldest first; none when none is due."""
         fetched = False
         while True:
             if not self._candidates:
                 if fetched:
-                    return None  # every candidate of a fresh batch was taken
+                    return []  # every candidate of a fresh batch was taken
                 self._candidates = await self.due(self._batch)
                 fetched = True
             while self._candidates:
-                item = await self.claim(self._candidates.pop(0))
-                if item is not None:
-                    return item
+                trying = self._candidates[:limit]
+                del self._candidates[:limit]
+                claimed = await self.claim_many(trying)
+                if claimed:
+                    return claimed
 
     @abstractmethod
     async def handle(self, item: ItemT) -> None:
         """Work on one claimed item (its own failures are the subclass's to record)."""
 
     async def _claim_some(self, stopping: asyncio.Event) -> bool:
-        """Claim and start items while any is due; each waits for a free slot, so a busy
-        worker takes the next item the moment one is finished."""
+        """Claim and start items while any is due, as many at once as there are free slots;
+        a busy worker claims the next ones the moment a slot is free."""
         claimed = False
         while True:
-            await self._slots.acquire()
-            try:
-                item = None if stopping.is_set() else await self._next()
-            except BaseException:
-                self._slots.release()
-                raise
-            if item is None:
-                self._slots.release()
+            await self._room.wait()
+            if stopping.is_set():
+                return claimed
+            items = await self._next(self._free)
+            if not items:
                 return claimed
             claimed = True
-            task = asyncio.create_task(self._guarded(item))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            for item in items:
+                self._free -= 1
+                task = asyncio.create_task(self._guarded(item))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            if self._free <= 0:
+                self._room.clear()
 
     async def _guarded(self, item: ItemT) -> None:
         try:
@@ -119,4 +129,5 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             # The lease lapses and the item is tried again; nothing was recorded.
             log.exception("queue item failed unexpectedly", queue=self._name, item=item.id)
         finally:
-            self._slots.release()
+            self._free += 1
+            self._room.set()

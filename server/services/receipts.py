@@ -20,10 +20,18 @@ from dataclasses import dataclass
 import structlog
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
-from server.domain.receipts import FORWARD_FROM, EarlyReceipt, StatusReport, receipt_ref
+from server.domain.queues import ReportedFailure
+from server.domain.receipts import (
+    FORWARD_FROM,
+    EarlyReceipt,
+    ReceiptRef,
+    StatusReport,
+    receipt_ref,
+)
 from server.events.envelopes import envelope
 from server.services.live import QuietLiveEvents, timestamp_of
 from server.services.ports import (
+    DeliveryQueue,
     EarlyReceiptStore,
     MessageRepository,
     Outbox,
@@ -67,6 +75,7 @@ class Receipts:
         self,
         *,
         messages: MessageRepository,
+        deliveries: DeliveryQueue,
         early: EarlyReceiptStore,
         outbox: Outbox,
         transactions: TransactionRunner,
@@ -74,6 +83,7 @@ class Receipts:
         on_events: Callable[[], None] = lambda: None,
     ) -> None:
         self._messages = messages
+        self._deliveries = deliveries
         self._early = early
         self._outbox = outbox
         self._transactions = transactions
@@ -107,6 +117,7 @@ class Receipts:
             tx=tx,
         )
         changes = [StatusChange(m, status, error, status_time) for m in changed]
+        await self._fail_deliveries(tenant_id, changes, tx=tx)
         if changes:
             await self._outbox.add(
                 [_delivered(tenant_id, actor_id, channel, change, now) for change in changes],
@@ -193,16 +204,32 @@ class Receipts:
         await self._messages.set_statuses(
             tenant_id, [(m.id, m.delivery_status) for m in moved.values()], tx=tx
         )
+        await self._fail_deliveries(
+            tenant_id, [change for a in applied for change in a.changes], tx=tx
+        )
         if events:
             await self._outbox.add(events, now=now, tx=tx)
         if parked:
             await self._early.park(parked, now=now, tx=tx)
         return applied
 
+    async def _fail_deliveries(
+        self, tenant_id: str, changes: Sequence[StatusChange], *, tx: Tx
+    ) -> None:
+        """A message the platform accepted and then reported failed (WhatsApp's 131026 comes
+        so): its delivery becomes FAILED too, listed and retried like any failed delivery."""
+        failures = [
+            ReportedFailure(message_id=c.message.id, time=c.status_time, error=c.error)
+            for c in changes
+            if c.status == common_pb2.DELIVERY_STATUS_FAILED
+        ]
+        if failures:
+            await self._deliveries.fail_sent(tenant_id, failures, tx=tx)
+
     async def take_and_apply(
-        self, refs: Sequence[str], *, now: dt.datetime, tx: Tx
+        self, refs: Sequence[ReceiptRef], *, now: dt.datetime, tx: Tx
     ) -> list[tuple[str, StatusChange]]:
-        """In the caller's transaction: apply the receipts parked under these refs (receipt_ref)
+        """In the caller's transaction: apply the receipts parked under these refs
         and remove them; the changes by tenant, in the order to publish them."""
         receipts = [r for r in await self._early.take(refs, tx=tx) if r.status in _ORDER]
         changes: list[tuple[str, StatusChange]] = []
@@ -224,7 +251,7 @@ class Receipts:
         return changes
 
     async def settle(
-        self, refs: Sequence[str], *, now: dt.datetime
+        self, refs: Sequence[ReceiptRef], *, now: dt.datetime
     ) -> list[tuple[str, StatusChange]]:
         """After a commit: apply the receipts parked under these refs, in a transaction of
         their own; the changes, for the caller to publish. One read when none waits."""

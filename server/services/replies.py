@@ -20,7 +20,7 @@ from chat.v1 import common_pb2, events_pb2
 from server.channels.base import READ, TYPING
 from server.domain.conversations import Recording
 from server.domain.messages import MessageRow
-from server.domain.queues import ClaimedReplyJob, Outgoing
+from server.domain.queues import ClaimedReplyJob, Due, Outgoing
 from server.events.envelopes import envelope
 from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
@@ -39,6 +39,7 @@ from server.services.ports import (
 )
 from server.services.queue_worker import LeasedQueueWorker
 from server.services.responder import RESPONDER_ID
+from server.tracing.spans import span
 
 log = structlog.get_logger("chat.replies")
 
@@ -109,19 +110,23 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         self._commits: GroupCommit[_Reply, common_pb2.Conversation | None] = GroupCommit(
             self._store,
             key=lambda reply: (reply.tenant_id, reply.conversation.id),
+            name="reply.store",
             on_batch=on_batch,
             on_orphan=self._finish_orphan,
             divisible=(_LeaseLostError,),
         )
 
-    async def due(self, limit: int) -> list[str]:
+    async def due(self, limit: int) -> list[Due]:
         return await self._jobs.due(now=self._clock(), limit=limit)
 
-    async def claim(self, item_id: str) -> ClaimedReplyJob | None:
-        return await self._jobs.claim(item_id, owner=self._owner, now=self._clock(), lease=LEASE)
+    async def claim_many(self, items: list[Due]) -> list[ClaimedReplyJob]:
+        return await self._jobs.claim_many(items, owner=self._owner, now=self._clock(), lease=LEASE)
 
     async def handle(self, item: ClaimedReplyJob) -> None:
-        await self._process(item)
+        # Claimed by a loop of its own: the job's traceparent ties it to the call that stored
+        # the message.
+        with span("reply.job", parent=item.trace, attributes={"chat.attempt": item.attempts}):
+            await self._process(item)
 
     async def _process(self, job: ClaimedReplyJob) -> None:
         try:
@@ -160,9 +165,10 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             await self._messages.replace(tenant_id, inbound)
         now = self._clock()
         session = await self._opener.session_for(tenant_id, RESPONDER_ID, conversation, now=now)
-        outbound, replies, context_updates = await self._composer.compose(
-            tenant_id, conversation, inbound, session, now=now
-        )
+        with span("reply.respond"):
+            outbound, replies, context_updates = await self._composer.compose(
+                tenant_id, conversation, inbound, session, now=now
+            )
         reply = _Reply(
             job=job,
             tenant_id=tenant_id,

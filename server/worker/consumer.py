@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from chat.v1 import events_pb2
 from server.events.topics import DEAD_LETTER_TOPIC
+from server.tracing.spans import CONSUMER, span, traceparent_in
 from server.worker.router import EventRouter, Failure
 
 log = structlog.get_logger("chat.worker.consumer")
@@ -41,7 +42,8 @@ class ConsumerObserver(Protocol):
 
     def dead_lettered(self, handler: str, event_type: str) -> None: ...
 
-    def lag(self, topic: str, partition: int, lag: int) -> None: ...
+    def lags(self, behind: Mapping[tuple[str, int], int]) -> None:
+        """The lag of each partition this worker holds now (and of no other)."""
 
 
 class DeadLetterSink(Protocol):
@@ -52,13 +54,57 @@ class DeadLetterSink(Protocol):
     ) -> None: ...
 
 
-class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Logs each assignment: which worker holds which partitions."""
+#: How long a revocation waits for the batch in hand (the group's rebalance waits with it).
+_REVOKE_WAIT_SECONDS = 20.0
+
+
+class Handover:
+    """Hands partitions over at a record boundary. The batch in hand runs under ``handling``;
+    a revocation marks its partitions and waits for that lock, and the batch loop, seeing its
+    partition marked, commits what it has handled and stops there. A rebalance so waits for one
+    record a partition instead of a whole batch, and the next owner starts exactly where this
+    worker stopped: two workers never handle one partition at once, and none redoes a record
+    unless a worker dies or the wait runs out."""
+
+    def __init__(self, wait_seconds: float = _REVOKE_WAIT_SECONDS) -> None:
+        self.handling = asyncio.Lock()
+        self._wait_seconds = wait_seconds
+        self._revoking: set[TopicPartition] = set()
+
+    def revoking(self, tp: TopicPartition) -> bool:
+        """Whether the batch loop is to stop before its next record of ``tp``."""
+        return tp in self._revoking
+
+    async def revoke(self, partitions: Sequence[TopicPartition]) -> bool:
+        """Wait until no batch is in hand (False when that took too long)."""
+        self._revoking.update(partitions)
+        try:
+            async with asyncio.timeout(self._wait_seconds):
+                await self.handling.acquire()
+        except TimeoutError:
+            return False
+        finally:
+            self._revoking.difference_update(partitions)
+        self.handling.release()
+        return True
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs each assignment (which worker holds which partitions), and lets a revocation wait
+    for the batch in hand to reach a record boundary (see ``Handover``)."""
+
+    def __init__(self, handover: Handover) -> None:
+        self._handover = handover
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        log.info(
-            "partitions revoked", partitions=sorted(f"{p.topic}/{p.partition}" for p in revoked)
-        )
+        partitions = sorted(f"{p.topic}/{p.partition}" for p in revoked)
+        if not await self._handover.revoke(list(revoked)):
+            # A store down holds the batch (retries, then a pause): the whole group would wait
+            # with it. The partitions go now; their new owner may handle some of these records
+            # again, which the handlers' applied-event records make harmless.
+            log.warning("partitions revoked with a batch still in hand", partitions=partitions)
+            return
+        log.info("partitions revoked", partitions=partitions)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info(
@@ -92,6 +138,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
+        self._handover = Handover()
         #: Lag per assigned partition ("topic/partition" -> events), as last measured.
         self.lag: dict[str, int] = {}
 
@@ -109,7 +156,7 @@ class EventConsumer:
             heartbeat_interval_ms=max(1000, self._session_timeout_ms // 3),
             max_poll_interval_ms=300_000,
         )
-        self._consumer.subscribe(self._topics, listener=_LogRebalance())
+        self._consumer.subscribe(self._topics, listener=_Rebalance(self._handover))
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id="chat-worker-dlq",
@@ -123,9 +170,10 @@ class EventConsumer:
             while not stop.is_set():
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
                 if batch:
-                    await asyncio.gather(
-                        *(self._partition(tp, records) for tp, records in batch.items())
-                    )
+                    async with self._handover.handling:
+                        await asyncio.gather(
+                            *(self._partition(tp, records) for tp, records in batch.items())
+                        )
                 await self._measure_lag()
         finally:
             await self._consumer.stop()
@@ -133,6 +181,10 @@ class EventConsumer:
 
     async def _partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:
+            if self._handover.revoking(tp):
+                # Going to another worker: it starts after the last record handled here.
+                await self._commit(tp, record.offset)
+                return
             if not await self._record(record):
                 # A store is down: commit what came before, come back to this record later.
                 await self._commit(tp, record.offset)
@@ -159,7 +211,21 @@ class EventConsumer:
 
     async def _record(self, record: ConsumerRecord) -> bool:
         """Handle one record; False when a store outage stopped it (nothing dead-lettered
-        for that: the record is to be handled again)."""
+        for that: the record is to be handled again). Traced as a continuation of the call
+        that wrote the event (the record's traceparent header)."""
+        with span(
+            "worker.handle",
+            parent=traceparent_in(record.headers),
+            kind=CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.offset": record.offset,
+            },
+        ):
+            return await self._handle_record(record)
+
+    async def _handle_record(self, record: ConsumerRecord) -> bool:
         value: bytes = record.value or b""
         try:
             envelope = events_pb2.EventEnvelope.FromString(value)
@@ -240,6 +306,7 @@ class EventConsumer:
         offset to consume (both known locally: no extra round trip)."""
         assert self._consumer is not None  # noqa: S101 - set by run
         lag: dict[str, int] = {}
+        held: dict[tuple[str, int], int] = {}
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is None:
@@ -250,5 +317,8 @@ class EventConsumer:
                 continue  # revoked meanwhile
             behind = max(0, highwater - position)
             lag[f"{tp.topic}/{tp.partition}"] = behind
-            self._observer.lag(tp.topic, tp.partition, behind)
+            held[(tp.topic, tp.partition)] = behind
+        # The whole set: a partition given to another worker is no longer this one's to report
+        # (its last figure, kept, would be summed with the new owner's).
+        self._observer.lags(held)
         self.lag = lag

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 from aiohttp import web
@@ -35,6 +35,7 @@ from server.repositories.mongo import Transactions, create_indexes
 from server.repositories.users import MongoUserRepository
 from server.settings import Settings, SettingsError
 from server.stopping import stop_on_signals
+from server.tracing.setup import configure_tracing
 from server.worker.consumer import EventConsumer
 from server.worker.handlers import (
     AnalyticsHandler,
@@ -82,16 +83,18 @@ class WorkerMetrics:
         )
         self._seconds = Histogram(
             "chat_worker_handler_seconds",
-            "Time a handler took for one event.",
+            "Time a handler took for one event, in seconds.",
             ["handler"],
             registry=self.registry,
         )
         self._lag = Gauge(
-            "chat_worker_consumer_lag",
-            "Events not yet consumed, per partition.",
+            "chat_worker_consumer_lag_records",
+            "Records not yet consumed by the group, per topic and partition.",
             ["topic", "partition"],
             registry=self.registry,
         )
+        #: The partitions whose lag is exported (those this worker held at the last look).
+        self._lagging: set[tuple[str, int]] = set()
 
     def handled(self, handler: str, event_type: str, seconds: float) -> None:
         self._handled.labels(handler, event_type).inc()
@@ -103,8 +106,12 @@ class WorkerMetrics:
     def dead_lettered(self, handler: str, event_type: str) -> None:
         self._dead.labels(handler, event_type).inc()
 
-    def lag(self, topic: str, partition: int, lag: int) -> None:
-        self._lag.labels(topic, str(partition)).set(lag)
+    def lags(self, behind: Mapping[tuple[str, int], int]) -> None:
+        for topic, partition in self._lagging - behind.keys():
+            self._lag.remove(topic, str(partition))
+        for (topic, partition), records in behind.items():
+            self._lag.labels(topic, str(partition)).set(records)
+        self._lagging = set(behind)
 
 
 async def run(
@@ -327,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"{'matched' if arguments.dry_run else 'replayed'} {count} dead letters")  # noqa: T201
         return
+    try:
+        configure_tracing(service_name="chat-worker")
+    except SettingsError as exc:
+        sys.exit(f"chat-worker: {exc}")
 
     async def serve() -> None:
         stop = asyncio.Event()

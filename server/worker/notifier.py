@@ -104,7 +104,7 @@ class Notifier:
         *,
         now: dt.datetime,
     ) -> None:
-        if not await self._claim(f"{tenant_id}:{condition}", now):
+        if not await self._claim(tenant_id, condition, now):
             return
         log.warning("alert", condition=condition, tenant_id=tenant_id, message=message, **figures)
         if not self._settings.webhook_url:
@@ -125,16 +125,20 @@ class Notifier:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("alert webhook unreachable", error=repr(exc))
 
-    async def _claim(self, key: str, now: dt.datetime) -> bool:
+    async def _claim(self, tenant_id: str, condition: str, now: dt.datetime) -> bool:
         """Whether this worker may send the alert now (once per interval, across workers)."""
+        key = f"{tenant_id}:{condition}"
         cutoff = now - dt.timedelta(seconds=self._settings.interval_seconds)
         claimed = await self._alerts.update_one(
-            {"_id": key, "last_sent_time": {"$lte": cutoff}}, {"$set": {"last_sent_time": now}}
+            {"_id": key, "tenant_id": tenant_id, "last_sent_time": {"$lte": cutoff}},
+            {"$set": {"last_sent_time": now}},
         )
         if claimed.modified_count:
             return True
         try:
-            await self._alerts.insert_one({"_id": key, "last_sent_time": now})
+            await self._alerts.insert_one(
+                {"_id": key, "tenant_id": tenant_id, "last_sent_time": now}
+            )
         except DuplicateKeyError:
             return False
         return True

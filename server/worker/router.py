@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.v1 import events_pb2
+from server.tracing.spans import span
 
 log = structlog.get_logger("chat.worker.router")
 
@@ -129,7 +130,11 @@ class EventRouter:
         for attempt in range(1, self._retry.attempts + 1):
             started = time.perf_counter()
             try:
-                await handler.handle(envelope)
+                with span(
+                    "worker.handler",
+                    attributes={"chat.handler": handler.name, "chat.attempt": attempt},
+                ):
+                    await handler.handle(envelope)
             except PermanentError as exc:
                 self._observer.failed(handler.name, event_type)
                 return Failure(handler.name, _describe(exc), attempt)

@@ -57,6 +57,7 @@ class DevRun:
                     str(data_dir / "logs"),
                     *("--grpc-port", "0", "--bridge-port", "0", "--metrics-port", "0"),
                     *("--mongodb-port", "0", "--redis-port", "0", "--kafka-port", "0"),
+                    *("--sandbox-port", "0"),
                 ]
             ),
             cwd=REPO_ROOT,
@@ -193,9 +194,17 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
 
     names = " ".join(dev_run.children.values())
-    for program in ("secantusd-py", "valkey-server", "tansu", "chat-server", "chat-worker"):
+    for program in (
+        "secantusd-py",
+        "valkey-server",
+        "tansu",
+        "chat-server",
+        "chat-worker",
+        "chat-sandbox",
+    ):
         assert program in names
     conversation = chatctl_quick_start(dev_run)
+    sandbox_round_trips(dev_run)
     code, output = dev_run.stop(signal.SIGINT)
     assert code == 0, output
     assert "chat-dev: stopped" in output
@@ -205,6 +214,43 @@ def test_make_run_serves_and_stops_cleanly(dev_run: DevRun) -> None:
     assert conversation
     assert _alive(dev_run.children) == {}
     assert "stopped" in (dev_run.data_dir / "logs" / "chat-server.log").read_text()
+    assert f"platform sandbox       {info['sandbox_url']}" in output
+    # The replies went to the sandbox, not to the real platforms: no failed delivery, no
+    # warning anywhere.
+    for name in ("chat-server", "chat-worker", "chat-bridge", "chat-sandbox"):
+        log = (dev_run.data_dir / "logs" / f"{name}.log").read_text()
+        assert "[warning" not in log, log
+        assert "[error" not in log, log
+
+
+def sandbox_round_trips(dev_run: DevRun) -> None:
+    """The sandbox page's send, as a user of each platform: the bot's menu arrives at the
+    sandbox and the platform's receipts move its ticks (Slack has none: sent)."""
+    info = dev_run.info
+    assert info["sandbox_platforms"] == ["whatsapp", "messenger", "slack", "teams"]
+    assert info["real_platforms"] == {}
+    sandbox = info["sandbox_url"]
+    for platform in info["sandbox_platforms"]:
+        request = urllib.request.Request(
+            f"{sandbox}sandbox/send",
+            data=json.dumps({"platform": platform, "user": "ana", "text": "help"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read()) == {"bridge_status": 200}
+    final = {"whatsapp": "read", "messenger": "read", "slack": "sent", "teams": "read"}
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"{sandbox}sandbox/state", timeout=10) as response:
+            chats = json.loads(response.read())["chats"]
+        ticks = {
+            key.split(":", 1)[0]: [e["status"] for e in entries if e["sender"] == "bot"]
+            for key, entries in chats.items()
+        }
+        if all(ticks.get(platform) == [status] for platform, status in final.items()):
+            return
+        assert time.monotonic() < deadline, ticks
+        time.sleep(0.2)
 
 
 def chatctl_quick_start(dev_run: DevRun) -> str:

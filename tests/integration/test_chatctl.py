@@ -11,7 +11,6 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,12 @@ from tests.support.bridge import Bridge
 from tests.support.chat_client import JWT_SETTINGS, SECRET, TENANTS
 from tests.support.chatctl import Chatctl, Result
 from tests.support.seeding import seed_conversation
-from tests.support.servers import RunningServer, tenants_file
+from tests.support.servers import RunningServer, ServerStarter, tenants_file
 from tests.support.stand_ins import Mongo, Platforms, sent, status_of, whatsapp_reply
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 
-StartServer = Callable[..., Awaitable[RunningServer]]
+StartServer = ServerStarter
 
 
 def one_line_error(result: Result, *words: str) -> None:
@@ -421,6 +420,7 @@ async def test_audit_list_and_verify_failing_on_a_tampered_entry(
         one_line_error(broken, "broken at entry 2")
         assert "no" in broken.stdout  # intact: no
     finally:
+        await start_server.stop_all()  # a drop beside a server's transaction stalls the store
         await client.drop_database(database)
         await client.close()
 
@@ -481,6 +481,7 @@ async def test_analytics_figures_and_chart(
         assert too_long.code == 2
         one_line_error(too_long, "INVALID_ARGUMENT")
     finally:
+        await start_server.stop_all()  # a drop beside a server's transaction stalls the store
         await client.drop_database(database)
         await client.close()
 

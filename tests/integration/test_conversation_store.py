@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -16,7 +16,14 @@ from chat.v1 import common_pb2 as c
 from devstack.stack import Endpoints
 from server.domain.conversations import Recording
 from server.repositories.conversations import MongoConversationRepository
-from server.repositories.mongo import CLOSED, CONVERSATIONS, Document, Transactions, create_indexes
+from server.repositories.mongo import (
+    ACTIVE,
+    CLOSED,
+    CONVERSATIONS,
+    Document,
+    Transactions,
+    create_indexes,
+)
 
 
 @pytest.fixture
@@ -72,35 +79,33 @@ async def test_only_active_conversations_of_the_tenant_take_messages(
 async def test_a_close_committed_during_the_recording_retries_it(
     database: AsyncDatabase[Document],
 ) -> None:
-    """The close commits after the recording read the conversation as active and before it
-    writes: the write conflicts, the transaction runs again and finds it closed."""
+    """The close commits after the recording's transaction took its snapshot (the conversation
+    active in it) and before the recording writes: the write conflicts, the transaction runs
+    again and finds it closed. (The snapshot is taken by the transaction's first statement;
+    in the service, the batch's earlier statements.)"""
     transactions = Transactions(client=database.client)
     repository = MongoConversationRepository(database=database)
     conversation = await started(repository, transactions, "racer")
-    read = repository._states
-    reads = 0
+    attempts = 0
 
-    async def close_after_first_read(
-        ids: Sequence[str], session: AsyncClientSession
-    ) -> dict[str, Document]:
-        nonlocal reads
-        found = await read(ids, session)
-        reads += 1
-        if reads == 1:  # another client closes it, outside this transaction
+    async def record(tx: AsyncClientSession) -> list[c.Conversation | None]:
+        nonlocal attempts
+        attempts += 1
+        seen = await database[CONVERSATIONS].find_one({"_id": conversation.id}, session=tx)
+        assert seen is not None
+        if attempts == 1:  # another client closes it, outside this transaction
+            assert seen["status"] == ACTIVE
             await database[CONVERSATIONS].update_one(
                 {"_id": conversation.id}, {"$set": {"status": CLOSED}}
             )
-        return found
-
-    repository._states = close_after_first_read  # type: ignore[method-assign]
-    now = dt.datetime.now(dt.UTC)
-    states = await transactions.run(
-        lambda tx: repository.record_messages_many(
+        now = dt.datetime.now(dt.UTC)
+        return await repository.record_messages_many(
             [Recording("acme", conversation.id, 1, 1, now)], tx=tx
         )
-    )
+
+    states = await transactions.run(record)
     assert states == [None]
-    assert reads == 2  # the first attempt's read, then the retry's (which found it closed)
+    assert attempts == 2  # the first attempt's write conflicted; the retry found it closed
     document = await database[CONVERSATIONS].find_one({"_id": conversation.id})
     assert document is not None
     assert (document["status"], document["last_sequence"]) == (CLOSED, 0)

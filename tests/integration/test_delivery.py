@@ -480,7 +480,10 @@ async def test_whatsapp_media_is_uploaded_then_sent_by_id(
     }
     [(_, _, upload_send)] = platforms.to("whatsapp /", "15550001111")
     assert upload_send["type"] == "image"
-    assert upload_send["image"] == {"id": "uploaded-media-1", "caption": "our shop"}
+    # The id the platform gave the upload, whose bytes are the picture's.
+    [uploaded] = [m for m in platforms.state.media.files.values() if m.file_name == "a.png"]
+    assert uploaded.data == picture
+    assert upload_send["image"] == {"id": uploaded.media_id, "caption": "our shop"}
 
 
 async def test_the_platforms_see_the_bot_read_and_type(

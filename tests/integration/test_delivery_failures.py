@@ -174,6 +174,7 @@ async def test_the_breaker_keeps_sends_off_a_platform_that_is_down(
         assert other_sent - opened_at >= 1.9
 
 
+@pytest.mark.redis
 async def test_pacing_keeps_a_slack_channel_to_one_message_a_second(
     stack_up: Any, platforms: Platforms
 ) -> None:

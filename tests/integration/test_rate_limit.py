@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis.asyncio as redis
 from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -21,7 +20,9 @@ from devstack.stack import EmbeddedStack, Endpoints
 from devstack.tokens import mint_dev_token
 from server.domain.limits import Limit, limit_key
 from server.repositories.rate_limits import RedisRateLimiter
+from server.repositories.redis_client import RedisClient
 from tests.support.probe import ECHO, unary_call
+from tests.support.redis_clients import session_redis
 from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -29,8 +30,8 @@ SECRET = "rate-limit-test-secret-long-enough-for-hs256"
 
 
 @pytest.fixture
-async def client(stack: Endpoints) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(stack.redis_url)
+async def client(stack: Endpoints) -> AsyncIterator[RedisClient]:
+    connection = session_redis(stack)
     yield connection
     await connection.aclose()
 
@@ -41,7 +42,7 @@ def unique(prefix: str) -> str:
 
 
 @pytest.mark.redis
-async def test_burst_then_refill(client: redis.Redis) -> None:
+async def test_burst_then_refill(client: RedisClient) -> None:
     limiter = RedisRateLimiter(client=client)
     # One request every 2 s sustained: slow enough that no refill happens between the calls
     # below, even on a loaded machine.
@@ -57,7 +58,7 @@ async def test_burst_then_refill(client: redis.Redis) -> None:
 
 
 @pytest.mark.redis
-async def test_retry_after_is_accurate(client: redis.Redis) -> None:
+async def test_retry_after_is_accurate(client: RedisClient) -> None:
     limiter = RedisRateLimiter(client=client)
     limit = Limit(limit_key(unique("t"), "t"), per_second=1, burst=1, subject="tenant")
     assert (await limiter.check((limit,))).allowed
@@ -73,7 +74,7 @@ async def test_retry_after_is_accurate(client: redis.Redis) -> None:
 
 
 @pytest.mark.redis
-async def test_a_refused_request_charges_no_limit(client: redis.Redis) -> None:
+async def test_a_refused_request_charges_no_limit(client: RedisClient) -> None:
     limiter = RedisRateLimiter(client=client)
     tenant = unique("t")
     # A burst of 100 that practically never refills, so only charges change it.
@@ -91,7 +92,7 @@ async def test_a_refused_request_charges_no_limit(client: redis.Redis) -> None:
 
 
 @pytest.mark.redis
-async def test_keys_are_prefixed_by_tenant_and_expire(client: redis.Redis) -> None:
+async def test_keys_are_prefixed_by_tenant_and_expire(client: RedisClient) -> None:
     limiter = RedisRateLimiter(client=client)
     tenant = unique("t")
     limit = Limit(limit_key(tenant, "m", "SearchMessages"), 10, 5, "method:SearchMessages")

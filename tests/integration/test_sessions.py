@@ -17,6 +17,7 @@ from chat.v1 import session_service_pb2_grpc
 from devstack.stack import Endpoints
 from tests.support.chat_client import JWT_SETTINGS, TENANTS, ChatClient
 from tests.support.kafka_events import published
+from tests.support.redis_clients import session_redis
 from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -41,6 +42,7 @@ async def setup(
         yield acme, Sessions(channel, acme), Sessions(channel, globex)
 
 
+@pytest.mark.redis
 async def test_read_change_and_end_a_session(
     stack: Endpoints, setup: tuple[ChatClient, Sessions, Sessions]
 ) -> None:
@@ -160,6 +162,7 @@ async def test_a_stable_event_written_twice_is_one_event(stack: Endpoints) -> No
         await client.close()
 
 
+@pytest.mark.redis
 async def test_expired_sessions_end_exactly_once_across_servers(
     stack: Endpoints, start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -200,16 +203,15 @@ async def test_expired_sessions_end_exactly_once_across_servers(
         assert again.session.id != sent[0].session.id
 
 
+@pytest.mark.redis
 async def test_each_expired_session_is_claimed_by_exactly_one_sweeper(stack: Endpoints) -> None:
     import asyncio  # noqa: PLC0415
     import datetime as dt  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
-    import redis.asyncio as redis  # noqa: PLC0415
-
     from server.repositories.sessions import RedisSessionStore  # noqa: PLC0415
 
-    connection = redis.Redis.from_url(stack.redis_url)
+    connection = session_redis(stack)
     try:
         stores = [RedisSessionStore(client=connection, ttl_seconds=1) for _ in range(2)]
         tenant = "claim-" + uuid.uuid4().hex[:8]

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as redis_asyncio
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
@@ -45,11 +44,13 @@ from server.repositories.analytics import MongoAnalytics
 from server.repositories.conversation_cache import RedisConversationCache
 from server.settings import AlertSettings, Settings
 from server.stopping import EXIT_MARGIN_SECONDS
-from server.worker.main import CONSUMED_TOPICS, WorkerMetrics, replay_dead_letters, run
+from server.worker.main import WorkerMetrics, replay_dead_letters, run
 from server.worker.notifier import Notifier
 from server.worker.router import Registration
 from tests.support import waiting
 from tests.support.chat_client import JWT_SETTINGS, SECRET, ChatClient
+from tests.support.kafka_events import group_at_end
+from tests.support.redis_clients import session_redis
 from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -101,29 +102,6 @@ class Worker:
 @pytest.fixture
 def tenant() -> str:
     return "t" + uuid.uuid4().hex[:10]
-
-
-async def group_at_end(bootstrap: str) -> str:
-    """A new consumer group whose offsets are at the end of every topic: its workers handle
-    only what this test publishes, not every event of the test session before it."""
-    group = f"test-{uuid.uuid4().hex}"
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in CONSUMED_TOPICS
-            for partition in consumer.partitions_for_topic(topic) or ()
-        ]
-        ends = await consumer.end_offsets(partitions)
-        consumer.assign(partitions)
-        await consumer.commit(dict(ends.items()))
-    finally:
-        await consumer.stop()
-    return group
 
 
 @pytest.fixture
@@ -389,6 +367,7 @@ async def test_a_user_record_per_platform_identity(
     assert web["last_active_time"] == second.message.create_time.ToDatetime(tzinfo=dt.UTC)
 
 
+@pytest.mark.redis
 async def test_the_cache_handler_refreshes_cached_conversations_only(
     start_worker: Callable[..., Worker],
     publisher: KafkaEventPublisher,
@@ -400,7 +379,7 @@ async def test_the_cache_handler_refreshes_cached_conversations_only(
         conversation.update_time.FromSeconds(seconds)
         return conversation
 
-    redis = redis_asyncio.Redis.from_url(stack.redis_url)
+    redis = session_redis(stack)
     cache = RedisConversationCache(client=redis)
     try:
         assert await cache.fill(tenant, state("cached", 100, 2))  # a reader filled it
@@ -801,8 +780,9 @@ async def test_the_audit_chain_detects_a_modified_or_removed_entry(
         assert (gap.intact, gap.first_broken_sequence) == (False, 2)
 
 
+@pytest.mark.redis
 async def test_a_late_event_never_brings_back_an_older_cached_state(stack: Endpoints) -> None:
-    redis = redis_asyncio.Redis.from_url(stack.redis_url)
+    redis = session_redis(stack)
     cache = RedisConversationCache(client=redis)
     tenant = "t" + uuid.uuid4().hex[:8]
 

@@ -1,16 +1,15 @@
-"""A local stand-in for Bot Framework's OpenID metadata and signing keys (Teams tests)."""
+"""Bot Framework's OpenID metadata and signing keys for the Teams tests: the platform
+sandbox's (devstack/sandbox/signing.py), the same the dev bridge trusts under `make run`."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.support.keys import KeyPair
+from devstack.sandbox import Sandbox
+from devstack.sandbox.signing import BotFrameworkKeys
 
 TEAMS_APP = "11111111-2222-3333-4444-555555555555"
 SERVICE_URL = "https://smba.trafficmanager.net/amer/"
@@ -18,21 +17,17 @@ SERVICE_URL = "https://smba.trafficmanager.net/amer/"
 
 @dataclass
 class TeamsKeys:
-    key: KeyPair
+    key: BotFrameworkKeys
     metadata_url: str
-    fetches: int = 0
+
+    @property
+    def fetches(self) -> int:
+        return self.key.fetches
 
     def token(self, **claims: Any) -> str:
-        now = int(time.time())
-        body = {
-            "iss": "https://api.botframework.com",
-            "aud": TEAMS_APP,
-            "exp": now + 300,
-            "nbf": now - 10,
-            "serviceurl": SERVICE_URL,
-            **claims,
-        }
-        return self.key.sign({k: v for k, v in body.items() if v is not None}, **no_defaults())
+        """A token for the test tenants' bot and SERVICE_URL, with ``claims`` replacing (None:
+        leaving out) the defaults."""
+        return self.key.token(app_id=TEAMS_APP, service_url=SERVICE_URL, **claims)
 
 
 def no_defaults() -> dict[str, Any]:
@@ -41,26 +36,6 @@ def no_defaults() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def teams_keys() -> AsyncIterator[TeamsKeys]:
-    """A local stand-in for Bot Framework's OpenID metadata and keys (with endorsements)."""
-    keys = TeamsKeys(KeyPair.rsa("bf-key-1"), "")
-    app = web.Application()
-
-    async def metadata(request: web.Request) -> web.Response:
-        base = f"{request.scheme}://{request.host}"
-        return web.json_response(
-            {"issuer": "https://api.botframework.com", "jwks_uri": f"{base}/keys"}
-        )
-
-    async def jwks(_: web.Request) -> web.Response:
-        keys.fetches += 1
-        return web.json_response({"keys": [{**keys.key.jwk(), "endorsements": ["msteams"]}]})
-
-    app.router.add_get("/openid", metadata)
-    app.router.add_get("/keys", jwks)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    keys.metadata_url = f"http://127.0.0.1:{runner.addresses[0][1]}/openid"
-    yield keys
-    await runner.cleanup()
+def teams_keys(platforms: Sandbox) -> TeamsKeys:
+    """The sandbox's Bot Framework keys (with the msteams endorsement) and its metadata URL."""
+    return TeamsKeys(platforms.keys, platforms.metadata_url)

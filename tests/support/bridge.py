@@ -3,11 +3,8 @@ platforms' recorded samples, the tenants they belong to, and the apps' secrets."
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from devstack.sandbox.signing import meta_signature, slack_headers
 from server.repositories.tenants_file import load_tenants
 from server.tenancy.directory import TenantDirectory
 from tests.support.bot_framework import TEAMS_APP
@@ -73,11 +71,13 @@ class Bridge:
 
     async def meta(self, platform: str, payload: Any, secret: str, tenant: str = "acme") -> int:
         body = json.dumps(payload).encode()
-        signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         status, _ = await self.post(
             f"/webhooks/{platform}/{tenant}",
             body,
-            {"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+            {
+                "Content-Type": "application/json",
+                "X-Hub-Signature-256": meta_signature(secret, body),
+            },
         )
         return status
 
@@ -92,18 +92,7 @@ class Bridge:
     async def slack(
         self, path: str, body: bytes, content_type: str = "application/json", age: int = 0
     ) -> tuple[int, str]:
-        stamp = str(int(time.time()) - age)
-        signature = (
-            "v0="
-            + hmac.new(
-                SLACK_SECRET.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256
-            ).hexdigest()
-        )
-        headers = {
-            "Content-Type": content_type,
-            "X-Slack-Request-Timestamp": stamp,
-            "X-Slack-Signature": signature,
-        }
+        headers = {"Content-Type": content_type, **slack_headers(SLACK_SECRET, body, age=age)}
         return await self.post(path, body, headers)
 
 

@@ -6,10 +6,11 @@ import asyncio
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
 from chat.v1 import events_pb2
+from server.worker.main import CONSUMED_TOPICS
 
 
 async def published(
@@ -57,3 +58,26 @@ async def published(
     finally:
         await consumer.stop()
     return found
+
+
+async def group_at_end(bootstrap: str) -> str:
+    """A new consumer group whose offsets are at the end of every topic: its workers handle
+    only what this test publishes, not every event of the test session before it."""
+    group = f"test-{uuid.uuid4().hex}"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in CONSUMED_TOPICS
+            for partition in consumer.partitions_for_topic(topic) or ()
+        ]
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.commit(dict(ends.items()))
+    finally:
+        await consumer.stop()
+    return group

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from chat.v1 import common_pb2
-from server.domain.conversations import ConversationFilter, Recording
+from server.domain.conversations import ALREADY_ACTIVE, ConversationFilter, Recording
 from server.domain.errors import AlreadyExists
 from server.domain.messages import Advance, MessageRow
 from server.repositories.messages import FORWARD_FROM
@@ -122,6 +122,13 @@ class MemoryConversations:
         ids = [r.conversation_id for r in recordings]
         if len(set(ids)) != len(ids):
             raise ValueError("a conversation may appear once per call")
+        for r in recordings:
+            if r.start is None:
+                continue
+            if await self.find_active(r.tenant_id, r.start.user_id, r.start.channel) is not None:
+                # The unique index on active conversations: the transaction rolls back.
+                raise AlreadyExists("an active conversation exists", reason=ALREADY_ACTIVE)
+            self._db.conversations[r.start.id] = (r.tenant_id, copy.deepcopy(r.start))
         states: list[common_pb2.Conversation | None] = []
         for r in recordings:
             found = self._db.conversations.get(r.conversation_id)

@@ -9,7 +9,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from chat.v1 import common_pb2
 from server.domain.errors import AlreadyExists
@@ -17,18 +17,38 @@ from server.domain.queues import (
     FAILED,
     QUEUED,
     SENDING,
+    SENT,
     Attempt,
     ClaimedInboxBatch,
     ClaimedReplyJob,
     Delivery,
+    Due,
     Finish,
     Outgoing,
     ReplyJob,
+    ReportedFailure,
 )
 from tests.support.memory_db import Database
 
+ClaimedT = TypeVar("ClaimedT")
 
-class MemoryDeliveries:
+
+class ClaimsOneByOne(Generic[ClaimedT]):
+    """A queue's claim_many as the in-memory queues make it: each item in turn."""
+
+    async def _claim(
+        self, item: Due, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> ClaimedT | None:
+        raise NotImplementedError
+
+    async def claim_many(
+        self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
+    ) -> list[ClaimedT]:
+        claimed = [await self._claim(item, owner=owner, now=now, lease=lease) for item in items]
+        return [item for item in claimed if item is not None]
+
+
+class MemoryDeliveries(ClaimsOneByOne[Delivery]):
     """DeliveryQueue: one record per outbound message keyed by its id, leased by claim."""
 
     def __init__(self, db: Database) -> None:
@@ -76,20 +96,23 @@ class MemoryDeliveries:
                     due_time=item.now,
                 )
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         due = [
             d
             for d in self._db.deliveries.values()
             if d.state in (QUEUED, SENDING) and d.due_time is not None and d.due_time <= now
         ]
-        return [d.id for d in sorted(due, key=lambda d: d.due_time or now)][:limit]
+        ordered = sorted(due, key=lambda d: d.due_time or now)[:limit]
+        return [Due(tenant_id=d.tenant_id, id=d.id) for d in ordered]
 
-    async def claim(
-        self, delivery_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    async def _claim(
+        self, item: Due, *, owner: str, now: dt.datetime, lease: dt.timedelta
     ) -> Delivery | None:
+        delivery_id = item.id
         found = self._db.deliveries.get(delivery_id)
         if (
             found is None
+            or found.tenant_id != item.tenant_id
             or found.state not in (QUEUED, SENDING)
             or found.due_time is None
             or found.due_time > now
@@ -232,8 +255,24 @@ class MemoryDeliveries:
         self._db.deliveries[message_id] = requeued
         return requeued
 
+    async def fail_sent(
+        self, tenant_id: str, failures: Sequence[ReportedFailure], *, tx: Any
+    ) -> None:
+        self._db.wrote(tx, "deliveries")
+        for failure in failures:
+            found = self._db.deliveries.get(failure.message_id)
+            if found is None or found.tenant_id != tenant_id or found.state != SENT:
+                continue
+            attempt = Attempt(time=failure.time, success=False, error=failure.error)
+            self._db.deliveries[failure.message_id] = dataclasses.replace(
+                found,
+                state=FAILED,
+                update_time=failure.time,
+                attempts=(*found.attempts, attempt),
+            )
 
-class MemoryReplyJobs:
+
+class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
     """ReplyJobQueue: jobs claimed with a lease; a claim counts an attempt."""
 
     def __init__(self, db: Database) -> None:
@@ -264,15 +303,16 @@ class MemoryReplyJobs:
                 "owner": "",
             }
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         due = [j for j in self._db.reply_jobs.values() if j["due_time"] <= now]
-        return [j["id"] for j in sorted(due, key=lambda j: j["due_time"])][:limit]
+        ordered = sorted(due, key=lambda j: j["due_time"])[:limit]
+        return [Due(tenant_id=j["tenant_id"], id=j["id"]) for j in ordered]
 
-    async def claim(
-        self, job_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    async def _claim(
+        self, item: Due, *, owner: str, now: dt.datetime, lease: dt.timedelta
     ) -> ClaimedReplyJob | None:
-        job = self._db.reply_jobs.get(job_id)
-        if job is None or job["due_time"] > now:
+        job = self._db.reply_jobs.get(item.id)
+        if job is None or job["tenant_id"] != item.tenant_id or job["due_time"] > now:
             return None
         job.update(status="running", owner=owner, due_time=now + lease)
         job["attempts"] += 1
@@ -321,7 +361,7 @@ class MemoryReplyJobs:
             del self._db.reply_jobs[job.id]
 
 
-class MemoryIngestInbox:
+class MemoryIngestInbox(ClaimsOneByOne[ClaimedInboxBatch]):
     """IngestInbox: batches claimed with a lease, each tenant's in the order stored."""
 
     def __init__(self, db: Database) -> None:
@@ -351,16 +391,22 @@ class MemoryIngestInbox:
             for b in self._db.ingest_inbox.values()
         )
 
-    async def due(self, *, now: dt.datetime, limit: int) -> list[str]:
+    async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         due = [b for b in self._db.ingest_inbox.values() if b["due_time"] is not None]
         due = [b for b in due if b["due_time"] <= now]
-        return [b["id"] for b in sorted(due, key=lambda b: b["due_time"])][:limit]
+        ordered = sorted(due, key=lambda b: b["due_time"])[:limit]
+        return [Due(tenant_id=b["tenant_id"], id=b["id"]) for b in ordered]
 
-    async def claim(
-        self, batch_id: str, *, owner: str, now: dt.datetime, lease: dt.timedelta
+    async def _claim(
+        self, item: Due, *, owner: str, now: dt.datetime, lease: dt.timedelta
     ) -> ClaimedInboxBatch | None:
-        batch = self._db.ingest_inbox.get(batch_id)
-        if batch is None or batch["due_time"] is None or batch["due_time"] > now:
+        batch = self._db.ingest_inbox.get(item.id)
+        if (
+            batch is None
+            or batch["tenant_id"] != item.tenant_id
+            or batch["due_time"] is None
+            or batch["due_time"] > now
+        ):
             return None
         batch.update(status="running", owner=owner, due_time=now + lease)
         batch["attempts"] += 1

@@ -14,7 +14,7 @@ from typing import Any
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
 from server.domain.errors import Aborted, AlreadyExists, StoreError
 from server.domain.idempotency import RecordedResponse
-from server.domain.receipts import EarlyReceipt, receipt_ref
+from server.domain.receipts import EarlyReceipt, ReceiptRef, receipt_ref
 from server.domain.session import is_live
 from tests.support.memory_db import Database
 
@@ -124,6 +124,12 @@ class MemorySessions:
     def touch(self, session: common_pb2.Session, *, now: dt.datetime) -> None:
         session.last_activity_time.FromDatetime(now)
         session.expire_time.FromDatetime(now + self._ttl)
+
+    async def discard(self, tenant_id: str, session: common_pb2.Session) -> None:
+        self.sessions.pop((tenant_id, session.id), None)
+        self.index.pop((tenant_id, session.id), None)
+        if self._current.get((tenant_id, session.conversation_id)) == session.id:
+            del self._current[tenant_id, session.conversation_id]
 
     def store_if_unchanged(self, tenant_id: str, session: common_pb2.Session) -> bool:
         """Store ``session`` unless the stored one's revision moved since it was read (the
@@ -252,16 +258,18 @@ class MemoryEarlyReceipts:
     async def park(self, receipts: Sequence[EarlyReceipt], *, now: dt.datetime, tx: Any) -> None:
         self._db.wrote(tx, "early_receipts")
         for r in receipts:
-            key = f"{receipt_ref(r.tenant_id, r.channel, r.platform_message_id)}|{int(r.status)}"
+            key = (
+                f"{receipt_ref(r.tenant_id, r.channel, r.platform_message_id).key}|{int(r.status)}"
+            )
             self._db.early_receipts.setdefault(key, r)
 
-    def _under(self, refs: Sequence[str]) -> list[str]:
-        wanted = set(refs)
+    def _under(self, refs: Sequence[ReceiptRef]) -> list[str]:
+        wanted = {ref.key for ref in refs}
         return [key for key in self._db.early_receipts if key.rsplit("|", 1)[0] in wanted]
 
-    async def waiting(self, refs: Sequence[str]) -> bool:
+    async def waiting(self, refs: Sequence[ReceiptRef]) -> bool:
         return bool(self._under(refs))
 
-    async def take(self, refs: Sequence[str], *, tx: Any) -> list[EarlyReceipt]:
+    async def take(self, refs: Sequence[ReceiptRef], *, tx: Any) -> list[EarlyReceipt]:
         self._db.wrote(tx, "early_receipts")
         return [self._db.early_receipts.pop(key) for key in self._under(refs)]

@@ -19,15 +19,18 @@ from typing import Any
 
 import pytest
 
-from chat.v1 import common_pb2
+from chat.v1 import common_pb2, ingest_service_pb2
 from server.domain.limits import Decision, Limit
 from server.processors.content import ContentProcessor
 from server.processors.media import MediaProcessor
 from server.processors.text import TextProcessor
 from server.services.active_conversations import ActiveConversations
+from server.services.composing import ReplyComposer
 from server.services.event_writer import EventWriter
+from server.services.idempotency import IdempotentRequests
 from server.services.ingest import IngestService
 from server.services.live import CommittedPush, QuietLiveEvents
+from server.services.messages import MessageService
 from server.services.opening import ConversationOpener
 from server.services.receipts import Receipts
 from server.services.responder import Reply
@@ -140,9 +143,51 @@ def conversation_opener(stores: MemoryStores) -> ConversationOpener:
     return ConversationOpener(
         conversations=stores.conversations,
         sessions=stores.sessions,
-        transactions=stores.transactions,
         events=EventWriter(outbox=stores.outbox, transactions=stores.transactions),
         active=ActiveConversations(),
+    )
+
+
+def message_service(
+    stores: MemoryStores, clock: Clock, responder: ScriptedResponder
+) -> MessageService:
+    """A MessageService over the fakes, with an opener of its own (as a server process has)."""
+    content = content_processor()
+    return MessageService(
+        opener=conversation_opener(stores),
+        composer=ReplyComposer(
+            responder=responder, content=content, sessions=stores.sessions, clock=clock
+        ),
+        push=CommittedPush(live=QuietLiveEvents(stores.live), sessions=stores.sessions),
+        requests=IdempotentRequests(store=stores.idempotency),
+        conversations=stores.conversations,
+        messages=stores.messages,
+        outbox=stores.outbox,
+        transactions=stores.transactions,
+        content=content,
+        deliveries=stores.deliveries,
+        clock=clock,
+    )
+
+
+def message_event(
+    event_id: str = "ev-1",
+    text: str = "hello",
+    *,
+    channel: int = common_pb2.CHANNEL_TYPE_WHATSAPP,
+    user: str = "15550001",
+    chat: str = "15550001",
+) -> ingest_service_pb2.InboundEvent:
+    """A platform user's text message, as the bridge forwards it (WhatsApp by default)."""
+    return ingest_service_pb2.InboundEvent(
+        platform_event_id=event_id,
+        channel=channel,
+        platform_user_id=user,
+        channel_conversation_id=chat,
+        message=ingest_service_pb2.InboundMessage(
+            platform_message_id=f"wamid.{event_id}",
+            content=common_pb2.Content(text=common_pb2.TextContent(text=text)),
+        ),
     )
 
 
@@ -164,6 +209,7 @@ def ingest_service(stores: MemoryStores, clock: Clock, **options: Any) -> Ingest
         clock=clock,
         receipts=Receipts(
             messages=stores.messages,
+            deliveries=stores.deliveries,
             early=stores.early_receipts,
             outbox=stores.outbox,
             transactions=stores.transactions,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -47,15 +47,15 @@ class RunningServer:
         self.target = f"127.0.0.1:{server.port}"
 
 
-@pytest.fixture
-async def start_server(
-    make_settings: Callable[..., Settings],
-) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
-    """Start chat servers (with the probe service) with settings overrides; stopped after."""
-    started: list[ChatServer] = []
+class ServerStarter:
+    """Starts chat servers (with the probe service) with settings overrides, and stops them."""
 
-    async def start(**overrides: str) -> RunningServer:
-        settings = make_settings(**overrides)
+    def __init__(self, make_settings: Callable[..., Settings]) -> None:
+        self._make_settings = make_settings
+        self._started: list[ChatServer] = []
+
+    async def __call__(self, **overrides: str) -> RunningServer:
+        settings = self._make_settings(**overrides)
         state = ProbeState()
         server = ChatServer(
             settings=settings,
@@ -64,12 +64,25 @@ async def start_server(
             extra_handlers=[probe_handler(state)],
         )
         await server.start()
-        started.append(server)
+        self._started.append(server)
         return RunningServer(server, state)
 
-    yield start
-    for server in started:
-        await server.stop()
+    async def stop_all(self) -> None:
+        """Stop every server started (again: a stopped server ignores it). A fixture that
+        drops a database the servers use calls this first: a drop beside a server's open
+        transaction can stall the embedded database."""
+        for server in self._started:
+            await server.stop()
+
+
+@pytest.fixture
+async def start_server(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[ServerStarter]:
+    """Start chat servers (with the probe service) with settings overrides; stopped after."""
+    starter = ServerStarter(make_settings)
+    yield starter
+    await starter.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -1,28 +1,27 @@
-"""A local HTTP server standing in for every platform's send API, and the fixtures that start
-a chat server (with a bridge in front) delivering to it, on a database of the test's own."""
+"""The platform sandbox as every platform's API for the tests, and the fixtures that start a
+chat server (with a bridge in front) delivering to it, on a database of the test's own."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2 as c
+from devstack.sandbox import Sandbox, start_sandbox
+from devstack.sandbox.core import TenantSecrets
 from devstack.stack import Endpoints
-from tests.support.bot_framework import TeamsKeys
+from tests.support.bot_framework import TEAMS_APP, TeamsKeys
 from tests.support.bridge import (
+    MESSENGER_SECRET,
+    SLACK_SECRET,
     TENANTS,
     WHATSAPP_SECRET,
     Bridge,
@@ -31,208 +30,25 @@ from tests.support.bridge import (
     unique,
 )
 from tests.support.chat_client import JWT_SETTINGS
-from tests.support.servers import RunningServer, tenants_file
+from tests.support.servers import RunningServer, ServerStarter, tenants_file
 from tests.support.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 Mongo = AsyncDatabase[dict[str, Any]]
 
 
-@dataclass
-class Platforms:
-    """One local HTTP server standing in for every platform's send API."""
-
-    base: str = ""
-    requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
-    #: When each request arrived (time.monotonic()), by its index in ``requests``.
-    times: list[float] = field(default_factory=list)
-    #: Recipients whose next WhatsApp send is left unanswered until ``release`` is set.
-    stall: set[str] = field(default_factory=set)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Scripted answers per recipient: (status, body, headers), used in order; when none is
-    #: left, the API succeeds. Per recipient, since earlier tests' deliveries may arrive too.
-    script: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(
-        default_factory=dict
-    )
-
-    def sent(self, api: str) -> list[tuple[str, dict[str, str], Any]]:
-        return [r for r in self.requests if r[0].startswith(api)]
-
-    def to(self, api: str, recipient: str) -> list[tuple[str, dict[str, str], Any]]:
-        """The messages sent to one recipient (the queue is shared: earlier tests' deliveries
-        may still arrive here, for their own recipients); sender actions left out."""
-        return [r for r in self.requests_to(api, recipient) if not is_action(r[2])]
-
-    def actions_to(self, api: str, recipient: str) -> list[Any]:
-        """The sender actions (typing, read) about one recipient or message, in order."""
-        return [r[2] for r in self.requests_to(api, recipient) if is_action(r[2])]
-
-    def times_to(self, api: str, recipient: str) -> list[float]:
-        """When each message to one recipient arrived (time.monotonic()), in order."""
-        return [
-            at
-            for request, at in zip(self.requests, self.times, strict=True)
-            if request[0].startswith(api)
-            and not is_action(request[2])
-            and (recipient in json.dumps(request[2]) or recipient in request[0])
-        ]
-
-    def requests_to(self, api: str, recipient: str) -> list[tuple[str, dict[str, str], Any]]:
-        return [r for r in self.sent(api) if recipient in json.dumps(r[2]) or recipient in r[0]]
-
-
-def is_action(body: Any) -> bool:
-    """A typing indicator or read receipt rather than a message."""
-    return isinstance(body, dict) and (
-        "sender_action" in body or body.get("status") == "read" or body.get("type") == "typing"
-    )
-
-
-def add_upload_routes(
-    app: web.Application,
-    stand_in: Platforms,
-    record: Callable[[web.Request, str], Awaitable[Any]],
-) -> None:
-    """The platforms' media uploads: WhatsApp /media, Messenger's Attachment Upload API,
-    Slack's external upload (reserve, upload, complete)."""
-
-    async def upload(request: web.Request) -> web.Response:
-        form = await request.post()
-        upload = form["file"]
-        assert isinstance(upload, web.FileField)
-        body = {
-            "messaging_product": form["messaging_product"],
-            "type": form["type"],
-            "size": len(upload.file.read()),
-            "filename": upload.filename,
-        }
-        stand_in.requests.append((f"whatsapp-media {request.path}", dict(request.headers), body))
-        stand_in.times.append(time.monotonic())
-        return web.json_response({"id": "uploaded-media-1"})
-
-    async def attachment(request: web.Request) -> web.Response:
-        form = await request.post()
-        data = form["filedata"]
-        assert isinstance(data, web.FileField)
-        body = {
-            "message": json.loads(str(form["message"])),
-            "size": len(data.file.read()),
-            "filename": data.filename,
-            "content_type": data.content_type,
-        }
-        stand_in.requests.append((f"messenger-upload {request.path}", dict(request.headers), body))
-        stand_in.times.append(time.monotonic())
-        return web.json_response({"attachment_id": "1857777774821032"})
-
-    async def slack_reserve(request: web.Request) -> web.Response:
-        body = await record(request, "slack-files")
-        file_id = f"F{uuid.uuid4().hex[:10].upper()}"
-        return web.json_response(
-            {
-                "ok": True,
-                "upload_url": f"{stand_in.base}/upload/{file_id}",
-                "file_id": file_id,
-                "filename": body["filename"],
-            }
-        )
-
-    async def slack_upload(request: web.Request) -> web.Response:
-        data = await request.read()
-        stand_in.requests.append(
-            (f"slack-upload {request.path}", dict(request.headers), {"size": len(data)})
-        )
-        stand_in.times.append(time.monotonic())
-        return web.Response(text=f"OK - {len(data)}")
-
-    async def slack_complete(request: web.Request) -> web.Response:
-        body = await record(request, "slack-files")
-        return web.json_response({"ok": True, "files": body["files"]})
-
-    app.router.add_post("/api/files.getUploadURLExternal", slack_reserve)
-    app.router.add_post("/upload/{file_id}", slack_upload)
-    app.router.add_post("/api/files.completeUploadExternal", slack_complete)
-    app.router.add_post("/v23.0/me/message_attachments", attachment)
-    app.router.add_post("/v23.0/{phone}/media", upload)
+#: The platforms' APIs as the tests see them: the sandbox `make run` starts (devstack/sandbox),
+#: with its record (``requests``, ``sent``, ``to``...) and scripted answers (``script``, ``stall``).
+Platforms = Sandbox
 
 
 @pytest.fixture
-async def platforms() -> AsyncIterator[Platforms]:
-    stand_in = Platforms()
-
-    def answer(recipient: str, success: dict[str, Any]) -> web.Response:
-        scripted = stand_in.script.get(recipient)
-        if scripted:
-            status, body, headers = scripted.pop(0)
-            return web.json_response(body, status=status, headers=headers)
-        return web.json_response(success)
-
-    async def record(request: web.Request, api: str) -> Any:
-        if request.content_type == "application/json":
-            body: Any = await request.json()
-        else:
-            body = dict(await request.post())
-        stand_in.requests.append((f"{api} {request.path}", dict(request.headers), body))
-        stand_in.times.append(time.monotonic())
-        return body
-
-    async def whatsapp(request: web.Request) -> web.Response:
-        body = await record(request, "whatsapp")
-        if body.get("to") in stand_in.stall:
-            stand_in.stall.discard(body["to"])
-            await stand_in.release.wait()  # the platform has it; the answer comes late
-        return answer(
-            body.get("to", ""),
-            {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": "x", "wa_id": "x"}],
-                "messages": [{"id": f"wamid.out-{uuid.uuid4().hex}"}],
-            },
-        )
-
-    async def messenger(request: web.Request) -> web.Response:
-        body = await record(request, "messenger")
-        return answer(
-            body["recipient"]["id"], {"recipient_id": "1", "message_id": f"m_{uuid.uuid4().hex}"}
-        )
-
-    async def slack(request: web.Request) -> web.Response:
-        body = await record(request, "slack")
-        return answer(
-            body.get("channel", ""), {"ok": True, "channel": "C111", "ts": f"{time.time():.6f}"}
-        )
-
-    async def token(request: web.Request) -> web.Response:
-        await record(request, "teams-token")
-        return answer("token", {"access_token": "teams-app-token", "expires_in": 3600})
-
-    async def teams(request: web.Request) -> web.Response:
-        await record(request, "teams")
-        return answer(request.match_info["conversation"], {"id": f"teams-{uuid.uuid4().hex}"})
-
-    async def health(request: web.Request) -> web.Response:
-        """The platforms' cheapest authenticated calls (CheckChannel); scripted as "health"."""
-        api = "slack" if request.path.startswith("/api/") else "graph"
-        stand_in.requests.append((f"{api}-health {request.path}", dict(request.headers), {}))
-        stand_in.times.append(time.monotonic())
-        return answer("health", {"ok": True, "id": "1"})
-
-    app = web.Application()
-    app.router.add_get("/v23.0/me", health)
-    app.router.add_get("/v23.0/{phone}", health)
-    app.router.add_post("/api/auth.test", health)
-    add_upload_routes(app, stand_in, record)
-    app.router.add_post("/v23.0/me/messages", messenger)
-    app.router.add_post("/v23.0/{phone}/messages", whatsapp)
-    app.router.add_post("/api/chat.postMessage", slack)
-    app.router.add_post("/token", token)
-    app.router.add_post("/v3/conversations/{conversation}/activities", teams)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    stand_in.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield stand_in
-    stand_in.release.set()  # answer whatever is still held, so the server stops at once
-    await runner.cleanup()
+async def platforms() -> AsyncIterator[Sandbox]:
+    """The sandbox, not connected to a bridge: it answers and records, and sends no webhooks
+    (receipts) unless a test connects it (``sandbox_stack``)."""
+    sandbox = await start_sandbox()
+    yield sandbox
+    await sandbox.stop()
 
 
 @pytest.fixture
@@ -287,10 +103,43 @@ async def stack_up(delivery_stack: DeliveryStack) -> AsyncIterator[tuple[Running
         yield running
 
 
+#: The test tenant as the sandbox posts webhooks for it (tests/support/bridge.py's TENANTS).
+SANDBOX_TENANT = TenantSecrets(
+    tenant_id="acme",
+    whatsapp_secret=WHATSAPP_SECRET,
+    phone_number_id="106540352242922",
+    messenger_secret=MESSENGER_SECRET,
+    page_id="PAGE",
+    slack_secret=SLACK_SECRET,
+    teams_app_id=TEAMS_APP,
+    # The tokens of TENANTS: a connected sandbox refuses a send with another.
+    whatsapp_token="t",
+    messenger_token="t",
+    slack_token="xoxb-t",
+)
+
+
 @pytest.fixture
-async def delivery_mongo(stack: Endpoints, database_name: str) -> AsyncIterator[Mongo]:
+async def sandbox_stack(
+    delivery_stack: DeliveryStack, platforms: Sandbox
+) -> AsyncIterator[tuple[RunningServer, Bridge, Sandbox]]:
+    """A chat server and bridge with the sandbox connected both ways, as under `make run`:
+    users' webhooks and the platforms' receipts go to the bridge (receipts sent quickly)."""
+    async with delivery_stack(CHAT_MEDIA_FETCH_ALLOW_PRIVATE="true") as (server, bridge):
+        platforms.state.receipt_delay = 0.05
+        platforms.connect(bridge.url, SANDBOX_TENANT)
+        yield server, bridge, platforms
+
+
+@pytest.fixture
+async def delivery_mongo(
+    stack: Endpoints, database_name: str, start_server: ServerStarter
+) -> AsyncIterator[Mongo]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
     yield client[database_name]
+    # The servers first: dropping the database under a server's open transaction (a reply
+    # job's) stalled the embedded database until the test timed out.
+    await start_server.stop_all()
     await client.drop_database(database_name)
     await client.close()
 

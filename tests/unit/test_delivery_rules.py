@@ -10,10 +10,17 @@ from typing import Any
 import pytest
 
 from chat.v1 import common_pb2
-from server.channels.base import Action, ChannelResponse, Outbound, content_problem
+from server.channels.base import (
+    HOLD_DESTINATION,
+    Action,
+    ChannelResponse,
+    Outbound,
+    content_problem,
+)
 from server.channels.factory import ChannelFactory
-from server.domain.queues import FAILED, QUEUED, SENT, Delivery, Outgoing
+from server.domain.queues import FAILED, QUEUED, SENT, Delivery, Due, Outgoing
 from server.domain.tenant import Tenant
+from server.metrics import Metrics
 from server.services.delivery import DeliveryWorker
 from server.services.delivery_guards import DeliveryPolicy
 from server.services.live import QuietLiveEvents
@@ -71,7 +78,14 @@ def channel() -> ScriptedChannel:
 
 
 @pytest.fixture
-def worker(stores: MemoryStores, clock: Clock, channel: ScriptedChannel) -> DeliveryWorker:
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def worker(
+    stores: MemoryStores, clock: Clock, channel: ScriptedChannel, metrics: Metrics
+) -> DeliveryWorker:
     channels = ChannelFactory()
     channels.register(channel)
     live = QuietLiveEvents(stores.live)
@@ -94,11 +108,13 @@ def worker(stores: MemoryStores, clock: Clock, channel: ScriptedChannel) -> Deli
         ),
         receipts=Receipts(
             messages=stores.messages,
+            deliveries=stores.deliveries,
             early=stores.early_receipts,
             outbox=stores.outbox,
             transactions=stores.transactions,
             live=live,
         ),
+        observer=metrics,
     )
 
 
@@ -139,9 +155,9 @@ async def given_queued(
 
 
 async def attempt(worker: DeliveryWorker, message_id: str) -> None:
-    claimed = await worker.claim(message_id)
-    assert claimed is not None, "the delivery is not due"
-    await worker.deliver(claimed)
+    claimed = await worker.claim_many([Due(tenant_id=TENANT, id=message_id)])
+    assert claimed, "the delivery is not due"
+    await worker.deliver(claimed[0])
 
 
 async def delivery(stores: MemoryStores, message_id: str) -> Delivery:
@@ -192,7 +208,7 @@ async def test_a_retryable_failure_comes_back_later_until_the_attempts_run_out(
     assert waiting.due_time <= clock() + dt.timedelta(seconds=1)
     assert len(waiting.attempts) == 1
     assert await status(stores, message.id) == common_pb2.DELIVERY_STATUS_QUEUED
-    assert await worker.claim(message.id) is None  # not due before its backoff
+    assert await worker.claim_many([Due(tenant_id=TENANT, id=message.id)]) == []  # not due yet
 
     for _ in range(MAX_ATTEMPTS - 1):
         clock.advance(seconds=10)
@@ -299,8 +315,7 @@ async def test_an_outcome_is_not_recorded_once_the_lease_is_lost(
     worker: DeliveryWorker, stores: MemoryStores, clock: Clock, channel: ScriptedChannel
 ) -> None:
     [message] = await given_queued(stores, clock)
-    claimed = await worker.claim(message.id)
-    assert claimed is not None
+    [claimed] = await worker.claim_many([Due(tenant_id=TENANT, id=message.id)])
     # The lease lapsed and another process claimed the delivery.
     stores.deliveries.put(dataclasses.replace(claimed, owner="another-process"))
 
@@ -310,3 +325,47 @@ async def test_an_outcome_is_not_recorded_once_the_lease_is_lost(
     assert (await delivery(stores, message.id)).owner == "another-process"
     assert await status(stores, message.id) == common_pb2.DELIVERY_STATUS_QUEUED
     assert stores.outbox.envelopes == []
+
+
+def delivered(metrics: Metrics, outcome: str) -> float:
+    labels = {"platform": "messenger", "outcome": outcome}
+    return metrics.registry.get_sample_value("chat_deliveries_total", labels) or 0.0
+
+
+async def test_outcomes_holds_and_breakers_are_counted_by_platform(
+    worker: DeliveryWorker,
+    stores: MemoryStores,
+    clock: Clock,
+    channel: ScriptedChannel,
+    metrics: Metrics,
+) -> None:
+    [sent] = await given_queued(stores, clock, recipient="1")
+    [refused] = await given_queued(stores, clock, recipient="2")
+    channel.script = [
+        ChannelResponse(success=True, platform_message_id="mid.sent"),
+        ChannelResponse.failed("BLOCKED", "the user blocked the page", retryable=False),
+    ]
+    await attempt(worker, sent.id)
+    await attempt(worker, refused.id)
+    assert (delivered(metrics, "sent"), delivered(metrics, "failed")) == (1, 1)
+
+    failing = [(await given_queued(stores, clock, recipient=f"10{i}"))[0] for i in range(3)]
+    channel.script = [
+        ChannelResponse.failed(
+            "RATE_LIMITED", "slow down", retryable=True, retry_after=1, hold=HOLD_DESTINATION
+        ),
+        retryable(),
+        retryable(),
+    ]
+    for message in failing:
+        await attempt(worker, message.id)
+    [later] = await given_queued(stores, clock, recipient="999")
+    await attempt(worker, later.id)
+
+    assert delivered(metrics, "retried") == 3
+    assert delivered(metrics, "postponed") == 1  # the breaker opened after three in a row
+    value = metrics.registry.get_sample_value
+    holds = {"platform": "messenger", "scope": HOLD_DESTINATION}
+    assert value("chat_delivery_rate_limit_holds_total", holds) == 1
+    assert value("chat_delivery_breaker_openings_total", {"platform": "messenger"}) == 1
+    assert worker.open_breakers() == {MESSENGER: 1}

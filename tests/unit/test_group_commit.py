@@ -140,6 +140,35 @@ async def test_an_item_committed_after_its_caller_left_is_finished_anyway() -> N
     assert finished == [("a:1", "A:1")]
 
 
+async def test_items_of_callers_that_left_and_never_committed_are_abandoned() -> None:
+    """Skipped while waiting, or failed after the caller left: ``on_abandoned`` settles them
+    (the caller cannot); a committed one is an orphan, not abandoned."""
+    recorder = Recorder()
+    abandoned: list[str] = []
+    finished: list[str] = []
+
+    async def abandon(item: str) -> None:
+        abandoned.append(item)
+
+    async def finish(item: str, _result: str) -> None:
+        finished.append(item)
+
+    group = GroupCommit(recorder.commit, key=key, on_orphan=finish, on_abandoned=abandon)
+    committing = [asyncio.create_task(group.submit(item)) for item in ("a:1", "bad:1")]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.batches == [["a:1", "bad:1"]]  # committing
+    waiting = asyncio.create_task(group.submit("c:1"))
+    await asyncio.sleep(0)
+    for task in (*committing, waiting):
+        task.cancel()
+    recorder.release.set()
+    await asyncio.sleep(0.01)
+    assert sorted(abandoned) == ["bad:1", "c:1"]  # its own error; skipped before its batch
+    assert finished == ["a:1"]
+    assert recorder.batches == [["a:1", "bad:1"]]
+
+
 async def test_no_caller_waits_for_ever_when_the_batcher_breaks() -> None:
     recorder = Recorder()
     recorder.release.set()

@@ -16,7 +16,7 @@ from server.domain.errors import StoreUnavailableError
 from server.domain.receipts import EarlyReceipt
 from server.repositories.stores import is_outage
 from server.services.ingest import IngestService
-from tests.support.ports import Clock, MemoryStores, ingest_service
+from tests.support.ports import Clock, MemoryStores, ingest_service, message_event
 
 TENANT = "acme"
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
@@ -31,26 +31,6 @@ REJECTED = ingest_service_pb2.INGEST_OUTCOME_REJECTED
 @pytest.fixture
 def service(stores: MemoryStores, clock: Clock) -> IngestService:
     return ingest_service(stores, clock)
-
-
-def message_event(
-    event_id: str = "ev-1",
-    text: str = "hello",
-    *,
-    channel: int = WHATSAPP,
-    user: str = "15550001",
-    chat: str = "15550001",
-) -> ingest_service_pb2.InboundEvent:
-    return ingest_service_pb2.InboundEvent(
-        platform_event_id=event_id,
-        channel=channel,
-        platform_user_id=user,
-        channel_conversation_id=chat,
-        message=ingest_service_pb2.InboundMessage(
-            platform_message_id=f"wamid.{event_id}",
-            content=common_pb2.Content(text=common_pb2.TextContent(text=text)),
-        ),
-    )
 
 
 def status_event(

@@ -1,11 +1,12 @@
-"""LeasedQueueWorker: due items are found a batch at a time, claimed one by one by id, each
-handled once across competing workers, oldest first."""
+"""LeasedQueueWorker: due items are found a batch at a time, claimed by id as many at once as
+there are free slots, each handled once across competing workers, oldest first."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from server.domain.queues import Due
 from server.services.queue_worker import LeasedQueueWorker
 
 
@@ -15,20 +16,23 @@ class Store:
     def __init__(self, ids: list[str]) -> None:
         self.waiting = list(ids)
         self.due_queries = 0
+        #: The ids each claim asked for.
+        self.claims: list[list[str]] = []
         self.empty = asyncio.Event()
 
-    async def due(self, limit: int) -> list[str]:
+    async def due(self, limit: int) -> list[Due]:
         self.due_queries += 1
-        return self.waiting[:limit]
+        return [Due(tenant_id="tenant", id=item_id) for item_id in self.waiting[:limit]]
 
-    async def claim(self, item_id: str) -> dict[str, Any] | None:
+    async def claim_many(self, items: list[Due]) -> list[dict[str, Any]]:
+        self.claims.append([item.id for item in items])
         await asyncio.sleep(0)  # another worker may claim meanwhile
-        if item_id not in self.waiting:
-            return None
-        self.waiting.remove(item_id)
+        taken = [item.id for item in items if item.id in self.waiting]
+        for item_id in taken:
+            self.waiting.remove(item_id)
         if not self.waiting:
             self.empty.set()
-        return {"_id": item_id}
+        return [{"_id": item_id} for item_id in taken]
 
 
 class Worker(LeasedQueueWorker):
@@ -37,11 +41,11 @@ class Worker(LeasedQueueWorker):
         self.store = store
         self.handled = handled
 
-    async def due(self, limit: int) -> list[str]:
+    async def due(self, limit: int) -> list[Due]:
         return await self.store.due(limit)
 
-    async def claim(self, item_id: str) -> dict[str, Any] | None:
-        return await self.store.claim(item_id)
+    async def claim_many(self, items: list[Due]) -> list[dict[str, Any]]:
+        return await self.store.claim_many(items)
 
     async def handle(self, item: dict[str, Any]) -> None:
         await asyncio.sleep(0.001)
@@ -83,6 +87,21 @@ async def test_stale_candidates_are_followed_by_a_fresh_look() -> None:
     store = Store([f"item-{n:03d}" for n in range(8)])
     handled: list[str] = []
     worker = Worker(store, handled, concurrency=1)
-    worker._candidates = ["taken-1", "taken-2"]
-    assert await worker._next() == {"_id": "item-000"}
+    worker._candidates = [
+        Due(tenant_id="tenant", id="taken-1"),
+        Due(tenant_id="tenant", id="taken-2"),
+    ]
+    assert await worker._next(1) == [{"_id": "item-000"}]
     assert store.due_queries == 1
+
+
+async def test_one_claim_takes_as_many_items_as_there_are_free_slots() -> None:
+    """Four free slots: the first claim asks for four items at once; a claim is made again
+    only when a slot is free, and never for more items than there are free slots."""
+    store = Store([f"item-{n:03d}" for n in range(20)])
+    handled: list[str] = []
+    await run_until_empty(Worker(store, handled, concurrency=4), store=store)
+    assert sorted(handled) == [f"item-{n:03d}" for n in range(20)]
+    assert store.claims[0] == ["item-000", "item-001", "item-002", "item-003"]
+    assert all(1 <= len(claim) <= 4 for claim in store.claims)
+    assert len(store.claims) < 20  # fewer claims than items

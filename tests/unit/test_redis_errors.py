@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    CrossSlotTransactionError,
+    RedisClusterUnreachableError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.domain.errors import DomainError, StoreError, StoreUnavailableError
@@ -40,3 +47,33 @@ async def test_an_error_redis_answered_with_stays_a_store_error() -> None:
     with pytest.raises(StoreError) as caught:
         await refuses()
     assert not isinstance(caught.value, DomainError)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        RedisClusterUnreachableError("no node of the cluster answered"),
+        SlotNotCoveredError("slot 42 is not covered by the cluster"),
+    ],
+)
+async def test_a_cluster_that_cannot_serve_the_slot_now_is_unavailable(failure: Exception) -> None:
+    @translate_redis_errors
+    async def call() -> None:
+        raise failure
+
+    with pytest.raises(RedisUnavailableError) as caught:
+        await call()
+    status, _ = to_status(caught.value)
+    assert status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+async def test_keys_of_one_call_in_several_slots_are_a_store_error_not_an_outage() -> None:
+    @translate_redis_errors
+    async def call() -> None:
+        raise CrossSlotTransactionError("All keys involved in a transaction must map to one slot")
+
+    with pytest.raises(StoreError) as caught:
+        await call()
+    assert not isinstance(caught.value, StoreUnavailableError)

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from chat.v1 import common_pb2
-from server.domain.queues import ClaimedReplyJob, ReplyJob
+from server.domain.queues import ClaimedReplyJob, Due, ReplyJob
 from server.services.composing import ReplyComposer
 from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.replies import MAX_ATTEMPTS, ReplyWorker
@@ -85,9 +85,8 @@ async def given_inbound(
 
 
 async def claim(worker: ReplyWorker, stores: MemoryStores, sequence: int) -> ClaimedReplyJob:
-    [job_id] = [j["id"] for j in stores.reply_jobs.jobs if j["sequence"] == sequence]
-    claimed = await worker.claim(job_id)
-    assert claimed is not None
+    [job] = [j for j in stores.reply_jobs.jobs if j["sequence"] == sequence]
+    [claimed] = await worker.claim_many([Due(tenant_id=job["tenant_id"], id=job["id"])])
     return claimed
 
 

@@ -6,16 +6,12 @@ import pytest
 
 from chat.v1 import chat_service_pb2, common_pb2
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.services.composing import ReplyComposer
-from server.services.idempotency import IdempotentRequests
-from server.services.live import CommittedPush, QuietLiveEvents
 from server.services.messages import MessageService
 from tests.support.ports import (
     Clock,
     MemoryStores,
     ScriptedResponder,
-    content_processor,
-    conversation_opener,
+    message_service,
 )
 
 TENANT = "acme"
@@ -30,22 +26,7 @@ def responder() -> ScriptedResponder:
 
 @pytest.fixture
 def service(stores: MemoryStores, responder: ScriptedResponder, clock: Clock) -> MessageService:
-    content = content_processor()
-    return MessageService(
-        opener=conversation_opener(stores),
-        composer=ReplyComposer(
-            responder=responder, content=content, sessions=stores.sessions, clock=clock
-        ),
-        push=CommittedPush(live=QuietLiveEvents(stores.live), sessions=stores.sessions),
-        requests=IdempotentRequests(store=stores.idempotency),
-        conversations=stores.conversations,
-        messages=stores.messages,
-        outbox=stores.outbox,
-        transactions=stores.transactions,
-        content=content,
-        deliveries=stores.deliveries,
-        clock=clock,
-    )
+    return message_service(stores, clock, responder)
 
 
 def request(text: str = "hi there", **fields: object) -> chat_service_pb2.SendMessageRequest:

@@ -14,6 +14,7 @@ def test_defaults_match_the_readme() -> None:
     assert settings.workers == 1
     assert settings.mongodb_database == "chat"
     assert settings.tenants_file is None
+    assert settings.redis_cluster is False
     assert settings.log_format == "auto"
     assert settings.jwt.algorithms == ("RS256", "ES256")
     assert settings.platforms.slack_api_base == "https://slack.com"
@@ -26,6 +27,7 @@ def test_values_are_read_from_the_environment() -> None:
             "CHAT_GRPC_ADDRESS": "127.0.0.1:9001",
             "CHAT_MONGODB_URI": "mongodb://db:27017",
             "CHAT_REDIS_URL": "redis://cache:6379/2",
+            "CHAT_REDIS_CLUSTER": "true",
             "CHAT_KAFKA_BOOTSTRAP": "kafka:9092",
             "CHAT_TENANTS_FILE": "/etc/chat/tenants.yaml",
             "CHAT_LOG_FORMAT": "JSON",
@@ -37,6 +39,7 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.grpc_address == "127.0.0.1:9001"
     assert settings.mongodb_uri == "mongodb://db:27017"
     assert settings.redis_url == "redis://cache:6379/2"
+    assert settings.redis_cluster is True
     assert settings.kafka_bootstrap == "kafka:9092"
     assert settings.tenants_file == Path("/etc/chat/tenants.yaml")
     assert settings.log_format == "json"
@@ -57,6 +60,7 @@ def test_values_are_read_from_the_environment() -> None:
         ("CHAT_WORKERS", "0"),
         ("CHAT_WORKERS", "65"),
         ("CHAT_WORKERS", "many"),
+        ("CHAT_REDIS_CLUSTER", "sometimes"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:

@@ -1,0 +1,13 @@
+"""Redis clients of the tests' own, for the session's Redis: one server, or a Redis Cluster
+when the session runs with CHAT_REDIS_CLUSTER=true (`make test-redis-cluster`)."""
+
+from __future__ import annotations
+
+from devstack.stack import Endpoints
+from server.repositories.redis_client import RedisClient, open_redis
+
+
+def session_redis(stack: Endpoints, *, timeout: float = 5.0) -> RedisClient:
+    """A client of the session's Redis, as the service would open it (a cluster client on a
+    cluster); the caller closes it (``aclose``)."""
+    return open_redis(stack.redis_url, cluster=stack.redis_cluster, timeout=timeout)
