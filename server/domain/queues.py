@@ -29,6 +29,37 @@ class Due:
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """Where a queued item stands in its conversation's order: items of one conversation are
+    handled by sequence, so an item waits while one before it waits."""
+
+    tenant_id: str
+    conversation_id: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The earliest delivery still waiting before a position: being sent now, or due then."""
+
+    sending: bool
+    due_time: dt.datetime | None
+
+
+def earlier_clears(
+    first: Waiting | None, *, now: dt.datetime, soon: dt.timedelta
+) -> dt.datetime | None:
+    """When to look again at a delivery behind ``first`` (None: nothing holds it): when the
+    earlier one is due (a retry's backoff, a rate limit), or ``soon`` when it is due now or
+    being sent. The earliest one counts: every later one waits for it too."""
+    if first is None:
+        return None
+    if first.sending or first.due_time is None:
+        return now + soon
+    return max(now + soon, first.due_time)
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try at sending a delivery."""
 

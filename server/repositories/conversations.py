@@ -55,6 +55,29 @@ class MongoConversationRepository:
         )
         return to_proto(document) if document else None
 
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], common_pb2.Conversation]:
+        """Conversations by (tenant, conversation id), in one query; those not found are
+        left out."""
+        if not keys:
+            return {}
+        # One $in per field, _id first (point lookups on the embedded store); each
+        # document's tenant is matched to its key below.
+        cursor = self._collection.find(
+            {
+                "_id": {"$in": sorted({conversation_id for _, conversation_id in keys})},
+                "tenant_id": {"$in": sorted({tenant_id for tenant_id, _ in keys})},
+            }
+        )
+        wanted = set(keys)
+        found: dict[tuple[str, str], common_pb2.Conversation] = {}
+        async for document in cursor:
+            key = (document["tenant_id"], document["_id"])
+            if key in wanted:
+                found[key] = to_proto(document)
+        return found
+
     async def find_active(
         self, tenant_id: str, user_id: str, channel: int
     ) -> common_pb2.Conversation | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -27,7 +27,9 @@ from server.domain.queues import (
     Due,
     Finish,
     Outgoing,
+    Position,
     ReportedFailure,
+    Waiting,
 )
 from server.repositories.mongo import (
     DELIVERIES,
@@ -106,32 +108,40 @@ class MongoDeliveries:
         )
         return [_delivery(document) for document in documents]
 
-    async def earlier_pending(
-        self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
-    ) -> dt.datetime | None:
-        """When to look again if an earlier message of the conversation still waits (sends
-        keep order), else None: when the earliest waiting one is due (a retry's backoff, a
-        rate limit), or ``soon`` when it is due now or being sent. The earliest one counts:
-        every later one waits for it too."""
-        # The state leads: the embedded store then reads only the waiting deliveries (the
-        # "due" index) where, led by the tenant, it read every delivery of the collection
-        # (50 ms at 3,000 against 1.3 ms). MongoDB plans either order the same.
-        first = await self._collection.find_one(
+    async def first_waiting_before(self, positions: Sequence[Position]) -> dict[Position, Waiting]:
+        """For each position, the earliest delivery of its conversation before it that still
+        waits (queued or being sent); positions with none are left out. One query for all:
+        led by the state, the embedded store reads only the waiting deliveries (the "due"
+        index), where, led by the tenant, it read every delivery of the collection (50 ms at
+        3,000 against 1.3 ms); a query per position read them all once each. MongoDB plans
+        either order the same."""
+        if not positions:
+            return {}
+        cursor = self._collection.find(
             {
                 "state": {"$in": [QUEUED, SENDING]},
-                "tenant_id": delivery.tenant_id,
-                "conversation_id": delivery.conversation_id,
-                "sequence": {"$lt": delivery.sequence},
+                "tenant_id": {"$in": sorted({p.tenant_id for p in positions})},
+                "conversation_id": {"$in": sorted({p.conversation_id for p in positions})},
             },
-            {"state": 1, "due_time": 1},
-            sort=[("sequence", ASCENDING)],
+            {"tenant_id": 1, "conversation_id": 1, "sequence": 1, "state": 1, "due_time": 1},
         )
-        if first is None:
-            return None
-        due: dt.datetime | None = first.get("due_time")
-        if first["state"] == SENDING or due is None:
-            return now + soon
-        return max(now + soon, due)
+        waiting: dict[tuple[str, str], list[Document]] = {}
+        async for document in cursor:
+            key = (document["tenant_id"], document["conversation_id"])
+            waiting.setdefault(key, []).append(document)
+        found: dict[Position, Waiting] = {}
+        for position in positions:
+            before = [
+                document
+                for document in waiting.get((position.tenant_id, position.conversation_id), [])
+                if document["sequence"] < position.sequence
+            ]
+            if before:
+                first = min(before, key=lambda document: document["sequence"])
+                found[position] = Waiting(
+                    sending=first["state"] == SENDING, due_time=first.get("due_time")
+                )
+        return found
 
     async def finish_many(self, finishes: Sequence[Finish], *, tx: AsyncClientSession) -> bool:
         """Record each attempt and final state (SENT or FAILED), in one round trip; False when

@@ -131,6 +131,29 @@ class MongoMessageRepository:
         )
         return to_proto(document) if document else None
 
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], common_pb2.Message]:
+        """Messages by (tenant, message id), in one query; those not found are left out."""
+        if not keys:
+            return {}
+        # One $in per field, _id first (point lookups on the embedded store, where an $or of
+        # pairs would scan); each document's tenant is matched to its key below.
+        cursor = self._collection.find(
+            {
+                "_id": {"$in": sorted({message_id for _, message_id in keys})},
+                "tenant_id": {"$in": sorted({tenant_id for tenant_id, _ in keys})},
+            },
+            {**_AS_MESSAGE, "tenant_id": 1},
+        )
+        wanted = set(keys)
+        found: dict[tuple[str, str], common_pb2.Message] = {}
+        async for document in cursor:
+            key = (document["tenant_id"], document["_id"])
+            if key in wanted:
+                found[key] = to_proto(document)
+        return found
+
     async def known_platform_ids(
         self,
         tenant_id: str,

@@ -15,6 +15,7 @@ the message is sent again. Everything else is exactly once: the message id keys 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 
@@ -26,10 +27,21 @@ from server.channels.factory import ChannelFactory
 from server.domain.errors import StoreError
 from server.domain.limits import Limit, limit_key
 from server.domain.messages import Advance
-from server.domain.queues import FAILED, SENT, Attempt, Delivery, Due, Finish
+from server.domain.queues import (
+    FAILED,
+    SENT,
+    Attempt,
+    Delivery,
+    Due,
+    Finish,
+    Position,
+    Waiting,
+    earlier_clears,
+)
 from server.domain.receipts import ReceiptRef
 from server.domain.tenant import TenantLookup
 from server.processors.media import MediaStore
+from server.services.coalescing import Coalescer
 from server.services.delivery_guards import (
     PACING,
     CircuitBreaker,
@@ -96,6 +108,10 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         self._observer = observer = observer or NoObserver()
         self._deliveries = deliveries
         self._messages = messages
+        # The deliveries claimed together read their messages, and whether an earlier one
+        # of their conversation waits, in one query each.
+        self._message: Coalescer[tuple[str, str], common_pb2.Message] = Coalescer(messages.get_many)
+        self._earlier: Coalescer[Position, Waiting] = Coalescer(deliveries.first_waiting_before)
         self._media = media
         self._channels = channels
         self._tenants = tenants
@@ -155,15 +171,17 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         tenant_id = delivery.tenant_id
         # An earlier message of the conversation waiting for its retry holds this one until
         # then, not in a loop of claims every _IN_ORDER_RETRY.
-        later = await self._deliveries.earlier_pending(
-            delivery, now=self._clock(), soon=_IN_ORDER_RETRY
+        # Together, so that the deliveries claimed with this one read theirs in one query.
+        first, message = await asyncio.gather(
+            self._earlier.get(Position(tenant_id, delivery.conversation_id, delivery.sequence)),
+            self._message.get((tenant_id, delivery.id)),
         )
+        later = earlier_clears(first, now=self._clock(), soon=_IN_ORDER_RETRY)
         if later is not None:
             await self._deliveries.postpone(delivery, due=later)
             self._observer.delivery_outcome(delivery.channel, "postponed")
             return
         tenant = self._tenants.get(tenant_id)
-        message = await self._messages.get(tenant_id, delivery.id)
         channel = self._channels.get(delivery.channel)
         problem = (
             "the tenant, message or channel is gone"

@@ -10,7 +10,7 @@ them in unit tests (tests/support/memory_*.py).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from chat.v1 import chat_service_pb2, common_pb2, events_pb2
@@ -26,8 +26,10 @@ from server.domain.queues import (
     Due,
     Finish,
     Outgoing,
+    Position,
     ReplyJob,
     ReportedFailure,
+    Waiting,
 )
 from server.domain.receipts import EarlyReceipt, ReceiptRef
 from server.domain.tenant import StoredTenant, Tenant
@@ -50,6 +52,12 @@ class ConversationRepository(Protocol):
     async def get(
         self, tenant_id: str, conversation_id: str, *, tx: Tx = None
     ) -> common_pb2.Conversation | None: ...
+
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], common_pb2.Conversation]:
+        """By (tenant, conversation id), in one read; those not found are left out."""
+        ...
 
     async def find_active(
         self, tenant_id: str, user_id: str, channel: int
@@ -122,6 +130,12 @@ class MessageRepository(Protocol):
     ) -> list[common_pb2.Message]: ...
 
     async def get(self, tenant_id: str, message_id: str) -> common_pb2.Message | None: ...
+
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], common_pb2.Message]:
+        """By (tenant, message id), in one read; those not found are left out."""
+        ...
 
     async def last_inbound(
         self, tenant_id: str, conversation_id: str
@@ -338,9 +352,11 @@ class DeliveryQueue(Protocol):
         self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
     ) -> list[Delivery]: ...
 
-    async def earlier_pending(
-        self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
-    ) -> dt.datetime | None: ...
+    async def first_waiting_before(
+        self, positions: Sequence[Position]
+    ) -> Mapping[Position, Waiting]:
+        """Each position's earliest waiting delivery before it; those with none left out."""
+        ...
 
     async def finish_many(self, finishes: Sequence[Finish], *, tx: Tx) -> bool: ...
 
@@ -394,7 +410,9 @@ class ReplyJobQueue(Protocol):
         self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
     ) -> list[ClaimedReplyJob]: ...
 
-    async def earlier_waiting(self, job: ClaimedReplyJob) -> bool: ...
+    async def earlier_waiting(self, positions: Sequence[Position]) -> Mapping[Position, bool]:
+        """The positions behind a job still waiting (True); the others left out."""
+        ...
 
     async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Tx) -> bool: ...
 

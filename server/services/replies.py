@@ -8,6 +8,7 @@ would need two commits of the same job. Jobs of one conversation are answered in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from chat.v1 import common_pb2, events_pb2
 from server.channels.base import READ, TYPING
 from server.domain.conversations import Recording
 from server.domain.messages import MessageRow
-from server.domain.queues import ClaimedReplyJob, Due, Outgoing
+from server.domain.queues import ClaimedReplyJob, Due, Outgoing, Position
 from server.events.envelopes import envelope
+from server.services.coalescing import Coalescer
 from server.services.composing import ReplyComposer
 from server.services.group_commit import GroupCommit
 from server.services.live import CommittedPush
@@ -103,6 +105,13 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         self._push = push
         self._conversations = conversations
         self._messages = messages
+        # The jobs claimed together read their conversations, their messages and whether an
+        # earlier job of theirs waits in one query each.
+        self._conversation: Coalescer[tuple[str, str], common_pb2.Conversation] = Coalescer(
+            conversations.get_many
+        )
+        self._message: Coalescer[tuple[str, str], common_pb2.Message] = Coalescer(messages.get_many)
+        self._earlier: Coalescer[Position, bool] = Coalescer(jobs.earlier_waiting)
         self._outbox = outbox
         self._transactions = transactions
         self._clock = clock
@@ -144,11 +153,15 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
     async def answer(self, job: ClaimedReplyJob) -> None:
         """Generate and store the replies of one job (or give the job back, or drop it)."""
         tenant_id = job.tenant_id
-        if await self._jobs.earlier_waiting(job):
+        # Together, so that the jobs claimed with this one read theirs in the same queries.
+        earlier, conversation, inbound = await asyncio.gather(
+            self._earlier.get(Position(tenant_id, job.conversation_id, job.sequence)),
+            self._conversation.get((tenant_id, job.conversation_id)),
+            self._message.get((tenant_id, job.message_id)),
+        )
+        if earlier:
             await self._jobs.postpone(job, due=self._clock() + _IN_ORDER_RETRY, counted=False)
             return
-        conversation = await self._conversations.get(tenant_id, job.conversation_id)
-        inbound = await self._messages.get(tenant_id, job.message_id)
         if conversation is None or inbound is None:
             log.error("reply job for a missing message dropped", job_id=job.id)
             await self._jobs.drop(job)

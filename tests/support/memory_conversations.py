@@ -71,6 +71,12 @@ class MemoryConversations:
             return None
         return copy.deepcopy(found[1])
 
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], common_pb2.Conversation]:
+        found = {key: await self.get(*key) for key in keys}
+        return {key: value for key, value in found.items() if value is not None}
+
     async def find_active(
         self, tenant_id: str, user_id: str, channel: int
     ) -> common_pb2.Conversation | None:
@@ -268,6 +274,12 @@ class MemoryMessages:
         if found is None or found[0] != tenant_id:
             return None
         return copy.deepcopy(found[1])
+
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], common_pb2.Message]:
+        found = {key: await self.get(*key) for key in keys}
+        return {key: value for key, value in found.items() if value is not None}
 
     async def last_inbound(self, tenant_id: str, conversation_id: str) -> common_pb2.Message | None:
         inbound = [m for m in self.of(tenant_id, conversation_id) if m.direction == INBOUND]

@@ -25,8 +25,10 @@ from server.domain.queues import (
     Due,
     Finish,
     Outgoing,
+    Position,
     ReplyJob,
     ReportedFailure,
+    Waiting,
 )
 from tests.support.memory_db import Database
 
@@ -128,26 +130,25 @@ class MemoryDeliveries(ClaimsOneByOne[Delivery]):
             return None
         return found
 
-    async def earlier_pending(
-        self, delivery: Delivery, *, now: dt.datetime, soon: dt.timedelta
-    ) -> dt.datetime | None:
-        waiting = sorted(
-            (
-                d
-                for d in self._db.deliveries.values()
-                if d.tenant_id == delivery.tenant_id
-                and d.conversation_id == delivery.conversation_id
-                and d.sequence < delivery.sequence
-                and d.state in (QUEUED, SENDING)
-            ),
-            key=lambda d: d.sequence,
-        )
-        if not waiting:
-            return None
-        first = waiting[0]
-        if first.state == SENDING or first.due_time is None:
-            return now + soon
-        return max(now + soon, first.due_time)
+    async def first_waiting_before(self, positions: Sequence[Position]) -> dict[Position, Waiting]:
+        found: dict[Position, Waiting] = {}
+        for position in positions:
+            waiting = sorted(
+                (
+                    d
+                    for d in self._db.deliveries.values()
+                    if d.tenant_id == position.tenant_id
+                    and d.conversation_id == position.conversation_id
+                    and d.sequence < position.sequence
+                    and d.state in (QUEUED, SENDING)
+                ),
+                key=lambda d: d.sequence,
+            )
+            if waiting:
+                found[position] = Waiting(
+                    sending=waiting[0].state == SENDING, due_time=waiting[0].due_time
+                )
+        return found
 
     async def finish_many(self, finishes: Sequence[Finish], *, tx: Any) -> bool:
         self._db.wrote(tx, "deliveries")
@@ -332,13 +333,17 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
             return None
         return found
 
-    async def earlier_waiting(self, job: ClaimedReplyJob) -> bool:
-        return any(
-            j["tenant_id"] == job.tenant_id
-            and j["conversation_id"] == job.conversation_id
-            and j["sequence"] < job.sequence
-            for j in self._db.reply_jobs.values()
-        )
+    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, bool]:
+        return {
+            position: True
+            for position in positions
+            if any(
+                j["tenant_id"] == position.tenant_id
+                and j["conversation_id"] == position.conversation_id
+                and j["sequence"] < position.sequence
+                for j in self._db.reply_jobs.values()
+            )
+        }
 
     async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Any) -> bool:
         self._db.wrote(tx, "reply_jobs")
