@@ -51,6 +51,9 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         self._batch = concurrency * _CANDIDATES_PER_SLOT
         #: Items found due and not yet tried, oldest first.
         self._candidates: list[Due] = []
+        #: The last look found fewer due items than it asked for: none other was due then,
+        #: so the worker looks again only when woken or after its idle wait.
+        self._exhausted = False
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
 
@@ -63,12 +66,13 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         while not stopping.is_set():
             # Cleared before looking, so a wake while looking is not lost.
             self._wake.clear()
+            self._exhausted = False
             try:
                 claimed = await self._claim_some(stopping)
             except Exception:
                 log.exception("queue unavailable", queue=self._name)
                 claimed = False
-            if not claimed:
+            if not claimed or self._exhausted:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
         if self._running:
@@ -87,9 +91,12 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         fetched = False
         while True:
             if not self._candidates:
-                if fetched:
-                    return []  # every candidate of a fresh batch was taken
+                if fetched or self._exhausted:
+                    # Every candidate of a fresh batch was taken, or nothing else was due
+                    # when last looked (a slot freed since is no reason to look again).
+                    return []
                 self._candidates = await self.due(self._batch)
+                self._exhausted = len(self._candidates) < self._batch
                 fetched = True
             while self._candidates:
                 trying = self._candidates[:limit]

@@ -105,3 +105,28 @@ async def test_one_claim_takes_as_many_items_as_there_are_free_slots() -> None:
     assert store.claims[0] == ["item-000", "item-001", "item-002", "item-003"]
     assert all(1 <= len(claim) <= 4 for claim in store.claims)
     assert len(store.claims) < 20  # fewer claims than items
+
+
+async def test_after_a_look_that_found_all_that_was_due_the_next_waits_for_a_wake() -> None:
+    """A look that found fewer items than it asked for found all that was due: a slot freed
+    afterwards is no reason to look again (each such look came back empty, three for every
+    claim under load). A wake, or the idle second, is."""
+    store = Store(["item-000", "item-001", "item-002"])
+    handled: list[str] = []
+    worker = Worker(store, handled, concurrency=4)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    await asyncio.wait_for(store.empty.wait(), 5)
+    await asyncio.sleep(0.3)  # the three handled, their slots free again
+    assert sorted(handled) == ["item-000", "item-001", "item-002"]
+    assert store.due_queries == 1
+    store.waiting.append("item-003")
+    store.empty.clear()
+    worker.wake()
+    await asyncio.wait_for(store.empty.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert handled[-1] == "item-003"
+    assert store.due_queries == 2
+    stopping.set()
+    worker.wake()
+    await task
