@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.support.stand_ins",
     "tests.support.ports",
     "tests.support.mongo_commands",
+    "tests.support.scratch_db",
 ]
 
 

@@ -28,6 +28,7 @@ from server.repositories.mongo import (
     CONVERSATIONS,
     DUPLICATE_KEY_CODE,
     Document,
+    find_by_keys,
     update_and_get,
 )
 
@@ -60,23 +61,8 @@ class MongoConversationRepository:
     ) -> dict[tuple[str, str], common_pb2.Conversation]:
         """Conversations by (tenant, conversation id), in one query; those not found are
         left out."""
-        if not keys:
-            return {}
-        # One $in per field, _id first (point lookups on the embedded store); each
-        # document's tenant is matched to its key below.
-        cursor = self._collection.find(
-            {
-                "_id": {"$in": sorted({conversation_id for _, conversation_id in keys})},
-                "tenant_id": {"$in": sorted({tenant_id for tenant_id, _ in keys})},
-            }
-        )
-        wanted = set(keys)
-        found: dict[tuple[str, str], common_pb2.Conversation] = {}
-        async for document in cursor:
-            key = (document["tenant_id"], document["_id"])
-            if key in wanted:
-                found[key] = to_proto(document)
-        return found
+        found = await find_by_keys(self._collection, keys)
+        return {key: to_proto(document) for key, document in found.items()}
 
     async def find_active(
         self, tenant_id: str, user_id: str, channel: int

@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from chat.v1 import common_pb2
 from server.domain.messages import Advance, MessageRow
 from server.domain.receipts import FORWARD_FROM
-from server.repositories.mongo import MESSAGES, Document
+from server.repositories.mongo import MESSAGES, Document, find_by_keys
 
 #: What to_proto reads of a stored message.
 _AS_MESSAGE = {"pb": 1, "delivery_status": 1, "platform_message_id": 1}
@@ -135,24 +135,8 @@ class MongoMessageRepository:
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], common_pb2.Message]:
         """Messages by (tenant, message id), in one query; those not found are left out."""
-        if not keys:
-            return {}
-        # One $in per field, _id first (point lookups on the embedded store, where an $or of
-        # pairs would scan); each document's tenant is matched to its key below.
-        cursor = self._collection.find(
-            {
-                "_id": {"$in": sorted({message_id for _, message_id in keys})},
-                "tenant_id": {"$in": sorted({tenant_id for tenant_id, _ in keys})},
-            },
-            {**_AS_MESSAGE, "tenant_id": 1},
-        )
-        wanted = set(keys)
-        found: dict[tuple[str, str], common_pb2.Message] = {}
-        async for document in cursor:
-            key = (document["tenant_id"], document["_id"])
-            if key in wanted:
-                found[key] = to_proto(document)
-        return found
+        found = await find_by_keys(self._collection, keys, _AS_MESSAGE)
+        return {key: to_proto(document) for key, document in found.items()}
 
     async def known_platform_ids(
         self,

@@ -242,6 +242,32 @@ async def due_items(
     return [Due(tenant_id=document["tenant_id"], id=document["_id"]) for document in documents]
 
 
+async def find_by_keys(
+    collection: AsyncCollection[Document],
+    keys: Sequence[tuple[str, str]],
+    projection: Document | None = None,
+) -> dict[tuple[str, str], Document]:
+    """Documents by (tenant, id), in one query; those not found are left out. One $in per
+    field, ``_id`` first (point lookups on the embedded store, where an $or of pairs would
+    scan); each document's tenant is matched to its key, so no key gets another tenant's."""
+    if not keys:
+        return {}
+    cursor = collection.find(
+        {
+            "_id": {"$in": sorted({document_id for _, document_id in keys})},
+            "tenant_id": {"$in": sorted({tenant_id for tenant_id, _ in keys})},
+        },
+        {**projection, "tenant_id": 1} if projection is not None else None,
+    )
+    wanted = set(keys)
+    found: dict[tuple[str, str], Document] = {}
+    async for document in cursor:
+        key = (document["tenant_id"], document["_id"])
+        if key in wanted:
+            found[key] = document
+    return found
+
+
 async def claim_items(
     collection: AsyncCollection[Document],
     items: Sequence[Due],

@@ -7,15 +7,11 @@ count."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from devstack.stack import Endpoints
 from server.domain.messages import MessageRow
 from server.domain.queues import (
     FAILED,
@@ -32,34 +28,19 @@ from server.repositories.conversations import MongoConversationRepository
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
 from server.repositories.messages import MongoMessageRepository
-from server.repositories.mongo import Document, Transactions, create_indexes
+from server.repositories.mongo import Document, Transactions
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-async def client(stack: Endpoints) -> AsyncIterator[AsyncMongoClient[Document]]:
-    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def database(client: AsyncMongoClient[Document]) -> AsyncIterator[AsyncDatabase[Document]]:
-    database = client[f"reads_{uuid.uuid4().hex[:8]}"]
-    await create_indexes(database)
-    yield database
-    await client.drop_database(database.name)
-
-
-async def in_transaction(client: AsyncMongoClient[Document], work: object) -> None:
-    await Transactions(client=client).run(work)  # type: ignore[arg-type]
+async def in_transaction(mongo_client: AsyncMongoClient[Document], work: object) -> None:
+    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
 
 
 async def test_earlier_reply_jobs_are_found_per_conversation_and_tenant(
-    client: AsyncMongoClient[Document], database: AsyncDatabase[Document]
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
 ) -> None:
-    jobs = MongoReplyJobs(database=database)
+    jobs = MongoReplyJobs(database=scratch_database)
     queued = [
         ReplyJob("tenant-a", "c1", "m1", 3, NOW),
         ReplyJob("tenant-a", "c1", "m2", 5, NOW),
@@ -70,7 +51,7 @@ async def test_earlier_reply_jobs_are_found_per_conversation_and_tenant(
     async def work(tx: object) -> None:
         await jobs.enqueue_many(queued, tx=tx)  # type: ignore[arg-type]
 
-    await in_transaction(client, work)
+    await in_transaction(mongo_client, work)
     asked = [
         Position("tenant-a", "c1", 3),  # the first of its conversation
         Position("tenant-a", "c1", 5),  # behind 3
@@ -90,9 +71,9 @@ async def test_earlier_reply_jobs_are_found_per_conversation_and_tenant(
 
 
 async def test_the_earliest_waiting_delivery_before_each_position(
-    client: AsyncMongoClient[Document], database: AsyncDatabase[Document]
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
 ) -> None:
-    deliveries = MongoDeliveries(database=database)
+    deliveries = MongoDeliveries(database=scratch_database)
 
     def messages(conversation: str, sequences: range) -> list[common_pb2.Message]:
         return [
@@ -110,8 +91,8 @@ async def test_the_earliest_waiting_delivery_before_each_position(
             tx=tx,  # type: ignore[arg-type]
         )
 
-    await in_transaction(client, work)
-    collection = database["deliveries"]
+    await in_transaction(mongo_client, work)
+    collection = scratch_database["deliveries"]
 
     async def state(delivery_id: str, tenant: str, **fields: object) -> None:
         await collection.update_one({"_id": delivery_id, "tenant_id": tenant}, {"$set": fields})
@@ -155,10 +136,10 @@ async def test_the_earliest_waiting_delivery_before_each_position(
 
 
 async def test_messages_and_conversations_are_read_together_each_in_its_tenant(
-    client: AsyncMongoClient[Document], database: AsyncDatabase[Document]
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
 ) -> None:
-    conversations = MongoConversationRepository(database=database)
-    messages = MongoMessageRepository(database=database)
+    conversations = MongoConversationRepository(database=scratch_database)
+    messages = MongoMessageRepository(database=scratch_database)
 
     async def start(tenant: str, user: str) -> str:
         async def work(tx: object) -> str:
@@ -172,7 +153,7 @@ async def test_messages_and_conversations_are_read_together_each_in_its_tenant(
             )
             return conversation.id
 
-        return await Transactions(client=client).run(work)  # type: ignore[arg-type]
+        return await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
 
     first = await start("tenant-a", "user-1")
     second = await start("tenant-b", "user-2")
@@ -194,7 +175,7 @@ async def test_messages_and_conversations_are_read_together_each_in_its_tenant(
             tx=tx,  # type: ignore[arg-type]
         )
 
-    await in_transaction(client, write)
+    await in_transaction(mongo_client, write)
     read = await messages.get_many([("tenant-a", "m1"), ("tenant-b", "m2"), ("tenant-a", "m2")])
     assert {key: m.conversation_id for key, m in read.items()} == {
         ("tenant-a", "m1"): first,

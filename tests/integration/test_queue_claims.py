@@ -6,41 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from devstack.stack import Endpoints
 from server.domain.queues import SENDING, Due, Outgoing, ReplyJob
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
-from server.repositories.mongo import Document, Transactions, create_indexes
+from server.repositories.mongo import Document, Transactions
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 LEASE = dt.timedelta(seconds=60)
 
 
-@pytest.fixture
-async def client(stack: Endpoints) -> AsyncIterator[AsyncMongoClient[Document]]:
-    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def database(client: AsyncMongoClient[Document]) -> AsyncIterator[AsyncDatabase[Document]]:
-    database = client[f"claims_{uuid.uuid4().hex[:8]}"]
-    await create_indexes(database)
-    yield database
-    await client.drop_database(database.name)
-
-
 async def queued_jobs(
-    client: AsyncMongoClient[Document], jobs: MongoReplyJobs, tenants: list[str], count: int
+    mongo_client: AsyncMongoClient[Document], jobs: MongoReplyJobs, tenants: list[str], count: int
 ) -> list[Due]:
     async def work(tx: object) -> None:
         await jobs.enqueue_many(
@@ -51,15 +32,15 @@ async def queued_jobs(
             tx=tx,  # type: ignore[arg-type]
         )
 
-    await Transactions(client=client).run(work)  # type: ignore[arg-type]
+    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
     return await jobs.due(now=NOW, limit=count)
 
 
 async def test_competing_claims_take_each_job_once_and_read_back_only_their_own(
-    client: AsyncMongoClient[Document], database: AsyncDatabase[Document]
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
 ) -> None:
-    jobs = MongoReplyJobs(database=database)
-    due = await queued_jobs(client, jobs, ["tenant-a", "tenant-b"], 12)
+    jobs = MongoReplyJobs(database=scratch_database)
+    due = await queued_jobs(mongo_client, jobs, ["tenant-a", "tenant-b"], 12)
     assert len(due) == 12
 
     first, second = await asyncio.gather(
@@ -86,9 +67,9 @@ async def test_competing_claims_take_each_job_once_and_read_back_only_their_own(
 
 
 async def test_a_delivery_claim_skips_what_is_not_due(
-    client: AsyncMongoClient[Document], database: AsyncDatabase[Document]
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
 ) -> None:
-    deliveries = MongoDeliveries(database=database)
+    deliveries = MongoDeliveries(database=scratch_database)
     messages = [
         common_pb2.Message(id=f"m{n}", conversation_id="c1", sequence=n + 1) for n in range(3)
     ]
@@ -99,9 +80,9 @@ async def test_a_delivery_claim_skips_what_is_not_due(
             tx=tx,  # type: ignore[arg-type]
         )
 
-    await Transactions(client=client).run(work)  # type: ignore[arg-type]
+    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
     items = [Due(tenant_id="tenant-a", id=message.id) for message in messages]
-    await database["deliveries"].update_one(
+    await scratch_database["deliveries"].update_one(
         {"_id": "m1", "tenant_id": "tenant-a"}, {"$set": {"due_time": NOW + LEASE}}
     )
     claimed = await deliveries.claim_many(items, owner="one", now=NOW, lease=LEASE)
