@@ -18,6 +18,7 @@ from chat.v1 import chat_service_pb2
 from devstack.tokens import mint_dev_token
 from tests.support.error_details import details_of
 from tests.support.servers import RunningServer
+from tests.support.waiting import eventually
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 SECRET = "malformed-test-secret-long-enough-for-hs256"
@@ -86,11 +87,16 @@ async def test_undecodable_bytes_are_invalid_argument_with_the_request_id(
 ) -> None:
     metadata = (*(_auth() if token else ()), ("x-request-id", "req-bytes"))
     async with grpc.aio.insecure_channel(server.target) as channel:
-        with (
-            capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
-            pytest.raises(grpc.aio.AioRpcError) as caught,
-        ):
-            await _raw(channel, method)(body, metadata=metadata, timeout=5)
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _raw(channel, method)(body, metadata=metadata, timeout=5)
+
+            # The status can reach the client before the server's chain has unwound and
+            # written the access line (CI once read the logs in between).
+            async def logged() -> bool:
+                return any(line["event"] == "rpc finished" for line in logs)
+
+            await eventually(logged, "the access line", within=5)
     exc = caught.value
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
     details = exc.details() or ""
