@@ -143,7 +143,8 @@ class EventConsumer:
         self.lag: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then commit what was handled and leave the group."""
+        """Consume until ``stop`` is set, then commit what was handled and leave the group (the
+        batch in hand stops at its next record)."""
         self._stop = stop
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -181,8 +182,10 @@ class EventConsumer:
 
     async def _partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:
-            if self._handover.revoking(tp):
-                # Going to another worker: it starts after the last record handled here.
+            if self._handover.revoking(tp) or self._stop.is_set():
+                # Going to another worker (revoked, or this one stopping): it starts after the
+                # last record handled here. A stop so waits for one record a partition, not a
+                # batch of up to ``max_records`` (which, on a slow store, outlasts a grace period).
                 await self._commit(tp, record.offset)
                 return
             if not await self._record(record):

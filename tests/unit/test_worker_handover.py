@@ -1,6 +1,7 @@
 """A revocation hands a partition over at the next record boundary: the batch in hand stops
-there, its handled records committed, so the next owner neither redoes nor skips any; and a
-revocation that waits too long gives up (the records then go again, idempotently)."""
+there, its handled records committed, so the next owner neither redoes nor skips any; a stop
+does the same; and a revocation that waits too long gives up (the records then go again,
+idempotently)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,20 @@ async def test_a_revocation_stops_the_batch_at_the_next_record_and_commits_what_
     assert gate.handled == ["c10"]  # none after the revocation
     assert kafka.commits == [{TP: 11}]  # the next owner starts right after it
     assert not handover.revoking(TP)  # a later assignment of it runs whole batches again
+
+
+async def test_a_stop_ends_the_batch_at_the_next_record_and_commits_what_was_handled() -> None:
+    gate = Gate()
+    consumer, kafka = consumer_with(gate)
+    stop = asyncio.Event()
+    consumer._stop = stop
+    loop = asyncio.create_task(consumer._partition(TP, [record(offset) for offset in range(5)]))
+    await gate.entered.wait()  # offset 0 in hand
+    stop.set()
+    gate.open.set()
+    await loop
+    assert gate.handled == ["c0"]  # the rest wait for the partition's next owner
+    assert kafka.commits == [{TP: 1}]
 
 
 async def test_a_batch_not_revoked_runs_whole_and_commits_its_end() -> None:
