@@ -232,6 +232,8 @@ def job_claim(now: dt.datetime) -> Document:
             "due_time": now + LEASE,
             "claim": uuid.uuid4().hex,
         },
+        # A job held behind an earlier one of its conversation is no longer held once claimed.
+        "$unset": {"held": ""},
         "$inc": {"attempts": 1},
     }
 

@@ -138,6 +138,23 @@ class Finish:
     platform_message_id: str = ""
 
 
+#: A reply job behind an earlier one of its conversation is held, not due, until that one is
+#: done (which wakes it); were the wake lost (its process died between the commit and the
+#: wake), it comes due after this, as a job whose process died does after its lease.
+REPLY_HOLD_AT_MOST = dt.timedelta(seconds=60)
+
+
+def held_behind(jobs: Sequence[ReplyJob]) -> set[int]:
+    """The indexes of the jobs that wait behind an earlier one of their conversation among
+    ``jobs`` (all but the first of each conversation, by sequence)."""
+    first: dict[tuple[str, str], int] = {}
+    for index, job in enumerate(jobs):
+        key = (job.tenant_id, job.conversation_id)
+        if key not in first or job.sequence < jobs[first[key]].sequence:
+            first[key] = index
+    return set(range(len(jobs))) - set(first.values())
+
+
 @dataclass(frozen=True, slots=True)
 class ReplyJob:
     """An inbound message to answer, for enqueue_many."""

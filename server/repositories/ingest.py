@@ -13,7 +13,15 @@ from pymongo import DeleteOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.domain.queues import ClaimedInboxBatch, ClaimedReplyJob, Due, Position, ReplyJob
+from server.domain.queues import (
+    REPLY_HOLD_AT_MOST,
+    ClaimedInboxBatch,
+    ClaimedReplyJob,
+    Due,
+    Position,
+    ReplyJob,
+    held_behind,
+)
 from server.repositories.mongo import (
     INGEST_INBOX,
     INGESTED_EVENTS,
@@ -105,7 +113,10 @@ class MongoReplyJobs:
         self._collection = database[REPLY_JOBS]
 
     async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: AsyncClientSession) -> None:
-        """Queue the jobs in the caller's transaction, in one round trip."""
+        """Queue the jobs in the caller's transaction, in one round trip. Of several jobs of
+        one conversation, those behind the first are queued held: the first one's completion
+        wakes the next (no claim of theirs finds them waiting first)."""
+        held = held_behind(jobs)
         await self._collection.insert_many(
             [
                 {
@@ -117,11 +128,15 @@ class MongoReplyJobs:
                     "status": PENDING,
                     "attempts": 0,
                     "enqueue_time": job.now,
-                    "due_time": job.now,
+                    **(
+                        {"due_time": job.now + REPLY_HOLD_AT_MOST, "held": True}
+                        if index in held
+                        else {"due_time": job.now}
+                    ),
                     # The reply continues the trace of the call that stored the message.
                     **trace_fields(job.tenant_id, job.conversation_id),
                 }
-                for job in jobs
+                for index, job in enumerate(jobs)
             ],
             session=tx,
         )
@@ -140,6 +155,7 @@ class MongoReplyJobs:
             due={"due_time": {"$lte": now}},
             update={
                 "$set": {"status": RUNNING, "owner": owner, "due_time": now + lease},
+                "$unset": {"held": ""},
                 "$inc": {"attempts": 1},
             },
         )
@@ -209,6 +225,55 @@ class MongoReplyJobs:
                 "$inc": {"attempts": 0 if counted else -1},
             },
         )
+
+    async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
+        """Give the job back uncounted, held behind an earlier job of its conversation: not due
+        until ``wake_next`` wakes it (when that job is done), or ``until`` passes (a wake lost
+        with a process that died)."""
+        await self._collection.update_one(
+            _leased(job),
+            {
+                "$set": {"status": PENDING, "due_time": until, "held": True},
+                "$unset": {"owner": ""},
+                "$inc": {"attempts": -1},
+            },
+        )
+
+    async def wake_next(self, conversations: Sequence[tuple[str, str]], *, now: dt.datetime) -> int:
+        """Make the earliest held job of each (tenant, conversation) due ``now``; how many. A
+        read and an update per tenant (nothing held, no update). Only a job still held and
+        pending is woken: a claimed one's due time is its lease."""
+        woken = 0
+        by_tenant: dict[str, set[str]] = {}
+        for tenant_id, conversation_id in conversations:
+            by_tenant.setdefault(tenant_id, set()).add(conversation_id)
+        for tenant_id, theirs in by_tenant.items():
+            cursor = self._collection.find(
+                {
+                    "tenant_id": tenant_id,
+                    "conversation_id": {"$in": sorted(theirs)},
+                    "held": True,
+                    "status": PENDING,
+                },
+                {"conversation_id": 1, "sequence": 1},
+            )
+            earliest: dict[str, tuple[int, str]] = {}
+            async for document in cursor:
+                candidate = (document["sequence"], document["_id"])
+                conversation = document["conversation_id"]
+                earliest[conversation] = min(candidate, earliest.get(conversation, candidate))
+            if earliest:
+                result = await self._collection.update_many(
+                    {
+                        "_id": {"$in": sorted(job_id for _, job_id in earliest.values())},
+                        "tenant_id": tenant_id,
+                        "held": True,
+                        "status": PENDING,
+                    },
+                    {"$set": {"due_time": now}, "$unset": {"held": ""}},
+                )
+                woken += result.modified_count
+        return woken
 
     async def drop(self, job: ClaimedReplyJob) -> None:
         """Remove a job that can never be done (its message or conversation is gone)."""

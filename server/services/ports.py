@@ -420,6 +420,15 @@ class ReplyJobQueue(Protocol):
         self, job: ClaimedReplyJob, *, due: dt.datetime, counted: bool = True
     ) -> None: ...
 
+    async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
+        """Give the job back uncounted to wait for an earlier job of its conversation: due
+        again when ``wake_next`` names its conversation, at ``until`` at the latest."""
+        ...
+
+    async def wake_next(self, conversations: Sequence[tuple[str, str]], *, now: dt.datetime) -> int:
+        """Make the earliest held job of each (tenant, conversation) due ``now``; how many."""
+        ...
+
     async def drop(self, job: ClaimedReplyJob) -> None: ...
 
 

@@ -1,6 +1,7 @@
 """A claim of several queue items at once, on the real store: each item goes to one claim
 only, a claim reads back only what it took (not what another claim, of this process or
-another, took), items not yet due stay, and one claim spans tenants."""
+another, took), items not yet due stay, and one claim spans tenants. A reply job held behind an
+earlier one of its conversation is due again only when woken (or at its deadline)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,78 @@ async def test_a_delivery_claim_skips_what_is_not_due(
     # Another tenant's name on an item claims nothing of this one's.
     wrong = [Due(tenant_id="tenant-b", id="m1")]
     assert await deliveries.claim_many(wrong, owner="two", now=NOW + LEASE, lease=LEASE) == []
+
+
+async def test_a_held_reply_job_is_due_only_once_woken_and_only_the_earliest_wakes(
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
+) -> None:
+    jobs = MongoReplyJobs(database=scratch_database)
+    queued = [
+        ReplyJob("tenant-a", "c1", "m1", 1, NOW),
+        ReplyJob("tenant-a", "c1", "m2", 2, NOW),
+        ReplyJob("tenant-a", "c1", "m3", 3, NOW),
+        ReplyJob("tenant-b", "c1", "m4", 2, NOW),  # another tenant's conversation of that id
+    ]
+    for job in queued:  # one call each, as separate webhooks' messages: all due at first
+
+        async def work(tx: object, job: ReplyJob = job) -> None:
+            await jobs.enqueue_many([job], tx=tx)  # type: ignore[arg-type]
+
+        await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+    claimed = await jobs.claim_many(
+        await jobs.due(now=NOW, limit=10), owner="one", now=NOW, lease=LEASE
+    )
+    by_message = {job.message_id: job for job in claimed}
+    later = NOW + dt.timedelta(seconds=1)
+    for message_id in ("m3", "m2", "m4"):
+        await jobs.hold(by_message[message_id], until=NOW + LEASE)
+    # Held: none due (m1 is leased); the hold was no attempt.
+    assert await jobs.due(now=later, limit=10) == []
+    stored = {d["message_id"]: d async for d in scratch_database["reply_jobs"].find({})}
+    assert {m: stored[m]["attempts"] for m in ("m2", "m3", "m4")} == {"m2": 0, "m3": 0, "m4": 0}
+
+    # Waking tenant-a's c1 makes its earliest held job due, not the one behind it, not the
+    # other tenant's, and not the leased m1 (whose due time is its lease).
+    await jobs.wake_next([("tenant-a", "c1"), ("tenant-a", "c9")], now=later)
+    [woken] = await jobs.due(now=later, limit=10)
+    assert woken.id == by_message["m2"].id
+    [again] = await jobs.claim_many([woken], owner="two", now=later, lease=LEASE)
+    assert again.attempts == 1
+    stored = {d["message_id"]: d async for d in scratch_database["reply_jobs"].find({})}
+    assert "held" not in stored["m2"]  # claimed: a wake no longer touches it
+    assert stored["m1"]["due_time"] == NOW + LEASE
+    await jobs.wake_next([("tenant-a", "c1")], now=later)
+    [third] = await jobs.due(now=later, limit=10)
+    assert third.id == by_message["m3"].id
+    assert stored["m2"]["due_time"] == later + LEASE
+
+    # A wake lost, a held job is due at its ``until`` anyway.
+    assert {d.id for d in await jobs.due(now=NOW + LEASE, limit=10)} == {
+        by_message[m].id for m in ("m1", "m3", "m4")
+    }
+
+
+async def test_reply_jobs_queued_together_are_held_behind_the_first_of_their_conversation(
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
+) -> None:
+    jobs = MongoReplyJobs(database=scratch_database)
+    queued = [
+        ReplyJob("tenant-a", "c1", "m2", 8, NOW),
+        ReplyJob("tenant-a", "c1", "m1", 7, NOW),
+        ReplyJob("tenant-a", "c2", "m3", 9, NOW),
+        ReplyJob("tenant-b", "c1", "m4", 9, NOW),
+    ]
+
+    async def work(tx: object) -> None:
+        await jobs.enqueue_many(queued, tx=tx)  # type: ignore[arg-type]
+
+    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+    stored = {d["_id"]: d["message_id"] async for d in scratch_database["reply_jobs"].find({})}
+    due = await jobs.due(now=NOW, limit=10)
+    assert sorted(stored[d.id] for d in due) == ["m1", "m3", "m4"]  # m2 waits behind m1
+    [first] = await jobs.claim_many(
+        [d for d in due if stored[d.id] == "m1"], owner="one", now=NOW, lease=LEASE
+    )
+    await jobs.wake_next([("tenant-a", "c1")], now=NOW)
+    assert sorted(stored[d.id] for d in await jobs.due(now=NOW, limit=10)) == ["m2", "m3", "m4"]
+    assert first.message_id == "m1"

@@ -16,6 +16,7 @@ from server.domain.errors import AlreadyExists
 from server.domain.queues import (
     FAILED,
     QUEUED,
+    REPLY_HOLD_AT_MOST,
     SENDING,
     SENT,
     Attempt,
@@ -29,6 +30,7 @@ from server.domain.queues import (
     ReplyJob,
     ReportedFailure,
     Waiting,
+    held_behind,
 )
 from tests.support.memory_db import Database
 
@@ -290,7 +292,8 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
 
     async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: Any) -> None:
         self._db.wrote(tx, "reply_jobs")
-        for job in jobs:
+        held = held_behind(jobs)
+        for index, job in enumerate(jobs):
             job_id = uuid.uuid4().hex
             self._db.reply_jobs[job_id] = {
                 "id": job_id,
@@ -300,7 +303,8 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
                 "sequence": job.sequence,
                 "status": "pending",
                 "attempts": 0,
-                "due_time": job.now,
+                "due_time": job.now + REPLY_HOLD_AT_MOST if index in held else job.now,
+                "held": index in held,
                 "owner": "",
             }
 
@@ -315,7 +319,7 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
         job = self._db.reply_jobs.get(item.id)
         if job is None or job["tenant_id"] != item.tenant_id or job["due_time"] > now:
             return None
-        job.update(status="running", owner=owner, due_time=now + lease)
+        job.update(status="running", owner=owner, due_time=now + lease, held=False)
         job["attempts"] += 1
         return ClaimedReplyJob(
             id=job["id"],
@@ -359,6 +363,27 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
         if found is not None:
             found.update(status="pending", due_time=due, owner="")
             found["attempts"] -= 0 if counted else 1
+
+    async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
+        found = self._held(job)
+        if found is not None:
+            found.update(status="pending", due_time=until, owner="", held=True)
+            found["attempts"] -= 1
+
+    async def wake_next(self, conversations: Sequence[tuple[str, str]], *, now: dt.datetime) -> int:
+        woken = 0
+        for tenant_id, conversation_id in set(conversations):
+            held = [
+                j
+                for j in self.jobs
+                if (j["tenant_id"], j["conversation_id"]) == (tenant_id, conversation_id)
+                and j.get("held")
+                and j["status"] == "pending"
+            ]
+            if held:
+                held[0].update(due_time=now, held=False)
+                woken += 1
+        return woken
 
     async def drop(self, job: ClaimedReplyJob) -> None:
         found = self._db.reply_jobs.get(job.id)

@@ -11,7 +11,7 @@ from chat.v1 import common_pb2
 from server.domain.queues import ClaimedReplyJob, Due, ReplyJob
 from server.services.composing import ReplyComposer
 from server.services.live import CommittedPush, QuietLiveEvents
-from server.services.replies import MAX_ATTEMPTS, ReplyWorker
+from server.services.replies import LEASE, MAX_ATTEMPTS, ReplyWorker
 from tests.support.ports import (
     Clock,
     MemoryStores,
@@ -48,14 +48,21 @@ def worker(stores: MemoryStores, clock: Clock, responder: ScriptedResponder) -> 
 
 
 async def given_inbound(
-    stores: MemoryStores, clock: Clock, *, count: int = 1, status: int = 1
+    stores: MemoryStores,
+    clock: Clock,
+    *,
+    count: int = 1,
+    status: int = 1,
+    together: bool = False,
+    user: str = "15550001",
 ) -> tuple[common_pb2.Conversation, list[common_pb2.Message]]:
-    """A conversation with ``count`` inbound messages, each waiting for its reply."""
+    """A conversation with ``count`` inbound messages, each waiting for its reply; their jobs
+    queued in one call (``together``, as one webhook's messages are) or one call each."""
     conversation = stores.conversations.add(
         TENANT,
-        user_id="15550001",
+        user_id=user,
         channel=WHATSAPP,
-        channel_conversation_id="15550001",
+        channel_conversation_id=user,
         last_sequence=count,
         status=status,
         now=clock(),
@@ -63,7 +70,7 @@ async def given_inbound(
     messages = []
     for sequence in range(1, count + 1):
         message = common_pb2.Message(
-            id=f"in-{sequence}",
+            id=f"in-{sequence}" if user == "15550001" else f"{user}-in-{sequence}",
             conversation_id=conversation.id,
             sequence=sequence,
             channel=WHATSAPP,
@@ -74,18 +81,25 @@ async def given_inbound(
         stores.messages.add(TENANT, message)
         messages.append(message)
 
-    async def enqueue(tx: object) -> None:
+    async def enqueue(tx: object, queued: list[common_pb2.Message]) -> None:
         await stores.reply_jobs.enqueue_many(
-            [ReplyJob(TENANT, conversation.id, m.id, m.sequence, clock()) for m in messages],
+            [ReplyJob(TENANT, conversation.id, m.id, m.sequence, clock()) for m in queued],
             tx=tx,
         )
 
-    await stores.transactions.run(enqueue)
+    for queued in [messages] if together else [[m] for m in messages]:
+        await stores.transactions.run(lambda tx, queued=queued: enqueue(tx, queued))
     return conversation, messages
 
 
-async def claim(worker: ReplyWorker, stores: MemoryStores, sequence: int) -> ClaimedReplyJob:
-    [job] = [j for j in stores.reply_jobs.jobs if j["sequence"] == sequence]
+async def claim(
+    worker: ReplyWorker, stores: MemoryStores, sequence: int, conversation_id: str | None = None
+) -> ClaimedReplyJob:
+    [job] = [
+        j
+        for j in stores.reply_jobs.jobs
+        if j["sequence"] == sequence and conversation_id in (None, j["conversation_id"])
+    ]
     [claimed] = await worker.claim_many([Due(tenant_id=job["tenant_id"], id=job["id"])])
     return claimed
 
@@ -134,30 +148,110 @@ async def test_a_job_of_a_closed_conversation_is_dropped_unanswered(
     assert stores.deliveries.all() == []
 
 
-async def test_a_job_waits_uncounted_while_an_earlier_one_of_its_conversation_waits(
+async def test_a_job_is_held_uncounted_until_the_earlier_one_of_its_conversation_is_done(
     worker: ReplyWorker, stores: MemoryStores, clock: Clock, responder: ScriptedResponder
 ) -> None:
-    conversation, _ = await given_inbound(stores, clock, count=2)
+    conversation, _ = await given_inbound(stores, clock, count=3)
 
     await worker.handle(await claim(worker, stores, 2))
+    await worker.handle(await claim(worker, stores, 3))
 
     later = next(j for j in stores.reply_jobs.jobs if j["sequence"] == 2)
     assert later["attempts"] == 0  # waiting is no attempt
     assert later["owner"] == ""
-    assert clock() < later["due_time"] <= clock() + dt.timedelta(seconds=1)
+    # Not claimed again and again while it waits: not due before the earlier one is done
+    # (or, were that wake lost, a lease's time from now).
+    assert later["due_time"] == clock() + LEASE
+    assert await stores.reply_jobs.due(now=clock(), limit=10) == [
+        Due(TENANT, j["id"]) for j in stores.reply_jobs.jobs if j["sequence"] == 1
+    ]
     assert responder.asked == []
-    assert len(stores.messages.of(TENANT, conversation.id)) == 2
+    assert len(stores.messages.of(TENANT, conversation.id)) == 3
+
+    worker._wake.clear()
+    await worker.handle(await claim(worker, stores, 1))
+    # The first done wakes the next one, now, and only that one; and the loop, to claim it.
+    [woken] = await stores.reply_jobs.due(now=clock(), limit=10)
+    assert woken.id == later["id"]
+    assert worker._wake.is_set()
+    await worker.handle(await claim(worker, stores, 2))
+    await worker.handle(await claim(worker, stores, 3))
+
+    assert [m.reply_to_message_id for m in stores.messages.of(TENANT, conversation.id)[3:]] == [
+        "in-1",
+        "in-1",
+        "in-2",
+        "in-2",
+        "in-3",
+        "in-3",
+    ]
+    assert stores.reply_jobs.jobs == []
+
+
+async def test_jobs_queued_together_are_held_behind_the_first_of_their_conversation(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+) -> None:
+    conversation, _ = await given_inbound(stores, clock, count=3, together=True)
+    other, _ = await given_inbound(stores, clock, count=1, user="15550002")
+
+    def due_sequences() -> list[tuple[str, int]]:
+        return [
+            (j["conversation_id"], j["sequence"])
+            for j in stores.reply_jobs.jobs
+            if j["due_time"] <= clock()
+        ]
+
+    # No claim of the later two finds them waiting: they are not due before the first is done.
+    assert sorted(due_sequences()) == sorted([(conversation.id, 1), (other.id, 1)])
+    for sequence in (1, 2, 3):
+        await worker.handle(await claim(worker, stores, sequence, conversation.id))
+        following = [(conversation.id, sequence + 1)] if sequence < 3 else []
+        assert sorted(due_sequences()) == sorted([*following, (other.id, 1)])
+    assert [m.reply_to_message_id for m in stores.messages.of(TENANT, conversation.id)[3:]] == [
+        "in-1",
+        "in-1",
+        "in-2",
+        "in-2",
+        "in-3",
+        "in-3",
+    ]
+
+
+async def test_a_job_held_just_after_the_earlier_one_was_done_wakes_itself(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+) -> None:
+    """The earlier job is done (and its wake found nothing held) between the later job's look
+    and its hold: the later one must not sit out the whole wait."""
+    await given_inbound(stores, clock, count=2)
+    first = await claim(worker, stores, 1)
+    later = await claim(worker, stores, 2)
+    jobs = stores.reply_jobs
+    hold = jobs.hold
+
+    async def done_meanwhile(job: ClaimedReplyJob, *, until: dt.datetime) -> None:
+        await worker.handle(first)  # completes, wakes: nothing is held yet
+        await hold(job, until=until)
+
+    jobs.hold = done_meanwhile  # type: ignore[method-assign]
+    await worker.handle(later)
+
+    [waiting] = jobs.jobs
+    assert waiting["sequence"] == 2
+    assert waiting["due_time"] == clock()  # due now, not a lease from now
+    assert [d.id for d in await jobs.due(now=clock(), limit=10)] == [waiting["id"]]
+
+
+async def test_a_dropped_job_wakes_the_next_one(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+) -> None:
+    await given_inbound(stores, clock, count=2)
+    await worker.handle(await claim(worker, stores, 2))  # held behind 1
+    del stores.db.messages["in-1"]  # its message gone: job 1 is dropped
 
     await worker.handle(await claim(worker, stores, 1))
-    clock.advance(seconds=1)
-    await worker.handle(await claim(worker, stores, 2))
 
-    assert [m.reply_to_message_id for m in stores.messages.of(TENANT, conversation.id)[2:]] == [
-        "in-1",
-        "in-1",
-        "in-2",
-        "in-2",
-    ]
+    [waiting] = stores.reply_jobs.jobs
+    assert (waiting["sequence"], waiting["due_time"]) == (2, clock())
 
 
 async def test_a_lost_lease_stores_nothing(
