@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
-from server.domain.queues import SENDING, Due, Outgoing, ReplyJob
+from server.domain.queues import REPLY_HOLD_AT_MOST, SENDING, Due, Outgoing, ReplyJob
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
 from server.repositories.mongo import Document, Transactions
@@ -161,6 +161,9 @@ async def test_reply_jobs_queued_together_are_held_behind_the_first_of_their_con
     stored = {d["_id"]: d["message_id"] async for d in scratch_database["reply_jobs"].find({})}
     due = await jobs.due(now=NOW, limit=10)
     assert sorted(stored[d.id] for d in due) == ["m1", "m3", "m4"]  # m2 waits behind m1
+    m2 = await scratch_database["reply_jobs"].find_one({"message_id": "m2"})
+    assert m2 is not None
+    assert (m2["held"], m2["due_time"]) == (True, NOW + REPLY_HOLD_AT_MOST)  # one job ahead
     [first] = await jobs.claim_many(
         [d for d in due if stored[d.id] == "m1"], owner="one", now=NOW, lease=LEASE
     )

@@ -303,7 +303,9 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
                 "sequence": job.sequence,
                 "status": "pending",
                 "attempts": 0,
-                "due_time": job.now + REPLY_HOLD_AT_MOST if index in held else job.now,
+                "due_time": job.now + REPLY_HOLD_AT_MOST * held[index]
+                if index in held
+                else job.now,
                 "held": index in held,
                 "owner": "",
             }
@@ -337,17 +339,18 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
             return None
         return found
 
-    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, bool]:
-        return {
-            position: True
-            for position in positions
-            if any(
-                j["tenant_id"] == position.tenant_id
+    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, int]:
+        ahead = {
+            position: sum(
+                1
+                for j in self._db.reply_jobs.values()
+                if j["tenant_id"] == position.tenant_id
                 and j["conversation_id"] == position.conversation_id
                 and j["sequence"] < position.sequence
-                for j in self._db.reply_jobs.values()
             )
+            for position in positions
         }
+        return {position: count for position, count in ahead.items() if count}
 
     async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Any) -> bool:
         self._db.wrote(tx, "reply_jobs")

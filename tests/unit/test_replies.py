@@ -8,10 +8,10 @@ import datetime as dt
 import pytest
 
 from chat.v1 import common_pb2
-from server.domain.queues import ClaimedReplyJob, Due, ReplyJob
+from server.domain.queues import REPLY_HOLD_AT_MOST, ClaimedReplyJob, Due, ReplyJob
 from server.services.composing import ReplyComposer
 from server.services.live import CommittedPush, QuietLiveEvents
-from server.services.replies import LEASE, MAX_ATTEMPTS, ReplyWorker
+from server.services.replies import MAX_ATTEMPTS, ReplyWorker
 from tests.support.ports import (
     Clock,
     MemoryStores,
@@ -160,8 +160,10 @@ async def test_a_job_is_held_uncounted_until_the_earlier_one_of_its_conversation
     assert later["attempts"] == 0  # waiting is no attempt
     assert later["owner"] == ""
     # Not claimed again and again while it waits: not due before the earlier one is done
-    # (or, were that wake lost, a lease's time from now).
-    assert later["due_time"] == clock() + LEASE
+    # (or, were that wake lost, a minute for each job ahead of it).
+    assert later["due_time"] == clock() + REPLY_HOLD_AT_MOST
+    last = next(j for j in stores.reply_jobs.jobs if j["sequence"] == 3)
+    assert last["due_time"] == clock() + 2 * REPLY_HOLD_AT_MOST
     assert await stores.reply_jobs.due(now=clock(), limit=10) == [
         Due(TENANT, j["id"]) for j in stores.reply_jobs.jobs if j["sequence"] == 1
     ]
@@ -201,8 +203,13 @@ async def test_jobs_queued_together_are_held_behind_the_first_of_their_conversat
             if j["due_time"] <= clock()
         ]
 
-    # No claim of the later two finds them waiting: they are not due before the first is done.
+    # No claim of the later two finds them waiting: they are not due before the first is done
+    # (were a wake lost, a minute for each job ahead of them).
     assert sorted(due_sequences()) == sorted([(conversation.id, 1), (other.id, 1)])
+    assert [j["due_time"] - clock() for j in stores.reply_jobs.jobs if j["held"]] == [
+        REPLY_HOLD_AT_MOST,
+        2 * REPLY_HOLD_AT_MOST,
+    ]
     for sequence in (1, 2, 3):
         await worker.handle(await claim(worker, stores, sequence, conversation.id))
         following = [(conversation.id, sequence + 1)] if sequence < 3 else []
