@@ -138,25 +138,23 @@ class Finish:
     platform_message_id: str = ""
 
 
-#: A reply job behind earlier ones of its conversation is held, not due, until the one before
-#: it is done (which wakes it). Were that wake lost (its process died between the commit and
-#: the wake), it comes due after this long for each job ahead of it when it was held, as a job
-#: whose process died does after its lease; a job found still waiting then is held again.
-REPLY_HOLD_AT_MOST = dt.timedelta(seconds=60)
+#: A reply job behind an earlier one of its conversation is held, not due, until that one is
+#: done (which wakes it). Were that wake lost (its process died between the commit and the
+#: wake, or the store failed the wake), it comes due after this anyway, and is held again if
+#: the earlier one still waits. Long, so that the jobs of a long queue (a user's sixteen
+#: messages behind a slow bot) are not claimed over and over to find they still wait.
+REPLY_HOLD_AT_MOST = dt.timedelta(minutes=5)
 
 
-def held_behind(jobs: Sequence[ReplyJob]) -> dict[int, int]:
-    """For each job of ``jobs`` behind an earlier one of its conversation among them (all but
-    the first of each, by sequence), by index: how many of them are ahead of it."""
-    order: dict[tuple[str, str], list[int]] = {}
+def held_behind(jobs: Sequence[ReplyJob]) -> set[int]:
+    """The indexes of the jobs that wait behind an earlier one of their conversation among
+    ``jobs`` (all but the first of each conversation, by sequence)."""
+    first: dict[tuple[str, str], int] = {}
     for index, job in enumerate(jobs):
-        order.setdefault((job.tenant_id, job.conversation_id), []).append(index)
-    ahead: dict[int, int] = {}
-    for indexes in order.values():
-        for place, index in enumerate(sorted(indexes, key=lambda i: jobs[i].sequence)):
-            if place:
-                ahead[index] = place
-    return ahead
+        key = (job.tenant_id, job.conversation_id)
+        if key not in first or job.sequence < jobs[first[key]].sequence:
+            first[key] = index
+    return set(range(len(jobs))) - set(first.values())
 
 
 @dataclass(frozen=True, slots=True)

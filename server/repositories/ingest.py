@@ -129,7 +129,7 @@ class MongoReplyJobs:
                     "attempts": 0,
                     "enqueue_time": job.now,
                     **(
-                        {"due_time": job.now + REPLY_HOLD_AT_MOST * held[index], "held": True}
+                        {"due_time": job.now + REPLY_HOLD_AT_MOST, "held": True}
                         if index in held
                         else {"due_time": job.now}
                     ),
@@ -173,13 +173,13 @@ class MongoReplyJobs:
             for document in documents
         ]
 
-    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, int]:
-        """For each position, how many earlier messages of its conversation still wait for
-        their reply (replies keep the order of the messages, by sequence); positions with none
+    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, bool]:
+        """For each position, whether an earlier message of its conversation still waits for
+        its reply (replies keep the order of the messages, by sequence); positions with none
         are left out. One query per tenant: with the tenant named (not an $in) the embedded
         store reads the conversations' jobs from their index, where an $in of tenants, like
         an $or, reads every job."""
-        found: dict[Position, int] = {}
+        found: dict[Position, bool] = {}
         by_tenant: dict[str, list[Position]] = {}
         for position in positions:
             by_tenant.setdefault(position.tenant_id, []).append(position)
@@ -191,17 +191,13 @@ class MongoReplyJobs:
                 },
                 {"conversation_id": 1, "sequence": 1},
             )
-            waiting: dict[str, list[int]] = {}
+            first: dict[str, int] = {}
             async for document in cursor:
-                waiting.setdefault(document["conversation_id"], []).append(document["sequence"])
+                conversation = document["conversation_id"]
+                first[conversation] = min(document["sequence"], first.get(conversation, 2**62))
             for position in theirs:
-                ahead = sum(
-                    1
-                    for sequence in waiting.get(position.conversation_id, ())
-                    if sequence < position.sequence
-                )
-                if ahead:
-                    found[position] = ahead
+                if first.get(position.conversation_id, 2**62) < position.sequence:
+                    found[position] = True
         return found
 
     async def complete_many(
@@ -279,11 +275,13 @@ class MongoReplyJobs:
                 woken += result.modified_count
         return woken
 
-    async def drop(self, job: ClaimedReplyJob) -> None:
-        """Remove a job that can never be done (its message or conversation is gone)."""
-        await self._collection.delete_one(
+    async def drop(self, job: ClaimedReplyJob) -> bool:
+        """Remove a job that can never be done (its message or conversation is gone); False
+        when another process holds it now."""
+        removed = await self._collection.delete_one(
             {"_id": job.id, "tenant_id": job.tenant_id, "owner": job.owner}
         )
+        return removed.deleted_count == 1
 
 
 class MongoIngestInbox:

@@ -410,8 +410,8 @@ class ReplyJobQueue(Protocol):
         self, items: Sequence[Due], *, owner: str, now: dt.datetime, lease: dt.timedelta
     ) -> list[ClaimedReplyJob]: ...
 
-    async def earlier_waiting(self, positions: Sequence[Position]) -> Mapping[Position, int]:
-        """The positions behind jobs still waiting: how many; the others left out."""
+    async def earlier_waiting(self, positions: Sequence[Position]) -> Mapping[Position, bool]:
+        """The positions behind a job still waiting (True); the others left out."""
         ...
 
     async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Tx) -> bool: ...
@@ -421,15 +421,17 @@ class ReplyJobQueue(Protocol):
     ) -> None: ...
 
     async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
-        """Give the job back uncounted to wait for earlier jobs of its conversation: due again
-        when ``wake_next`` names its conversation, at ``until`` at the latest."""
+        """Give the job back uncounted to wait for an earlier job of its conversation: due
+        again when ``wake_next`` names its conversation, at ``until`` at the latest."""
         ...
 
     async def wake_next(self, conversations: Sequence[tuple[str, str]], *, now: dt.datetime) -> int:
         """Make the earliest held job of each (tenant, conversation) due ``now``; how many."""
         ...
 
-    async def drop(self, job: ClaimedReplyJob) -> None: ...
+    async def drop(self, job: ClaimedReplyJob) -> bool:
+        """Remove a job still leased by this claim; whether it was."""
+        ...
 
 
 class IngestInbox(Protocol):

@@ -110,7 +110,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             conversations.get_many
         )
         self._message: Coalescer[tuple[str, str], common_pb2.Message] = Coalescer(messages.get_many)
-        self._earlier: Coalescer[Position, int] = Coalescer(jobs.earlier_waiting)
+        self._earlier: Coalescer[Position, bool] = Coalescer(jobs.earlier_waiting)
         self._outbox = outbox
         self._transactions = transactions
         self._clock = clock
@@ -159,7 +159,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             self._message.get((tenant_id, job.message_id)),
         )
         if earlier:
-            await self._hold(job, ahead=earlier)
+            await self._hold(job)
             return
         if conversation is None or inbound is None:
             log.error("reply job for a missing message dropped", job_id=job.id)
@@ -200,21 +200,25 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         if updated is not None:
             await self._after_commit(reply, updated)
 
-    async def _hold(self, job: ClaimedReplyJob, *, ahead: int) -> None:
+    async def _hold(self, job: ClaimedReplyJob) -> None:
         """Give back a job an earlier one of its conversation holds, until that one is done
         (which wakes it) rather than claiming it again every few hundred milliseconds: a user
         who sends sixteen messages at once would otherwise have fifteen jobs claimed, read and
         given back over and over while the first is answered."""
-        await self._jobs.hold(job, until=self._clock() + REPLY_HOLD_AT_MOST * ahead)
+        await self._jobs.hold(job, until=self._clock() + REPLY_HOLD_AT_MOST)
         # The earlier job may have been done between the look and the hold: its wake then
         # found nothing held. Looking again after holding, one of the two sees the other.
         position = Position(job.tenant_id, job.conversation_id, job.sequence)
-        if not await self._earlier.get(position):
+        try:
+            waits = await self._earlier.get(position)
+        except Exception:  # noqa: BLE001 - not known: woken, it is claimed and looks again
+            waits = False
+        if not waits:
             await self._wake_behind([job])
 
     async def _drop(self, job: ClaimedReplyJob) -> None:
-        await self._jobs.drop(job)
-        await self._wake_behind([job])
+        if await self._jobs.drop(job):
+            await self._wake_behind([job])
 
     async def _wake_behind(self, jobs: list[ClaimedReplyJob]) -> None:
         """Wake the next held job of each of these jobs' conversations, and this process's loop

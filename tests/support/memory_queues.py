@@ -303,9 +303,7 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
                 "sequence": job.sequence,
                 "status": "pending",
                 "attempts": 0,
-                "due_time": job.now + REPLY_HOLD_AT_MOST * held[index]
-                if index in held
-                else job.now,
+                "due_time": job.now + REPLY_HOLD_AT_MOST if index in held else job.now,
                 "held": index in held,
                 "owner": "",
             }
@@ -333,42 +331,41 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
             owner=owner,
         )
 
-    def _held(self, job: ClaimedReplyJob) -> dict[str, Any] | None:
+    def _leased(self, job: ClaimedReplyJob) -> dict[str, Any] | None:
         found = self._db.reply_jobs.get(job.id)
         if found is None or found["owner"] != job.owner or found["attempts"] != job.attempts:
             return None
         return found
 
-    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, int]:
-        ahead = {
-            position: sum(
-                1
-                for j in self._db.reply_jobs.values()
-                if j["tenant_id"] == position.tenant_id
+    async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, bool]:
+        return {
+            position: True
+            for position in positions
+            if any(
+                j["tenant_id"] == position.tenant_id
                 and j["conversation_id"] == position.conversation_id
                 and j["sequence"] < position.sequence
+                for j in self._db.reply_jobs.values()
             )
-            for position in positions
         }
-        return {position: count for position, count in ahead.items() if count}
 
     async def complete_many(self, jobs: Sequence[ClaimedReplyJob], *, tx: Any) -> bool:
         self._db.wrote(tx, "reply_jobs")
-        held = [job for job in jobs if self._held(job) is not None]
-        for job in held:
+        leased = [job for job in jobs if self._leased(job) is not None]
+        for job in leased:
             del self._db.reply_jobs[job.id]
-        return len(held) == len(jobs)
+        return len(leased) == len(jobs)
 
     async def postpone(
         self, job: ClaimedReplyJob, *, due: dt.datetime, counted: bool = True
     ) -> None:
-        found = self._held(job)
+        found = self._leased(job)
         if found is not None:
             found.update(status="pending", due_time=due, owner="")
             found["attempts"] -= 0 if counted else 1
 
     async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
-        found = self._held(job)
+        found = self._leased(job)
         if found is not None:
             found.update(status="pending", due_time=until, owner="", held=True)
             found["attempts"] -= 1
@@ -388,10 +385,12 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
                 woken += 1
         return woken
 
-    async def drop(self, job: ClaimedReplyJob) -> None:
+    async def drop(self, job: ClaimedReplyJob) -> bool:
         found = self._db.reply_jobs.get(job.id)
-        if found is not None and found["owner"] == job.owner:
-            del self._db.reply_jobs[job.id]
+        if found is None or found["owner"] != job.owner:
+            return False
+        del self._db.reply_jobs[job.id]
+        return True
 
 
 class MemoryIngestInbox(ClaimsOneByOne[ClaimedInboxBatch]):
@@ -452,7 +451,7 @@ class MemoryIngestInbox(ClaimsOneByOne[ClaimedInboxBatch]):
             owner=owner,
         )
 
-    def _held(self, batch: ClaimedInboxBatch) -> dict[str, Any] | None:
+    def _leased(self, batch: ClaimedInboxBatch) -> dict[str, Any] | None:
         found = self._db.ingest_inbox.get(batch.id)
         if found is None or found["owner"] != batch.owner or found["attempts"] != batch.attempts:
             return None
@@ -467,7 +466,7 @@ class MemoryIngestInbox(ClaimsOneByOne[ClaimedInboxBatch]):
         )
 
     async def complete(self, batch: ClaimedInboxBatch) -> bool:
-        if self._held(batch) is None:
+        if self._leased(batch) is None:
             return False
         del self._db.ingest_inbox[batch.id]
         return True
@@ -475,13 +474,13 @@ class MemoryIngestInbox(ClaimsOneByOne[ClaimedInboxBatch]):
     async def postpone(
         self, batch: ClaimedInboxBatch, *, due: dt.datetime, counted: bool = True
     ) -> None:
-        found = self._held(batch)
+        found = self._leased(batch)
         if found is not None:
             found.update(status="pending", due_time=due, owner="")
             found["attempts"] -= 0 if counted else 1
 
     async def set_aside(self, batch: ClaimedInboxBatch, *, error: str) -> None:
-        found = self._held(batch)
+        found = self._leased(batch)
         if found is not None:
             found.update(status="set_aside", due_time=None, owner="", error=error)
 

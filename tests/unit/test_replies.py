@@ -160,10 +160,8 @@ async def test_a_job_is_held_uncounted_until_the_earlier_one_of_its_conversation
     assert later["attempts"] == 0  # waiting is no attempt
     assert later["owner"] == ""
     # Not claimed again and again while it waits: not due before the earlier one is done
-    # (or, were that wake lost, a minute for each job ahead of it).
+    # (or, were that wake lost, REPLY_HOLD_AT_MOST from now).
     assert later["due_time"] == clock() + REPLY_HOLD_AT_MOST
-    last = next(j for j in stores.reply_jobs.jobs if j["sequence"] == 3)
-    assert last["due_time"] == clock() + 2 * REPLY_HOLD_AT_MOST
     assert await stores.reply_jobs.due(now=clock(), limit=10) == [
         Due(TENANT, j["id"]) for j in stores.reply_jobs.jobs if j["sequence"] == 1
     ]
@@ -203,13 +201,8 @@ async def test_jobs_queued_together_are_held_behind_the_first_of_their_conversat
             if j["due_time"] <= clock()
         ]
 
-    # No claim of the later two finds them waiting: they are not due before the first is done
-    # (were a wake lost, a minute for each job ahead of them).
+    # No claim of the later two finds them waiting: they are not due before the first is done.
     assert sorted(due_sequences()) == sorted([(conversation.id, 1), (other.id, 1)])
-    assert [j["due_time"] - clock() for j in stores.reply_jobs.jobs if j["held"]] == [
-        REPLY_HOLD_AT_MOST,
-        2 * REPLY_HOLD_AT_MOST,
-    ]
     for sequence in (1, 2, 3):
         await worker.handle(await claim(worker, stores, sequence, conversation.id))
         following = [(conversation.id, sequence + 1)] if sequence < 3 else []
@@ -311,6 +304,39 @@ async def test_a_job_failing_its_last_attempt_is_given_up(
 
     assert stores.reply_jobs.jobs == []
     assert len(stores.messages.of(TENANT, conversation.id)) == 1
+
+
+async def test_a_job_given_up_wakes_the_next_one(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock, responder: ScriptedResponder
+) -> None:
+    await given_inbound(stores, clock, count=2, together=True)
+    responder.error = RuntimeError("the model is down")
+    first = stores.reply_jobs.jobs[0]
+    stores.db.reply_jobs[first["id"]]["attempts"] = MAX_ATTEMPTS - 1
+
+    await worker.handle(await claim(worker, stores, 1))
+
+    [waiting] = stores.reply_jobs.jobs
+    assert (waiting["sequence"], waiting["due_time"]) == (2, clock())
+
+
+async def test_a_wake_that_fails_leaves_the_reply_stored_and_the_next_job_to_its_deadline(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+) -> None:
+    conversation, _ = await given_inbound(stores, clock, count=2, together=True)
+
+    async def failing(conversations: object, *, now: object) -> int:
+        raise ConnectionError("the store went away")
+
+    stores.reply_jobs.wake_next = failing  # type: ignore[method-assign]
+    await worker.handle(await claim(worker, stores, 1))
+
+    assert [m.reply_to_message_id for m in stores.messages.of(TENANT, conversation.id)[2:]] == [
+        "in-1",
+        "in-1",
+    ]
+    [waiting] = stores.reply_jobs.jobs
+    assert (waiting["sequence"], waiting["due_time"]) == (2, clock() + REPLY_HOLD_AT_MOST)
 
 
 async def test_a_job_for_a_missing_message_is_dropped(
