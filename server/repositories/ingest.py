@@ -242,23 +242,24 @@ class MongoReplyJobs:
     async def wake_next(self, conversations: Sequence[tuple[str, str]], *, now: dt.datetime) -> int:
         """Make the earliest held job of each (tenant, conversation) due ``now``; how many. A
         read and an update per tenant (nothing held, no update). Only a job still held and
-        pending is woken: a claimed one's due time is its lease."""
+        pending is woken: a claimed one's due time is its lease.
+
+        The read names tenant and conversations only, as ``earlier_waiting`` does, and the
+        held and pending ones are picked here: with ``held`` and ``status`` in the filter the
+        embedded store reads the whole collection (0.5 s among 16,000 jobs, against 3 ms)."""
         woken = 0
         by_tenant: dict[str, set[str]] = {}
         for tenant_id, conversation_id in conversations:
             by_tenant.setdefault(tenant_id, set()).add(conversation_id)
         for tenant_id, theirs in by_tenant.items():
             cursor = self._collection.find(
-                {
-                    "tenant_id": tenant_id,
-                    "conversation_id": {"$in": sorted(theirs)},
-                    "held": True,
-                    "status": PENDING,
-                },
-                {"conversation_id": 1, "sequence": 1},
+                {"tenant_id": tenant_id, "conversation_id": {"$in": sorted(theirs)}},
+                {"conversation_id": 1, "sequence": 1, "held": 1, "status": 1},
             )
             earliest: dict[str, tuple[int, str]] = {}
             async for document in cursor:
+                if not document.get("held") or document["status"] != PENDING:
+                    continue
                 candidate = (document["sequence"], document["_id"])
                 conversation = document["conversation_id"]
                 earliest[conversation] = min(candidate, earliest.get(conversation, candidate))
