@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.support.ports",
     "tests.support.mongo_commands",
     "tests.support.scratch_db",
+    "tests.support.redis_clients",
 ]
 
 

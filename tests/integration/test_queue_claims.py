@@ -22,19 +22,24 @@ NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 LEASE = dt.timedelta(seconds=60)
 
 
+async def enqueue(
+    mongo_client: AsyncMongoClient[Document], jobs: MongoReplyJobs, queued: list[ReplyJob]
+) -> None:
+    """Queue the jobs in one call, in a transaction (as one webhook's messages are)."""
+
+    async def work(tx: object) -> None:
+        await jobs.enqueue_many(queued, tx=tx)  # type: ignore[arg-type]
+
+    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+
+
 async def queued_jobs(
     mongo_client: AsyncMongoClient[Document], jobs: MongoReplyJobs, tenants: list[str], count: int
 ) -> list[Due]:
-    async def work(tx: object) -> None:
-        await jobs.enqueue_many(
-            [
-                ReplyJob(tenants[n % len(tenants)], f"conv-{n}", f"msg-{n}", 1, NOW)
-                for n in range(count)
-            ],
-            tx=tx,  # type: ignore[arg-type]
-        )
-
-    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+    queued = [
+        ReplyJob(tenants[n % len(tenants)], f"conv-{n}", f"msg-{n}", 1, NOW) for n in range(count)
+    ]
+    await enqueue(mongo_client, jobs, queued)
     return await jobs.due(now=NOW, limit=count)
 
 
@@ -106,11 +111,7 @@ async def test_a_held_reply_job_is_due_only_once_woken_and_only_the_earliest_wak
         ReplyJob("tenant-b", "c1", "m4", 2, NOW),  # another tenant's conversation of that id
     ]
     for job in queued:  # one call each, as separate webhooks' messages: all due at first
-
-        async def work(tx: object, job: ReplyJob = job) -> None:
-            await jobs.enqueue_many([job], tx=tx)  # type: ignore[arg-type]
-
-        await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+        await enqueue(mongo_client, jobs, [job])
     claimed = await jobs.claim_many(
         await jobs.due(now=NOW, limit=10), owner="one", now=NOW, lease=LEASE
     )
@@ -156,11 +157,7 @@ async def test_reply_jobs_queued_together_are_held_behind_the_first_of_their_con
         ReplyJob("tenant-a", "c2", "m3", 9, NOW),
         ReplyJob("tenant-b", "c1", "m4", 9, NOW),
     ]
-
-    async def work(tx: object) -> None:
-        await jobs.enqueue_many(queued, tx=tx)  # type: ignore[arg-type]
-
-    await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+    await enqueue(mongo_client, jobs, queued)
     stored = {d["_id"]: d["message_id"] async for d in scratch_database["reply_jobs"].find({})}
     due = await jobs.due(now=NOW, limit=10)
     assert sorted(stored[d.id] for d in due) == ["m1", "m3", "m4"]  # m2 waits behind m1
@@ -203,14 +200,7 @@ async def test_the_reply_queues_reads_of_a_conversations_jobs_use_its_index(
     try:
         database = client[scratch_database.name]
         jobs = MongoReplyJobs(database=database)
-
-        async def work(tx: object) -> None:
-            await jobs.enqueue_many(
-                [ReplyJob("tenant-a", "c1", f"m{n}", n, NOW) for n in (1, 2)],
-                tx=tx,  # type: ignore[arg-type]
-            )
-
-        await Transactions(client=client).run(work)  # type: ignore[arg-type]
+        await enqueue(client, jobs, [ReplyJob("tenant-a", "c1", f"m{n}", n, NOW) for n in (1, 2)])
         await jobs.earlier_waiting([Position("tenant-a", "c1", 2)])
         await jobs.wake_next([("tenant-a", "c1"), ("tenant-b", "c2")], now=NOW)
         assert len(reads.filters) == 3

@@ -7,7 +7,7 @@ import math
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -22,18 +22,10 @@ from server.domain.limits import Limit, limit_key
 from server.repositories.rate_limits import RedisRateLimiter
 from server.repositories.redis_client import RedisClient
 from tests.support.probe import ECHO, unary_call
-from tests.support.redis_clients import session_redis
 from tests.support.servers import RunningServer, tenants_file
 
 StartServer = Callable[..., Awaitable[RunningServer]]
 SECRET = "rate-limit-test-secret-long-enough-for-hs256"
-
-
-@pytest.fixture
-async def client(stack: Endpoints) -> AsyncIterator[RedisClient]:
-    connection = session_redis(stack)
-    yield connection
-    await connection.aclose()
 
 
 def unique(prefix: str) -> str:
@@ -42,8 +34,8 @@ def unique(prefix: str) -> str:
 
 
 @pytest.mark.redis
-async def test_burst_then_refill(client: RedisClient) -> None:
-    limiter = RedisRateLimiter(client=client)
+async def test_burst_then_refill(redis_client: RedisClient) -> None:
+    limiter = RedisRateLimiter(client=redis_client)
     # One request every 2 s sustained: slow enough that no refill happens between the calls
     # below, even on a loaded machine.
     limit = Limit(limit_key(unique("t"), "t"), per_second=0.5, burst=3, subject="tenant")
@@ -58,8 +50,8 @@ async def test_burst_then_refill(client: RedisClient) -> None:
 
 
 @pytest.mark.redis
-async def test_retry_after_is_accurate(client: RedisClient) -> None:
-    limiter = RedisRateLimiter(client=client)
+async def test_retry_after_is_accurate(redis_client: RedisClient) -> None:
+    limiter = RedisRateLimiter(client=redis_client)
     limit = Limit(limit_key(unique("t"), "t"), per_second=1, burst=1, subject="tenant")
     assert (await limiter.check((limit,))).allowed
     refused = await limiter.check((limit,))
@@ -74,8 +66,8 @@ async def test_retry_after_is_accurate(client: RedisClient) -> None:
 
 
 @pytest.mark.redis
-async def test_a_refused_request_charges_no_limit(client: RedisClient) -> None:
-    limiter = RedisRateLimiter(client=client)
+async def test_a_refused_request_charges_no_limit(redis_client: RedisClient) -> None:
+    limiter = RedisRateLimiter(client=redis_client)
     tenant = unique("t")
     # A burst of 100 that practically never refills, so only charges change it.
     roomy = Limit(limit_key(tenant, "t"), per_second=0.001, burst=100, subject="tenant")
@@ -92,14 +84,14 @@ async def test_a_refused_request_charges_no_limit(client: RedisClient) -> None:
 
 
 @pytest.mark.redis
-async def test_keys_are_prefixed_by_tenant_and_expire(client: RedisClient) -> None:
-    limiter = RedisRateLimiter(client=client)
+async def test_keys_are_prefixed_by_tenant_and_expire(redis_client: RedisClient) -> None:
+    limiter = RedisRateLimiter(client=redis_client)
     tenant = unique("t")
     limit = Limit(limit_key(tenant, "m", "SearchMessages"), 10, 5, "method:SearchMessages")
     assert (await limiter.check((limit,))).allowed
-    keys = [k.decode() async for k in client.scan_iter(match=f"rl:{{{tenant}}}:*")]
+    keys = [k.decode() async for k in redis_client.scan_iter(match=f"rl:{{{tenant}}}:*")]
     assert keys == [f"rl:{{{tenant}}}:m:SearchMessages"]
-    assert 0 < await client.pttl(keys[0]) <= 1000
+    assert 0 < await redis_client.pttl(keys[0]) <= 1000
 
 
 def token(

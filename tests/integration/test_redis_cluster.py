@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -31,32 +30,34 @@ from tests.support.streams import WAIT, Event
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-async def client(stack: Endpoints) -> AsyncIterator[RedisClient]:
-    connection = session_redis(stack)
-    yield connection
-    await connection.aclose()
-
-
-def cluster_only(client: RedisClient) -> RedisCluster:
-    if not isinstance(client, RedisCluster):
+def cluster_only(redis_client: RedisClient) -> RedisCluster:
+    if not isinstance(redis_client, RedisCluster):
         pytest.skip("needs a Redis Cluster: make test-redis-cluster")
-    return client
+    return redis_client
+
+
+def live_publisher(client: RedisClient) -> RedisLiveEvents:
+    """The live events as a server process publishes them (another process than the hub's)."""
+    return RedisLiveEvents(
+        client=client,
+        cache=RedisConversationCache(client=client),
+        sessions=RedisSessionStore(client=client, ttl_seconds=60),
+    )
 
 
 def typing(participant: str) -> list[Event]:
     return [Event(typing=chat.TypingIndicator(participant_id=participant))]
 
 
-async def test_every_key_of_a_tenant_is_in_the_tenants_slot(client: RedisClient) -> None:
+async def test_every_key_of_a_tenant_is_in_the_tenants_slot(redis_client: RedisClient) -> None:
     """A message's session, its conversation's cache entry and live channel, the tenant's
     expiry index and rate limits: one slot, so each script and MULTI touching several of them
     runs on a cluster."""
     tenant = "slot-" + uuid.uuid4().hex[:8]
     now = dt.datetime.now(dt.UTC)
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
-    cache = RedisConversationCache(client=client)
-    live = RedisLiveEvents(client=client, cache=cache, sessions=sessions)
+    sessions = RedisSessionStore(client=redis_client, ttl_seconds=60)
+    cache = RedisConversationCache(client=redis_client)
+    live = RedisLiveEvents(client=redis_client, cache=cache, sessions=sessions)
     conversation = c.Conversation(id="conv-1", user_id="u-1", channel=c.CHANNEL_TYPE_WEB)
     conversation.last_sequence = 1
     session, _ = await sessions.get_or_create(tenant, conversation, now=now)
@@ -64,7 +65,7 @@ async def test_every_key_of_a_tenant_is_in_the_tenants_slot(client: RedisClient)
     assert await live.publish(
         tenant, conversation.id, typing("p"), conversation=conversation, session=session
     )
-    limiter = RedisRateLimiter(client=client)
+    limiter = RedisRateLimiter(client=redis_client)
     limits = (
         Limit(limit_key(tenant, "t"), 10, 5, "tenant"),
         Limit(limit_key(tenant, "u", "user-1"), 10, 5, "user:user-1"),
@@ -72,14 +73,14 @@ async def test_every_key_of_a_tenant_is_in_the_tenants_slot(client: RedisClient)
     )
     assert (await limiter.check(limits)).allowed
 
-    keys = {key.decode() async for key in client.scan_iter(match=f"*{tenant}*")}
+    keys = {key.decode() async for key in redis_client.scan_iter(match=f"*{tenant}*")}
     assert len(keys) >= 8  # session, revision, pointer, index, cache entry, three limits
     names = {*keys, live_channel(tenant, conversation.id)}
     assert {key_slot(name.encode()) for name in names} == {key_slot(tenant.encode())}
 
 
-async def test_the_tenants_spread_over_the_three_primaries(client: RedisClient) -> None:
-    cluster = cluster_only(client)
+async def test_the_tenants_spread_over_the_three_primaries(redis_client: RedisClient) -> None:
+    cluster = cluster_only(redis_client)
     await cluster.initialize()
     primaries = cluster.get_primaries()
     assert len(primaries) == 3
@@ -88,12 +89,12 @@ async def test_the_tenants_spread_over_the_three_primaries(client: RedisClient) 
 
 
 async def test_live_events_of_tenants_on_every_primary_reach_another_process(
-    stack: Endpoints, client: RedisClient
+    stack: Endpoints, redis_client: RedisClient
 ) -> None:
     """One hub (a server process's) subscribed to conversations whose slots are on all three
     primaries; another client (another process's) publishes: each stream gets its own
     events, in order, and nothing of the others'."""
-    cluster = cluster_only(client)
+    cluster = cluster_only(redis_client)
     await cluster.initialize()
     by_primary: dict[str, str] = {}
     for n in range(64):
@@ -103,11 +104,7 @@ async def test_live_events_of_tenants_on_every_primary_reach_another_process(
     assert len(tenants) == 3
     hub_client = session_redis(stack)
     hub = LiveHub(client=hub_client, queue_limit=100)
-    publisher = RedisLiveEvents(
-        client=client,
-        cache=RedisConversationCache(client=client),
-        sessions=RedisSessionStore(client=client, ttl_seconds=60),
-    )
+    publisher = live_publisher(redis_client)
     try:
         subscriptions = [await hub.subscribe(tenant, "c") for tenant in tenants]
         for round_ in range(5):
@@ -129,20 +126,16 @@ async def test_live_events_of_tenants_on_every_primary_reach_another_process(
 
 
 async def test_a_hub_that_loses_a_primarys_connection_catches_up_and_goes_on(
-    stack: Endpoints, client: RedisClient
+    stack: Endpoints, redis_client: RedisClient
 ) -> None:
     """The primary owning a stream's channel drops the hub's pub/sub connection: the stream is
     told to catch up from storage (None), and hears what is published after."""
-    cluster = cluster_only(client)
+    cluster = cluster_only(redis_client)
     await cluster.initialize()
     tenant = "lost-" + uuid.uuid4().hex[:8]
     hub_client = session_redis(stack)
     hub = LiveHub(client=hub_client, queue_limit=100)
-    publisher = RedisLiveEvents(
-        client=client,
-        cache=RedisConversationCache(client=client),
-        sessions=RedisSessionStore(client=client, ttl_seconds=60),
-    )
+    publisher = live_publisher(redis_client)
     try:
         subscription = await hub.subscribe(tenant, "c")
         await publisher.publish(tenant, "c", typing("before"))

@@ -6,37 +6,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from chat.v1 import chat_service_pb2 as chat
 from chat.v1 import common_pb2 as c
-from devstack.stack import Endpoints
 from server.repositories.conversation_cache import RedisConversationCache
 from server.repositories.live import RedisLiveEvents
 from server.repositories.redis_client import RedisClient
 from server.repositories.sessions import LEGACY_EXPIRY_INDEX, RedisSessionStore, expiry_index
-from tests.support.redis_clients import session_redis
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-async def client(stack: Endpoints) -> AsyncIterator[RedisClient]:
-    connection = session_redis(stack)
-    yield connection
-    await connection.aclose()
-
-
 def _stores(
-    client: RedisClient,
+    redis_client: RedisClient,
 ) -> tuple[RedisSessionStore, RedisLiveEvents, str, dt.datetime]:
-    """The session store and the live publisher over ``client``, a tenant of the test's own,
+    """The session store and the live publisher over ``redis_client``, a tenant of the test's own,
     and now."""
-    sessions = RedisSessionStore(client=client, ttl_seconds=60)
+    sessions = RedisSessionStore(client=redis_client, ttl_seconds=60)
     live = RedisLiveEvents(
-        client=client, cache=RedisConversationCache(client=client), sessions=sessions
+        client=redis_client, cache=RedisConversationCache(client=redis_client), sessions=sessions
     )
     return sessions, live, f"rev-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC)
 
@@ -45,8 +35,8 @@ def _conversation() -> c.Conversation:
     return c.Conversation(id=uuid.uuid4().hex, user_id="u-1", channel=c.CHANNEL_TYPE_WEB)
 
 
-async def test_concurrent_updates_are_all_kept(client: RedisClient) -> None:
-    sessions, _, tenant, now = _stores(client)
+async def test_concurrent_updates_are_all_kept(redis_client: RedisClient) -> None:
+    sessions, _, tenant, now = _stores(redis_client)
     session, _ = await sessions.get_or_create(tenant, _conversation(), now=now)
 
     def setting(key: str):  # type: ignore[no-untyped-def]
@@ -65,9 +55,9 @@ async def test_concurrent_updates_are_all_kept(client: RedisClient) -> None:
 
 
 async def test_a_stale_save_is_refused_and_keeps_the_newer_session(
-    client: RedisClient,
+    redis_client: RedisClient,
 ) -> None:
-    sessions, live, tenant, now = _stores(client)
+    sessions, live, tenant, now = _stores(redis_client)
     conversation = _conversation()
     stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
 
@@ -89,9 +79,9 @@ async def test_a_stale_save_is_refused_and_keeps_the_newer_session(
 
 
 async def test_an_ended_session_is_not_revived_by_a_stale_save(
-    client: RedisClient,
+    redis_client: RedisClient,
 ) -> None:
-    sessions, live, tenant, now = _stores(client)
+    sessions, live, tenant, now = _stores(redis_client)
     conversation = _conversation()
     stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
     ended = await sessions.end(tenant, stale, now=now)
@@ -110,9 +100,9 @@ async def test_an_ended_session_is_not_revived_by_a_stale_save(
 
 
 async def test_a_stale_save_does_not_point_the_conversation_back_at_an_expired_session(
-    client: RedisClient,
+    redis_client: RedisClient,
 ) -> None:
-    sessions, live, tenant, now = _stores(client)
+    sessions, live, tenant, now = _stores(redis_client)
     conversation = _conversation()
     # A message read the session, which expired before the message was done with it...
     old, _ = await sessions.get_or_create(tenant, conversation, now=now - dt.timedelta(minutes=5))
@@ -120,7 +110,7 @@ async def test_a_stale_save_does_not_point_the_conversation_back_at_an_expired_s
     new, created = await sessions.get_or_create(tenant, conversation, now=now)
     assert created
     assert new.id != old.id
-    score = await client.zscore(expiry_index(tenant), f"{tenant}\x1f{old.id}")
+    score = await redis_client.zscore(expiry_index(tenant), f"{tenant}\x1f{old.id}")
     sessions.touch(old, now=now)
 
     kept = await live.publish(tenant, conversation.id, [], session=old)
@@ -132,34 +122,36 @@ async def test_a_stale_save_does_not_point_the_conversation_back_at_an_expired_s
     stored_old = await sessions.get(tenant, old.id)
     assert stored_old is not None
     assert stored_old.revision == 0  # not written
-    assert await client.zscore(expiry_index(tenant), f"{tenant}\x1f{old.id}") == score
+    assert await redis_client.zscore(expiry_index(tenant), f"{tenant}\x1f{old.id}") == score
 
 
-async def test_a_refused_save_leaves_the_expiry_index_alone(client: RedisClient) -> None:
-    sessions, live, tenant, now = _stores(client)
+async def test_a_refused_save_leaves_the_expiry_index_alone(redis_client: RedisClient) -> None:
+    sessions, live, tenant, now = _stores(redis_client)
     conversation = _conversation()
     stale, _ = await sessions.get_or_create(tenant, conversation, now=now)
     assert await sessions.end(tenant, stale, now=now) is not None
     member = f"{tenant}\x1f{stale.id}"
-    assert await client.zscore(expiry_index(tenant), member) is None  # ended: out of the index
+    assert (
+        await redis_client.zscore(expiry_index(tenant), member) is None
+    )  # ended: out of the index
 
     assert await live.publish(tenant, conversation.id, [], session=stale) is False
 
-    assert await client.zscore(expiry_index(tenant), member) is None
+    assert await redis_client.zscore(expiry_index(tenant), member) is None
 
 
 async def test_sessions_indexed_before_the_per_tenant_indexes_still_expire(
-    client: RedisClient,
+    redis_client: RedisClient,
 ) -> None:
     """A session indexed in the one index of before (an upgrade from a version without the
     per-tenant indexes) is still claimed by the sweep, once."""
-    sessions, _, tenant, now = _stores(client)
+    sessions, _, tenant, now = _stores(redis_client)
     member = f"{tenant}\x1fold-session"
-    await client.zadd(LEGACY_EXPIRY_INDEX, {member: now.timestamp() - 60})
+    await redis_client.zadd(LEGACY_EXPIRY_INDEX, {member: now.timestamp() - 60})
     try:
         first = await sessions.claim_expired(now=now, limit=1000)
         again = await sessions.claim_expired(now=now, limit=1000)
         assert (tenant, "old-session") in first
         assert (tenant, "old-session") not in again
     finally:
-        await client.zrem(LEGACY_EXPIRY_INDEX, member)
+        await redis_client.zrem(LEGACY_EXPIRY_INDEX, member)
