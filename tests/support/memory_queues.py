@@ -366,9 +366,9 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
 
     async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
         found = self._leased(job)
+        await self.postpone(job, due=until, counted=False)
         if found is not None:
-            found.update(status="pending", due_time=until, owner="", held=True)
-            found["attempts"] -= 1
+            found["held"] = True
 
     async def wake_next(self, conversations: Sequence[tuple[str, str]], *, now: dt.datetime) -> int:
         woken = 0
