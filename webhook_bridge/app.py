@@ -104,7 +104,9 @@ def create_app(
         app[SERVER_CHANNEL] = channel
         app[STATE] = BridgeState(
             tenants=tenants,
-            forwarder=Forwarder(channel=channel, tokens=tokens),
+            forwarder=Forwarder(
+                channel=channel, tokens=tokens, on_call=metrics.webhooks_per_call.observe
+            ),
             teams=BotFrameworkVerifier(metadata_url=teams_metadata_url, http=http),
             metrics=metrics,
             body_timeout=body_timeout,

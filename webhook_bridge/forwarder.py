@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
 
 from chat.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from server.tracing.spans import current_traceparent
 from webhook_bridge.tokens import ServiceTokens
 
 log = structlog.get_logger("chat.bridge.forward")
 
-#: Well inside every platform's deadline (Slack's 3 s is the shortest).
+#: Well inside every platform's deadline (Slack's 3 s is the shortest). A webhook is answered
+#: within it from the moment it is handed to the forwarder, its wait for a call included.
 FORWARD_TIMEOUT_SECONDS = 2.0
 #: Events per IngestEvents call (the server takes up to 1,000), and messages among them. The
 #: server applies a call's statuses together, at about a millisecond each on the embedded
@@ -26,6 +33,12 @@ MAX_MESSAGES = 50
 #: (1,000), each call a single write to the server's inbox, and are applied shortly after the
 #: platform's 200. The calls are made one after another, so a user's events keep their order.
 MAX_QUEUED_BATCH = 1000
+#: IngestEvents calls of one tenant in flight at once. Webhooks that arrive while all are in
+#: flight wait for the first to end and then go together, in arrival order, in one call (as
+#: many as a call holds): a busy tenant's webhooks cost the bridge and the server one call,
+#: one authentication and one read of the events seen before for each group, not for each
+#: webhook. A lone webhook never waits: it goes at once, alone.
+CALLS_AT_ONCE = 4
 #: The channel's reconnect backoff after the server went away: gRPC's default grows from 1 s
 #: to 120 s, so after a long outage the bridge would go on refusing webhooks for up to two
 #: minutes once the server is back. Attempts at most a second apart (plus gRPC's 20% jitter)
@@ -37,59 +50,204 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
+Events = Sequence[ingest_service_pb2.InboundEvent]
+Results = list[ingest_service_pb2.IngestResult]
+
 
 class ServerUnavailableError(Exception):
     """The server could not take the events: answer the platform 503 so it retries."""
 
 
 class Forwarder:
-    """One IngestEvents call applied within it when the webhook fits (at most MAX_BATCH
-    events, MAX_MESSAGES of them messages), else calls of MAX_QUEUED_BATCH events applied
-    later."""
+    """A webhook that fits one call (at most MAX_BATCH events, MAX_MESSAGES of them messages)
+    is applied within it, together with the tenant's other webhooks waiting for a call; a
+    larger one goes alone, in calls of MAX_QUEUED_BATCH events applied later."""
 
-    def __init__(self, *, channel: grpc.aio.Channel, tokens: ServiceTokens) -> None:
+    def __init__(
+        self,
+        *,
+        channel: grpc.aio.Channel,
+        tokens: ServiceTokens,
+        calls_at_once: int = CALLS_AT_ONCE,
+        on_call: Callable[[int], None] = lambda _webhooks: None,
+    ) -> None:
         self._stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
         self._tokens = tokens
+        self._calls_at_once = calls_at_once
+        self._on_call = on_call
+        self._lanes: dict[str, _Lane] = {}
 
-    async def forward(
-        self, tenant_id: str, events: Sequence[ingest_service_pb2.InboundEvent]
-    ) -> list[ingest_service_pb2.IngestResult]:
+    async def forward(self, tenant_id: str, events: Events) -> Results:
         """The results of every event, in order; ServerUnavailableError when the server did
         not store them (the platform's retry is then deduplicated by the server)."""
-        metadata = (("authorization", f"Bearer {self._tokens.for_tenant(tenant_id)}"),)
-        results: list[ingest_service_pb2.IngestResult] = []
         calls, apply_later = _calls(events)
+        if not apply_later:
+            lane = self._lanes.get(tenant_id)
+            if lane is None:
+                lane = self._lanes[tenant_id] = _Lane(
+                    lambda events: self._call(tenant_id, events, apply_later=False),
+                    calls_at_once=self._calls_at_once,
+                    on_call=self._on_call,
+                )
+            return await lane.forward(events)
+        results: Results = []
         for chunk in calls:
-            request = ingest_service_pb2.IngestEventsRequest(events=chunk, apply_later=apply_later)
-            try:
-                # wait_for_ready: a server back after a restart is reached within the deadline,
-                # not refused because the connection is still waiting out its reconnect backoff.
-                response = await self._stub.IngestEvents(
-                    request,
-                    metadata=metadata,
-                    timeout=FORWARD_TIMEOUT_SECONDS,
-                    wait_for_ready=True,
-                )
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "events not forwarded",
-                    tenant_id=tenant_id,
-                    code=exc.code().name,
-                    details=exc.details(),
-                )
-                raise ServerUnavailableError(exc.code().name) from None
-            results.extend(response.results)
+            results.extend(await self._call(tenant_id, chunk, apply_later=True))
         return results
 
+    async def _call(self, tenant_id: str, events: Events, *, apply_later: bool) -> Results:
+        metadata = (("authorization", f"Bearer {self._tokens.for_tenant(tenant_id)}"),)
+        request = ingest_service_pb2.IngestEventsRequest(events=events, apply_later=apply_later)
+        try:
+            # wait_for_ready: a server back after a restart is reached within the deadline,
+            # not refused because the connection is still waiting out its reconnect backoff.
+            response = await self._stub.IngestEvents(
+                request,
+                metadata=metadata,
+                timeout=FORWARD_TIMEOUT_SECONDS,
+                wait_for_ready=True,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "events not forwarded",
+                tenant_id=tenant_id,
+                code=exc.code().name,
+                details=exc.details(),
+            )
+            raise ServerUnavailableError(exc.code().name) from None
+        if len(response.results) != len(events):
+            log.error(
+                "the server answered a call with the wrong number of results",
+                tenant_id=tenant_id,
+                events=len(events),
+                results=len(response.results),
+            )
+            raise ServerUnavailableError("INTERNAL")
+        return list(response.results)
 
-def _calls(
-    events: Sequence[ingest_service_pb2.InboundEvent],
-) -> tuple[list[list[ingest_service_pb2.InboundEvent]], bool]:
+
+@dataclass(slots=True)
+class _Webhook:
+    """One webhook's events waiting for a call, and where its results go."""
+
+    events: Events
+    messages: int
+    answer: asyncio.Future[Results]
+    #: The webhook's own trace, carried on its events when another webhook's call takes them.
+    traceparent: str
+    #: The webhook's context: a call runs in its first webhook's, so its span is that
+    #: webhook's child.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+
+
+class _Lane:
+    """One tenant's calls: at most ``calls_at_once`` in flight; the webhooks waiting go in
+    arrival order, as many together as one call holds."""
+
+    def __init__(
+        self,
+        send: Callable[[Events], Coroutine[Any, Any, Results]],
+        *,
+        calls_at_once: int,
+        on_call: Callable[[int], None],
+    ) -> None:
+        self._send = send
+        self._calls_at_once = calls_at_once
+        self._on_call = on_call
+        self._waiting: deque[_Webhook] = deque()
+        self._in_flight = 0
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def forward(self, events: Events) -> Results:
+        loop = asyncio.get_running_loop()
+        webhook = _Webhook(
+            events=events,
+            messages=_messages(events),
+            answer=loop.create_future(),
+            traceparent=current_traceparent(),
+        )
+        self._waiting.append(webhook)
+        self._start()
+        try:
+            # Cancelled when the deadline passes: a call not yet made leaves this webhook out,
+            # one made stores its events anyway (the platform's retry is a duplicate then).
+            async with asyncio.timeout(FORWARD_TIMEOUT_SECONDS):
+                return await webhook.answer
+        except TimeoutError:
+            log.warning("events not forwarded", code="DEADLINE_EXCEEDED", waited_for_a_call=True)
+            raise ServerUnavailableError("DEADLINE_EXCEEDED") from None
+
+    def _start(self) -> None:
+        while self._in_flight < self._calls_at_once:
+            group = self._take()
+            if not group:
+                return
+            self._in_flight += 1
+            call = asyncio.get_running_loop().create_task(
+                self._call(group), context=group[0].context
+            )
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    def _take(self) -> list[_Webhook]:
+        """The next webhooks in arrival order, as many as one call holds (the first always),
+        those no longer waiting (past their deadline) left out."""
+        group: list[_Webhook] = []
+        events = messages = 0
+        while self._waiting:
+            webhook = self._waiting[0]
+            if webhook.answer.done():
+                self._waiting.popleft()
+                continue
+            if group and (
+                events + len(webhook.events) > MAX_BATCH
+                or messages + webhook.messages > MAX_MESSAGES
+            ):
+                break
+            self._waiting.popleft()
+            group.append(webhook)
+            events += len(webhook.events)
+            messages += webhook.messages
+        return group
+
+    async def _call(self, group: list[_Webhook]) -> None:
+        try:
+            for webhook in group[1:]:
+                if webhook.traceparent:
+                    for event in webhook.events:
+                        event.traceparent = webhook.traceparent
+            self._on_call(len(group))
+            try:
+                results = await self._send([event for webhook in group for event in webhook.events])
+            except asyncio.CancelledError:  # the bridge is stopping
+                for webhook in group:
+                    webhook.answer.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - each webhook of the call answers for it
+                for webhook in group:
+                    if not webhook.answer.done():
+                        webhook.answer.set_exception(exc)
+                return
+            start = 0
+            for webhook in group:
+                end = start + len(webhook.events)
+                if not webhook.answer.done():
+                    webhook.answer.set_result(results[start:end])
+                start = end
+        finally:
+            self._in_flight -= 1
+            self._start()
+
+
+def _messages(events: Events) -> int:
+    return sum(event.WhichOneof("kind") == "message" for event in events)
+
+
+def _calls(events: Events) -> tuple[list[list[ingest_service_pb2.InboundEvent]], bool]:
     """The events in order, cut into calls, and whether the calls are to be applied later:
     one call when they fit in MAX_BATCH events and MAX_MESSAGES messages, else calls of
     MAX_QUEUED_BATCH events applied later."""
-    messages = sum(event.WhichOneof("kind") == "message" for event in events)
-    if len(events) <= MAX_BATCH and messages <= MAX_MESSAGES:
+    if len(events) <= MAX_BATCH and _messages(events) <= MAX_MESSAGES:
         return [list(events)], False
     size = MAX_QUEUED_BATCH
     return [list(events[i : i + size]) for i in range(0, len(events), size)], True

@@ -17,6 +17,8 @@ from prometheus_client import (
 #: A platform waits a few seconds for its answer (Slack 3 s, Meta and Teams about 10-15 s)
 #: before it counts a delivery as failed and retries.
 ACK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10)
+#: A lone webhook is one call; a group holds at most MAX_BATCH events (500 status reports).
+WEBHOOKS_PER_CALL_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 #: A refusal's reason, by the status the bridge answered: one of a few fixed words.
 REFUSAL_REASONS = {
@@ -81,6 +83,13 @@ class BridgeMetrics:
             "chat_bridge_rejected",
             "Signed bodies, or entries of a batch, acknowledged but unusable, by reason.",
             ["platform", "reason"],
+            registry=self.registry,
+        )
+        self.webhooks_per_call = Histogram(
+            "chat_bridge_webhooks_per_call",
+            "Webhooks forwarded together in one IngestEvents call (a tenant's webhooks that "
+            "waited while its calls were in flight go together).",
+            buckets=WEBHOOKS_PER_CALL_BUCKETS,
             registry=self.registry,
         )
         self.web_sockets = Gauge(

@@ -53,6 +53,7 @@ from server.services.ports import (
     TransactionRunner,
 )
 from server.services.receipts import Receipts
+from server.tracing.spans import continuing
 
 log = structlog.get_logger("chat.ingest")
 
@@ -194,10 +195,13 @@ class IngestService:
         async def conversation(indexes: list[int]) -> None:
             async with self._conversations_at_once:
                 for run in _runs(indexes, events):
-                    if events[run[0]].WhichOneof("kind") == "typing":
-                        results[run[0]] = await self._guarded(tenant_id, events[run[0]])
-                        continue
-                    done = await self._messages.run(tenant_id, [events[i] for i in run])
+                    # An event of a webhook the bridge sent in another's call continues its
+                    # own webhook's trace (a run of several webhooks' messages, the first's).
+                    with continuing("ingest.webhook", events[run[0]].traceparent):
+                        if events[run[0]].WhichOneof("kind") == "typing":
+                            results[run[0]] = await self._guarded(tenant_id, events[run[0]])
+                            continue
+                        done = await self._messages.run(tenant_id, [events[i] for i in run])
                     for index, result in zip(run, done, strict=True):
                         results[index] = result
 

@@ -53,6 +53,14 @@ def span(
     return _tracer().start_as_current_span(name, context=context, kind=kind, attributes=attributes)
 
 
+def continuing(name: str, traceparent: str) -> contextlib.AbstractContextManager[Any]:
+    """A span of ours in the trace of ``traceparent`` when one is given (work carried in a
+    call of another trace's); nothing otherwise, so the work stays in the current span."""
+    if not traceparent:
+        return _NOTHING
+    return span(name, parent=traceparent)
+
+
 def current_traceparent() -> str:
     """The current span as a W3C traceparent, to store with queued work ("" when none)."""
     if not STATE.enabled:

@@ -208,6 +208,16 @@ export declare type InboundEvent = Message<"chat.v1.InboundEvent"> & {
     value: TypingReport;
     case: "typing";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * The W3C traceparent of the webhook request that carried this event, when the call carries
+   * events of several webhooks (the bridge sends a tenant's concurrent webhooks together):
+   * the work done for the event continues that webhook's trace rather than the call's. Empty
+   * for the events of the webhook whose trace the call itself carries, and when not traced.
+   *
+   * @generated from field: string traceparent = 13;
+   */
+  traceparent: string;
 };
 
 /**

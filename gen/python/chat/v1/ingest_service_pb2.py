@@ -26,15 +26,15 @@ from chat.v1 import common_pb2 as chat_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hat/v1/ingest_service.proto\x12\x07\x63hat.v1\x1a\x14\x63hat/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x13IngestEventsRequest\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.chat.v1.InboundEventR\x06\x65vents\x12\x1f\n\x0b\x61pply_later\x18\x02 \x01(\x08R\napplyLater\"G\n\x14IngestEventsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x15.chat.v1.IngestResultR\x07results\"\xd3\x01\n\x0cIngestResult\x12*\n\x11platform_event_id\x18\x01 \x01(\tR\x0fplatformEventId\x12\x30\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.chat.v1.IngestOutcomeR\x07outcome\x12\x1d\n\nmessage_id\x18\x03 \x01(\tR\tmessageId\x12!\n\x0c\x65rror_reason\x18\x04 \x01(\tR\x0b\x65rrorReason\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\"\xa3\x04\n\x0cInboundEvent\x12*\n\x11platform_event_id\x18\x01 \x01(\tR\x0fplatformEventId\x12.\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12\x39\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\teventTime\x12(\n\x10platform_user_id\x18\x04 \x01(\tR\x0eplatformUserId\x12*\n\x11user_display_name\x18\x05 \x01(\tR\x0fuserDisplayName\x12\x36\n\x17\x63hannel_conversation_id\x18\x06 \x01(\tR\x15\x63hannelConversationId\x12.\n\x13platform_account_id\x18\x07 \x01(\tR\x11platformAccountId\x12\x1f\n\x0bservice_url\x18\x08 \x01(\tR\nserviceUrl\x12\x33\n\x07message\x18\n \x01(\x0b\x32\x17.chat.v1.InboundMessageH\x00R\x07message\x12/\n\x06status\x18\x0b \x01(\x0b\x32\x15.chat.v1.StatusReportH\x00R\x06status\x12/\n\x06typing\x18\x0c \x01(\x0b\x32\x15.chat.v1.TypingReportH\x00R\x06typingB\x06\n\x04kind\"\xac\x01\n\x0eInboundMessage\x12.\n\x13platform_message_id\x18\x01 \x01(\tR\x11platformMessageId\x12*\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x10.chat.v1.ContentR\x07\x63ontent\x12>\n\x1creply_to_platform_message_id\x18\x03 \x01(\tR\x18replyToPlatformMessageId\"\xe2\x01\n\x0cStatusReport\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x17.chat.v1.DeliveryStatusR\x06status\x12\x30\n\x14platform_message_ids\x18\x02 \x03(\tR\x12platformMessageIds\x12\x41\n\x0ewatermark_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rwatermarkTime\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\x05\x65rror\"&\n\x0cTypingReport\x12\x16\n\x06typing\x18\x01 \x01(\x08R\x06typing*\xdb\x01\n\rIngestOutcome\x12\x1e\n\x1aINGEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17INGEST_OUTCOME_ACCEPTED\x10\x01\x12\x1c\n\x18INGEST_OUTCOME_DUPLICATE\x10\x02\x12\x1a\n\x16INGEST_OUTCOME_IGNORED\x10\x03\x12\x1b\n\x17INGEST_OUTCOME_REJECTED\x10\x04\x12\x1b\n\x17INGEST_OUTCOME_DEFERRED\x10\x05\x12\x19\n\x15INGEST_OUTCOME_QUEUED\x10\x06\x32\\\n\rIngestService\x12K\n\x0cIngestEvents\x12\x1c.chat.v1.IngestEventsRequest\x1a\x1d.chat.v1.IngestEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hat/v1/ingest_service.proto\x12\x07\x63hat.v1\x1a\x14\x63hat/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x13IngestEventsRequest\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.chat.v1.InboundEventR\x06\x65vents\x12\x1f\n\x0b\x61pply_later\x18\x02 \x01(\x08R\napplyLater\"G\n\x14IngestEventsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x15.chat.v1.IngestResultR\x07results\"\xd3\x01\n\x0cIngestResult\x12*\n\x11platform_event_id\x18\x01 \x01(\tR\x0fplatformEventId\x12\x30\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.chat.v1.IngestOutcomeR\x07outcome\x12\x1d\n\nmessage_id\x18\x03 \x01(\tR\tmessageId\x12!\n\x0c\x65rror_reason\x18\x04 \x01(\tR\x0b\x65rrorReason\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\"\xc5\x04\n\x0cInboundEvent\x12*\n\x11platform_event_id\x18\x01 \x01(\tR\x0fplatformEventId\x12.\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x14.chat.v1.ChannelTypeR\x07\x63hannel\x12\x39\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\teventTime\x12(\n\x10platform_user_id\x18\x04 \x01(\tR\x0eplatformUserId\x12*\n\x11user_display_name\x18\x05 \x01(\tR\x0fuserDisplayName\x12\x36\n\x17\x63hannel_conversation_id\x18\x06 \x01(\tR\x15\x63hannelConversationId\x12.\n\x13platform_account_id\x18\x07 \x01(\tR\x11platformAccountId\x12\x1f\n\x0bservice_url\x18\x08 \x01(\tR\nserviceUrl\x12\x33\n\x07message\x18\n \x01(\x0b\x32\x17.chat.v1.InboundMessageH\x00R\x07message\x12/\n\x06status\x18\x0b \x01(\x0b\x32\x15.chat.v1.StatusReportH\x00R\x06status\x12/\n\x06typing\x18\x0c \x01(\x0b\x32\x15.chat.v1.TypingReportH\x00R\x06typing\x12 \n\x0btraceparent\x18\r \x01(\tR\x0btraceparentB\x06\n\x04kind\"\xac\x01\n\x0eInboundMessage\x12.\n\x13platform_message_id\x18\x01 \x01(\tR\x11platformMessageId\x12*\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x10.chat.v1.ContentR\x07\x63ontent\x12>\n\x1creply_to_platform_message_id\x18\x03 \x01(\tR\x18replyToPlatformMessageId\"\xe2\x01\n\x0cStatusReport\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x17.chat.v1.DeliveryStatusR\x06status\x12\x30\n\x14platform_message_ids\x18\x02 \x03(\tR\x12platformMessageIds\x12\x41\n\x0ewatermark_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rwatermarkTime\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.chat.v1.PlatformErrorR\x05\x65rror\"&\n\x0cTypingReport\x12\x16\n\x06typing\x18\x01 \x01(\x08R\x06typing*\xdb\x01\n\rIngestOutcome\x12\x1e\n\x1aINGEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17INGEST_OUTCOME_ACCEPTED\x10\x01\x12\x1c\n\x18INGEST_OUTCOME_DUPLICATE\x10\x02\x12\x1a\n\x16INGEST_OUTCOME_IGNORED\x10\x03\x12\x1b\n\x17INGEST_OUTCOME_REJECTED\x10\x04\x12\x1b\n\x17INGEST_OUTCOME_DEFERRED\x10\x05\x12\x19\n\x15INGEST_OUTCOME_QUEUED\x10\x06\x32\\\n\rIngestService\x12K\n\x0cIngestEvents\x12\x1c.chat.v1.IngestEventsRequest\x1a\x1d.chat.v1.IngestEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chat.v1.ingest_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INGESTOUTCOME']._serialized_start=1481
-  _globals['_INGESTOUTCOME']._serialized_end=1700
+  _globals['_INGESTOUTCOME']._serialized_start=1515
+  _globals['_INGESTOUTCOME']._serialized_end=1734
   _globals['_INGESTEVENTSREQUEST']._serialized_start=96
   _globals['_INGESTEVENTSREQUEST']._serialized_end=197
   _globals['_INGESTEVENTSRESPONSE']._serialized_start=199
@@ -42,13 +42,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTRESULT']._serialized_start=273
   _globals['_INGESTRESULT']._serialized_end=484
   _globals['_INBOUNDEVENT']._serialized_start=487
-  _globals['_INBOUNDEVENT']._serialized_end=1034
-  _globals['_INBOUNDMESSAGE']._serialized_start=1037
-  _globals['_INBOUNDMESSAGE']._serialized_end=1209
-  _globals['_STATUSREPORT']._serialized_start=1212
-  _globals['_STATUSREPORT']._serialized_end=1438
-  _globals['_TYPINGREPORT']._serialized_start=1440
-  _globals['_TYPINGREPORT']._serialized_end=1478
-  _globals['_INGESTSERVICE']._serialized_start=1702
-  _globals['_INGESTSERVICE']._serialized_end=1794
+  _globals['_INBOUNDEVENT']._serialized_end=1068
+  _globals['_INBOUNDMESSAGE']._serialized_start=1071
+  _globals['_INBOUNDMESSAGE']._serialized_end=1243
+  _globals['_STATUSREPORT']._serialized_start=1246
+  _globals['_STATUSREPORT']._serialized_end=1472
+  _globals['_TYPINGREPORT']._serialized_start=1474
+  _globals['_TYPINGREPORT']._serialized_end=1512
+  _globals['_INGESTSERVICE']._serialized_start=1736
+  _globals['_INGESTSERVICE']._serialized_end=1828
 # @@protoc_insertion_point(module_scope)

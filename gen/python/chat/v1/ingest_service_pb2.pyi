@@ -183,6 +183,7 @@ class InboundEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     platform_event_id: _builtins.str
     """The platform's id for this event, used for deduplication together with the channel: the
     message id (wamid, Messenger mid, Teams activity id), the Slack event_id, or for receipts
@@ -206,6 +207,12 @@ class InboundEvent(_message.Message):
     """
     service_url: _builtins.str
     """Teams only: the serviceUrl replies must be posted to."""
+    traceparent: _builtins.str
+    """The W3C traceparent of the webhook request that carried this event, when the call carries
+    events of several webhooks (the bridge sends a tenant's concurrent webhooks together):
+    the work done for the event continues that webhook's trace rather than the call's. Empty
+    for the events of the webhook whose trace the call itself carries, and when not traced.
+    """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the platform says it happened."""
@@ -236,10 +243,11 @@ class InboundEvent(_message.Message):
         message: Global___InboundMessage | None = ...,
         status: Global___StatusReport | None = ...,
         typing: Global___TypingReport | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "message", b"message", "status", b"status", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_conversation_id", b"channel_conversation_id", "event_time", b"event_time", "kind", b"kind", "message", b"message", "platform_account_id", b"platform_account_id", "platform_event_id", b"platform_event_id", "platform_user_id", b"platform_user_id", "service_url", b"service_url", "status", b"status", "typing", b"typing", "user_display_name", b"user_display_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_conversation_id", b"channel_conversation_id", "event_time", b"event_time", "kind", b"kind", "message", b"message", "platform_account_id", b"platform_account_id", "platform_event_id", b"platform_event_id", "platform_user_id", b"platform_user_id", "service_url", b"service_url", "status", b"status", "traceparent", b"traceparent", "typing", b"typing", "user_display_name", b"user_display_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "status", "typing"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
