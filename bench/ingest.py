@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     DURATION_SECONDS,
@@ -142,17 +144,56 @@ async def measure(
                 server_pids=(bridge.pid, server_pid),
                 database=database,
             )
+            per_call = webhooks_per_call(bridge_port)
     finally:
         for process in (bridge, bare):
             process.terminate()
             process.wait(20)
-    return figures(base, real, refused.get(bridge_port, 0), bridge=bridge.pid, server=server_pid)
+    return figures(
+        base,
+        real,
+        refused.get(bridge_port, 0),
+        bridge=bridge.pid,
+        server=server_pid,
+        per_call=per_call,
+    )
 
 
-def figures(base: Load, real: Load, refused: int, *, bridge: int, server: int) -> list[Figure]:
+def webhooks_per_call(bridge_port: int) -> float | None:
+    """The bridge's mean webhooks per IngestEvents call so far (its warm-up included), from
+    its ``chat_bridge_webhooks_per_call``; None when its metrics did not answer."""
+    url = f"http://127.0.0.1:{bridge_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        print(f"the bridge's metrics at {url} did not answer: {exc!r}")
+        return None
+    totals = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "chat_bridge_webhooks_per_call"
+        for sample in family.samples
+        if sample.name.endswith(("_sum", "_count"))
+    }
+    calls = totals.get("chat_bridge_webhooks_per_call_count", 0.0)
+    return totals.get("chat_bridge_webhooks_per_call_sum", 0.0) / calls if calls else None
+
+
+def figures(
+    base: Load,
+    real: Load,
+    refused: int,
+    *,
+    bridge: int,
+    server: int,
+    per_call: float | None = None,
+) -> list[Figure]:
     """Throughput counts only webhooks answered 200 (stored). Each webhook carries one
     message: the server's CPU per webhook is per ingested event, and holds what the server
-    did meanwhile for earlier ones too (replies, deliveries, receipts)."""
+    did meanwhile for earlier ones too (replies, deliveries, receipts). The bridge sends a
+    tenant's webhooks that arrive while its calls are in flight together: ``per_call`` is
+    how many went in a call, on average."""
     real.requests -= refused
     ratio = real.rps / base.rps
     bare_ms = base.cpu_ms_per_request
@@ -175,6 +216,11 @@ def figures(base: Load, real: Load, refused: int, *, bridge: int, server: int) -
             "<= 3x",
             bridge_ms / bare_ms <= 3,
             round(bare_ms, 3),
+        ),
+        *(
+            [Figure("webhook_bridge_webhooks_per_call", round(per_call, 1), "webhooks", "", None)]
+            if per_call is not None
+            else []
         ),
         Figure("webhook_server_cpu_per_event", round(server_ms, 3), "ms", "", None),
         *(

@@ -48,7 +48,12 @@ from webhook_bridge.bodies import (
     read_body,
     refuse,
 )
-from webhook_bridge.forwarder import CHANNEL_OPTIONS, Forwarder, ServerUnavailableError
+from webhook_bridge.forwarder import (
+    CALLS_AT_ONCE,
+    CHANNEL_OPTIONS,
+    Forwarder,
+    ServerUnavailableError,
+)
 from webhook_bridge.metrics import BridgeMetrics
 from webhook_bridge.metrics import metrics_page as registry_page
 from webhook_bridge.signatures import meta_signature_valid, slack_signature_valid
@@ -89,6 +94,7 @@ def create_app(
     teams_metadata_url: str,
     max_body_bytes: int = 1024 * 1024,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
+    calls_at_once: int = CALLS_AT_ONCE,
     metrics: BridgeMetrics | None = None,
     visitor_tokens: VisitorTokens | None = None,
     web_settings: WebSettings | None = None,
@@ -105,7 +111,10 @@ def create_app(
         app[STATE] = BridgeState(
             tenants=tenants,
             forwarder=Forwarder(
-                channel=channel, tokens=tokens, on_call=metrics.webhooks_per_call.observe
+                channel=channel,
+                tokens=tokens,
+                calls_at_once=calls_at_once,
+                on_call=metrics.webhooks_per_call.observe,
             ),
             teams=BotFrameworkVerifier(metadata_url=teams_metadata_url, http=http),
             metrics=metrics,

@@ -75,6 +75,7 @@ def main() -> None:
         teams_metadata_url=settings.teams_metadata_url,
         max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.body_timeout_seconds,
+        calls_at_once=settings.calls_at_once,
         visitor_tokens=VisitorTokens(
             key=settings.token_key,
             issuer=settings.token_issuer,

@@ -10,12 +10,15 @@ from pathlib import Path
 
 from server.settings import LogFormat, Settings, SettingsError
 from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
+from webhook_bridge.forwarder import CALLS_AT_ONCE
 from webhook_bridge.http_server import HEADER_TIMEOUT_SECONDS
 from webhook_bridge.tokens import SigningKey
 from webhook_bridge.web.config import WebSettings
 
 #: A time limit longer than this is a mistake (a platform gives up within seconds).
 MAX_TIMEOUT_SECONDS = 3600.0
+#: More calls of one tenant in flight than this would only spread its webhooks thinner.
+MAX_CALLS_AT_ONCE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class BridgeSettings:
     max_body_bytes: int
     header_timeout_seconds: float
     body_timeout_seconds: float
+    calls_at_once: int
     tenants_file: Path | None
     tenant_secrets_key_file: Path | None
     mongodb_uri: str
@@ -57,6 +61,12 @@ class BridgeSettings:
             raise SettingsError(
                 f"CHAT_BRIDGE_MAX_BODY_BYTES={raw_limit!r}: expected bytes, at least 1024"
             )
+        raw_calls = env.get("CHAT_BRIDGE_CALLS_AT_ONCE", "").strip() or str(CALLS_AT_ONCE)
+        if not raw_calls.isdigit() or not 1 <= int(raw_calls) <= MAX_CALLS_AT_ONCE:
+            raise SettingsError(
+                f"CHAT_BRIDGE_CALLS_AT_ONCE={raw_calls!r}: expected a number of calls, "
+                f"1 to {MAX_CALLS_AT_ONCE}"
+            )
         return cls(
             host=env.get("CHAT_BRIDGE_HOST", "").strip() or "0.0.0.0",  # noqa: S104 - a server
             port=port,
@@ -70,6 +80,7 @@ class BridgeSettings:
             body_timeout_seconds=_seconds(
                 env, "CHAT_BRIDGE_BODY_TIMEOUT_SECONDS", BODY_TIMEOUT_SECONDS
             ),
+            calls_at_once=int(raw_calls),
             tenants_file=shared.tenants_file,
             tenant_secrets_key_file=shared.tenant_secrets_key_file,
             mongodb_uri=shared.mongodb_uri,

@@ -1,4 +1,4 @@
-"""The bridge's settings: its time limits."""
+"""The bridge's settings: its time limits and its calls at once."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from server.settings import SettingsError
 from webhook_bridge.bodies import BODY_TIMEOUT_SECONDS
+from webhook_bridge.forwarder import CALLS_AT_ONCE
 from webhook_bridge.http_server import HEADER_TIMEOUT_SECONDS
 from webhook_bridge.settings import BridgeSettings
 
@@ -33,3 +34,14 @@ def test_time_limits_default_and_parse() -> None:
 def test_time_limits_out_of_range_are_refused(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         BridgeSettings.from_env({**BASE, name: value})
+
+
+def test_calls_at_once_defaults_and_parses() -> None:
+    assert BridgeSettings.from_env(BASE).calls_at_once == CALLS_AT_ONCE
+    assert BridgeSettings.from_env({**BASE, "CHAT_BRIDGE_CALLS_AT_ONCE": " 1 "}).calls_at_once == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "2.5", "four"])
+def test_calls_at_once_out_of_range_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"CHAT_BRIDGE_CALLS_AT_ONCE.*1 to 64"):
+        BridgeSettings.from_env({**BASE, "CHAT_BRIDGE_CALLS_AT_ONCE": value})
