@@ -85,6 +85,7 @@ class Forwarder:
             lane = self._lanes.get(tenant_id)
             if lane is None:
                 lane = self._lanes[tenant_id] = _Lane(
+                    tenant_id,
                     lambda events: self._call(tenant_id, events, apply_later=False),
                     calls_at_once=self._calls_at_once,
                     on_call=self._on_call,
@@ -146,11 +147,13 @@ class _Lane:
 
     def __init__(
         self,
+        tenant_id: str,
         send: Callable[[Events], Coroutine[Any, Any, Results]],
         *,
         calls_at_once: int,
         on_call: Callable[[int], None],
     ) -> None:
+        self._tenant_id = tenant_id
         self._send = send
         self._calls_at_once = calls_at_once
         self._on_call = on_call
@@ -174,7 +177,7 @@ class _Lane:
             async with asyncio.timeout(FORWARD_TIMEOUT_SECONDS):
                 return await webhook.answer
         except TimeoutError:
-            log.warning("events not forwarded", code="DEADLINE_EXCEEDED", waited_for_a_call=True)
+            log.warning("events not forwarded", tenant_id=self._tenant_id, code="DEADLINE_EXCEEDED")
             raise ServerUnavailableError("DEADLINE_EXCEEDED") from None
 
     def _start(self) -> None:

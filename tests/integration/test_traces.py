@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
+import operator
 import os
 import time
 import uuid
@@ -119,9 +121,13 @@ class Traced:
 
 @contextlib.asynccontextmanager
 async def traced_service(
-    stack: Endpoints, platforms: Platforms, tmp_path: Path
+    stack: Endpoints,
+    platforms: Platforms,
+    tmp_path: Path,
+    bridge_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Traced]:
-    """chat-server, chat-worker and chat-bridge as processes, traced to a receiver."""
+    """chat-server, chat-worker and chat-bridge as processes, traced to a receiver; the
+    bridge's environment has ``bridge_env`` too."""
     async with otlp_receiver() as receiver:
         env = {
             # The test's own OTEL_* only (a CI's OTEL_SDK_DISABLED would silence the processes).
@@ -161,6 +167,7 @@ async def traced_service(
                     "CHAT_SERVER_TARGET": target,
                     "CHAT_BRIDGE_HOST": "127.0.0.1",
                     "CHAT_BRIDGE_PORT": str(bridge_port),
+                    **(bridge_env or {}),
                 },
                 tmp_path / "bridge.log",
                 bridge_port,
@@ -226,6 +233,75 @@ async def test_one_webhook_is_one_trace_across_bridge_server_and_worker(
         if line.get("logger") == "aiohttp.access" and "/webhooks/whatsapp/acme" in line["event"]
     ]
     assert [line.get("trace_id") for line in webhook_lines] == [trace_id]
+
+
+async def test_webhooks_sent_together_in_one_call_each_keep_their_own_trace(
+    stack: Endpoints, platforms: Platforms, tmp_path: Path
+) -> None:
+    """With one call at a time, the webhooks that arrive while it is in flight go together in
+    the next: each is still the root of its own trace, which holds its reply and delivery;
+    the server applies each of those carried in another's call under its own trace."""
+    webhooks = 8
+    async with (
+        traced_service(
+            stack, platforms, tmp_path, bridge_env={"CHAT_BRIDGE_CALLS_AT_ONCE": "1"}
+        ) as traced,
+        aiohttp.ClientSession() as http,
+    ):
+        receiver = traced.receiver
+
+        async def post(sender: str) -> int:
+            payload, _ = whatsapp_text(sender, "is anyone there?")
+            body = json.dumps(payload).encode()
+            signature = hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+            async with http.post(
+                f"{traced.bridge_url}/webhooks/whatsapp/acme",
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": f"sha256={signature}",
+                },
+            ) as response:
+                return response.status
+
+        answers = await asyncio.gather(*(post(f"1555002{n:04d}") for n in range(webhooks)))
+        assert answers == [200] * webhooks
+        async with http.get(f"{traced.bridge_url}/metrics") as response:
+            metrics = await response.text()
+        calls = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("chat_bridge_webhooks_per_call_count")
+        )
+        carried = webhooks - int(calls)  # webhooks that went in another one's call
+        assert carried >= 1, "no two webhooks went in one call"
+
+        async def every_root() -> bool:
+            return len([s for s in receiver.spans if bridge_webhook(s)]) == webhooks
+
+        await eventually(every_root, "every webhook's span")
+        replied = {
+            ("chat-bridge", "POST /webhooks/whatsapp/{tenant_id}"),
+            ("chat-server", "reply.job"),
+            ("chat-server", "reply.respond"),
+            ("chat-server", "delivery.send"),
+        }
+        traces = [
+            await whole_trace(
+                receiver, is_root=functools.partial(operator.is_, root), expected=replied
+            )
+            for root in [s for s in receiver.spans if bridge_webhook(s)]
+        ]
+    assert [orphans(trace) for trace in traces] == [[]] * webhooks
+    continued = [trace for trace in traces if ("chat-server", "ingest.webhook") in names(trace)]
+    assert len(continued) == carried
+    # A webhook carried in another's call has no call of its own in its trace.
+    for trace in continued:
+        assert ("chat-bridge", "/chat.v1.IngestService/IngestEvents") not in names(trace)
+
+
+def names(trace: list[ReceivedSpan]) -> set[tuple[str, str]]:
+    return {(span.service, span.name) for span in trace}
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

@@ -101,7 +101,7 @@ class FakeServer:
 
 
 def lane(server: FakeServer, calls_at_once: int = 1) -> _Lane:
-    return _Lane(server.send, calls_at_once=calls_at_once, on_call=server.sizes.append)
+    return _Lane("acme", server.send, calls_at_once=calls_at_once, on_call=server.sizes.append)
 
 
 def webhook(
@@ -238,7 +238,7 @@ async def test_a_call_runs_in_its_first_webhooks_context_and_carries_the_others_
         sent_in.append(WEBHOOK.get())
         return await server.send(events)
 
-    forwarding = _Lane(send, calls_at_once=1, on_call=server.sizes.append)
+    forwarding = _Lane("acme", send, calls_at_once=1, on_call=server.sizes.append)
 
     async def from_webhook(name: str, count: int) -> object:
         WEBHOOK.set(name)
