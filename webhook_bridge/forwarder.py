@@ -39,6 +39,10 @@ MAX_QUEUED_BATCH = 1000
 #: one authentication and one read of the events seen before for each group, not for each
 #: webhook. A lone webhook never waits: it goes at once, alone.
 CALLS_AT_ONCE = 4
+#: The longest a webhook waits for one of those calls to end: then it goes at once, with the
+#: others waiting, in a call beyond CALLS_AT_ONCE, so that a slow server leaves it at least
+#: three quarters of FORWARD_TIMEOUT_SECONDS for its call.
+MAX_WAIT_SECONDS = FORWARD_TIMEOUT_SECONDS / 4
 #: The channel's reconnect backoff after the server went away: gRPC's default grows from 1 s
 #: to 120 s, so after a long outage the bridge would go on refusing webhooks for up to two
 #: minutes once the server is back. Attempts at most a second apart (plus gRPC's 20% jitter)
@@ -86,7 +90,9 @@ class Forwarder:
             if lane is None:
                 lane = self._lanes[tenant_id] = _Lane(
                     tenant_id,
-                    lambda events: self._call(tenant_id, events, apply_later=False),
+                    lambda events, within: self._call(
+                        tenant_id, events, apply_later=False, within=within
+                    ),
                     calls_at_once=self._calls_at_once,
                     on_call=self._on_call,
                 )
@@ -96,7 +102,14 @@ class Forwarder:
             results.extend(await self._call(tenant_id, chunk, apply_later=True))
         return results
 
-    async def _call(self, tenant_id: str, events: Events, *, apply_later: bool) -> Results:
+    async def _call(
+        self,
+        tenant_id: str,
+        events: Events,
+        *,
+        apply_later: bool,
+        within: float = FORWARD_TIMEOUT_SECONDS,
+    ) -> Results:
         metadata = (("authorization", f"Bearer {self._tokens.for_tenant(tenant_id)}"),)
         request = ingest_service_pb2.IngestEventsRequest(events=events, apply_later=apply_later)
         try:
@@ -105,7 +118,7 @@ class Forwarder:
             response = await self._stub.IngestEvents(
                 request,
                 metadata=metadata,
-                timeout=FORWARD_TIMEOUT_SECONDS,
+                timeout=within,
                 wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as exc:
@@ -134,21 +147,30 @@ class _Webhook:
     events: Events
     messages: int
     answer: asyncio.Future[Results]
+    #: When it must be answered (the loop's clock): FORWARD_TIMEOUT_SECONDS after it came.
+    deadline: float
     #: The webhook's own trace, carried on its events when another webhook's call takes them.
     traceparent: str
     #: The webhook's context: a call runs in its first webhook's, so its span is that
     #: webhook's child.
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    #: Taken into a call; ``carried``: into a call another webhook leads.
+    taken: bool = False
+    carried: bool = False
+
+
+Send = Callable[[Events, float], Coroutine[Any, Any, Results]]
 
 
 class _Lane:
-    """One tenant's calls: at most ``calls_at_once`` in flight; the webhooks waiting go in
-    arrival order, as many together as one call holds."""
+    """One tenant's calls: at most ``calls_at_once`` in flight, unless a webhook has waited
+    MAX_WAIT_SECONDS; the webhooks waiting go in arrival order, as many together as one call
+    holds."""
 
     def __init__(
         self,
         tenant_id: str,
-        send: Callable[[Events], Coroutine[Any, Any, Results]],
+        send: Send,
         *,
         calls_at_once: int,
         on_call: Callable[[int], None],
@@ -167,30 +189,50 @@ class _Lane:
             events=events,
             messages=_messages(events),
             answer=loop.create_future(),
+            deadline=loop.time() + FORWARD_TIMEOUT_SECONDS,
             traceparent=current_traceparent(),
         )
         self._waiting.append(webhook)
         self._start()
+        overdue = (
+            None if webhook.taken else loop.call_later(MAX_WAIT_SECONDS, self._overdue, webhook)
+        )
         try:
-            # Cancelled when the deadline passes: a call not yet made leaves this webhook out,
-            # one made stores its events anyway (the platform's retry is a duplicate then).
-            async with asyncio.timeout(FORWARD_TIMEOUT_SECONDS):
+            # Cancelled at the deadline: a call not yet made leaves this webhook out; one made
+            # may still store its events (the platform's retry is a duplicate then).
+            async with asyncio.timeout_at(webhook.deadline):
                 return await webhook.answer
         except TimeoutError:
-            log.warning("events not forwarded", tenant_id=self._tenant_id, code="DEADLINE_EXCEEDED")
+            log.warning("webhook not answered in time", tenant_id=self._tenant_id)
             raise ServerUnavailableError("DEADLINE_EXCEEDED") from None
+        except ServerUnavailableError as exc:
+            if webhook.carried:  # the call's failure was logged in its first webhook's trace
+                log.warning("events not forwarded", tenant_id=self._tenant_id, code=str(exc))
+            raise
+        finally:
+            if overdue is not None:
+                overdue.cancel()
 
     def _start(self) -> None:
-        while self._in_flight < self._calls_at_once:
-            group = self._take()
-            if not group:
-                return
-            self._in_flight += 1
-            call = asyncio.get_running_loop().create_task(
-                self._call(group), context=group[0].context
-            )
-            self._calls.add(call)
-            call.add_done_callback(self._calls.discard)
+        while self._in_flight < self._calls_at_once and self._begin():
+            pass
+
+    def _overdue(self, webhook: _Webhook) -> None:
+        """The webhook has waited long enough: it goes now, beyond the calls at once, with
+        the webhooks ahead of it (they have waited longer)."""
+        while not webhook.taken and not webhook.answer.done() and self._begin():
+            pass
+
+    def _begin(self) -> bool:
+        """Start a call with the next webhooks; False when none waits."""
+        group = self._take()
+        if not group:
+            return False
+        self._in_flight += 1
+        call = asyncio.get_running_loop().create_task(self._call(group), context=group[0].context)
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+        return True
 
     def _take(self) -> list[_Webhook]:
         """The next webhooks in arrival order, as many as one call holds (the first always),
@@ -208,6 +250,8 @@ class _Lane:
             ):
                 break
             self._waiting.popleft()
+            webhook.taken = True
+            webhook.carried = bool(group)
             group.append(webhook)
             events += len(webhook.events)
             messages += webhook.messages
@@ -220,16 +264,21 @@ class _Lane:
                     for event in webhook.events:
                         event.traceparent = webhook.traceparent
             self._on_call(len(group))
+            # No longer than any of its webhooks waits for it.
+            timeout = max(w.deadline for w in group) - asyncio.get_running_loop().time()
             try:
-                results = await self._send([event for webhook in group for event in webhook.events])
+                results = await self._send(
+                    [event for webhook in group for event in webhook.events], max(timeout, 0.0)
+                )
+            except ServerUnavailableError as exc:
+                self._fail(group, str(exc))
+                return
             except asyncio.CancelledError:  # the bridge is stopping
-                for webhook in group:
-                    webhook.answer.cancel()
+                self._fail(group, "CANCELLED")
                 raise
-            except Exception as exc:  # noqa: BLE001 - each webhook of the call answers for it
-                for webhook in group:
-                    if not webhook.answer.done():
-                        webhook.answer.set_exception(exc)
+            except Exception:  # a bug of ours: logged once, each webhook answered 503
+                log.exception("events not forwarded", tenant_id=self._tenant_id)
+                self._fail(group, "INTERNAL")
                 return
             start = 0
             for webhook in group:
@@ -240,6 +289,12 @@ class _Lane:
         finally:
             self._in_flight -= 1
             self._start()
+
+    @staticmethod
+    def _fail(group: list[_Webhook], code: str) -> None:
+        for webhook in group:
+            if not webhook.answer.done():
+                webhook.answer.set_exception(ServerUnavailableError(code))
 
 
 def _messages(events: Events) -> int:

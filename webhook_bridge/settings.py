@@ -56,31 +56,31 @@ class BridgeSettings:
             port = -1
         if not 0 <= port <= 65535:
             raise SettingsError(f"CHAT_BRIDGE_PORT={raw_port!r}: expected a port number")
-        raw_limit = env.get("CHAT_BRIDGE_MAX_BODY_BYTES", "").strip() or "1048576"
-        if not raw_limit.isdigit() or int(raw_limit) < 1024:
-            raise SettingsError(
-                f"CHAT_BRIDGE_MAX_BODY_BYTES={raw_limit!r}: expected bytes, at least 1024"
-            )
-        raw_calls = env.get("CHAT_BRIDGE_CALLS_AT_ONCE", "").strip() or str(CALLS_AT_ONCE)
-        if not raw_calls.isdigit() or not 1 <= int(raw_calls) <= MAX_CALLS_AT_ONCE:
-            raise SettingsError(
-                f"CHAT_BRIDGE_CALLS_AT_ONCE={raw_calls!r}: expected a number of calls, "
-                f"1 to {MAX_CALLS_AT_ONCE}"
-            )
+        max_body_bytes = _whole(
+            env, "CHAT_BRIDGE_MAX_BODY_BYTES", 1024 * 1024, low=1024, expected="expected bytes"
+        )
+        calls_at_once = _whole(
+            env,
+            "CHAT_BRIDGE_CALLS_AT_ONCE",
+            CALLS_AT_ONCE,
+            low=1,
+            high=MAX_CALLS_AT_ONCE,
+            expected="expected a number of calls",
+        )
         return cls(
             host=env.get("CHAT_BRIDGE_HOST", "").strip() or "0.0.0.0",  # noqa: S104 - a server
             port=port,
             server_target=env.get("CHAT_SERVER_TARGET", "").strip() or "127.0.0.1:8001",
             log_format=shared.log_format,
             log_level=shared.log_level,
-            max_body_bytes=int(raw_limit),
+            max_body_bytes=max_body_bytes,
             header_timeout_seconds=_seconds(
                 env, "CHAT_BRIDGE_HEADER_TIMEOUT_SECONDS", HEADER_TIMEOUT_SECONDS
             ),
             body_timeout_seconds=_seconds(
                 env, "CHAT_BRIDGE_BODY_TIMEOUT_SECONDS", BODY_TIMEOUT_SECONDS
             ),
-            calls_at_once=int(raw_calls),
+            calls_at_once=calls_at_once,
             tenants_file=shared.tenants_file,
             tenant_secrets_key_file=shared.tenant_secrets_key_file,
             mongodb_uri=shared.mongodb_uri,
@@ -91,6 +91,26 @@ class BridgeSettings:
             teams_metadata_url=shared.platforms.teams_openid_metadata_url,
             web=WebSettings.from_env(env),
         )
+
+
+def _whole(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    low: int,
+    high: int | None = None,
+    expected: str,
+) -> int:
+    """A whole number from ``low`` to ``high`` (no upper bound when None), in ASCII digits."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() else -1
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"{low} to {high}"
+        raise SettingsError(f"{name}={raw!r}: {expected}, {bounds}")
+    return value
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

@@ -41,7 +41,13 @@ def test_calls_at_once_defaults_and_parses() -> None:
     assert BridgeSettings.from_env({**BASE, "CHAT_BRIDGE_CALLS_AT_ONCE": " 1 "}).calls_at_once == 1
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "65", "2.5", "four"])
+@pytest.mark.parametrize("value", ["0", "-1", "65", "2.5", "four", "\u00b2"])
 def test_calls_at_once_out_of_range_is_refused(value: str) -> None:
     with pytest.raises(SettingsError, match=r"CHAT_BRIDGE_CALLS_AT_ONCE.*1 to 64"):
         BridgeSettings.from_env({**BASE, "CHAT_BRIDGE_CALLS_AT_ONCE": value})
+
+
+@pytest.mark.parametrize("value", ["1023", "-1", "1e6", "\u00b2", "lots"])
+def test_a_body_limit_that_is_no_number_of_bytes_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"CHAT_BRIDGE_MAX_BODY_BYTES.*at least 1024"):
+        BridgeSettings.from_env({**BASE, "CHAT_BRIDGE_MAX_BODY_BYTES": value})

@@ -82,11 +82,13 @@ class FakeServer:
         self.calls: list[list[str]] = []
         self.traceparents: list[list[str]] = []
         self.sizes: list[int] = []
+        self.within: list[float] = []
         self.release = asyncio.Event()
         self.fail_with: Exception | None = None
 
-    async def send(self, events: Events) -> list[ingest_service_pb2.IngestResult]:
+    async def send(self, events: Events, within: float) -> list[ingest_service_pb2.IngestResult]:
         self.calls.append([e.platform_event_id for e in events])
+        self.within.append(within)
         self.traceparents.append([e.traceparent for e in events])
         await self.release.wait()
         if self.fail_with is not None:
@@ -208,6 +210,7 @@ async def test_a_webhook_that_waits_past_the_deadline_is_refused_and_left_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(forwarder, "FORWARD_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(forwarder, "MAX_WAIT_SECONDS", 10.0)
     server = FakeServer()
     forwarding = lane(server, calls_at_once=1)
     first = asyncio.ensure_future(forwarding.forward(webhook("a")))
@@ -234,9 +237,9 @@ async def test_a_call_runs_in_its_first_webhooks_context_and_carries_the_others_
     server = FakeServer()
     sent_in: list[str] = []
 
-    async def send(events: Events) -> list[ingest_service_pb2.IngestResult]:
+    async def send(events: Events, within: float) -> list[ingest_service_pb2.IngestResult]:
         sent_in.append(WEBHOOK.get())
-        return await server.send(events)
+        return await server.send(events, within)
 
     forwarding = _Lane("acme", send, calls_at_once=1, on_call=server.sizes.append)
 
@@ -255,3 +258,76 @@ async def test_a_call_runs_in_its_first_webhooks_context_and_carries_the_others_
     # Each call's gRPC span is its first webhook's child; the others' events name their own.
     assert sent_in == ["a", "b"]
     assert server.traceparents == [[""], ["", "", "00-cccc-01", "00-cccc-01"]]
+
+
+async def test_a_webhook_that_has_waited_long_enough_goes_in_a_call_beyond_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(forwarder, "MAX_WAIT_SECONDS", 0.05)
+    server = FakeServer()
+    forwarding = lane(server, calls_at_once=1)
+    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
+    await settle()
+    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n))) for n in "bc"]
+    await settle()
+    assert server.calls == [["a-0"]]
+
+    await asyncio.sleep(0.1)  # past MAX_WAIT_SECONDS; the first call is still in flight
+
+    assert server.calls == [["a-0"], ["b-0", "c-0"]]
+    server.release.set()
+    await asyncio.gather(first, *waiting)
+    # The call that went beyond the limit had the time its webhooks had left.
+    assert server.within[0] == pytest.approx(forwarder.FORWARD_TIMEOUT_SECONDS, abs=0.05)
+    assert server.within[1] == pytest.approx(forwarder.FORWARD_TIMEOUT_SECONDS - 0.1, abs=0.05)
+
+
+async def test_a_bug_while_forwarding_refuses_each_webhook_of_the_call_with_its_own_error() -> None:
+    server = FakeServer()
+    forwarding = lane(server, calls_at_once=1)
+    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
+    await settle()
+    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n))) for n in "bc"]
+    await settle()
+    server.fail_with = RuntimeError("a bug")
+
+    server.release.set()
+    answered = await asyncio.gather(first, *waiting, return_exceptions=True)
+
+    assert [type(a) for a in answered] == [ServerUnavailableError] * 3
+    assert [str(a) for a in answered] == ["INTERNAL"] * 3
+    assert len({id(a) for a in answered}) == 3  # no traceback shared between webhooks
+
+
+async def test_a_webhook_given_up_while_waiting_is_left_out_and_the_lane_goes_on() -> None:
+    server = FakeServer()
+    forwarding = lane(server, calls_at_once=1)
+    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
+    await settle()
+    gone = asyncio.ensure_future(forwarding.forward(webhook("b")))
+    kept = asyncio.ensure_future(forwarding.forward(webhook("c")))
+    await settle()
+    gone.cancel()  # its client went away
+    await settle()
+    server.fail_with = ServerUnavailableError("UNAVAILABLE")
+    server.release.set()
+    answered = await asyncio.gather(first, kept, return_exceptions=True)
+    assert [type(a) for a in answered] == [ServerUnavailableError] * 2
+    server.fail_with = None
+
+    later = await forwarding.forward(webhook("d"))  # a failed call leaves no slot taken
+
+    assert server.calls == [["a-0"], ["c-0"], ["d-0"]]
+    assert [r.platform_event_id for r in later] == ["d-0"]
+
+
+async def test_the_bridge_stopping_mid_call_refuses_the_calls_webhooks() -> None:
+    server = FakeServer()
+    forwarding = lane(server, calls_at_once=1)
+    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
+    await settle()
+    for call in list(forwarding._calls):
+        call.cancel()
+
+    with pytest.raises(ServerUnavailableError, match="CANCELLED"):
+        await first
