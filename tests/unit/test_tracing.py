@@ -74,6 +74,9 @@ def test_off_the_hooks_do_nothing() -> None:
         "delivery.send"
     )
     assert spans.current_traceparent() == ""
+    assert spans.continuing("ingest.webhook", "00-" + "1" * 32 + "-" + "2" * 16 + "-01") is (
+        spans.span("delivery.send")
+    )
     assert spans.trace_fields("acme", "c1") == {}
     assert spans.record_headers() == []
     assert spans.server_interceptors() == []
@@ -108,6 +111,29 @@ def test_a_queued_record_continues_the_trace_that_wrote_it(
     assert consumer.parent is not None
     assert consumer.parent.span_id == producer.context.span_id
     assert {s.context.trace_id for s in finished.values()} == {call_context.trace_id}
+
+
+def test_an_event_carried_in_another_webhooks_call_continues_its_own_trace(
+    traced: InMemorySpanExporter,
+) -> None:
+    with spans.span("webhook") as webhook:
+        carried = spans.current_traceparent()
+    with spans.span("call") as call:
+        with spans.continuing("ingest.webhook", ""):  # the call's own webhook: no span
+            own = spans.current_traceparent()
+        with spans.continuing("ingest.webhook", carried):
+            written = spans.trace_fields("acme", "c1")["traceparent"]
+    assert own.split("-")[1:3] == [
+        format(call.get_span_context().trace_id, "032x"),
+        format(call.get_span_context().span_id, "016x"),
+    ]
+    finished = {s.name: s for s in traced.get_finished_spans()}
+    assert set(finished) == {"webhook", "call", "ingest.webhook"}
+    continued = finished["ingest.webhook"]
+    assert continued.parent is not None
+    assert continued.parent.span_id == webhook.get_span_context().span_id
+    assert continued.context.trace_id != call.get_span_context().trace_id
+    assert written.split("-")[1] == format(webhook.get_span_context().trace_id, "032x")
 
 
 async def test_a_batch_keeps_each_callers_trace(traced: InMemorySpanExporter) -> None:
