@@ -18,8 +18,9 @@ from webhook_bridge.tokens import ServiceTokens
 
 log = structlog.get_logger("chat.bridge.forward")
 
-#: Well inside every platform's deadline (Slack's 3 s is the shortest). A webhook is answered
-#: within it from the moment it is handed to the forwarder, its wait for a call included.
+#: Well inside every platform's deadline (Slack's 3 s is the shortest). A webhook that fits
+#: one call is answered within it from the moment it is handed to the forwarder, its wait for
+#: a call included; a larger one gives each of its calls as long.
 FORWARD_TIMEOUT_SECONDS = 2.0
 #: Events per IngestEvents call (the server takes up to 1,000), and messages among them. The
 #: server applies a call's statuses together, at about a millisecond each on the embedded
