@@ -186,17 +186,8 @@ async def test_one_webhook_is_one_trace_across_bridge_server_and_worker(
     ):
         receiver = traced.receiver
         payload, _ = whatsapp_text("15550001111", "is anyone there?")
-        body = json.dumps(payload).encode()
-        signature = hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        async with http.post(
-            f"{traced.bridge_url}/webhooks/whatsapp/acme",
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-Hub-Signature-256": f"sha256={signature}",
-            },
-        ) as response:
-            assert response.status == 200, await response.text()
+        status, text = await post_webhook(http, traced.bridge_url, payload)
+        assert status == 200, text
         trace = await whole_trace(receiver, is_root=bridge_webhook, expected=EXPECTED)
     roots = [span for span in trace if not span.parent_span_id]
     assert [(root.service, root.kind, root.name) for root in roots] == [
@@ -250,22 +241,13 @@ async def test_webhooks_sent_together_in_one_call_each_keep_their_own_trace(
     ):
         receiver = traced.receiver
 
-        async def post(sender: str) -> int:
-            payload, _ = whatsapp_text(sender, "is anyone there?")
-            body = json.dumps(payload).encode()
-            signature = hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-            async with http.post(
-                f"{traced.bridge_url}/webhooks/whatsapp/acme",
-                data=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Hub-Signature-256": f"sha256={signature}",
-                },
-            ) as response:
-                return response.status
-
-        answers = await asyncio.gather(*(post(f"1555002{n:04d}") for n in range(webhooks)))
-        assert answers == [200] * webhooks
+        answers = await asyncio.gather(
+            *(
+                post_webhook(http, traced.bridge_url, whatsapp_text(f"1555002{n:04d}", "hi?")[0])
+                for n in range(webhooks)
+            )
+        )
+        assert [status for status, _ in answers] == [200] * webhooks
         async with http.get(f"{traced.bridge_url}/metrics") as response:
             metrics = await response.text()
         calls = next(
@@ -302,6 +284,20 @@ async def test_webhooks_sent_together_in_one_call_each_keep_their_own_trace(
 
 def names(trace: list[ReceivedSpan]) -> set[tuple[str, str]]:
     return {(span.service, span.name) for span in trace}
+
+
+async def post_webhook(
+    http: aiohttp.ClientSession, bridge_url: str, payload: Mapping[str, Any]
+) -> tuple[int, str]:
+    """A signed WhatsApp webhook into the bridge: the status and body of its answer."""
+    body = json.dumps(payload).encode()
+    signature = hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    async with http.post(
+        f"{bridge_url}/webhooks/whatsapp/acme",
+        data=body,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"},
+    ) as response:
+        return response.status, await response.text()
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -383,20 +379,9 @@ async def test_send_message_a_stream_and_a_queued_webhook_are_traced_too(
         await eventually(stream_span, "the stream's span")
 
         payload, _ = whatsapp_batches.statuses(MAX_BATCH + 1)  # past one call: applied later
-        body = json.dumps(payload).encode()
-        signature = hmac.new(WHATSAPP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                f"{traced.bridge_url}/webhooks/whatsapp/acme",
-                data=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Hub-Signature-256": f"sha256={signature}",
-                },
-            ) as response,
-        ):
-            assert response.status == 200, await response.text()
+        async with aiohttp.ClientSession() as http:
+            status, text = await post_webhook(http, traced.bridge_url, payload)
+        assert status == 200, text
         queued = await whole_trace(
             receiver,
             is_root=bridge_webhook,

@@ -19,6 +19,7 @@ from webhook_bridge.forwarder import (
     MAX_BATCH,
     MAX_MESSAGES,
     MAX_QUEUED_BATCH,
+    Results,
     ServerUnavailableError,
     _calls,
     _Lane,
@@ -120,6 +121,18 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def behind_a_call(
+    forwarding: _Lane, names: str, count: int = 1
+) -> tuple[asyncio.Task[Results], list[asyncio.Task[Results]]]:
+    """Webhook "a" in the one call in flight, then webhooks ``names`` (``count`` events each)
+    waiting behind it."""
+    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
+    await settle()
+    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n, count))) for n in names]
+    await settle()
+    return first, waiting
+
+
 async def test_a_lone_webhook_goes_at_once_in_a_call_of_its_own() -> None:
     server = FakeServer()
     server.release.set()
@@ -134,10 +147,7 @@ async def test_a_lone_webhook_goes_at_once_in_a_call_of_its_own() -> None:
 async def test_webhooks_arriving_while_the_calls_are_in_flight_go_together_in_order() -> None:
     server = FakeServer()
     forwarding = lane(server, calls_at_once=1)
-    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
-    await settle()
-    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n, 2))) for n in "bcd"]
-    await settle()
+    first, waiting = await behind_a_call(forwarding, "bcd", 2)
     assert server.calls == [["a-0"]]  # the others wait for the call in flight
 
     server.release.set()
@@ -190,20 +200,25 @@ async def test_a_call_holds_no_more_messages_or_events_than_one_call_may() -> No
         assert len(call) <= MAX_BATCH
 
 
-async def test_a_failed_call_fails_every_webhook_it_carried() -> None:
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [(ServerUnavailableError("UNAVAILABLE"), "UNAVAILABLE"), (RuntimeError("a bug"), "INTERNAL")],
+)
+async def test_a_failed_call_refuses_every_webhook_it_carried_each_with_its_own_error(
+    failure: Exception, code: str
+) -> None:
     server = FakeServer()
     forwarding = lane(server, calls_at_once=1)
-    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
-    await settle()
-    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n))) for n in "bc"]
-    await settle()
-    server.fail_with = ServerUnavailableError("UNAVAILABLE")
+    first, waiting = await behind_a_call(forwarding, "bc")
+    server.fail_with = failure
 
     server.release.set()
     answered = await asyncio.gather(first, *waiting, return_exceptions=True)
 
-    assert [type(a) for a in answered] == [ServerUnavailableError] * 3
     assert server.calls == [["a-0"], ["b-0", "c-0"]]
+    assert [type(a) for a in answered] == [ServerUnavailableError] * 3
+    assert [str(a) for a in answered] == [code] * 3
+    assert len({id(a) for a in answered}) == 3  # no traceback shared between webhooks
 
 
 async def test_a_webhook_that_waits_past_the_deadline_is_refused_and_left_out(
@@ -266,10 +281,7 @@ async def test_a_webhook_that_has_waited_long_enough_goes_in_a_call_beyond_the_l
     monkeypatch.setattr(forwarder, "MAX_WAIT_SECONDS", 0.05)
     server = FakeServer()
     forwarding = lane(server, calls_at_once=1)
-    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
-    await settle()
-    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n))) for n in "bc"]
-    await settle()
+    first, waiting = await behind_a_call(forwarding, "bc")
     assert server.calls == [["a-0"]]
 
     await asyncio.sleep(0.1)  # past MAX_WAIT_SECONDS; the first call is still in flight
@@ -280,23 +292,6 @@ async def test_a_webhook_that_has_waited_long_enough_goes_in_a_call_beyond_the_l
     # The call that went beyond the limit had the time its webhooks had left.
     assert server.within[0] == pytest.approx(forwarder.FORWARD_TIMEOUT_SECONDS, abs=0.05)
     assert server.within[1] == pytest.approx(forwarder.FORWARD_TIMEOUT_SECONDS - 0.1, abs=0.05)
-
-
-async def test_a_bug_while_forwarding_refuses_each_webhook_of_the_call_with_its_own_error() -> None:
-    server = FakeServer()
-    forwarding = lane(server, calls_at_once=1)
-    first = asyncio.ensure_future(forwarding.forward(webhook("a")))
-    await settle()
-    waiting = [asyncio.ensure_future(forwarding.forward(webhook(n))) for n in "bc"]
-    await settle()
-    server.fail_with = RuntimeError("a bug")
-
-    server.release.set()
-    answered = await asyncio.gather(first, *waiting, return_exceptions=True)
-
-    assert [type(a) for a in answered] == [ServerUnavailableError] * 3
-    assert [str(a) for a in answered] == ["INTERNAL"] * 3
-    assert len({id(a) for a in answered}) == 3  # no traceback shared between webhooks
 
 
 async def test_a_webhook_given_up_while_waiting_is_left_out_and_the_lane_goes_on() -> None:
