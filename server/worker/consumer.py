@@ -64,7 +64,8 @@ class Handover:
     partition marked, commits what it has handled and stops there. A rebalance so waits for one
     record a partition instead of a whole batch, and the next owner starts exactly where this
     worker stopped: two workers never handle one partition at once, and none redoes a record
-    unless a worker dies or the wait runs out."""
+    unless a worker dies, the wait runs out, or a commit fails because the broker has already
+    moved the group on (the next owner then redoes what was handled since the last commit)."""
 
     def __init__(self, wait_seconds: float = _REVOKE_WAIT_SECONDS) -> None:
         self.handling = asyncio.Lock()
