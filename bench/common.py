@@ -186,27 +186,35 @@ class DatabaseSample(NamedTuple):
     batches: BatchTotals
 
 
-def batch_totals(metrics_url: str) -> BatchTotals:
-    """The service's group-commit batch histogram (chat_group_commit_batch_size), by call."""
+def histogram_totals(
+    metrics_url: str, name: str, *, label: str = "", whose: str = "the service's"
+) -> dict[str, tuple[float, float]] | None:
+    """A histogram's (sum, count) so far on a Prometheus page, by the value of ``label`` (""
+    when it has none); None when the page did not answer (``whose`` names it in the message)."""
     try:
         with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 - ours
             text = response.read().decode()
     except OSError as exc:
-        # The batch sizes only cap the database floor's batches: without them it is uncapped.
-        print(f"the service's metrics at {metrics_url} did not answer: {exc!r}")
-        return {}
+        print(f"{whose} metrics at {metrics_url} did not answer: {exc!r}")
+        return None
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "chat_group_commit_batch_size":
+        if family.name != name:
             continue
         for sample in family.samples:
-            call = sample.labels.get("call", "")
+            value = sample.labels.get(label, "") if label else ""
             if sample.name.endswith("_sum"):
-                sums[call] = sample.value
+                sums[value] = sample.value
             elif sample.name.endswith("_count"):
-                counts[call] = sample.value
-    return {call: (sums.get(call, 0.0), count) for call, count in counts.items()}
+                counts[value] = sample.value
+    return {value: (sums.get(value, 0.0), count) for value, count in counts.items()}
+
+
+def batch_totals(metrics_url: str) -> BatchTotals:
+    """The service's group-commit batch histogram (chat_group_commit_batch_size), by call.
+    Without it the database floor's batches are uncapped (they only cap them)."""
+    return histogram_totals(metrics_url, "chat_group_commit_batch_size", label="call") or {}
 
 
 def mean_batch(start: DatabaseSample, end: DatabaseSample, call: str) -> float | None:

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import sys
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +14,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     DURATION_SECONDS,
@@ -24,6 +22,7 @@ from bench.common import (
     Load,
     client_figure,
     drive,
+    histogram_totals,
     start,
 )
 from devstack.processes import free_port, script_path
@@ -162,22 +161,13 @@ async def measure(
 def webhooks_per_call(bridge_port: int) -> float | None:
     """The bridge's mean webhooks per IngestEvents call so far (its warm-up included), from
     its ``chat_bridge_webhooks_per_call``; None when its metrics did not answer."""
-    url = f"http://127.0.0.1:{bridge_port}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-    except OSError as exc:
-        print(f"the bridge's metrics at {url} did not answer: {exc!r}")
-        return None
-    totals = {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "chat_bridge_webhooks_per_call"
-        for sample in family.samples
-        if sample.name.endswith(("_sum", "_count"))
-    }
-    calls = totals.get("chat_bridge_webhooks_per_call_count", 0.0)
-    return totals.get("chat_bridge_webhooks_per_call_sum", 0.0) / calls if calls else None
+    totals = histogram_totals(
+        f"http://127.0.0.1:{bridge_port}/metrics",
+        "chat_bridge_webhooks_per_call",
+        whose="the bridge's",
+    )
+    total, calls = (totals or {}).get("", (0.0, 0.0))
+    return total / calls if calls else None
 
 
 def figures(
