@@ -27,9 +27,10 @@ so no idempotency record, which only a request_id asks for), in the batch's tran
 A first-contact WhatsApp webhook, in three transactions as the service's three stages:
   - ingest (answered once committed): the conversation inserted, the ingested-event record,
     the inbound message, the outbox document (ConversationStarted, SessionStarted,
-    MessageReceived, ConversationUpdated), the reply job;
-  - reply: the job claimed (leased), then in the transaction the job deleted, the counters
-    updated, the reply stored, its delivery queued, the outbox (ConversationUpdated);
+    MessageReceived, ConversationUpdated), the reply job, queued leased to the process's
+    reply worker (which is handed it after the commit, so no claim follows);
+  - reply: in the transaction the job deleted, the counters updated, the reply stored, its
+    delivery queued, the outbox (ConversationUpdated);
   - delivery: the delivery claimed (leased), then in the transaction the delivery's outcome
     (sent), the message's status and platform id, the outbox (MessageSent), after looking
     for receipts that arrived early; each stage's outbox document deleted once published.
@@ -78,7 +79,7 @@ WEBHOOK_WRITES: dict[str, frozenset[str]] = {
     INGESTED_EVENTS: frozenset({"insert"}),
     MESSAGES: frozenset({"insert", "update"}),
     OUTBOX: frozenset({"insert", "delete"}),
-    REPLY_JOBS: frozenset({"insert", "update", "delete"}),
+    REPLY_JOBS: frozenset({"insert", "delete"}),
     DELIVERIES: frozenset({"insert", "update"}),
 }
 #: The JWT subject of the bench's SendMessage calls: the events' actor.

@@ -208,33 +208,20 @@ def ingested_event(channel: int, platform_event_id: str, now: dt.datetime) -> Do
 
 
 def reply_job(message: common_pb2.Message, now: dt.datetime) -> Document:
-    """An inbound message waiting for its reply (repositories/ingest.py enqueue_many)."""
+    """An inbound message waiting for its reply, queued leased to the reply worker of the
+    process that stores it, which is handed it after the commit (repositories/ingest.py
+    enqueue_many with a leasing): no claim follows."""
     return {
         "_id": uuid.uuid4().hex,
         "tenant_id": TENANT,
         "conversation_id": message.conversation_id,
         "message_id": message.id,
         "sequence": message.sequence,
-        "status": "pending",
-        "attempts": 0,
+        "status": "running",
+        "attempts": 1,
         "enqueue_time": now,
-        "due_time": now,
-    }
-
-
-def job_claim(now: dt.datetime) -> Document:
-    """Reply jobs leased to this process, marked with the claim's id (repositories/ingest.py
-    claim_many; the floor reads nothing back, so the mark is only written)."""
-    return {
-        "$set": {
-            "status": "running",
-            "owner": OWNER,
-            "due_time": now + LEASE,
-            "claim": uuid.uuid4().hex,
-        },
-        # A job held behind an earlier one of its conversation is no longer held once claimed.
-        "$unset": {"held": ""},
-        "$inc": {"attempts": 1},
+        "due_time": now + LEASE,
+        "owner": OWNER,
     }
 
 

@@ -162,13 +162,8 @@ class WebhookFloor:
 
     async def _reply(self, jobs: list[_Job]) -> list[_Delivery]:
         now = now_utc()
+        # The jobs were queued leased to this process (docs.reply_job): no claim.
         ids = [job.id for job in jobs]
-        # A list of ids in one statement where the change is the same for all (half the cost
-        # of a statement per document on the embedded store).
-        await self._jobs.update_many(
-            {"_id": {"$in": ids}, "tenant_id": docs.TENANT, "due_time": {"$lte": now}},
-            docs.job_claim(now),
-        )
 
         async def work(tx: AsyncClientSession) -> tuple[str, list[_Delivery]]:
             await self._jobs.delete_many(

@@ -218,6 +218,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         clock=utc_now,
         on_events=relay.wake,
         on_reply_job=replies.wake,
+        reply_slots=replies.reserve,
         on_batch=batch.labels(call="ingest").observe,
         on_queued=lambda: inbox.wake(),  # noqa: PLW0108 - late bound: the worker comes next
         is_outage=is_outage,

@@ -158,6 +158,16 @@ def held_behind(jobs: Sequence[ReplyJob]) -> set[int]:
 
 
 @dataclass(frozen=True, slots=True)
+class Leasing:
+    """Items queued already leased to a queue worker of the queuing process, which is handed
+    them after the commit (no poll, no claim): at most ``slots`` of them, for ``lease``."""
+
+    owner: str
+    lease: dt.timedelta
+    slots: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyJob:
     """An inbound message to answer, for enqueue_many."""
 

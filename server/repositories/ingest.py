@@ -20,6 +20,7 @@ from server.domain.queues import (
     ClaimedInboxBatch,
     ClaimedReplyJob,
     Due,
+    Leasing,
     Position,
     ReplyJob,
     held_behind,
@@ -32,7 +33,7 @@ from server.repositories.mongo import (
     claim_items,
     due_items,
 )
-from server.tracing.spans import trace_fields
+from server.tracing.spans import TRACEPARENT, trace_fields
 
 PENDING = "pending"
 RUNNING = "running"
@@ -114,34 +115,50 @@ class MongoReplyJobs:
     def __init__(self, *, database: AsyncDatabase[Document]) -> None:
         self._collection = database[REPLY_JOBS]
 
-    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: AsyncClientSession) -> None:
+    async def enqueue_many(
+        self,
+        jobs: Sequence[ReplyJob],
+        *,
+        tx: AsyncClientSession,
+        leasing: Leasing | None = None,
+    ) -> list[ClaimedReplyJob]:
         """Queue the jobs in the caller's transaction, in one round trip. Of several jobs of
         one conversation, those behind the first are queued held: the first one's completion
-        wakes the next (no claim of theirs finds them waiting first)."""
+        wakes the next (no claim of theirs finds them waiting first). With ``leasing``, the
+        first jobs not held (as many as it has slots) are queued leased to its owner, as a
+        claim would leave them: those are returned, for the caller to hand over once the
+        transaction commits."""
         held = held_behind(jobs)
-        await self._collection.insert_many(
-            [
-                {
-                    "_id": uuid.uuid4().hex,
-                    "tenant_id": job.tenant_id,
-                    "conversation_id": job.conversation_id,
-                    "message_id": job.message_id,
-                    "sequence": job.sequence,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "enqueue_time": job.now,
-                    **(
-                        {"due_time": job.now + REPLY_HOLD_AT_MOST, "held": True}
-                        if index in held
-                        else {"due_time": job.now}
-                    ),
-                    # The reply continues the trace of the call that stored the message.
-                    **trace_fields(job.tenant_id, job.conversation_id),
-                }
-                for index, job in enumerate(jobs)
-            ],
-            session=tx,
-        )
+        slots = leasing.slots if leasing is not None else 0
+        documents: list[Document] = []
+        leased: list[ClaimedReplyJob] = []
+        for index, job in enumerate(jobs):
+            document: Document = {
+                "_id": uuid.uuid4().hex,
+                "tenant_id": job.tenant_id,
+                "conversation_id": job.conversation_id,
+                "message_id": job.message_id,
+                "sequence": job.sequence,
+                "status": PENDING,
+                "attempts": 0,
+                "enqueue_time": job.now,
+                "due_time": job.now,
+                # The reply continues the trace of the call that stored the message.
+                **trace_fields(job.tenant_id, job.conversation_id),
+            }
+            if index in held:
+                document.update(due_time=job.now + REPLY_HOLD_AT_MOST, held=True)
+            elif leasing is not None and len(leased) < slots:
+                document.update(
+                    status=RUNNING,
+                    owner=leasing.owner,
+                    attempts=1,
+                    due_time=job.now + leasing.lease,
+                )
+                leased.append(_claimed(document))
+            documents.append(document)
+        await self._collection.insert_many(documents, session=tx)
+        return leased
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         """The oldest due jobs (a lapsed lease makes a job due again), of every tenant."""
@@ -161,19 +178,7 @@ class MongoReplyJobs:
                 "$inc": {"attempts": 1},
             },
         )
-        return [
-            ClaimedReplyJob(
-                id=document["_id"],
-                tenant_id=document["tenant_id"],
-                conversation_id=document["conversation_id"],
-                message_id=document["message_id"],
-                sequence=document.get("sequence", 0),
-                attempts=document["attempts"],
-                owner=document["owner"],
-                trace=document.get("traceparent", ""),
-            )
-            for document in documents
-        ]
+        return [_claimed(document) for document in documents]
 
     async def earlier_waiting(self, positions: Sequence[Position]) -> dict[Position, bool]:
         """For each position, whether an earlier message of its conversation still waits for
@@ -384,6 +389,20 @@ async def _give_back(
             "$unset": {"owner": ""},
             "$inc": {"attempts": 0 if counted else -1},
         },
+    )
+
+
+def _claimed(document: Document) -> ClaimedReplyJob:
+    """A reply job as leased to its owner."""
+    return ClaimedReplyJob(
+        id=document["_id"],
+        tenant_id=document["tenant_id"],
+        conversation_id=document["conversation_id"],
+        message_id=document["message_id"],
+        sequence=document.get("sequence", 0),
+        attempts=document["attempts"],
+        owner=document["owner"],
+        trace=document.get(TRACEPARENT, ""),
     )
 
 

@@ -104,7 +104,12 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         receipts: Receipts | None = None,
         observer: DeliveryObserver | None = None,
     ) -> None:
-        super().__init__(name="deliveries", concurrency=concurrency)
+        policy = policy or DeliveryPolicy()
+        super().__init__(
+            name="deliveries",
+            concurrency=concurrency,
+            lease=dt.timedelta(seconds=policy.lease_seconds),
+        )
         self._observer = observer = observer or NoObserver()
         self._deliveries = deliveries
         self._messages = messages
@@ -120,7 +125,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         self._live = live
         self._pacer = pacer
         self._clock = clock
-        self._policy = policy = policy or DeliveryPolicy()
+        self._policy = policy
         self._on_events = on_events
         self._breaker = CircuitBreaker(
             threshold=policy.breaker_threshold,
@@ -150,10 +155,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
 
     async def claim_many(self, items: list[Due]) -> list[Delivery]:
         return await self._deliveries.claim_many(
-            items,
-            owner=self._owner,
-            now=self._clock(),
-            lease=dt.timedelta(seconds=self._policy.lease_seconds),
+            items, owner=self._owner, now=self._clock(), lease=self._lease
         )
 
     async def handle(self, item: Delivery) -> None:

@@ -25,6 +25,7 @@ import structlog
 from chat.v1 import chat_service_pb2, common_pb2, ingest_service_pb2
 from server.domain.errors import StoreError
 from server.domain.inbound import check_event, conversation_user
+from server.domain.queues import ClaimedReplyJob
 from server.processors.content import ContentProcessor
 from server.services.ingest_messages import MessageIngest
 from server.services.ingest_outcomes import (
@@ -52,6 +53,7 @@ from server.services.ports import (
     ReplyJobQueue,
     TransactionRunner,
 )
+from server.services.queue_worker import Reservation
 from server.services.receipts import Receipts
 from server.tracing.spans import continuing
 
@@ -82,6 +84,7 @@ class IngestService:
         clock: Callable[[], dt.datetime],
         on_events: Callable[[], None] = lambda: None,
         on_reply_job: Callable[[], None] = lambda: None,
+        reply_slots: Callable[[int], Reservation[ClaimedReplyJob]] | None = None,
         receipts: Receipts,
         on_batch: Callable[[int], None] = lambda _size: None,
         on_queued: Callable[[], None] = lambda: None,
@@ -89,7 +92,9 @@ class IngestService:
     ) -> None:
         """``is_outage`` tells a store that cannot be reached (the whole call fails, and the
         platform retries it) from a bug in applying one event (that event alone is rejected).
-        ``on_queued`` wakes the inbox's worker."""
+        ``on_queued`` wakes the inbox's worker; ``reply_slots`` reserves free slots of this
+        process's reply worker, which takes the jobs queued for it leased (``on_reply_job``
+        wakes it for the others)."""
         self._is_outage = is_outage
         self._inbox = inbox
         self._clock = clock
@@ -113,6 +118,7 @@ class IngestService:
             on_reply_job=on_reply_job,
             on_batch=on_batch,
             is_outage=is_outage,
+            reply_slots=reply_slots,
         )
         self._statuses = StatusIngest(
             conversations=conversations,

@@ -57,7 +57,7 @@ class InboxWorker(LeasedQueueWorker[ClaimedInboxBatch]):
         on_applied: Callable[[str, int], None] = lambda _outcome, _count: None,
     ) -> None:
         """``on_applied(outcome, count)`` counts the applied events by their outcome."""
-        super().__init__(name="ingest-inbox", concurrency=CONCURRENCY)
+        super().__init__(name="ingest-inbox", concurrency=CONCURRENCY, lease=LEASE)
         self._inbox = inbox
         self._ingest = ingest
         self._clock = clock

@@ -17,7 +17,7 @@ from server.domain.conversations import Recording
 from server.domain.errors import AlreadyExists, DomainError, InvalidArgument
 from server.domain.inbound import conversation_user
 from server.domain.messages import MessageRow, ProcessedContent, build_message
-from server.domain.queues import ReplyJob
+from server.domain.queues import ClaimedReplyJob, ReplyJob
 from server.events.envelopes import envelope
 from server.processors.content import ContentProcessor
 from server.services.group_commit import GroupCommit
@@ -48,6 +48,7 @@ from server.services.ports import (
     TransactionRunner,
     Tx,
 )
+from server.services.queue_worker import Reservation
 
 log = structlog.get_logger("chat.ingest")
 
@@ -72,6 +73,7 @@ class MessageIngest:
         on_reply_job: Callable[[], None],
         on_batch: Callable[[int], None],
         is_outage: Callable[[Exception], bool],
+        reply_slots: Callable[[int], Reservation[ClaimedReplyJob]] | None = None,
     ) -> None:
         self._opener = opener
         self._push = push
@@ -85,6 +87,8 @@ class MessageIngest:
         self._clock = clock
         self._on_events = on_events
         self._on_reply_job = on_reply_job
+        #: The reply worker's free slots: jobs queued leased to it start after the commit.
+        self._reply_slots = reply_slots or (lambda _wanted: Reservation.none())
         self._is_outage = is_outage
         self._commits: GroupCommit[_Inbound, _Stored] = GroupCommit(
             self._store,
@@ -229,9 +233,18 @@ class MessageIngest:
         batch is then stored item by item and the retry alone gets AlreadyExists. A new
         conversation is inserted with its first messages, after its ConversationStarted and
         SessionStarted events; one whose user started another meanwhile fails alone, with
-        AlreadyExists (ALREADY_ACTIVE), the same way."""
+        AlreadyExists (ALREADY_ACTIVE), the same way. The first reply job of each
+        conversation is queued leased to this process's reply worker while it has free slots,
+        and handed to it once committed: it starts at once, with no poll and no claim; the
+        others are queued due, and the worker woken for them."""
+        # A slot for each conversation's first job; those behind it wait for it anyway.
+        reservation = self._reply_slots(len(batch))
+        leased: list[ClaimedReplyJob] = []
+        due = 0
 
         async def work(tx: Tx) -> list[_Stored | Exception]:
+            nonlocal leased, due
+            leased, due = [], 0
             states = await self._conversations.record_messages_many(
                 [
                     Recording(
@@ -299,7 +312,7 @@ class MessageIngest:
                     )
                 )
             await self._outbox.add(events, now=newest, tx=tx)
-            await self._jobs.enqueue_many(
+            leased = await self._jobs.enqueue_many(
                 [
                     ReplyJob(
                         tenant_id=i.tenant_id,
@@ -312,15 +325,25 @@ class MessageIngest:
                     for m in o.messages
                 ],
                 tx=tx,
+                leasing=reservation.leasing,
             )
+            # Each conversation's first job is due (the others are held behind it).
+            due = len(stored) - len(leased)
             return outcomes
 
-        return await self._transactions.run(work)
+        try:
+            outcomes = await self._transactions.run(work)
+        except BaseException:
+            reservation.release()
+            raise
+        reservation.hand_over(leased)
+        if due:
+            self._on_reply_job()
+        return outcomes
 
     async def _after_commit(self, item: _Inbound, stored: _Stored) -> None:
-        """Wake the relay and the reply queue, push to the streams, keep the session."""
+        """Wake the relay, push to the streams, keep the session."""
         self._on_events()
-        self._on_reply_job()
         await self._push.messages(
             item.tenant_id, stored.conversation, stored.messages, item.opened.session, now=item.now
         )

@@ -25,6 +25,7 @@ from server.domain.queues import (
     Delivery,
     Due,
     Finish,
+    Leasing,
     Outgoing,
     Position,
     ReplyJob,
@@ -402,7 +403,12 @@ class DeliveryQueue(Protocol):
 class ReplyJobQueue(Protocol):
     """Inbound messages waiting for their reply, leased to one process at a time."""
 
-    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: Tx) -> None: ...
+    async def enqueue_many(
+        self, jobs: Sequence[ReplyJob], *, tx: Tx, leasing: Leasing | None = None
+    ) -> list[ClaimedReplyJob]:
+        """Queue the jobs; with ``leasing``, the first not held behind another (up to its
+        slots) leased to its owner, returned to be handed over after the commit."""
+        ...
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[Due]: ...
 

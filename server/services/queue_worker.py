@@ -6,23 +6,32 @@ The due items are found a batch at a time (the oldest first) and then claimed by
 at once as there are free slots: one claim (an update of those ids, then one read of what it
 took) for a batch rather than two round trips an item. Finding is the costly query (a range
 over every due item, which the store reads whole); claiming by id is cheap, and an item
-another process claimed first is simply not among those taken."""
+another process claimed first is simply not among those taken.
+
+Items this process queues itself need neither: a caller ``reserve``s free slots before its
+transaction, writes that many items already leased to this worker (``Reservation.owner``,
+``lease``), and after the commit hands them over, which starts them at once. Should the
+process die first, their leases lapse and they are claimed as any other."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from server.domain.queues import Due
+from server.domain.queues import Due, Leasing
 
 log = structlog.get_logger("chat.queue")
 
 _IDLE_SECONDS = 1.0
+#: How often a stopping worker looks whether slots reserved are handed over yet.
+_SETTLING_SECONDS = 0.01
 #: Due items found per query, as multiples of the concurrency.
 _CANDIDATES_PER_SLOT = 4
 
@@ -40,10 +49,15 @@ ItemT = TypeVar("ItemT", bound=Leased)
 class LeasedQueueWorker(ABC, Generic[ItemT]):
     """Subclasses say how to claim one item and how to handle it."""
 
-    def __init__(self, *, name: str, concurrency: int) -> None:
+    def __init__(self, *, name: str, concurrency: int, lease: dt.timedelta) -> None:
         self._name = name
         #: This process's lease owner id.
         self._owner = uuid.uuid4().hex
+        self._lease = lease
+        #: Running: items handed over are started (none before the loop runs or once it ends).
+        self._accepting = False
+        #: Slots reserved and not yet handed over or released.
+        self._reserved = 0
         #: Free slots: items are claimed only for these, so none waits leased and idle.
         self._free = concurrency
         self._room = asyncio.Event()
@@ -61,8 +75,67 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         """Something was queued: look now rather than at the next poll."""
         self._wake.set()
 
+    def reserve(self, wanted: int) -> Reservation[ItemT]:
+        """Up to ``wanted`` free slots for items this process is about to queue, written
+        leased to this worker (none while it is not running, or when no slot is free)."""
+        slots = min(wanted, self._free) if self._accepting else 0
+        slots = max(slots, 0)
+        self._take_slots(slots)
+        self._reserved += slots
+        return Reservation(self, slots)
+
+    @property
+    def owner(self) -> str:
+        """This process's lease owner id."""
+        return self._owner
+
+    @property
+    def lease(self) -> dt.timedelta:
+        """How long a claim leases an item for."""
+        return self._lease
+
+    def started(self, items: Sequence[ItemT]) -> None:
+        """Start items a reservation's slots were kept for (see Reservation.hand_over)."""
+        self._reserved -= len(items)
+        for item in items:
+            self._start(item)
+
+    def released(self, slots: int) -> None:
+        """Give back slots a reservation kept and did not use."""
+        self._reserved -= slots
+        self._give_slots(slots)
+
+    def _take_slots(self, count: int) -> None:
+        self._free -= count
+        if self._free <= 0:
+            self._room.clear()
+
+    def _give_slots(self, count: int) -> None:
+        if count:
+            self._free += count
+            self._room.set()
+
+    def _start(self, item: ItemT) -> None:
+        """Handle a claimed item in a task of its own (its slot is taken already)."""
+        task = asyncio.create_task(self._guarded(item))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
     async def run(self, stopping: asyncio.Event) -> None:
-        """Work until ``stopping`` is set; items in hand are finished first."""
+        """Work until ``stopping`` is set; items in hand are finished first, and so are
+        those reserved slots are being queued for."""
+        self._accepting = True
+        try:
+            await self._loop(stopping)
+        finally:
+            self._accepting = False
+        while self._running or self._reserved:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            else:
+                await asyncio.sleep(_SETTLING_SECONDS)
+
+    async def _loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             # Cleared before looking, so a wake while looking is not lost.
             self._wake.clear()
@@ -75,8 +148,6 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             if not claimed or self._exhausted:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
 
     @abstractmethod
     async def due(self, limit: int) -> list[Due]:
@@ -121,13 +192,9 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             if not items:
                 return claimed
             claimed = True
+            self._take_slots(len(items))
             for item in items:
-                self._free -= 1
-                task = asyncio.create_task(self._guarded(item))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-            if self._free <= 0:
-                self._room.clear()
+                self._start(item)
 
     async def _guarded(self, item: ItemT) -> None:
         try:
@@ -136,5 +203,44 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             # The lease lapses and the item is tried again; nothing was recorded.
             log.exception("queue item failed unexpectedly", queue=self._name, item=item.id)
         finally:
-            self._free += 1
-            self._room.set()
+            self._give_slots(1)
+
+
+class Reservation(Generic[ItemT]):
+    """Free slots of a worker kept for items its process is queuing: they are written leased
+    to ``owner`` for ``lease``, and handed over after their commit, which starts each at once
+    (no poll, no claim). The slots not handed over are released; ``release`` (after a failed
+    commit, say) gives back every slot still kept. Slots are kept for as short a time as the
+    transaction takes, so a reservation is ended one way or the other."""
+
+    def __init__(self, worker: LeasedQueueWorker[ItemT] | None, slots: int) -> None:
+        self._worker = worker
+        self._slots = slots if worker is not None else 0
+
+    @classmethod
+    def none(cls) -> Reservation[ItemT]:
+        """No slot (no worker in this process takes items over): every item is queued due."""
+        return cls(None, 0)
+
+    @property
+    def leasing(self) -> Leasing | None:
+        """How to write the items leased (None: queue them due, as any other)."""
+        if self._worker is None or self._slots == 0:
+            return None
+        return Leasing(owner=self._worker.owner, lease=self._worker.lease, slots=self._slots)
+
+    def hand_over(self, items: Sequence[ItemT]) -> None:
+        """Start these items, committed leased to the worker (at most ``slots``); the slots
+        left are released."""
+        if len(items) > self._slots:
+            raise ValueError(f"{len(items)} items handed over for {self._slots} slots")
+        if self._worker is not None:
+            self._worker.started(items)
+        self._slots -= len(items)
+        self.release()
+
+    def release(self) -> None:
+        """Give back the slots not handed over."""
+        if self._worker is not None:
+            self._worker.released(self._slots)
+        self._slots = 0

@@ -93,7 +93,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         on_batch: Callable[[int], None] = lambda _size: None,
         concurrency: int = 8,
     ) -> None:
-        super().__init__(name="replies", concurrency=concurrency)
+        super().__init__(name="replies", concurrency=concurrency, lease=LEASE)
         self._media = media
         self._deliveries = deliveries
         self._actions = actions

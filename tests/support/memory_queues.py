@@ -25,6 +25,7 @@ from server.domain.queues import (
     Delivery,
     Due,
     Finish,
+    Leasing,
     Outgoing,
     Position,
     ReplyJob,
@@ -290,12 +291,15 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
         self._db.reply_jobs[job_id]["owner"] = "another-process"
         self._db.reply_jobs[job_id]["attempts"] += 1
 
-    async def enqueue_many(self, jobs: Sequence[ReplyJob], *, tx: Any) -> None:
+    async def enqueue_many(
+        self, jobs: Sequence[ReplyJob], *, tx: Any, leasing: Leasing | None = None
+    ) -> list[ClaimedReplyJob]:
         self._db.wrote(tx, "reply_jobs")
         held = held_behind(jobs)
+        leased: list[ClaimedReplyJob] = []
         for index, job in enumerate(jobs):
             job_id = uuid.uuid4().hex
-            self._db.reply_jobs[job_id] = {
+            self._db.reply_jobs[job_id] = found = {
                 "id": job_id,
                 "tenant_id": job.tenant_id,
                 "conversation_id": job.conversation_id,
@@ -307,6 +311,15 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
                 "held": index in held,
                 "owner": "",
             }
+            if index not in held and leasing is not None and len(leased) < leasing.slots:
+                found.update(
+                    status="running",
+                    owner=leasing.owner,
+                    attempts=1,
+                    due_time=job.now + leasing.lease,
+                )
+                leased.append(self._as_claimed(found))
+        return leased
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         due = [j for j in self._db.reply_jobs.values() if j["due_time"] <= now]
@@ -321,6 +334,10 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
             return None
         job.update(status="running", owner=owner, due_time=now + lease, held=False)
         job["attempts"] += 1
+        return self._as_claimed(job)
+
+    @staticmethod
+    def _as_claimed(job: dict[str, Any]) -> ClaimedReplyJob:
         return ClaimedReplyJob(
             id=job["id"],
             tenant_id=job["tenant_id"],
@@ -328,7 +345,7 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
             message_id=job["message_id"],
             sequence=job["sequence"],
             attempts=job["attempts"],
-            owner=owner,
+            owner=job["owner"],
         )
 
     def _leased(self, job: ClaimedReplyJob) -> dict[str, Any] | None:

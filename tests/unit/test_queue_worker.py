@@ -4,7 +4,10 @@ there are free slots, each handled once across competing workers, oldest first."
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
+
+import pytest
 
 from server.domain.queues import Due
 from server.services.queue_worker import LeasedQueueWorker
@@ -37,7 +40,7 @@ class Store:
 
 class Worker(LeasedQueueWorker):
     def __init__(self, store: Store, handled: list[str], concurrency: int = 2) -> None:
-        super().__init__(name="test", concurrency=concurrency)
+        super().__init__(name="test", concurrency=concurrency, lease=dt.timedelta(seconds=60))
         self.store = store
         self.handled = handled
 
@@ -130,3 +133,89 @@ async def test_after_a_look_that_found_all_that_was_due_the_next_waits_for_a_wak
     stopping.set()
     worker.wake()
     await task
+
+
+async def _running(worker: Worker) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    await asyncio.sleep(0.05)  # its first look, at an empty queue
+    return stopping, task
+
+
+async def _stop(worker: Worker, stopping: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stopping.set()
+    worker.wake()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_items_handed_over_start_at_once_with_no_look_and_no_claim() -> None:
+    """Items the process queued leased to its worker (in the slots it reserved) are handled
+    when handed over, without a look for due items or a claim; the slots not used are free
+    again."""
+    store = Store([])
+    handled: list[str] = []
+    worker = Worker(store, handled, concurrency=3)
+    stopping, task = await _running(worker)
+    looks = store.due_queries
+    reservation = worker.reserve(5)
+    leasing = reservation.leasing
+    assert leasing is not None
+    assert (leasing.slots, leasing.owner, leasing.lease) == (3, worker.owner, worker.lease)
+    assert worker.reserve(1).leasing is None  # every slot is kept
+    reservation.hand_over([{"_id": "mine-1"}, {"_id": "mine-2"}])
+    await asyncio.sleep(0.05)
+    assert handled == ["mine-1", "mine-2"]
+    assert (store.due_queries, store.claims) == (looks, [])
+    again = worker.reserve(5)
+    assert again.leasing is not None
+    assert again.leasing.slots == 3
+    again.release()
+    await _stop(worker, stopping, task)
+
+
+async def test_slots_kept_are_not_claimed_for_until_released() -> None:
+    """While a reservation keeps every slot, due items wait; released, they are claimed."""
+    store = Store([])
+    handled: list[str] = []
+    worker = Worker(store, handled, concurrency=2)
+    stopping, task = await _running(worker)
+    reservation = worker.reserve(2)
+    store.waiting.append("due-1")
+    worker.wake()
+    await asyncio.sleep(0.1)
+    assert (handled, store.claims) == ([], [])
+    reservation.release()
+    await asyncio.wait_for(store.empty.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert handled == ["due-1"]
+    with pytest.raises(ValueError, match="1 items handed over for 0 slots"):
+        reservation.hand_over([{"_id": "late"}])  # released: no slot is left to hand over
+    await _stop(worker, stopping, task)
+
+
+async def test_a_worker_not_running_keeps_no_slot() -> None:
+    """Before its loop runs, and after it ended, a worker takes nothing over: the items are
+    queued due, for whichever process claims them."""
+    store = Store([])
+    worker = Worker(store, [], concurrency=2)
+    assert worker.reserve(2).leasing is None
+    stopping, task = await _running(worker)
+    await _stop(worker, stopping, task)
+    assert worker.reserve(2).leasing is None
+
+
+async def test_a_stopping_worker_finishes_the_items_its_slots_were_kept_for() -> None:
+    """Stopped while a reservation's items are being committed, the worker waits for them
+    to be handed over and handles them before its loop returns (their leases name it)."""
+    store = Store([])
+    handled: list[str] = []
+    worker = Worker(store, handled, concurrency=2)
+    stopping, task = await _running(worker)
+    reservation = worker.reserve(1)
+    stopping.set()
+    worker.wake()
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    reservation.hand_over([{"_id": "committed"}])
+    await asyncio.wait_for(task, 5)
+    assert handled == ["committed"]

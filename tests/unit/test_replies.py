@@ -3,7 +3,9 @@ the message and stored with the job's completion, lost leases, retries and givin
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -18,7 +20,10 @@ from tests.support.ports import (
     ScriptedResponder,
     content_processor,
     conversation_opener,
+    ingest_service,
+    message_event,
 )
+from tests.support.waiting import eventually
 
 TENANT = "acme"
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
@@ -349,3 +354,78 @@ async def test_a_job_for_a_missing_message_is_dropped(
 
     assert stores.reply_jobs.jobs == []
     assert responder.asked == []
+
+
+def replied(stores: MemoryStores) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(stores.messages.all()) == 3  # the message and its two replies
+
+    return check
+
+
+class _Claims:
+    """Counts the reply queue's claims and the worker's wakes."""
+
+    def __init__(self, stores: MemoryStores, worker: ReplyWorker) -> None:
+        self.claims = 0
+        self.wakes = 0
+        claim_many = stores.reply_jobs.claim_many
+
+        async def counted(*args: object, **kwargs: object) -> list[ClaimedReplyJob]:
+            self.claims += 1
+            return await claim_many(*args, **kwargs)  # type: ignore[arg-type]
+
+        stores.reply_jobs.claim_many = counted  # type: ignore[method-assign]
+        self.wake = worker.wake
+
+    def woken(self) -> None:
+        self.wakes += 1
+        self.wake()
+
+
+async def test_a_message_ingested_while_the_worker_has_a_free_slot_is_handed_to_it_leased(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+) -> None:
+    """The ingest queues the reply job leased to this process's reply worker and hands it
+    over once committed: answered with no claim and no wake (no poll)."""
+    counts = _Claims(stores, worker)
+    service = ingest_service(stores, clock, reply_slots=worker.reserve, on_reply_job=counts.woken)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(worker.run(stopping))
+    await asyncio.sleep(0.01)
+
+    [result] = await service.ingest(TENANT, [message_event()])
+    await eventually(replied(stores), "the replies")
+
+    assert (counts.claims, counts.wakes) == (0, 0)
+    assert stores.reply_jobs.jobs == []
+    assert [m.reply_to_message_id for m in stores.messages.all()[1:]] == [result.message_id] * 2
+    stopping.set()
+    worker.wake()
+    await running
+
+
+async def test_a_message_ingested_while_the_worker_has_no_free_slot_is_queued_due(
+    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+) -> None:
+    """Every slot taken: the job is queued due (no owner), the worker woken, and claimed by
+    it once a slot is free."""
+    counts = _Claims(stores, worker)
+    service = ingest_service(stores, clock, reply_slots=worker.reserve, on_reply_job=counts.woken)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(worker.run(stopping))
+    await asyncio.sleep(0.01)
+    busy = worker.reserve(100)  # every slot kept, as by items being queued
+
+    await service.ingest(TENANT, [message_event()])
+
+    [job] = stores.reply_jobs.jobs
+    assert (job["status"], job["owner"], job["attempts"]) == ("pending", "", 0)
+    assert counts.wakes == 1
+    busy.release()
+    await eventually(replied(stores), "the replies")
+    assert counts.claims >= 1
+    assert stores.reply_jobs.jobs == []
+    stopping.set()
+    worker.wake()
+    await running
