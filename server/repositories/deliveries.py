@@ -26,6 +26,7 @@ from server.domain.queues import (
     Delivery,
     Due,
     Finish,
+    Leasing,
     Outgoing,
     Position,
     ReportedFailure,
@@ -62,31 +63,48 @@ class MongoDeliveries:
             [Outgoing(tenant_id, messages, recipient_id, service_url, now)], tx=tx
         )
 
-    async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: AsyncClientSession) -> None:
-        """enqueue for several conversations in one round trip."""
-        documents = [
-            {
-                "_id": message.id,
-                "tenant_id": item.tenant_id,
-                "conversation_id": message.conversation_id,
-                "sequence": message.sequence,
-                "channel": message.channel,
-                "recipient_id": item.recipient_id,
-                "service_url": item.service_url,
-                "state": QUEUED,
-                "attempts": [],
-                "budget_start": 0,
-                "create_time": item.now,
-                "update_time": item.now,
-                "due_time": item.now,
-                # The send continues the trace of the call or reply that queued it.
-                **trace_fields(item.tenant_id, message.conversation_id),
-            }
-            for item in outgoing
-            for message in item.messages
-        ]
+    async def enqueue_many(
+        self,
+        outgoing: Sequence[Outgoing],
+        *,
+        tx: AsyncClientSession,
+        leasing: Leasing | None = None,
+    ) -> list[Delivery]:
+        """enqueue for several conversations in one round trip. With ``leasing``, the first
+        message of each (as many as it has slots) is queued leased to its owner, as a claim
+        would leave it: those are returned, for the caller to hand over once the transaction
+        commits (the messages behind one are sent after it, so they are queued due)."""
+        slots = leasing.slots if leasing is not None else 0
+        documents: list[Document] = []
+        leased: list[Delivery] = []
+        for item in outgoing:
+            for index, message in enumerate(item.messages):
+                document: Document = {
+                    "_id": message.id,
+                    "tenant_id": item.tenant_id,
+                    "conversation_id": message.conversation_id,
+                    "sequence": message.sequence,
+                    "channel": message.channel,
+                    "recipient_id": item.recipient_id,
+                    "service_url": item.service_url,
+                    "state": QUEUED,
+                    "attempts": [],
+                    "budget_start": 0,
+                    "create_time": item.now,
+                    "update_time": item.now,
+                    "due_time": item.now,
+                    # The send continues the trace of the call or reply that queued it.
+                    **trace_fields(item.tenant_id, message.conversation_id),
+                }
+                if leasing is not None and index == 0 and len(leased) < slots:
+                    document.update(
+                        state=SENDING, owner=leasing.owner, due_time=item.now + leasing.lease
+                    )
+                    leased.append(_delivery(document))
+                documents.append(document)
         if documents:
             await self._collection.insert_many(documents, session=tx)
+        return leased
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         """The oldest due deliveries (a lapsed lease makes one due again), of every tenant."""

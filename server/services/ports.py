@@ -345,7 +345,12 @@ class DeliveryQueue(Protocol):
         tx: Tx,
     ) -> None: ...
 
-    async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: Tx) -> None: ...
+    async def enqueue_many(
+        self, outgoing: Sequence[Outgoing], *, tx: Tx, leasing: Leasing | None = None
+    ) -> list[Delivery]:
+        """Queue the messages; with ``leasing``, the first of each conversation (up to its
+        slots) leased to its owner, returned to be handed over after the commit."""
+        ...
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[Due]: ...
 

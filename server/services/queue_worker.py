@@ -111,8 +111,8 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             self._room.clear()
 
     def _give_slots(self, count: int) -> None:
-        if count:
-            self._free += count
+        self._free += count
+        if self._free > 0:
             self._room.set()
 
     def _start(self, item: ItemT) -> None:
@@ -182,17 +182,27 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
 
     async def _claim_some(self, stopping: asyncio.Event) -> bool:
         """Claim and start items while any is due, as many at once as there are free slots;
-        a busy worker claims the next ones the moment a slot is free."""
+        a busy worker claims the next ones the moment a slot is free. The free slots are
+        taken while their claim is made (a reservation meanwhile finds none), and those it
+        did not fill are given back."""
         claimed = False
         while True:
             await self._room.wait()
             if stopping.is_set():
                 return claimed
-            items = await self._next(self._free)
+            limit = self._free
+            if limit <= 0:
+                self._room.clear()
+                continue
+            self._take_slots(limit)
+            items: list[ItemT] = []
+            try:
+                items = await self._next(limit)
+            finally:
+                self._give_slots(limit - len(items))
             if not items:
                 return claimed
             claimed = True
-            self._take_slots(len(items))
             for item in items:
                 self._start(item)
 

@@ -80,13 +80,16 @@ class MemoryDeliveries(ClaimsOneByOne[Delivery]):
             [Outgoing(tenant_id, messages, recipient_id, service_url, now)], tx=tx
         )
 
-    async def enqueue_many(self, outgoing: Sequence[Outgoing], *, tx: Any) -> None:
+    async def enqueue_many(
+        self, outgoing: Sequence[Outgoing], *, tx: Any, leasing: Leasing | None = None
+    ) -> list[Delivery]:
         self._db.wrote(tx, "deliveries")
+        leased: list[Delivery] = []
         for item in outgoing:
-            for message in item.messages:
+            for index, message in enumerate(item.messages):
                 if message.id in self._db.deliveries:
                     raise AlreadyExists("the message is queued already", reason="DUPLICATE_KEY")
-                self._db.deliveries[message.id] = Delivery(
+                self._db.deliveries[message.id] = queued = Delivery(
                     id=message.id,
                     tenant_id=item.tenant_id,
                     conversation_id=message.conversation_id,
@@ -100,6 +103,15 @@ class MemoryDeliveries(ClaimsOneByOne[Delivery]):
                     update_time=item.now,
                     due_time=item.now,
                 )
+                if leasing is not None and index == 0 and len(leased) < leasing.slots:
+                    self._db.deliveries[message.id] = claimed = dataclasses.replace(
+                        queued,
+                        state=SENDING,
+                        owner=leasing.owner,
+                        due_time=item.now + leasing.lease,
+                    )
+                    leased.append(claimed)
+        return leased
 
     async def due(self, *, now: dt.datetime, limit: int) -> list[Due]:
         due = [

@@ -219,3 +219,37 @@ async def test_a_stopping_worker_finishes_the_items_its_slots_were_kept_for() ->
     reservation.hand_over([{"_id": "committed"}])
     await asyncio.wait_for(task, 5)
     assert handled == ["committed"]
+
+
+async def test_a_reservation_while_a_claim_is_made_finds_its_slots_taken() -> None:
+    """The free slots are the claim's while it looks and claims: a reservation meanwhile gets
+    none (so the two never hold more items than the worker has slots), and the slots the
+    claim did not fill are free again after it."""
+    store = Store([])
+    looking = asyncio.Event()
+    go_on = asyncio.Event()
+    due = store.due
+
+    async def slow_due(limit: int) -> list[Due]:
+        looking.set()
+        await go_on.wait()
+        return await due(limit)
+
+    store.due = slow_due  # type: ignore[method-assign]
+    handled: list[str] = []
+    worker = Worker(store, handled, concurrency=3)
+    store.waiting.append("due-1")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    await asyncio.wait_for(looking.wait(), 5)
+
+    assert worker.reserve(3).leasing is None
+    go_on.set()
+    await asyncio.wait_for(store.empty.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert handled == ["due-1"]
+    after = worker.reserve(3)
+    assert after.leasing is not None
+    assert after.leasing.slots == 3
+    after.release()
+    await _stop(worker, stopping, task)
