@@ -8,9 +8,11 @@ server/repositories/mongo.py), group-committed as services/group_commit.py does 
 transaction per batch of waiting exchanges, one bulk statement per collection, one batch in
 flight, no two items of one conversation in a batch. The batches are capped at the size the
 service reached in the same run, so the two are compared at the same batching. Where a change
-is the same for every document of a batch (counters, claims, removals), it is one statement
-naming the list of ids (update_many, delete_many): the embedded store serves that for about
-half the CPU of a statement per document, which is what the service sends today.
+is the same for every document of a batch (counters, removals), it is one statement naming
+the list of ids (update_many, delete_many): the embedded store serves that for about half the
+CPU of a statement per document, which is what the service sends today. Its jobs and
+deliveries are queued leased to the stage that takes them, as the service's are while its
+workers have room for them (services/queue_worker.py): no poll and no claim.
 
 What it writes, per exchange (the guard test, tests/integration/test_bench_floor.py, records
 the service's writes and the floor's and holds both to SEND_MESSAGE_WRITES and WEBHOOK_WRITES):
@@ -31,14 +33,15 @@ A first-contact WhatsApp webhook, in three transactions as the service's three s
     reply worker (which is handed it after the commit, so no claim follows);
   - reply: in the transaction the job deleted, the counters updated, the reply stored, its
     delivery queued, the outbox (ConversationUpdated);
-  - delivery: the delivery claimed (leased), then in the transaction the delivery's outcome
-    (sent), the message's status and platform id, the outbox (MessageSent), after looking
-    for receipts that arrived early; each stage's outbox document deleted once published.
+  - delivery (queued leased to the process's delivery worker: no claim follows either): in
+    the transaction the delivery's outcome (sent), the message's status and platform id,
+    the outbox (MessageSent), after looking for receipts that arrived early; each stage's
+    outbox document deleted once published.
 
 Its reads are only those a plain client cannot do without: the counters after their update
 (the new messages' sequence numbers) and the early receipts. It knows what it wrote itself, so
-it neither reads a job or delivery back after claiming it nor the message it delivers, and it
-starts on an empty database of its own, of which it is the only writer: a new user has no
+it reads neither a job or delivery back nor the message it delivers, and it starts on an
+empty database of its own, of which it is the only writer: a new user has no
 conversation (the unique one_active_per_user_channel index would refuse a second one), and no
 platform event comes twice. The platform's HTTP send is not the database's and is left out.
 """

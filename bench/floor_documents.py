@@ -226,7 +226,9 @@ def reply_job(message: common_pb2.Message, now: dt.datetime) -> Document:
 
 
 def delivery(message: common_pb2.Message, recipient_id: str, now: dt.datetime) -> Document:
-    """A reply queued for its platform (repositories/deliveries.py enqueue_many)."""
+    """A reply queued for its platform, leased to the delivery worker of the process that
+    stores it, which is handed it after the commit (repositories/deliveries.py enqueue_many
+    with a leasing): no claim follows."""
     return {
         "_id": message.id,
         "tenant_id": TENANT,
@@ -235,25 +237,13 @@ def delivery(message: common_pb2.Message, recipient_id: str, now: dt.datetime) -
         "channel": message.channel,
         "recipient_id": recipient_id,
         "service_url": "",
-        "state": "queued",
+        "state": "sending",
         "attempts": [],
         "budget_start": 0,
         "create_time": now,
         "update_time": now,
-        "due_time": now,
-    }
-
-
-def delivery_claim(now: dt.datetime) -> Document:
-    """Deliveries leased to this process, marked with the claim's id
-    (repositories/deliveries.py claim_many)."""
-    return {
-        "$set": {
-            "state": "sending",
-            "owner": OWNER,
-            "due_time": now + LEASE,
-            "claim": uuid.uuid4().hex,
-        }
+        "due_time": now + LEASE,
+        "owner": OWNER,
     }
 
 

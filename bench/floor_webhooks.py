@@ -205,15 +205,7 @@ class WebhookFloor:
 
     async def _deliver(self, deliveries: list[_Delivery]) -> list[None]:
         now = now_utc()
-        await self._deliveries.update_many(
-            {
-                "_id": {"$in": [d.message.id for d in deliveries]},
-                "tenant_id": docs.TENANT,
-                "state": {"$in": ["queued", "sending"]},
-                "due_time": {"$lte": now},
-            },
-            docs.delivery_claim(now),
-        )
+        # The deliveries were queued leased to this process (docs.delivery): no claim.
         platform_ids = [f"wamid.out-{uuid.uuid4().hex}" for _ in deliveries]
 
         async def work(tx: AsyncClientSession) -> str:

@@ -199,6 +199,7 @@ def bootstrap(*, settings: Settings, clients: Clients, metrics: Metrics) -> Serv
         on_events=relay.wake,
         on_delivery=delivery.wake,
         on_batch=batch.labels(call="reply").observe,
+        delivery_slots=delivery.reserve,
     )
 
     # Platform events: applied within IngestEvents, or queued in the inbox and applied after

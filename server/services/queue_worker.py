@@ -8,18 +8,24 @@ took) for a batch rather than two round trips an item. Finding is the costly que
 over every due item, which the store reads whole); claiming by id is cheap, and an item
 another process claimed first is simply not among those taken.
 
-Items this process queues itself need neither: a caller ``reserve``s free slots before its
-transaction, writes that many items already leased to this worker (``Reservation.owner``,
-``lease``), and after the commit hands them over, which starts them at once. Should the
-process die first, their leases lapse and they are claimed as any other."""
+Items this process queues itself need neither: a caller ``reserve``s room before its
+transaction, writes that many items already leased to this worker (``Reservation.leasing``),
+and after the commit hands them over. They start in the free slots, or wait in memory for
+the next ones (at most a few per slot: the room a reservation finds). Due items come first:
+while the loop claims them, each slot freed is its; the items handed over take the slots
+once none is due. One that waited half its lease is let go (its lease lapses, and it is
+claimed as any other), so a lease never lapses on an item in hand. Should the process die,
+the leases of the items handed over lapse the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -30,7 +36,7 @@ from server.domain.queues import Due, Leasing
 log = structlog.get_logger("chat.queue")
 
 _IDLE_SECONDS = 1.0
-#: How often a stopping worker looks whether slots reserved are handed over yet.
+#: How often a stopping worker looks whether the room reserved is handed over yet.
 _SETTLING_SECONDS = 0.01
 #: Due items found per query, as multiples of the concurrency.
 _CANDIDATES_PER_SLOT = 4
@@ -54,10 +60,16 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         #: This process's lease owner id.
         self._owner = uuid.uuid4().hex
         self._lease = lease
-        #: Running: items handed over are started (none before the loop runs or once it ends).
+        #: Running: room is reserved for items handed over (none before the loop runs or
+        #: once it ends).
         self._accepting = False
-        #: Slots reserved and not yet handed over or released.
+        #: Room reserved and not yet handed over or released.
         self._reserved = 0
+        #: Items handed over waiting for a slot, with when they were handed over.
+        self._handed: deque[tuple[float, ItemT]] = deque()
+        self._handed_at_most = concurrency * _CANDIDATES_PER_SLOT
+        #: The loop is claiming due items: each slot freed is its first.
+        self._claiming = False
         #: Free slots: items are claimed only for these, so none waits leased and idle.
         self._free = concurrency
         self._room = asyncio.Event()
@@ -76,11 +88,13 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         self._wake.set()
 
     def reserve(self, wanted: int) -> Reservation[ItemT]:
-        """Up to ``wanted`` free slots for items this process is about to queue, written
-        leased to this worker (none while it is not running, or when no slot is free)."""
-        slots = min(wanted, self._free) if self._accepting else 0
-        slots = max(slots, 0)
-        self._take_slots(slots)
+        """Room for up to ``wanted`` items this process is about to queue, written leased to
+        this worker: its free slots and the room left to wait in memory (none while it is
+        not running)."""
+        room = 0
+        if self._accepting:
+            room = self._free + self._handed_at_most - len(self._handed) - self._reserved
+        slots = max(0, min(wanted, room))
         self._reserved += slots
         return Reservation(self, slots)
 
@@ -94,16 +108,28 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         """How long a claim leases an item for."""
         return self._lease
 
-    def started(self, items: Sequence[ItemT]) -> None:
-        """Start items a reservation's slots were kept for (see Reservation.hand_over)."""
+    def handed(self, items: Sequence[ItemT]) -> None:
+        """Take items a reservation's room was kept for (see Reservation.hand_over)."""
         self._reserved -= len(items)
-        for item in items:
-            self._start(item)
+        now = time.monotonic()
+        self._handed.extend((now, item) for item in items)
+        self._start_handed()
 
     def released(self, slots: int) -> None:
-        """Give back slots a reservation kept and did not use."""
+        """Give back room a reservation kept and did not use."""
         self._reserved -= slots
-        self._give_slots(slots)
+
+    def _start_handed(self) -> None:
+        """Start items handed over in the free slots, unless the loop is claiming due items
+        (those come first). One that waited half its lease is let go: claimed once its lease
+        lapses, rather than lapsing while in hand."""
+        while self._handed and self._free > 0 and not self._claiming:
+            since, item = self._handed.popleft()
+            if time.monotonic() - since > self._lease.total_seconds() / 2:
+                log.warning("queued item left to its lease", queue=self._name, item=item.id)
+                continue
+            self._take_slots(1)
+            self._start(item)
 
     def _take_slots(self, count: int) -> None:
         self._free -= count
@@ -123,13 +149,14 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Work until ``stopping`` is set; items in hand are finished first, and so are
-        those reserved slots are being queued for."""
+        those room is reserved for (and handed over by then)."""
         self._accepting = True
         try:
             await self._loop(stopping)
         finally:
             self._accepting = False
-        while self._running or self._reserved:
+        while self._running or self._reserved or self._handed:
+            self._start_handed()
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
             else:
@@ -182,9 +209,17 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
 
     async def _claim_some(self, stopping: asyncio.Event) -> bool:
         """Claim and start items while any is due, as many at once as there are free slots;
-        a busy worker claims the next ones the moment a slot is free. The free slots are
-        taken while their claim is made (a reservation meanwhile finds none), and those it
-        did not fill are given back."""
+        a busy worker claims the next ones the moment a slot is free (before any item handed
+        over takes it). The free slots are taken while their claim is made, and those it did
+        not fill are given back."""
+        self._claiming = True
+        try:
+            return await self._claim_while_due(stopping)
+        finally:
+            self._claiming = False
+            self._start_handed()
+
+    async def _claim_while_due(self, stopping: asyncio.Event) -> bool:
         claimed = False
         while True:
             await self._room.wait()
@@ -214,14 +249,15 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             log.exception("queue item failed unexpectedly", queue=self._name, item=item.id)
         finally:
             self._give_slots(1)
+            self._start_handed()
 
 
 class Reservation(Generic[ItemT]):
-    """Free slots of a worker kept for items its process is queuing: they are written leased
-    to ``owner`` for ``lease``, and handed over after their commit, which starts each at once
-    (no poll, no claim). The slots not handed over are released; ``release`` (after a failed
-    commit, say) gives back every slot still kept. Slots are kept for as short a time as the
-    transaction takes, so a reservation is ended one way or the other."""
+    """Room in a worker kept for items its process is queuing: they are written leased to it
+    (``leasing``) and handed over after their commit (no poll, no claim). The room not handed
+    over is released; ``release`` (after a failed commit, say) gives back all that is still
+    kept. Room is kept for as short a time as the transaction takes, so a reservation is
+    ended one way or the other (a stopping worker waits for it)."""
 
     def __init__(self, worker: LeasedQueueWorker[ItemT] | None, slots: int) -> None:
         self._worker = worker
@@ -240,17 +276,17 @@ class Reservation(Generic[ItemT]):
         return Leasing(owner=self._worker.owner, lease=self._worker.lease, slots=self._slots)
 
     def hand_over(self, items: Sequence[ItemT]) -> None:
-        """Start these items, committed leased to the worker (at most ``slots``); the slots
-        left are released."""
+        """Give the worker these items, committed leased to it (at most ``slots``); the room
+        left is released."""
         if len(items) > self._slots:
             raise ValueError(f"{len(items)} items handed over for {self._slots} slots")
         if self._worker is not None:
-            self._worker.started(items)
+            self._worker.handed(items)
         self._slots -= len(items)
         self.release()
 
     def release(self) -> None:
-        """Give back the slots not handed over."""
+        """Give back the room not handed over."""
         if self._worker is not None:
             self._worker.released(self._slots)
         self._slots = 0

@@ -21,7 +21,14 @@ from chat.v1 import common_pb2, events_pb2
 from server.channels.base import READ, TYPING
 from server.domain.conversations import Recording
 from server.domain.messages import MessageRow
-from server.domain.queues import REPLY_HOLD_AT_MOST, ClaimedReplyJob, Due, Outgoing, Position
+from server.domain.queues import (
+    REPLY_HOLD_AT_MOST,
+    ClaimedReplyJob,
+    Delivery,
+    Due,
+    Outgoing,
+    Position,
+)
 from server.events.envelopes import envelope
 from server.services.coalescing import Coalescer
 from server.services.composing import ReplyComposer
@@ -39,7 +46,7 @@ from server.services.ports import (
     TransactionRunner,
     Tx,
 )
-from server.services.queue_worker import LeasedQueueWorker
+from server.services.queue_worker import LeasedQueueWorker, Reservation
 from server.services.responder import RESPONDER_ID
 from server.tracing.spans import span
 
@@ -92,12 +99,16 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         on_delivery: Callable[[], None] = lambda: None,
         on_batch: Callable[[int], None] = lambda _size: None,
         concurrency: int = 8,
+        delivery_slots: Callable[[int], Reservation[Delivery]] | None = None,
     ) -> None:
+        """``delivery_slots`` reserves free slots of this process's delivery worker, which
+        takes the deliveries queued for it leased (``on_delivery`` wakes it for the others)."""
         super().__init__(name="replies", concurrency=concurrency, lease=LEASE)
         self._media = media
         self._deliveries = deliveries
         self._actions = actions
         self._on_delivery = on_delivery
+        self._delivery_slots = delivery_slots or (lambda _wanted: Reservation.none())
         self._jobs = jobs
         self._opener = opener
         self._composer = composer
@@ -237,9 +248,17 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
     async def _store(self, batch: list[_Reply]) -> list[common_pb2.Conversation | Exception | None]:
         """Store the replies of jobs of distinct conversations and remove the jobs, in one
         transaction: a bulk statement per collection, whatever their number (see GroupCommit).
-        None for a job with nothing to send (no reply, or the conversation closed meanwhile)."""
+        None for a job with nothing to send (no reply, or the conversation closed meanwhile).
+        The first reply of each conversation is queued leased to this process's delivery
+        worker while it has free slots, and handed to it once committed (no poll, no claim);
+        the others are queued due, and the worker woken for them."""
+        reservation = self._delivery_slots(len(batch))
+        leased: list[Delivery] = []
+        due = 0
 
         async def work(tx: Tx) -> list[common_pb2.Conversation | Exception | None]:
+            nonlocal leased, due
+            leased, due = [], 0
             if not await self._jobs.complete_many([r.job for r in batch], tx=tx):
                 raise _LeaseLostError  # GroupCommit retries the batch one job at a time
             answering = [r for r in batch if r.outbound]
@@ -289,19 +308,28 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
                 await self._messages.insert_rows(rows, tx=tx)
             if outgoing and self._deliveries is not None:
                 # Handed to the platform by the delivery queue, in this same transaction.
-                await self._deliveries.enqueue_many(outgoing, tx=tx)
+                leased = await self._deliveries.enqueue_many(
+                    outgoing, tx=tx, leasing=reservation.leasing
+                )
+                due = sum(len(item.messages) for item in outgoing) - len(leased)
             if events:
                 await self._outbox.add(events, now=max(r.now for r in batch), tx=tx)
             return [stored.get(id(reply)) for reply in batch]
 
-        results = await self._transactions.run(work)
+        try:
+            results = await self._transactions.run(work)
+        except BaseException:
+            reservation.release()
+            raise
+        reservation.hand_over(leased)
+        if due:
+            self._on_delivery()
         await self._wake_behind([reply.job for reply in batch])
         return results
 
     async def _after_commit(self, reply: _Reply, updated: common_pb2.Conversation) -> None:
-        """Wake the relay and the delivery queue, push to the streams, keep the session."""
+        """Wake the relay, push to the streams, keep the session."""
         self._on_events()
-        self._on_delivery()
         await self._push.messages(
             reply.tenant_id,
             updated,

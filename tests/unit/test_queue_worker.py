@@ -148,10 +148,26 @@ async def _stop(worker: Worker, stopping: asyncio.Event, task: asyncio.Task[None
     await asyncio.wait_for(task, 5)
 
 
+class SlowWorker(Worker):
+    """Each item takes ``seconds``; ``busy`` counts the items in hand at most."""
+
+    def __init__(self, store: Store, handled: list[str], concurrency: int, seconds: float) -> None:
+        super().__init__(store, handled, concurrency)
+        self.seconds = seconds
+        self.in_hand = 0
+        self.busy = 0
+
+    async def handle(self, item: dict[str, Any]) -> None:
+        self.in_hand += 1
+        self.busy = max(self.busy, self.in_hand)
+        await asyncio.sleep(self.seconds)
+        self.handled.append(item["_id"])
+        self.in_hand -= 1
+
+
 async def test_items_handed_over_start_at_once_with_no_look_and_no_claim() -> None:
-    """Items the process queued leased to its worker (in the slots it reserved) are handled
-    when handed over, without a look for due items or a claim; the slots not used are free
-    again."""
+    """Items the process queued leased to its worker are handled when handed over, without
+    a look for due items or a claim; the room not used is free again."""
     store = Store([])
     handled: list[str] = []
     worker = Worker(store, handled, concurrency=3)
@@ -160,40 +176,68 @@ async def test_items_handed_over_start_at_once_with_no_look_and_no_claim() -> No
     reservation = worker.reserve(5)
     leasing = reservation.leasing
     assert leasing is not None
-    assert (leasing.slots, leasing.owner, leasing.lease) == (3, worker.owner, worker.lease)
-    assert worker.reserve(1).leasing is None  # every slot is kept
+    assert (leasing.slots, leasing.owner, leasing.lease) == (5, worker.owner, worker.lease)
     reservation.hand_over([{"_id": "mine-1"}, {"_id": "mine-2"}])
     await asyncio.sleep(0.05)
     assert handled == ["mine-1", "mine-2"]
     assert (store.due_queries, store.claims) == (looks, [])
-    again = worker.reserve(5)
+    # 3 slots and 4 items a slot waiting: all of it free again.
+    again = worker.reserve(100)
     assert again.leasing is not None
-    assert again.leasing.slots == 3
+    assert again.leasing.slots == 15
+    assert worker.reserve(1).leasing is None
     again.release()
+    last = worker.reserve(1)
+    assert last.leasing is not None
+    last.release()
     await _stop(worker, stopping, task)
 
 
-async def test_slots_kept_are_not_claimed_for_until_released() -> None:
-    """While a reservation keeps every slot, due items wait; released, they are claimed."""
+async def test_items_handed_over_beyond_the_free_slots_wait_for_them_in_order() -> None:
+    """More items than slots: no more are in hand at once than the worker has slots; the
+    others wait in memory and start as slots free, in the order handed over."""
     store = Store([])
     handled: list[str] = []
-    worker = Worker(store, handled, concurrency=2)
+    worker = SlowWorker(store, handled, concurrency=2, seconds=0.02)
     stopping, task = await _running(worker)
-    reservation = worker.reserve(2)
+    reservation = worker.reserve(6)
+    reservation.hand_over([{"_id": f"mine-{n}"} for n in range(6)])
+    await _stop(worker, stopping, task)
+    assert handled == [f"mine-{n}" for n in range(6)]
+    assert worker.busy == 2
+    assert store.claims == []
+
+
+async def test_due_items_take_the_freed_slots_before_items_handed_over() -> None:
+    """While the loop claims due items, each slot freed is its: due items (retries, items
+    queued due, another process's) are not held back behind a stream of items handed over."""
+    store = Store([])
+    handled: list[str] = []
+    worker = SlowWorker(store, handled, concurrency=1, seconds=0.05)
+    stopping, task = await _running(worker)
+    worker.reserve(3).hand_over([{"_id": f"mine-{n}"} for n in range(3)])
+    await asyncio.sleep(0.01)  # mine-0 in hand
     store.waiting.append("due-1")
     worker.wake()
-    await asyncio.sleep(0.1)
-    assert (handled, store.claims) == ([], [])
-    reservation.release()
     await asyncio.wait_for(store.empty.wait(), 5)
-    await asyncio.sleep(0.05)
-    assert handled == ["due-1"]
-    with pytest.raises(ValueError, match="1 items handed over for 0 slots"):
-        reservation.hand_over([{"_id": "late"}])  # released: no slot is left to hand over
     await _stop(worker, stopping, task)
+    assert handled == ["mine-0", "due-1", "mine-1", "mine-2"]
 
 
-async def test_a_worker_not_running_keeps_no_slot() -> None:
+async def test_an_item_that_waited_half_its_lease_is_let_go() -> None:
+    """An item handed over that waited for a slot half its lease is not started: its lease
+    lapses and it is claimed as any other, never handled under a lease about to lapse."""
+    store = Store([])
+    handled: list[str] = []
+    worker = SlowWorker(store, handled, concurrency=1, seconds=0.2)
+    worker._lease = dt.timedelta(seconds=0.2)
+    stopping, task = await _running(worker)
+    worker.reserve(2).hand_over([{"_id": "first"}, {"_id": "waited"}])
+    await _stop(worker, stopping, task)
+    assert handled == ["first"]
+
+
+async def test_a_worker_not_running_keeps_no_room() -> None:
     """Before its loop runs, and after it ended, a worker takes nothing over: the items are
     queued due, for whichever process claims them."""
     store = Store([])
@@ -204,7 +248,7 @@ async def test_a_worker_not_running_keeps_no_slot() -> None:
     assert worker.reserve(2).leasing is None
 
 
-async def test_a_stopping_worker_finishes_the_items_its_slots_were_kept_for() -> None:
+async def test_a_stopping_worker_finishes_the_items_its_room_was_kept_for() -> None:
     """Stopped while a reservation's items are being committed, the worker waits for them
     to be handed over and handles them before its loop returns (their leases name it)."""
     store = Store([])
@@ -219,12 +263,14 @@ async def test_a_stopping_worker_finishes_the_items_its_slots_were_kept_for() ->
     reservation.hand_over([{"_id": "committed"}])
     await asyncio.wait_for(task, 5)
     assert handled == ["committed"]
+    with pytest.raises(ValueError, match="1 items handed over for 0 slots"):
+        reservation.hand_over([{"_id": "late"}])  # handed over: no room is left
 
 
-async def test_a_reservation_while_a_claim_is_made_finds_its_slots_taken() -> None:
-    """The free slots are the claim's while it looks and claims: a reservation meanwhile gets
-    none (so the two never hold more items than the worker has slots), and the slots the
-    claim did not fill are free again after it."""
+async def test_items_handed_over_while_a_claim_is_made_start_after_it() -> None:
+    """A claim holds the free slots while it looks and claims: items handed over meanwhile
+    wait, start in the slots the claim did not fill, and never more are in hand than the
+    worker has slots."""
     store = Store([])
     looking = asyncio.Event()
     go_on = asyncio.Event()
@@ -237,19 +283,15 @@ async def test_a_reservation_while_a_claim_is_made_finds_its_slots_taken() -> No
 
     store.due = slow_due  # type: ignore[method-assign]
     handled: list[str] = []
-    worker = Worker(store, handled, concurrency=3)
+    worker = SlowWorker(store, handled, concurrency=3, seconds=0.02)
     store.waiting.append("due-1")
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
     await asyncio.wait_for(looking.wait(), 5)
-
-    assert worker.reserve(3).leasing is None
+    worker.reserve(3).hand_over([{"_id": f"mine-{n}"} for n in range(3)])
+    assert handled == []
     go_on.set()
     await asyncio.wait_for(store.empty.wait(), 5)
-    await asyncio.sleep(0.05)
-    assert handled == ["due-1"]
-    after = worker.reserve(3)
-    assert after.leasing is not None
-    assert after.leasing.slots == 3
-    after.release()
     await _stop(worker, stopping, task)
+    assert sorted(handled) == ["due-1", "mine-0", "mine-1", "mine-2"]
+    assert worker.busy == 3

@@ -6,13 +6,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from chat.v1 import common_pb2
-from server.domain.queues import REPLY_HOLD_AT_MOST, ClaimedReplyJob, Due, ReplyJob
+from server.domain.queues import (
+    QUEUED,
+    REPLY_HOLD_AT_MOST,
+    SENDING,
+    ClaimedReplyJob,
+    Delivery,
+    Due,
+    ReplyJob,
+)
 from server.services.composing import ReplyComposer
 from server.services.live import CommittedPush, QuietLiveEvents
+from server.services.queue_worker import LeasedQueueWorker
 from server.services.replies import MAX_ATTEMPTS, ReplyWorker
 from tests.support.ports import (
     Clock,
@@ -36,6 +46,12 @@ def responder() -> ScriptedResponder:
 
 @pytest.fixture
 def worker(stores: MemoryStores, clock: Clock, responder: ScriptedResponder) -> ReplyWorker:
+    return reply_worker(stores, clock, responder)
+
+
+def reply_worker(
+    stores: MemoryStores, clock: Clock, responder: ScriptedResponder, **options: Any
+) -> ReplyWorker:
     return ReplyWorker(
         jobs=stores.reply_jobs,
         opener=conversation_opener(stores),
@@ -49,6 +65,7 @@ def worker(stores: MemoryStores, clock: Clock, responder: ScriptedResponder) -> 
         transactions=stores.transactions,
         clock=clock,
         deliveries=stores.deliveries,
+        **options,
     )
 
 
@@ -408,24 +425,74 @@ async def test_a_message_ingested_while_the_worker_has_a_free_slot_is_handed_to_
 async def test_a_message_ingested_while_the_worker_has_no_free_slot_is_queued_due(
     worker: ReplyWorker, stores: MemoryStores, clock: Clock
 ) -> None:
-    """Every slot taken: the job is queued due (no owner), the worker woken, and claimed by
-    it once a slot is free."""
+    """No room left in the worker: the job is queued due (no owner), the worker woken, and
+    claimed by it."""
     counts = _Claims(stores, worker)
     service = ingest_service(stores, clock, reply_slots=worker.reserve, on_reply_job=counts.woken)
     stopping = asyncio.Event()
     running = asyncio.create_task(worker.run(stopping))
     await asyncio.sleep(0.01)
-    busy = worker.reserve(100)  # every slot kept, as by items being queued
+    busy = worker.reserve(100)  # all its room kept, as by items being queued
 
     await service.ingest(TENANT, [message_event()])
 
-    [job] = stores.reply_jobs.jobs
-    assert (job["status"], job["owner"], job["attempts"]) == ("pending", "", 0)
     assert counts.wakes == 1
-    busy.release()
     await eventually(replied(stores), "the replies")
-    assert counts.claims >= 1
+    assert counts.claims >= 1  # found due and claimed
+    busy.release()
     assert stores.reply_jobs.jobs == []
     stopping.set()
     worker.wake()
+    await running
+
+
+class DeliveryRecorder(LeasedQueueWorker[Delivery]):
+    """A delivery worker that records the deliveries handed to it (none is due to it)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="deliveries", concurrency=4, lease=dt.timedelta(seconds=30))
+        self.handled: list[Delivery] = []
+
+    async def due(self, limit: int) -> list[Due]:
+        assert limit > 0
+        return []
+
+    async def claim_many(self, items: list[Due]) -> list[Delivery]:
+        raise AssertionError(f"nothing is due to this worker: {items}")
+
+    async def handle(self, item: Delivery) -> None:
+        self.handled.append(item)
+
+
+async def test_the_first_reply_is_handed_to_the_delivery_worker_leased_the_next_queued_due(
+    stores: MemoryStores, clock: Clock, responder: ScriptedResponder
+) -> None:
+    """A job's replies to a platform: the first is queued leased to this process's delivery
+    worker and handed to it after the commit (no poll, no claim); the second waits for the
+    first anyway, so it is queued due, and the delivery worker woken for it."""
+    deliveries = DeliveryRecorder()
+    wakes: list[None] = []
+    worker = reply_worker(
+        stores,
+        clock,
+        responder,
+        delivery_slots=deliveries.reserve,
+        on_delivery=lambda: wakes.append(None),
+    )
+    stopping = asyncio.Event()
+    running = asyncio.create_task(deliveries.run(stopping))
+    await asyncio.sleep(0.01)
+    await given_inbound(stores, clock)
+
+    await worker.handle(await claim(worker, stores, 1))
+    await asyncio.sleep(0.01)
+
+    first, second = stores.deliveries.all()
+    assert (first.state, first.owner) == (SENDING, deliveries.owner)
+    assert first.due_time == clock() + deliveries.lease
+    assert (second.state, second.owner) == (QUEUED, "")
+    assert deliveries.handled == [first]
+    assert len(wakes) == 1
+    stopping.set()
+    deliveries.wake()
     await running
