@@ -11,9 +11,11 @@ another process claimed first is simply not among those taken.
 Items this process queues itself need neither: a caller ``reserve``s room before its
 transaction, writes that many items already leased to this worker (``Reservation.leasing``),
 and after the commit hands them over. They start in the free slots, or wait in memory for
-the next ones (at most a few per slot: the room a reservation finds). Due items come first:
-while the loop claims them, each slot freed is its; the items handed over take the slots
-once none is due. One that waited half its lease is let go (its lease lapses, and it is
+the next ones (at most a few per slot: the room a reservation finds). While due items are
+claimed too, the two take turns: after a claim has started some, as many slots freed go to
+the items handed over, then the next to a claim, so neither the items queued due (retries,
+another process's, those queued when there was no room) nor those handed over wait behind
+the other. One that waited half its lease is let go all the same (its lease lapses, and it is
 claimed as any other), so a lease never lapses on an item in hand. Should the process die,
 the leases of the items handed over lapse the same way."""
 
@@ -68,8 +70,10 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         #: Items handed over waiting for a slot, with when they were handed over.
         self._handed: deque[tuple[float, ItemT]] = deque()
         self._handed_at_most = concurrency * _CANDIDATES_PER_SLOT
-        #: The loop is claiming due items: each slot freed is its first.
+        #: The loop is claiming due items: a slot freed is its, unless it is owed to the
+        #: items handed over (as many as the last claims started).
         self._claiming = False
+        self._owed_to_handed = 0
         #: Free slots: items are claimed only for these, so none waits leased and idle.
         self._free = concurrency
         self._room = asyncio.Event()
@@ -120,15 +124,16 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         self._reserved -= slots
 
     def _start_handed(self) -> None:
-        """Start items handed over in the free slots, unless the loop is claiming due items
-        (those come first). One that waited half its lease is let go: claimed once its lease
+        """Start items handed over in the free slots, taking turns with the loop while it
+        claims due items. One that waited half its lease is let go: claimed once its lease
         lapses, rather than lapsing while in hand."""
-        while self._handed and self._free > 0 and not self._claiming:
+        while self._handed and self._free > 0 and (not self._claiming or self._owed_to_handed):
             since, item = self._handed.popleft()
             if time.monotonic() - since > self._lease.total_seconds() / 2:
                 log.warning("queued item left to its lease", queue=self._name, item=item.id)
                 continue
             self._take_slots(1)
+            self._owed_to_handed = max(0, self._owed_to_handed - 1)
             self._start(item)
 
     def _take_slots(self, count: int) -> None:
@@ -209,14 +214,15 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
 
     async def _claim_some(self, stopping: asyncio.Event) -> bool:
         """Claim and start items while any is due, as many at once as there are free slots;
-        a busy worker claims the next ones the moment a slot is free (before any item handed
-        over takes it). The free slots are taken while their claim is made, and those it did
+        a busy worker claims the next ones the moment a slot is free (its turn: see
+        _start_handed). The free slots are taken while their claim is made, and those it did
         not fill are given back."""
         self._claiming = True
         try:
             return await self._claim_while_due(stopping)
         finally:
             self._claiming = False
+            self._owed_to_handed = 0
             self._start_handed()
 
     async def _claim_while_due(self, stopping: asyncio.Event) -> bool:
@@ -240,6 +246,8 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             claimed = True
             for item in items:
                 self._start(item)
+            if self._handed:
+                self._owed_to_handed += len(items)
 
     async def _guarded(self, item: ItemT) -> None:
         try:

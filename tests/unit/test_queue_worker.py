@@ -209,8 +209,8 @@ async def test_items_handed_over_beyond_the_free_slots_wait_for_them_in_order() 
 
 
 async def test_due_items_take_the_freed_slots_before_items_handed_over() -> None:
-    """While the loop claims due items, each slot freed is its: due items (retries, items
-    queued due, another process's) are not held back behind a stream of items handed over."""
+    """A due item found while items handed over wait takes the next slot freed: due items
+    (retries, items queued due, another process's) are not held back behind them."""
     store = Store([])
     handled: list[str] = []
     worker = SlowWorker(store, handled, concurrency=1, seconds=0.05)
@@ -295,3 +295,19 @@ async def test_items_handed_over_while_a_claim_is_made_start_after_it() -> None:
     await _stop(worker, stopping, task)
     assert sorted(handled) == ["due-1", "mine-0", "mine-1", "mine-2"]
     assert worker.busy == 3
+
+
+async def test_items_handed_over_and_items_due_take_turns() -> None:
+    """Items waiting in memory and items due in the store: the freed slots alternate between
+    them, so neither waits behind all of the other."""
+    store = Store([])
+    handled: list[str] = []
+    worker = SlowWorker(store, handled, concurrency=1, seconds=0.03)
+    stopping, task = await _running(worker)
+    worker.reserve(3).hand_over([{"_id": f"mine-{n}"} for n in range(3)])
+    await asyncio.sleep(0.01)  # mine-0 in hand
+    store.waiting += ["due-0", "due-1", "due-2"]
+    worker.wake()
+    await asyncio.wait_for(store.empty.wait(), 5)
+    await _stop(worker, stopping, task)
+    assert handled == ["mine-0", "due-0", "mine-1", "due-1", "mine-2", "due-2"]
