@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chat.v1 import common_pb2
 
@@ -108,6 +108,9 @@ class Delivery:
     platform_message_id: str = ""
     #: The trace of the call that queued it (a W3C traceparent; "" when not traced).
     trace: str = ""
+    #: The message, as committed with the delivery: known to the process that queued the
+    #: delivery and handed it over (None: read it).
+    message: common_pb2.Message | None = field(default=None, compare=False, repr=False)
 
     @property
     def budget_used(self) -> int:
@@ -191,6 +194,10 @@ class ClaimedReplyJob:
     owner: str
     #: The trace of the call that stored the message (a W3C traceparent; "" when not traced).
     trace: str = ""
+    #: The message and its conversation as committed with the job: known to the process that
+    #: queued the job and handed it over (None: read them).
+    message: common_pb2.Message | None = field(default=None, compare=False, repr=False)
+    conversation: common_pb2.Conversation | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,11 +173,16 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         tenant_id = delivery.tenant_id
         # An earlier message of the conversation waiting for its retry holds this one until
         # then, not in a loop of claims every _IN_ORDER_RETRY.
-        # Together, so that the deliveries claimed with this one read theirs in one query.
-        first, message = await asyncio.gather(
-            self._earlier.get(Position(tenant_id, delivery.conversation_id, delivery.sequence)),
-            self._message.get((tenant_id, delivery.id)),
-        )
+        position = Position(tenant_id, delivery.conversation_id, delivery.sequence)
+        message: common_pb2.Message | None
+        if delivery.message is not None:
+            # Handed over by the reply that stored it: only the queue is read.
+            first, message = await self._earlier.get(position), delivery.message
+        else:
+            # Together, so that the deliveries claimed with this one read theirs in one query.
+            first, message = await asyncio.gather(
+                self._earlier.get(position), self._message.get((tenant_id, delivery.id))
+            )
         later = earlier_clears(first, now=self._clock(), soon=_IN_ORDER_RETRY)
         if later is not None:
             await self._deliveries.postpone(delivery, due=later)

@@ -5,6 +5,7 @@ from the durable reply queue (services/replies.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -241,9 +242,10 @@ class MessageIngest:
         reservation = self._reply_slots(len(batch))
         leased: list[ClaimedReplyJob] = []
         due = 0
+        known: dict[str, _Stored] = {}
 
         async def work(tx: Tx) -> list[_Stored | Exception]:
-            nonlocal leased, due
+            nonlocal leased, due, known
             leased, due = [], 0
             states = await self._conversations.record_messages_many(
                 [
@@ -329,6 +331,7 @@ class MessageIngest:
             )
             # Each conversation's first job is due (the others are held behind it).
             due = len(stored) - len(leased)
+            known = {m.id: o for _, o in stored for m in o.messages}
             return outcomes
 
         try:
@@ -336,7 +339,8 @@ class MessageIngest:
         except BaseException:
             reservation.release()
             raise
-        reservation.hand_over(leased)
+        # Handed over with the message and conversation as committed: the worker reads neither.
+        reservation.hand_over([_knowing(job, known[job.message_id]) for job in leased])
         if due:
             self._on_reply_job()
         return outcomes
@@ -390,6 +394,17 @@ class _Stored:
 
     messages: list[common_pb2.Message]
     conversation: common_pb2.Conversation
+
+
+def _knowing(job: ClaimedReplyJob, stored: _Stored) -> ClaimedReplyJob:
+    """A job handed over with copies of its message and conversation (the worker's own: the
+    reply may fetch the message's media into it, while the call's copy is pushed)."""
+    [message] = [m for m in stored.messages if m.id == job.message_id]
+    own_message = common_pb2.Message()
+    own_message.CopyFrom(message)
+    own_conversation = common_pb2.Conversation()
+    own_conversation.CopyFrom(stored.conversation)
+    return dataclasses.replace(job, message=own_message, conversation=own_conversation)
 
 
 def _built(

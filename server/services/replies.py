@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,12 +164,20 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
     async def answer(self, job: ClaimedReplyJob) -> None:
         """Generate and store the replies of one job (or give the job back, or drop it)."""
         tenant_id = job.tenant_id
-        # Together, so that the jobs claimed with this one read theirs in the same queries.
-        earlier, conversation, inbound = await asyncio.gather(
-            self._earlier.get(Position(tenant_id, job.conversation_id, job.sequence)),
-            self._conversation.get((tenant_id, job.conversation_id)),
-            self._message.get((tenant_id, job.message_id)),
-        )
+        position = Position(tenant_id, job.conversation_id, job.sequence)
+        conversation: common_pb2.Conversation | None
+        inbound: common_pb2.Message | None
+        if job.conversation is not None and job.message is not None:
+            # Handed over by the ingest that stored them: only the queue is read.
+            earlier = await self._earlier.get(position)
+            conversation, inbound = job.conversation, job.message
+        else:
+            # Together, so that the jobs claimed with this one read theirs in the same queries.
+            earlier, conversation, inbound = await asyncio.gather(
+                self._earlier.get(position),
+                self._conversation.get((tenant_id, job.conversation_id)),
+                self._message.get((tenant_id, job.message_id)),
+            )
         if earlier:
             await self._hold(job)
             return
@@ -321,7 +330,9 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         except BaseException:
             reservation.release()
             raise
-        reservation.hand_over(leased)
+        # Handed over with the message as committed: the delivery worker does not read it.
+        sent = {message.id: message for r in batch for message in r.outbound}
+        reservation.hand_over([_knowing(delivery, sent[delivery.id]) for delivery in leased])
         if due:
             self._on_delivery()
         await self._wake_behind([reply.job for reply in batch])
@@ -347,3 +358,10 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             await self._after_commit(reply, updated)
         except Exception:
             log.exception("after-commit work failed", conversation_id=updated.id)
+
+
+def _knowing(delivery: Delivery, message: common_pb2.Message) -> Delivery:
+    """A delivery handed over with a copy of its message (the delivery worker's own)."""
+    own = common_pb2.Message()
+    own.CopyFrom(message)
+    return dataclasses.replace(delivery, message=own)

@@ -401,10 +401,24 @@ class _Claims:
 
 
 async def test_a_message_ingested_while_the_worker_has_a_free_slot_is_handed_to_it_leased(
-    worker: ReplyWorker, stores: MemoryStores, clock: Clock
+    stores: MemoryStores, clock: Clock, responder: ScriptedResponder
 ) -> None:
     """The ingest queues the reply job leased to this process's reply worker and hands it
-    over once committed: answered with no claim and no wake (no poll)."""
+    over once committed, with the message and conversation it stored: answered with no
+    claim, no wake (no poll), and neither of the two read."""
+    reads: list[str] = []
+    for name, repository in (
+        ("messages", stores.messages),
+        ("conversations", stores.conversations),
+    ):
+        get_many = repository.get_many
+
+        async def counted(keys: Any, get_many: Any = get_many, name: str = name) -> Any:
+            reads.append(name)
+            return await get_many(keys)
+
+        repository.get_many = counted  # type: ignore[method-assign]
+    worker = reply_worker(stores, clock, responder)  # its reads are the counted ones
     counts = _Claims(stores, worker)
     service = ingest_service(stores, clock, reply_slots=worker.reserve, on_reply_job=counts.woken)
     stopping = asyncio.Event()
@@ -414,7 +428,7 @@ async def test_a_message_ingested_while_the_worker_has_a_free_slot_is_handed_to_
     [result] = await service.ingest(TENANT, [message_event()])
     await eventually(replied(stores), "the replies")
 
-    assert (counts.claims, counts.wakes) == (0, 0)
+    assert (counts.claims, counts.wakes, reads) == (0, 0, [])
     assert stores.reply_jobs.jobs == []
     assert [m.reply_to_message_id for m in stores.messages.all()[1:]] == [result.message_id] * 2
     stopping.set()
@@ -492,6 +506,9 @@ async def test_the_first_reply_is_handed_to_the_delivery_worker_leased_the_next_
     assert first.due_time == clock() + deliveries.lease
     assert (second.state, second.owner) == (QUEUED, "")
     assert deliveries.handled == [first]
+    # Handed over with its message as stored (the delivery worker need not read it).
+    [handed] = deliveries.handled
+    assert handed.message == stores.messages.of(TENANT, first.conversation_id)[1]
     assert len(wakes) == 1
     stopping.set()
     deliveries.wake()
