@@ -163,10 +163,10 @@ def held_behind(jobs: Sequence[ReplyJob]) -> set[int]:
 @dataclass(frozen=True, slots=True)
 class Leasing:
     """Items queued already leased to a queue worker of the queuing process, which is handed
-    them after the commit (no poll, no claim): at most ``slots`` of them, for ``lease``."""
+    them after the commit (no poll, no claim): at most ``slots`` of them, until ``until``."""
 
     owner: str
-    lease: dt.timedelta
+    until: dt.datetime
     slots: int
 
 

@@ -70,15 +70,16 @@ class MongoDeliveries:
         tx: AsyncClientSession,
         leasing: Leasing | None = None,
     ) -> list[Delivery]:
-        """enqueue for several conversations in one round trip. With ``leasing``, the first
-        message of each (as many as it has slots) is queued leased to its owner, as a claim
-        would leave it: those are returned, for the caller to hand over once the transaction
-        commits (the messages behind one are sent after it, so they are queued due)."""
+        """enqueue for several conversations in one round trip. With ``leasing``, a
+        conversation's message that comes alone (as many as it has slots) is queued leased to
+        its owner, as a claim would leave it: those are returned, for the caller to hand over
+        once the transaction commits. Several messages of one conversation are queued due: each
+        is sent after the one before it."""
         slots = leasing.slots if leasing is not None else 0
         documents: list[Document] = []
         leased: list[Delivery] = []
         for item in outgoing:
-            for index, message in enumerate(item.messages):
+            for message in item.messages:
                 document: Document = {
                     "_id": message.id,
                     "tenant_id": item.tenant_id,
@@ -96,10 +97,8 @@ class MongoDeliveries:
                     # The send continues the trace of the call or reply that queued it.
                     **trace_fields(item.tenant_id, message.conversation_id),
                 }
-                if leasing is not None and index == 0 and len(leased) < slots:
-                    document.update(
-                        state=SENDING, owner=leasing.owner, due_time=item.now + leasing.lease
-                    )
+                if leasing is not None and len(item.messages) == 1 and len(leased) < slots:
+                    document.update(state=SENDING, owner=leasing.owner, due_time=leasing.until)
                     leased.append(_delivery(document))
                 documents.append(document)
         if documents:
@@ -212,6 +211,15 @@ class MongoDeliveries:
             },
         )
         return done.modified_count == 1
+
+    async def renew(self, delivery: Delivery, *, until: dt.datetime) -> bool:
+        """Lease the delivery to its owner until ``until``; False when its lease is no longer
+        the one it was handed with (it lapsed and the delivery was claimed again, perhaps by
+        the same process, which changes its due time)."""
+        renewed = await self._collection.update_one(
+            {**_leased(delivery), "due_time": delivery.due_time}, {"$set": {"due_time": until}}
+        )
+        return renewed.matched_count == 1
 
     async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None:
         """Give the claim back unchanged (an earlier message goes first)."""

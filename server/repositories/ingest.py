@@ -150,10 +150,7 @@ class MongoReplyJobs:
                 document.update(due_time=job.now + REPLY_HOLD_AT_MOST, held=True)
             elif leasing is not None and len(leased) < slots:
                 document.update(
-                    status=RUNNING,
-                    owner=leasing.owner,
-                    attempts=1,
-                    due_time=job.now + leasing.lease,
+                    status=RUNNING, owner=leasing.owner, attempts=1, due_time=leasing.until
                 )
                 leased.append(_claimed(document))
             documents.append(document)
@@ -217,6 +214,12 @@ class MongoReplyJobs:
         """Give the job back, to be claimed again at ``due``; ``counted=False`` when this claim
         was no attempt, so it does not use up the budget."""
         await _give_back(self._collection, job, {"due_time": due}, counted=counted)
+
+    async def renew(self, job: ClaimedReplyJob, *, until: dt.datetime) -> bool:
+        """Lease the job to its claim's owner until ``until``; False when that claim no
+        longer holds it (its lease lapsed and it was claimed again, counting an attempt)."""
+        renewed = await self._collection.update_one(_leased(job), {"$set": {"due_time": until}})
+        return renewed.matched_count == 1
 
     async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
         """Give the job back uncounted, held behind an earlier job of its conversation: not due

@@ -16,6 +16,7 @@ the message is sent again. Everything else is exactly once: the message id keys 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
@@ -157,6 +158,15 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         return await self._deliveries.claim_many(
             items, owner=self._owner, now=self._clock(), lease=self._lease
         )
+
+    async def renew(self, item: Delivery) -> Delivery | None:
+        until = self._clock() + self._lease
+        renewed = await self._deliveries.renew(item, until=until)
+        return dataclasses.replace(item, due_time=until) if renewed else None
+
+    async def give_back(self, items: list[Delivery]) -> None:
+        for delivery in items:
+            await self._deliveries.postpone(delivery, due=self._clock())
 
     async def handle(self, item: Delivery) -> None:
         # Claimed by a loop of its own: the delivery's traceparent ties the platform's HTTP

@@ -327,7 +327,7 @@ class MessageIngest:
                     for m in o.messages
                 ],
                 tx=tx,
-                leasing=reservation.leasing,
+                leasing=reservation.leasing(self._clock()),
             )
             # Each conversation's first job is due (the others are held behind it).
             due = len(stored) - len(leased)
@@ -336,11 +336,11 @@ class MessageIngest:
 
         try:
             outcomes = await self._transactions.run(work)
-        except BaseException:
-            reservation.release()
-            raise
-        # Handed over with the message and conversation as committed: the worker reads neither.
-        reservation.hand_over([_knowing(job, known[job.message_id]) for job in leased])
+            # Handed over with the message and conversation as committed: the worker reads
+            # neither.
+            reservation.hand_over([_knowing(job, known[job.message_id]) for job in leased])
+        finally:
+            reservation.release()  # the room not handed over (all of it, when not committed)
         if due:
             self._on_reply_job()
         return outcomes

@@ -377,6 +377,11 @@ class DeliveryQueue(Protocol):
         first_platform_id: str = "",
     ) -> bool: ...
 
+    async def renew(self, delivery: Delivery, *, until: dt.datetime) -> bool:
+        """Lease a delivery handed over until ``until``, if its lease is still the one it was
+        handed with."""
+        ...
+
     async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None: ...
 
     async def hold(
@@ -430,6 +435,10 @@ class ReplyJobQueue(Protocol):
     async def postpone(
         self, job: ClaimedReplyJob, *, due: dt.datetime, counted: bool = True
     ) -> None: ...
+
+    async def renew(self, job: ClaimedReplyJob, *, until: dt.datetime) -> bool:
+        """Lease a job handed over until ``until``, if its claim still holds it."""
+        ...
 
     async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
         """Give the job back uncounted to wait for an earlier job of its conversation: due

@@ -15,9 +15,12 @@ the next ones (at most a few per slot: the room a reservation finds). While due 
 claimed too, the two take turns: after a claim has started some, as many slots freed go to
 the items handed over, then the next to a claim, so neither the items queued due (retries,
 another process's, those queued when there was no room) nor those handed over wait behind
-the other. One that waited half its lease is let go all the same (its lease lapses, and it is
-claimed as any other), so a lease never lapses on an item in hand. Should the process die,
-the leases of the items handed over lapse the same way."""
+the other. One that waited a sixth of its lease for a slot has its lease renewed first (if
+it is still this process's: not lapsed and claimed meanwhile, by another process or by this
+one), so every item starts with nearly its whole lease, as a claimed one does. A stopping
+worker gives the items it was handed and has not started back to the queue, due at once.
+Should the process die, the leases of the items handed over lapse and they are claimed as any
+other."""
 
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         self._accepting = False
         #: Room reserved and not yet handed over or released.
         self._reserved = 0
-        #: Items handed over waiting for a slot, with when they were handed over.
+        #: Items handed over waiting for a slot, with when their lease began (monotonic).
         self._handed: deque[tuple[float, ItemT]] = deque()
         self._handed_at_most = concurrency * _CANDIDATES_PER_SLOT
         #: The loop is claiming due items: a slot freed is its, unless it is owed to the
@@ -86,6 +89,7 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         self._exhausted = False
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Event | None = None
 
     def wake(self) -> None:
         """Something was queued: look now rather than at the next poll."""
@@ -96,7 +100,7 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         this worker: its free slots and the room left to wait in memory (none while it is
         not running)."""
         room = 0
-        if self._accepting:
+        if self._accepting and not (self._stopping and self._stopping.is_set()):
             room = self._free + self._handed_at_most - len(self._handed) - self._reserved
         slots = max(0, min(wanted, room))
         self._reserved += slots
@@ -112,11 +116,11 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         """How long a claim leases an item for."""
         return self._lease
 
-    def handed(self, items: Sequence[ItemT]) -> None:
-        """Take items a reservation's room was kept for (see Reservation.hand_over)."""
+    def handed(self, items: Sequence[ItemT], *, leased_at: float) -> None:
+        """Take items a reservation's room was kept for (see Reservation.hand_over), leased
+        at ``leased_at`` (monotonic)."""
         self._reserved -= len(items)
-        now = time.monotonic()
-        self._handed.extend((now, item) for item in items)
+        self._handed.extend((leased_at, item) for item in items)
         self._start_handed()
 
     def released(self, slots: int) -> None:
@@ -125,16 +129,33 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
 
     def _start_handed(self) -> None:
         """Start items handed over in the free slots, taking turns with the loop while it
-        claims due items. One that waited half its lease is let go: claimed once its lease
-        lapses, rather than lapsing while in hand."""
-        while self._handed and self._free > 0 and (not self._claiming or self._owed_to_handed):
-            since, item = self._handed.popleft()
-            if time.monotonic() - since > self._lease.total_seconds() / 2:
-                log.warning("queued item left to its lease", queue=self._name, item=item.id)
-                continue
+        claims due items (and none once the loop has ended: those are given back). One whose
+        lease is a sixth gone is renewed first, in its own task."""
+        while (
+            self._handed
+            and self._free > 0
+            and self._accepting
+            and (not self._claiming or self._owed_to_handed)
+        ):
+            leased_at, item = self._handed.popleft()
             self._take_slots(1)
             self._owed_to_handed = max(0, self._owed_to_handed - 1)
-            self._start(item)
+            waited = time.monotonic() - leased_at > self._lease.total_seconds() / 6
+            self._start(item, renew=waited)
+
+    async def renew(self, item: ItemT) -> ItemT | None:
+        """The item with its lease renewed from now, if this process still holds the lease it
+        was handed with (None: it lapsed and was claimed meanwhile, or the item is gone).
+        Queues whose items are handed over say how; the others are never asked."""
+        log.warning("a queue item handed over cannot be renewed", queue=self._name, item=item.id)
+        return None
+
+    async def give_back(self, items: list[ItemT]) -> None:
+        """Give items handed over and not started back to the queue, due now (stopping).
+        Queues whose items are handed over say how; the others leave them to their leases."""
+        log.warning(
+            "queue items handed over left to their leases", queue=self._name, count=len(items)
+        )
 
     def _take_slots(self, count: int) -> None:
         self._free -= count
@@ -146,23 +167,31 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
         if self._free > 0:
             self._room.set()
 
-    def _start(self, item: ItemT) -> None:
-        """Handle a claimed item in a task of its own (its slot is taken already)."""
-        task = asyncio.create_task(self._guarded(item))
+    def _start(self, item: ItemT, *, renew: bool = False) -> None:
+        """Handle a claimed item in a task of its own (its slot is taken already); ``renew``
+        its lease first."""
+        task = asyncio.create_task(self._guarded(item, renew=renew))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Work until ``stopping`` is set; items in hand are finished first, and so are
-        those room is reserved for (and handed over by then)."""
+        """Work until ``stopping`` is set (from then no room is reserved); items in hand are
+        finished first, and those handed over and not started are given back."""
         self._accepting = True
+        self._stopping = stopping
         try:
             await self._loop(stopping)
         finally:
             self._accepting = False
         while self._running or self._reserved or self._handed:
-            self._start_handed()
-            if self._running:
+            if self._handed:
+                waiting = [item for _, item in self._handed]
+                self._handed.clear()
+                try:
+                    await self.give_back(waiting)
+                except Exception:  # noqa: BLE001 - their leases lapse instead
+                    log.warning("items handed over not given back", queue=self._name)
+            elif self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
             else:
                 await asyncio.sleep(_SETTLING_SECONDS)
@@ -241,6 +270,7 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
                 items = await self._next(limit)
             finally:
                 self._give_slots(limit - len(items))
+                self._start_handed()  # the slots owed to them, if any
             if not items:
                 return claimed
             claimed = True
@@ -249,8 +279,14 @@ class LeasedQueueWorker(ABC, Generic[ItemT]):
             if self._handed:
                 self._owed_to_handed += len(items)
 
-    async def _guarded(self, item: ItemT) -> None:
+    async def _guarded(self, item: ItemT, *, renew: bool = False) -> None:
         try:
+            if renew:
+                renewed = await self.renew(item)
+                if renewed is None:
+                    log.info("queued item's lease lapsed while it waited", queue=self._name)
+                    return
+                item = renewed
             await self.handle(item)
         except Exception:
             # The lease lapses and the item is tried again; nothing was recorded.
@@ -270,6 +306,8 @@ class Reservation(Generic[ItemT]):
     def __init__(self, worker: LeasedQueueWorker[ItemT] | None, slots: int) -> None:
         self._worker = worker
         self._slots = slots if worker is not None else 0
+        #: When the items' lease began (monotonic): when ``leasing`` was last asked for.
+        self._leased_at = time.monotonic()
 
     @classmethod
     def none(cls) -> Reservation[ItemT]:
@@ -277,11 +315,18 @@ class Reservation(Generic[ItemT]):
         return cls(None, 0)
 
     @property
-    def leasing(self) -> Leasing | None:
-        """How to write the items leased (None: queue them due, as any other)."""
+    def slots(self) -> int:
+        """How many items may still be handed over (0: queue them due, as any other)."""
+        return self._slots
+
+    def leasing(self, now: dt.datetime) -> Leasing | None:
+        """How to write the items leased from ``now``, the time of the write (None: queue
+        them due, as any other). Asked for again (a transaction run again), the lease begins
+        then."""
         if self._worker is None or self._slots == 0:
             return None
-        return Leasing(owner=self._worker.owner, lease=self._worker.lease, slots=self._slots)
+        self._leased_at = time.monotonic()
+        return Leasing(owner=self._worker.owner, until=now + self._worker.lease, slots=self._slots)
 
     def hand_over(self, items: Sequence[ItemT]) -> None:
         """Give the worker these items, committed leased to it (at most ``slots``); the room
@@ -289,7 +334,7 @@ class Reservation(Generic[ItemT]):
         if len(items) > self._slots:
             raise ValueError(f"{len(items)} items handed over for {self._slots} slots")
         if self._worker is not None:
-            self._worker.handed(items)
+            self._worker.handed(items, leased_at=self._leased_at)
         self._slots -= len(items)
         self.release()
 

@@ -142,6 +142,14 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
     async def claim_many(self, items: list[Due]) -> list[ClaimedReplyJob]:
         return await self._jobs.claim_many(items, owner=self._owner, now=self._clock(), lease=LEASE)
 
+    async def renew(self, item: ClaimedReplyJob) -> ClaimedReplyJob | None:
+        renewed = await self._jobs.renew(item, until=self._clock() + LEASE)
+        return item if renewed else None
+
+    async def give_back(self, items: list[ClaimedReplyJob]) -> None:
+        for job in items:
+            await self._jobs.postpone(job, due=self._clock(), counted=False)
+
     async def handle(self, item: ClaimedReplyJob) -> None:
         # Claimed by a loop of its own: the job's traceparent ties it to the call that stored
         # the message.
@@ -318,7 +326,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             if outgoing and self._deliveries is not None:
                 # Handed to the platform by the delivery queue, in this same transaction.
                 leased = await self._deliveries.enqueue_many(
-                    outgoing, tx=tx, leasing=reservation.leasing
+                    outgoing, tx=tx, leasing=reservation.leasing(self._clock())
                 )
                 due = sum(len(item.messages) for item in outgoing) - len(leased)
             if events:
@@ -327,12 +335,11 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
 
         try:
             results = await self._transactions.run(work)
-        except BaseException:
-            reservation.release()
-            raise
-        # Handed over with the message as committed: the delivery worker does not read it.
-        sent = {message.id: message for r in batch for message in r.outbound}
-        reservation.hand_over([_knowing(delivery, sent[delivery.id]) for delivery in leased])
+            # Handed over with the message as committed: the delivery worker does not read it.
+            sent = {message.id: message for r in batch for message in r.outbound}
+            reservation.hand_over([_knowing(delivery, sent[delivery.id]) for delivery in leased])
+        finally:
+            reservation.release()  # the room not handed over (all of it, when not committed)
         if due:
             self._on_delivery()
         await self._wake_behind([reply.job for reply in batch])

@@ -6,6 +6,7 @@ earlier one of its conversation is due again only when woken (or at its deadline
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 from pymongo import AsyncMongoClient, monitoring
@@ -13,7 +14,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
 from devstack.stack import Endpoints
-from server.domain.queues import REPLY_HOLD_AT_MOST, SENDING, Due, Outgoing, Position, ReplyJob
+from server.domain.queues import (
+    REPLY_HOLD_AT_MOST,
+    SENDING,
+    ClaimedReplyJob,
+    Delivery,
+    Due,
+    Leasing,
+    Outgoing,
+    Position,
+    ReplyJob,
+)
 from server.repositories.deliveries import MongoDeliveries
 from server.repositories.ingest import MongoReplyJobs
 from server.repositories.mongo import REPLY_JOBS, Document, Transactions
@@ -210,3 +221,56 @@ async def test_the_reply_queues_reads_of_a_conversations_jobs_use_its_index(
             assert "'indexName': 'conversation_sequence'" in plan, (read, plan)
     finally:
         await client.close()
+
+
+async def test_items_queued_leased_are_not_due_and_renew_only_under_the_lease_handed_over(
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
+) -> None:
+    """A reply job and a delivery queued leased (handed to the queuing process's worker) are
+    not due until the lease lapses; the lease renews while it is the one handed over, and not
+    once it lapsed and the item was claimed again, even by the same owner (which the renewal
+    of the stale copy must not take from the claim: a delivery would be sent twice)."""
+    jobs = MongoReplyJobs(database=scratch_database)
+    deliveries = MongoDeliveries(database=scratch_database)
+    leasing = Leasing(owner="one", until=NOW + LEASE, slots=2)
+    message = common_pb2.Message(id="out-1", conversation_id="c1", sequence=2)
+
+    async def work(tx: object) -> tuple[list[ClaimedReplyJob], list[Delivery]]:
+        handed_jobs = await jobs.enqueue_many(
+            [
+                ReplyJob("tenant-a", "c1", "in-1", 1, NOW),
+                ReplyJob("tenant-a", "c1", "in-2", 2, NOW),
+            ],
+            tx=tx,  # type: ignore[arg-type]
+            leasing=leasing,
+        )
+        handed_deliveries = await deliveries.enqueue_many(
+            [Outgoing("tenant-a", [message], "user-1", "", NOW)],
+            tx=tx,  # type: ignore[arg-type]
+            leasing=leasing,
+        )
+        return handed_jobs, handed_deliveries
+
+    [job], [delivery] = await Transactions(client=mongo_client).run(work)  # type: ignore[arg-type]
+    # The second job waits behind the first: held, not leased.
+    assert (job.message_id, job.owner, job.attempts) == ("in-1", "one", 1)
+    assert (delivery.state, delivery.owner, delivery.due_time) == (SENDING, "one", NOW + LEASE)
+    assert await jobs.due(now=NOW, limit=10) == []
+    assert await deliveries.due(now=NOW, limit=10) == []
+
+    assert await jobs.renew(job, until=NOW + 2 * LEASE)
+    assert await deliveries.renew(delivery, until=NOW + 2 * LEASE)
+    renewed = dataclasses.replace(delivery, due_time=NOW + 2 * LEASE)
+
+    # The leases lapse; the same owner claims both again from the queue.
+    later = NOW + 3 * LEASE
+    [job_due] = [d for d in await jobs.due(now=later, limit=10) if d.id == job.id]
+    [reclaimed_job] = await jobs.claim_many([job_due], owner="one", now=later, lease=LEASE)
+    [delivery_due] = await deliveries.due(now=later, limit=10)
+    [reclaimed] = await deliveries.claim_many([delivery_due], owner="one", now=later, lease=LEASE)
+    assert not await jobs.renew(job, until=later + LEASE)
+    assert not await deliveries.renew(renewed, until=later + LEASE)
+    # The claims' own leases renew (to the same time, too: it is still theirs).
+    assert await jobs.renew(reclaimed_job, until=later + LEASE)
+    assert await deliveries.renew(reclaimed, until=later + LEASE)
+    assert await deliveries.renew(reclaimed, until=later + 2 * LEASE)

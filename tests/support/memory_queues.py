@@ -86,7 +86,7 @@ class MemoryDeliveries(ClaimsOneByOne[Delivery]):
         self._db.wrote(tx, "deliveries")
         leased: list[Delivery] = []
         for item in outgoing:
-            for index, message in enumerate(item.messages):
+            for message in item.messages:
                 if message.id in self._db.deliveries:
                     raise AlreadyExists("the message is queued already", reason="DUPLICATE_KEY")
                 self._db.deliveries[message.id] = queued = Delivery(
@@ -103,12 +103,9 @@ class MemoryDeliveries(ClaimsOneByOne[Delivery]):
                     update_time=item.now,
                     due_time=item.now,
                 )
-                if leasing is not None and index == 0 and len(leased) < leasing.slots:
+                if leasing is not None and len(item.messages) == 1 and len(leased) < leasing.slots:
                     self._db.deliveries[message.id] = claimed = dataclasses.replace(
-                        queued,
-                        state=SENDING,
-                        owner=leasing.owner,
-                        due_time=item.now + leasing.lease,
+                        queued, state=SENDING, owner=leasing.owner, due_time=leasing.until
                     )
                     leased.append(claimed)
         return leased
@@ -207,6 +204,13 @@ class MemoryDeliveries(ClaimsOneByOne[Delivery]):
             owner="",
             attempts=(*found.attempts, attempt),
         )
+        return True
+
+    async def renew(self, delivery: Delivery, *, until: dt.datetime) -> bool:
+        found = self._leased(delivery)
+        if found is None or found.due_time != delivery.due_time:
+            return False
+        self._db.deliveries[found.id] = dataclasses.replace(found, due_time=until)
         return True
 
     async def postpone(self, delivery: Delivery, *, due: dt.datetime) -> None:
@@ -325,10 +329,7 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
             }
             if index not in held and leasing is not None and len(leased) < leasing.slots:
                 found.update(
-                    status="running",
-                    owner=leasing.owner,
-                    attempts=1,
-                    due_time=job.now + leasing.lease,
+                    status="running", owner=leasing.owner, attempts=1, due_time=leasing.until
                 )
                 leased.append(self._as_claimed(found))
         return leased
@@ -392,6 +393,12 @@ class MemoryReplyJobs(ClaimsOneByOne[ClaimedReplyJob]):
         if found is not None:
             found.update(status="pending", due_time=due, owner="")
             found["attempts"] -= 0 if counted else 1
+
+    async def renew(self, job: ClaimedReplyJob, *, until: dt.datetime) -> bool:
+        found = self._leased(job)
+        if found is not None:
+            found["due_time"] = until
+        return found is not None
 
     async def hold(self, job: ClaimedReplyJob, *, until: dt.datetime) -> None:
         found = self._leased(job)

@@ -12,6 +12,8 @@ import pytest
 from server.domain.queues import Due
 from server.services.queue_worker import LeasedQueueWorker
 
+NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+
 
 class Store:
     """Due items by id, in due order; a claim takes an item once."""
@@ -53,6 +55,17 @@ class Worker(LeasedQueueWorker):
     async def handle(self, item: dict[str, Any]) -> None:
         await asyncio.sleep(0.001)
         self.handled.append(item["_id"])
+
+    renewable = True
+    renewed: list[str]
+    given_back: list[str]
+
+    async def renew(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        self.__dict__.setdefault("renewed", []).append(item["_id"])
+        return {**item, "renewed": True} if self.renewable else None
+
+    async def give_back(self, items: list[dict[str, Any]]) -> None:
+        self.__dict__.setdefault("given_back", []).extend(item["_id"] for item in items)
 
 
 async def run_until_empty(*workers: Worker, store: Store) -> None:
@@ -165,6 +178,14 @@ class SlowWorker(Worker):
         self.in_hand -= 1
 
 
+async def handled_all(handled: list[str], count: int) -> None:
+    for _ in range(500):
+        if len(handled) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"handled only {handled}")
+
+
 async def test_items_handed_over_start_at_once_with_no_look_and_no_claim() -> None:
     """Items the process queued leased to its worker are handled when handed over, without
     a look for due items or a claim; the room not used is free again."""
@@ -174,21 +195,20 @@ async def test_items_handed_over_start_at_once_with_no_look_and_no_claim() -> No
     stopping, task = await _running(worker)
     looks = store.due_queries
     reservation = worker.reserve(5)
-    leasing = reservation.leasing
+    leasing = reservation.leasing(NOW)
     assert leasing is not None
-    assert (leasing.slots, leasing.owner, leasing.lease) == (5, worker.owner, worker.lease)
+    assert (leasing.slots, leasing.owner, leasing.until) == (5, worker.owner, NOW + worker.lease)
     reservation.hand_over([{"_id": "mine-1"}, {"_id": "mine-2"}])
-    await asyncio.sleep(0.05)
+    await handled_all(handled, 2)
     assert handled == ["mine-1", "mine-2"]
     assert (store.due_queries, store.claims) == (looks, [])
     # 3 slots and 4 items a slot waiting: all of it free again.
     again = worker.reserve(100)
-    assert again.leasing is not None
-    assert again.leasing.slots == 15
-    assert worker.reserve(1).leasing is None
+    assert again.slots == 15
+    assert worker.reserve(1).leasing(NOW) is None
     again.release()
     last = worker.reserve(1)
-    assert last.leasing is not None
+    assert last.slots == 1
     last.release()
     await _stop(worker, stopping, task)
 
@@ -202,6 +222,7 @@ async def test_items_handed_over_beyond_the_free_slots_wait_for_them_in_order() 
     stopping, task = await _running(worker)
     reservation = worker.reserve(6)
     reservation.hand_over([{"_id": f"mine-{n}"} for n in range(6)])
+    await handled_all(handled, 6)
     await _stop(worker, stopping, task)
     assert handled == [f"mine-{n}" for n in range(6)]
     assert worker.busy == 2
@@ -219,50 +240,62 @@ async def test_due_items_take_the_freed_slots_before_items_handed_over() -> None
     await asyncio.sleep(0.01)  # mine-0 in hand
     store.waiting.append("due-1")
     worker.wake()
-    await asyncio.wait_for(store.empty.wait(), 5)
+    await handled_all(handled, 4)
     await _stop(worker, stopping, task)
     assert handled == ["mine-0", "due-1", "mine-1", "mine-2"]
 
 
-async def test_an_item_that_waited_half_its_lease_is_let_go() -> None:
-    """An item handed over that waited for a slot half its lease is not started: its lease
-    lapses and it is claimed as any other, never handled under a lease about to lapse."""
-    store = Store([])
-    handled: list[str] = []
-    worker = SlowWorker(store, handled, concurrency=1, seconds=0.2)
-    worker._lease = dt.timedelta(seconds=0.2)
-    stopping, task = await _running(worker)
-    worker.reserve(2).hand_over([{"_id": "first"}, {"_id": "waited"}])
-    await _stop(worker, stopping, task)
-    assert handled == ["first"]
+async def test_an_item_that_waited_a_sixth_of_its_lease_is_renewed_before_it_starts() -> None:
+    """An item handed over that waited for a slot a sixth of its lease has its lease renewed
+    first, and is handled as renewed; one whose renewal fails (its lease lapsed and it was
+    claimed meanwhile) is not handled by this copy."""
+    for renewable, expected in ((True, ["first", "waited"]), (False, ["first"])):
+        store = Store([])
+        handled: list[str] = []
+        worker = SlowWorker(store, handled, concurrency=1, seconds=0.1)
+        worker._lease = dt.timedelta(seconds=0.3)  # a sixth: 50 ms
+        worker.renewable = renewable
+        stopping, task = await _running(worker)
+        worker.reserve(2).hand_over([{"_id": "first"}, {"_id": "waited"}])
+        await asyncio.sleep(0.3)
+        assert handled == expected
+        assert worker.renewed == ["waited"]
+        await _stop(worker, stopping, task)
 
 
 async def test_a_worker_not_running_keeps_no_room() -> None:
-    """Before its loop runs, and after it ended, a worker takes nothing over: the items are
-    queued due, for whichever process claims them."""
+    """Before its loop runs, once it is stopping, and after it ended, a worker takes nothing
+    over: the items are queued due, for whichever process claims them."""
     store = Store([])
     worker = Worker(store, [], concurrency=2)
-    assert worker.reserve(2).leasing is None
+    assert worker.reserve(2).leasing(NOW) is None
     stopping, task = await _running(worker)
-    await _stop(worker, stopping, task)
-    assert worker.reserve(2).leasing is None
+    stopping.set()
+    assert worker.reserve(2).leasing(NOW) is None
+    worker.wake()
+    await asyncio.wait_for(task, 5)
+    assert worker.reserve(2).leasing(NOW) is None
 
 
-async def test_a_stopping_worker_finishes_the_items_its_room_was_kept_for() -> None:
+async def test_a_stopping_worker_gives_back_the_items_it_was_handed_and_did_not_start() -> None:
     """Stopped while a reservation's items are being committed, the worker waits for them
-    to be handed over and handles them before its loop returns (their leases name it)."""
+    to be handed over and gives back those it has not started (due at once, for the next
+    process), rather than leaving them to their leases or starting a new round of them."""
     store = Store([])
     handled: list[str] = []
-    worker = Worker(store, handled, concurrency=2)
+    worker = SlowWorker(store, handled, concurrency=1, seconds=0.1)
     stopping, task = await _running(worker)
-    reservation = worker.reserve(1)
+    worker.reserve(1).hand_over([{"_id": "in-hand"}])
+    reservation = worker.reserve(2)
+    await asyncio.sleep(0.01)
     stopping.set()
     worker.wake()
-    await asyncio.sleep(0.1)
-    assert not task.done()
-    reservation.hand_over([{"_id": "committed"}])
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the reservation is still open
+    reservation.hand_over([{"_id": "committed-1"}, {"_id": "committed-2"}])
     await asyncio.wait_for(task, 5)
-    assert handled == ["committed"]
+    assert handled == ["in-hand"]
+    assert worker.given_back == ["committed-1", "committed-2"]
     with pytest.raises(ValueError, match="1 items handed over for 0 slots"):
         reservation.hand_over([{"_id": "late"}])  # handed over: no room is left
 
@@ -291,7 +324,7 @@ async def test_items_handed_over_while_a_claim_is_made_start_after_it() -> None:
     worker.reserve(3).hand_over([{"_id": f"mine-{n}"} for n in range(3)])
     assert handled == []
     go_on.set()
-    await asyncio.wait_for(store.empty.wait(), 5)
+    await handled_all(handled, 4)
     await _stop(worker, stopping, task)
     assert sorted(handled) == ["due-1", "mine-0", "mine-1", "mine-2"]
     assert worker.busy == 3
@@ -308,6 +341,6 @@ async def test_items_handed_over_and_items_due_take_turns() -> None:
     await asyncio.sleep(0.01)  # mine-0 in hand
     store.waiting += ["due-0", "due-1", "due-2"]
     worker.wake()
-    await asyncio.wait_for(store.empty.wait(), 5)
+    await handled_all(handled, 6)
     await _stop(worker, stopping, task)
     assert handled == ["mine-0", "due-0", "mine-1", "due-1", "mine-2", "due-2"]

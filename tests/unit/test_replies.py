@@ -478,12 +478,46 @@ class DeliveryRecorder(LeasedQueueWorker[Delivery]):
         self.handled.append(item)
 
 
-async def test_the_first_reply_is_handed_to_the_delivery_worker_leased_the_next_queued_due(
+async def test_a_lone_reply_is_handed_to_the_delivery_worker_leased_with_its_message(
+    stores: MemoryStores, clock: Clock
+) -> None:
+    """A job's one reply to a platform is queued leased to this process's delivery worker
+    and handed to it after the commit with its message (no poll, no claim, no read)."""
+    deliveries = DeliveryRecorder()
+    wakes: list[None] = []
+    worker = reply_worker(
+        stores,
+        clock,
+        ScriptedResponder("Hello!"),
+        delivery_slots=deliveries.reserve,
+        on_delivery=lambda: wakes.append(None),
+    )
+    stopping = asyncio.Event()
+    running = asyncio.create_task(deliveries.run(stopping))
+    await asyncio.sleep(0.01)
+    await given_inbound(stores, clock)
+
+    await worker.handle(await claim(worker, stores, 1))
+    await asyncio.sleep(0.01)
+
+    [queued] = stores.deliveries.all()
+    assert (queued.state, queued.owner) == (SENDING, deliveries.owner)
+    assert queued.due_time == clock() + deliveries.lease
+    [handed] = deliveries.handled
+    assert handed == queued
+    assert handed.message == stores.messages.of(TENANT, queued.conversation_id)[1]
+    assert wakes == []
+    stopping.set()
+    deliveries.wake()
+    await running
+
+
+async def test_several_replies_of_one_conversation_are_queued_due(
     stores: MemoryStores, clock: Clock, responder: ScriptedResponder
 ) -> None:
-    """A job's replies to a platform: the first is queued leased to this process's delivery
-    worker and handed to it after the commit (no poll, no claim); the second waits for the
-    first anyway, so it is queued due, and the delivery worker woken for it."""
+    """Two replies: each is sent after the one before it, so neither is handed over (the
+    second would only be put off while the first is sent); both are queued due and the
+    delivery worker woken once."""
     deliveries = DeliveryRecorder()
     wakes: list[None] = []
     worker = reply_worker(
@@ -499,16 +533,9 @@ async def test_the_first_reply_is_handed_to_the_delivery_worker_leased_the_next_
     await given_inbound(stores, clock)
 
     await worker.handle(await claim(worker, stores, 1))
-    await asyncio.sleep(0.01)
 
-    first, second = stores.deliveries.all()
-    assert (first.state, first.owner) == (SENDING, deliveries.owner)
-    assert first.due_time == clock() + deliveries.lease
-    assert (second.state, second.owner) == (QUEUED, "")
-    assert deliveries.handled == [first]
-    # Handed over with its message as stored (the delivery worker need not read it).
-    [handed] = deliveries.handled
-    assert handed.message == stores.messages.of(TENANT, first.conversation_id)[1]
+    assert [(d.state, d.owner) for d in stores.deliveries.all()] == [(QUEUED, "")] * 2
+    assert deliveries.handled == []
     assert len(wakes) == 1
     stopping.set()
     deliveries.wake()
