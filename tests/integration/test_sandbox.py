@@ -230,8 +230,11 @@ async def test_a_transient_fault_is_retried_until_the_reply_is_read(
         if platform == "slack":
             first, second = sandbox.times_to(platform, user.address)
             assert second - first >= 1.0  # the Retry-After was honoured
-        [(first_status, answer), (second_status, _)] = sends_to(sandbox, platform, user)
-        assert (first_status, second_status) == (status, 200)
+        # The panel records an exchange when its answer ends: a send that timed out may end
+        # after its retry (the sandbox still answers it, late), so they are matched by status.
+        sends = sends_to(sandbox, platform, user)
+        assert sorted(answered for answered, _ in sends) == sorted([status, 200])
+        [answer] = [answer for answered, answer in sends if answered == status]
         if platform == "slack":
             assert answer["error"] == code
         elif code is not None:
