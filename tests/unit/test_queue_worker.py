@@ -229,22 +229,6 @@ async def test_items_handed_over_beyond_the_free_slots_wait_for_them_in_order() 
     assert store.claims == []
 
 
-async def test_due_items_take_the_freed_slots_before_items_handed_over() -> None:
-    """A due item found while items handed over wait takes the next slot freed: due items
-    (retries, items queued due, another process's) are not held back behind them."""
-    store = Store([])
-    handled: list[str] = []
-    worker = SlowWorker(store, handled, concurrency=1, seconds=0.05)
-    stopping, task = await _running(worker)
-    worker.reserve(3).hand_over([{"_id": f"mine-{n}"} for n in range(3)])
-    await asyncio.sleep(0.01)  # mine-0 in hand
-    store.waiting.append("due-1")
-    worker.wake()
-    await handled_all(handled, 4)
-    await _stop(worker, stopping, task)
-    assert handled == ["mine-0", "due-1", "mine-1", "mine-2"]
-
-
 async def test_an_item_that_waited_a_sixth_of_its_lease_is_renewed_before_it_starts() -> None:
     """An item handed over that waited for a slot a sixth of its lease has its lease renewed
     first, and is handled as renewed; one whose renewal fails (its lease lapsed and it was
@@ -331,8 +315,9 @@ async def test_items_handed_over_while_a_claim_is_made_start_after_it() -> None:
 
 
 async def test_items_handed_over_and_items_due_take_turns() -> None:
-    """Items waiting in memory and items due in the store: the freed slots alternate between
-    them, so neither waits behind all of the other."""
+    """Items waiting in memory and items due in the store: a due item found meanwhile takes
+    the next slot freed, and then the freed slots alternate between them, so neither waits
+    behind all of the other (due items are retries, items queued due, another process's)."""
     store = Store([])
     handled: list[str] = []
     worker = SlowWorker(store, handled, concurrency=1, seconds=0.03)

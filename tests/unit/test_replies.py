@@ -4,8 +4,9 @@ the message and stored with the job's completion, lost leases, retries and givin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -478,46 +479,11 @@ class DeliveryRecorder(LeasedQueueWorker[Delivery]):
         self.handled.append(item)
 
 
-async def test_a_lone_reply_is_handed_to_the_delivery_worker_leased_with_its_message(
-    stores: MemoryStores, clock: Clock
-) -> None:
-    """A job's one reply to a platform is queued leased to this process's delivery worker
-    and handed to it after the commit with its message (no poll, no claim, no read)."""
-    deliveries = DeliveryRecorder()
-    wakes: list[None] = []
-    worker = reply_worker(
-        stores,
-        clock,
-        ScriptedResponder("Hello!"),
-        delivery_slots=deliveries.reserve,
-        on_delivery=lambda: wakes.append(None),
-    )
-    stopping = asyncio.Event()
-    running = asyncio.create_task(deliveries.run(stopping))
-    await asyncio.sleep(0.01)
-    await given_inbound(stores, clock)
-
-    await worker.handle(await claim(worker, stores, 1))
-    await asyncio.sleep(0.01)
-
-    [queued] = stores.deliveries.all()
-    assert (queued.state, queued.owner) == (SENDING, deliveries.owner)
-    assert queued.due_time == clock() + deliveries.lease
-    [handed] = deliveries.handled
-    assert handed == queued
-    assert handed.message == stores.messages.of(TENANT, queued.conversation_id)[1]
-    assert wakes == []
-    stopping.set()
-    deliveries.wake()
-    await running
-
-
-async def test_several_replies_of_one_conversation_are_queued_due(
+@contextlib.asynccontextmanager
+async def delivering(
     stores: MemoryStores, clock: Clock, responder: ScriptedResponder
-) -> None:
-    """Two replies: each is sent after the one before it, so neither is handed over (the
-    second would only be put off while the first is sent); both are queued due and the
-    delivery worker woken once."""
+) -> AsyncIterator[tuple[ReplyWorker, DeliveryRecorder, list[None]]]:
+    """A reply worker whose process runs a delivery worker (a recorder), and its wakes."""
     deliveries = DeliveryRecorder()
     wakes: list[None] = []
     worker = reply_worker(
@@ -530,13 +496,47 @@ async def test_several_replies_of_one_conversation_are_queued_due(
     stopping = asyncio.Event()
     running = asyncio.create_task(deliveries.run(stopping))
     await asyncio.sleep(0.01)
-    await given_inbound(stores, clock)
+    try:
+        yield worker, deliveries, wakes
+    finally:
+        stopping.set()
+        deliveries.wake()
+        await running
 
-    await worker.handle(await claim(worker, stores, 1))
+
+async def test_a_lone_reply_is_handed_to_the_delivery_worker_leased_with_its_message(
+    stores: MemoryStores, clock: Clock
+) -> None:
+    """A job's one reply to a platform is queued leased to this process's delivery worker
+    and handed to it after the commit with its message (no poll, no claim, no read)."""
+    async with delivering(stores, clock, ScriptedResponder("Hello!")) as (
+        worker,
+        deliveries,
+        wakes,
+    ):
+        await given_inbound(stores, clock)
+        await worker.handle(await claim(worker, stores, 1))
+        await asyncio.sleep(0.01)
+
+    [queued] = stores.deliveries.all()
+    assert (queued.state, queued.owner) == (SENDING, deliveries.owner)
+    assert queued.due_time == clock() + deliveries.lease
+    [handed] = deliveries.handled
+    assert handed == queued
+    assert handed.message == stores.messages.of(TENANT, queued.conversation_id)[1]
+    assert wakes == []
+
+
+async def test_several_replies_of_one_conversation_are_queued_due(
+    stores: MemoryStores, clock: Clock, responder: ScriptedResponder
+) -> None:
+    """Two replies: each is sent after the one before it, so neither is handed over (the
+    second would only be put off while the first is sent); both are queued due and the
+    delivery worker woken once."""
+    async with delivering(stores, clock, responder) as (worker, deliveries, wakes):
+        await given_inbound(stores, clock)
+        await worker.handle(await claim(worker, stores, 1))
 
     assert [(d.state, d.owner) for d in stores.deliveries.all()] == [(QUEUED, "")] * 2
     assert deliveries.handled == []
     assert len(wakes) == 1
-    stopping.set()
-    deliveries.wake()
-    await running
