@@ -92,7 +92,7 @@ class IngestService:
     ) -> None:
         """``is_outage`` tells a store that cannot be reached (the whole call fails, and the
         platform retries it) from a bug in applying one event (that event alone is rejected).
-        ``on_queued`` wakes the inbox's worker; ``reply_slots`` reserves free slots of this
+        ``on_queued`` wakes the inbox's worker; ``reply_slots`` reserves room in this
         process's reply worker, which takes the jobs queued for it leased (``on_reply_job``
         wakes it for the others)."""
         self._is_outage = is_outage

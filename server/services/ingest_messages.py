@@ -88,7 +88,7 @@ class MessageIngest:
         self._clock = clock
         self._on_events = on_events
         self._on_reply_job = on_reply_job
-        #: The reply worker's free slots: jobs queued leased to it start after the commit.
+        #: Room in the reply worker: jobs queued leased to it are handed over after the commit.
         self._reply_slots = reply_slots or (lambda _wanted: Reservation.none())
         self._is_outage = is_outage
         self._commits: GroupCommit[_Inbound, _Stored] = GroupCommit(
@@ -235,10 +235,10 @@ class MessageIngest:
         conversation is inserted with its first messages, after its ConversationStarted and
         SessionStarted events; one whose user started another meanwhile fails alone, with
         AlreadyExists (ALREADY_ACTIVE), the same way. The first reply job of each
-        conversation is queued leased to this process's reply worker while it has free slots,
-        and handed to it once committed: it starts at once, with no poll and no claim; the
-        others are queued due, and the worker woken for them."""
-        # A slot for each conversation's first job; those behind it wait for it anyway.
+        conversation is queued leased to this process's reply worker while it has room, and
+        handed to it with its message and conversation once committed (no poll, no claim, no
+        read); the others are queued due, and the worker woken for them."""
+        # Room for each conversation's first job; those behind it wait for it anyway.
         reservation = self._reply_slots(len(batch))
         leased: list[ClaimedReplyJob] = []
         due = 0

@@ -102,8 +102,8 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         concurrency: int = 8,
         delivery_slots: Callable[[int], Reservation[Delivery]] | None = None,
     ) -> None:
-        """``delivery_slots`` reserves free slots of this process's delivery worker, which
-        takes the deliveries queued for it leased (``on_delivery`` wakes it for the others)."""
+        """``delivery_slots`` reserves room in this process's delivery worker, which takes
+        the deliveries queued for it leased (``on_delivery`` wakes it for the others)."""
         super().__init__(name="replies", concurrency=concurrency, lease=LEASE)
         self._media = media
         self._deliveries = deliveries
@@ -266,9 +266,9 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         """Store the replies of jobs of distinct conversations and remove the jobs, in one
         transaction: a bulk statement per collection, whatever their number (see GroupCommit).
         None for a job with nothing to send (no reply, or the conversation closed meanwhile).
-        The first reply of each conversation is queued leased to this process's delivery
-        worker while it has free slots, and handed to it once committed (no poll, no claim);
-        the others are queued due, and the worker woken for them."""
+        A conversation's lone reply is queued leased to this process's delivery worker while
+        it has room, and handed to it with its message once committed (no poll, no claim, no
+        read); the others are queued due, and the worker woken for them."""
         reservation = self._delivery_slots(len(batch))
         leased: list[Delivery] = []
         due = 0
