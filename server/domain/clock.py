@@ -7,5 +7,10 @@ import datetime as dt
 
 def utc_now() -> dt.datetime:
     """The current time, truncated to milliseconds (what MongoDB stores)."""
-    now = dt.datetime.now(dt.UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return as_stored(dt.datetime.now(dt.UTC))
+
+
+def as_stored(moment: dt.datetime) -> dt.datetime:
+    """``moment`` truncated to milliseconds, as MongoDB stores it: a value kept in memory
+    that a filter matches against the stored one must be."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)

@@ -25,6 +25,7 @@ import structlog
 from chat.v1 import chat_service_pb2, common_pb2
 from server.channels.base import HOLD_DESTINATION, Channel, ChannelResponse, Outbound
 from server.channels.factory import ChannelFactory
+from server.domain.clock import as_stored
 from server.domain.errors import StoreError
 from server.domain.limits import Limit, limit_key
 from server.domain.messages import Advance
@@ -160,7 +161,7 @@ class DeliveryWorker(LeasedQueueWorker[Delivery]):
         )
 
     async def renew(self, item: Delivery) -> Delivery | None:
-        until = self._clock() + self._lease
+        until = as_stored(self._clock() + self._lease)
         renewed = await self._deliveries.renew(item, until=until)
         return dataclasses.replace(item, due_time=until) if renewed else None
 

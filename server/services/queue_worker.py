@@ -36,6 +36,7 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
+from server.domain.clock import as_stored
 from server.domain.queues import Due, Leasing
 
 log = structlog.get_logger("chat.queue")
@@ -326,7 +327,8 @@ class Reservation(Generic[ItemT]):
         if self._worker is None or self._slots == 0:
             return None
         self._leased_at = time.monotonic()
-        return Leasing(owner=self._worker.owner, until=now + self._worker.lease, slots=self._slots)
+        until = as_stored(now + self._worker.lease)  # matched by a renewal's filter
+        return Leasing(owner=self._worker.owner, until=until, slots=self._slots)
 
     def hand_over(self, items: Sequence[ItemT]) -> None:
         """Give the worker these items, committed leased to it (at most ``slots``); the room

@@ -329,3 +329,17 @@ async def test_items_handed_over_and_items_due_take_turns() -> None:
     await handled_all(handled, 6)
     await _stop(worker, stopping, task)
     assert handled == ["mine-0", "due-0", "mine-1", "due-1", "mine-2", "due-2"]
+
+
+async def test_a_lease_handed_over_ends_at_a_time_the_store_keeps() -> None:
+    """The lease's end is written to MongoDB (milliseconds) and kept in memory, where a
+    renewal matches it against the stored one: it is cut to milliseconds in both."""
+    store = Store([])
+    worker = Worker(store, [], concurrency=1)
+    stopping, task = await _running(worker)
+    reservation = worker.reserve(1)
+    leasing = reservation.leasing(NOW.replace(microsecond=123456))
+    assert leasing is not None
+    assert leasing.until == NOW.replace(microsecond=123000) + worker.lease
+    reservation.release()
+    await _stop(worker, stopping, task)
