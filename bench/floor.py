@@ -40,10 +40,10 @@ A first-contact WhatsApp webhook, in three transactions as the service's three s
 
 Its reads are only those a plain client cannot do without: the counters after their update
 (the new messages' sequence numbers) and the early receipts. It knows what it wrote itself, so
-it reads neither a job or delivery back nor the message it delivers, and it starts on an
-empty database of its own, of which it is the only writer: a new user has no
-conversation (the unique one_active_per_user_channel index would refuse a second one), and no
-platform event comes twice. The platform's HTTP send is not the database's and is left out.
+it reads back no job or delivery, nor the message it delivers, and it starts on an empty
+database of its own, of which it is the only writer: a new user has no conversation (the
+unique one_active_per_user_channel index would refuse a second one), and no platform event
+comes twice. The platform's HTTP send is not the database's and is left out.
 """
 
 from __future__ import annotations
