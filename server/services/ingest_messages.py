@@ -242,7 +242,8 @@ class MessageIngest:
         reservation = self._reply_slots(len(batch))
         leased: list[ClaimedReplyJob] = []
         due = 0
-        known: dict[str, _Stored] = {}
+        #: Each stored message, by id, with its conversation as committed.
+        known: dict[str, tuple[common_pb2.Message, common_pb2.Conversation]] = {}
 
         async def work(tx: Tx) -> list[_Stored | Exception]:
             nonlocal leased, due, known
@@ -331,14 +332,14 @@ class MessageIngest:
             )
             # Each conversation's first job is due (the others are held behind it).
             due = len(stored) - len(leased)
-            known = {m.id: o for _, o in stored for m in o.messages}
+            known = {m.id: (m, o.conversation) for _, o in stored for m in o.messages}
             return outcomes
 
         try:
             outcomes = await self._transactions.run(work)
             # Handed over with the message and conversation as committed: the worker reads
             # neither.
-            reservation.hand_over([_knowing(job, known[job.message_id]) for job in leased])
+            reservation.hand_over([_knowing(job, *known[job.message_id]) for job in leased])
         finally:
             reservation.release()  # the room not handed over (all of it, when not committed)
         if due:
@@ -396,14 +397,15 @@ class _Stored:
     conversation: common_pb2.Conversation
 
 
-def _knowing(job: ClaimedReplyJob, stored: _Stored) -> ClaimedReplyJob:
+def _knowing(
+    job: ClaimedReplyJob, message: common_pb2.Message, conversation: common_pb2.Conversation
+) -> ClaimedReplyJob:
     """A job handed over with copies of its message and conversation (the worker's own: the
     reply may fetch the message's media into it, while the call's copy is pushed)."""
-    [message] = [m for m in stored.messages if m.id == job.message_id]
     own_message = common_pb2.Message()
     own_message.CopyFrom(message)
     own_conversation = common_pb2.Conversation()
-    own_conversation.CopyFrom(stored.conversation)
+    own_conversation.CopyFrom(conversation)
     return dataclasses.replace(job, message=own_message, conversation=own_conversation)
 
 
