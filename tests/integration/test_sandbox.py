@@ -252,13 +252,23 @@ async def test_whatsapps_permanent_fault_is_a_failed_status_then_a_dead_letter_u
         # webhook carries 131026; the service moves the message to FAILED.
         await until_status(delivery_mongo, reply.id, c.DELIVERY_STATUS_FAILED, "the failed status")
         assert [status for status, _ in sends_to(sandbox, "whatsapp", user)] == [200]
-        [hook] = [
-            x
-            for x in sandbox.recorder.exchanges
-            if x.direction == "to bridge"
-            and '"failed"' in json.dumps(x.body)
-            and user.address in json.dumps(x.body)
-        ]
+
+        def failed_hooks() -> list[Any]:
+            return [
+                x
+                for x in sandbox.recorder.exchanges
+                if x.direction == "to bridge"
+                and '"failed"' in json.dumps(x.body)
+                and user.address in json.dumps(x.body)
+            ]
+
+        async def answered() -> bool:
+            return bool(failed_hooks())
+
+        # The panel records the webhook once the bridge's answer is back, which may be just
+        # after the server committed the status the test saw.
+        await eventually(answered, "the answer to the failed status webhook")
+        [hook] = failed_hooks()
         [status] = hook.body["entry"][0]["changes"][0]["value"]["statuses"]
         assert status["errors"][0]["code"] == 131026
         assert hook.status == 200
