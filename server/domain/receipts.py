@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from chat.v1 import common_pb2
@@ -50,6 +51,20 @@ class ReceiptRef:
     @property
     def key(self) -> str:
         return f"{self.tenant_id}|{self.channel}|{self.platform_message_id}"
+
+
+def named_by_id(
+    messages: Iterable[common_pb2.Message], conversation_id: str | None
+) -> list[common_pb2.Message]:
+    """Of the messages one platform id names, the ones a status of it is about: every one when
+    they lie in one conversation (a platform's ids are unique, and the status of a message in a
+    conversation closed since, one the user has left for a new one, is still its status); when
+    they lie in several (ids unique only within a chat, as Slack's timestamps are), those in
+    ``conversation_id``, the reporting user's active conversation, if there is one."""
+    named = list(messages)
+    if not conversation_id or len({m.conversation_id for m in named}) <= 1:
+        return named
+    return [m for m in named if m.conversation_id == conversation_id]
 
 
 def receipt_ref(tenant_id: str, channel: int, platform_message_id: str) -> ReceiptRef:

@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
 from server.domain.messages import Advance, MessageRow
-from server.domain.receipts import FORWARD_FROM
+from server.domain.receipts import FORWARD_FROM, named_by_id
 from server.repositories.mongo import MESSAGES, Document, find_by_keys
 
 #: What to_proto reads of a stored message.
@@ -241,17 +241,15 @@ class MongoMessageRepository:
         tx: AsyncClientSession,
     ) -> list[common_pb2.Message]:
         """Move outbound messages to ``status`` where that is forward (see FORWARD_FROM): the
-        ones with these platform ids (within ``conversation_id`` when given), and with a
-        watermark (conversation id, time) every message of that conversation already handed to
-        the platform before the time. Returns the messages that changed, as they are now."""
-        forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
+        ones with these platform ids (see ``named_by_id``: within ``conversation_id``, the
+        reporting user's active conversation, where an id names messages of several), and with
+        a watermark (conversation id, time; of the same active conversation) every message of
+        that conversation already handed to the platform before the time. Returns the messages
+        that changed, as they are now."""
+        ids = {platform_id for platform_id in platform_message_ids if platform_id}
         wanted: list[Document] = []
-        ids = [platform_id for platform_id in platform_message_ids if platform_id]
         if ids:
-            by_id: Document = {"channel": channel, "platform_message_id": {"$in": ids}}
-            if conversation_id:
-                by_id["conversation_id"] = conversation_id
-            wanted.append(by_id)
+            wanted.append({"channel": channel, "platform_message_id": {"$in": sorted(ids)}})
         if watermark is not None:
             watermark_conversation, before = watermark
             wanted.append(
@@ -268,11 +266,27 @@ class MongoMessageRepository:
             "tenant_id": tenant_id,
             "direction": common_pb2.MESSAGE_DIRECTION_OUTBOUND,
             "$or": wanted,
-            **forward,
         }
-        cursor = self._collection.find(query, _AS_MESSAGE, session=tx)
-        changed = [to_proto(document) async for document in cursor.sort("sequence", ASCENDING)]
+        # Every message an id names, whatever its status: whether it names several
+        # conversations' decides which are meant.
+        found = [
+            to_proto(document)
+            async for document in self._collection.find(query, _AS_MESSAGE, session=tx)
+        ]
+        named: dict[str, list[common_pb2.Message]] = {}
+        targets: list[common_pb2.Message] = []
+        for message in found:
+            if message.channel == channel and message.platform_message_id in ids:
+                named.setdefault(message.platform_message_id, []).append(message)
+            else:
+                targets.append(message)  # the watermark's
+        targets += [m for group in named.values() for m in named_by_id(group, conversation_id)]
+        changed = sorted(
+            (m for m in targets if m.delivery_status in FORWARD_FROM[status]),
+            key=lambda m: m.sequence,
+        )
         if changed:
+            forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
             await self._collection.update_many(
                 {"_id": {"$in": [m.id for m in changed]}, "tenant_id": tenant_id, **forward},
                 {"$set": {"delivery_status": status}},

@@ -26,6 +26,7 @@ from server.domain.receipts import (
     EarlyReceipt,
     ReceiptRef,
     StatusReport,
+    named_by_id,
     receipt_ref,
 )
 from server.events.envelopes import envelope
@@ -156,10 +157,13 @@ class Receipts:
             targets = {
                 message.id: message
                 for pid in report.platform_message_ids
-                for message in named.get((report.channel, pid), [])
-                if message.direction == common_pb2.MESSAGE_DIRECTION_OUTBOUND
-                and (
-                    not report.conversation_id or message.conversation_id == report.conversation_id
+                for message in named_by_id(
+                    (
+                        m
+                        for m in named.get((report.channel, pid), [])
+                        if m.direction == common_pb2.MESSAGE_DIRECTION_OUTBOUND
+                    ),
+                    report.conversation_id,
                 )
             }
             if report.watermark is not None:

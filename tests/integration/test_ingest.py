@@ -252,6 +252,8 @@ async def test_a_failure_is_overruled_by_a_later_delivery_and_watermarks_cover_e
     [result] = await bridge.ingest(text_event(user, "hi"))
     cid = await conversation_of(mongo, result.message_id)
     _, reply = await replied(client, cid, 2)
+    # Its delivery fails at once (no credentials) and marks it FAILED: not after the SENT below.
+    await deliveries_settled(mongo, cid)
     await mongo["chat"]["messages"].update_one(
         {"_id": reply.id},
         {"$set": {"platform_message_id": "m_1", "delivery_status": c.DELIVERY_STATUS_SENT}},

@@ -15,6 +15,7 @@ from chat.v1 import common_pb2
 from server.domain.conversations import ALREADY_ACTIVE, ConversationFilter, Recording
 from server.domain.errors import AlreadyExists
 from server.domain.messages import Advance, MessageRow
+from server.domain.receipts import named_by_id
 from server.repositories.messages import FORWARD_FROM
 from tests.support.memory_db import ACTIVE, CLOSED, INBOUND, OUTBOUND, Database
 
@@ -381,30 +382,27 @@ class MemoryMessages:
     ) -> list[common_pb2.Message]:
         self._db.wrote(tx, "messages")
         ids = {pid for pid in platform_message_ids if pid}
-
-        def wanted(m: common_pb2.Message) -> bool:
-            by_id = (
-                bool(ids)
-                and m.channel == channel
-                and m.platform_message_id in ids
-                and (not conversation_id or m.conversation_id == conversation_id)
-            )
-            by_watermark = (
-                watermark is not None
-                and m.conversation_id == watermark[0]
+        outbound = [
+            message
+            for owner, message, _ in self._db.messages.values()
+            if owner == tenant_id and message.direction == OUTBOUND
+        ]
+        named: dict[str, list[common_pb2.Message]] = {}
+        for message in outbound:
+            if message.channel == channel and message.platform_message_id in ids:
+                named.setdefault(message.platform_message_id, []).append(message)
+        targets = {m.id: m for group in named.values() for m in named_by_id(group, conversation_id)}
+        if watermark is not None:
+            targets.update(
+                (m.id, m)
+                for m in outbound
+                if m.conversation_id == watermark[0]
                 and m.create_time.ToDatetime(tzinfo=dt.UTC) <= watermark[1]
                 and m.platform_message_id > ""
             )
-            return by_id or by_watermark
-
         changed = []
-        for owner, message, _ in self._db.messages.values():
-            if (
-                owner == tenant_id
-                and message.direction == OUTBOUND
-                and message.delivery_status in FORWARD_FROM[status]
-                and wanted(message)
-            ):
+        for message in targets.values():
+            if message.delivery_status in FORWARD_FROM[status]:
                 message.delivery_status = status
                 changed.append(copy.deepcopy(message))
         return sorted(changed, key=lambda m: m.sequence)

@@ -364,3 +364,75 @@ async def test_a_batchs_statuses_apply_in_order_in_one_transaction(
     assert stores.outbox.kinds() == ["message_delivered"] * 3
     assert [r.platform_message_id for r in stores.early_receipts.parked] == ["wamid.later"]
     assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-4")
+
+
+def sent_reply(conversation_id: str, pid: str, now: dt.datetime, *, sequence: int = 2) -> Any:
+    reply = common_pb2.Message(
+        id=f"reply-{conversation_id[:8]}-{pid}",
+        conversation_id=conversation_id,
+        sequence=sequence,
+        channel=WHATSAPP,
+        direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
+        delivery_status=common_pb2.DELIVERY_STATUS_SENT,
+        platform_message_id=pid,
+    )
+    reply.create_time.FromDatetime(now)
+    return reply
+
+
+async def test_a_status_for_a_message_of_the_users_closed_conversation_still_applies(
+    service: IngestService, stores: MemoryStores, clock: Clock
+) -> None:
+    # The user read the last reply of a conversation that was closed, and has already started
+    # another one: the read is the closed conversation's message's all the same.
+    closed = stores.conversations.add(
+        TENANT,
+        user_id="15550001",
+        channel=WHATSAPP,
+        channel_conversation_id="1555",
+        status=common_pb2.CONVERSATION_STATUS_CLOSED,
+        now=clock(),
+    )
+    stores.conversations.add(
+        TENANT, user_id="15550001", channel=WHATSAPP, channel_conversation_id="1555", now=clock()
+    )
+    last = sent_reply(closed.id, "wamid.bye", clock())
+    stores.messages.add(TENANT, last)
+
+    [delivered] = await service.ingest(
+        TENANT, [status_event("st-1", common_pb2.DELIVERY_STATUS_DELIVERED, "wamid.bye")]
+    )
+    assert delivered.outcome == ACCEPTED
+    stored = await stores.messages.get(TENANT, last.id)
+    assert stored is not None
+    assert stored.delivery_status == common_pb2.DELIVERY_STATUS_DELIVERED
+
+
+async def test_a_platform_id_in_several_conversations_is_the_reporting_users_active_ones(
+    service: IngestService, stores: MemoryStores, clock: Clock
+) -> None:
+    # Ids unique only within a chat (Slack's timestamps) can name messages of two users'
+    # conversations: the one the reporting user is having is meant.
+    mine = stores.conversations.add(
+        TENANT, user_id="15550001", channel=WHATSAPP, channel_conversation_id="1555", now=clock()
+    )
+    theirs = stores.conversations.add(
+        TENANT, user_id="15550002", channel=WHATSAPP, channel_conversation_id="1556", now=clock()
+    )
+    for conversation in (mine, theirs):
+        stores.messages.add(TENANT, sent_reply(conversation.id, "1700000000.000100", clock()))
+
+    [result] = await service.ingest(
+        TENANT, [status_event("st-1", common_pb2.DELIVERY_STATUS_READ, "1700000000.000100")]
+    )
+
+    assert result.outcome == ACCEPTED
+    statuses = {
+        m.conversation_id: m.delivery_status
+        for m in stores.messages.all()
+        if m.platform_message_id == "1700000000.000100"
+    }
+    assert statuses == {
+        mine.id: common_pb2.DELIVERY_STATUS_READ,
+        theirs.id: common_pb2.DELIVERY_STATUS_SENT,
+    }
