@@ -176,13 +176,13 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         conversation: common_pb2.Conversation | None
         inbound: common_pb2.Message | None
         if job.conversation is not None and job.message is not None:
-            # Handed over by the ingest that stored them: only the queue is read.
-            earlier = await self._earlier.get(position)
+            # Handed over by the ingest that stored them: only the queue is read, if that.
+            earlier = await self._earlier_waits(position)
             conversation, inbound = job.conversation, job.message
         else:
             # Together, so that the jobs claimed with this one read theirs in the same queries.
             earlier, conversation, inbound = await asyncio.gather(
-                self._earlier.get(position),
+                self._earlier_waits(position),
                 self._conversation.get((tenant_id, job.conversation_id)),
                 self._message.get((tenant_id, job.message_id)),
             )
@@ -227,6 +227,13 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
             return
         if updated is not None:
             await self._after_commit(reply, updated)
+
+    async def _earlier_waits(self, position: Position) -> bool:
+        """Whether an earlier message of the conversation still waits for its reply. None can
+        before a conversation's first message (a first contact's): no read for it."""
+        if position.sequence <= 1:
+            return False
+        return await self._earlier.get(position)
 
     async def _hold(self, job: ClaimedReplyJob) -> None:
         """Give back a job an earlier one of its conversation holds, until that one is done

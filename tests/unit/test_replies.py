@@ -401,24 +401,52 @@ class _Claims:
         self.wake()
 
 
+def counted_reads(stores: MemoryStores) -> list[str]:
+    """The reads a reply worker makes for a job, as they are made: its message, its
+    conversation, and the queue (whether an earlier job of the conversation waits)."""
+    reads: list[str] = []
+    for name, repository, method in (
+        ("messages", stores.messages, "get_many"),
+        ("conversations", stores.conversations, "get_many"),
+        ("reply_jobs", stores.reply_jobs, "earlier_waiting"),
+    ):
+        read = getattr(repository, method)
+
+        async def counted(keys: Any, read: Any = read, name: str = name) -> Any:
+            reads.append(name)
+            return await read(keys)
+
+        setattr(repository, method, counted)
+    return reads
+
+
+async def test_a_first_messages_job_reads_no_queue_and_a_later_ones_does(
+    stores: MemoryStores, clock: Clock, responder: ScriptedResponder
+) -> None:
+    """Nothing comes before a conversation's first message: its job, claimed, reads its
+    message and conversation only; the second message's job also asks the queue."""
+    reads = counted_reads(stores)
+    worker = reply_worker(stores, clock, responder)  # its reads are the counted ones
+    await given_inbound(stores, clock, count=2)
+
+    await worker.answer(await claim(worker, stores, 1))
+    first = sorted(reads)
+    reads.clear()
+    await worker.answer(await claim(worker, stores, 2))
+
+    assert first == ["conversations", "messages"]
+    assert sorted(reads) == ["conversations", "messages", "reply_jobs"]
+    assert stores.reply_jobs.jobs == []
+
+
 async def test_a_message_ingested_while_the_worker_has_a_free_slot_is_handed_to_it_leased(
     stores: MemoryStores, clock: Clock, responder: ScriptedResponder
 ) -> None:
     """The ingest queues the reply job leased to this process's reply worker and hands it
     over once committed, with the message and conversation it stored: answered with no
-    claim, no wake (no poll), and neither of the two read."""
-    reads: list[str] = []
-    for name, repository in (
-        ("messages", stores.messages),
-        ("conversations", stores.conversations),
-    ):
-        get_many = repository.get_many
-
-        async def counted(keys: Any, get_many: Any = get_many, name: str = name) -> Any:
-            reads.append(name)
-            return await get_many(keys)
-
-        repository.get_many = counted  # type: ignore[method-assign]
+    claim, no wake (no poll), and neither of the two read, nor the queue (a first contact's
+    message has no earlier one to wait for)."""
+    reads = counted_reads(stores)
     worker = reply_worker(stores, clock, responder)  # its reads are the counted ones
     counts = _Claims(stores, worker)
     service = ingest_service(stores, clock, reply_slots=worker.reserve, on_reply_job=counts.woken)
