@@ -233,7 +233,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         before a conversation's first message (a first contact's): no read for it."""
         if position.sequence <= 1:
             return False
-        return await self._earlier.get(position)
+        return bool(await self._earlier.get(position))  # None: no job of it waits
 
     async def _hold(self, job: ClaimedReplyJob) -> None:
         """Give back a job an earlier one of its conversation holds, until that one is done
