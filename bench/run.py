@@ -348,6 +348,7 @@ def main() -> None:
     # slower and distort every figure.
     print(f"protobuf backend: {api_implementation.Type()}")
     parts = _parts(os.environ.get("BENCH_ONLY", ""))
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         stack = EmbeddedStack(data_dir=tmp / "stack", environ=os.environ)
@@ -356,6 +357,13 @@ def main() -> None:
             figures = asyncio.run(bench(endpoints.as_env(), tmp, parts))
         finally:
             stack.stop()
+    if parts == frozenset(PARTS):
+        # The whole run, from starting the stack to stopping it (a partial run keeps the
+        # last whole run's).
+        minutes = (time.monotonic() - started) / 60
+        figures.append(
+            Figure("bench_run_minutes", round(minutes, 1), "minutes", "< 10", minutes < 10)
+        )
     print(f"{'figure':52} {'value':>12} {'unit':14} {'baseline':>10}  target")
     for figure in figures:
         base = "" if figure.baseline is None else f"{figure.baseline}"

@@ -247,6 +247,7 @@ class MongoMessageRepository:
         that conversation already handed to the platform before the time. Returns the messages
         that changed, as they are now."""
         ids = {platform_id for platform_id in platform_message_ids if platform_id}
+        forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
         wanted: list[Document] = []
         if ids:
             wanted.append({"channel": channel, "platform_message_id": {"$in": sorted(ids)}})
@@ -258,6 +259,7 @@ class MongoMessageRepository:
                     "create_time": {"$lte": before},
                     # Only messages the platform has: a queued one cannot have been read.
                     "platform_message_id": {"$gt": ""},
+                    **forward,  # not a long conversation's every message
                 }
             )
         if not wanted:
@@ -286,7 +288,6 @@ class MongoMessageRepository:
             key=lambda m: m.sequence,
         )
         if changed:
-            forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
             await self._collection.update_many(
                 {"_id": {"$in": [m.id for m in changed]}, "tenant_id": tenant_id, **forward},
                 {"$set": {"delivery_status": status}},
