@@ -360,10 +360,8 @@ def main() -> None:
     if parts == frozenset(PARTS):
         # The whole run, from starting the stack to stopping it (a partial run keeps the
         # last whole run's).
-        minutes = (time.monotonic() - started) / 60
-        figures.append(
-            Figure("bench_run_minutes", round(minutes, 1), "minutes", "< 10", minutes < 10)
-        )
+        minutes = round((time.monotonic() - started) / 60, 1)
+        figures.append(Figure("bench_run_minutes", minutes, "minutes", "< 10", minutes < 10))
     print(f"{'figure':52} {'value':>12} {'unit':14} {'baseline':>10}  target")
     for figure in figures:
         base = "" if figure.baseline is None else f"{figure.baseline}"

@@ -33,7 +33,8 @@ class StatusReport:
     platform_message_ids: tuple[str, ...]
     #: (conversation id, time): the messages of the conversation handed over by then.
     watermark: tuple[str, dt.datetime] | None
-    #: The reporting user's active conversation, if any: ids are matched within it.
+    #: The reporting user's active conversation, if any: where a channel's ids are unique
+    #: within a chat only, they are matched within it (``named_by_id``).
     conversation_id: str | None
     error: common_pb2.PlatformError | None
     status_time: dt.datetime
@@ -53,16 +54,21 @@ class ReceiptRef:
         return f"{self.tenant_id}|{self.channel}|{self.platform_message_id}"
 
 
+#: Channels whose message ids are unique on the platform (WhatsApp's wamid, Messenger's mid).
+#: Teams' and Slack's are unique within a chat only.
+UNIQUE_IDS = frozenset({common_pb2.CHANNEL_TYPE_WHATSAPP, common_pb2.CHANNEL_TYPE_MESSENGER})
+
+
 def named_by_id(
-    messages: Iterable[common_pb2.Message], conversation_id: str | None
+    channel: int, messages: Iterable[common_pb2.Message], conversation_id: str | None
 ) -> list[common_pb2.Message]:
-    """Of the messages one platform id names, the ones a status of it is about: every one when
-    they lie in one conversation (a platform's ids are unique, and the status of a message in a
-    conversation closed since, one the user has left for a new one, is still its status); when
-    they lie in several (ids unique only within a chat, as Slack's timestamps are), those in
-    ``conversation_id``, the reporting user's active conversation, if there is one."""
+    """Of the messages one platform id names on ``channel``, the ones a status of it is about.
+    Where ids are unique, every one: the status of a message in a conversation closed since
+    (the user may have started another) is still its status. Where they are unique within a
+    chat only, an id can name another chat's message too: those in ``conversation_id``, the
+    reporting user's active conversation, if there is one."""
     named = list(messages)
-    if not conversation_id or len({m.conversation_id for m in named}) <= 1:
+    if channel in UNIQUE_IDS or not conversation_id:
         return named
     return [m for m in named if m.conversation_id == conversation_id]
 

@@ -241,50 +241,43 @@ class MongoMessageRepository:
         tx: AsyncClientSession,
     ) -> list[common_pb2.Message]:
         """Move outbound messages to ``status`` where that is forward (see FORWARD_FROM): the
-        ones with these platform ids (see ``named_by_id``: within ``conversation_id``, the
-        reporting user's active conversation, where an id names messages of several), and with
-        a watermark (conversation id, time; of the same active conversation) every message of
-        that conversation already handed to the platform before the time. Returns the messages
-        that changed, as they are now."""
-        ids = {platform_id for platform_id in platform_message_ids if platform_id}
+        ones with these platform ids (``named_by_id``: on a channel whose ids are unique within
+        a chat only, those in ``conversation_id``, the reporting user's active conversation),
+        and with a watermark (conversation id, time) every message of that conversation
+        already handed to the platform before the time. Returns the messages that changed, as
+        they are now."""
+        ids = sorted({platform_id for platform_id in platform_message_ids if platform_id})
         forward = {"delivery_status": {"$in": FORWARD_FROM[status]}}
-        wanted: list[Document] = []
-        if ids:
-            wanted.append({"channel": channel, "platform_message_id": {"$in": sorted(ids)}})
-        if watermark is not None:
-            watermark_conversation, before = watermark
-            wanted.append(
-                {
-                    "conversation_id": watermark_conversation,
-                    "create_time": {"$lte": before},
-                    # Only messages the platform has: a queued one cannot have been read.
-                    "platform_message_id": {"$gt": ""},
-                    **forward,  # not a long conversation's every message
-                }
-            )
-        if not wanted:
-            return []
-        query: Document = {
+        outbound: Document = {
             "tenant_id": tenant_id,
             "direction": common_pb2.MESSAGE_DIRECTION_OUTBOUND,
-            "$or": wanted,
         }
-        # Every message an id names, whatever its status: whether it names several
-        # conversations' decides which are meant.
-        found = [
-            to_proto(document)
-            async for document in self._collection.find(query, _AS_MESSAGE, session=tx)
-        ]
-        named: dict[str, list[common_pb2.Message]] = {}
-        targets: list[common_pb2.Message] = []
-        for message in found:
-            if message.channel == channel and message.platform_message_id in ids:
+        targets: dict[str, common_pb2.Message] = {}
+        if ids:
+            # Every message an id names, whatever its status: which conversations they lie in
+            # decides which are meant.
+            named: dict[str, list[common_pb2.Message]] = {}
+            query = {**outbound, "channel": channel, "platform_message_id": {"$in": ids}}
+            async for document in self._collection.find(query, _AS_MESSAGE, session=tx):
+                message = to_proto(document)
                 named.setdefault(message.platform_message_id, []).append(message)
-            else:
-                targets.append(message)  # the watermark's
-        targets += [m for group in named.values() for m in named_by_id(group, conversation_id)]
+            for group in named.values():
+                targets.update((m.id, m) for m in named_by_id(channel, group, conversation_id))
+        if watermark is not None:
+            watermark_conversation, before = watermark
+            query = {
+                **outbound,
+                "conversation_id": watermark_conversation,
+                "create_time": {"$lte": before},
+                # Only messages the platform has: a queued one cannot have been read.
+                "platform_message_id": {"$gt": ""},
+                **forward,
+            }
+            async for document in self._collection.find(query, _AS_MESSAGE, session=tx):
+                message = to_proto(document)
+                targets.setdefault(message.id, message)
         changed = sorted(
-            (m for m in targets if m.delivery_status in FORWARD_FROM[status]),
+            (m for m in targets.values() if m.delivery_status in FORWARD_FROM[status]),
             key=lambda m: m.sequence,
         )
         if changed:

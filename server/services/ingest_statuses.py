@@ -165,7 +165,8 @@ def status_report(
     conversation: common_pb2.Conversation | None,
     now: dt.datetime,
 ) -> StatusReport:
-    """The event's status report, matched within the user's active conversation if any."""
+    """The event's status report, with the user's active conversation if any (for a
+    watermark, and to match ids unique within a chat only: ``named_by_id``)."""
     report = event.status
     watermark = None
     if report.HasField("watermark_time") and conversation is not None:

@@ -158,6 +158,7 @@ class Receipts:
                 message.id: message
                 for pid in report.platform_message_ids
                 for message in named_by_id(
+                    report.channel,
                     (
                         m
                         for m in named.get((report.channel, pid), [])

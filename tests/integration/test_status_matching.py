@@ -1,6 +1,6 @@
-"""Which messages a platform's status names, on the real database: a platform id names its
-message whatever conversation it is in, and only where it names messages of several
-conversations (ids unique within a chat only) the reporting user's active one decides."""
+"""Which messages a platform's status names, on the real database: where ids are unique
+(WhatsApp), an id names its message whatever conversation it is in; where they are unique
+within a chat only (Teams), the reporting user's active conversation's."""
 
 from __future__ import annotations
 
@@ -31,12 +31,14 @@ async def database(stack: Endpoints) -> AsyncIterator[AsyncDatabase[Document]]:
     await client.close()
 
 
-def sent(conversation_id: str, platform_message_id: str, sequence: int = 2) -> c.Message:
+def sent(
+    conversation_id: str, platform_message_id: str, channel: int, sequence: int = 2
+) -> c.Message:
     message = c.Message(
         id=uuid.uuid4().hex,
         conversation_id=conversation_id,
         sequence=sequence,
-        channel=c.CHANNEL_TYPE_SLACK,
+        channel=channel,  # type: ignore[arg-type]
         direction=c.MESSAGE_DIRECTION_OUTBOUND,
         delivery_status=c.DELIVERY_STATUS_SENT,
         platform_message_id=platform_message_id,
@@ -45,28 +47,34 @@ def sent(conversation_id: str, platform_message_id: str, sequence: int = 2) -> c
     return message
 
 
-async def test_an_id_names_its_message_in_any_conversation_and_ties_go_to_the_active_one(
+WHATSAPP, TEAMS = c.CHANNEL_TYPE_WHATSAPP, c.CHANNEL_TYPE_TEAMS
+
+
+async def test_unique_ids_name_their_message_anywhere_and_per_chat_ids_the_active_ones(
     database: AsyncDatabase[Document],
 ) -> None:
     transactions = Transactions(client=database.client)
     messages = MongoMessageRepository(database=database)
     closed, active, other = (f"conversation-{n}" for n in range(3))
-    # The last reply of a conversation closed since (the user has another one now); a
-    # timestamp id Slack gave two messages in two chats; a watermarked earlier message.
-    bye = sent(closed, "1700000000.000001")
-    mine, theirs = sent(active, "1700000000.000002"), sent(other, "1700000000.000002")
-    earlier = sent(active, "1700000000.000003", sequence=1)
+    # WhatsApp: the last reply of a conversation closed since (the user has another one now).
+    # Teams: an id given to messages of two chats, and one only another user's chat has.
+    bye = sent(closed, "wamid.bye", WHATSAPP)
+    mine, theirs = sent(active, "1700000000100", TEAMS), sent(other, "1700000000100", TEAMS)
+    foreign = sent(other, "1700000000200", TEAMS, sequence=3)
+    earlier = sent(active, "1700000000050", TEAMS, sequence=1)
     await transactions.run(
         lambda tx: messages.insert_rows(
-            [MessageRow("acme", m, "") for m in (bye, mine, theirs, earlier)], tx=tx
+            [MessageRow("acme", m, "") for m in (bye, mine, theirs, foreign, earlier)], tx=tx
         )
     )
 
-    async def read(*ids: str, watermark: tuple[str, dt.datetime] | None = None) -> set[str]:
+    async def read(
+        channel: int, *ids: str, watermark: tuple[str, dt.datetime] | None = None
+    ) -> set[str]:
         changed = await transactions.run(
             lambda tx: messages.apply_status(
                 "acme",
-                channel=c.CHANNEL_TYPE_SLACK,
+                channel=channel,
                 status=c.DELIVERY_STATUS_READ,
                 platform_message_ids=ids,
                 watermark=watermark,
@@ -76,10 +84,10 @@ async def test_an_id_names_its_message_in_any_conversation_and_ties_go_to_the_ac
         )
         return {m.id for m in changed}
 
-    assert await read("1700000000.000001") == {bye.id}
-    assert await read("1700000000.000002") == {mine.id}
-    assert await read(watermark=(active, NOW)) == {earlier.id}
-    assert await read("1700000000.000001", "1700000000.000002") == set()  # forward only
+    assert await read(WHATSAPP, "wamid.bye") == {bye.id}
+    assert await read(TEAMS, "1700000000100", "1700000000200") == {mine.id}
+    assert await read(TEAMS, watermark=(active, NOW)) == {earlier.id}
+    assert await read(TEAMS, "1700000000100") == set()  # forward only
     stored = {
         document["_id"]: document["delivery_status"]
         async for document in database["messages"].find({})
@@ -88,5 +96,6 @@ async def test_an_id_names_its_message_in_any_conversation_and_ties_go_to_the_ac
         bye.id: c.DELIVERY_STATUS_READ,
         mine.id: c.DELIVERY_STATUS_READ,
         theirs.id: c.DELIVERY_STATUS_SENT,
+        foreign.id: c.DELIVERY_STATUS_SENT,
         earlier.id: c.DELIVERY_STATUS_READ,
     }

@@ -391,7 +391,11 @@ class MemoryMessages:
         for message in outbound:
             if message.channel == channel and message.platform_message_id in ids:
                 named.setdefault(message.platform_message_id, []).append(message)
-        targets = {m.id: m for group in named.values() for m in named_by_id(group, conversation_id)}
+        targets = {
+            m.id: m
+            for group in named.values()
+            for m in named_by_id(channel, group, conversation_id)
+        }
         if watermark is not None:
             targets.update(
                 (m.id, m)

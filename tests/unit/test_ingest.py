@@ -21,6 +21,8 @@ from tests.support.ports import Clock, MemoryStores, ingest_service, message_eve
 TENANT = "acme"
 WHATSAPP = common_pb2.CHANNEL_TYPE_WHATSAPP
 SLACK = common_pb2.CHANNEL_TYPE_SLACK
+TEAMS = common_pb2.CHANNEL_TYPE_TEAMS
+READ = common_pb2.DELIVERY_STATUS_READ
 ACCEPTED = ingest_service_pb2.INGEST_OUTCOME_ACCEPTED
 DUPLICATE = ingest_service_pb2.INGEST_OUTCOME_DUPLICATE
 IGNORED = ingest_service_pb2.INGEST_OUTCOME_IGNORED
@@ -34,11 +36,11 @@ def service(stores: MemoryStores, clock: Clock) -> IngestService:
 
 
 def status_event(
-    event_id: str, status: int, *ids: str, user: str = "15550001"
+    event_id: str, status: int, *ids: str, user: str = "15550001", channel: int = WHATSAPP
 ) -> ingest_service_pb2.InboundEvent:
     return ingest_service_pb2.InboundEvent(
         platform_event_id=event_id,
-        channel=WHATSAPP,
+        channel=channel,
         platform_user_id=user,
         status=ingest_service_pb2.StatusReport(status=status, platform_message_ids=ids),
     )
@@ -366,12 +368,14 @@ async def test_a_batchs_statuses_apply_in_order_in_one_transaction(
     assert not await stores.ingest_log.seen(TENANT, WHATSAPP, "st-4")
 
 
-def sent_reply(conversation_id: str, pid: str, now: dt.datetime, *, sequence: int = 2) -> Any:
+def sent_reply(
+    conversation_id: str, pid: str, now: dt.datetime, *, channel: int = WHATSAPP
+) -> common_pb2.Message:
     reply = common_pb2.Message(
         id=f"reply-{conversation_id[:8]}-{pid}",
         conversation_id=conversation_id,
-        sequence=sequence,
-        channel=WHATSAPP,
+        sequence=2,
+        channel=channel,
         direction=common_pb2.MESSAGE_DIRECTION_OUTBOUND,
         delivery_status=common_pb2.DELIVERY_STATUS_SENT,
         platform_message_id=pid,
@@ -408,31 +412,37 @@ async def test_a_status_for_a_message_of_the_users_closed_conversation_still_app
     assert stored.delivery_status == common_pb2.DELIVERY_STATUS_DELIVERED
 
 
-async def test_a_platform_id_in_several_conversations_is_the_reporting_users_active_ones(
+async def test_a_teams_id_names_a_message_of_the_reporting_users_active_conversation_only(
     service: IngestService, stores: MemoryStores, clock: Clock
 ) -> None:
-    # Ids unique only within a chat (Slack's timestamps) can name messages of two users'
-    # conversations: the one the reporting user is having is meant.
+    # Teams' ids are unique within a chat only: a read receipt's id can also name a message
+    # of another user's chat, which it must not mark read, found alone or beside the user's.
     mine = stores.conversations.add(
-        TENANT, user_id="15550001", channel=WHATSAPP, channel_conversation_id="1555", now=clock()
+        TENANT, user_id="29:mine", channel=TEAMS, channel_conversation_id="a:1", now=clock()
     )
     theirs = stores.conversations.add(
-        TENANT, user_id="15550002", channel=WHATSAPP, channel_conversation_id="1556", now=clock()
+        TENANT, user_id="29:theirs", channel=TEAMS, channel_conversation_id="a:2", now=clock()
     )
     for conversation in (mine, theirs):
-        stores.messages.add(TENANT, sent_reply(conversation.id, "1700000000.000100", clock()))
+        stores.messages.add(
+            TENANT, sent_reply(conversation.id, "1700000000100", clock(), channel=TEAMS)
+        )
+    stores.messages.add(TENANT, sent_reply(theirs.id, "1700000000200", clock(), channel=TEAMS))
 
-    [result] = await service.ingest(
-        TENANT, [status_event("st-1", common_pb2.DELIVERY_STATUS_READ, "1700000000.000100")]
+    results = await service.ingest(
+        TENANT,
+        [
+            status_event("r-1", READ, "1700000000100", user="29:mine", channel=TEAMS),
+            status_event("r-2", READ, "1700000000200", user="29:mine", channel=TEAMS),
+        ],
     )
 
-    assert result.outcome == ACCEPTED
+    assert [r.outcome for r in results] == [ACCEPTED, IGNORED]
     statuses = {
-        m.conversation_id: m.delivery_status
-        for m in stores.messages.all()
-        if m.platform_message_id == "1700000000.000100"
+        (m.conversation_id, m.platform_message_id): m.delivery_status for m in stores.messages.all()
     }
     assert statuses == {
-        mine.id: common_pb2.DELIVERY_STATUS_READ,
-        theirs.id: common_pb2.DELIVERY_STATUS_SENT,
+        (mine.id, "1700000000100"): READ,
+        (theirs.id, "1700000000100"): common_pb2.DELIVERY_STATUS_SENT,
+        (theirs.id, "1700000000200"): common_pb2.DELIVERY_STATUS_SENT,
     }
