@@ -245,7 +245,7 @@ class ReplyWorker(LeasedQueueWorker[ClaimedReplyJob]):
         # found nothing held. Looking again after holding, one of the two sees the other.
         position = Position(job.tenant_id, job.conversation_id, job.sequence)
         try:
-            waits = await self._earlier.get(position)
+            waits = await self._earlier_waits(position)
         except Exception:  # noqa: BLE001 - not known: woken, it is claimed and looks again
             waits = False
         if not waits:

@@ -4,16 +4,11 @@ of the tenant take messages, also when a close races the recording."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 
-import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2 as c
-from devstack.stack import Endpoints
 from server.domain.conversations import Recording
 from server.repositories.conversations import MongoConversationRepository
 from server.repositories.mongo import (
@@ -22,18 +17,7 @@ from server.repositories.mongo import (
     CONVERSATIONS,
     Document,
     Transactions,
-    create_indexes,
 )
-
-
-@pytest.fixture
-async def database(stack: Endpoints) -> AsyncIterator[AsyncDatabase[Document]]:
-    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
-    database = client[f"conversations_{uuid.uuid4().hex[:8]}"]
-    await create_indexes(database)
-    yield database
-    await client.drop_database(database.name)
-    await client.close()
 
 
 async def started(
@@ -53,12 +37,14 @@ async def started(
 
 
 async def test_only_active_conversations_of_the_tenant_take_messages(
-    database: AsyncDatabase[Document],
+    scratch_database: AsyncDatabase[Document],
 ) -> None:
-    transactions = Transactions(client=database.client)
-    repository = MongoConversationRepository(database=database)
+    transactions = Transactions(client=scratch_database.client)
+    repository = MongoConversationRepository(database=scratch_database)
     open_, closed, other = [await started(repository, transactions, u) for u in "abc"]
-    await database[CONVERSATIONS].update_one({"_id": closed.id}, {"$set": {"status": CLOSED}})
+    await scratch_database[CONVERSATIONS].update_one(
+        {"_id": closed.id}, {"$set": {"status": CLOSED}}
+    )
     now = dt.datetime.now(dt.UTC)
     recordings = [
         Recording("acme", open_.id, 1, 2, now),
@@ -71,31 +57,31 @@ async def test_only_active_conversations_of_the_tenant_take_messages(
     assert states[0] is not None
     assert (states[0].last_sequence, states[0].inbound_message_count) == (3, 1)
     for untouched in (closed, other):
-        document = await database[CONVERSATIONS].find_one({"_id": untouched.id})
+        document = await scratch_database[CONVERSATIONS].find_one({"_id": untouched.id})
         assert document is not None
         assert document["last_sequence"] == 0
 
 
 async def test_a_close_committed_during_the_recording_retries_it(
-    database: AsyncDatabase[Document],
+    scratch_database: AsyncDatabase[Document],
 ) -> None:
     """The close commits after the recording's transaction took its snapshot (the conversation
     active in it) and before the recording writes: the write conflicts, the transaction runs
     again and finds it closed. (The snapshot is taken by the transaction's first statement;
     in the service, the batch's earlier statements.)"""
-    transactions = Transactions(client=database.client)
-    repository = MongoConversationRepository(database=database)
+    transactions = Transactions(client=scratch_database.client)
+    repository = MongoConversationRepository(database=scratch_database)
     conversation = await started(repository, transactions, "racer")
     attempts = 0
 
     async def record(tx: AsyncClientSession) -> list[c.Conversation | None]:
         nonlocal attempts
         attempts += 1
-        seen = await database[CONVERSATIONS].find_one({"_id": conversation.id}, session=tx)
+        seen = await scratch_database[CONVERSATIONS].find_one({"_id": conversation.id}, session=tx)
         assert seen is not None
         if attempts == 1:  # another client closes it, outside this transaction
             assert seen["status"] == ACTIVE
-            await database[CONVERSATIONS].update_one(
+            await scratch_database[CONVERSATIONS].update_one(
                 {"_id": conversation.id}, {"$set": {"status": CLOSED}}
             )
         now = dt.datetime.now(dt.UTC)
@@ -106,6 +92,6 @@ async def test_a_close_committed_during_the_recording_retries_it(
     states = await transactions.run(record)
     assert states == [None]
     assert attempts == 2  # the first attempt's write conflicted; the retry found it closed
-    document = await database[CONVERSATIONS].find_one({"_id": conversation.id})
+    document = await scratch_database[CONVERSATIONS].find_one({"_id": conversation.id})
     assert document is not None
     assert (document["status"], document["last_sequence"]) == (CLOSED, 0)

@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2 as c
-from devstack.stack import Endpoints
 from server.domain.messages import MessageRow
 from server.repositories.messages import MongoMessageRepository
-from server.repositories.mongo import Document, Transactions, create_indexes
+from server.repositories.mongo import Document, Transactions
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-async def database(stack: Endpoints) -> AsyncIterator[AsyncDatabase[Document]]:
-    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongodb_uri, tz_aware=True)
-    database = client[f"statuses_{uuid.uuid4().hex[:8]}"]
-    await create_indexes(database)
-    yield database
-    await client.drop_database(database.name)
-    await client.close()
 
 
 def sent(
@@ -51,10 +37,10 @@ WHATSAPP, TEAMS = c.CHANNEL_TYPE_WHATSAPP, c.CHANNEL_TYPE_TEAMS
 
 
 async def test_unique_ids_name_their_message_anywhere_and_per_chat_ids_the_active_ones(
-    database: AsyncDatabase[Document],
+    scratch_database: AsyncDatabase[Document],
 ) -> None:
-    transactions = Transactions(client=database.client)
-    messages = MongoMessageRepository(database=database)
+    transactions = Transactions(client=scratch_database.client)
+    messages = MongoMessageRepository(database=scratch_database)
     closed, active, other = (f"conversation-{n}" for n in range(3))
     # WhatsApp: the last reply of a conversation closed since (the user has another one now).
     # Teams: an id given to messages of two chats, and one only another user's chat has.
@@ -90,7 +76,7 @@ async def test_unique_ids_name_their_message_anywhere_and_per_chat_ids_the_activ
     assert await read(TEAMS, "1700000000100") == set()  # forward only
     stored = {
         document["_id"]: document["delivery_status"]
-        async for document in database["messages"].find({})
+        async for document in scratch_database["messages"].find({})
     }
     assert stored == {
         bye.id: c.DELIVERY_STATUS_READ,
