@@ -62,6 +62,56 @@ async def test_only_active_conversations_of_the_tenant_take_messages(
         assert document["last_sequence"] == 0
 
 
+async def test_conversations_counted_alike_share_a_statement_and_its_latest_time(
+    scratch_database: AsyncDatabase[Document],
+) -> None:
+    """A batch's conversations whose counters move alike are updated by one statement: each is
+    counted once, a closed one among them is left alone, and their times are the latest of
+    the group's (activity never moved back); a conversation counted differently keeps its
+    own."""
+    transactions = Transactions(client=scratch_database.client)
+    repository = MongoConversationRepository(database=scratch_database)
+    first, closed, third, fourth, ahead = [
+        await started(repository, transactions, u) for u in ("u1", "u2", "u3", "u4", "u5")
+    ]
+    later = dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
+    await scratch_database[CONVERSATIONS].update_one(
+        {"_id": closed.id}, {"$set": {"status": CLOSED}}
+    )
+    await scratch_database[CONVERSATIONS].update_one(
+        {"_id": ahead.id}, {"$set": {"last_activity_time": later}}
+    )
+    base = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).replace(microsecond=0)
+    times = [base + dt.timedelta(milliseconds=n) for n in (5, 1, 9, 3, 2)]
+    recordings = [
+        Recording("acme", first.id, 1, 1, times[0]),
+        Recording("acme", closed.id, 1, 1, times[1]),
+        Recording("acme", third.id, 1, 1, times[2]),
+        Recording("acme", fourth.id, 1, 2, times[3]),  # counted otherwise: its own statement
+        Recording("acme", ahead.id, 1, 1, times[4]),
+    ]
+    states = await transactions.run(lambda tx: repository.record_messages_many(recordings, tx=tx))
+    assert states[1] is None
+    counted = [s for s in states if s is not None]
+    assert [(s.id, s.last_sequence, s.message_count) for s in counted] == [
+        (first.id, 2, 2),
+        (third.id, 2, 2),
+        (fourth.id, 3, 3),
+        (ahead.id, 2, 2),
+    ]
+    first_state, third_state, fourth_state, ahead_state = counted
+    for state in (first_state, third_state, ahead_state):
+        assert state.update_time.ToDatetime(tzinfo=dt.UTC) == times[2]
+    for state in (first_state, third_state):
+        assert state.last_activity_time.ToDatetime(tzinfo=dt.UTC) == times[2]
+    assert ahead_state.last_activity_time.ToDatetime(tzinfo=dt.UTC) == later
+    assert fourth_state.update_time.ToDatetime(tzinfo=dt.UTC) == times[3]
+    assert (fourth_state.inbound_message_count, fourth_state.outbound_message_count) == (1, 2)
+    document = await scratch_database[CONVERSATIONS].find_one({"_id": closed.id})
+    assert document is not None
+    assert (document["last_sequence"], document["message_count"]) == (0, 0)
+
+
 async def test_a_close_committed_during_the_recording_retries_it(
     scratch_database: AsyncDatabase[Document],
 ) -> None:

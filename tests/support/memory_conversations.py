@@ -136,8 +136,18 @@ class MemoryConversations:
                 # The unique index on active conversations: the transaction rolls back.
                 raise AlreadyExists("an active conversation exists", reason=ALREADY_ACTIVE)
             self._db.conversations[r.start.id] = (r.tenant_id, copy.deepcopy(r.start))
+        # As the store's: conversations whose counters move alike share one statement, and
+        # its time is the latest of theirs.
+        latest: dict[tuple[str, int, int, str], dt.datetime] = {}
+        for r in recordings:
+            if r.start is None:
+                key = (r.tenant_id, r.inbound, r.outbound, r.service_url)
+                latest[key] = max(latest.get(key, r.now), r.now)
         states: list[common_pb2.Conversation | None] = []
         for r in recordings:
+            now = latest.get((r.tenant_id, r.inbound, r.outbound, r.service_url), r.now)
+            if r.start is not None:
+                now = r.now
             found = self._db.conversations.get(r.conversation_id)
             if found is None or found[0] != r.tenant_id or found[1].status != ACTIVE:
                 states.append(None)
@@ -147,9 +157,9 @@ class MemoryConversations:
             conversation.message_count += r.inbound + r.outbound
             conversation.inbound_message_count += r.inbound
             conversation.outbound_message_count += r.outbound
-            conversation.update_time.FromDatetime(r.now)
-            if r.now > conversation.last_activity_time.ToDatetime(tzinfo=dt.UTC):
-                conversation.last_activity_time.FromDatetime(r.now)
+            conversation.update_time.FromDatetime(now)
+            if now > conversation.last_activity_time.ToDatetime(tzinfo=dt.UTC):
+                conversation.last_activity_time.FromDatetime(now)
             if r.service_url:
                 conversation.metadata["service_url"] = r.service_url
             states.append(copy.deepcopy(conversation))
