@@ -10,9 +10,10 @@ flight, no two items of one conversation in a batch. The batches are capped at t
 service reached in the same run, so the two are compared at the same batching. Where a change
 is the same for every document of a batch (counters, removals), it is one statement naming
 the list of ids (update_many, delete_many): the embedded store serves that for about half the
-CPU of a statement per document, which is what the service sends today. Its jobs and
-deliveries are queued leased to the stage that takes them, as the service's are while its
-workers have room for them (services/queue_worker.py): no poll and no claim.
+CPU of a statement per document (the service does so for its conversations' counters,
+record_messages_many). Its jobs and deliveries are queued leased to the stage that takes
+them, as the service's are while its workers have room for them (services/queue_worker.py):
+no poll and no claim.
 
 What it writes, per exchange (the guard test, tests/integration/test_bench_floor.py, records
 the service's writes and the floor's and holds both to SEND_MESSAGE_WRITES and WEBHOOK_WRITES):
