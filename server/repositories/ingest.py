@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from bson import Binary
-from pymongo import DeleteOne
+from pymongo import DeleteMany, DeleteOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
@@ -200,11 +200,11 @@ class MongoReplyJobs:
         self, jobs: Sequence[ClaimedReplyJob], *, tx: AsyncClientSession
     ) -> bool:
         """Remove the jobs in the caller's transaction, in one round trip; False when the
-        lease of any was lost."""
+        lease of any was lost. Jobs of one claim and attempt (nearly all of a batch) go in one
+        statement naming their ids, which the embedded store serves for about half the CPU of
+        one per job."""
         removed = await self._collection.bulk_write(
-            [DeleteOne(_leased(job)) for job in jobs],
-            ordered=False,
-            session=tx,
+            [_removal(group) for group in _by_lease(jobs)], ordered=False, session=tx
         )
         return removed.deleted_count == len(jobs)
 
@@ -406,6 +406,30 @@ def _claimed(document: Document) -> ClaimedReplyJob:
         attempts=document["attempts"],
         owner=document["owner"],
         trace=document.get(TRACEPARENT, ""),
+    )
+
+
+def _by_lease(jobs: Iterable[ClaimedReplyJob]) -> list[list[ClaimedReplyJob]]:
+    """The jobs grouped by what their leases' filters share: tenant, owner and attempt."""
+    groups: dict[tuple[str, str, int], list[ClaimedReplyJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.tenant_id, job.owner, job.attempts), []).append(job)
+    return list(groups.values())
+
+
+def _removal(group: Sequence[ClaimedReplyJob]) -> DeleteOne | DeleteMany:
+    """One statement removing a group of jobs still leased by their claims (ids first: the
+    embedded store looks each up by it)."""
+    if len(group) == 1:
+        return DeleteOne(_leased(group[0]))
+    first = group[0]
+    return DeleteMany(
+        {
+            "_id": {"$in": [job.id for job in group]},
+            "tenant_id": first.tenant_id,
+            "owner": first.owner,
+            "attempts": first.attempts,
+        }
     )
 
 

@@ -274,3 +274,42 @@ async def test_items_queued_leased_are_not_due_and_renew_only_under_the_lease_ha
     assert await jobs.renew(reclaimed_job, until=later + LEASE)
     assert await deliveries.renew(reclaimed, until=later + LEASE)
     assert await deliveries.renew(reclaimed, until=later + 2 * LEASE)
+
+
+async def test_completing_claimed_jobs_removes_only_those_still_leased_to_the_claim(
+    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
+) -> None:
+    """Jobs of one claim go together (one statement for those sharing tenant, owner and
+    attempt); a job whose lease lapsed and was claimed again is not removed by the old claim,
+    and the call says a lease was lost."""
+    jobs = MongoReplyJobs(database=scratch_database)
+    transactions = Transactions(client=mongo_client)
+    due = await queued_jobs(mongo_client, jobs, ["tenant-a", "tenant-b"], 7)
+    claimed = await jobs.claim_many(due[:5], owner="one", now=NOW, lease=LEASE)
+    assert len(claimed) == 5
+
+    async def complete(tx: object, which: list[ClaimedReplyJob]) -> bool:
+        return await jobs.complete_many(which, tx=tx)  # type: ignore[arg-type]
+
+    assert await transactions.run(lambda tx: complete(tx, claimed[:4]))  # type: ignore[arg-type]
+    remaining = {d["_id"] async for d in scratch_database[REPLY_JOBS].find({}, {"_id": 1})}
+    assert remaining == {claimed[4].id, *(item.id for item in due[5:])}
+
+    # claimed[4]'s lease lapses and another process claims it (a second attempt), with the
+    # two never claimed: the first claim's copy no longer names it.
+    later = NOW + LEASE + dt.timedelta(seconds=1)
+    again = await jobs.claim_many(
+        [d for d in due if d.id in remaining], owner="two", now=later, lease=LEASE
+    )
+    assert sorted(job.id for job in again) == sorted(remaining)
+    assert not await transactions.run(  # type: ignore[arg-type]
+        lambda tx: complete(tx, [claimed[4]])
+    )
+    assert await scratch_database[REPLY_JOBS].count_documents({}) == 3
+    # A stale copy beside current ones: those current go, the call reports the lost lease.
+    stale_and_current = [claimed[4], *(job for job in again if job.id != claimed[4].id)]
+    assert not await transactions.run(  # type: ignore[arg-type]
+        lambda tx: complete(tx, stale_and_current)
+    )
+    left = [d["_id"] async for d in scratch_database[REPLY_JOBS].find({}, {"_id": 1})]
+    assert left == [claimed[4].id]
