@@ -67,8 +67,7 @@ def counters(*, inbound: int, outbound: int, now: dt.datetime) -> Document:
             "inbound_message_count": inbound,
             "outbound_message_count": outbound,
         },
-        "$set": {"update_time": now},
-        "$max": {"last_activity_time": now},
+        "$max": {"update_time": now, "last_activity_time": now},
     }
 
 

@@ -125,9 +125,11 @@ class MongoConversationRepository:
 
         Conversations whose counters move alike (the same tenant, numbers of messages and
         service URL: nearly all of a batch) are updated by one statement naming their ids,
-        which the embedded store serves for about half the CPU of one per conversation. Their
-        update_time and last_activity_time are then the latest ``now`` among them (a batch's
-        recordings are milliseconds apart).
+        which the embedded store plans once rather than once per conversation. Their
+        update_time and last_activity_time are then the latest ``now`` among them, which is
+        still no later than the commit that stores their messages (each ``now`` is taken when
+        its request began; under load they spread over the time a batch waits, up to a few
+        hundred milliseconds). Both times only move forward ($max).
 
         Every statement names ``_id`` first and then the tenant: the embedded store serves a
         filter that starts with ``_id`` as a point lookup (one that starts with ``tenant_id``
@@ -355,10 +357,10 @@ def _counting(group: Sequence[Recording]) -> UpdateOne | UpdateMany:
             "inbound_message_count": first.inbound,
             "outbound_message_count": first.outbound,
         },
-        "$set": {"update_time": now}
-        | ({"metadata.service_url": first.service_url} if first.service_url else {}),
-        # $max: a slower request committing later must not move activity back.
-        "$max": {"last_activity_time": now},
+        **({"$set": {"metadata.service_url": first.service_url}} if first.service_url else {}),
+        # $max: a slower request committing later (or one whose batch's latest time was
+        # earlier than another's) must not move the times back.
+        "$max": {"update_time": now, "last_activity_time": now},
     }
     if len(group) == 1:
         return UpdateOne(

@@ -200,9 +200,8 @@ class MongoReplyJobs:
         self, jobs: Sequence[ClaimedReplyJob], *, tx: AsyncClientSession
     ) -> bool:
         """Remove the jobs in the caller's transaction, in one round trip; False when the
-        lease of any was lost. Jobs of one claim and attempt (nearly all of a batch) go in one
-        statement naming their ids, which the embedded store serves for about half the CPU of
-        one per job."""
+        lease of any was lost. Jobs of one tenant, claim and attempt go in one statement naming
+        their ids, which the embedded store plans once rather than once per job."""
         removed = await self._collection.bulk_write(
             [_removal(group) for group in _by_lease(jobs)], ordered=False, session=tx
         )
@@ -422,15 +421,8 @@ def _removal(group: Sequence[ClaimedReplyJob]) -> DeleteOne | DeleteMany:
     embedded store looks each up by it)."""
     if len(group) == 1:
         return DeleteOne(_leased(group[0]))
-    first = group[0]
-    return DeleteMany(
-        {
-            "_id": {"$in": [job.id for job in group]},
-            "tenant_id": first.tenant_id,
-            "owner": first.owner,
-            "attempts": first.attempts,
-        }
-    )
+    # The same filter as each job's (_id stays first), naming all their ids.
+    return DeleteMany({**_leased(group[0]), "_id": {"$in": [job.id for job in group]}})
 
 
 def _leased(item: ClaimedReplyJob | ClaimedInboxBatch) -> Document:

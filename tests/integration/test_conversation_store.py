@@ -62,13 +62,12 @@ async def test_only_active_conversations_of_the_tenant_take_messages(
         assert document["last_sequence"] == 0
 
 
-async def test_conversations_counted_alike_share_a_statement_and_its_latest_time(
+async def test_conversations_counted_alike_take_the_latest_time_of_their_group(
     scratch_database: AsyncDatabase[Document],
 ) -> None:
-    """A batch's conversations whose counters move alike are updated by one statement: each is
+    """A batch's conversations whose counters move alike are updated together: each is
     counted once, a closed one among them is left alone, and their times are the latest of
-    the group's (activity never moved back); a conversation counted differently keeps its
-    own."""
+    the group's (never moved back); a conversation counted differently keeps its own."""
     transactions = Transactions(client=scratch_database.client)
     repository = MongoConversationRepository(database=scratch_database)
     first, closed, third, fourth, ahead = [
@@ -79,7 +78,7 @@ async def test_conversations_counted_alike_share_a_statement_and_its_latest_time
         {"_id": closed.id}, {"$set": {"status": CLOSED}}
     )
     await scratch_database[CONVERSATIONS].update_one(
-        {"_id": ahead.id}, {"$set": {"last_activity_time": later}}
+        {"_id": ahead.id}, {"$set": {"update_time": later, "last_activity_time": later}}
     )
     base = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).replace(microsecond=0)
     times = [base + dt.timedelta(milliseconds=n) for n in (5, 1, 9, 3, 2)]
@@ -100,10 +99,11 @@ async def test_conversations_counted_alike_share_a_statement_and_its_latest_time
         (ahead.id, 2, 2),
     ]
     first_state, third_state, fourth_state, ahead_state = counted
-    for state in (first_state, third_state, ahead_state):
-        assert state.update_time.ToDatetime(tzinfo=dt.UTC) == times[2]
     for state in (first_state, third_state):
+        assert state.update_time.ToDatetime(tzinfo=dt.UTC) == times[2]
         assert state.last_activity_time.ToDatetime(tzinfo=dt.UTC) == times[2]
+    # Times only move forward: one already later keeps its own.
+    assert ahead_state.update_time.ToDatetime(tzinfo=dt.UTC) == later
     assert ahead_state.last_activity_time.ToDatetime(tzinfo=dt.UTC) == later
     assert fourth_state.update_time.ToDatetime(tzinfo=dt.UTC) == times[3]
     assert (fourth_state.inbound_message_count, fourth_state.outbound_message_count) == (1, 2)

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from chat.v1 import common_pb2
@@ -276,40 +277,66 @@ async def test_items_queued_leased_are_not_due_and_renew_only_under_the_lease_ha
     assert await deliveries.renew(reclaimed, until=later + 2 * LEASE)
 
 
+class JobRemovals(monitoring.CommandListener):
+    """The delete statements sent to the reply queue."""
+
+    def __init__(self) -> None:
+        self.statements: list[list[Document]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "delete" and event.command.get("delete") == REPLY_JOBS:
+            self.statements.append(list(event.command["deletes"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+
 async def test_completing_claimed_jobs_removes_only_those_still_leased_to_the_claim(
-    mongo_client: AsyncMongoClient[Document], scratch_database: AsyncDatabase[Document]
+    stack: Endpoints, scratch_database: AsyncDatabase[Document]
 ) -> None:
-    """Jobs of one claim go together (one statement for those sharing tenant, owner and
-    attempt); a job whose lease lapsed and was claimed again is not removed by the old claim,
-    and the call says a lease was lost."""
-    jobs = MongoReplyJobs(database=scratch_database)
-    transactions = Transactions(client=mongo_client)
-    due = await queued_jobs(mongo_client, jobs, ["tenant-a", "tenant-b"], 7)
-    claimed = await jobs.claim_many(due[:5], owner="one", now=NOW, lease=LEASE)
-    assert len(claimed) == 5
-
-    async def complete(tx: object, which: list[ClaimedReplyJob]) -> bool:
-        return await jobs.complete_many(which, tx=tx)  # type: ignore[arg-type]
-
-    assert await transactions.run(lambda tx: complete(tx, claimed[:4]))  # type: ignore[arg-type]
-    remaining = {d["_id"] async for d in scratch_database[REPLY_JOBS].find({}, {"_id": 1})}
-    assert remaining == {claimed[4].id, *(item.id for item in due[5:])}
-
-    # claimed[4]'s lease lapses and another process claims it (a second attempt), with the
-    # two never claimed: the first claim's copy no longer names it.
-    later = NOW + LEASE + dt.timedelta(seconds=1)
-    again = await jobs.claim_many(
-        [d for d in due if d.id in remaining], owner="two", now=later, lease=LEASE
+    """Jobs of one tenant, claim and attempt go in one statement; a job whose lease lapsed and
+    was claimed again (by the same process: same owner, another attempt) is not removed by
+    the old claim's copy, even beside current jobs of that claim, and the call says a lease
+    was lost."""
+    removals = JobRemovals()
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        stack.mongodb_uri, tz_aware=True, event_listeners=[removals]
     )
-    assert sorted(job.id for job in again) == sorted(remaining)
-    assert not await transactions.run(  # type: ignore[arg-type]
-        lambda tx: complete(tx, [claimed[4]])
-    )
-    assert await scratch_database[REPLY_JOBS].count_documents({}) == 3
-    # A stale copy beside current ones: those current go, the call reports the lost lease.
-    stale_and_current = [claimed[4], *(job for job in again if job.id != claimed[4].id)]
-    assert not await transactions.run(  # type: ignore[arg-type]
-        lambda tx: complete(tx, stale_and_current)
-    )
-    left = [d["_id"] async for d in scratch_database[REPLY_JOBS].find({}, {"_id": 1})]
-    assert left == [claimed[4].id]
+    try:
+        jobs = MongoReplyJobs(database=client[scratch_database.name])
+        transactions = Transactions(client=client)
+
+        async def complete(which: list[ClaimedReplyJob]) -> bool:
+            async def work(tx: AsyncClientSession) -> bool:
+                return await jobs.complete_many(which, tx=tx)
+
+            return await transactions.run(work)
+
+        due = await queued_jobs(client, jobs, ["tenant-a"], 5)
+        claimed = await jobs.claim_many(due, owner="one", now=NOW, lease=LEASE)
+        assert [job.attempts for job in claimed] == [1] * 5
+
+        assert await complete(claimed[:3])
+        assert [len(statement) for statement in removals.statements] == [1]  # one for the 3
+        assert await remaining(client[scratch_database.name]) == {claimed[3].id, claimed[4].id}
+
+        # claimed[4]'s lease lapses and the same process claims it again (its second attempt).
+        later = NOW + LEASE + dt.timedelta(seconds=1)
+        [again] = await jobs.claim_many(
+            [d for d in due if d.id == claimed[4].id], owner="one", now=later, lease=LEASE
+        )
+        assert (again.owner, again.attempts) == ("one", 2)
+        # The old copy beside a current job of its tenant, owner and attempt: one statement
+        # names both; only the current one goes, and the lost lease is reported.
+        assert not await complete([claimed[3], claimed[4]])
+        assert len(removals.statements[-1]) == 1
+        assert await remaining(client[scratch_database.name]) == {claimed[4].id}
+        assert await complete([again])
+        assert await remaining(client[scratch_database.name]) == set()
+    finally:
+        await client.close()
+
+
+async def remaining(database: AsyncDatabase[Document]) -> set[str]:
+    return {document["_id"] async for document in database[REPLY_JOBS].find({}, {"_id": 1})}

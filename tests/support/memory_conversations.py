@@ -145,9 +145,8 @@ class MemoryConversations:
                 latest[key] = max(latest.get(key, r.now), r.now)
         states: list[common_pb2.Conversation | None] = []
         for r in recordings:
-            now = latest.get((r.tenant_id, r.inbound, r.outbound, r.service_url), r.now)
-            if r.start is not None:
-                now = r.now
+            key = (r.tenant_id, r.inbound, r.outbound, r.service_url)
+            now = r.now if r.start is not None else latest[key]
             found = self._db.conversations.get(r.conversation_id)
             if found is None or found[0] != r.tenant_id or found[1].status != ACTIVE:
                 states.append(None)
@@ -157,9 +156,9 @@ class MemoryConversations:
             conversation.message_count += r.inbound + r.outbound
             conversation.inbound_message_count += r.inbound
             conversation.outbound_message_count += r.outbound
-            conversation.update_time.FromDatetime(now)
-            if now > conversation.last_activity_time.ToDatetime(tzinfo=dt.UTC):
-                conversation.last_activity_time.FromDatetime(now)
+            for time in (conversation.update_time, conversation.last_activity_time):
+                if now > time.ToDatetime(tzinfo=dt.UTC):  # $max: never back
+                    time.FromDatetime(now)
             if r.service_url:
                 conversation.metadata["service_url"] = r.service_url
             states.append(copy.deepcopy(conversation))
