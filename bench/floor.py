@@ -11,7 +11,8 @@ service reached in the same run, so the two are compared at the same batching. W
 is the same for every document of a batch (counters, removals), it is one statement naming
 the list of ids (update_many, delete_many): the embedded store serves that for about half the
 CPU of a statement per document (the service does so for its conversations' counters,
-record_messages_many). Its jobs and deliveries are queued leased to the stage that takes
+record_messages_many, for the reply jobs it completes, complete_many, and for the outbox
+documents its relay removes). Its jobs and deliveries are queued leased to the stage that takes
 them, as the service's are while its workers have room for them (services/queue_worker.py):
 no poll and no claim.
 
