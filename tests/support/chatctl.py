@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import pty
+import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class Chatctl:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.environ(env),
+            # As from a terminal: a test run started in the background (nohup, `&`) ignores
+            # SIGINT, and a child would inherit that and never see the Ctrl-C tests send it.
+            preexec_fn=_default_sigint,
         )
         try:
             yield process
@@ -117,3 +121,7 @@ class Chatctl:
             if process.returncode is None:
                 process.kill()
             await process.wait()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
