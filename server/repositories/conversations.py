@@ -28,6 +28,7 @@ from server.repositories.mongo import (
     CONVERSATIONS,
     DUPLICATE_KEY_CODE,
     Document,
+    alike,
     find_by_keys,
     update_and_get,
 )
@@ -151,7 +152,7 @@ class MongoConversationRepository:
         updated: dict[str, Document] = {}
         if existing:
             await self._collection.bulk_write(
-                [_counting(group) for group in _alike(existing)], ordered=False, session=tx
+                [_counting(group) for group in alike(existing, _change)], ordered=False, session=tx
             )
             states = await self._states(
                 [r.conversation_id for r in existing], {r.tenant_id for r in existing}, tx
@@ -335,13 +336,9 @@ def to_proto(document: Document) -> common_pb2.Conversation:
     return conversation
 
 
-def _alike(recordings: Iterable[Recording]) -> list[list[Recording]]:
-    """The recordings grouped by the counters' change they make, in order of first
-    appearance."""
-    groups: dict[tuple[str, int, int, str], list[Recording]] = {}
-    for r in recordings:
-        groups.setdefault((r.tenant_id, r.inbound, r.outbound, r.service_url), []).append(r)
-    return list(groups.values())
+def _change(r: Recording) -> tuple[str, int, int, str]:
+    """What a recording's statement depends on, beside the ids and the time."""
+    return (r.tenant_id, r.inbound, r.outbound, r.service_url)
 
 
 def _counting(group: Sequence[Recording]) -> UpdateOne | UpdateMany:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from bson import Binary
 from pymongo import DeleteMany, DeleteOne
@@ -30,6 +30,7 @@ from server.repositories.mongo import (
     INGESTED_EVENTS,
     REPLY_JOBS,
     Document,
+    alike,
     claim_items,
     due_items,
 )
@@ -203,7 +204,7 @@ class MongoReplyJobs:
         lease of any was lost. Jobs of one tenant, claim and attempt go in one statement naming
         their ids, which the embedded store plans once rather than once per job."""
         removed = await self._collection.bulk_write(
-            [_removal(group) for group in _by_lease(jobs)], ordered=False, session=tx
+            [_removal(group) for group in alike(jobs, _lease)], ordered=False, session=tx
         )
         return removed.deleted_count == len(jobs)
 
@@ -408,12 +409,9 @@ def _claimed(document: Document) -> ClaimedReplyJob:
     )
 
 
-def _by_lease(jobs: Iterable[ClaimedReplyJob]) -> list[list[ClaimedReplyJob]]:
-    """The jobs grouped by what their leases' filters share: tenant, owner and attempt."""
-    groups: dict[tuple[str, str, int], list[ClaimedReplyJob]] = {}
-    for job in jobs:
-        groups.setdefault((job.tenant_id, job.owner, job.attempts), []).append(job)
-    return list(groups.values())
+def _lease(job: ClaimedReplyJob) -> tuple[str, str, int]:
+    """What a job's lease filter shares with others beside its id: tenant, owner, attempt."""
+    return (job.tenant_id, job.owner, job.attempts)
 
 
 def _removal(group: Sequence[ClaimedReplyJob]) -> DeleteOne | DeleteMany:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -299,6 +299,15 @@ async def claim_items(
     documents = await collection.find({**scope, "claim": claim}).to_list()
     order = {item_id: n for n, item_id in enumerate(ids)}
     return sorted(documents, key=lambda document: order[document["_id"]])
+
+
+def alike(items: Iterable[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """``items`` grouped by ``key``, in order of first appearance: those one statement can
+    change together (the embedded store plans a statement once, however many ids it names)."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
 
 
 async def create_indexes(database: AsyncDatabase[Document]) -> None:
